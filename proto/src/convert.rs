@@ -1,0 +1,315 @@
+//! Conversions between the generated wire types and the domain types.
+//!
+//! Wire to domain is total: a field an older or newer peer left out becomes
+//! its default, never an error, because fields are only ever added.
+
+use crate::domain as d;
+use crate::wire as w;
+
+impl From<d::Snapshot> for w::Snapshot {
+    fn from(s: d::Snapshot) -> Self {
+        w::Snapshot {
+            taken_at_ms: s.taken_at_ms,
+            host: Some(w::HostInfo {
+                hostname: s.host.hostname,
+                os_name: s.host.os_name,
+                os_version: s.host.os_version,
+                kernel_version: s.host.kernel_version,
+                arch: s.host.arch,
+                uptime_secs: s.host.uptime_secs,
+                boot_time_secs: s.host.boot_time_secs,
+            }),
+            cpu: Some(w::CpuInfo {
+                logical_cores: s.cpu.logical_cores,
+                usage_percent: s.cpu.usage_percent,
+                load_average: s.cpu.load_average.map(|l| w::LoadAverage {
+                    one: l.one,
+                    five: l.five,
+                    fifteen: l.fifteen,
+                }),
+                brand: s.cpu.brand,
+            }),
+            memory: Some(w::MemoryInfo {
+                total_bytes: s.memory.total_bytes,
+                used_bytes: s.memory.used_bytes,
+                available_bytes: s.memory.available_bytes,
+                swap_total_bytes: s.memory.swap_total_bytes,
+                swap_used_bytes: s.memory.swap_used_bytes,
+            }),
+            disks: s
+                .disks
+                .into_iter()
+                .map(|x| w::DiskInfo {
+                    name: x.name,
+                    mount_point: x.mount_point,
+                    file_system: x.file_system,
+                    total_bytes: x.total_bytes,
+                    available_bytes: x.available_bytes,
+                    removable: x.removable,
+                    kind: x.kind,
+                })
+                .collect(),
+            interfaces: s
+                .interfaces
+                .into_iter()
+                .map(|x| w::InterfaceInfo {
+                    name: x.name,
+                    mac: x.mac,
+                    addresses: x.addresses,
+                    rx_bytes: x.rx_bytes,
+                    tx_bytes: x.tx_bytes,
+                    rx_packets: x.rx_packets,
+                    tx_packets: x.tx_packets,
+                    rx_errors: x.rx_errors,
+                    tx_errors: x.tx_errors,
+                    mtu: x.mtu,
+                })
+                .collect(),
+            probe_errors: s
+                .probe_errors
+                .into_iter()
+                .map(|e| w::ProbeError {
+                    probe: e.probe,
+                    message: e.message,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<w::Snapshot> for d::Snapshot {
+    fn from(s: w::Snapshot) -> Self {
+        let host = s.host.unwrap_or_default();
+        let cpu = s.cpu.unwrap_or_default();
+        let memory = s.memory.unwrap_or_default();
+        d::Snapshot {
+            taken_at_ms: s.taken_at_ms,
+            host: d::HostInfo {
+                hostname: host.hostname,
+                os_name: host.os_name,
+                os_version: host.os_version,
+                kernel_version: host.kernel_version,
+                arch: host.arch,
+                uptime_secs: host.uptime_secs,
+                boot_time_secs: host.boot_time_secs,
+            },
+            cpu: d::CpuInfo {
+                logical_cores: cpu.logical_cores,
+                usage_percent: cpu.usage_percent,
+                load_average: cpu.load_average.map(|l| d::LoadAverage {
+                    one: l.one,
+                    five: l.five,
+                    fifteen: l.fifteen,
+                }),
+                brand: cpu.brand,
+            },
+            memory: d::MemoryInfo {
+                total_bytes: memory.total_bytes,
+                used_bytes: memory.used_bytes,
+                available_bytes: memory.available_bytes,
+                swap_total_bytes: memory.swap_total_bytes,
+                swap_used_bytes: memory.swap_used_bytes,
+            },
+            disks: s
+                .disks
+                .into_iter()
+                .map(|x| d::DiskInfo {
+                    name: x.name,
+                    mount_point: x.mount_point,
+                    file_system: x.file_system,
+                    total_bytes: x.total_bytes,
+                    available_bytes: x.available_bytes,
+                    removable: x.removable,
+                    kind: x.kind,
+                })
+                .collect(),
+            interfaces: s
+                .interfaces
+                .into_iter()
+                .map(|x| d::InterfaceInfo {
+                    name: x.name,
+                    mac: x.mac,
+                    addresses: x.addresses,
+                    rx_bytes: x.rx_bytes,
+                    tx_bytes: x.tx_bytes,
+                    rx_packets: x.rx_packets,
+                    tx_packets: x.tx_packets,
+                    rx_errors: x.rx_errors,
+                    tx_errors: x.tx_errors,
+                    mtu: x.mtu,
+                })
+                .collect(),
+            probe_errors: s
+                .probe_errors
+                .into_iter()
+                .map(|e| d::ProbeError {
+                    probe: e.probe,
+                    message: e.message,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<d::EndpointSummary> for w::EndpointSummary {
+    fn from(s: d::EndpointSummary) -> Self {
+        w::EndpointSummary {
+            endpoint_id: s.endpoint_id,
+            hostname: s.hostname,
+            platform: s.platform,
+            os: s.os,
+            online: s.online,
+            first_seen_ms: s.first_seen_ms,
+            last_seen_ms: s.last_seen_ms,
+            agent_version: s.agent_version,
+            cpu_usage_percent: s.cpu_usage_percent,
+            memory_used_percent: s.memory_used_percent,
+            fullest_disk_percent: s.fullest_disk_percent,
+            latest_snapshot_ms: s.latest_snapshot_ms,
+        }
+    }
+}
+
+impl From<w::EndpointSummary> for d::EndpointSummary {
+    fn from(s: w::EndpointSummary) -> Self {
+        d::EndpointSummary {
+            endpoint_id: s.endpoint_id,
+            hostname: s.hostname,
+            platform: s.platform,
+            os: s.os,
+            online: s.online,
+            first_seen_ms: s.first_seen_ms,
+            last_seen_ms: s.last_seen_ms,
+            agent_version: s.agent_version,
+            cpu_usage_percent: s.cpu_usage_percent,
+            memory_used_percent: s.memory_used_percent,
+            fullest_disk_percent: s.fullest_disk_percent,
+            latest_snapshot_ms: s.latest_snapshot_ms,
+        }
+    }
+}
+
+impl From<d::EndpointDetail> for w::EndpointDetail {
+    fn from(e: d::EndpointDetail) -> Self {
+        w::EndpointDetail {
+            summary: Some(e.summary.into()),
+            latest: e.latest.map(Into::into),
+            state_since_ms: e.state_since_ms,
+            committed_seq: e.committed_seq,
+            history_len: e.history_len,
+        }
+    }
+}
+
+impl From<w::EndpointDetail> for d::EndpointDetail {
+    fn from(e: w::EndpointDetail) -> Self {
+        d::EndpointDetail {
+            summary: e.summary.unwrap_or_default().into(),
+            latest: e.latest.map(Into::into),
+            state_since_ms: e.state_since_ms,
+            committed_seq: e.committed_seq,
+            history_len: e.history_len,
+        }
+    }
+}
+
+impl From<d::HistoryEntry> for w::HistoryEntry {
+    fn from(h: d::HistoryEntry) -> Self {
+        w::HistoryEntry {
+            seq: h.seq,
+            received_at_ms: h.received_at_ms,
+            snapshot: Some(h.snapshot.into()),
+        }
+    }
+}
+
+impl From<w::HistoryEntry> for d::HistoryEntry {
+    fn from(h: w::HistoryEntry) -> Self {
+        d::HistoryEntry {
+            seq: h.seq,
+            received_at_ms: h.received_at_ms,
+            snapshot: h.snapshot.unwrap_or_default().into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> d::Snapshot {
+        d::Snapshot {
+            taken_at_ms: 1_700_000_000_000,
+            host: d::HostInfo {
+                hostname: "dispatch-07".into(),
+                os_name: "Debian GNU/Linux".into(),
+                os_version: "12".into(),
+                kernel_version: "6.1.0".into(),
+                arch: "x86_64".into(),
+                uptime_secs: 3600,
+                boot_time_secs: 1_699_996_400,
+            },
+            cpu: d::CpuInfo {
+                logical_cores: 8,
+                usage_percent: 12.5,
+                load_average: Some(d::LoadAverage {
+                    one: 0.5,
+                    five: 0.25,
+                    fifteen: 0.125,
+                }),
+                brand: "Example CPU".into(),
+            },
+            memory: d::MemoryInfo {
+                total_bytes: 16 << 30,
+                used_bytes: 4 << 30,
+                available_bytes: 12 << 30,
+                swap_total_bytes: 1 << 30,
+                swap_used_bytes: 0,
+            },
+            disks: vec![d::DiskInfo {
+                name: "/dev/sda1".into(),
+                mount_point: "/".into(),
+                file_system: "ext4".into(),
+                total_bytes: 100,
+                available_bytes: 40,
+                removable: false,
+                kind: "ssd".into(),
+            }],
+            interfaces: vec![d::InterfaceInfo {
+                name: "eth0".into(),
+                mac: "02:00:00:00:00:01".into(),
+                addresses: vec!["192.0.2.10/24".into()],
+                rx_bytes: 1,
+                tx_bytes: 2,
+                rx_packets: 3,
+                tx_packets: 4,
+                rx_errors: 5,
+                tx_errors: 6,
+                mtu: 1500,
+            }],
+            probe_errors: vec![d::ProbeError {
+                probe: "disks".into(),
+                message: "permission denied".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn snapshot_round_trips_through_the_wire() {
+        let s = sample();
+        let back: d::Snapshot = w::Snapshot::from(s.clone()).into();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn missing_wire_sections_become_defaults() {
+        let back: d::Snapshot = w::Snapshot {
+            taken_at_ms: 5,
+            ..Default::default()
+        }
+        .into();
+        assert_eq!(back.taken_at_ms, 5);
+        assert_eq!(back.host, d::HostInfo::default());
+        assert!(back.cpu.load_average.is_none());
+    }
+}
