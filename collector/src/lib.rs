@@ -1,1 +1,224 @@
+//! The Vitals collector.
+//!
+//! Layers run one way (nothing below imports what stands above it):
+//!
+//! ```text
+//! gateway (gRPC edge), ctl (vitalsctl's client edge)
+//!   -> ingest, service (specialist service layer)
+//!     -> store, pki, tls, metrics
+//! ```
+//!
+//! [`Collector::open`] checks everything that can be wrong with the
+//! configuration (certificates, database) before any port is bound;
+//! [`Collector::serve`] then runs until the shutdown future completes.
 
+pub mod config;
+pub mod ctl;
+pub mod gateway;
+pub mod ingest;
+pub mod metrics;
+pub mod pki;
+pub mod quickstart;
+pub mod service;
+pub mod store;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+use vitals_proto::wire::agent_gateway_server::AgentGatewayServer;
+use vitals_proto::wire::specialist_server::SpecialistServer;
+
+use crate::config::CollectorConfig;
+use crate::gateway::agent::AgentGatewayApi;
+use crate::gateway::specialist::SpecialistApi;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::service::SpecialistService;
+use crate::store::Store;
+
+/// How long shutdown waits for streams to drain before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// HTTP/2 pings on idle connections, so a dead peer is noticed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("grpc server: {0}")]
+    Server(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+pub async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The sockets a collector serves on.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of a configuration.
+    pub async fn bind(config: &CollectorConfig) -> Result<Self, CollectorError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| CollectorError::Bind { addr, source })
+        };
+        let grpc = bind(config.listen).await?;
+        let metrics = if config.metrics.enabled {
+            Some(bind(config.metrics.listen).await?)
+        } else {
+            None
+        };
+        Ok(Listeners { grpc, metrics })
+    }
+}
+
+/// A collector whose configuration, certificates and database are checked
+/// and ready.
+pub struct Collector {
+    config: CollectorConfig,
+    tls: Arc<rustls::ServerConfig>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl Collector {
+    /// Loads certificates, opens the database and applies migrations. No
+    /// port is bound yet.
+    pub async fn open(config: CollectorConfig) -> Result<Self, CollectorError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| CollectorError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let tls = tls::server_config(&config.ca_path(), &config.cert_path(), &config.key_path())?;
+        let store = store::open(&config.storage_url(), config.storage.history_per_endpoint).await?;
+        // No session survives a restart.
+        store.mark_all_offline(vitals_proto::now_ms()).await?;
+        Ok(Collector {
+            config,
+            tls,
+            store,
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, ends agent
+    /// sessions (their in-flight commits still acknowledged), commits what
+    /// is queued and returns.
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), CollectorError> {
+        let Collector {
+            config,
+            tls,
+            store,
+            metrics,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = || stopped(stop_rx.clone());
+
+        let (ingest, batcher) = Ingest::start(store.clone(), metrics.clone());
+        if let Some(listener) = listeners.metrics {
+            info!(addr = %listener.local_addr().map_err(|source| CollectorError::Bind { addr: config.metrics.listen, source })?, "metrics on /metrics");
+            let metrics = metrics.clone();
+            let stopped = stopped();
+            tokio::spawn(async move {
+                if let Err(error) = metrics::serve(listener, metrics, stopped).await {
+                    warn!(%error, "metrics server stopped");
+                }
+            });
+        }
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<AgentGatewayServer<AgentGatewayApi>>()
+            .await;
+        health.set_serving::<SpecialistServer<SpecialistApi>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vitals_proto::wire::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+
+        let addr = listeners.grpc.local_addr().map_err(|source| CollectorError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let incoming = tls::accept_loop(listeners.grpc, tls, metrics.clone(), stop_rx.clone());
+        let gateway = AgentGatewayApi::new(ingest.clone(), config.agents.clone(), stop_rx.clone());
+        let specialist = SpecialistApi::new(SpecialistService::new(store.clone()));
+        drop(ingest);
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(AgentGatewayServer::new(gateway))
+            .add_service(SpecialistServer::new(specialist))
+            .serve_with_incoming_shutdown(ReceiverStream::new(incoming), stopped());
+        let mut server = tokio::spawn(server);
+        info!(%addr, "collector serving (mTLS, TLS 1.3)");
+
+        let outcome = tokio::select! {
+            r = &mut server => r,
+            () = shutdown => {
+                info!("shutting down: draining agent sessions");
+                let _ = stop_tx.send(true);
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        warn!(grace = ?SHUTDOWN_GRACE, "streams did not drain in time; closing them");
+                        server.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        let _ = stop_tx.send(true);
+        // The batcher ends once every session has let go of ingest; it
+        // commits what is queued first.
+        if tokio::time::timeout(SHUTDOWN_GRACE, batcher).await.is_err() {
+            warn!("ingest did not finish in time");
+        }
+        info!("collector stopped");
+        match outcome {
+            Ok(r) => r.map_err(CollectorError::from),
+            Err(join) => {
+                warn!(error = %join, "server task failed");
+                Ok(())
+            }
+        }
+    }
+}

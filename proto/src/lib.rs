@@ -6,6 +6,7 @@
 //! - [`identity`]: who a peer is, read from its certificate.
 //! - [`convert`]: wire <-> domain, in one place.
 
+pub mod config_file;
 pub mod convert;
 pub mod domain;
 pub mod identity;

@@ -1,0 +1,257 @@
+//! `collector.toml`: typed, strict, validated before any port is bound.
+//!
+//! Relative paths are resolved against the folder holding the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use vitals_proto::config_file::{self, ConfigFileError};
+
+use crate::pki::PkiPaths;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Folder for the database and, unless `[tls]` says otherwise, the PKI.
+    pub data_dir: PathBuf,
+    /// Where agents and specialists connect (gRPC over mTLS).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub tls: TlsFiles,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub agents: AgentSettings,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Certificate files; each defaults to the data directory's `pki/` folder.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The fleet CA every client certificate must chain to.
+    pub ca: Option<PathBuf>,
+    /// The collector's server certificate chain.
+    pub cert: Option<PathBuf>,
+    /// The collector's private key.
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sqlite://PATH`; default `<data_dir>/vitals.db`.
+    pub url: Option<String>,
+    /// Snapshots kept per endpoint; older ones are pruned.
+    #[serde(default = "default_history")]
+    pub history_per_endpoint: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            url: None,
+            history_per_endpoint: default_history(),
+        }
+    }
+}
+
+/// What the collector tells agents in its welcome, and how it watches them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// How often agents sample and send a snapshot.
+    #[serde(default = "default_snapshot_interval", with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// How often an otherwise idle agent sends a heartbeat.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A session with no message for this long is closed and the endpoint
+    /// marked offline.
+    #[serde(default = "default_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            snapshot_interval: default_snapshot_interval(),
+            heartbeat_interval: default_heartbeat(),
+            idle_timeout: default_idle(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve Prometheus `/metrics`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Plain HTTP; keep it on loopback unless a scraper needs it elsewhere.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_history() -> u32 {
+    1440
+}
+fn default_snapshot_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(90)
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+}
+
+impl CollectorConfig {
+    /// A configuration with every default, for a data directory.
+    pub fn with_data_dir(data_dir: &Path) -> Self {
+        CollectorConfig {
+            data_dir: data_dir.to_path_buf(),
+            listen: default_listen(),
+            tls: TlsFiles::default(),
+            storage: StorageConfig::default(),
+            agents: AgentSettings::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+
+    /// Loads, resolves relative paths against the file's folder, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut config: CollectorConfig = config_file::load(path)?;
+        config.data_dir = config_file::resolve(path, &config.data_dir);
+        for p in [&mut config.tls.ca, &mut config.tls.cert, &mut config.tls.key]
+            .into_iter()
+            .flatten()
+        {
+            *p = config_file::resolve(path, p);
+        }
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            message,
+        };
+        let a = &self.agents;
+        if a.snapshot_interval < Duration::from_secs(1) {
+            return Err(invalid("agents.snapshot_interval must be at least 1s".into()));
+        }
+        if a.heartbeat_interval < Duration::from_secs(1) {
+            return Err(invalid("agents.heartbeat_interval must be at least 1s".into()));
+        }
+        if a.idle_timeout <= a.heartbeat_interval {
+            return Err(invalid(format!(
+                "agents.idle_timeout ({}) must be longer than agents.heartbeat_interval ({})",
+                humantime::format_duration(a.idle_timeout),
+                humantime::format_duration(a.heartbeat_interval)
+            )));
+        }
+        if self.storage.history_per_endpoint == 0 {
+            return Err(invalid("storage.history_per_endpoint must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.tls
+            .ca
+            .clone()
+            .unwrap_or_else(|| PkiPaths::new(&self.data_dir).ca_cert())
+    }
+    pub fn cert_path(&self) -> PathBuf {
+        self.tls
+            .cert
+            .clone()
+            .unwrap_or_else(|| PkiPaths::new(&self.data_dir).server_cert())
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.tls
+            .key
+            .clone()
+            .unwrap_or_else(|| PkiPaths::new(&self.data_dir).server_key())
+    }
+    pub fn storage_url(&self) -> String {
+        self.storage.url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("vitals.db").display())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vitals-ccfg-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("collector.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults_and_resolved_paths() {
+        let path = write("min", "data_dir = \"data\"\n");
+        let c = CollectorConfig::load(&path).unwrap();
+        assert_eq!(c.data_dir, path.parent().unwrap().join("data"));
+        assert_eq!(c.listen.port(), 7443);
+        assert!(c.metrics.listen.ip().is_loopback());
+        assert_eq!(c.ca_path(), c.data_dir.join("pki/ca.pem"));
+    }
+
+    #[test]
+    fn typo_is_named_with_line() {
+        let path = write("typo", "data_dir = \".\"\n[agents]\nsnapshot_intrval = \"5s\"\n");
+        let err = CollectorConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("collector.toml:3: unknown field \"snapshot_intrval\""), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_and_bad_relation() {
+        let path = write("dur", "data_dir = \".\"\n[agents]\nidle_timeout = \"soon\"\n");
+        let err = CollectorConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("collector.toml:3:"), "{err}");
+        let path = write(
+            "rel",
+            "data_dir = \".\"\n[agents]\nidle_timeout = \"10s\"\nheartbeat_interval = \"30s\"\n",
+        );
+        let err = CollectorConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("idle_timeout (10s) must be longer"), "{err}");
+    }
+}

@@ -1,0 +1,220 @@
+//! Ingest: sessions in, committed batches out, acknowledgements back.
+//!
+//! Every snapshot from every session goes through one queue to a batcher
+//! that commits many messages per storage transaction. Only after the
+//! commit returns does the batcher advance each session's acknowledged
+//! sequence. Acks are cumulative (everything at or below `seq`), so a
+//! session's acknowledgement is a `watch` value that only grows: the batcher
+//! never waits on a slow session, and a session never misses the latest ack.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, Notify, mpsc, watch};
+use tracing::error;
+use vitals_proto::domain::Snapshot;
+use vitals_proto::identity::EndpointId;
+
+use crate::metrics::Metrics;
+use crate::store::{SessionOpen, SnapshotRecord, Store, StoreError};
+
+/// Most messages in one storage transaction.
+const MAX_BATCH: usize = 1024;
+/// Messages waiting for the batcher before sessions feel backpressure.
+const QUEUE: usize = 8192;
+
+/// A session's view of what has been committed for it.
+pub struct AckSink {
+    committed: watch::Sender<u64>,
+    failed: Notify,
+}
+
+impl AckSink {
+    pub fn new(committed: u64) -> Arc<Self> {
+        Arc::new(AckSink {
+            committed: watch::Sender::new(committed),
+            failed: Notify::new(),
+        })
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    /// Completes when a commit holding this session's messages failed. The
+    /// session should then end so the agent reconnects and resends.
+    pub async fn failed(&self) {
+        self.failed.notified().await
+    }
+
+    fn advance(&self, seq: u64) {
+        self.committed.send_if_modified(|c| {
+            let newer = seq > *c;
+            if newer {
+                *c = seq;
+            }
+            newer
+        });
+    }
+}
+
+struct Item {
+    record: SnapshotRecord,
+    sink: Arc<AckSink>,
+}
+
+/// Who holds the live session of each endpoint. A new session of the same
+/// endpoint replaces the old one, which is told to stop.
+#[derive(Default)]
+struct Sessions {
+    next: u64,
+    live: HashMap<EndpointId, (u64, Arc<Notify>)>,
+}
+
+/// A registered session; `replaced` completes when a newer session of the
+/// same endpoint took over.
+pub struct SessionTicket {
+    pub endpoint: EndpointId,
+    pub generation: u64,
+    pub replaced: Arc<Notify>,
+}
+
+#[derive(Clone)]
+pub struct Ingest {
+    queue: mpsc::Sender<Item>,
+    store: Arc<dyn Store>,
+    sessions: Arc<Mutex<Sessions>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ingest {
+    /// Starts the batcher. It ends, after committing everything queued, once
+    /// every clone of the returned `Ingest` is dropped.
+    pub fn start(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> (Ingest, tokio::task::JoinHandle<()>) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(batcher(rx, store.clone(), metrics.clone()));
+        (
+            Ingest {
+                queue,
+                store,
+                sessions: Arc::default(),
+                metrics,
+            },
+            task,
+        )
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Registers a session and records it in storage. Returns the ticket and
+    /// the highest committed sequence of the endpoint.
+    pub async fn open_session(&self, open: SessionOpen) -> Result<(SessionTicket, u64), StoreError> {
+        let committed = self.store.open_session(&open).await?;
+        let mut sessions = self.sessions.lock().await;
+        sessions.next += 1;
+        let generation = sessions.next;
+        let replaced = Arc::new(Notify::new());
+        if let Some((_, old)) = sessions
+            .live
+            .insert(open.endpoint.clone(), (generation, replaced.clone()))
+        {
+            // notify_one stores a permit, so the old session sees it even if
+            // it is not waiting at this instant.
+            old.notify_one();
+        } else {
+            self.metrics.connected_agents.inc();
+        }
+        Ok((
+            SessionTicket {
+                endpoint: open.endpoint,
+                generation,
+                replaced,
+            },
+            committed,
+        ))
+    }
+
+    /// Ends a session. The endpoint goes offline only if no newer session
+    /// replaced this one.
+    pub async fn close_session(&self, ticket: &SessionTicket, at_ms: i64) {
+        let current = {
+            let mut sessions = self.sessions.lock().await;
+            let current = sessions
+                .live
+                .get(&ticket.endpoint)
+                .is_some_and(|(g, _)| *g == ticket.generation);
+            if current {
+                sessions.live.remove(&ticket.endpoint);
+                self.metrics.connected_agents.dec();
+            }
+            current
+        };
+        if current && let Err(error) = self.store.close_session(&ticket.endpoint, at_ms).await {
+            self.metrics.error("store");
+            error!(endpoint = %ticket.endpoint, %error, "cannot record session end");
+        }
+    }
+
+    /// Queues a snapshot; its sequence is acknowledged through `sink` once
+    /// committed. Waits when the queue is full (backpressure).
+    pub async fn submit(
+        &self,
+        endpoint: EndpointId,
+        seq: u64,
+        received_ms: i64,
+        snapshot: Snapshot,
+        sink: Arc<AckSink>,
+    ) -> Result<(), IngestClosed> {
+        self.queue
+            .send(Item {
+                record: SnapshotRecord {
+                    endpoint,
+                    seq,
+                    received_ms,
+                    snapshot,
+                },
+                sink,
+            })
+            .await
+            .map_err(|_| IngestClosed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("ingest is shutting down")]
+pub struct IngestClosed;
+
+async fn batcher(mut rx: mpsc::Receiver<Item>, store: Arc<dyn Store>, metrics: Arc<Metrics>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (records, sinks): (Vec<_>, Vec<_>) = batch.drain(..).map(|i| (i.record, i.sink)).unzip();
+        let started = Instant::now();
+        let result = store.commit_snapshots(&records).await;
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.commit_batch_size.observe(records.len() as f64);
+        match result {
+            Ok(()) => {
+                for (record, sink) in records.iter().zip(&sinks) {
+                    sink.advance(record.seq);
+                }
+            }
+            Err(error) => {
+                metrics.error("commit");
+                error!(%error, messages = records.len(), "commit failed; sessions will reset");
+                for sink in &sinks {
+                    sink.failed.notify_one();
+                }
+                // A failing disk should not be hammered in a tight loop.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Prometheus metrics of the collector, served as text on `/metrics` from a
+//! plain HTTP port that is bound to loopback unless configured otherwise.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::header;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// Every metric the collector exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Agents with a live session.
+    pub connected_agents: Gauge,
+    /// TLS handshakes that produced a verified connection.
+    pub handshakes: Counter,
+    handshake_failures: Family<Labels, Counter>,
+    messages: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
+    /// Seconds from the start of a storage commit to its end.
+    pub commit_seconds: Histogram,
+    /// Messages per storage commit.
+    pub commit_batch_size: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("vitals_collector");
+        let connected_agents = Gauge::default();
+        registry.register(
+            "connected_agents",
+            "Agents with a live session",
+            connected_agents.clone(),
+        );
+        let handshakes = Counter::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes that produced a verified connection",
+            handshakes.clone(),
+        );
+        let handshake_failures = Family::default();
+        registry.register(
+            "tls_handshake_failures",
+            "Connections refused at the TLS layer, by reason",
+            handshake_failures.clone(),
+        );
+        let messages = Family::default();
+        registry.register(
+            "messages",
+            "Agent messages received, by kind",
+            messages.clone(),
+        );
+        let errors = Family::default();
+        registry.register("errors", "Errors, by kind", errors.clone());
+        let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "commit_seconds",
+            "Duration of storage commits",
+            commit_seconds.clone(),
+        );
+        let commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "commit_batch_size",
+            "Messages per storage commit",
+            commit_batch_size.clone(),
+        );
+        Metrics {
+            registry,
+            connected_agents,
+            handshakes,
+            handshake_failures,
+            messages,
+            errors,
+            commit_seconds,
+            commit_batch_size,
+        }
+    }
+
+    pub fn handshake_failed(&self, reason: &'static str) {
+        self.handshake_failures
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    pub fn message(&self, kind: &'static str) {
+        self.messages.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_names() {
+        let m = Metrics::new();
+        m.connected_agents.set(3);
+        m.message("snapshot");
+        m.handshake_failed("tls");
+        let text = m.render();
+        assert!(text.contains("vitals_collector_connected_agents 3"), "{text}");
+        assert!(
+            text.contains("vitals_collector_messages_total{kind=\"snapshot\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vitals_collector_tls_handshake_failures_total{reason=\"tls\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! The fleet's certificate authority: one CA, the collector's server
+//! certificate, and client certificates for agents and specialists.
+//!
+//! Everything is made in Rust (rcgen, ECDSA P-256), never by shelling out.
+//! Private keys are written readable by their owner only. The layout under a
+//! data directory is:
+//!
+//! ```text
+//! pki/ca.pem  pki/ca.key                 fleet CA
+//! pki/collector.pem  pki/collector.key   collector server certificate
+//! pki/agents/<id>.pem|.key               agent client certificates
+//! pki/specialists/<name>.pem|.key        specialist client certificates
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+use vitals_proto::identity::Identity;
+
+/// Validity of a new fleet CA.
+pub const CA_DAYS: i64 = 3650;
+/// Validity of a new collector server certificate.
+pub const SERVER_DAYS: i64 = 397;
+/// Validity of a new agent certificate.
+pub const AGENT_DAYS: i64 = 365;
+/// Validity of a new specialist certificate.
+pub const SPECIALIST_DAYS: i64 = 90;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{0} already exists; refusing to overwrite an existing fleet CA")]
+    AlreadyExists(PathBuf),
+    #[error("invalid identity: {0}")]
+    Identity(#[from] vitals_proto::identity::IdentityError),
+}
+
+/// Where the PKI files of a data directory live.
+#[derive(Debug, Clone)]
+pub struct PkiPaths {
+    pub dir: PathBuf,
+}
+
+impl PkiPaths {
+    pub fn new(data_dir: &Path) -> Self {
+        PkiPaths {
+            dir: data_dir.join("pki"),
+        }
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("collector.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("collector.key")
+    }
+    /// Certificate and key paths for a client identity.
+    pub fn client(&self, identity: &Identity) -> (PathBuf, PathBuf) {
+        let (folder, name) = match identity {
+            Identity::Endpoint(id) => ("agents", id.as_str()),
+            Identity::Specialist { name, .. } => ("specialists", name.as_str()),
+        };
+        let base = self.dir.join(folder);
+        (
+            base.join(format!("{name}.pem")),
+            base.join(format!("{name}.key")),
+        )
+    }
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Leaf {
+    /// Writes the certificate (0644) and the key (0600), making folders.
+    pub fn write(&self, cert: &Path, key: &Path) -> Result<(), PkiError> {
+        write_file(cert, self.cert_pem.as_bytes(), false)?;
+        write_file(key, self.key_pem.as_bytes(), true)
+    }
+}
+
+/// The fleet CA, able to sign.
+pub struct Ca {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    /// Makes a new CA valid for `days`.
+    pub fn generate(days: i64) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name("Vitals fleet CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + Duration::days(days);
+        let cert = params.self_signed(&key)?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads the CA of a data directory.
+    pub fn load(paths: &PkiPaths) -> Result<Self, PkiError> {
+        let cert_pem = read(&paths.ca_cert())?;
+        let key_path = paths.ca_key();
+        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| PkiError::Parse {
+            path: key_path.clone(),
+            message: format!("not a usable private key: {e}"),
+        })?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| PkiError::Parse {
+                path: paths.ca_cert(),
+                message: format!("not a usable CA certificate: {e}"),
+            })?;
+        Ok(Ca { cert_pem, issuer })
+    }
+
+    /// Writes the CA to a data directory; refuses to replace an existing one,
+    /// since every certificate in the fleet chains to it.
+    pub fn save(&self, paths: &PkiPaths) -> Result<(), PkiError> {
+        if paths.ca_key().exists() {
+            return Err(PkiError::AlreadyExists(paths.ca_key()));
+        }
+        write_file(&paths.ca_cert(), self.cert_pem.as_bytes(), false)?;
+        write_file(&paths.ca_key(), self.issuer.key().serialize_pem().as_bytes(), true)
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A server certificate for the collector, naming each host (DNS name or
+    /// IP address).
+    pub fn issue_server(&self, hosts: &[String], days: i64) -> Result<Leaf, PkiError> {
+        let mut params = CertificateParams::new(hosts.to_vec())?;
+        params.distinguished_name = name("vitals-collector");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params, days_from_now(days))
+    }
+
+    /// A client certificate for an agent or a specialist.
+    pub fn issue_client(&self, identity: &Identity, days: i64) -> Result<Leaf, PkiError> {
+        self.issue_client_valid(identity, days_from_now(days))
+    }
+
+    /// A client certificate valid over exactly `validity` (tests use this for
+    /// expired certificates).
+    pub fn issue_client_valid(
+        &self,
+        identity: &Identity,
+        validity: (OffsetDateTime, OffsetDateTime),
+    ) -> Result<Leaf, PkiError> {
+        let mut params = CertificateParams::default();
+        let common_name = match identity {
+            Identity::Endpoint(id) => id.to_string(),
+            Identity::Specialist { name, .. } => name.clone(),
+        };
+        params.distinguished_name = name(&common_name);
+        for uri in identity.san_uris() {
+            params.subject_alt_names.push(SanType::URI(uri.try_into()?));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params, validity)
+    }
+
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        (not_before, not_after): (OffsetDateTime, OffsetDateTime),
+    ) -> Result<Leaf, PkiError> {
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Creates the fleet CA and the collector's server certificate in a data
+/// directory. Fails if a CA is already there.
+pub fn init(data_dir: &Path, hosts: &[String]) -> Result<Ca, PkiError> {
+    let paths = PkiPaths::new(data_dir);
+    if paths.ca_key().exists() {
+        return Err(PkiError::AlreadyExists(paths.ca_key()));
+    }
+    let ca = Ca::generate(CA_DAYS)?;
+    ca.save(&paths)?;
+    ca.issue_server(hosts, SERVER_DAYS)?
+        .write(&paths.server_cert(), &paths.server_key())?;
+    Ok(ca)
+}
+
+/// Days of validity left on the first certificate of a PEM file, or `None`
+/// if it cannot be read.
+pub fn days_left(cert: &Path) -> Option<i64> {
+    let pem = std::fs::read(cert).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let not_after = cert.validity().not_after.timestamp();
+    Some((not_after - OffsetDateTime::now_utc().unix_timestamp()) / 86_400)
+}
+
+fn days_from_now(days: i64) -> (OffsetDateTime, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    (now - Duration::minutes(5), now + Duration::days(days))
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Vitals");
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a file, creating its folder; private files get mode 0600 from the
+/// moment they exist, so a key is never readable by others even briefly.
+fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
+    use std::io::Write;
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_certificates_carry_their_identity() {
+        let ca = Ca::generate(1).unwrap();
+        let id = Identity::Endpoint("ws-42".parse().unwrap());
+        let leaf = ca.issue_client(&id, 1).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(leaf.cert_pem.as_bytes()).unwrap();
+        assert_eq!(Identity::from_cert_der(&pem.contents).unwrap(), id);
+    }
+
+    #[test]
+    fn init_refuses_to_replace_a_ca_and_keys_are_private() {
+        let dir = std::env::temp_dir().join(format!("vitals-pki-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        init(&dir, &["localhost".into()]).unwrap();
+        assert!(matches!(
+            init(&dir, &["localhost".into()]),
+            Err(PkiError::AlreadyExists(_))
+        ));
+        let paths = PkiPaths::new(&dir);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for key in [paths.ca_key(), paths.server_key()] {
+                let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+            }
+        }
+        // The saved CA loads and can still sign.
+        let ca = Ca::load(&paths).unwrap();
+        let leaf = ca
+            .issue_client(&Identity::specialist("ana", vitals_proto::identity::Role::Viewer).unwrap(), 1)
+            .unwrap();
+        assert!(leaf.cert_pem.contains("BEGIN CERTIFICATE"));
+        assert!(days_left(&paths.server_cert()).unwrap() >= SERVER_DAYS - 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,103 @@
+//! The storage interface of the collector.
+//!
+//! Callers (ingest, the specialist service) see only [`Store`] and domain
+//! types. The embedded backend is SQLite ([`sqlite`]); a PostgreSQL backend
+//! implements the same trait with the same schema, selected by the storage
+//! URL, without touching any caller.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use vitals_proto::domain::{EndpointDetail, EndpointSummary, HistoryEntry, Snapshot};
+use vitals_proto::identity::EndpointId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("database migration {version}: {source}")]
+    Migration {
+        version: u32,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database schema version {found} is newer than this collector knows ({known}); upgrade the collector"
+    )]
+    SchemaTooNew { found: u32, known: u32 },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored snapshot of {endpoint} seq {seq} is not valid: {source}")]
+    Corrupt {
+        endpoint: String,
+        seq: u64,
+        source: serde_json::Error,
+    },
+    #[error("unsupported storage url \"{0}\": this build stores in SQLite (sqlite://PATH)")]
+    UnsupportedUrl(String),
+    #[error("storage worker stopped: {0}")]
+    Worker(String),
+}
+
+/// An agent's session began.
+#[derive(Debug, Clone)]
+pub struct SessionOpen {
+    pub endpoint: EndpointId,
+    pub agent_version: String,
+    pub platform: String,
+    pub at_ms: i64,
+}
+
+/// A snapshot to commit.
+#[derive(Debug, Clone)]
+pub struct SnapshotRecord {
+    pub endpoint: EndpointId,
+    pub seq: u64,
+    pub received_ms: i64,
+    pub snapshot: Snapshot,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Records that an endpoint's session began (creating the endpoint on
+    /// first contact) and returns the highest sequence committed for it.
+    async fn open_session(&self, open: &SessionOpen) -> Result<u64, StoreError>;
+
+    /// Records that an endpoint's session ended.
+    async fn close_session(&self, endpoint: &EndpointId, at_ms: i64) -> Result<(), StoreError>;
+
+    /// Marks every endpoint offline. Called at start-up: no session survives
+    /// a collector restart.
+    async fn mark_all_offline(&self, at_ms: i64) -> Result<(), StoreError>;
+
+    /// Commits snapshots in one transaction. A record whose (endpoint,
+    /// sequence) is already stored takes no effect. When this returns `Ok`
+    /// every record is durable and may be acknowledged.
+    async fn commit_snapshots(&self, batch: &[SnapshotRecord]) -> Result<(), StoreError>;
+
+    /// Every endpoint, most recently seen first.
+    async fn list_endpoints(&self, online_only: bool) -> Result<Vec<EndpointSummary>, StoreError>;
+
+    /// One endpoint in full, or `None` if never seen.
+    async fn endpoint(&self, id: &str) -> Result<Option<EndpointDetail>, StoreError>;
+
+    /// Stored snapshots of an endpoint, newest first, at most `limit`.
+    async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError>;
+}
+
+/// Opens the store a URL names. `sqlite://PATH` (or a bare path) is SQLite.
+pub async fn open(url: &str, history_limit: u32) -> Result<Arc<dyn Store>, StoreError> {
+    let path = if let Some(p) = url.strip_prefix("sqlite://") {
+        p
+    } else if url.contains("://") {
+        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    } else {
+        url
+    };
+    let store = sqlite::SqliteStore::open(std::path::Path::new(path), history_limit).await?;
+    Ok(Arc::new(store))
+}

@@ -1,0 +1,478 @@
+//! SQLite backend: the embedded default, nothing to install.
+//!
+//! Durability: WAL journal with `synchronous = FULL`, so a transaction that
+//! has returned is on disk before the collector acknowledges it; neither a
+//! `kill -9` nor a power cut loses an acknowledged message. Batching many
+//! messages per transaction keeps the fsync cost per message small.
+//!
+//! One connection writes and one reads; WAL lets readers run beside the
+//! writer. Both are used from blocking tasks so the async runtime never
+//! waits on disk.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use vitals_proto::domain::{EndpointDetail, EndpointSummary, HistoryEntry, Snapshot};
+use vitals_proto::identity::EndpointId;
+
+use super::{SessionOpen, SnapshotRecord, Store, StoreError};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records the
+/// last one applied. Never edit a released migration: add a new one.
+const MIGRATIONS: &[(u32, &str)] = &[(
+    1,
+    include_str!("../../migrations/sqlite/0001_endpoints_snapshots.sql"),
+)];
+
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+    history_limit: u32,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and applies migrations.
+    pub async fn open(path: &Path, history_limit: u32) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        let (writer, reader) = tokio::task::spawn_blocking(move || {
+            let writer = connect(&path)?;
+            migrate(&writer)?;
+            let reader = connect(&path)?;
+            Ok::<_, StoreError>((writer, reader))
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))??;
+        Ok(SqliteStore {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+            history_limit: history_limit.max(1),
+        })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        with(self.writer.clone(), f).await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        with(self.reader.clone(), f).await
+    }
+}
+
+async fn with<T: Send + 'static>(
+    conn: Arc<Mutex<Connection>>,
+    f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(move || {
+        // A panic while holding the lock leaves the connection usable: SQLite
+        // rolls back an unfinished transaction when the next one begins.
+        let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    })
+    .await
+    .map_err(|e| StoreError::Worker(e.to_string()))?
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(open_err)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let current: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let apply = || -> rusqlite::Result<()> {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", version)?;
+            tx.commit()
+        };
+        apply().map_err(|source| StoreError::Migration {
+            version: *version,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+const SUMMARY_COLUMNS: &str = "id, hostname, platform, os, online, first_seen_ms, last_seen_ms, \
+     agent_version, cpu_usage_percent, memory_used_percent, fullest_disk_percent, latest_snapshot_ms";
+
+fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointSummary> {
+    Ok(EndpointSummary {
+        endpoint_id: r.get(0)?,
+        hostname: r.get(1)?,
+        platform: r.get(2)?,
+        os: r.get(3)?,
+        online: r.get(4)?,
+        first_seen_ms: r.get(5)?,
+        last_seen_ms: r.get(6)?,
+        agent_version: r.get(7)?,
+        cpu_usage_percent: r.get::<_, f64>(8)? as f32,
+        memory_used_percent: r.get::<_, f64>(9)? as f32,
+        fullest_disk_percent: r.get::<_, f64>(10)? as f32,
+        latest_snapshot_ms: r.get(11)?,
+    })
+}
+
+fn parse_snapshot(endpoint: &str, seq: u64, body: &str) -> Result<Snapshot, StoreError> {
+    serde_json::from_str(body).map_err(|source| StoreError::Corrupt {
+        endpoint: endpoint.to_owned(),
+        seq,
+        source,
+    })
+}
+
+/// A snapshot record prepared for the database outside the lock.
+struct Prepared {
+    endpoint: String,
+    seq: i64,
+    received_ms: i64,
+    taken_ms: i64,
+    hostname: String,
+    os: String,
+    cpu: f64,
+    memory: f64,
+    disk: f64,
+    body: String,
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn open_session(&self, open: &SessionOpen) -> Result<u64, StoreError> {
+        let open = open.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO endpoints (id, platform, agent_version, online, first_seen_ms, \
+                     last_seen_ms, state_since_ms)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?4, ?4)
+                 ON CONFLICT (id) DO UPDATE SET platform = ?2, agent_version = ?3, online = 1,
+                     last_seen_ms = ?4, state_since_ms = ?4",
+                params![
+                    open.endpoint.as_str(),
+                    open.platform,
+                    open.agent_version,
+                    open.at_ms
+                ],
+            )?;
+            let seq: i64 = c.query_row(
+                "SELECT committed_seq FROM endpoints WHERE id = ?1",
+                [open.endpoint.as_str()],
+                |r| r.get(0),
+            )?;
+            Ok(seq as u64)
+        })
+        .await
+    }
+
+    async fn close_session(&self, endpoint: &EndpointId, at_ms: i64) -> Result<(), StoreError> {
+        let id = endpoint.to_string();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE endpoints SET online = 0, last_seen_ms = MAX(last_seen_ms, ?2),
+                     state_since_ms = ?2 WHERE id = ?1",
+                params![id, at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_all_offline(&self, at_ms: i64) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE endpoints SET online = 0, state_since_ms = ?1 WHERE online = 1",
+                [at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn commit_snapshots(&self, batch: &[SnapshotRecord]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Serialise before taking the writer so the lock is held for I/O only.
+        let prepared: Vec<Prepared> = batch
+            .iter()
+            .map(|r| Prepared {
+                endpoint: r.endpoint.to_string(),
+                seq: r.seq as i64,
+                received_ms: r.received_ms,
+                taken_ms: r.snapshot.taken_at_ms,
+                hostname: r.snapshot.host.hostname.clone(),
+                os: format!("{} {}", r.snapshot.host.os_name, r.snapshot.host.os_version)
+                    .trim()
+                    .to_owned(),
+                cpu: r.snapshot.cpu.usage_percent as f64,
+                memory: r.snapshot.memory.used_percent() as f64,
+                disk: r.snapshot.fullest_disk_percent() as f64,
+                // Serialising a plain struct of strings and numbers cannot fail.
+                body: serde_json::to_string(&r.snapshot).unwrap_or_default(),
+            })
+            .collect();
+        let limit = self.history_limit as i64;
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO snapshots (endpoint_id, seq, received_ms, taken_ms, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                let mut latest = tx.prepare_cached(
+                    "UPDATE endpoints SET committed_seq = ?2, last_seen_ms = MAX(last_seen_ms, ?3),
+                         hostname = ?4, os = ?5, cpu_usage_percent = ?6,
+                         memory_used_percent = ?7, fullest_disk_percent = ?8,
+                         latest_snapshot_ms = ?9, latest_snapshot = ?10
+                     WHERE id = ?1 AND committed_seq < ?2",
+                )?;
+                let mut prune = tx.prepare_cached(
+                    "DELETE FROM snapshots WHERE endpoint_id = ?1 AND seq <=
+                         (SELECT seq FROM snapshots WHERE endpoint_id = ?1
+                          ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                )?;
+                let mut touched: Vec<&str> = Vec::new();
+                for p in &prepared {
+                    let fresh = insert.execute(params![
+                        p.endpoint,
+                        p.seq,
+                        p.received_ms,
+                        p.taken_ms,
+                        p.body
+                    ])? == 1;
+                    if !fresh {
+                        continue;
+                    }
+                    latest.execute(params![
+                        p.endpoint,
+                        p.seq,
+                        p.received_ms,
+                        p.hostname,
+                        p.os,
+                        p.cpu,
+                        p.memory,
+                        p.disk,
+                        p.taken_ms,
+                        p.body
+                    ])?;
+                    if !touched.contains(&p.endpoint.as_str()) {
+                        touched.push(&p.endpoint);
+                    }
+                }
+                for endpoint in touched {
+                    prune.execute(params![endpoint, limit])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_endpoints(&self, online_only: bool) -> Result<Vec<EndpointSummary>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS} FROM endpoints {} ORDER BY last_seen_ms DESC, id",
+                if online_only { "WHERE online = 1" } else { "" }
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([], summary_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn endpoint(&self, id: &str) -> Result<Option<EndpointDetail>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS}, state_since_ms, committed_seq, latest_snapshot,
+                     (SELECT COUNT(*) FROM snapshots WHERE endpoint_id = endpoints.id)
+                 FROM endpoints WHERE id = ?1"
+            );
+            let row = c
+                .query_row(&sql, [&id], |r| {
+                    Ok((
+                        summary_from_row(r)?,
+                        r.get::<_, i64>(12)?,
+                        r.get::<_, i64>(13)? as u64,
+                        r.get::<_, Option<String>>(14)?,
+                        r.get::<_, i64>(15)? as u64,
+                    ))
+                })
+                .optional()?;
+            let Some((summary, state_since_ms, committed_seq, latest, history_len)) = row else {
+                return Ok(None);
+            };
+            let latest = latest
+                .map(|body| parse_snapshot(&id, committed_seq, &body))
+                .transpose()?;
+            Ok(Some(EndpointDetail {
+                summary,
+                latest,
+                state_since_ms,
+                committed_seq,
+                history_len,
+            }))
+        })
+        .await
+    }
+
+    async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, received_ms, body FROM snapshots WHERE endpoint_id = ?1
+                 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![id, limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, received_at_ms, body) = row?;
+                out.push(HistoryEntry {
+                    seq,
+                    received_at_ms,
+                    snapshot: parse_snapshot(&id, seq, &body)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("vitals-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("vitals.db")
+    }
+
+    fn record(id: &EndpointId, seq: u64, cpu: f32) -> SnapshotRecord {
+        let mut snapshot = Snapshot::default();
+        snapshot.host.hostname = format!("host-{id}");
+        snapshot.cpu.usage_percent = cpu;
+        snapshot.taken_at_ms = seq as i64;
+        SnapshotRecord {
+            endpoint: id.clone(),
+            seq,
+            received_ms: 1000 + seq as i64,
+            snapshot,
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_are_idempotent_and_history_is_bounded() {
+        let path = temp_db("idem");
+        let store = SqliteStore::open(&path, 3).await.unwrap();
+        let id: EndpointId = "ws-1".parse().unwrap();
+        let open = SessionOpen {
+            endpoint: id.clone(),
+            agent_version: "0.1.0".into(),
+            platform: "linux/x86_64".into(),
+            at_ms: 5,
+        };
+        assert_eq!(store.open_session(&open).await.unwrap(), 0);
+        let batch: Vec<_> = (1..=5).map(|s| record(&id, s, s as f32)).collect();
+        store.commit_snapshots(&batch).await.unwrap();
+        // A replay of the same sequences changes nothing.
+        store.commit_snapshots(&batch).await.unwrap();
+        let detail = store.endpoint("ws-1").await.unwrap().unwrap();
+        assert_eq!(detail.committed_seq, 5);
+        assert_eq!(detail.history_len, 3);
+        assert_eq!(detail.summary.cpu_usage_percent, 5.0);
+        assert_eq!(detail.summary.hostname, "host-ws-1");
+        assert!(detail.summary.online);
+        let seqs: Vec<u64> = store
+            .history("ws-1", 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.seq)
+            .collect();
+        assert_eq!(seqs, vec![5, 4, 3]);
+        // A late, older message does not roll the latest snapshot back.
+        store
+            .commit_snapshots(&[record(&id, 2, 99.0)])
+            .await
+            .unwrap();
+        let detail = store.endpoint("ws-1").await.unwrap().unwrap();
+        assert_eq!(detail.summary.cpu_usage_percent, 5.0);
+        assert_eq!(store.open_session(&open).await.unwrap(), 5);
+        store.close_session(&id, 50).await.unwrap();
+        assert!(store.list_endpoints(true).await.unwrap().is_empty());
+        assert_eq!(store.list_endpoints(false).await.unwrap().len(), 1);
+        assert!(store.endpoint("nope").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_and_refuses_newer_schema() {
+        let path = temp_db("reopen");
+        {
+            let store = SqliteStore::open(&path, 10).await.unwrap();
+            let id: EndpointId = "ws-2".parse().unwrap();
+            store
+                .open_session(&SessionOpen {
+                    endpoint: id.clone(),
+                    agent_version: String::new(),
+                    platform: String::new(),
+                    at_ms: 1,
+                })
+                .await
+                .unwrap();
+            store
+                .commit_snapshots(&[record(&id, 7, 1.0)])
+                .await
+                .unwrap();
+            store.mark_all_offline(2).await.unwrap();
+        }
+        let store = SqliteStore::open(&path, 10).await.unwrap();
+        let d = store.endpoint("ws-2").await.unwrap().unwrap();
+        assert_eq!(d.committed_seq, 7);
+        assert!(!d.summary.online);
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        assert!(matches!(
+            SqliteStore::open(&path, 10).await,
+            Err(StoreError::SchemaTooNew { found: 99, .. })
+        ));
+    }
+}
