@@ -1,1 +1,104 @@
+//! The Vitals agent.
+//!
+//! - [`probes`] sample the workstation into a domain `Snapshot`.
+//! - [`link`] holds the stream to the collector (the agent's only gRPC
+//!   edge), numbers messages and keeps them until acknowledged.
+//! - [`config`] is `agent.toml`.
+//!
+//! [`run`] wires them: a sampler task sends a snapshot on every interval
+//! (the collector's welcome may change it) to the link task.
 
+pub mod config;
+pub mod link;
+pub mod probes;
+pub mod seq;
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+use vitals_proto::identity::{EndpointId, Identity};
+
+use crate::config::AgentConfig;
+use crate::link::{Link, LinkError};
+use crate::probes::Sampler;
+
+/// A sample that takes longer than this is abandoned (a hung mount, say)
+/// and the next one starts with fresh readers.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{path}: {message}")]
+    Certificate { path: String, message: String },
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Reads the endpoint ID from the agent's own certificate.
+pub fn endpoint_id_from_cert(path: &Path) -> Result<EndpointId, AgentError> {
+    let err = |message: String| AgentError::Certificate {
+        path: path.display().to_string(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|e| err(format!("not a PEM certificate: {e}")))?;
+    match Identity::from_cert_der(&pem.contents) {
+        Ok(Identity::Endpoint(id)) => Ok(id),
+        Ok(other) => Err(err(format!(
+            "certificate is for {other}, not an agent (endpoint) certificate"
+        ))),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    let endpoint_id = endpoint_id_from_cert(&config.tls.cert)?;
+    let (interval_tx, interval_rx) = watch::channel(config.link.snapshot_interval);
+    let link = Link::new(config, endpoint_id.clone(), interval_tx)?;
+    info!(endpoint = %endpoint_id, "agent starting");
+    let (snap_tx, snap_rx) = mpsc::channel(16);
+    let sampler = tokio::spawn(sample_loop(snap_tx, interval_rx, shutdown.clone()));
+    let result = link.run(snap_rx, shutdown).await;
+    sampler.abort();
+    Ok(result?)
+}
+
+async fn sample_loop(
+    tx: mpsc::Sender<vitals_proto::domain::Snapshot>,
+    mut interval: watch::Receiver<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sampler = Some(Sampler::new());
+    loop {
+        let mut s = sampler.take().unwrap_or_default();
+        let job = tokio::task::spawn_blocking(move || {
+            let snapshot = s.sample();
+            (s, snapshot)
+        });
+        match tokio::time::timeout(SAMPLE_TIMEOUT, job).await {
+            Ok(Ok((s, snapshot))) => {
+                sampler = Some(s);
+                if tx.send(snapshot).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Err(error)) => warn!(%error, "sampling failed"),
+            Err(_) => warn!(timeout = ?SAMPLE_TIMEOUT, "sampling hung; abandoned"),
+        }
+        let every = *interval.borrow_and_update();
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = interval.changed() => {}
+            () = stopped(&mut shutdown) => return,
+        }
+    }
+}

@@ -1,1 +1,198 @@
-fn main() {}
+//! `vitals-agent`: the workstation agent's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+use vitals_agent::config::AgentConfig;
+use vitals_agent::probes::Sampler;
+
+#[derive(Parser)]
+#[command(name = "vitals-agent", version, about = "Vitals workstation agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run as a service: sample and stream to the collector.
+    Run {
+        /// Configuration file.
+        #[arg(long, env = "VITALS_AGENT_CONFIG", default_value = default_config())]
+        config: PathBuf,
+        /// Stop when standard input closes (for a supervising parent).
+        #[arg(long, hide = true)]
+        exit_on_stdin_eof: bool,
+    },
+    /// Take one snapshot and print it; no network, no configuration.
+    Once {
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a configuration file and the certificates it names, then exit.
+    CheckConfig {
+        #[arg(long, env = "VITALS_AGENT_CONFIG", default_value = default_config())]
+        config: PathBuf,
+    },
+}
+
+fn default_config() -> &'static str {
+    if cfg!(windows) {
+        r"C:\ProgramData\Vitals\agent.toml"
+    } else {
+        "/etc/vitals/agent.toml"
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Once { json } => once(json),
+        Command::CheckConfig { config } => match load(&config) {
+            Ok((_, id)) => {
+                println!("{}: ok (endpoint {id})", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run {
+            config,
+            exit_on_stdin_eof,
+        } => run(config, exit_on_stdin_eof),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<(AgentConfig, String), ExitCode> {
+    let config = AgentConfig::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    for (what, p) in [
+        ("tls.ca", &config.tls.ca),
+        ("tls.cert", &config.tls.cert),
+        ("tls.key", &config.tls.key),
+    ] {
+        if let Err(e) = std::fs::metadata(p) {
+            eprintln!("error: {}: {what}: {}: {e}", path.display(), p.display());
+            return Err(ExitCode::from(2));
+        }
+    }
+    let id = vitals_agent::endpoint_id_from_cert(&config.tls.cert).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    Ok((config, id.to_string()))
+}
+
+fn once(json: bool) -> ExitCode {
+    // A short window so CPU use is a real measurement, yet the command
+    // answers at once on a support call.
+    let snapshot = Sampler::sample_once(Duration::from_millis(100));
+    if json {
+        match serde_json::to_string_pretty(&snapshot) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let h = &snapshot.host;
+    println!("{} — {} {} (kernel {}, {})", h.hostname, h.os_name, h.os_version, h.kernel_version, h.arch);
+    println!("uptime   {}", humanize_secs(h.uptime_secs));
+    println!("cpu      {:.1}% of {} cores", snapshot.cpu.usage_percent, snapshot.cpu.logical_cores);
+    let m = &snapshot.memory;
+    println!("memory   {:.1} / {:.1} GiB ({:.0}%)", gib(m.used_bytes), gib(m.total_bytes), m.used_percent());
+    for d in &snapshot.disks {
+        println!("disk     {:<20} {:>6.1} GiB  {:>3.0}% used  {}", d.mount_point, gib(d.total_bytes), d.used_percent(), d.file_system);
+    }
+    for i in &snapshot.interfaces {
+        println!("net      {:<12} {}", i.name, i.addresses.join(" "));
+    }
+    for e in &snapshot.probe_errors {
+        println!("problem  {}: {}", e.probe, e.message);
+    }
+    ExitCode::SUCCESS
+}
+
+fn humanize_secs(s: u64) -> String {
+    format!("{}d {}h {}m", s / 86_400, s % 86_400 / 3600, s % 3600 / 60)
+}
+
+fn run(config_path: PathBuf, exit_on_stdin_eof: bool) -> ExitCode {
+    init_tracing();
+    let (config, _) = match load(&config_path) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    // One thread is plenty for one stream and a sampler, and keeps the
+    // agent's footprint small.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_stop(exit_on_stdin_eof).await;
+            tracing::info!("stopping");
+            let _ = stop_tx.send(true);
+        });
+        match vitals_agent::run(config, stop_rx).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "agent stopped");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn wait_for_stop(exit_on_stdin_eof: bool) {
+    let stdin_closed = async {
+        if exit_on_stdin_eof {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 64];
+            let mut stdin = tokio::io::stdin();
+            while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return stdin_closed.await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = stdin_closed => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = stdin_closed => {}
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,417 @@
+//! The link: the agent's one long-lived mTLS stream to the collector, and
+//! the only module of the agent that touches generated protobuf types.
+//!
+//! Every snapshot takes the next sequence number and waits in the pending
+//! queue until the collector acknowledges a sequence at or above it. On each
+//! new session everything still pending is sent again; the collector
+//! recognises what it already committed by (endpoint, sequence). The queue
+//! is bounded: when full, the oldest snapshot goes. (A durable, on-disk
+//! outbox replaces this in-memory queue later; its interface stays.)
+//!
+//! Reconnects use exponential backoff with full jitter: a random delay
+//! between zero and min(max, min * 2^attempt), so a fleet that lost its
+//! collector at the same instant does not come back at the same instant.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracing::{debug, info, warn};
+use vitals_proto::domain::Snapshot;
+use vitals_proto::identity::EndpointId;
+use vitals_proto::wire::agent_gateway_client::AgentGatewayClient;
+use vitals_proto::wire::{self, agent_message, collector_message};
+
+use crate::config::AgentConfig;
+use crate::seq::{SeqCounter, SeqError};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a closing session waits for the last acknowledgements.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("tls setup: {0}")]
+    Tls(String),
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("collector refused the stream: {0}")]
+    Refused(String),
+    #[error("collector closed the stream")]
+    Closed,
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Seq(#[from] SeqError),
+}
+
+/// Renders an error with every cause, since tonic's top-level message for a
+/// refused certificate is only "transport error".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let next = c.to_string();
+        if !s.contains(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn status_text(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), chain(s))
+}
+
+/// Messages waiting for the collector's acknowledgement.
+pub struct Pending {
+    queue: VecDeque<(u64, Snapshot)>,
+    max: usize,
+    /// Snapshots dropped because the queue was full.
+    pub dropped: u64,
+}
+
+impl Pending {
+    pub fn new(max: usize) -> Self {
+        Pending {
+            queue: VecDeque::new(),
+            max: max.max(1),
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, seq: u64, snapshot: Snapshot) {
+        if self.queue.len() >= self.max {
+            self.queue.pop_front();
+            self.dropped += 1;
+        }
+        self.queue.push_back((seq, snapshot));
+    }
+
+    /// Forgets everything at or below `seq`.
+    pub fn ack(&mut self, seq: u64) {
+        while self.queue.front().is_some_and(|(s, _)| *s <= seq) {
+            self.queue.pop_front();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn renumber(&mut self, seq: &mut SeqCounter) -> Result<(), SeqError> {
+        for (s, _) in &mut self.queue {
+            *s = seq.next()?;
+        }
+        Ok(())
+    }
+}
+
+/// What the agent needs to hold a session.
+pub struct Link {
+    endpoint_id: EndpointId,
+    config: AgentConfig,
+    tls: ClientTlsConfig,
+    seq: SeqCounter,
+    pending: Pending,
+    welcomed_once: bool,
+    /// The collector's snapshot interval, for the sampler.
+    interval: watch::Sender<Duration>,
+}
+
+impl Link {
+    pub fn new(
+        config: AgentConfig,
+        endpoint_id: EndpointId,
+        interval: watch::Sender<Duration>,
+    ) -> Result<Self, LinkError> {
+        let read = |what, path: &std::path::Path| {
+            std::fs::read(path).map_err(|source| LinkError::File {
+                what,
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let ca = read("CA certificate", &config.tls.ca)?;
+        let cert = read("certificate", &config.tls.cert)?;
+        let key = read("key", &config.tls.key)?;
+        let tls = ClientTlsConfig::new()
+            .domain_name(config.server_name())
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key));
+        let seq = SeqCounter::open(&config.state_dir)?;
+        Ok(Link {
+            endpoint_id,
+            pending: Pending::new(config.link.max_pending),
+            config,
+            tls,
+            seq,
+            welcomed_once: false,
+            interval,
+        })
+    }
+
+    fn absorb(&mut self, snapshot: Snapshot) -> Result<u64, SeqError> {
+        let seq = self.seq.next()?;
+        self.pending.push(seq, snapshot);
+        Ok(seq)
+    }
+
+    /// Runs sessions until `shutdown` turns true, reconnecting with backoff.
+    pub async fn run(
+        mut self,
+        mut snapshots: mpsc::Receiver<Snapshot>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), LinkError> {
+        let mut attempt: u32 = 0;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            match self.session(&mut snapshots, &mut shutdown).await {
+                Ok(()) => return Ok(()),
+                Err((welcomed, error)) => {
+                    if let LinkError::Seq(e) = error {
+                        return Err(LinkError::Seq(e));
+                    }
+                    if welcomed {
+                        attempt = 0;
+                    }
+                    let delay = backoff(
+                        attempt,
+                        self.config.link.reconnect_min,
+                        self.config.link.reconnect_max,
+                    );
+                    attempt = attempt.saturating_add(1);
+                    warn!(
+                        collector = %self.config.collector,
+                        error = %error,
+                        retry_in = ?delay,
+                        pending = self.pending.len(),
+                        "link down"
+                    );
+                    // Keep sampling into the queue while waiting.
+                    let sleep = tokio::time::sleep(delay);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            _ = &mut sleep => break,
+                            () = crate::stopped(&mut shutdown) => return Ok(()),
+                            Some(s) = snapshots.recv() => { self.absorb(s)?; }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn channel(&self) -> Result<Channel, LinkError> {
+        Endpoint::from_shared(self.config.collector.clone())
+            .map_err(|e| LinkError::Connect(chain(&e)))?
+            .tls_config(self.tls.clone())
+            .map_err(|e| LinkError::Tls(chain(&e)))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|e| LinkError::Connect(chain(&e)))
+    }
+
+    /// One session. `Ok` means shutdown was asked for; `Err` carries whether
+    /// the collector had welcomed us (which resets the backoff).
+    async fn session(
+        &mut self,
+        snapshots: &mut mpsc::Receiver<Snapshot>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), (bool, LinkError)> {
+        let early = |e| (false, e);
+        let channel = self.channel().await.map_err(early)?;
+        let mut client = AgentGatewayClient::new(channel);
+        let (tx, rx) = mpsc::channel::<wire::AgentMessage>(64);
+        let hello = wire::AgentMessage {
+            seq: 0,
+            body: Some(agent_message::Body::Hello(wire::Hello {
+                endpoint_id: self.endpoint_id.to_string(),
+                agent_version: vitals_proto::VERSION.to_owned(),
+                platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+                last_assigned_seq: self.seq.last(),
+            })),
+        };
+        let _ = tx.send(hello).await;
+        let mut inbound = client
+            .connect(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| early(LinkError::Refused(status_text(&s))))?
+            .into_inner();
+        let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
+            Err(_) => return Err(early(LinkError::Protocol("no welcome in time".into()))),
+            Ok(Err(s)) => return Err(early(LinkError::Refused(status_text(&s)))),
+            Ok(Ok(None)) => return Err(early(LinkError::Closed)),
+            Ok(Ok(Some(wire::CollectorMessage {
+                body: Some(collector_message::Body::Welcome(w)),
+            }))) => w,
+            Ok(Ok(Some(_))) => {
+                return Err(early(LinkError::Protocol(
+                    "first message was not a welcome".into(),
+                )));
+            }
+        };
+        self.welcome(&welcome).map_err(|e| early(e.into()))?;
+        let late = |e| (true, e);
+        info!(
+            collector = %self.config.collector,
+            endpoint = %self.endpoint_id,
+            committed = welcome.committed_seq,
+            resending = self.pending.len(),
+            "connected"
+        );
+
+        for (seq, snapshot) in &self.pending.queue {
+            if tx.send(snapshot_message(*seq, snapshot.clone())).await.is_err() {
+                return Err(late(LinkError::Closed));
+            }
+        }
+        let heartbeat_every = Duration::from_millis(welcome.heartbeat_interval_ms.max(1000));
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
+        loop {
+            tokio::select! {
+                () = crate::stopped(shutdown) => {
+                    // Close our side, then give the collector a moment to
+                    // acknowledge what it is committing.
+                    drop(tx);
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                        while let Ok(Some(m)) = inbound.message().await {
+                            if let Some(collector_message::Body::Ack(a)) = m.body {
+                                self.pending.ack(a.seq);
+                            }
+                        }
+                    })
+                    .await;
+                    info!(unacknowledged = self.pending.len(), "link closed");
+                    return Ok(());
+                }
+                Some(snapshot) = snapshots.recv() => {
+                    let seq = self.absorb(snapshot).map_err(|e| late(e.into()))?;
+                    if let Some((_, s)) = self.pending.queue.back() {
+                        if tx.send(snapshot_message(seq, s.clone())).await.is_err() {
+                            return Err(late(LinkError::Closed));
+                        }
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let beat = wire::AgentMessage {
+                        seq: 0,
+                        body: Some(agent_message::Body::Heartbeat(wire::Heartbeat {
+                            sent_at_ms: vitals_proto::now_ms(),
+                        })),
+                    };
+                    if tx.send(beat).await.is_err() {
+                        return Err(late(LinkError::Closed));
+                    }
+                }
+                m = inbound.message() => match m {
+                    Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Ack(a)) })) => {
+                        debug!(seq = a.seq, "ack");
+                        self.pending.ack(a.seq);
+                    }
+                    Ok(Some(_)) => {} // Newer collector message kinds are ignored.
+                    Ok(None) => return Err(late(LinkError::Closed)),
+                    Err(s) => return Err(late(LinkError::Refused(status_text(&s)))),
+                }
+            }
+        }
+    }
+
+    /// Applies a welcome: forget what the collector has, and repair the
+    /// counter if the agent's state was lost.
+    fn welcome(&mut self, w: &wire::Welcome) -> Result<(), SeqError> {
+        let first_welcome = !self.welcomed_once;
+        self.welcomed_once = true;
+        if first_welcome && w.committed_seq >= self.seq.first() {
+            // The collector has sequences this process never sent: the
+            // agent's state was lost or restored from an old copy. Nothing
+            // pending can be committed yet, so number it past the collector.
+            warn!(
+                committed = w.committed_seq,
+                local = self.seq.first(),
+                "sequence counter behind the collector; renumbering pending messages"
+            );
+            self.seq.skip_past(w.committed_seq)?;
+            self.pending.renumber(&mut self.seq)?;
+        } else {
+            self.pending.ack(w.committed_seq);
+        }
+        if w.snapshot_interval_ms > 0 {
+            self.interval
+                .send_replace(Duration::from_millis(w.snapshot_interval_ms.max(1000)));
+        }
+        Ok(())
+    }
+}
+
+fn snapshot_message(seq: u64, snapshot: Snapshot) -> wire::AgentMessage {
+    wire::AgentMessage {
+        seq,
+        body: Some(agent_message::Body::Snapshot(snapshot.into())),
+    }
+}
+
+/// Full-jitter exponential backoff.
+pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
+    let ceiling = min
+        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+        .min(max);
+    let ms = ceiling.as_millis() as u64;
+    Duration::from_millis(fastrand::u64(0..=ms.max(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_is_bounded_and_acks_are_cumulative() {
+        let mut p = Pending::new(3);
+        for seq in 1..=5 {
+            p.push(seq, Snapshot::default());
+        }
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.dropped, 2);
+        p.ack(4);
+        assert_eq!(p.queue.iter().map(|x| x.0).collect::<Vec<_>>(), vec![5]);
+        p.ack(100);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn backoff_stays_under_its_ceiling() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        for attempt in 0..40 {
+            let d = backoff(attempt, min, max);
+            let ceiling = (min * 2u32.saturating_pow(attempt.min(20))).min(max);
+            assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
+        }
+    }
+}
