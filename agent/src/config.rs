@@ -182,7 +182,10 @@ key = "pki/agent.key"
     fn unknown_field_names_file_and_line() {
         let path = write("typo", &format!("{GOOD}\n[link]\nintrval = \"5s\"\n"));
         let err = AgentConfig::load(&path).unwrap_err().to_string();
-        assert!(err.contains("agent.toml:10: unknown field \"intrval\""), "{err}");
+        assert!(
+            err.contains("agent.toml:10: unknown field \"intrval\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -190,7 +193,10 @@ key = "pki/agent.key"
         let text = GOOD.replace("https://collector.example:7443", "http://collector:7443");
         let path = write("http", &text);
         let err = AgentConfig::load(&path).unwrap_err().to_string();
-        assert!(err.contains("agent.toml:1: collector \"http://collector:7443\" must use https://"), "{err}");
+        assert!(
+            err.contains("agent.toml:1: collector \"http://collector:7443\" must use https://"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -77,7 +77,11 @@ async fn sample_loop(
     mut interval: watch::Receiver<Duration>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut sampler = Some(Sampler::new());
+    let mut first = Sampler::new();
+    first.prime();
+    let mut sampler = Some(first);
+    // Give the first CPU reading a window before the first snapshot.
+    tokio::time::sleep(Duration::from_millis(250)).await;
     loop {
         let mut s = sampler.take().unwrap_or_default();
         let job = tokio::task::spawn_blocking(move || {

@@ -56,21 +56,7 @@ pub enum LinkError {
     Seq(#[from] SeqError),
 }
 
-/// Renders an error with every cause, since tonic's top-level message for a
-/// refused certificate is only "transport error".
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let next = c.to_string();
-        if !s.contains(&next) {
-            s.push_str(": ");
-            s.push_str(&next);
-        }
-        cur = c.source();
-    }
-    s
-}
+use vitals_proto::error_chain as chain;
 
 fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), chain(s))
@@ -286,7 +272,11 @@ impl Link {
         );
 
         for (seq, snapshot) in &self.pending.queue {
-            if tx.send(snapshot_message(*seq, snapshot.clone())).await.is_err() {
+            if tx
+                .send(snapshot_message(*seq, snapshot.clone()))
+                .await
+                .is_err()
+            {
                 return Err(late(LinkError::Closed));
             }
         }

@@ -104,13 +104,30 @@ fn once(json: bool) -> ExitCode {
     }
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let h = &snapshot.host;
-    println!("{} — {} {} (kernel {}, {})", h.hostname, h.os_name, h.os_version, h.kernel_version, h.arch);
+    println!(
+        "{} — {} {} (kernel {}, {})",
+        h.hostname, h.os_name, h.os_version, h.kernel_version, h.arch
+    );
     println!("uptime   {}", humanize_secs(h.uptime_secs));
-    println!("cpu      {:.1}% of {} cores", snapshot.cpu.usage_percent, snapshot.cpu.logical_cores);
+    println!(
+        "cpu      {:.1}% of {} cores",
+        snapshot.cpu.usage_percent, snapshot.cpu.logical_cores
+    );
     let m = &snapshot.memory;
-    println!("memory   {:.1} / {:.1} GiB ({:.0}%)", gib(m.used_bytes), gib(m.total_bytes), m.used_percent());
+    println!(
+        "memory   {:.1} / {:.1} GiB ({:.0}%)",
+        gib(m.used_bytes),
+        gib(m.total_bytes),
+        m.used_percent()
+    );
     for d in &snapshot.disks {
-        println!("disk     {:<20} {:>6.1} GiB  {:>3.0}% used  {}", d.mount_point, gib(d.total_bytes), d.used_percent(), d.file_system);
+        println!(
+            "disk     {:<20} {:>6.1} GiB  {:>3.0}% used  {}",
+            d.mount_point,
+            gib(d.total_bytes),
+            d.used_percent(),
+            d.file_system
+        );
     }
     for i in &snapshot.interfaces {
         println!("net      {:<12} {}", i.name, i.addresses.join(" "));
@@ -133,7 +150,10 @@ fn run(config_path: PathBuf, exit_on_stdin_eof: bool) -> ExitCode {
     };
     // One thread is plenty for one stream and a sampler, and keeps the
     // agent's footprint small.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");

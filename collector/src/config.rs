@@ -153,9 +153,13 @@ impl CollectorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let mut config: CollectorConfig = config_file::load(path)?;
         config.data_dir = config_file::resolve(path, &config.data_dir);
-        for p in [&mut config.tls.ca, &mut config.tls.cert, &mut config.tls.key]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut config.tls.ca,
+            &mut config.tls.cert,
+            &mut config.tls.key,
+        ]
+        .into_iter()
+        .flatten()
         {
             *p = config_file::resolve(path, p);
         }
@@ -170,10 +174,14 @@ impl CollectorConfig {
         };
         let a = &self.agents;
         if a.snapshot_interval < Duration::from_secs(1) {
-            return Err(invalid("agents.snapshot_interval must be at least 1s".into()));
+            return Err(invalid(
+                "agents.snapshot_interval must be at least 1s".into(),
+            ));
         }
         if a.heartbeat_interval < Duration::from_secs(1) {
-            return Err(invalid("agents.heartbeat_interval must be at least 1s".into()));
+            return Err(invalid(
+                "agents.heartbeat_interval must be at least 1s".into(),
+            ));
         }
         if a.idle_timeout <= a.heartbeat_interval {
             return Err(invalid(format!(
@@ -183,7 +191,9 @@ impl CollectorConfig {
             )));
         }
         if self.storage.history_per_endpoint == 0 {
-            return Err(invalid("storage.history_per_endpoint must be at least 1".into()));
+            return Err(invalid(
+                "storage.history_per_endpoint must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -207,9 +217,10 @@ impl CollectorConfig {
             .unwrap_or_else(|| PkiPaths::new(&self.data_dir).server_key())
     }
     pub fn storage_url(&self) -> String {
-        self.storage.url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("vitals.db").display())
-        })
+        self.storage
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("vitals.db").display()))
     }
 }
 
@@ -237,14 +248,23 @@ mod tests {
 
     #[test]
     fn typo_is_named_with_line() {
-        let path = write("typo", "data_dir = \".\"\n[agents]\nsnapshot_intrval = \"5s\"\n");
+        let path = write(
+            "typo",
+            "data_dir = \".\"\n[agents]\nsnapshot_intrval = \"5s\"\n",
+        );
         let err = CollectorConfig::load(&path).unwrap_err().to_string();
-        assert!(err.contains("collector.toml:3: unknown field \"snapshot_intrval\""), "{err}");
+        assert!(
+            err.contains("collector.toml:3: unknown field \"snapshot_intrval\""),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_duration_and_bad_relation() {
-        let path = write("dur", "data_dir = \".\"\n[agents]\nidle_timeout = \"soon\"\n");
+        let path = write(
+            "dur",
+            "data_dir = \".\"\n[agents]\nidle_timeout = \"soon\"\n",
+        );
         let err = CollectorConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("collector.toml:3:"), "{err}");
         let path = write(

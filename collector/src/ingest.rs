@@ -114,7 +114,10 @@ impl Ingest {
 
     /// Registers a session and records it in storage. Returns the ticket and
     /// the highest committed sequence of the endpoint.
-    pub async fn open_session(&self, open: SessionOpen) -> Result<(SessionTicket, u64), StoreError> {
+    pub async fn open_session(
+        &self,
+        open: SessionOpen,
+    ) -> Result<(SessionTicket, u64), StoreError> {
         let committed = self.store.open_session(&open).await?;
         let mut sessions = self.sessions.lock().await;
         sessions.next += 1;
@@ -193,7 +196,8 @@ pub struct IngestClosed;
 async fn batcher(mut rx: mpsc::Receiver<Item>, store: Arc<dyn Store>, metrics: Arc<Metrics>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (records, sinks): (Vec<_>, Vec<_>) = batch.drain(..).map(|i| (i.record, i.sink)).unzip();
+        let (records, sinks): (Vec<_>, Vec<_>) =
+            batch.drain(..).map(|i| (i.record, i.sink)).unzip();
         let started = Instant::now();
         let result = store.commit_snapshots(&records).await;
         metrics

@@ -166,16 +166,21 @@ impl Collector {
         health
             .set_serving::<AgentGatewayServer<AgentGatewayApi>>()
             .await;
-        health.set_serving::<SpecialistServer<SpecialistApi>>().await;
+        health
+            .set_serving::<SpecialistServer<SpecialistApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(vitals_proto::wire::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
 
-        let addr = listeners.grpc.local_addr().map_err(|source| CollectorError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let addr = listeners
+            .grpc
+            .local_addr()
+            .map_err(|source| CollectorError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let incoming = tls::accept_loop(listeners.grpc, tls, metrics.clone(), stop_rx.clone());
         let gateway = AgentGatewayApi::new(ingest.clone(), config.agents.clone(), stop_rx.clone());
         let specialist = SpecialistApi::new(SpecialistService::new(store.clone()));

@@ -1,1 +1,229 @@
-fn main() {}
+//! `vitals-collector`: run the collector, manage the fleet PKI, or start the
+//! whole system locally with `quickstart`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vitals_collector::config::CollectorConfig;
+use vitals_collector::pki::{self, Ca, PkiPaths};
+use vitals_collector::{Collector, Listeners, quickstart};
+use vitals_proto::identity::{Identity, Role};
+
+#[derive(Parser)]
+#[command(name = "vitals-collector", version, about = "Vitals collector")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the collector.
+    Run {
+        #[arg(
+            long,
+            env = "VITALS_COLLECTOR_CONFIG",
+            default_value = "/etc/vitals/collector.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Check a configuration, its certificates and its database, then exit.
+    CheckConfig {
+        #[arg(
+            long,
+            env = "VITALS_COLLECTOR_CONFIG",
+            default_value = "/etc/vitals/collector.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Start a collector and an agent for this machine, on loopback, with a
+    /// fresh (or re-used) PKI in the data directory.
+    Quickstart {
+        #[arg(long, default_value = "vitals-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_listen: SocketAddr,
+    },
+    /// Manage the fleet's certificates.
+    #[command(subcommand)]
+    Pki(PkiCmd),
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Create the fleet CA and the collector's server certificate.
+    Init {
+        #[arg(long, env = "VITALS_DATA_DIR", default_value = "vitals-data")]
+        data_dir: PathBuf,
+        /// Host names and IP addresses agents use to reach the collector.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
+    /// Issue an agent certificate for an endpoint ID.
+    IssueAgent {
+        id: String,
+        #[arg(long, env = "VITALS_DATA_DIR", default_value = "vitals-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = pki::AGENT_DAYS)]
+        days: i64,
+    },
+    /// Issue a specialist certificate with a role.
+    IssueSpecialist {
+        name: String,
+        /// viewer, specialist or admin.
+        #[arg(long)]
+        role: String,
+        #[arg(long, env = "VITALS_DATA_DIR", default_value = "vitals-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = pki::SPECIALIST_DAYS)]
+        days: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Pki(cmd) => pki_command(cmd),
+        Command::Run { config } => with_runtime(async move {
+            let config = load(&config)?;
+            let collector = Collector::open(config.clone()).await.map_err(fail(2))?;
+            let listeners = Listeners::bind(&config).await.map_err(fail(1))?;
+            collector
+                .serve(listeners, shutdown_signal())
+                .await
+                .map_err(fail(1))
+        }),
+        Command::CheckConfig { config } => with_runtime(async move {
+            let c = load(&config)?;
+            Collector::open(c).await.map_err(fail(2))?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }),
+        Command::Quickstart {
+            data_dir,
+            listen,
+            metrics_listen,
+        } => with_runtime(async move {
+            quickstart::run(
+                quickstart::Options {
+                    data_dir,
+                    listen,
+                    metrics_listen,
+                },
+                shutdown_signal(),
+            )
+            .await
+            .map_err(|e| {
+                eprintln!("error: {}", vitals_proto::error_chain(e.as_ref()));
+                ExitCode::FAILURE
+            })
+        }),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<CollectorConfig, ExitCode> {
+    CollectorConfig::load(path).map_err(fail(2))
+}
+
+fn fail<E: std::fmt::Display>(code: u8) -> impl Fn(E) -> ExitCode {
+    move |e| {
+        eprintln!("error: {e}");
+        ExitCode::from(code)
+    }
+}
+
+fn with_runtime(f: impl std::future::Future<Output = Result<(), ExitCode>>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(f).err().unwrap_or(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pki_command(cmd: PkiCmd) -> ExitCode {
+    let result = (|| -> Result<String, Box<dyn std::error::Error>> {
+        match cmd {
+            PkiCmd::Init { data_dir, hosts } => {
+                pki::init(&data_dir, &hosts)?;
+                let p = PkiPaths::new(&data_dir);
+                Ok(format!(
+                    "fleet CA: {}\ncollector certificate: {} (for {})",
+                    p.ca_cert().display(),
+                    p.server_cert().display(),
+                    hosts.join(", ")
+                ))
+            }
+            PkiCmd::IssueAgent { id, data_dir, days } => {
+                issue(&data_dir, Identity::Endpoint(id.parse()?), days)
+            }
+            PkiCmd::IssueSpecialist {
+                name,
+                role,
+                data_dir,
+                days,
+            } => issue(
+                &data_dir,
+                Identity::specialist(&name, role.parse::<Role>()?)?,
+                days,
+            ),
+        }
+    })();
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn issue(
+    data_dir: &std::path::Path,
+    identity: Identity,
+    days: i64,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let paths = PkiPaths::new(data_dir);
+    let ca = Ca::load(&paths)?;
+    let (cert, key) = paths.client(&identity);
+    ca.issue_client(&identity, days)?.write(&cert, &key)?;
+    Ok(format!(
+        "{identity}: certificate {} and key {} (valid {days} days)",
+        cert.display(),
+        key.display()
+    ))
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -151,7 +151,10 @@ mod tests {
         m.message("snapshot");
         m.handshake_failed("tls");
         let text = m.render();
-        assert!(text.contains("vitals_collector_connected_agents 3"), "{text}");
+        assert!(
+            text.contains("vitals_collector_connected_agents 3"),
+            "{text}"
+        );
         assert!(
             text.contains("vitals_collector_messages_total{kind=\"snapshot\"} 1"),
             "{text}"

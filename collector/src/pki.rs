@@ -136,11 +136,10 @@ impl Ca {
             path: key_path.clone(),
             message: format!("not a usable private key: {e}"),
         })?;
-        let issuer =
-            Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| PkiError::Parse {
-                path: paths.ca_cert(),
-                message: format!("not a usable CA certificate: {e}"),
-            })?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| PkiError::Parse {
+            path: paths.ca_cert(),
+            message: format!("not a usable CA certificate: {e}"),
+        })?;
         Ok(Ca { cert_pem, issuer })
     }
 
@@ -151,7 +150,11 @@ impl Ca {
             return Err(PkiError::AlreadyExists(paths.ca_key()));
         }
         write_file(&paths.ca_cert(), self.cert_pem.as_bytes(), false)?;
-        write_file(&paths.ca_key(), self.issuer.key().serialize_pem().as_bytes(), true)
+        write_file(
+            &paths.ca_key(),
+            self.issuer.key().serialize_pem().as_bytes(),
+            true,
+        )
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -312,7 +315,10 @@ mod tests {
         // The saved CA loads and can still sign.
         let ca = Ca::load(&paths).unwrap();
         let leaf = ca
-            .issue_client(&Identity::specialist("ana", vitals_proto::identity::Role::Viewer).unwrap(), 1)
+            .issue_client(
+                &Identity::specialist("ana", vitals_proto::identity::Role::Viewer).unwrap(),
+                1,
+            )
             .unwrap();
         assert!(leaf.cert_pem.contains("BEGIN CERTIFICATE"));
         assert!(days_left(&paths.server_cert()).unwrap() >= SERVER_DAYS - 1);

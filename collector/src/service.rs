@@ -67,10 +67,16 @@ impl SpecialistService {
         Ok(self.store.list_endpoints(online_only).await?)
     }
 
-    pub async fn endpoint(&self, caller: &Caller, id: &str) -> Result<EndpointDetail, ServiceError> {
+    pub async fn endpoint(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<EndpointDetail, ServiceError> {
         Self::require(caller, Role::Viewer)?;
         if id.is_empty() {
-            return Err(ServiceError::InvalidArgument("endpoint_id is required".into()));
+            return Err(ServiceError::InvalidArgument(
+                "endpoint_id is required".into(),
+            ));
         }
         self.store
             .endpoint(id)

@@ -95,7 +95,10 @@ mod tests {
     #[test]
     fn missing_field_is_reported() {
         let err = parse::<Sample>("name = \"x\"\n", "a.toml").unwrap_err();
-        assert!(err.to_string().contains("missing field \"interval\""), "{err}");
+        assert!(
+            err.to_string().contains("missing field \"interval\""),
+            "{err}"
+        );
     }
 
     #[test]

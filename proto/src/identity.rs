@@ -149,7 +149,10 @@ impl Identity {
         match self {
             Identity::Endpoint(id) => vec![format!("{ENDPOINT_URN}{id}")],
             Identity::Specialist { name, role } => {
-                vec![format!("{SPECIALIST_URN}{name}"), format!("{ROLE_URN}{role}")]
+                vec![
+                    format!("{SPECIALIST_URN}{name}"),
+                    format!("{ROLE_URN}{role}"),
+                ]
             }
         }
     }

@@ -23,6 +23,12 @@ impl Sampler {
         }
     }
 
+    /// Takes the first CPU reading, so the next sample's CPU use covers a
+    /// real window.
+    pub fn prime(&mut self) {
+        self.system.prime();
+    }
+
     /// Takes a snapshot. CPU use covers the time since the previous call.
     pub fn sample(&mut self) -> Snapshot {
         let mut snapshot = Snapshot {
@@ -39,7 +45,7 @@ impl Sampler {
     /// short wait so CPU use means something, then the snapshot.
     pub fn sample_once(window: Duration) -> Snapshot {
         let mut sampler = Sampler::new();
-        sampler.system.prime();
+        sampler.prime();
         std::thread::sleep(window);
         sampler.sample()
     }

@@ -1,1 +1,170 @@
-fn main() {}
+//! `vitalsctl`: the support specialist's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vitals_collector::ctl::{self, Client, CtlError, Profile};
+
+#[derive(Parser)]
+#[command(name = "vitalsctl", version, about = "Vitals for support specialists")]
+struct Cli {
+    /// Profile file with connection settings [default: ./vitals-data/vitalsctl.toml,
+    /// then ~/.config/vitals/vitalsctl.toml]
+    #[arg(long, global = true, env = "VITALS_PROFILE")]
+    profile: Option<PathBuf>,
+    /// Collector address, https://HOST:PORT.
+    #[arg(long, global = true, env = "VITALS_COLLECTOR")]
+    collector: Option<String>,
+    /// TLS name on the collector's certificate [default: the address's host].
+    #[arg(long, global = true, env = "VITALS_SERVER_NAME")]
+    server_name: Option<String>,
+    /// Fleet CA certificate (PEM).
+    #[arg(long, global = true, env = "VITALS_CA")]
+    ca: Option<PathBuf>,
+    /// Your specialist certificate (PEM).
+    #[arg(long, global = true, env = "VITALS_CERT")]
+    cert: Option<PathBuf>,
+    /// Your private key (PEM).
+    #[arg(long, global = true, env = "VITALS_KEY")]
+    key: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Workstations known to the collector.
+    #[command(subcommand)]
+    Endpoints(EndpointsCmd),
+}
+
+#[derive(Subcommand)]
+enum EndpointsCmd {
+    /// List endpoints, most recently seen first.
+    List {
+        /// Only endpoints connected now.
+        #[arg(long)]
+        online: bool,
+    },
+    /// Show one endpoint with its latest snapshot.
+    Show {
+        /// Endpoint ID.
+        id: String,
+        /// Also list this many of its stored snapshots.
+        #[arg(long, default_value_t = 0)]
+        history: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings(cli: &Cli) -> Result<Profile, CtlError> {
+    let flags = Profile {
+        collector: cli.collector.clone(),
+        server_name: cli.server_name.clone(),
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+    };
+    let file = match &cli.profile {
+        Some(p) => Profile::load(p)?,
+        None => match ctl::default_profile_paths()
+            .into_iter()
+            .find(|p| p.exists())
+        {
+            Some(p) => Profile::load(&p)?,
+            None => Profile::default(),
+        },
+    };
+    Ok(flags.or(file))
+}
+
+async fn run(cli: Cli) -> Result<(), CtlError> {
+    let mut client = Client::connect(&settings(&cli)?).await?;
+    let now = vitals_proto::now_ms();
+    let json = cli.output == Output::Json;
+    match cli.command {
+        Command::Endpoints(EndpointsCmd::List { online }) => {
+            let list = client.list_endpoints(online).await?;
+            if json {
+                print_json(&list);
+            } else if list.is_empty() {
+                println!("No endpoints yet.");
+            } else {
+                print!("{}", ctl::endpoints_table(&list, now));
+            }
+        }
+        Command::Endpoints(EndpointsCmd::Show { id, history }) => {
+            let detail = client.endpoint(&id).await?;
+            let entries = if history > 0 {
+                client.history(&id, history).await?
+            } else {
+                Vec::new()
+            };
+            if json {
+                if history > 0 {
+                    print_json(&serde_json::json!({ "endpoint": detail, "history": entries }));
+                } else {
+                    print_json(&detail);
+                }
+            } else {
+                print!("{}", ctl::endpoint_text(&detail, now));
+                if !entries.is_empty() {
+                    let rows: Vec<Vec<String>> = entries
+                        .iter()
+                        .map(|h| {
+                            vec![
+                                h.seq.to_string(),
+                                ctl::timestamp(h.snapshot.taken_at_ms),
+                                format!("{:.0}%", h.snapshot.cpu.usage_percent),
+                                format!("{:.0}%", h.snapshot.memory.used_percent()),
+                                format!("{:.0}%", h.snapshot.fullest_disk_percent()),
+                            ]
+                        })
+                        .collect();
+                    print!(
+                        "\n{}",
+                        ctl::table(&["SEQ", "TAKEN", "CPU", "MEM", "DISK"], &rows)
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: {e}"),
+    }
+}
