@@ -1,0 +1,467 @@
+//! End-to-end: collectors and agents in one process, over real mTLS on
+//! loopback, storing into real SQLite files.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use vitals_collector::ctl::Client;
+use vitals_proto::identity::{Identity, Role};
+use vitals_proto::wire::agent_gateway_client::AgentGatewayClient;
+use vitals_proto::wire::specialist_client::SpecialistClient;
+use vitals_proto::wire::{self, agent_message, collector_message};
+use vitals_tests::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_are_visible_with_their_data() {
+    let fleet = Fleet::new("three");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let ids = ["ws-alpha", "ws-bravo", "DISPATCH-07"];
+    let agents: Vec<RunningAgent> = ids
+        .iter()
+        .map(|id| RunningAgent::start(fleet.agent_config(id, collector.addr)))
+        .collect();
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+
+    // All three online with at least two snapshots each committed.
+    let endpoints = eventually(WAIT, "three endpoints online with data", || async {
+        let l = list(&viewer).await.ok()?;
+        let ready = l.len() == 3 && l.iter().all(|e| e.online && e.latest_snapshot_ms > 0);
+        ready.then_some(l)
+    })
+    .await;
+    let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+    let mut seen: Vec<&str> = endpoints.iter().map(|e| e.endpoint_id.as_str()).collect();
+    seen.sort();
+    assert_eq!(seen, vec!["DISPATCH-07", "ws-alpha", "ws-bravo"]);
+    for e in &endpoints {
+        assert_eq!(e.hostname, hostname);
+        assert_eq!(
+            e.platform,
+            format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH)
+        );
+        assert_eq!(e.agent_version, vitals_proto::VERSION);
+        assert!(e.memory_used_percent > 0.0 && e.memory_used_percent <= 100.0);
+        assert!(e.first_seen_ms <= e.last_seen_ms);
+    }
+
+    let mut client = Client::connect(&viewer).await.expect("viewer connects");
+    for id in ids {
+        let detail = eventually(WAIT, "two snapshots", || async {
+            let d = Client::connect(&viewer)
+                .await
+                .ok()?
+                .endpoint(id)
+                .await
+                .ok()?;
+            (d.history_len >= 2).then_some(d)
+        })
+        .await;
+        assert_eq!(detail.summary.endpoint_id, id);
+        let snap = detail.latest.expect("latest snapshot");
+        assert_eq!(snap.host.hostname, hostname);
+        assert!(snap.memory.total_bytes > 0);
+        assert!(snap.cpu.logical_cores >= 1);
+        assert!(!snap.interfaces.is_empty());
+        assert!(detail.committed_seq >= 2);
+        let history = client.history(id, 10).await.expect("history");
+        assert_eq!(history.len() as u64, detail.history_len.min(10));
+        assert!(
+            history.windows(2).all(|w| w[0].seq > w[1].seq),
+            "newest first"
+        );
+    }
+    let missing = client.endpoint("nobody").await.unwrap_err().to_string();
+    assert!(missing.contains("no endpoint \"nobody\""), "{missing}");
+
+    // An agent that stops goes offline; the others stay.
+    let mut agents = agents.into_iter();
+    agents.next().expect("agent").stop().await;
+    eventually(WAIT, "ws-alpha offline", || async {
+        let l = list(&viewer).await.ok()?;
+        let alpha = l.iter().find(|e| e.endpoint_id == "ws-alpha")?;
+        let others_online = l.iter().filter(|e| e.online).count() == 2;
+        (!alpha.online && others_online).then_some(())
+    })
+    .await;
+
+    let metrics = collector.scrape().await;
+    assert!(
+        metrics.contains("vitals_collector_connected_agents 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vitals_collector_messages_total{kind=\"snapshot\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vitals_collector_commit_seconds_count"),
+        "{metrics}"
+    );
+
+    for a in agents {
+        a.stop().await;
+    }
+    collector.stop().await;
+}
+
+/// Sends a hello as `claimed` over a channel holding some certificate and
+/// returns the first answer (welcome) or the refusal.
+async fn open_session(
+    channel: tonic::transport::Channel,
+    claimed: &str,
+) -> (
+    mpsc::Sender<wire::AgentMessage>,
+    Result<tonic::Streaming<wire::CollectorMessage>, tonic::Status>,
+) {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(wire::AgentMessage {
+        seq: 0,
+        body: Some(agent_message::Body::Hello(wire::Hello {
+            endpoint_id: claimed.into(),
+            agent_version: "test".into(),
+            platform: "test/none".into(),
+            last_assigned_seq: 0,
+        })),
+    })
+    .await
+    .expect("queue hello");
+    let mut client = AgentGatewayClient::new(channel);
+    let result = match client.connect(ReceiverStream::new(rx)).await {
+        Ok(r) => {
+            let mut inbound = r.into_inner();
+            match inbound.message().await {
+                Ok(Some(_welcome)) => Ok(inbound),
+                Ok(None) => Err(tonic::Status::unknown("closed without welcome")),
+                Err(s) => Err(s),
+            }
+        }
+        Err(s) => Err(s),
+    };
+    (tx, result)
+}
+
+fn snapshot_msg(seq: u64, cpu: f32) -> wire::AgentMessage {
+    let mut s = vitals_proto::domain::Snapshot::default();
+    s.host.hostname = "scripted".into();
+    s.cpu.usage_percent = cpu;
+    s.taken_at_ms = vitals_proto::now_ms();
+    wire::AgentMessage {
+        seq,
+        body: Some(agent_message::Body::Snapshot(s.into())),
+    }
+}
+
+async fn next_ack(inbound: &mut tonic::Streaming<wire::CollectorMessage>) -> u64 {
+    loop {
+        let m = tokio::time::timeout(WAIT, inbound.message())
+            .await
+            .expect("ack in time")
+            .expect("stream ok")
+            .expect("stream open");
+        if let Some(collector_message::Body::Ack(a)) = m.body {
+            return a.seq;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_leave_the_collector_serving_others() {
+    let fleet = Fleet::new("refuse");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let good_agent = RunningAgent::start(fleet.agent_config("ws-good", collector.addr));
+    let admin = fleet.specialist_profile("root-admin", Role::Admin, collector.addr);
+    eventually(WAIT, "good agent online", || async {
+        list(&admin)
+            .await
+            .ok()?
+            .iter()
+            .any(|e| e.online)
+            .then_some(())
+    })
+    .await;
+
+    // 1. No client certificate at all.
+    let no_cert = async {
+        let ch = fleet.channel(collector.addr, None).await?;
+        SpecialistClient::new(ch)
+            .list_endpoints(wire::ListEndpointsRequest::default())
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    assert!(
+        no_cert.await.is_err(),
+        "a client without certificate was served"
+    );
+
+    // 2. A certificate from a foreign CA.
+    let foreign = vitals_collector::pki::Ca::generate(30).expect("foreign CA");
+    let leaf = foreign
+        .issue_client(
+            &Identity::specialist("mallory", Role::Admin).expect("id"),
+            30,
+        )
+        .expect("leaf");
+    let (cert, key) = fleet.write_leaf("foreign", &leaf);
+    let err = list(&fleet.profile(collector.addr, cert, key)).await;
+    assert!(err.is_err(), "foreign-CA certificate was served: {err:?}");
+
+    // 3. An expired certificate from the right CA.
+    let leaf = fleet
+        .ca
+        .issue_client_valid(
+            &Identity::specialist("old-timer", Role::Admin).expect("id"),
+            expired_window(),
+        )
+        .expect("leaf");
+    let (cert, key) = fleet.write_leaf("expired", &leaf);
+    let err = list(&fleet.profile(collector.addr, cert, key)).await;
+    assert!(err.is_err(), "expired certificate was served: {err:?}");
+
+    // 4. An agent whose hello claims another endpoint.
+    let (cert, key) = fleet.issue(&Identity::Endpoint("ws-liar".parse().expect("id")));
+    let ch = fleet
+        .channel(collector.addr, Some((&cert, &key)))
+        .await
+        .expect("channel");
+    let (_tx, result) = open_session(ch.clone(), "ws-good").await;
+    let status = result.expect_err("impersonation refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("certificate is for \"ws-liar\""),
+        "{status:?}"
+    );
+
+    // 5. An agent certificate calling the Specialist API.
+    let status = SpecialistClient::new(ch)
+        .list_endpoints(wire::ListEndpointsRequest::default())
+        .await
+        .expect_err("agent certificate refused on Specialist");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // 6. A specialist certificate opening an agent session.
+    let (cert, key) = fleet.issue(&Identity::specialist("eve", Role::Admin).expect("id"));
+    let ch = fleet
+        .channel(collector.addr, Some((&cert, &key)))
+        .await
+        .expect("channel");
+    let (_tx, result) = open_session(ch, "eve").await;
+    assert_eq!(
+        result.expect_err("specialist refused on gateway").code(),
+        tonic::Code::PermissionDenied
+    );
+
+    // The collector still serves the good specialist and the good agent,
+    // whose committed sequence keeps moving.
+    let before = Client::connect(&admin)
+        .await
+        .expect("admin")
+        .endpoint("ws-good")
+        .await
+        .expect("detail")
+        .committed_seq;
+    eventually(WAIT, "good agent keeps committing", || async {
+        let d = Client::connect(&admin)
+            .await
+            .ok()?
+            .endpoint("ws-good")
+            .await
+            .ok()?;
+        (d.summary.online && d.committed_seq > before).then_some(())
+    })
+    .await;
+    let listed = list(&admin).await.expect("admin lists");
+    assert_eq!(
+        listed.len(),
+        1,
+        "refused peers left no endpoint behind: {listed:?}"
+    );
+
+    let metrics = collector.scrape().await;
+    assert!(
+        metrics.contains("vitals_collector_tls_handshake_failures_total{reason=\"tls\"}"),
+        "{metrics}"
+    );
+    good_agent.stop().await;
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_port_does_not_stall_the_collector() {
+    let fleet = Fleet::new("garbage");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let admin = fleet.specialist_profile("ops", Role::Admin, collector.addr);
+
+    // A peer that connects and says nothing, held open throughout.
+    let _silent = TcpStream::connect(collector.addr).await.expect("connect");
+    // Random bytes.
+    let mut noise = TcpStream::connect(collector.addr).await.expect("connect");
+    let junk: Vec<u8> = (0..4096).map(|_| fastrand::u8(..)).collect();
+    let _ = noise.write_all(&junk).await;
+    // Plain HTTP/1.1 on the TLS port.
+    let mut http = TcpStream::connect(collector.addr).await.expect("connect");
+    let _ = http
+        .write_all(b"GET / HTTP/1.1\r\nHost: collector\r\n\r\n")
+        .await;
+    // A burst of half-open connections.
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        held.push(TcpStream::connect(collector.addr).await.expect("connect"));
+    }
+
+    let started = std::time::Instant::now();
+    let listed = list(&admin).await.expect("served despite garbage");
+    assert!(listed.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "specialist call took {:?} behind garbage connections",
+        started.elapsed()
+    );
+    // A real agent still gets in.
+    let agent = RunningAgent::start(fleet.agent_config("ws-after-noise", collector.addr));
+    eventually(WAIT, "agent online after garbage", || async {
+        list(&admin)
+            .await
+            .ok()?
+            .iter()
+            .any(|e| e.online)
+            .then_some(())
+    })
+    .await;
+    agent.stop().await;
+    drop(held);
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_follow_commits_and_replays_take_no_effect() {
+    let fleet = Fleet::new("acks");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let admin = fleet.specialist_profile("ops", Role::Admin, collector.addr);
+    let (cert, key) = fleet.issue(&Identity::Endpoint("ws-script".parse().expect("id")));
+    let ch = fleet
+        .channel(collector.addr, Some((&cert, &key)))
+        .await
+        .expect("channel");
+
+    let (tx, inbound) = open_session(ch.clone(), "ws-script").await;
+    let mut inbound = inbound.expect("welcome");
+    for seq in 1..=5 {
+        tx.send(snapshot_msg(seq, seq as f32)).await.expect("send");
+    }
+    let mut acked = 0;
+    while acked < 5 {
+        acked = next_ack(&mut inbound).await;
+    }
+    assert_eq!(acked, 5);
+    // What was acknowledged is committed: readable right away.
+    let d = Client::connect(&admin)
+        .await
+        .expect("admin")
+        .endpoint("ws-script")
+        .await
+        .expect("detail");
+    assert_eq!(d.committed_seq, 5);
+    assert_eq!(d.history_len, 5);
+    drop(tx);
+    drop(inbound);
+
+    // A new session: the welcome says 5 is committed; replays of 3..5 take
+    // no effect and are acknowledged; 6 is new.
+    let (tx, inbound) = open_session(ch, "ws-script").await;
+    let mut inbound = inbound.expect("welcome");
+    for seq in [3, 4, 5, 6] {
+        tx.send(snapshot_msg(seq, 99.0 + seq as f32))
+            .await
+            .expect("send");
+    }
+    let mut acked = 0;
+    while acked < 6 {
+        acked = next_ack(&mut inbound).await;
+    }
+    let mut client = Client::connect(&admin).await.expect("admin");
+    let d = client.endpoint("ws-script").await.expect("detail");
+    assert_eq!(d.history_len, 6, "each sequence stored exactly once");
+    let history = client.history("ws-script", 100).await.expect("history");
+    let seqs: Vec<u64> = history.iter().map(|h| h.seq).collect();
+    assert_eq!(seqs, vec![6, 5, 4, 3, 2, 1]);
+    // The replayed 3..5 did not overwrite what was first committed.
+    let cpu_of = |seq: u64| {
+        history
+            .iter()
+            .find(|h| h.seq == seq)
+            .map(|h| h.snapshot.cpu.usage_percent)
+    };
+    assert_eq!(cpu_of(4), Some(4.0));
+    assert_eq!(cpu_of(6), Some(105.0));
+
+    // A snapshot without a sequence number is a protocol error.
+    tx.send(snapshot_msg(0, 1.0)).await.expect("send");
+    let status = loop {
+        match tokio::time::timeout(WAIT, inbound.message())
+            .await
+            .expect("answer")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("closed without status"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_reconnects_and_resends_after_collector_restart() {
+    let fleet = Fleet::new("restart");
+    let config = fleet.collector_config();
+    let collector = RunningCollector::start(config.clone()).await;
+    let addr = collector.addr;
+    let agent = RunningAgent::start(fleet.agent_config("ws-roamer", addr));
+    let admin = fleet.specialist_profile("ops", Role::Admin, addr);
+    let first = eventually(WAIT, "agent committed", || async {
+        let d = Client::connect(&admin)
+            .await
+            .ok()?
+            .endpoint("ws-roamer")
+            .await
+            .ok()?;
+        (d.committed_seq >= 2).then_some(d.committed_seq)
+    })
+    .await;
+    collector.stop().await;
+
+    // Down for a few snapshot intervals: the agent keeps sampling.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let collector = RunningCollector::start_on(config, listener).await;
+    let detail = eventually(WAIT, "agent back with its backlog", || async {
+        let d = Client::connect(&admin)
+            .await
+            .ok()?
+            .endpoint("ws-roamer")
+            .await
+            .ok()?;
+        (d.summary.online && d.committed_seq >= first + 3).then_some(d)
+    })
+    .await;
+    // Nothing sampled during the outage was lost: sequences are contiguous.
+    let history = Client::connect(&admin)
+        .await
+        .expect("admin")
+        .history("ws-roamer", 1000)
+        .await
+        .expect("history");
+    let seqs: Vec<u64> = history.iter().rev().map(|h| h.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap in sequences: {seqs:?}"
+    );
+    assert_eq!(*seqs.last().expect("some"), detail.committed_seq);
+    agent.stop().await;
+    collector.stop().await;
+}
