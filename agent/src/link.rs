@@ -104,7 +104,7 @@ impl Pending {
 
     fn renumber(&mut self, seq: &mut SeqCounter) -> Result<(), SeqError> {
         for (s, _) in &mut self.queue {
-            *s = seq.next()?;
+            *s = seq.assign()?;
         }
         Ok(())
     }
@@ -155,7 +155,7 @@ impl Link {
     }
 
     fn absorb(&mut self, snapshot: Snapshot) -> Result<u64, SeqError> {
-        let seq = self.seq.next()?;
+        let seq = self.seq.assign()?;
         self.pending.push(seq, snapshot);
         Ok(seq)
     }
@@ -302,11 +302,10 @@ impl Link {
                     return Ok(());
                 }
                 Some(snapshot) = snapshots.recv() => {
+                    let message = snapshot_message(0, snapshot.clone());
                     let seq = self.absorb(snapshot).map_err(|e| late(e.into()))?;
-                    if let Some((_, s)) = self.pending.queue.back() {
-                        if tx.send(snapshot_message(seq, s.clone())).await.is_err() {
-                            return Err(late(LinkError::Closed));
-                        }
+                    if tx.send(wire::AgentMessage { seq, ..message }).await.is_err() {
+                        return Err(late(LinkError::Closed));
                     }
                 }
                 _ = heartbeat.tick() => {

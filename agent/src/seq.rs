@@ -63,7 +63,7 @@ impl SeqCounter {
     }
 
     /// The next sequence number.
-    pub fn next(&mut self) -> Result<u64, SeqError> {
+    pub fn assign(&mut self) -> Result<u64, SeqError> {
         if self.next >= self.reserved_until {
             self.reserve(self.next)?;
         }
@@ -118,20 +118,20 @@ mod tests {
     fn monotonic_across_restarts() {
         let d = dir("restart");
         let mut a = SeqCounter::open(&d).unwrap();
-        let first: Vec<u64> = (0..3).map(|_| a.next().unwrap()).collect();
+        let first: Vec<u64> = (0..3).map(|_| a.assign().unwrap()).collect();
         assert_eq!(first, vec![1, 2, 3]);
         drop(a);
         let mut b = SeqCounter::open(&d).unwrap();
-        let n = b.next().unwrap();
+        let n = b.assign().unwrap();
         assert!(n > 3, "{n}");
         // Crossing a block boundary reserves the next block.
         for _ in 0..(2 * BLOCK) {
-            b.next().unwrap();
+            b.assign().unwrap();
         }
         let last = b.last();
         drop(b);
         let mut c = SeqCounter::open(&d).unwrap();
-        assert!(c.next().unwrap() > last);
+        assert!(c.assign().unwrap() > last);
     }
 
     #[test]
@@ -140,9 +140,9 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("seq"), "garbage").unwrap();
         let mut c = SeqCounter::open(&d).unwrap();
-        assert_eq!(c.next().unwrap(), 1);
+        assert_eq!(c.assign().unwrap(), 1);
         assert!(d.join("seq.corrupt").exists());
         c.skip_past(500).unwrap();
-        assert_eq!(c.next().unwrap(), 501);
+        assert_eq!(c.assign().unwrap(), 501);
     }
 }

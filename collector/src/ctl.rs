@@ -144,9 +144,9 @@ impl Client {
             ));
         let channel = endpoint
             .tls_config(tls)
-            .and_then(|e| {
-                Ok(e.connect_timeout(std::time::Duration::from_secs(5))
-                    .timeout(std::time::Duration::from_secs(30)))
+            .map(|e| {
+                e.connect_timeout(std::time::Duration::from_secs(5))
+                    .timeout(std::time::Duration::from_secs(30))
             })
             .map_err(|e| CtlError::Connect {
                 url: url.clone(),

@@ -197,18 +197,17 @@ impl Identity {
         let mut specialist = None;
         let mut role = None;
         for uri in uris {
-            if let Some(id) = uri.strip_prefix(ENDPOINT_URN) {
-                if endpoint.replace(id.parse::<EndpointId>()?).is_some() {
-                    return Err(IdentityError::Ambiguous);
-                }
+            let clash = if let Some(id) = uri.strip_prefix(ENDPOINT_URN) {
+                endpoint.replace(id.parse::<EndpointId>()?).is_some()
             } else if let Some(name) = uri.strip_prefix(SPECIALIST_URN) {
-                if specialist.replace(name).is_some() {
-                    return Err(IdentityError::Ambiguous);
-                }
+                specialist.replace(name).is_some()
             } else if let Some(r) = uri.strip_prefix(ROLE_URN) {
-                if role.replace(r.parse::<Role>()?).is_some() {
-                    return Err(IdentityError::Ambiguous);
-                }
+                role.replace(r.parse::<Role>()?).is_some()
+            } else {
+                false
+            };
+            if clash {
+                return Err(IdentityError::Ambiguous);
             }
         }
         match (endpoint, specialist) {

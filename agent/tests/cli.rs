@@ -1,0 +1,91 @@
+//! The agent binary's behaviour on bad input and its one-shot mode.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn agent() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vitals-agent"))
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vitals-agent-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+const CONFIG: &str = r#"collector = "https://127.0.0.1:7443"
+state_dir = "state"
+
+[tls]
+ca = "pki/ca.pem"
+cert = "pki/agent.pem"
+key = "pki/agent.key"
+"#;
+
+#[test]
+fn unknown_field_is_named_with_file_and_line() {
+    let d = dir("typo");
+    let path = d.join("agent.toml");
+    std::fs::write(&path, format!("{CONFIG}\n[link]\nintrval = \"5s\"\n")).expect("write");
+    let out = agent()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("agent.toml:10: unknown field \"intrval\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_certificate_files_are_named() {
+    let d = dir("nocert");
+    let path = d.join("agent.toml");
+    std::fs::write(&path, CONFIG).expect("write");
+    let out = agent()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls.ca"), "{err}");
+    assert!(err.contains("pki/ca.pem"), "{err}");
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let out = agent()
+        .args(["check-config", "--config", "/nonexistent/vitals/agent.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/vitals/agent.toml: cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn once_json_prints_a_snapshot_without_network() {
+    let out = agent().args(["once", "--json"]).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert!(
+        v["host"]["hostname"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty())
+    );
+    assert!(v["memory"]["total_bytes"].as_u64().is_some_and(|m| m > 0));
+    assert!(v["cpu"]["logical_cores"].as_u64().is_some_and(|c| c >= 1));
+    assert!(v["interfaces"].as_array().is_some_and(|i| !i.is_empty()));
+}
