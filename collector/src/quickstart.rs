@@ -46,16 +46,24 @@ pub async fn run(
         .with_context(|| format!("cannot resolve {}", opts.data_dir.display()))?;
     let endpoint = local_endpoint_id();
     prepare_pki(&data_dir, &endpoint)?;
-    write_configs(&data_dir, &opts, &endpoint)?;
+    let config_path = write_collector_config(&data_dir, &opts)?;
 
     let agent_bin = agent_binary().await?;
-    let config = CollectorConfig::load(&data_dir.join("collector.toml"))?;
+    let config = CollectorConfig::load(&config_path)?;
     let collector = Collector::open(config.clone()).await?;
     let listeners = Listeners::bind(&config).await.map_err(|e| {
         anyhow::anyhow!(
             "{e}; is another collector running? choose other ports with --listen and --metrics-listen"
         )
     })?;
+    let addr = listeners.grpc.local_addr()?;
+    let metrics_addr = listeners
+        .metrics
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?
+        .unwrap_or(opts.metrics_listen);
+    write_client_configs(&data_dir, addr, &endpoint)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(collector.serve(listeners, async {
         let _ = stop_rx.await;
@@ -63,7 +71,7 @@ pub async fn run(
 
     let log_path = data_dir.join("agent/agent.log");
     let mut agent = start_agent(&agent_bin, &data_dir.join("agent/agent.toml"), &log_path)?;
-    print_banner(&data_dir, &opts, &endpoint, &log_path);
+    print_banner(&data_dir, addr, metrics_addr, &endpoint, &log_path);
 
     // Child::wait closes the child's stdin, which is the agent's signal to
     // stop; hold it here until we mean it.
@@ -133,18 +141,16 @@ fn prepare_pki(data_dir: &Path, endpoint: &EndpointId) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_configs(data_dir: &Path, opts: &Options, endpoint: &EndpointId) -> anyhow::Result<()> {
-    let paths = PkiPaths::new(data_dir);
-    let (agent_cert, agent_key) = paths.client(&Identity::Endpoint(endpoint.clone()));
-    let (sp_cert, sp_key) = paths.client(&Identity::specialist(SPECIALIST, Role::Admin)?);
-    let rel = |p: &Path| {
-        p.strip_prefix(data_dir)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .replace('\\', "/")
-    };
-    let url = format!("https://{}", opts.listen).replace("0.0.0.0", "127.0.0.1");
-    let collector = format!(
+fn write(p: &Path, text: String) -> anyhow::Result<()> {
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))
+}
+
+fn write_collector_config(data_dir: &Path, opts: &Options) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("collector.toml");
+    let text = format!(
         "# Written by `vitals-collector quickstart`; rewritten on each start.\n\
          data_dir = \".\"\n\
          listen = \"{}\"\n\n\
@@ -156,6 +162,31 @@ fn write_configs(data_dir: &Path, opts: &Options, endpoint: &EndpointId) -> anyh
          listen = \"{}\"\n",
         opts.listen, opts.metrics_listen
     );
+    write(&path, text)?;
+    Ok(path)
+}
+
+/// Writes the agent's config and the vitalsctl profile for a collector
+/// listening on `addr` (known only once bound, so port 0 works).
+fn write_client_configs(
+    data_dir: &Path,
+    addr: SocketAddr,
+    endpoint: &EndpointId,
+) -> anyhow::Result<()> {
+    let paths = PkiPaths::new(data_dir);
+    let (agent_cert, agent_key) = paths.client(&Identity::Endpoint(endpoint.clone()));
+    let (sp_cert, sp_key) = paths.client(&Identity::specialist(SPECIALIST, Role::Admin)?);
+    let rel = |p: &Path| {
+        p.strip_prefix(data_dir)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .replace('\\', "/")
+    };
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("https://{addr}");
     let agent = format!(
         "# Written by `vitals-collector quickstart`; rewritten on each start.\n\
          collector = \"{url}\"\n\
@@ -182,15 +213,8 @@ fn write_configs(data_dir: &Path, opts: &Options, endpoint: &EndpointId) -> anyh
         rel(&sp_cert),
         rel(&sp_key)
     );
-    let write = |p: PathBuf, text: String| -> anyhow::Result<()> {
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
-    };
-    write(data_dir.join("collector.toml"), collector)?;
-    write(data_dir.join("agent/agent.toml"), agent)?;
-    write(data_dir.join("vitalsctl.toml"), profile)?;
+    write(&data_dir.join("agent/agent.toml"), agent)?;
+    write(&data_dir.join("vitalsctl.toml"), profile)?;
     Ok(())
 }
 
@@ -272,7 +296,13 @@ async fn stop_agent(agent: &mut Child) {
     }
 }
 
-fn print_banner(data_dir: &Path, opts: &Options, endpoint: &EndpointId, log: &Path) {
+fn print_banner(
+    data_dir: &Path,
+    listen: SocketAddr,
+    metrics: SocketAddr,
+    endpoint: &EndpointId,
+    log: &Path,
+) {
     let shown = |p: &Path| {
         std::env::current_dir()
             .ok()
@@ -319,8 +349,6 @@ fn print_banner(data_dir: &Path, opts: &Options, endpoint: &EndpointId, log: &Pa
          \n  {ctl}{profile} endpoints list\
          \n  {ctl}{profile} endpoints show {endpoint}\
          \n\nCtrl-C stops everything.\n",
-        listen = opts.listen,
-        metrics = opts.metrics_listen,
         log = shown(log),
         data = shown(data_dir),
     );

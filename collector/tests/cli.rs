@@ -141,3 +141,261 @@ fn pki_commands_make_a_working_fleet() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn vitalsctl() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vitalsctl"));
+    // Settings come only from what each test passes.
+    for var in [
+        "VITALS_PROFILE",
+        "VITALS_COLLECTOR",
+        "VITALS_CA",
+        "VITALS_CERT",
+        "VITALS_KEY",
+        "VITALS_SERVER_NAME",
+        "XDG_CONFIG_HOME",
+        "HOME",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+/// Waits for exit, up to `secs`; kills and fails past it.
+fn wait_exit(child: &mut std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {secs}s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[cfg(unix)]
+fn run_serves_vitalsctl_from_flags_env_and_profile_and_stops_on_sigterm() {
+    let d = dir("run");
+    let data = d.join("data");
+    let pki = |args: &[&str]| {
+        let out = collector()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    pki(&["pki", "init", "--host", "localhost"]);
+    pki(&["pki", "issue-specialist", "ana", "--role", "viewer"]);
+    let port = free_port();
+    let config = d.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = \"data\"\nlisten = \"127.0.0.1:{port}\"\n[metrics]\nenabled = false\n"),
+    )
+    .expect("write");
+    let mut server = collector()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start collector");
+    let url = format!("https://127.0.0.1:{port}");
+    let pki_dir = data.join("pki");
+
+    // Flags.
+    let by_flags = eventually(10, "collector answering", || {
+        let out = vitalsctl()
+            .args(["--collector", &url, "--server-name", "localhost", "--ca"])
+            .arg(pki_dir.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki_dir.join("specialists/ana.pem"))
+            .arg("--key")
+            .arg(pki_dir.join("specialists/ana.key"))
+            .args(["-o", "json", "endpoints", "list"])
+            .output()
+            .expect("vitalsctl");
+        out.status.success().then_some(out)
+    });
+    let v: serde_json::Value = serde_json::from_slice(&by_flags.stdout).expect("json");
+    assert_eq!(v, serde_json::json!([]));
+
+    // Environment.
+    let out = vitalsctl()
+        .env("VITALS_COLLECTOR", &url)
+        .env("VITALS_SERVER_NAME", "localhost")
+        .env("VITALS_CA", pki_dir.join("ca.pem"))
+        .env("VITALS_CERT", pki_dir.join("specialists/ana.pem"))
+        .env("VITALS_KEY", pki_dir.join("specialists/ana.key"))
+        .args(["endpoints", "list"])
+        .output()
+        .expect("vitalsctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No endpoints yet"));
+
+    // Profile file, with paths relative to it.
+    let profile = d.join("vitalsctl.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "collector = \"{url}\"\nserver_name = \"localhost\"\nca = \"data/pki/ca.pem\"\n\
+             cert = \"data/pki/specialists/ana.pem\"\nkey = \"data/pki/specialists/ana.key\"\n"
+        ),
+    )
+    .expect("write");
+    let out = vitalsctl()
+        .arg("--profile")
+        .arg(&profile)
+        .args(["endpoints", "show", "ws-nobody"])
+        .output()
+        .expect("vitalsctl");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found: no endpoint \"ws-nobody\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Missing settings are named.
+    let out = vitalsctl()
+        .args(["endpoints", "list"])
+        .current_dir(&d)
+        .output()
+        .expect("vitalsctl");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no collector address"));
+
+    signal(&server, "-TERM");
+    let status = wait_exit(&mut server, 15);
+    assert!(status.success(), "collector exit after SIGTERM: {status}");
+}
+
+#[test]
+#[cfg(unix)]
+fn quickstart_shows_this_machine_and_stops_cleanly() {
+    use std::io::BufRead;
+    let d = dir("quickstart");
+    let data = d.join("vitals-data");
+    let agent_bin = std::path::Path::new(env!("CARGO_BIN_EXE_vitals-collector"))
+        .with_file_name(format!("vitals-agent{}", std::env::consts::EXE_SUFFIX));
+    let start = || {
+        let mut c = collector();
+        c.args([
+            "quickstart",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+        // `cargo test --workspace` builds the agent next to the collector;
+        // otherwise the quickstart builds it itself through cargo.
+        if agent_bin.exists() {
+            c.env("VITALS_AGENT_BIN", &agent_bin);
+        }
+        let mut child = c.spawn().expect("start quickstart");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let banner = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains("collector  https://"))
+            .expect("banner names the collector");
+        (child, banner)
+    };
+
+    let (mut qs, banner) = start();
+    assert!(banner.contains("https://127.0.0.1:"), "{banner}");
+    let profile = data.join("vitalsctl.toml");
+    let list = || {
+        let out = vitalsctl()
+            .arg("--profile")
+            .arg(&profile)
+            .args(["-o", "json", "endpoints", "list"])
+            .output()
+            .expect("vitalsctl");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array().cloned()
+    };
+    let endpoints = eventually(60, "this machine online with a snapshot", || {
+        let l = list()?;
+        let ready =
+            l.len() == 1 && l[0]["online"] == true && l[0]["latest_snapshot_ms"].as_i64() > Some(0);
+        ready.then_some(l)
+    });
+    assert!(
+        endpoints[0]["memory_used_percent"]
+            .as_f64()
+            .is_some_and(|m| m > 0.0)
+    );
+    let ca_before = std::fs::read(data.join("pki/ca.pem")).expect("ca");
+    let first_seen = endpoints[0]["first_seen_ms"].clone();
+
+    signal(&qs, "-INT");
+    assert!(wait_exit(&mut qs, 20).success());
+    let log = std::fs::read_to_string(data.join("agent/agent.log")).expect("agent log");
+    assert!(
+        log.contains("link closed"),
+        "agent did not stop cleanly:\n{log}"
+    );
+
+    // A second start re-uses the PKI and the database.
+    let (mut qs, _) = start();
+    let l = eventually(60, "this machine online again", || {
+        let l = list()?;
+        (l.len() == 1 && l[0]["online"] == true).then_some(l)
+    });
+    assert_eq!(l[0]["first_seen_ms"], first_seen);
+    assert_eq!(
+        std::fs::read(data.join("pki/ca.pem")).expect("ca"),
+        ca_before
+    );
+    signal(&qs, "-TERM");
+    assert!(wait_exit(&mut qs, 20).success());
+}

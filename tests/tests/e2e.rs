@@ -465,3 +465,64 @@ async fn agent_reconnects_and_resends_after_collector_restart() {
     agent.stop().await;
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_health_and_reflection_services_answer() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let fleet = Fleet::new("std");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let (cert, key) = fleet.issue(&Identity::specialist("probe", Role::Viewer).expect("id"));
+    let ch = fleet
+        .channel(collector.addr, Some((&cert, &key)))
+        .await
+        .expect("channel");
+
+    let mut health = HealthClient::new(ch.clone());
+    for service in ["", "vitals.v1.AgentGateway", "vitals.v1.Specialist"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service}");
+    }
+
+    let mut reflection = ServerReflectionClient::new(ch);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("stream ok")
+        .expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer: {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "vitals.v1.AgentGateway",
+        "vitals.v1.Specialist",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    collector.stop().await;
+}
