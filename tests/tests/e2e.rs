@@ -526,3 +526,58 @@ async fn standard_health_and_reflection_services_answer() {
     }
     collector.stop().await;
 }
+
+/// A raw TLS handshake with one protocol version and a valid client
+/// certificate.
+async fn handshake_with(
+    fleet: &Fleet,
+    addr: std::net::SocketAddr,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::io::Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let (cert, key) = fleet.issue(&Identity::specialist("tls-probe", Role::Viewer).expect("id"));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(fleet.paths().ca_cert()).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("add root");
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&cert)
+        .expect("cert")
+        .map(|c| c.expect("cert"))
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&key).expect("key");
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client auth");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await?;
+    // With TLS 1.3 a refused client certificate surfaces on first use.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    tls.flush().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tls_1_3_is_accepted() {
+    let fleet = Fleet::new("tls13");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    handshake_with(&fleet, collector.addr, &rustls::version::TLS13)
+        .await
+        .expect("TLS 1.3 with a fleet certificate is accepted");
+    let err = handshake_with(&fleet, collector.addr, &rustls::version::TLS12)
+        .await
+        .expect_err("TLS 1.2 is refused");
+    assert!(
+        err.to_string().to_lowercase().contains("protocol") || err.to_string().contains("alert"),
+        "unexpected TLS 1.2 failure: {err}"
+    );
+    collector.stop().await;
+}
