@@ -59,9 +59,34 @@ pub fn endpoint_id_from_cert(path: &Path) -> Result<EndpointId, AgentError> {
     }
 }
 
+/// Checks the TLS files a configuration names (the CA holds a certificate,
+/// the key is a private key, the certificate names an endpoint) and
+/// returns the endpoint ID, so a bad file is reported at start-up rather
+/// than as a failed connection later.
+pub fn check_tls_files(config: &AgentConfig) -> Result<EndpointId, AgentError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let err = |path: &Path, message: String| AgentError::Certificate {
+        path: path.display().to_string(),
+        message,
+    };
+    let ca = &config.tls.ca;
+    let roots = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| err(ca, format!("cannot read: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(ca, format!("bad PEM: {e}")))?;
+    if roots.is_empty() {
+        return Err(err(ca, "no CA certificate in file".into()));
+    }
+    let key = &config.tls.key;
+    PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| err(key, format!("no usable private key: {e}")))?;
+    endpoint_id_from_cert(&config.tls.cert)
+}
+
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-    let endpoint_id = endpoint_id_from_cert(&config.tls.cert)?;
+    let endpoint_id = check_tls_files(&config)?;
     let (interval_tx, interval_rx) = watch::channel(config.link.snapshot_interval);
     let link = Link::new(config, endpoint_id.clone(), interval_tx)?;
     info!(endpoint = %endpoint_id, "agent starting");

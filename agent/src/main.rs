@@ -81,7 +81,7 @@ fn load(path: &std::path::Path) -> Result<(AgentConfig, String), ExitCode> {
             return Err(ExitCode::from(2));
         }
     }
-    let id = vitals_agent::endpoint_id_from_cert(&config.tls.cert).map_err(|e| {
+    let id = vitals_agent::check_tls_files(&config).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })?;

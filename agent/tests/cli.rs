@@ -89,3 +89,25 @@ fn once_json_prints_a_snapshot_without_network() {
     assert!(v["cpu"]["logical_cores"].as_u64().is_some_and(|c| c >= 1));
     assert!(v["interfaces"].as_array().is_some_and(|i| !i.is_empty()));
 }
+
+#[test]
+fn garbage_key_and_ca_files_are_named() {
+    let d = dir("garbage");
+    std::fs::create_dir_all(d.join("pki")).expect("pki dir");
+    let path = d.join("agent.toml");
+    std::fs::write(&path, CONFIG).expect("write");
+    std::fs::write(d.join("pki/ca.pem"), "not a certificate\n").expect("write");
+    std::fs::write(d.join("pki/agent.pem"), "junk").expect("write");
+    std::fs::write(d.join("pki/agent.key"), "junk").expect("write");
+    let out = agent()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pki/ca.pem: no CA certificate in file"),
+        "{err}"
+    );
+}

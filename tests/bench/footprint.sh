@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 duration=${1:-120}
 cargo build --release --workspace --quiet
-bin=target/release
+bin="$PWD/target/release"
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -49,7 +49,7 @@ for _ in $(seq 100); do
   apid=$(pgrep -f "vitals-agent run --config $work" | head -1 || true)
   [ -n "$apid" ] && break; sleep 0.1
 done
-[ -n "$apid" ] || { echo "agent did not start"; exit 1; }
+[ -n "$apid" ] || { echo "agent did not start"; cat "$work/qs.err"; exit 1; }
 sleep 5   # past start-up
 ticks0=$(awk '{print $14 + $15}' /proc/$apid/stat); t0=$(now_ms)
 rss=()
