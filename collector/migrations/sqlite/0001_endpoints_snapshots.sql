@@ -18,7 +18,9 @@ CREATE TABLE endpoints (
     memory_used_percent  REAL NOT NULL DEFAULT 0,
     fullest_disk_percent REAL NOT NULL DEFAULT 0,
     latest_snapshot_ms   INTEGER NOT NULL DEFAULT 0,
-    latest_snapshot      TEXT
+    -- The newest snapshot lives in `snapshots` under this sequence; history
+    -- pruning never removes the newest, so the body is stored only once.
+    latest_snapshot_seq  INTEGER NOT NULL DEFAULT 0
 );
 
 CREATE TABLE snapshots (

@@ -9,6 +9,7 @@
 //! writer. Both are used from blocking tasks so the async runtime never
 //! waits on disk.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -246,18 +247,21 @@ impl Store for SqliteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
                 let mut latest = tx.prepare_cached(
-                    "UPDATE endpoints SET committed_seq = ?2, last_seen_ms = MAX(last_seen_ms, ?3),
+                    "UPDATE endpoints SET committed_seq = MAX(committed_seq, ?2),
+                         last_seen_ms = MAX(last_seen_ms, ?3),
                          hostname = ?4, os = ?5, cpu_usage_percent = ?6,
                          memory_used_percent = ?7, fullest_disk_percent = ?8,
-                         latest_snapshot_ms = ?9, latest_snapshot = ?10
-                     WHERE id = ?1 AND committed_seq < ?2",
+                         latest_snapshot_ms = ?9, latest_snapshot_seq = ?2
+                     WHERE id = ?1 AND latest_snapshot_seq < ?2",
                 )?;
                 let mut prune = tx.prepare_cached(
                     "DELETE FROM snapshots WHERE endpoint_id = ?1 AND seq <=
                          (SELECT seq FROM snapshots WHERE endpoint_id = ?1
                           ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
                 )?;
-                let mut touched: Vec<&str> = Vec::new();
+                // The newest fresh record of each endpoint in this batch:
+                // only it updates the endpoint row.
+                let mut newest: HashMap<&str, &Prepared> = HashMap::new();
                 for p in &prepared {
                     let fresh = insert.execute(params![
                         p.endpoint,
@@ -269,6 +273,12 @@ impl Store for SqliteStore {
                     if !fresh {
                         continue;
                     }
+                    let n = newest.entry(&p.endpoint).or_insert(p);
+                    if n.seq < p.seq {
+                        *n = p;
+                    }
+                }
+                for p in newest.into_values() {
                     latest.execute(params![
                         p.endpoint,
                         p.seq,
@@ -279,14 +289,8 @@ impl Store for SqliteStore {
                         p.memory,
                         p.disk,
                         p.taken_ms,
-                        p.body
                     ])?;
-                    if !touched.contains(&p.endpoint.as_str()) {
-                        touched.push(&p.endpoint);
-                    }
-                }
-                for endpoint in touched {
-                    prune.execute(params![endpoint, limit])?;
+                    prune.execute(params![p.endpoint, limit])?;
                 }
             }
             tx.commit()?;
@@ -312,8 +316,11 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.read(move |c| {
             let sql = format!(
-                "SELECT {SUMMARY_COLUMNS}, state_since_ms, committed_seq, latest_snapshot,
-                     (SELECT COUNT(*) FROM snapshots WHERE endpoint_id = endpoints.id)
+                "SELECT {SUMMARY_COLUMNS}, state_since_ms, committed_seq,
+                     (SELECT body FROM snapshots
+                      WHERE endpoint_id = endpoints.id AND seq = endpoints.latest_snapshot_seq),
+                     (SELECT COUNT(*) FROM snapshots WHERE endpoint_id = endpoints.id),
+                     latest_snapshot_seq
                  FROM endpoints WHERE id = ?1"
             );
             let row = c
@@ -324,14 +331,17 @@ impl Store for SqliteStore {
                         r.get::<_, i64>(13)? as u64,
                         r.get::<_, Option<String>>(14)?,
                         r.get::<_, i64>(15)? as u64,
+                        r.get::<_, i64>(16)? as u64,
                     ))
                 })
                 .optional()?;
-            let Some((summary, state_since_ms, committed_seq, latest, history_len)) = row else {
+            let Some((summary, state_since_ms, committed_seq, latest, history_len, latest_seq)) =
+                row
+            else {
                 return Ok(None);
             };
             let latest = latest
-                .map(|body| parse_snapshot(&id, committed_seq, &body))
+                .map(|body| parse_snapshot(&id, latest_seq, &body))
                 .transpose()?;
             Ok(Some(EndpointDetail {
                 summary,
