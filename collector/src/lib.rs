@@ -71,6 +71,13 @@ pub enum CollectorError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// Raises the soft open-files limit to the hard limit: each agent stream
+/// holds a descriptor, and the usual soft default of 1024 would cap the
+/// collector far below what it can serve. Returns the limit now in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).ok()
+}
+
 /// Completes once `stop` turns true (or its sender is gone).
 pub async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -113,6 +120,9 @@ impl Collector {
     /// Loads certificates, opens the database and applies migrations. No
     /// port is bound yet.
     pub async fn open(config: CollectorConfig) -> Result<Self, CollectorError> {
+        if let Some(limit) = raise_open_files_limit() {
+            tracing::debug!(limit, "open files limit");
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|source| CollectorError::DataDir {
             path: config.data_dir.display().to_string(),
             source,

@@ -266,3 +266,4 @@ pub fn expired_window() -> (time::OffsetDateTime, time::OffsetDateTime) {
 
 /// Role shorthand for tests.
 pub use vitals_proto::identity::Role as SpecialistRole;
+pub mod loadgen;

@@ -1,0 +1,222 @@
+//! `vitals-loadgen`: simulated agents against a real collector (or the bare
+//! echo baseline), on loopback, bounded in count and time.
+//!
+//! ```text
+//! vitals-loadgen run --spawn collector --agents 5000 --interval 10s --ramp 500 --duration 300s
+//! vitals-loadgen run --spawn echo --agents 200 --interval 0 --window 16 --duration 60s
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vitals_tests::loadgen::{self, Plan};
+
+#[derive(Parser)]
+#[command(name = "vitals-loadgen", about = "Load generator for Vitals")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Spawn {
+    /// A real `vitals-collector run` process with a fresh database.
+    Collector,
+    /// The bare mTLS echo baseline, as its own process.
+    Echo,
+    /// Nothing: `--target` is already running.
+    None,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run simulated agents.
+    Run {
+        #[arg(long, value_enum, default_value_t = Spawn::Collector)]
+        spawn: Spawn,
+        /// Data directory holding the fleet CA (created if missing).
+        #[arg(long, default_value = "target/loadgen-data")]
+        data_dir: PathBuf,
+        /// Where the server listens (loopback only).
+        #[arg(long, default_value = "127.0.0.1:17443")]
+        target: SocketAddr,
+        /// With --spawn none: the server's PID, to sample its CPU and RSS.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        /// Time between snapshots per agent; 0 = as fast as acks allow.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Unacknowledged snapshots per agent.
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+        /// Agents connected per second during the ramp.
+        #[arg(long, default_value_t = 500.0)]
+        ramp: f64,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Drop and re-open every stream at once this long after the ramp.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        storm_after: Option<Duration>,
+        #[arg(long, default_value = "lg")]
+        prefix: String,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Serve the echo baseline (used by `run --spawn echo`).
+    EchoServer {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Cmd::EchoServer { data_dir, listen } => rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            loadgen::echo::serve(&data_dir, listener, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+        }),
+        Cmd::Run {
+            spawn,
+            data_dir,
+            target,
+            server_pid,
+            agents,
+            interval,
+            window,
+            ramp,
+            duration,
+            storm_after,
+            prefix,
+            json,
+        } => {
+            anyhow::ensure!(
+                target.ip().is_loopback(),
+                "the target must be a loopback address"
+            );
+            anyhow::ensure!(
+                agents > 0 && window > 0,
+                "agents and window must be at least 1"
+            );
+            let _ = rlimit::increase_nofile_limit(u64::MAX);
+            ensure_pki(&data_dir)?;
+            let mut server = match spawn {
+                Spawn::Collector => Some(spawn_collector(&data_dir, target)?),
+                Spawn::Echo => Some(spawn_echo(&data_dir, target)?),
+                Spawn::None => None,
+            };
+            if server.is_some() {
+                wait_for_port(target)?;
+            }
+            let pid = server.as_ref().map(Child::id).or(server_pid);
+            let plan = Plan {
+                target,
+                agents,
+                interval,
+                window,
+                ramp_per_sec: ramp,
+                duration,
+                storm_after,
+                data_dir: data_dir.clone(),
+                id_prefix: prefix,
+            };
+            let report = rt.block_on(loadgen::run(plan, pid));
+            if let Some(child) = &mut server {
+                stop(child);
+            }
+            let report = report?;
+            println!("{}", report.table());
+            let text = serde_json::to_string_pretty(&report)?;
+            if let Some(path) = json {
+                std::fs::write(&path, &text)?;
+            } else {
+                println!("{text}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn ensure_pki(data_dir: &Path) -> anyhow::Result<()> {
+    let paths = vitals_collector::pki::PkiPaths::new(data_dir);
+    if !paths.ca_key().exists() {
+        vitals_collector::pki::init(data_dir, &["localhost".into(), "127.0.0.1".into()])?;
+    }
+    Ok(())
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(
+        p.exists(),
+        "{} not found; build the workspace first",
+        p.display()
+    );
+    Ok(p)
+}
+
+fn spawn_collector(data_dir: &Path, target: SocketAddr) -> anyhow::Result<Child> {
+    // A fresh database each run; certificates stay cached.
+    for f in ["vitals.db", "vitals.db-wal", "vitals.db-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(f));
+    }
+    let config = data_dir.join("loadgen-collector.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = \".\"\nlisten = \"{target}\"\n\n[metrics]\nenabled = false\n"),
+    )?;
+    let log = std::fs::File::create(data_dir.join("collector.log"))?;
+    Ok(Command::new(sibling("vitals-collector")?)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?)
+}
+
+fn spawn_echo(data_dir: &Path, target: SocketAddr) -> anyhow::Result<Child> {
+    Ok(Command::new(std::env::current_exe()?)
+        .args(["echo-server", "--listen", &target.to_string(), "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .spawn()?)
+}
+
+fn wait_for_port(target: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(target).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    anyhow::bail!("server did not start listening on {target}")
+}
+
+/// SIGTERM (a graceful stop), then a kill if it lingers.
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..300 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

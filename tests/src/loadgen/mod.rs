@@ -1,0 +1,370 @@
+//! The load generator: many simulated agents, each with its own certificate
+//! and its own long-lived mTLS stream, against a real collector process (or
+//! the bare echo baseline), with figures for BENCHMARKS.md.
+//!
+//! Everything stays on loopback, is bounded in agent count and in time, and
+//! stops by itself.
+
+pub mod certs;
+pub mod echo;
+pub mod procstat;
+pub mod sim;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Counters shared by every simulated agent.
+#[derive(Default)]
+pub struct Stats {
+    pub connected: AtomicU64,
+    pub connected_max: AtomicU64,
+    pub handshakes: AtomicU64,
+    pub sessions: AtomicU64,
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    errors: std::sync::Mutex<BTreeMap<String, u64>>,
+    latencies_us: std::sync::Mutex<Vec<u32>>,
+}
+
+impl Stats {
+    pub fn error(&self, kind: &str) {
+        let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        *e.entry(kind.to_owned()).or_default() += 1;
+    }
+
+    pub fn errors(&self) -> BTreeMap<String, u64> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn connect(&self) {
+        let now = self.connected.fetch_add(1, Ordering::Relaxed) + 1;
+        self.connected_max.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn disconnect(&self) {
+        self.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Adds a simulated agent's latencies at the end of its run (keeps the
+    /// hot path free of a shared lock).
+    pub fn add_latencies(&self, mut l: Vec<u32>) {
+        self.latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(&mut l);
+    }
+
+    fn latency_ms(&self) -> Percentiles {
+        let mut l = self
+            .latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        l.sort_unstable();
+        let at = |q: f64| -> f64 {
+            if l.is_empty() {
+                return 0.0;
+            }
+            let i = ((l.len() as f64 - 1.0) * q).round() as usize;
+            l[i] as f64 / 1000.0
+        };
+        Percentiles {
+            samples: l.len() as u64,
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub samples: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// How the simulated agents behave.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub target: SocketAddr,
+    pub agents: usize,
+    /// Time between snapshots per agent; zero means as fast as the window
+    /// of unacknowledged snapshots allows (the ingest ceiling).
+    pub interval: Duration,
+    /// Unacknowledged snapshots an agent may have in flight.
+    pub window: usize,
+    /// Agents connected per second while ramping up.
+    pub ramp_per_sec: f64,
+    pub duration: Duration,
+    /// Drop and re-open every stream at once, this long after the ramp.
+    pub storm_after: Option<Duration>,
+    /// The collector's data directory: its fleet CA signs the simulated
+    /// agents' certificates, which are cached under `pki/agents/`.
+    pub data_dir: PathBuf,
+    pub id_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub agents: usize,
+    pub interval_ms: u64,
+    pub window: usize,
+    pub duration_s: f64,
+    pub ramp_s: f64,
+    pub connected_max: u64,
+    pub connected_end: u64,
+    pub handshakes: u64,
+    pub handshakes_per_s_during_ramp: f64,
+    pub snapshots_sent: u64,
+    pub snapshots_acked: u64,
+    /// Acknowledged per second over the measured window (after the ramp).
+    pub acked_per_s: f64,
+    pub ack_latency_ms: Percentiles,
+    pub errors: BTreeMap<String, u64>,
+    pub storm: Option<StormReport>,
+    pub server: Option<procstat::Summary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StormReport {
+    pub agents: u64,
+    /// Seconds from the drop until every agent had a welcome again.
+    pub all_back_s: Option<f64>,
+    pub back_within_10s: u64,
+}
+
+/// Runs a plan; `server_pid` is sampled for CPU and RSS if given.
+pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let identities = certs::agent_identities(&plan.data_dir, &plan.id_prefix, plan.agents)?;
+    let ca = std::fs::read(vitals_collector::pki::PkiPaths::new(&plan.data_dir).ca_cert())?;
+    let stats = Arc::new(Stats::default());
+    let sampler = server_pid.map(procstat::Sampler::start);
+    let (storm_tx, storm_rx) = tokio::sync::watch::channel(0u64);
+    let deadline = Instant::now() + plan.duration;
+    let snapshot = Arc::new(sim::realistic_snapshot());
+
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(plan.agents);
+    let gap = Duration::from_secs_f64(1.0 / plan.ramp_per_sec.max(0.001));
+    let mut next = tokio::time::Instant::now();
+    for (id, identity) in identities {
+        tokio::time::sleep_until(next).await;
+        next += gap;
+        let agent = sim::SimAgent {
+            id,
+            identity,
+            ca: ca.clone(),
+            target: plan.target,
+            interval: plan.interval,
+            window: plan.window,
+            stats: stats.clone(),
+            storm: storm_rx.clone(),
+            deadline,
+            snapshot: snapshot.clone(),
+        };
+        tasks.push(tokio::spawn(agent.run()));
+    }
+    // The ramp ends when every agent has had its first session.
+    let ramp_deadline = Instant::now() + Duration::from_secs(60);
+    while (stats.sessions.load(Ordering::Relaxed) as usize) < plan.agents
+        && Instant::now() < ramp_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ramp = started.elapsed();
+    let handshakes_ramp = stats.handshakes.load(Ordering::Relaxed);
+    eprintln!(
+        "ramp: {} of {} agents connected in {:.1}s",
+        stats.connected.load(Ordering::Relaxed),
+        plan.agents,
+        ramp.as_secs_f64()
+    );
+
+    let measure_from = Instant::now();
+    let acked_at_start = stats.acked.load(Ordering::Relaxed);
+    let mut storm = None;
+    let mut progress = tokio::time::interval(Duration::from_secs(5));
+    progress.tick().await;
+    let storm_at = plan.storm_after.map(|d| measure_from + d);
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        if let Some(at) = storm_at
+            && storm.is_none()
+            && now >= at
+        {
+            storm = Some(run_storm(&stats, &storm_tx, plan.agents as u64, deadline).await);
+            continue;
+        }
+        tokio::select! {
+            _ = progress.tick() => {
+                eprintln!(
+                    "t={:>5.0}s connected={} acked={} errors={:?}",
+                    started.elapsed().as_secs_f64(),
+                    stats.connected.load(Ordering::Relaxed),
+                    stats.acked.load(Ordering::Relaxed),
+                    stats.errors()
+                );
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    }
+    let measured = measure_from.elapsed();
+    let acked_in_window = stats.acked.load(Ordering::Relaxed) - acked_at_start;
+    let connected_end = stats.connected.load(Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let server = sampler.map(|s| s.stop());
+    Ok(Report {
+        target: plan.target.to_string(),
+        agents: plan.agents,
+        interval_ms: plan.interval.as_millis() as u64,
+        window: plan.window,
+        duration_s: started.elapsed().as_secs_f64(),
+        ramp_s: ramp.as_secs_f64(),
+        connected_max: stats.connected_max.load(Ordering::Relaxed),
+        connected_end,
+        handshakes: stats.handshakes.load(Ordering::Relaxed),
+        handshakes_per_s_during_ramp: handshakes_ramp as f64 / ramp.as_secs_f64().max(0.001),
+        snapshots_sent: stats.sent.load(Ordering::Relaxed),
+        snapshots_acked: stats.acked.load(Ordering::Relaxed),
+        acked_per_s: acked_in_window as f64 / measured.as_secs_f64().max(0.001),
+        ack_latency_ms: stats.latency_ms(),
+        errors: stats.errors(),
+        storm,
+        server,
+    })
+}
+
+/// Tells every agent to drop its stream and reconnect at once, then waits
+/// until all have a session again.
+async fn run_storm(
+    stats: &Stats,
+    storm: &tokio::sync::watch::Sender<u64>,
+    agents: u64,
+    deadline: Instant,
+) -> StormReport {
+    let sessions_before = stats.sessions.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    storm.send_modify(|n| *n += 1);
+    eprintln!("storm: all {agents} streams dropped");
+    let mut back_within_10s = 0;
+    let mut all_back = None;
+    while Instant::now() < deadline {
+        let back = stats.sessions.load(Ordering::Relaxed) - sessions_before;
+        if t0.elapsed() <= Duration::from_secs(10) {
+            back_within_10s = back;
+        }
+        if back >= agents {
+            all_back = Some(t0.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("storm: all back in {all_back:?} s");
+    StormReport {
+        agents,
+        all_back_s: all_back,
+        back_within_10s: back_within_10s.min(agents),
+    }
+}
+
+impl Report {
+    /// A human-readable table.
+    pub fn table(&self) -> String {
+        let mut rows = vec![
+            ("target", self.target.clone()),
+            ("agents", self.agents.to_string()),
+            (
+                "snapshot interval",
+                if self.interval_ms == 0 {
+                    format!("as fast as acks allow (window {})", self.window)
+                } else {
+                    format!("{} ms", self.interval_ms)
+                },
+            ),
+            ("duration", format!("{:.1} s", self.duration_s)),
+            ("ramp", format!("{:.1} s", self.ramp_s)),
+            (
+                "connected (max / end)",
+                format!("{} / {}", self.connected_max, self.connected_end),
+            ),
+            ("handshakes", self.handshakes.to_string()),
+            (
+                "handshakes/s during ramp",
+                format!("{:.0}", self.handshakes_per_s_during_ramp),
+            ),
+            (
+                "snapshots sent / acked",
+                format!("{} / {}", self.snapshots_sent, self.snapshots_acked),
+            ),
+            ("acked snapshots/s", format!("{:.0}", self.acked_per_s)),
+            (
+                "ack latency p50 / p99 / max",
+                format!(
+                    "{:.1} / {:.1} / {:.1} ms ({} samples)",
+                    self.ack_latency_ms.p50,
+                    self.ack_latency_ms.p99,
+                    self.ack_latency_ms.max,
+                    self.ack_latency_ms.samples
+                ),
+            ),
+            ("errors", format!("{:?}", self.errors)),
+        ];
+        if let Some(s) = &self.storm {
+            rows.push((
+                "reconnect storm",
+                format!(
+                    "{} agents; all back in {}; {} back within 10 s",
+                    s.agents,
+                    s.all_back_s
+                        .map(|t| format!("{t:.2} s"))
+                        .unwrap_or("never".into()),
+                    s.back_within_10s
+                ),
+            ));
+        }
+        if let Some(s) = &self.server {
+            rows.push((
+                "server CPU avg / max (1 s)",
+                format!(
+                    "{:.0}% / {:.0}% of one core",
+                    s.cpu_avg_percent, s.cpu_max_percent
+                ),
+            ));
+            rows.push((
+                "server RSS max / end",
+                format!("{:.1} / {:.1} MiB", s.rss_max_mib, s.rss_end_mib),
+            ));
+            if self.connected_max > 0 {
+                rows.push((
+                    "server RSS per connected agent",
+                    format!(
+                        "{:.1} KiB",
+                        s.rss_max_mib * 1024.0 / self.connected_max as f64
+                    ),
+                ));
+            }
+        }
+        let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(k, v)| format!("{k:<w$}  {v}\n"))
+            .collect()
+    }
+}
