@@ -49,6 +49,11 @@ pub struct StorageConfig {
     /// Snapshots kept per endpoint; older ones are pruned.
     #[serde(default = "default_history")]
     pub history_per_endpoint: u32,
+    /// Downsampling: a snapshot enters the history when taken at least this
+    /// long after the newest one there. The latest snapshot is always kept.
+    /// "0s" keeps every snapshot.
+    #[serde(default = "default_history_interval", with = "humantime_serde")]
+    pub history_interval: Duration,
 }
 
 impl Default for StorageConfig {
@@ -56,6 +61,7 @@ impl Default for StorageConfig {
         StorageConfig {
             url: None,
             history_per_endpoint: default_history(),
+            history_interval: default_history_interval(),
         }
     }
 }
@@ -114,6 +120,9 @@ fn default_metrics_listen() -> SocketAddr {
 }
 fn default_history() -> u32 {
     1440
+}
+fn default_history_interval() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_snapshot_interval() -> Duration {
     Duration::from_secs(60)

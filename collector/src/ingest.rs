@@ -198,21 +198,23 @@ async fn batcher(mut rx: mpsc::Receiver<Item>, store: Arc<dyn Store>, metrics: A
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (records, sinks): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|i| (i.record, i.sink)).unzip();
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        let count = records.len();
         let started = Instant::now();
-        let result = store.commit_snapshots(&records).await;
+        let result = store.commit_snapshots(records).await;
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        metrics.commit_batch_size.observe(records.len() as f64);
+        metrics.commit_batch_size.observe(count as f64);
         match result {
             Ok(()) => {
-                for (record, sink) in records.iter().zip(&sinks) {
-                    sink.advance(record.seq);
+                for (seq, sink) in seqs.into_iter().zip(&sinks) {
+                    sink.advance(seq);
                 }
             }
             Err(error) => {
                 metrics.error("commit");
-                error!(%error, messages = records.len(), "commit failed; sessions will reset");
+                error!(%error, messages = count, "commit failed; sessions will reset");
                 for sink in &sinks {
                     sink.failed.notify_one();
                 }

@@ -128,7 +128,12 @@ impl Collector {
             source,
         })?;
         let tls = tls::server_config(&config.ca_path(), &config.cert_path(), &config.key_path())?;
-        let store = store::open(&config.storage_url(), config.storage.history_per_endpoint).await?;
+        let store = store::open(
+            &config.storage_url(),
+            config.storage.history_per_endpoint,
+            config.storage.history_interval,
+        )
+        .await?;
         // No session survives a restart.
         store.mark_all_offline(vitals_proto::now_ms()).await?;
         Ok(Collector {

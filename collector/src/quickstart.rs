@@ -339,7 +339,10 @@ fn print_banner(
     } else {
         format!(" --profile {}", shown(&data_dir.join("vitalsctl.toml")))
     };
-    println!(
+    // Written in one piece, and a closed stdout (a pipe whose reader went
+    // away) must not bring the system down.
+    use std::io::Write;
+    let banner = format!(
         "\nVitals quickstart is running.\n\
          \n  collector  https://{listen}  (mTLS, TLS 1.3)\
          \n  metrics    http://{metrics}/metrics\
@@ -352,4 +355,6 @@ fn print_banner(
         log = shown(log),
         data = shown(data_dir),
     );
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
 }

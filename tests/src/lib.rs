@@ -67,6 +67,8 @@ impl Fleet {
         c.agents.snapshot_interval = Duration::from_secs(1);
         c.agents.heartbeat_interval = Duration::from_secs(1);
         c.agents.idle_timeout = Duration::from_secs(5);
+        // Keep every snapshot, so tests can count them.
+        c.storage.history_interval = Duration::ZERO;
         c
     }
 

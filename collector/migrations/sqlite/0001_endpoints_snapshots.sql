@@ -18,18 +18,24 @@ CREATE TABLE endpoints (
     memory_used_percent  REAL NOT NULL DEFAULT 0,
     fullest_disk_percent REAL NOT NULL DEFAULT 0,
     latest_snapshot_ms   INTEGER NOT NULL DEFAULT 0,
-    -- The newest snapshot lives in `snapshots` under this sequence; history
-    -- pruning never removes the newest, so the body is stored only once.
-    latest_snapshot_seq  INTEGER NOT NULL DEFAULT 0
+    latest_snapshot      TEXT,
+    -- When the newest snapshot in `snapshots` was taken: history is
+    -- downsampled to one entry per `storage.history_interval`.
+    last_history_ms      INTEGER NOT NULL DEFAULT 0
 );
 
+-- A rowid table: new snapshots append at the end of the B-tree instead of
+-- landing in the middle of each endpoint's range, which keeps inserts cheap
+-- at tens of thousands per second.
 CREATE TABLE snapshots (
+    id          INTEGER PRIMARY KEY,
     endpoint_id TEXT NOT NULL REFERENCES endpoints (id),
     seq         INTEGER NOT NULL,
     received_ms INTEGER NOT NULL,
     taken_ms    INTEGER NOT NULL,
-    body        TEXT NOT NULL,
-    -- (endpoint, sequence) is the identity of an agent message: a replay
-    -- after a reconnect hits this key and takes no effect.
-    PRIMARY KEY (endpoint_id, seq)
-) WITHOUT ROWID;
+    body        TEXT NOT NULL
+);
+
+-- One history entry per (endpoint, sequence). Replays are recognised before
+-- this, by the endpoint's committed sequence.
+CREATE UNIQUE INDEX snapshots_endpoint_seq ON snapshots (endpoint_id, seq);

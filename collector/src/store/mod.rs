@@ -74,10 +74,13 @@ pub trait Store: Send + Sync + 'static {
     /// a collector restart.
     async fn mark_all_offline(&self, at_ms: i64) -> Result<(), StoreError>;
 
-    /// Commits snapshots in one transaction. A record whose (endpoint,
-    /// sequence) is already stored takes no effect. When this returns `Ok`
-    /// every record is durable and may be acknowledged.
-    async fn commit_snapshots(&self, batch: &[SnapshotRecord]) -> Result<(), StoreError>;
+    /// Commits snapshots in one transaction. Records of one endpoint come
+    /// in sequence order; a record at or below the endpoint's committed
+    /// sequence is a replay and takes no effect. The newest record becomes
+    /// the endpoint's latest snapshot; history keeps a downsampled, bounded
+    /// series. When this returns `Ok` every record is durable and may be
+    /// acknowledged.
+    async fn commit_snapshots(&self, batch: Vec<SnapshotRecord>) -> Result<(), StoreError>;
 
     /// Every endpoint, most recently seen first.
     async fn list_endpoints(&self, online_only: bool) -> Result<Vec<EndpointSummary>, StoreError>;
@@ -90,7 +93,11 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Opens the store a URL names. `sqlite://PATH` (or a bare path) is SQLite.
-pub async fn open(url: &str, history_limit: u32) -> Result<Arc<dyn Store>, StoreError> {
+pub async fn open(
+    url: &str,
+    history_limit: u32,
+    history_interval: std::time::Duration,
+) -> Result<Arc<dyn Store>, StoreError> {
     let path = if let Some(p) = url.strip_prefix("sqlite://") {
         p
     } else if url.contains("://") {
@@ -98,6 +105,8 @@ pub async fn open(url: &str, history_limit: u32) -> Result<Arc<dyn Store>, Store
     } else {
         url
     };
-    let store = sqlite::SqliteStore::open(std::path::Path::new(path), history_limit).await?;
+    let store =
+        sqlite::SqliteStore::open(std::path::Path::new(path), history_limit, history_interval)
+            .await?;
     Ok(Arc::new(store))
 }

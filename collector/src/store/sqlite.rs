@@ -7,7 +7,9 @@
 //!
 //! One connection writes and one reads; WAL lets readers run beside the
 //! writer. Both are used from blocking tasks so the async runtime never
-//! waits on disk.
+//! waits on disk. Each connection keeps up to 64 MiB of pages cached and
+//! maps up to 256 MiB of the file, so hot index pages are not read through
+//! system calls on every insert.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,11 +33,18 @@ pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
     history_limit: u32,
+    history_interval_ms: i64,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database and applies migrations.
-    pub async fn open(path: &Path, history_limit: u32) -> Result<Self, StoreError> {
+    /// `history_interval`: a snapshot enters the history when it was taken at
+    /// least this long after the newest one already there (zero keeps all).
+    pub async fn open(
+        path: &Path,
+        history_limit: u32,
+        history_interval: std::time::Duration,
+    ) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let (writer, reader) = tokio::task::spawn_blocking(move || {
             let writer = connect(&path)?;
@@ -49,6 +58,7 @@ impl SqliteStore {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
             history_limit: history_limit.max(1),
+            history_interval_ms: history_interval.as_millis() as i64,
         })
     }
 
@@ -91,7 +101,10 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 5000;",
+         PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -65536;
+         PRAGMA mmap_size = 268435456;
+         PRAGMA temp_store = MEMORY;",
     )
     .map_err(open_err)?;
     Ok(conn)
@@ -149,18 +162,10 @@ fn parse_snapshot(endpoint: &str, seq: u64, body: &str) -> Result<Snapshot, Stor
     })
 }
 
-/// A snapshot record prepared for the database outside the lock.
-struct Prepared {
-    endpoint: String,
-    seq: i64,
-    received_ms: i64,
-    taken_ms: i64,
-    hostname: String,
-    os: String,
-    cpu: f64,
-    memory: f64,
-    disk: f64,
-    body: String,
+/// A snapshot as stored: JSON of the domain type. Serialising a plain
+/// struct of strings and numbers cannot fail.
+fn json(s: &Snapshot) -> String {
+    serde_json::to_string(s).unwrap_or_default()
 }
 
 #[async_trait]
@@ -215,82 +220,105 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn commit_snapshots(&self, batch: &[SnapshotRecord]) -> Result<(), StoreError> {
+    async fn commit_snapshots(&self, batch: Vec<SnapshotRecord>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
-        // Serialise before taking the writer so the lock is held for I/O only.
-        let prepared: Vec<Prepared> = batch
-            .iter()
-            .map(|r| Prepared {
-                endpoint: r.endpoint.to_string(),
-                seq: r.seq as i64,
-                received_ms: r.received_ms,
-                taken_ms: r.snapshot.taken_at_ms,
-                hostname: r.snapshot.host.hostname.clone(),
-                os: format!("{} {}", r.snapshot.host.os_name, r.snapshot.host.os_version)
-                    .trim()
-                    .to_owned(),
-                cpu: r.snapshot.cpu.usage_percent as f64,
-                memory: r.snapshot.memory.used_percent() as f64,
-                disk: r.snapshot.fullest_disk_percent() as f64,
-                // Serialising a plain struct of strings and numbers cannot fail.
-                body: serde_json::to_string(&r.snapshot).unwrap_or_default(),
-            })
-            .collect();
         let limit = self.history_limit as i64;
+        let interval = self.history_interval_ms;
         self.write(move |c| {
             let tx = c.transaction()?;
             {
+                let mut state_of = tx.prepare_cached(
+                    "SELECT committed_seq, last_history_ms FROM endpoints WHERE id = ?1",
+                )?;
                 let mut insert = tx.prepare_cached(
                     "INSERT OR IGNORE INTO snapshots (endpoint_id, seq, received_ms, taken_ms, body)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
                 let mut latest = tx.prepare_cached(
-                    "UPDATE endpoints SET committed_seq = MAX(committed_seq, ?2),
-                         last_seen_ms = MAX(last_seen_ms, ?3),
+                    "UPDATE endpoints SET committed_seq = ?2, last_seen_ms = MAX(last_seen_ms, ?3),
                          hostname = ?4, os = ?5, cpu_usage_percent = ?6,
                          memory_used_percent = ?7, fullest_disk_percent = ?8,
-                         latest_snapshot_ms = ?9, latest_snapshot_seq = ?2
-                     WHERE id = ?1 AND latest_snapshot_seq < ?2",
+                         latest_snapshot_ms = ?9, latest_snapshot = ?10, last_history_ms = ?11
+                     WHERE id = ?1",
                 )?;
                 let mut prune = tx.prepare_cached(
                     "DELETE FROM snapshots WHERE endpoint_id = ?1 AND seq <=
                          (SELECT seq FROM snapshots WHERE endpoint_id = ?1
                           ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
                 )?;
-                // The newest fresh record of each endpoint in this batch:
-                // only it updates the endpoint row.
-                let mut newest: HashMap<&str, &Prepared> = HashMap::new();
-                for p in &prepared {
-                    let fresh = insert.execute(params![
-                        p.endpoint,
-                        p.seq,
-                        p.received_ms,
-                        p.taken_ms,
-                        p.body
-                    ])? == 1;
-                    if !fresh {
+                // Per endpoint: what is committed, the newest record of this
+                // batch, and whether history grew.
+                struct State<'a> {
+                    committed: u64,
+                    last_history_ms: i64,
+                    newest: Option<&'a SnapshotRecord>,
+                    history_grew: bool,
+                }
+                let mut states: HashMap<&str, State> = HashMap::new();
+                for r in &batch {
+                    let id = r.endpoint.as_str();
+                    if !states.contains_key(id) {
+                        let (committed, last_history_ms) = state_of
+                            .query_row([id], |row| Ok((row.get::<_, i64>(0)?, row.get(1)?)))?;
+                        states.insert(
+                            id,
+                            State {
+                                committed: committed as u64,
+                                last_history_ms,
+                                newest: None,
+                                history_grew: false,
+                            },
+                        );
+                    }
+                    let Some(st) = states.get_mut(id) else {
+                        continue;
+                    };
+                    // Sequences of one endpoint arrive in order, so anything
+                    // at or below the committed one is a replay.
+                    if r.seq <= st.committed {
                         continue;
                     }
-                    let n = newest.entry(&p.endpoint).or_insert(p);
-                    if n.seq < p.seq {
-                        *n = p;
+                    st.committed = r.seq;
+                    st.newest = Some(r);
+                    let taken = r.snapshot.taken_at_ms;
+                    if interval == 0
+                        || st.last_history_ms <= 0
+                        || taken - st.last_history_ms >= interval
+                    {
+                        insert.execute(params![
+                            id,
+                            r.seq as i64,
+                            r.received_ms,
+                            taken,
+                            json(&r.snapshot)
+                        ])?;
+                        st.last_history_ms = taken;
+                        st.history_grew = true;
                     }
                 }
-                for p in newest.into_values() {
+                // Only the newest snapshot of each endpoint is written as its
+                // latest state.
+                for (id, st) in states {
+                    let Some(r) = st.newest else { continue };
+                    let s = &r.snapshot;
                     latest.execute(params![
-                        p.endpoint,
-                        p.seq,
-                        p.received_ms,
-                        p.hostname,
-                        p.os,
-                        p.cpu,
-                        p.memory,
-                        p.disk,
-                        p.taken_ms,
+                        id,
+                        r.seq as i64,
+                        r.received_ms,
+                        s.host.hostname,
+                        format!("{} {}", s.host.os_name, s.host.os_version).trim(),
+                        s.cpu.usage_percent as f64,
+                        s.memory.used_percent() as f64,
+                        s.fullest_disk_percent() as f64,
+                        s.taken_at_ms,
+                        json(s),
+                        st.last_history_ms,
                     ])?;
-                    prune.execute(params![p.endpoint, limit])?;
+                    if st.history_grew {
+                        prune.execute(params![id, limit])?;
+                    }
                 }
             }
             tx.commit()?;
@@ -316,11 +344,8 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.read(move |c| {
             let sql = format!(
-                "SELECT {SUMMARY_COLUMNS}, state_since_ms, committed_seq,
-                     (SELECT body FROM snapshots
-                      WHERE endpoint_id = endpoints.id AND seq = endpoints.latest_snapshot_seq),
-                     (SELECT COUNT(*) FROM snapshots WHERE endpoint_id = endpoints.id),
-                     latest_snapshot_seq
+                "SELECT {SUMMARY_COLUMNS}, state_since_ms, committed_seq, latest_snapshot,
+                     (SELECT COUNT(*) FROM snapshots WHERE endpoint_id = endpoints.id)
                  FROM endpoints WHERE id = ?1"
             );
             let row = c
@@ -331,17 +356,14 @@ impl Store for SqliteStore {
                         r.get::<_, i64>(13)? as u64,
                         r.get::<_, Option<String>>(14)?,
                         r.get::<_, i64>(15)? as u64,
-                        r.get::<_, i64>(16)? as u64,
                     ))
                 })
                 .optional()?;
-            let Some((summary, state_since_ms, committed_seq, latest, history_len, latest_seq)) =
-                row
-            else {
+            let Some((summary, state_since_ms, committed_seq, latest, history_len)) = row else {
                 return Ok(None);
             };
             let latest = latest
-                .map(|body| parse_snapshot(&id, latest_seq, &body))
+                .map(|body| parse_snapshot(&id, committed_seq, &body))
                 .transpose()?;
             Ok(Some(EndpointDetail {
                 summary,
@@ -386,6 +408,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn temp_db(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("vitals-store-{}-{name}", std::process::id()));
@@ -410,7 +433,7 @@ mod tests {
     #[tokio::test]
     async fn commits_are_idempotent_and_history_is_bounded() {
         let path = temp_db("idem");
-        let store = SqliteStore::open(&path, 3).await.unwrap();
+        let store = SqliteStore::open(&path, 3, Duration::ZERO).await.unwrap();
         let id: EndpointId = "ws-1".parse().unwrap();
         let open = SessionOpen {
             endpoint: id.clone(),
@@ -420,9 +443,9 @@ mod tests {
         };
         assert_eq!(store.open_session(&open).await.unwrap(), 0);
         let batch: Vec<_> = (1..=5).map(|s| record(&id, s, s as f32)).collect();
-        store.commit_snapshots(&batch).await.unwrap();
+        store.commit_snapshots(batch.clone()).await.unwrap();
         // A replay of the same sequences changes nothing.
-        store.commit_snapshots(&batch).await.unwrap();
+        store.commit_snapshots(batch.clone()).await.unwrap();
         let detail = store.endpoint("ws-1").await.unwrap().unwrap();
         assert_eq!(detail.committed_seq, 5);
         assert_eq!(detail.history_len, 3);
@@ -439,7 +462,7 @@ mod tests {
         assert_eq!(seqs, vec![5, 4, 3]);
         // A late, older message does not roll the latest snapshot back.
         store
-            .commit_snapshots(&[record(&id, 2, 99.0)])
+            .commit_snapshots(vec![record(&id, 2, 99.0)])
             .await
             .unwrap();
         let detail = store.endpoint("ws-1").await.unwrap().unwrap();
@@ -452,10 +475,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn history_is_downsampled_but_latest_is_always_newest() {
+        let path = temp_db("downsample");
+        let store = SqliteStore::open(&path, 100, Duration::from_millis(10))
+            .await
+            .unwrap();
+        let id: EndpointId = "ws-3".parse().unwrap();
+        store
+            .open_session(&SessionOpen {
+                endpoint: id.clone(),
+                agent_version: String::new(),
+                platform: String::new(),
+                at_ms: 1,
+            })
+            .await
+            .unwrap();
+        // record() takes each snapshot at `seq` ms: one every millisecond.
+        store
+            .commit_snapshots((1..=25).map(|s| record(&id, s, s as f32)).collect())
+            .await
+            .unwrap();
+        let seqs: Vec<u64> = store
+            .history("ws-3", 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.seq)
+            .collect();
+        assert_eq!(seqs, vec![21, 11, 1]);
+        let d = store.endpoint("ws-3").await.unwrap().unwrap();
+        assert_eq!(d.committed_seq, 25);
+        assert_eq!(d.latest.unwrap().cpu.usage_percent, 25.0);
+        assert_eq!(d.summary.cpu_usage_percent, 25.0);
+    }
+
+    #[tokio::test]
     async fn survives_reopen_and_refuses_newer_schema() {
         let path = temp_db("reopen");
         {
-            let store = SqliteStore::open(&path, 10).await.unwrap();
+            let store = SqliteStore::open(&path, 10, Duration::ZERO).await.unwrap();
             let id: EndpointId = "ws-2".parse().unwrap();
             store
                 .open_session(&SessionOpen {
@@ -467,12 +525,12 @@ mod tests {
                 .await
                 .unwrap();
             store
-                .commit_snapshots(&[record(&id, 7, 1.0)])
+                .commit_snapshots(vec![record(&id, 7, 1.0)])
                 .await
                 .unwrap();
             store.mark_all_offline(2).await.unwrap();
         }
-        let store = SqliteStore::open(&path, 10).await.unwrap();
+        let store = SqliteStore::open(&path, 10, Duration::ZERO).await.unwrap();
         let d = store.endpoint("ws-2").await.unwrap().unwrap();
         assert_eq!(d.committed_seq, 7);
         assert!(!d.summary.online);
@@ -481,7 +539,7 @@ mod tests {
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
         assert!(matches!(
-            SqliteStore::open(&path, 10).await,
+            SqliteStore::open(&path, 10, Duration::ZERO).await,
             Err(StoreError::SchemaTooNew { found: 99, .. })
         ));
     }
