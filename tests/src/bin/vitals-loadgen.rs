@@ -67,6 +67,10 @@ enum Cmd {
         /// Also write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// With --spawn collector: its `storage.history_interval` ("0s" stores
+        /// every snapshot in the history; default: the collector's default).
+        #[arg(long)]
+        history_interval: Option<String>,
     },
     /// Serve the echo baseline (used by `run --spawn echo`).
     EchoServer {
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             storm_after,
             prefix,
             json,
+            history_interval,
         } => {
             anyhow::ensure!(
                 target.ip().is_loopback(),
@@ -113,7 +118,7 @@ fn main() -> anyhow::Result<()> {
             let _ = rlimit::increase_nofile_limit(u64::MAX);
             ensure_pki(&data_dir)?;
             let mut server = match spawn {
-                Spawn::Collector => Some(spawn_collector(&data_dir, target)?),
+                Spawn::Collector => Some(spawn_collector(&data_dir, target, history_interval)?),
                 Spawn::Echo => Some(spawn_echo(&data_dir, target)?),
                 Spawn::None => None,
             };
@@ -168,7 +173,11 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-fn spawn_collector(data_dir: &Path, target: SocketAddr) -> anyhow::Result<Child> {
+fn spawn_collector(
+    data_dir: &Path,
+    target: SocketAddr,
+    history_interval: Option<String>,
+) -> anyhow::Result<Child> {
     // A fresh database each run; certificates stay cached.
     for f in ["vitals.db", "vitals.db-wal", "vitals.db-shm"] {
         let _ = std::fs::remove_file(data_dir.join(f));
@@ -176,7 +185,12 @@ fn spawn_collector(data_dir: &Path, target: SocketAddr) -> anyhow::Result<Child>
     let config = data_dir.join("loadgen-collector.toml");
     std::fs::write(
         &config,
-        format!("data_dir = \".\"\nlisten = \"{target}\"\n\n[metrics]\nenabled = false\n"),
+        format!(
+            "data_dir = \".\"\nlisten = \"{target}\"\n\n[metrics]\nenabled = false\n\n[storage]\n{}",
+            history_interval
+                .map(|h| format!("history_interval = \"{h}\"\n"))
+                .unwrap_or_default()
+        ),
     )?;
     let log = std::fs::File::create(data_dir.join("collector.log"))?;
     Ok(Command::new(sibling("vitals-collector")?)
