@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use vitals_proto::config_file::{self, ConfigFileError};
-use vitals_proto::domain::{EndpointDetail, EndpointSummary, HistoryEntry};
+use vitals_proto::domain::{EndpointDetail, EndpointSummary, FaultRecord, HistoryEntry};
 use vitals_proto::wire;
 use vitals_proto::wire::specialist_client::SpecialistClient;
 
@@ -198,6 +198,51 @@ impl Client {
             .await?;
         Ok(r.into_inner().entries.into_iter().map(Into::into).collect())
     }
+}
+
+impl Client {
+    pub async fn faults(&mut self, id: &str, limit: u32) -> Result<Vec<FaultRecord>, CtlError> {
+        let r = self
+            .inner
+            .endpoint_faults(wire::EndpointFaultsRequest {
+                endpoint_id: id.to_owned(),
+                limit,
+            })
+            .await?;
+        r.into_inner()
+            .faults
+            .into_iter()
+            .map(|f| {
+                f.try_into()
+                    .map_err(|why: String| CtlError::Status(tonic::Status::internal(why)))
+            })
+            .collect()
+    }
+}
+
+/// Fault events as a table.
+pub fn faults_table(faults: &[FaultRecord]) -> String {
+    let rows: Vec<Vec<String>> = faults
+        .iter()
+        .map(|f| {
+            vec![
+                f.seq.to_string(),
+                timestamp(f.event.at_ms),
+                f.event.state.as_str().to_owned(),
+                f.event.severity.as_str().to_owned(),
+                f.event.check_id.clone(),
+                f.event.subject.clone(),
+                format!("{}", f.event.value),
+                f.event.evidence.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SEQ", "AT", "STATE", "SEVERITY", "CHECK", "SUBJECT", "VALUE", "EVIDENCE",
+        ],
+        &rows,
+    )
 }
 
 /// "12s ago", "3h ago", or "never".

@@ -1,6 +1,7 @@
 //! Ingest: sessions in, committed batches out, acknowledgements back.
 //!
-//! Every snapshot from every session goes through one queue to a batcher
+//! Every durable message (snapshot, fault event) from every session goes
+//! through one queue to a batcher
 //! that commits many messages per storage transaction. Only after the
 //! commit returns does the batcher advance each session's acknowledged
 //! sequence. Acks are cumulative (everything at or below `seq`), so a
@@ -13,11 +14,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tracing::error;
-use vitals_proto::domain::Snapshot;
 use vitals_proto::identity::EndpointId;
 
 use crate::metrics::Metrics;
-use crate::store::{SessionOpen, SnapshotRecord, Store, StoreError};
+use crate::store::{Record, RecordBody, SessionOpen, Store, StoreError};
 
 /// Most messages in one storage transaction.
 const MAX_BATCH: usize = 1024;
@@ -60,7 +60,7 @@ impl AckSink {
 }
 
 struct Item {
-    record: SnapshotRecord,
+    record: Record,
     sink: Arc<AckSink>,
 }
 
@@ -164,23 +164,23 @@ impl Ingest {
         }
     }
 
-    /// Queues a snapshot; its sequence is acknowledged through `sink` once
-    /// committed. Waits when the queue is full (backpressure).
+    /// Queues an agent message; its sequence is acknowledged through `sink`
+    /// once committed. Waits when the queue is full (backpressure).
     pub async fn submit(
         &self,
         endpoint: EndpointId,
         seq: u64,
         received_ms: i64,
-        snapshot: Snapshot,
+        body: RecordBody,
         sink: Arc<AckSink>,
     ) -> Result<(), IngestClosed> {
         self.queue
             .send(Item {
-                record: SnapshotRecord {
+                record: Record {
                     endpoint,
                     seq,
                     received_ms,
-                    snapshot,
+                    body,
                 },
                 sink,
             })
@@ -201,7 +201,7 @@ async fn batcher(mut rx: mpsc::Receiver<Item>, store: Arc<dyn Store>, metrics: A
         let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
         let count = records.len();
         let started = Instant::now();
-        let result = store.commit_snapshots(records).await;
+        let result = store.commit(records).await;
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());

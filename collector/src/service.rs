@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use vitals_proto::domain::{EndpointDetail, EndpointSummary, HistoryEntry};
+use vitals_proto::domain::{EndpointDetail, EndpointSummary, FaultRecord, HistoryEntry};
 use vitals_proto::identity::Role;
 
 use crate::store::{Store, StoreError};
@@ -97,5 +97,19 @@ impl SpecialistService {
             n => n.min(HISTORY_MAX),
         };
         Ok(self.store.history(id, limit).await?)
+    }
+
+    pub async fn faults(
+        &self,
+        caller: &Caller,
+        id: &str,
+        limit: u32,
+    ) -> Result<Vec<FaultRecord>, ServiceError> {
+        self.endpoint(caller, id).await?;
+        let limit = match limit {
+            0 => HISTORY_DEFAULT,
+            n => n.min(HISTORY_MAX),
+        };
+        Ok(self.store.faults(id, limit).await?)
     }
 }

@@ -233,6 +233,81 @@ impl From<w::HistoryEntry> for d::HistoryEntry {
     }
 }
 
+/// A fault event from the wire. Fails when the state is missing, since a
+/// fault that is neither raised nor cleared means nothing.
+impl TryFrom<w::FaultEvent> for d::FaultEvent {
+    type Error = String;
+
+    fn try_from(e: w::FaultEvent) -> Result<Self, String> {
+        let state = match w::FaultState::try_from(e.state) {
+            Ok(w::FaultState::Raised) => d::FaultState::Raised,
+            Ok(w::FaultState::Cleared) => d::FaultState::Cleared,
+            _ => return Err(format!("fault event \"{}\" has no valid state", e.check_id)),
+        };
+        if e.check_id.is_empty() {
+            return Err("fault event without a check_id".into());
+        }
+        // An unknown (newer) severity is kept as the most urgent we know.
+        let severity = match w::Severity::try_from(e.severity) {
+            Ok(w::Severity::Info) => d::Severity::Info,
+            Ok(w::Severity::Warning) | Ok(w::Severity::Unspecified) => d::Severity::Warning,
+            _ => d::Severity::Critical,
+        };
+        Ok(d::FaultEvent {
+            check_id: e.check_id,
+            subject: e.subject,
+            state,
+            severity,
+            value: e.value,
+            evidence: e.evidence,
+            at_ms: e.at_ms,
+        })
+    }
+}
+
+impl From<d::FaultEvent> for w::FaultEvent {
+    fn from(e: d::FaultEvent) -> Self {
+        w::FaultEvent {
+            check_id: e.check_id,
+            subject: e.subject,
+            state: match e.state {
+                d::FaultState::Raised => w::FaultState::Raised,
+                d::FaultState::Cleared => w::FaultState::Cleared,
+            } as i32,
+            severity: match e.severity {
+                d::Severity::Info => w::Severity::Info,
+                d::Severity::Warning => w::Severity::Warning,
+                d::Severity::Critical => w::Severity::Critical,
+            } as i32,
+            value: e.value,
+            evidence: e.evidence,
+            at_ms: e.at_ms,
+        }
+    }
+}
+
+impl From<d::FaultRecord> for w::FaultRecord {
+    fn from(r: d::FaultRecord) -> Self {
+        w::FaultRecord {
+            seq: r.seq,
+            received_at_ms: r.received_at_ms,
+            event: Some(r.event.into()),
+        }
+    }
+}
+
+impl TryFrom<w::FaultRecord> for d::FaultRecord {
+    type Error = String;
+
+    fn try_from(r: w::FaultRecord) -> Result<Self, String> {
+        Ok(d::FaultRecord {
+            seq: r.seq,
+            received_at_ms: r.received_at_ms,
+            event: r.event.ok_or("fault record without event")?.try_into()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +374,29 @@ mod tests {
         let s = sample();
         let back: d::Snapshot = w::Snapshot::from(s.clone()).into();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn fault_events_round_trip_and_bad_ones_are_refused() {
+        let e = d::FaultEvent {
+            check_id: "disk_nearly_full".into(),
+            subject: "/".into(),
+            state: d::FaultState::Raised,
+            severity: d::Severity::Critical,
+            value: 97.5,
+            evidence: "/ is 97.5% full".into(),
+            at_ms: 42,
+        };
+        let back: d::FaultEvent = w::FaultEvent::from(e.clone()).try_into().unwrap();
+        assert_eq!(back, e);
+        let mut bad = w::FaultEvent::from(e);
+        bad.state = 0;
+        assert!(d::FaultEvent::try_from(bad.clone()).is_err());
+        bad.state = 77;
+        assert!(d::FaultEvent::try_from(bad.clone()).is_err());
+        bad.state = w::FaultState::Cleared as i32;
+        bad.check_id.clear();
+        assert!(d::FaultEvent::try_from(bad).is_err());
     }
 
     #[test]

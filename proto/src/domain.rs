@@ -129,6 +129,65 @@ fn percent(part: u64, whole: u64) -> f32 {
     }
 }
 
+/// A check changed state on a workstation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultEvent {
+    /// The policy check, such as "disk_nearly_full".
+    pub check_id: String,
+    /// What the check looked at: a mount point, a printer queue, a DNS name.
+    pub subject: String,
+    pub state: FaultState,
+    pub severity: Severity,
+    /// The measured value at the change, in the check's unit.
+    pub value: f64,
+    /// What a specialist should read first.
+    pub evidence: String,
+    /// Agent wall clock at the change, ms since the Unix epoch.
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultState {
+    Raised,
+    Cleared,
+}
+
+impl FaultState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultState::Raised => "raised",
+            FaultState::Cleared => "cleared",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// A stored fault event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultRecord {
+    pub seq: u64,
+    pub received_at_ms: i64,
+    pub event: FaultEvent,
+}
+
 /// What the collector knows of one endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointSummary {

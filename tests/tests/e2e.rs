@@ -581,3 +581,100 @@ async fn only_tls_1_3_is_accepted() {
     );
     collector.stop().await;
 }
+
+fn fault_msg(seq: u64, state: wire::FaultState, value: f64) -> wire::AgentMessage {
+    wire::AgentMessage {
+        seq,
+        body: Some(agent_message::Body::Fault(wire::FaultEvent {
+            check_id: "disk_nearly_full".into(),
+            subject: "/srv".into(),
+            state: state as i32,
+            severity: wire::Severity::Critical as i32,
+            value,
+            evidence: format!("/srv at {value}%"),
+            at_ms: vitals_proto::now_ms(),
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_events_are_stored_once_and_malformed_ones_refused() {
+    use vitals_proto::domain::FaultState;
+    let fleet = Fleet::new("faults");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+    let (cert, key) = fleet.issue(&Identity::Endpoint("ws-faulty".parse().expect("id")));
+    let ch = fleet
+        .channel(collector.addr, Some((&cert, &key)))
+        .await
+        .expect("channel");
+
+    let (tx, inbound) = open_session(ch.clone(), "ws-faulty").await;
+    let mut inbound = inbound.expect("welcome");
+    tx.send(snapshot_msg(1, 5.0)).await.expect("send");
+    tx.send(fault_msg(2, wire::FaultState::Raised, 97.0))
+        .await
+        .expect("send");
+    tx.send(fault_msg(3, wire::FaultState::Cleared, 80.0))
+        .await
+        .expect("send");
+    let mut acked = 0;
+    while acked < 3 {
+        acked = next_ack(&mut inbound).await;
+    }
+    drop(tx);
+    drop(inbound);
+
+    // Replays after a reconnect take no effect.
+    let (tx, inbound) = open_session(ch, "ws-faulty").await;
+    let mut inbound = inbound.expect("welcome");
+    tx.send(fault_msg(2, wire::FaultState::Raised, 97.0))
+        .await
+        .expect("send");
+    tx.send(fault_msg(4, wire::FaultState::Raised, 99.0))
+        .await
+        .expect("send");
+    let mut acked = 0;
+    while acked < 4 {
+        acked = next_ack(&mut inbound).await;
+    }
+    let mut client = Client::connect(&viewer).await.expect("viewer");
+    let faults = client.faults("ws-faulty", 10).await.expect("faults");
+    let seen: Vec<(u64, FaultState, f64)> = faults
+        .iter()
+        .map(|f| (f.seq, f.event.state, f.event.value))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (4, FaultState::Raised, 99.0),
+            (3, FaultState::Cleared, 80.0),
+            (2, FaultState::Raised, 97.0)
+        ]
+    );
+    assert_eq!(faults[2].event.evidence, "/srv at 97%");
+    let d = client.endpoint("ws-faulty").await.expect("detail");
+    assert_eq!(d.committed_seq, 4);
+    assert_eq!(d.history_len, 1, "fault events are not snapshots");
+
+    // A fault event with no state is refused, and nothing of it is stored.
+    tx.send(fault_msg(5, wire::FaultState::Unspecified, 1.0))
+        .await
+        .expect("send");
+    let status = loop {
+        match tokio::time::timeout(WAIT, inbound.message())
+            .await
+            .expect("answer")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("closed without status"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        client.faults("ws-faulty", 10).await.expect("faults").len(),
+        3
+    );
+    collector.stop().await;
+}

@@ -64,6 +64,13 @@ enum EndpointsCmd {
         #[arg(long, default_value_t = 0)]
         history: u32,
     },
+    /// Fault events an endpoint reported, newest first.
+    Faults {
+        /// Endpoint ID.
+        id: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,6 +128,16 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 println!("No endpoints yet.");
             } else {
                 print!("{}", ctl::endpoints_table(&list, now));
+            }
+        }
+        Command::Endpoints(EndpointsCmd::Faults { id, limit }) => {
+            let faults = client.faults(&id, limit).await?;
+            if json {
+                print_json(&faults);
+            } else if faults.is_empty() {
+                println!("No fault events from {id}.");
+            } else {
+                print!("{}", ctl::faults_table(&faults));
             }
         }
         Command::Endpoints(EndpointsCmd::Show { id, history }) => {

@@ -31,7 +31,7 @@ use vitals_proto::{VERSION, now_ms};
 
 use crate::config::AgentSettings;
 use crate::ingest::{AckSink, Ingest, SessionTicket};
-use crate::store::SessionOpen;
+use crate::store::{RecordBody, SessionOpen};
 
 /// How long a new stream may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -231,6 +231,44 @@ impl Session {
             .is_ok()
     }
 
+    /// Forwards a durable message to ingest, or recognises a replay.
+    async fn durable(
+        &mut self,
+        seq: u64,
+        body: RecordBody,
+        highest_seen: &mut u64,
+        acked: u64,
+    ) -> Result<(), End> {
+        let metrics = self.ingest.metrics();
+        if seq == 0 {
+            metrics.error("protocol");
+            return Err(End::Refuse(Status::invalid_argument(
+                "durable message without a sequence number",
+            )));
+        }
+        if seq <= *highest_seen {
+            // A replay of something already committed or in flight: it
+            // takes no effect. Repeat the ack so the agent can drop it from
+            // its outbox.
+            metrics.message("duplicate");
+            if seq <= acked && !self.send_ack(acked).await {
+                return Err(End::Gone);
+            }
+            return Ok(());
+        }
+        *highest_seen = seq;
+        self.ingest
+            .submit(
+                self.endpoint.clone(),
+                seq,
+                now_ms(),
+                body,
+                self.sink.clone(),
+            )
+            .await
+            .map_err(|_| End::Graceful)
+    }
+
     async fn handle(
         &mut self,
         msg: wire::AgentMessage,
@@ -241,33 +279,26 @@ impl Session {
         match msg.body {
             Some(agent_message::Body::Snapshot(snapshot)) => {
                 metrics.message("snapshot");
-                if msg.seq == 0 {
-                    metrics.error("protocol");
-                    return Err(End::Refuse(Status::invalid_argument(
-                        "snapshot without a sequence number",
-                    )));
-                }
-                if msg.seq <= *highest_seen {
-                    // A replay of something already committed or in flight:
-                    // it takes no effect. Repeat the ack so the agent can
-                    // drop it from its outbox.
-                    metrics.message("duplicate");
-                    if msg.seq <= acked && !self.send_ack(acked).await {
-                        return Err(End::Gone);
+                self.durable(
+                    msg.seq,
+                    RecordBody::Snapshot(Box::new(snapshot.into())),
+                    highest_seen,
+                    acked,
+                )
+                .await
+            }
+            Some(agent_message::Body::Fault(event)) => {
+                metrics.message("fault");
+                match event.try_into() {
+                    Ok(event) => {
+                        self.durable(msg.seq, RecordBody::Fault(event), highest_seen, acked)
+                            .await
                     }
-                    return Ok(());
+                    Err(why) => {
+                        metrics.error("protocol");
+                        Err(End::Refuse(Status::invalid_argument(why)))
+                    }
                 }
-                *highest_seen = msg.seq;
-                self.ingest
-                    .submit(
-                        self.endpoint.clone(),
-                        msg.seq,
-                        now_ms(),
-                        snapshot.into(),
-                        self.sink.clone(),
-                    )
-                    .await
-                    .map_err(|_| End::Graceful)
             }
             Some(agent_message::Body::Heartbeat(_)) => {
                 metrics.message("heartbeat");

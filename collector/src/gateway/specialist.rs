@@ -89,4 +89,20 @@ impl Specialist for SpecialistApi {
             entries: entries.into_iter().map(Into::into).collect(),
         }))
     }
+
+    async fn endpoint_faults(
+        &self,
+        request: Request<wire::EndpointFaultsRequest>,
+    ) -> Result<Response<wire::EndpointFaultsResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.get_ref();
+        let faults = self
+            .service
+            .faults(&caller, &r.endpoint_id, r.limit)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(wire::EndpointFaultsResponse {
+            faults: faults.into_iter().map(Into::into).collect(),
+        }))
+    }
 }

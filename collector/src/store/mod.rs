@@ -10,7 +10,9 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use vitals_proto::domain::{EndpointDetail, EndpointSummary, HistoryEntry, Snapshot};
+use vitals_proto::domain::{
+    EndpointDetail, EndpointSummary, FaultEvent, FaultRecord, HistoryEntry, Snapshot,
+};
 use vitals_proto::identity::EndpointId;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,12 @@ pub enum StoreError {
     SchemaTooNew { found: u32, known: u32 },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("stored fault event of {endpoint} seq {seq} is not valid: {what}")]
+    CorruptFault {
+        endpoint: String,
+        seq: u64,
+        what: String,
+    },
     #[error("stored snapshot of {endpoint} seq {seq} is not valid: {source}")]
     Corrupt {
         endpoint: String,
@@ -52,13 +60,19 @@ pub struct SessionOpen {
     pub at_ms: i64,
 }
 
-/// A snapshot to commit.
+/// An agent message to commit.
 #[derive(Debug, Clone)]
-pub struct SnapshotRecord {
+pub struct Record {
     pub endpoint: EndpointId,
     pub seq: u64,
     pub received_ms: i64,
-    pub snapshot: Snapshot,
+    pub body: RecordBody,
+}
+
+#[derive(Debug, Clone)]
+pub enum RecordBody {
+    Snapshot(Box<Snapshot>),
+    Fault(FaultEvent),
 }
 
 #[async_trait]
@@ -74,13 +88,13 @@ pub trait Store: Send + Sync + 'static {
     /// a collector restart.
     async fn mark_all_offline(&self, at_ms: i64) -> Result<(), StoreError>;
 
-    /// Commits snapshots in one transaction. Records of one endpoint come
-    /// in sequence order; a record at or below the endpoint's committed
-    /// sequence is a replay and takes no effect. The newest record becomes
-    /// the endpoint's latest snapshot; history keeps a downsampled, bounded
-    /// series. When this returns `Ok` every record is durable and may be
-    /// acknowledged.
-    async fn commit_snapshots(&self, batch: Vec<SnapshotRecord>) -> Result<(), StoreError>;
+    /// Commits agent messages in one transaction. Records of one endpoint
+    /// come in sequence order; a record at or below the endpoint's committed
+    /// sequence is a replay and takes no effect. The newest snapshot becomes
+    /// the endpoint's latest; history keeps a downsampled, bounded series;
+    /// every fault event is kept. When this returns `Ok` every record is
+    /// durable and may be acknowledged.
+    async fn commit(&self, batch: Vec<Record>) -> Result<(), StoreError>;
 
     /// Every endpoint, most recently seen first.
     async fn list_endpoints(&self, online_only: bool) -> Result<Vec<EndpointSummary>, StoreError>;
@@ -90,6 +104,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stored snapshots of an endpoint, newest first, at most `limit`.
     async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// Fault events of an endpoint, newest first, at most `limit`.
+    async fn faults(&self, id: &str, limit: u32) -> Result<Vec<FaultRecord>, StoreError>;
 }
 
 /// Opens the store a URL names. `sqlite://PATH` (or a bare path) is SQLite.

@@ -17,17 +17,26 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
-use vitals_proto::domain::{EndpointDetail, EndpointSummary, HistoryEntry, Snapshot};
+use vitals_proto::domain::{
+    EndpointDetail, EndpointSummary, FaultEvent, FaultRecord, FaultState, HistoryEntry, Severity,
+    Snapshot,
+};
 use vitals_proto::identity::EndpointId;
 
-use super::{SessionOpen, SnapshotRecord, Store, StoreError};
+use super::{Record, RecordBody, SessionOpen, Store, StoreError};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the
 /// last one applied. Never edit a released migration: add a new one.
-const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    include_str!("../../migrations/sqlite/0001_endpoints_snapshots.sql"),
-)];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/sqlite/0001_endpoints_snapshots.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_fault_events.sql"),
+    ),
+];
 
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
@@ -220,7 +229,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn commit_snapshots(&self, batch: Vec<SnapshotRecord>) -> Result<(), StoreError> {
+    async fn commit(&self, batch: Vec<Record>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -236,8 +245,17 @@ impl Store for SqliteStore {
                     "INSERT OR IGNORE INTO snapshots (endpoint_id, seq, received_ms, taken_ms, body)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
+                let mut fault = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO fault_events (endpoint_id, seq, received_ms, at_ms,
+                         check_id, subject, state, severity, value, evidence)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                let mut committed = tx.prepare_cached(
+                    "UPDATE endpoints SET committed_seq = ?2, last_seen_ms = MAX(last_seen_ms, ?3)
+                     WHERE id = ?1",
+                )?;
                 let mut latest = tx.prepare_cached(
-                    "UPDATE endpoints SET committed_seq = ?2, last_seen_ms = MAX(last_seen_ms, ?3),
+                    "UPDATE endpoints SET last_seen_ms = MAX(last_seen_ms, ?3),
                          hostname = ?4, os = ?5, cpu_usage_percent = ?6,
                          memory_used_percent = ?7, fullest_disk_percent = ?8,
                          latest_snapshot_ms = ?9, latest_snapshot = ?10, last_history_ms = ?11
@@ -253,8 +271,10 @@ impl Store for SqliteStore {
                 struct State<'a> {
                     committed: u64,
                     last_history_ms: i64,
-                    newest: Option<&'a SnapshotRecord>,
+                    newest: Option<(&'a Record, &'a Snapshot)>,
                     history_grew: bool,
+                    /// Highest fresh sequence and its receive time.
+                    advanced: Option<(u64, i64)>,
                 }
                 let mut states: HashMap<&str, State> = HashMap::new();
                 for r in &batch {
@@ -269,6 +289,7 @@ impl Store for SqliteStore {
                                 last_history_ms,
                                 newest: None,
                                 history_grew: false,
+                                advanced: None,
                             },
                         );
                     }
@@ -281,8 +302,27 @@ impl Store for SqliteStore {
                         continue;
                     }
                     st.committed = r.seq;
-                    st.newest = Some(r);
-                    let taken = r.snapshot.taken_at_ms;
+                    st.advanced = Some((r.seq, r.received_ms));
+                    let snapshot = match &r.body {
+                        RecordBody::Fault(e) => {
+                            fault.execute(params![
+                                id,
+                                r.seq as i64,
+                                r.received_ms,
+                                e.at_ms,
+                                e.check_id,
+                                e.subject,
+                                e.state.as_str(),
+                                e.severity.as_str(),
+                                e.value,
+                                e.evidence
+                            ])?;
+                            continue;
+                        }
+                        RecordBody::Snapshot(s) => s,
+                    };
+                    st.newest = Some((r, snapshot));
+                    let taken = snapshot.taken_at_ms;
                     if interval == 0
                         || st.last_history_ms <= 0
                         || taken - st.last_history_ms >= interval
@@ -292,7 +332,7 @@ impl Store for SqliteStore {
                             r.seq as i64,
                             r.received_ms,
                             taken,
-                            json(&r.snapshot)
+                            json(snapshot)
                         ])?;
                         st.last_history_ms = taken;
                         st.history_grew = true;
@@ -301,8 +341,12 @@ impl Store for SqliteStore {
                 // Only the newest snapshot of each endpoint is written as its
                 // latest state.
                 for (id, st) in states {
-                    let Some(r) = st.newest else { continue };
-                    let s = &r.snapshot;
+                    let Some((seq, received_ms)) = st.advanced else {
+                        continue;
+                    };
+                    // Fault events alone move only the committed sequence.
+                    committed.execute(params![id, seq as i64, received_ms])?;
+                    let Some((r, s)) = st.newest else { continue };
                     latest.execute(params![
                         id,
                         r.seq as i64,
@@ -403,6 +447,56 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn faults(&self, id: &str, limit: u32) -> Result<Vec<FaultRecord>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, received_ms, at_ms, check_id, state, severity, subject, value, evidence
+                 FROM fault_events WHERE endpoint_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![id, limit])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(fault_from_row(&id, row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn fault_from_row(endpoint: &str, r: &rusqlite::Row<'_>) -> Result<FaultRecord, StoreError> {
+    let seq = r.get::<_, i64>(0)? as u64;
+    let corrupt = |what: String| StoreError::CorruptFault {
+        endpoint: endpoint.to_owned(),
+        seq,
+        what,
+    };
+    let state = match r.get::<_, String>(4)?.as_str() {
+        "raised" => FaultState::Raised,
+        "cleared" => FaultState::Cleared,
+        other => return Err(corrupt(format!("state \"{other}\""))),
+    };
+    let severity = match r.get::<_, String>(5)?.as_str() {
+        "info" => Severity::Info,
+        "warning" => Severity::Warning,
+        "critical" => Severity::Critical,
+        other => return Err(corrupt(format!("severity \"{other}\""))),
+    };
+    Ok(FaultRecord {
+        seq,
+        received_at_ms: r.get(1)?,
+        event: FaultEvent {
+            at_ms: r.get(2)?,
+            check_id: r.get(3)?,
+            state,
+            severity,
+            subject: r.get(6)?,
+            value: r.get(7)?,
+            evidence: r.get(8)?,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -417,16 +511,16 @@ mod tests {
         dir.join("vitals.db")
     }
 
-    fn record(id: &EndpointId, seq: u64, cpu: f32) -> SnapshotRecord {
+    fn record(id: &EndpointId, seq: u64, cpu: f32) -> Record {
         let mut snapshot = Snapshot::default();
         snapshot.host.hostname = format!("host-{id}");
         snapshot.cpu.usage_percent = cpu;
         snapshot.taken_at_ms = seq as i64;
-        SnapshotRecord {
+        Record {
             endpoint: id.clone(),
             seq,
             received_ms: 1000 + seq as i64,
-            snapshot,
+            body: RecordBody::Snapshot(Box::new(snapshot)),
         }
     }
 
@@ -443,9 +537,9 @@ mod tests {
         };
         assert_eq!(store.open_session(&open).await.unwrap(), 0);
         let batch: Vec<_> = (1..=5).map(|s| record(&id, s, s as f32)).collect();
-        store.commit_snapshots(batch.clone()).await.unwrap();
+        store.commit(batch.clone()).await.unwrap();
         // A replay of the same sequences changes nothing.
-        store.commit_snapshots(batch.clone()).await.unwrap();
+        store.commit(batch.clone()).await.unwrap();
         let detail = store.endpoint("ws-1").await.unwrap().unwrap();
         assert_eq!(detail.committed_seq, 5);
         assert_eq!(detail.history_len, 3);
@@ -461,10 +555,7 @@ mod tests {
             .collect();
         assert_eq!(seqs, vec![5, 4, 3]);
         // A late, older message does not roll the latest snapshot back.
-        store
-            .commit_snapshots(vec![record(&id, 2, 99.0)])
-            .await
-            .unwrap();
+        store.commit(vec![record(&id, 2, 99.0)]).await.unwrap();
         let detail = store.endpoint("ws-1").await.unwrap().unwrap();
         assert_eq!(detail.summary.cpu_usage_percent, 5.0);
         assert_eq!(store.open_session(&open).await.unwrap(), 5);
@@ -492,7 +583,7 @@ mod tests {
             .unwrap();
         // record() takes each snapshot at `seq` ms: one every millisecond.
         store
-            .commit_snapshots((1..=25).map(|s| record(&id, s, s as f32)).collect())
+            .commit((1..=25).map(|s| record(&id, s, s as f32)).collect())
             .await
             .unwrap();
         let seqs: Vec<u64> = store
@@ -524,10 +615,7 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            store
-                .commit_snapshots(vec![record(&id, 7, 1.0)])
-                .await
-                .unwrap();
+            store.commit(vec![record(&id, 7, 1.0)]).await.unwrap();
             store.mark_all_offline(2).await.unwrap();
         }
         let store = SqliteStore::open(&path, 10, Duration::ZERO).await.unwrap();

@@ -62,6 +62,9 @@ enum Cmd {
         /// Drop and re-open every stream at once this long after the ramp.
         #[arg(long, value_parser = humantime::parse_duration)]
         storm_after: Option<Duration>,
+        /// Fault events per second across all agents.
+        #[arg(long, default_value_t = 0.0)]
+        faults_per_sec: f64,
         #[arg(long, default_value = "lg")]
         prefix: String,
         /// Also write the report as JSON here.
@@ -103,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             ramp,
             duration,
             storm_after,
+            faults_per_sec,
             prefix,
             json,
             history_interval,
@@ -134,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 ramp_per_sec: ramp,
                 duration,
                 storm_after,
+                faults_per_sec,
                 data_dir: data_dir.clone(),
                 id_prefix: prefix,
             };

@@ -28,6 +28,8 @@ pub struct Stats {
     pub sessions: AtomicU64,
     pub sent: AtomicU64,
     pub acked: AtomicU64,
+    pub faults_sent: AtomicU64,
+    pub faults_acked: AtomicU64,
     errors: std::sync::Mutex<BTreeMap<String, u64>>,
     latencies_us: std::sync::Mutex<Vec<u32>>,
 }
@@ -109,6 +111,8 @@ pub struct Plan {
     pub duration: Duration,
     /// Drop and re-open every stream at once, this long after the ramp.
     pub storm_after: Option<Duration>,
+    /// Fault events per second across the fleet (0 = none).
+    pub faults_per_sec: f64,
     /// The collector's data directory: its fleet CA signs the simulated
     /// agents' certificates, which are cached under `pki/agents/`.
     pub data_dir: PathBuf,
@@ -129,8 +133,11 @@ pub struct Report {
     pub handshakes_per_s_during_ramp: f64,
     pub snapshots_sent: u64,
     pub snapshots_acked: u64,
+    pub faults_sent: u64,
+    pub faults_acked: u64,
     /// Acknowledged per second over the measured window (after the ramp).
     pub acked_per_s: f64,
+    /// From send to the ack covering it, snapshots and fault events alike.
     pub ack_latency_ms: Percentiles,
     pub errors: BTreeMap<String, u64>,
     pub storm: Option<StormReport>,
@@ -174,6 +181,8 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
             storm: storm_rx.clone(),
             deadline,
             snapshot: snapshot.clone(),
+            fault_every: (plan.faults_per_sec > 0.0)
+                .then(|| Duration::from_secs_f64(plan.agents as f64 / plan.faults_per_sec)),
         };
         tasks.push(tokio::spawn(agent.run()));
     }
@@ -244,6 +253,8 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
         handshakes_per_s_during_ramp: handshakes_ramp as f64 / ramp.as_secs_f64().max(0.001),
         snapshots_sent: stats.sent.load(Ordering::Relaxed),
         snapshots_acked: stats.acked.load(Ordering::Relaxed),
+        faults_sent: stats.faults_sent.load(Ordering::Relaxed),
+        faults_acked: stats.faults_acked.load(Ordering::Relaxed),
         acked_per_s: acked_in_window as f64 / measured.as_secs_f64().max(0.001),
         ack_latency_ms: stats.latency_ms(),
         errors: stats.errors(),
@@ -315,6 +326,10 @@ impl Report {
                 format!("{} / {}", self.snapshots_sent, self.snapshots_acked),
             ),
             ("acked snapshots/s", format!("{:.0}", self.acked_per_s)),
+            (
+                "fault events sent / acked",
+                format!("{} / {}", self.faults_sent, self.faults_acked),
+            ),
             (
                 "ack latency p50 / p99 / max",
                 format!(

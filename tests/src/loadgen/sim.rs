@@ -32,6 +32,8 @@ pub struct SimAgent {
     pub storm: watch::Receiver<u64>,
     pub deadline: Instant,
     pub snapshot: Arc<wire::Snapshot>,
+    /// Time between fault events from this agent, if it sends any.
+    pub fault_every: Option<Duration>,
 }
 
 enum End {
@@ -66,6 +68,27 @@ impl SimAgent {
         wire::AgentMessage {
             seq,
             body: Some(agent_message::Body::Snapshot(s)),
+        }
+    }
+
+    /// A fault event that alternates between raised and cleared.
+    fn fault(&self, seq: u64) -> wire::AgentMessage {
+        let raised = seq % 2 == 1;
+        wire::AgentMessage {
+            seq,
+            body: Some(agent_message::Body::Fault(wire::FaultEvent {
+                check_id: "disk_nearly_full".into(),
+                subject: "/".into(),
+                state: if raised {
+                    wire::FaultState::Raised
+                } else {
+                    wire::FaultState::Cleared
+                } as i32,
+                severity: wire::Severity::Warning as i32,
+                value: if raised { 97.0 } else { 80.0 },
+                evidence: format!("simulated by the load generator on {}", self.id),
+                at_ms: vitals_proto::now_ms(),
+            })),
         }
     }
 
@@ -131,7 +154,14 @@ impl SimAgent {
         welcome: &wire::Welcome,
     ) -> Result<End, &'static str> {
         let storm_gen = *self.storm.borrow_and_update();
-        let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
+        // (sequence, sent at, is a fault event)
+        let mut in_flight: VecDeque<(u64, Instant, bool)> = VecDeque::new();
+        let fault_period = self.fault_every.unwrap_or(Duration::from_secs(3600));
+        let mut faults = tokio::time::interval_at(
+            tokio::time::Instant::now()
+                + Duration::from_millis(fastrand::u64(0..fault_period.as_millis().max(1) as u64)),
+            fault_period,
+        );
         let paced = !self.interval.is_zero();
         // Spread the fleet's sends over the interval.
         let first = if paced {
@@ -152,7 +182,7 @@ impl SimAgent {
                 while in_flight.len() < self.window {
                     *seq += 1;
                     tx.send(self.message(*seq)).await.map_err(|_| "send")?;
-                    in_flight.push_back((*seq, Instant::now()));
+                    in_flight.push_back((*seq, Instant::now(), false));
                     self.stats.sent.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -167,11 +197,17 @@ impl SimAgent {
                     if in_flight.len() < self.window {
                         *seq += 1;
                         tx.send(self.message(*seq)).await.map_err(|_| "send")?;
-                        in_flight.push_back((*seq, Instant::now()));
+                        in_flight.push_back((*seq, Instant::now(), false));
                         self.stats.sent.fetch_add(1, Ordering::Relaxed);
                     } else {
                         self.stats.error("window_full");
                     }
+                }
+                _ = faults.tick(), if self.fault_every.is_some() => {
+                    *seq += 1;
+                    tx.send(self.fault(*seq)).await.map_err(|_| "send")?;
+                    in_flight.push_back((*seq, Instant::now(), true));
+                    self.stats.faults_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 _ = beat.tick() => {
                     let hb = wire::AgentMessage {
@@ -186,10 +222,14 @@ impl SimAgent {
                     Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Ack(a)) })) => {
                         let now = Instant::now();
                         let mut n = 0;
-                        while in_flight.front().is_some_and(|(s, _)| *s <= a.seq) {
-                            if let Some((_, sent)) = in_flight.pop_front() {
+                        while in_flight.front().is_some_and(|(s, _, _)| *s <= a.seq) {
+                            if let Some((_, sent, is_fault)) = in_flight.pop_front() {
                                 latencies.push((now - sent).as_micros().min(u32::MAX as u128) as u32);
-                                n += 1;
+                                if is_fault {
+                                    self.stats.faults_acked.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    n += 1;
+                                }
                             }
                         }
                         self.stats.acked.fetch_add(n, Ordering::Relaxed);
