@@ -678,3 +678,63 @@ async fn fault_events_are_stored_once_and_malformed_ones_refused() {
     );
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_generator_drives_a_collector_through_a_storm() {
+    let fleet = Fleet::new("loadgen");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let plan = vitals_tests::loadgen::Plan {
+        target: collector.addr,
+        agents: 20,
+        interval: Duration::from_millis(200),
+        window: 4,
+        ramp_per_sec: 200.0,
+        duration: Duration::from_secs(4),
+        storm_after: Some(Duration::from_secs(1)),
+        faults_per_sec: 20.0,
+        data_dir: fleet.dir.clone(),
+        id_prefix: "sim".into(),
+    };
+    let report = vitals_tests::loadgen::run(plan, Some(std::process::id()))
+        .await
+        .expect("load run");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.connected_max, 20);
+    assert_eq!(
+        report.handshakes, 40,
+        "one handshake per agent, again after the storm"
+    );
+    let storm = report.storm.as_ref().expect("storm ran");
+    assert!(
+        storm.all_back_s.is_some() && storm.back_within_10s == 20,
+        "{storm:?}"
+    );
+    assert!(report.snapshots_acked > 100, "{}", report.table());
+    assert!(report.faults_acked > 10, "{}", report.table());
+    assert!(report.ack_latency_ms.samples >= report.snapshots_acked);
+    assert!(
+        report
+            .server
+            .as_ref()
+            .is_some_and(|s| s.samples >= 2 && s.rss_max_mib > 0.0)
+    );
+    // What the load generator counted as acknowledged is in the store.
+    let viewer = fleet.specialist_profile("ops", Role::Viewer, collector.addr);
+    let endpoints = list(&viewer).await.expect("list");
+    assert_eq!(endpoints.len(), 20);
+    let mut client = Client::connect(&viewer).await.expect("viewer");
+    let mut stored = 0;
+    for e in &endpoints {
+        stored += client
+            .history(&e.endpoint_id, 1000)
+            .await
+            .expect("history")
+            .len() as u64;
+    }
+    assert!(
+        stored >= report.snapshots_acked,
+        "{stored} < {}",
+        report.snapshots_acked
+    );
+    collector.stop().await;
+}

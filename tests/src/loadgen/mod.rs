@@ -231,6 +231,7 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
                 );
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = tokio::time::sleep_until(storm_at.unwrap_or(deadline).into()), if storm.is_none() => {}
         }
     }
     let measured = measure_from.elapsed();
