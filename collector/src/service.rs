@@ -13,6 +13,14 @@ use crate::store::{Store, StoreError};
 const HISTORY_DEFAULT: u32 = 50;
 const HISTORY_MAX: u32 = 1000;
 
+/// A requested number of entries: 0 means the default; large asks are capped.
+fn page_size(limit: u32) -> u32 {
+    match limit {
+        0 => HISTORY_DEFAULT,
+        n => n.min(HISTORY_MAX),
+    }
+}
+
 /// The specialist making a request, as their certificate says.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -92,11 +100,7 @@ impl SpecialistService {
     ) -> Result<Vec<HistoryEntry>, ServiceError> {
         // Checks the role and that the endpoint exists.
         self.endpoint(caller, id).await?;
-        let limit = match limit {
-            0 => HISTORY_DEFAULT,
-            n => n.min(HISTORY_MAX),
-        };
-        Ok(self.store.history(id, limit).await?)
+        Ok(self.store.history(id, page_size(limit)).await?)
     }
 
     pub async fn faults(
@@ -106,10 +110,6 @@ impl SpecialistService {
         limit: u32,
     ) -> Result<Vec<FaultRecord>, ServiceError> {
         self.endpoint(caller, id).await?;
-        let limit = match limit {
-            0 => HISTORY_DEFAULT,
-            n => n.min(HISTORY_MAX),
-        };
-        Ok(self.store.faults(id, limit).await?)
+        Ok(self.store.faults(id, page_size(limit)).await?)
     }
 }

@@ -156,6 +156,20 @@ fn snapshot_msg(seq: u64, cpu: f32) -> wire::AgentMessage {
     }
 }
 
+/// Reads past any acks to the status that ends the stream.
+async fn closing_status(inbound: &mut tonic::Streaming<wire::CollectorMessage>) -> tonic::Status {
+    loop {
+        match tokio::time::timeout(WAIT, inbound.message())
+            .await
+            .expect("answer")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("closed without status"),
+            Err(s) => return s,
+        }
+    }
+}
+
 async fn next_ack(inbound: &mut tonic::Streaming<wire::CollectorMessage>) -> u64 {
     loop {
         let m = tokio::time::timeout(WAIT, inbound.message())
@@ -401,16 +415,7 @@ async fn acks_follow_commits_and_replays_take_no_effect() {
 
     // A snapshot without a sequence number is a protocol error.
     tx.send(snapshot_msg(0, 1.0)).await.expect("send");
-    let status = loop {
-        match tokio::time::timeout(WAIT, inbound.message())
-            .await
-            .expect("answer")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("closed without status"),
-            Err(s) => break s,
-        }
-    };
+    let status = closing_status(&mut inbound).await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     collector.stop().await;
 }
@@ -661,16 +666,7 @@ async fn fault_events_are_stored_once_and_malformed_ones_refused() {
     tx.send(fault_msg(5, wire::FaultState::Unspecified, 1.0))
         .await
         .expect("send");
-    let status = loop {
-        match tokio::time::timeout(WAIT, inbound.message())
-            .await
-            .expect("answer")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("closed without status"),
-            Err(s) => break s,
-        }
-    };
+    let status = closing_status(&mut inbound).await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert_eq!(
         client.faults("ws-faulty", 10).await.expect("faults").len(),
