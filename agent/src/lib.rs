@@ -8,6 +8,7 @@
 //! [`run`] wires them: a sampler task sends a snapshot on every interval
 //! (the collector's welcome may change it) to the link task.
 
+pub mod checks;
 pub mod config;
 pub mod link;
 pub mod probes;

@@ -247,12 +247,7 @@ impl TryFrom<w::FaultEvent> for d::FaultEvent {
         if e.check_id.is_empty() {
             return Err("fault event without a check_id".into());
         }
-        // An unknown (newer) severity is kept as the most urgent we know.
-        let severity = match w::Severity::try_from(e.severity) {
-            Ok(w::Severity::Info) => d::Severity::Info,
-            Ok(w::Severity::Warning) | Ok(w::Severity::Unspecified) => d::Severity::Warning,
-            _ => d::Severity::Critical,
-        };
+        let severity = severity_from_wire(e.severity);
         Ok(d::FaultEvent {
             check_id: e.check_id,
             subject: e.subject,
@@ -274,11 +269,7 @@ impl From<d::FaultEvent> for w::FaultEvent {
                 d::FaultState::Raised => w::FaultState::Raised,
                 d::FaultState::Cleared => w::FaultState::Cleared,
             } as i32,
-            severity: match e.severity {
-                d::Severity::Info => w::Severity::Info,
-                d::Severity::Warning => w::Severity::Warning,
-                d::Severity::Critical => w::Severity::Critical,
-            } as i32,
+            severity: severity_to_wire(e.severity) as i32,
             value: e.value,
             evidence: e.evidence,
             at_ms: e.at_ms,
@@ -305,6 +296,85 @@ impl TryFrom<w::FaultRecord> for d::FaultRecord {
             received_at_ms: r.received_at_ms,
             event: r.event.ok_or("fault record without event")?.try_into()?,
         })
+    }
+}
+
+impl From<&crate::policy::Policy> for w::Policy {
+    fn from(p: &crate::policy::Policy) -> Self {
+        use crate::policy::Direction;
+        w::Policy {
+            version: p.version.clone(),
+            checks: p
+                .checks
+                .iter()
+                .map(|c| w::Check {
+                    id: c.id.clone(),
+                    measurement: c.measurement.clone(),
+                    direction: match c.direction {
+                        Direction::Above => w::Direction::Above,
+                        Direction::Below => w::Direction::Below,
+                    } as i32,
+                    raise: c.raise,
+                    clear: c.clear,
+                    hold_ms: c.hold.as_millis() as u64,
+                    severity: severity_to_wire(c.severity) as i32,
+                    title: c.title.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A policy from the wire. Checks an agent cannot evaluate (an unknown
+/// direction or measurement from a newer collector) are left out, not
+/// fatal: the rest of the policy still applies.
+impl From<w::Policy> for crate::policy::Policy {
+    fn from(p: w::Policy) -> Self {
+        use crate::policy::{Check, Direction, MEASUREMENTS};
+        crate::policy::Policy {
+            version: p.version,
+            checks: p
+                .checks
+                .into_iter()
+                .filter_map(|c| {
+                    let direction = match w::Direction::try_from(c.direction) {
+                        Ok(w::Direction::Above) => Direction::Above,
+                        Ok(w::Direction::Below) => Direction::Below,
+                        _ => return None,
+                    };
+                    if !MEASUREMENTS.contains(&c.measurement.as_str()) {
+                        return None;
+                    }
+                    Some(Check {
+                        id: c.id,
+                        title: c.title,
+                        measurement: c.measurement,
+                        direction,
+                        raise: c.raise,
+                        clear: c.clear,
+                        hold: std::time::Duration::from_millis(c.hold_ms),
+                        severity: severity_from_wire(c.severity),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+fn severity_to_wire(s: d::Severity) -> w::Severity {
+    match s {
+        d::Severity::Info => w::Severity::Info,
+        d::Severity::Warning => w::Severity::Warning,
+        d::Severity::Critical => w::Severity::Critical,
+    }
+}
+
+/// An unknown (newer) severity is kept as the most urgent we know.
+fn severity_from_wire(s: i32) -> d::Severity {
+    match w::Severity::try_from(s) {
+        Ok(w::Severity::Info) => d::Severity::Info,
+        Ok(w::Severity::Warning) | Ok(w::Severity::Unspecified) => d::Severity::Warning,
+        _ => d::Severity::Critical,
     }
 }
 
@@ -397,6 +467,17 @@ mod tests {
         bad.state = w::FaultState::Cleared as i32;
         bad.check_id.clear();
         assert!(d::FaultEvent::try_from(bad).is_err());
+    }
+
+    #[test]
+    fn policy_round_trips_and_unknown_checks_are_skipped() {
+        let p = crate::policy::Policy::default_policy();
+        let mut wire = w::Policy::from(&p);
+        assert_eq!(crate::policy::Policy::from(wire.clone()), p);
+        wire.checks[0].measurement = "printer.jammed_in_future".into();
+        wire.checks[1].direction = 9;
+        let back = crate::policy::Policy::from(wire);
+        assert_eq!(back.checks.len(), p.checks.len() - 2);
     }
 
     #[test]

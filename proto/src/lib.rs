@@ -10,6 +10,7 @@ pub mod config_file;
 pub mod convert;
 pub mod domain;
 pub mod identity;
+pub mod policy;
 
 /// Generated `vitals.v1` code (prost messages, tonic clients and servers).
 #[allow(clippy::all, missing_docs)]

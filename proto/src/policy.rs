@@ -1,0 +1,230 @@
+//! The fault policy: checks with a raise and a clear level and a hold time.
+//!
+//! The collector owns the policy (`policy.toml`, or the default shipped in
+//! this crate) and sends it to agents; agents evaluate it on every sample.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config_file::{self, ConfigFileError};
+use crate::domain::Severity;
+
+/// The measurements checks can name; each yields one value per subject.
+pub const MEASUREMENTS: &[&str] = &[
+    "cpu.usage_percent",
+    "memory.used_percent",
+    "swap.used_percent",
+    "disk.used_percent",
+];
+
+const DEFAULT: &str = include_str!("../default-policy.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Set by the file, or derived from its content.
+    #[serde(default)]
+    pub version: String,
+    #[serde(default, rename = "check")]
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub id: String,
+    #[serde(default)]
+    pub title: String,
+    pub measurement: String,
+    pub direction: Direction,
+    pub raise: f64,
+    pub clear: f64,
+    #[serde(default, with = "humantime_serde")]
+    pub hold: Duration,
+    pub severity: Severity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// A fault when the value is high.
+    Above,
+    /// A fault when the value is low.
+    Below,
+}
+
+impl Check {
+    /// Whether `value` is past the raise level.
+    pub fn raises(&self, value: f64) -> bool {
+        match self.direction {
+            Direction::Above => value >= self.raise,
+            Direction::Below => value <= self.raise,
+        }
+    }
+
+    /// Whether `value` is back past the clear level.
+    pub fn clears(&self, value: f64) -> bool {
+        match self.direction {
+            Direction::Above => value < self.clear,
+            Direction::Below => value > self.clear,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    #[error("{file}: check \"{check}\": {message}")]
+    Invalid {
+        file: String,
+        check: String,
+        message: String,
+    },
+}
+
+impl Policy {
+    /// The policy shipped with Vitals.
+    pub fn default_policy() -> Policy {
+        // The shipped file is checked by a unit test; an empty policy is the
+        // safe fallback should that ever fail.
+        Self::parse(DEFAULT, "default-policy.toml").unwrap_or(Policy {
+            version: String::new(),
+            checks: Vec::new(),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates policy text; `name` is what errors call it.
+    pub fn parse(text: &str, name: &str) -> Result<Policy, PolicyError> {
+        let mut p: Policy = config_file::parse(text, name)?;
+        p.validate(name)?;
+        if p.version.is_empty() {
+            p.version = format!("{:016x}", fnv1a(text.as_bytes()));
+        }
+        Ok(p)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), PolicyError> {
+        let invalid = |check: &str, message: String| PolicyError::Invalid {
+            file: file.to_owned(),
+            check: check.to_owned(),
+            message,
+        };
+        for (i, c) in self.checks.iter().enumerate() {
+            if c.id.is_empty() {
+                return Err(invalid(&format!("#{}", i + 1), "id is empty".into()));
+            }
+            if self.checks[..i].iter().any(|o| o.id == c.id) {
+                return Err(invalid(&c.id, "defined twice".into()));
+            }
+            if !MEASUREMENTS.contains(&c.measurement.as_str()) {
+                return Err(invalid(
+                    &c.id,
+                    format!(
+                        "unknown measurement \"{}\" (known: {})",
+                        c.measurement,
+                        MEASUREMENTS.join(", ")
+                    ),
+                ));
+            }
+            if !c.raise.is_finite() || !c.clear.is_finite() {
+                return Err(invalid(&c.id, "raise and clear must be numbers".into()));
+            }
+            let ordered = match c.direction {
+                Direction::Above => c.clear <= c.raise,
+                Direction::Below => c.clear >= c.raise,
+            };
+            if !ordered {
+                return Err(invalid(
+                    &c.id,
+                    format!(
+                        "clear ({}) must be {} raise ({}) for direction \"{}\"",
+                        c.clear,
+                        if c.direction == Direction::Above {
+                            "at or below"
+                        } else {
+                            "at or above"
+                        },
+                        c.raise,
+                        if c.direction == Direction::Above {
+                            "above"
+                        } else {
+                            "below"
+                        },
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stable fingerprint of the policy text (FNV-1a, 64 bit).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_policy_is_valid() {
+        let p = Policy::parse(DEFAULT, "default-policy.toml").unwrap();
+        assert!(p.checks.iter().any(|c| c.id == "disk_nearly_full"));
+        assert_eq!(p.version.len(), 16);
+        assert_eq!(Policy::default_policy(), p);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let check = |text: &str| Policy::parse(text, "policy.toml").unwrap_err().to_string();
+        let base = "[[check]]\nid = \"d\"\nmeasurement = \"disk.used_percent\"\ndirection = \"above\"\nseverity = \"warning\"\n";
+        assert!(
+            check(&format!("{base}raise = 90.0\nclear = 95.0\n"))
+                .contains("policy.toml: check \"d\": clear (95) must be at or below raise (90)")
+        );
+        assert!(
+            check(&format!("{base}raise = 90.0\nclear = 80.0\nhld = \"1m\"\n"))
+                .contains("policy.toml:8: unknown field \"hld\"")
+        );
+        let text = base.replace("disk.used_percent", "disk.fullness");
+        assert!(
+            check(&format!("{text}raise = 90.0\nclear = 80.0\n"))
+                .contains("unknown measurement \"disk.fullness\"")
+        );
+        assert!(
+            check(&format!(
+                "{base}raise = 9.0\nclear = 8.0\n{base}raise = 9.0\nclear = 8.0\n"
+            ))
+            .contains("check \"d\": defined twice")
+        );
+    }
+
+    #[test]
+    fn hysteresis_in_both_directions() {
+        let mut c = Policy::default_policy().checks[0].clone();
+        c.direction = Direction::Above;
+        c.raise = 95.0;
+        c.clear = 90.0;
+        assert!(c.raises(95.0) && !c.raises(94.9));
+        assert!(c.clears(89.9) && !c.clears(92.0));
+        c.direction = Direction::Below;
+        c.raise = 10.0;
+        c.clear = 20.0;
+        assert!(c.raises(10.0) && !c.raises(11.0));
+        assert!(c.clears(20.1) && !c.clears(15.0));
+    }
+}
