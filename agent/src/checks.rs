@@ -257,7 +257,9 @@ mod tests {
     fn raise_after_hold_and_clear_with_hysteresis() {
         use FaultState::*;
         // (samples, expected events) table.
-        let cases: &[(u64, &[(i64, u64)], &[(i64, FaultState)])] = &[
+        // (hold seconds, samples as (second, used %), expected events)
+        type Case<'a> = (u64, &'a [(i64, u64)], &'a [(i64, FaultState)]);
+        let cases: &[Case] = &[
             // No hold: raised at once, cleared only below 90.
             (
                 0,

@@ -21,9 +21,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use vitals_proto::identity::{EndpointId, Identity};
 
+use crate::checks::Checks;
 use crate::config::AgentConfig;
-use crate::link::{Link, LinkError};
+use crate::link::{Link, LinkError, Outgoing};
 use crate::probes::Sampler;
+use vitals_proto::policy::Policy;
 
 /// A sample that takes longer than this is abandoned (a hung mount, say)
 /// and the next one starts with fresh readers.
@@ -89,26 +91,45 @@ pub fn check_tls_files(config: &AgentConfig) -> Result<EndpointId, AgentError> {
 pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
     let endpoint_id = check_tls_files(&config)?;
     let (interval_tx, interval_rx) = watch::channel(config.link.snapshot_interval);
-    let link = Link::new(config, endpoint_id.clone(), interval_tx)?;
+    // Until the collector sends its own, the shipped default applies.
+    let (policy_tx, policy_rx) = watch::channel(Policy::default_policy());
+    let link = Link::new(config, endpoint_id.clone(), interval_tx, policy_tx)?;
     info!(endpoint = %endpoint_id, "agent starting");
     let (snap_tx, snap_rx) = mpsc::channel(16);
-    let sampler = tokio::spawn(sample_loop(snap_tx, interval_rx, shutdown.clone()));
+    let sampler = tokio::spawn(sample_loop(
+        snap_tx,
+        interval_rx,
+        policy_rx,
+        shutdown.clone(),
+    ));
     let result = link.run(snap_rx, shutdown).await;
     sampler.abort();
     Ok(result?)
 }
 
+/// Samples on the interval, judges each sample against the policy, and
+/// hands fault events (first) and the snapshot to the link.
 async fn sample_loop(
-    tx: mpsc::Sender<vitals_proto::domain::Snapshot>,
+    tx: mpsc::Sender<Outgoing>,
     mut interval: watch::Receiver<Duration>,
+    mut policy: watch::Receiver<Policy>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut checks = Checks::new(policy.borrow_and_update().clone());
     let mut first = Sampler::new();
     first.prime();
     let mut sampler = Some(first);
     // Give the first CPU reading a window before the first snapshot.
     tokio::time::sleep(Duration::from_millis(250)).await;
     loop {
+        if policy.has_changed().unwrap_or(false) {
+            let p = policy.borrow_and_update().clone();
+            for event in checks.set_policy(p, vitals_proto::now_ms()) {
+                if tx.send(Outgoing::Fault(event)).await.is_err() {
+                    return;
+                }
+            }
+        }
         let mut s = sampler.take().unwrap_or_default();
         let job = tokio::task::spawn_blocking(move || {
             let snapshot = s.sample();
@@ -117,7 +138,17 @@ async fn sample_loop(
         match tokio::time::timeout(SAMPLE_TIMEOUT, job).await {
             Ok(Ok((s, snapshot))) => {
                 sampler = Some(s);
-                if tx.send(snapshot).await.is_err() {
+                for event in checks.evaluate(&snapshot, snapshot.taken_at_ms) {
+                    info!(check = %event.check_id, subject = %event.subject, state = event.state.as_str(), value = event.value, "fault");
+                    if tx.send(Outgoing::Fault(event)).await.is_err() {
+                        return;
+                    }
+                }
+                if tx
+                    .send(Outgoing::Snapshot(Box::new(snapshot)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -128,6 +159,7 @@ async fn sample_loop(
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = interval.changed() => {}
+            _ = policy.changed() => {}
             () = stopped(&mut shutdown) => return,
         }
     }

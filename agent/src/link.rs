@@ -1,12 +1,16 @@
 //! The link: the agent's one long-lived mTLS stream to the collector, and
 //! the only module of the agent that touches generated protobuf types.
 //!
-//! Every snapshot takes the next sequence number and waits in the pending
-//! queue until the collector acknowledges a sequence at or above it. On each
-//! new session everything still pending is sent again; the collector
-//! recognises what it already committed by (endpoint, sequence). The queue
-//! is bounded: when full, the oldest snapshot goes. (A durable, on-disk
-//! outbox replaces this in-memory queue later; its interface stays.)
+//! Every outgoing message (snapshot or fault event) takes the next sequence
+//! number and waits in the pending queue until the collector acknowledges a
+//! sequence at or above it. On each new session everything still pending is
+//! sent again; the collector recognises what it already committed by
+//! (endpoint, sequence). The queue is bounded: when full, the oldest
+//! snapshot goes; fault events are never dropped. (A durable, on-disk outbox
+//! replaces this in-memory queue later; its interface stays.)
+//!
+//! The collector's policy arrives in the welcome (and in later policy
+//! messages) and is handed to the sampler, which evaluates it.
 //!
 //! Reconnects use exponential backoff with full jitter: a random delay
 //! between zero and min(max, min * 2^attempt), so a fleet that lost its
@@ -19,8 +23,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, info, warn};
-use vitals_proto::domain::Snapshot;
+use vitals_proto::domain::{FaultEvent, Snapshot};
 use vitals_proto::identity::EndpointId;
+use vitals_proto::policy::Policy;
 use vitals_proto::wire::agent_gateway_client::AgentGatewayClient;
 use vitals_proto::wire::{self, agent_message, collector_message};
 
@@ -62,9 +67,16 @@ fn status_text(s: &tonic::Status) -> String {
     format!("{:?}: {}", s.code(), chain(s))
 }
 
+/// A message for the collector.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Snapshot(Box<Snapshot>),
+    Fault(FaultEvent),
+}
+
 /// Messages waiting for the collector's acknowledgement.
 pub struct Pending {
-    queue: VecDeque<(u64, Snapshot)>,
+    queue: VecDeque<(u64, Outgoing)>,
     max: usize,
     /// Snapshots dropped because the queue was full.
     pub dropped: u64,
@@ -79,12 +91,19 @@ impl Pending {
         }
     }
 
-    pub fn push(&mut self, seq: u64, snapshot: Snapshot) {
-        if self.queue.len() >= self.max {
-            self.queue.pop_front();
+    /// Queues a message. When full, the oldest snapshot makes room; if only
+    /// fault events are queued, the queue grows rather than lose one.
+    pub fn push(&mut self, seq: u64, message: Outgoing) {
+        if self.queue.len() >= self.max
+            && let Some(i) = self
+                .queue
+                .iter()
+                .position(|(_, m)| matches!(m, Outgoing::Snapshot(_)))
+        {
+            self.queue.remove(i);
             self.dropped += 1;
         }
-        self.queue.push_back((seq, snapshot));
+        self.queue.push_back((seq, message));
     }
 
     /// Forgets everything at or below `seq`.
@@ -120,6 +139,8 @@ pub struct Link {
     welcomed_once: bool,
     /// The collector's snapshot interval, for the sampler.
     interval: watch::Sender<Duration>,
+    /// The collector's policy, for the sampler's checks.
+    policy: watch::Sender<Policy>,
 }
 
 impl Link {
@@ -127,6 +148,7 @@ impl Link {
         config: AgentConfig,
         endpoint_id: EndpointId,
         interval: watch::Sender<Duration>,
+        policy: watch::Sender<Policy>,
     ) -> Result<Self, LinkError> {
         let read = |what, path: &std::path::Path| {
             std::fs::read(path).map_err(|source| LinkError::File {
@@ -151,19 +173,20 @@ impl Link {
             seq,
             welcomed_once: false,
             interval,
+            policy,
         })
     }
 
-    fn absorb(&mut self, snapshot: Snapshot) -> Result<u64, SeqError> {
+    fn absorb(&mut self, message: Outgoing) -> Result<u64, SeqError> {
         let seq = self.seq.assign()?;
-        self.pending.push(seq, snapshot);
+        self.pending.push(seq, message);
         Ok(seq)
     }
 
     /// Runs sessions until `shutdown` turns true, reconnecting with backoff.
     pub async fn run(
         mut self,
-        mut snapshots: mpsc::Receiver<Snapshot>,
+        mut snapshots: mpsc::Receiver<Outgoing>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), LinkError> {
         let mut attempt: u32 = 0;
@@ -226,7 +249,7 @@ impl Link {
     /// the collector had welcomed us (which resets the backoff).
     async fn session(
         &mut self,
-        snapshots: &mut mpsc::Receiver<Snapshot>,
+        snapshots: &mut mpsc::Receiver<Outgoing>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), (bool, LinkError)> {
         let early = |e| (false, e);
@@ -271,12 +294,8 @@ impl Link {
             "connected"
         );
 
-        for (seq, snapshot) in &self.pending.queue {
-            if tx
-                .send(snapshot_message(*seq, snapshot.clone()))
-                .await
-                .is_err()
-            {
+        for (seq, message) in &self.pending.queue {
+            if tx.send(wire_message(*seq, message.clone())).await.is_err() {
                 return Err(late(LinkError::Closed));
             }
         }
@@ -301,9 +320,9 @@ impl Link {
                     info!(unacknowledged = self.pending.len(), "link closed");
                     return Ok(());
                 }
-                Some(snapshot) = snapshots.recv() => {
-                    let message = snapshot_message(0, snapshot.clone());
-                    let seq = self.absorb(snapshot).map_err(|e| late(e.into()))?;
+                Some(outgoing) = snapshots.recv() => {
+                    let message = wire_message(0, outgoing.clone());
+                    let seq = self.absorb(outgoing).map_err(|e| late(e.into()))?;
                     if tx.send(wire::AgentMessage { seq, ..message }).await.is_err() {
                         return Err(late(LinkError::Closed));
                     }
@@ -323,6 +342,11 @@ impl Link {
                     Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Ack(a)) })) => {
                         debug!(seq = a.seq, "ack");
                         self.pending.ack(a.seq);
+                    }
+                    Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Policy(p)) })) => {
+                        let policy = Policy::from(p);
+                        info!(version = %policy.version, checks = policy.checks.len(), "policy updated");
+                        self.policy.send_replace(policy);
                     }
                     Ok(Some(_)) => {} // Newer collector message kinds are ignored.
                     Ok(None) => return Err(late(LinkError::Closed)),
@@ -351,6 +375,13 @@ impl Link {
         } else {
             self.pending.ack(w.committed_seq);
         }
+        if let Some(p) = &w.policy {
+            let policy = Policy::from(p.clone());
+            if policy.version != self.policy.borrow().version {
+                info!(version = %policy.version, checks = policy.checks.len(), "policy from collector");
+                self.policy.send_replace(policy);
+            }
+        }
         if w.snapshot_interval_ms > 0 {
             self.interval
                 .send_replace(Duration::from_millis(w.snapshot_interval_ms.max(1000)));
@@ -359,10 +390,13 @@ impl Link {
     }
 }
 
-fn snapshot_message(seq: u64, snapshot: Snapshot) -> wire::AgentMessage {
+fn wire_message(seq: u64, message: Outgoing) -> wire::AgentMessage {
     wire::AgentMessage {
         seq,
-        body: Some(agent_message::Body::Snapshot(snapshot.into())),
+        body: Some(match message {
+            Outgoing::Snapshot(s) => agent_message::Body::Snapshot((*s).into()),
+            Outgoing::Fault(e) => agent_message::Body::Fault(e.into()),
+        }),
     }
 }
 
@@ -381,9 +415,10 @@ mod tests {
 
     #[test]
     fn pending_is_bounded_and_acks_are_cumulative() {
+        let snap = || Outgoing::Snapshot(Box::default());
         let mut p = Pending::new(3);
         for seq in 1..=5 {
-            p.push(seq, Snapshot::default());
+            p.push(seq, snap());
         }
         assert_eq!(p.len(), 3);
         assert_eq!(p.dropped, 2);
@@ -391,6 +426,29 @@ mod tests {
         assert_eq!(p.queue.iter().map(|x| x.0).collect::<Vec<_>>(), vec![5]);
         p.ack(100);
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn fault_events_are_never_dropped() {
+        let fault = || {
+            Outgoing::Fault(FaultEvent {
+                check_id: "c".into(),
+                subject: "s".into(),
+                state: vitals_proto::domain::FaultState::Raised,
+                severity: vitals_proto::domain::Severity::Warning,
+                value: 1.0,
+                evidence: String::new(),
+                at_ms: 0,
+            })
+        };
+        let mut p = Pending::new(2);
+        p.push(1, Outgoing::Snapshot(Box::default()));
+        p.push(2, fault());
+        p.push(3, fault()); // the snapshot makes room
+        p.push(4, fault()); // only events left: the queue grows
+        let seqs: Vec<u64> = p.queue.iter().map(|x| x.0).collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
+        assert_eq!(p.dropped, 1);
     }
 
     #[test]

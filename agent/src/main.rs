@@ -92,8 +92,14 @@ fn once(json: bool) -> ExitCode {
     // A short window so CPU use is a real measurement, yet the command
     // answers at once on a support call.
     let snapshot = Sampler::sample_once(Duration::from_millis(100));
+    // What the shipped policy would raise now, ignoring hold times.
+    let faults = vitals_agent::checks::Checks::evaluate_once(
+        vitals_proto::policy::Policy::default_policy(),
+        &snapshot,
+    );
     if json {
-        match serde_json::to_string_pretty(&snapshot) {
+        let out = serde_json::json!({ "snapshot": snapshot, "faults": faults });
+        match serde_json::to_string_pretty(&out) {
             Ok(text) => println!("{text}"),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -134,6 +140,18 @@ fn once(json: bool) -> ExitCode {
     }
     for e in &snapshot.probe_errors {
         println!("problem  {}: {}", e.probe, e.message);
+    }
+    if faults.is_empty() {
+        println!("faults   none under the default policy");
+    }
+    for f in &faults {
+        println!(
+            "FAULT    [{}] {} {}: {}",
+            f.severity.as_str(),
+            f.check_id,
+            f.subject,
+            f.evidence
+        );
     }
     ExitCode::SUCCESS
 }

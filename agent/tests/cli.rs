@@ -79,7 +79,9 @@ fn once_json_prints_a_snapshot_without_network() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert!(all["faults"].is_array(), "{all}");
+    let v = &all["snapshot"];
     assert!(
         v["host"]["hostname"]
             .as_str()

@@ -19,6 +19,8 @@ pub struct CollectorConfig {
     /// Where agents and specialists connect (gRPC over mTLS).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The fault policy sent to agents; the shipped default when absent.
+    pub policy: Option<PathBuf>,
     #[serde(default)]
     pub tls: TlsFiles,
     #[serde(default)]
@@ -151,6 +153,7 @@ impl CollectorConfig {
         CollectorConfig {
             data_dir: data_dir.to_path_buf(),
             listen: default_listen(),
+            policy: None,
             tls: TlsFiles::default(),
             storage: StorageConfig::default(),
             agents: AgentSettings::default(),

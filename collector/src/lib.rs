@@ -55,6 +55,8 @@ pub enum CollectorError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Policy(#[from] vitals_proto::policy::PolicyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -114,6 +116,7 @@ pub struct Collector {
     tls: Arc<rustls::ServerConfig>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    policy: Arc<vitals_proto::policy::Policy>,
 }
 
 impl Collector {
@@ -127,6 +130,10 @@ impl Collector {
             path: config.data_dir.display().to_string(),
             source,
         })?;
+        let policy = match &config.policy {
+            Some(path) => vitals_proto::policy::Policy::load(path)?,
+            None => vitals_proto::policy::Policy::default_policy(),
+        };
         let tls = tls::server_config(&config.ca_path(), &config.cert_path(), &config.key_path())?;
         let store = store::open(
             &config.storage_url(),
@@ -141,6 +148,7 @@ impl Collector {
             tls,
             store,
             metrics: Arc::new(Metrics::new()),
+            policy: Arc::new(policy),
         })
     }
 
@@ -161,6 +169,7 @@ impl Collector {
             tls,
             store,
             metrics,
+            policy,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = || stopped(stop_rx.clone());
@@ -197,7 +206,13 @@ impl Collector {
                 source,
             })?;
         let incoming = tls::accept_loop(listeners.grpc, tls, metrics.clone(), stop_rx.clone());
-        let gateway = AgentGatewayApi::new(ingest.clone(), config.agents.clone(), stop_rx.clone());
+        info!(version = %policy.version, checks = policy.checks.len(), "fault policy");
+        let gateway = AgentGatewayApi::new(
+            ingest.clone(),
+            config.agents.clone(),
+            policy,
+            stop_rx.clone(),
+        );
         let specialist = SpecialistApi::new(SpecialistService::new(store.clone()));
         drop(ingest);
         let server = tonic::transport::Server::builder()

@@ -734,3 +734,242 @@ async fn load_generator_drives_a_collector_through_a_storm() {
     );
     collector.stop().await;
 }
+
+/// A collector configuration whose policy is `policy_toml`.
+fn with_policy(fleet: &Fleet, policy_toml: &str) -> vitals_collector::config::CollectorConfig {
+    let path = fleet.dir.join("policy.toml");
+    std::fs::write(&path, policy_toml).expect("write policy");
+    let mut config = fleet.collector_config();
+    config.policy = Some(path);
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_policy_reaches_the_agent_and_its_faults_come_back_once() {
+    use vitals_proto::domain::FaultState;
+    let fleet = Fleet::new("policy");
+    // A check every running machine fails: any memory in use.
+    let config = with_policy(
+        &fleet,
+        "[[check]]\nid = \"memory_in_use\"\nmeasurement = \"memory.used_percent\"\n\
+         direction = \"above\"\nraise = 0.001\nclear = 0.0\nhold = \"0s\"\nseverity = \"info\"\n",
+    );
+    let collector = RunningCollector::start(config).await;
+    let agent = RunningAgent::start(fleet.agent_config("ws-policy", collector.addr));
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+    let faults = eventually(WAIT, "fault raised by the agent", || async {
+        let f = Client::connect(&viewer)
+            .await
+            .ok()?
+            .faults("ws-policy", 50)
+            .await
+            .ok()?;
+        (!f.is_empty()).then_some(f)
+    })
+    .await;
+    let f = &faults[0].event;
+    assert_eq!(f.check_id, "memory_in_use");
+    assert_eq!(f.subject, "memory");
+    assert_eq!(f.state, FaultState::Raised);
+    assert!(f.value > 0.0);
+    // Further samples (one a second) keep the fault raised without repeating it.
+    let before = Client::connect(&viewer)
+        .await
+        .expect("viewer")
+        .endpoint("ws-policy")
+        .await
+        .expect("d")
+        .history_len;
+    eventually(WAIT, "three more snapshots", || async {
+        let d = Client::connect(&viewer)
+            .await
+            .ok()?
+            .endpoint("ws-policy")
+            .await
+            .ok()?;
+        (d.history_len >= before + 3).then_some(())
+    })
+    .await;
+    let faults = Client::connect(&viewer)
+        .await
+        .expect("viewer")
+        .faults("ws-policy", 50)
+        .await
+        .expect("faults");
+    assert_eq!(
+        faults.len(),
+        1,
+        "raised once, not on every sample: {faults:?}"
+    );
+    agent.stop().await;
+    collector.stop().await;
+}
+
+#[test]
+fn bad_policy_file_stops_the_collector_with_its_name() {
+    let fleet = Fleet::new("badpolicy");
+    let config = with_policy(
+        &fleet,
+        "[[check]]\nid = \"x\"\nmeasurement = \"disk.used_percent\"\ndirection = \"above\"\n\
+         raise = 90.0\nclear = 95.0\nseverity = \"warning\"\n",
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let err = rt
+        .block_on(vitals_collector::Collector::open(config))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("policy.toml: check \"x\": clear (95) must be at or below raise (90)"),
+        "{err}"
+    );
+}
+
+/// Runs a command, returning whether it succeeded.
+fn sh(cmd: &str, args: &[&str]) -> bool {
+    std::process::Command::new(cmd)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A small ext4 file system, loop-mounted, unmounted when dropped.
+struct LoopDisk {
+    mount: std::path::PathBuf,
+}
+
+impl LoopDisk {
+    /// `Err` says why it cannot be made here (not root, no mkfs.ext4, no
+    /// loop devices).
+    fn new(dir: &std::path::Path) -> Result<Self, String> {
+        if !sh("sh", &["-c", "[ \"$(id -u)\" = 0 ]"]) {
+            return Err("not root (loop mounts need root)".into());
+        }
+        if !sh("sh", &["-c", "command -v mkfs.ext4"]) {
+            return Err("mkfs.ext4 not installed (Debian package e2fsprogs)".into());
+        }
+        let img = dir.join("disk.img");
+        let mount = dir.join("mnt");
+        std::fs::create_dir_all(&mount).map_err(|e| e.to_string())?;
+        let img_s = img.to_string_lossy().into_owned();
+        let mount_s = mount.to_string_lossy().into_owned();
+        if !sh("truncate", &["-s", "64M", &img_s]) || !sh("mkfs.ext4", &["-q", "-m", "0", &img_s]) {
+            return Err("cannot make the ext4 image".into());
+        }
+        if !sh("mount", &["-o", "loop", &img_s, &mount_s]) {
+            return Err("loop mount failed (no loop devices?)".into());
+        }
+        Ok(LoopDisk { mount })
+    }
+
+    /// Fills the file system to `percent` used, as `df` counts it.
+    fn fill_to(&self, percent: f64) {
+        let out = std::process::Command::new("df")
+            .args(["--output=size,avail", "-B1"])
+            .arg(&self.mount)
+            .output()
+            .expect("df");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let nums: Vec<u64> = text
+            .lines()
+            .nth(1)
+            .expect("df line")
+            .split_whitespace()
+            .map(|n| n.parse().expect("number"))
+            .collect();
+        let (size, avail) = (nums[0] as f64, nums[1] as f64);
+        let want_used = size * percent / 100.0;
+        let used = size - avail;
+        let fill = (want_used - used).max(0.0) as u64;
+        let path = self.mount.join("fill");
+        assert!(
+            sh(
+                "fallocate",
+                &["-l", &fill.to_string(), &path.to_string_lossy()]
+            ),
+            "fallocate"
+        );
+    }
+
+    fn empty(&self) {
+        std::fs::remove_file(self.mount.join("fill")).expect("remove fill");
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        sh("umount", &[&self.mount.to_string_lossy()]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_disk_filled_to_97_percent_raises_and_clears() {
+    use vitals_proto::domain::FaultState;
+    let fleet = Fleet::new("diskfull");
+    let disk = match LoopDisk::new(&fleet.dir) {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("SKIP real_disk_filled_to_97_percent_raises_and_clears: {why}");
+            return;
+        }
+    };
+    let config = with_policy(
+        &fleet,
+        "[[check]]\nid = \"disk_nearly_full\"\nmeasurement = \"disk.used_percent\"\n\
+         direction = \"above\"\nraise = 95.0\nclear = 90.0\nhold = \"0s\"\nseverity = \"warning\"\n",
+    );
+    let collector = RunningCollector::start(config).await;
+    let agent = RunningAgent::start(fleet.agent_config("ws-disk", collector.addr));
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+    let subject = disk.mount.to_string_lossy().into_owned();
+    let ours = |f: &vitals_proto::domain::FaultRecord| f.event.subject == subject;
+
+    disk.fill_to(97.0);
+    let raised = eventually(WAIT, "disk_nearly_full raised", || async {
+        let f = Client::connect(&viewer)
+            .await
+            .ok()?
+            .faults("ws-disk", 50)
+            .await
+            .ok()?;
+        f.into_iter()
+            .find(|f| ours(f) && f.event.state == FaultState::Raised)
+    })
+    .await;
+    assert_eq!(raised.event.check_id, "disk_nearly_full");
+    assert!(
+        (95.0..=99.0).contains(&raised.event.value),
+        "{:?}",
+        raised.event
+    );
+
+    disk.empty();
+    let cleared = eventually(WAIT, "disk_nearly_full cleared", || async {
+        let f = Client::connect(&viewer)
+            .await
+            .ok()?
+            .faults("ws-disk", 50)
+            .await
+            .ok()?;
+        f.into_iter()
+            .find(|f| ours(f) && f.event.state == FaultState::Cleared)
+    })
+    .await;
+    assert!(cleared.seq > raised.seq);
+    assert!(cleared.event.value < 90.0, "{:?}", cleared.event);
+    let all: Vec<_> = Client::connect(&viewer)
+        .await
+        .expect("viewer")
+        .faults("ws-disk", 50)
+        .await
+        .expect("faults")
+        .into_iter()
+        .filter(ours)
+        .collect();
+    assert_eq!(all.len(), 2, "exactly one raise and one clear: {all:?}");
+    agent.stop().await;
+    collector.stop().await;
+    drop(disk);
+}

@@ -43,14 +43,22 @@ type Outbound = mpsc::Sender<Result<wire::CollectorMessage, Status>>;
 pub struct AgentGatewayApi {
     ingest: Ingest,
     settings: AgentSettings,
+    /// The fault policy, as sent in each welcome.
+    policy: wire::Policy,
     shutdown: watch::Receiver<bool>,
 }
 
 impl AgentGatewayApi {
-    pub fn new(ingest: Ingest, settings: AgentSettings, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        ingest: Ingest,
+        settings: AgentSettings,
+        policy: std::sync::Arc<vitals_proto::policy::Policy>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         AgentGatewayApi {
             ingest,
             settings,
+            policy: wire::Policy::from(policy.as_ref()),
             shutdown,
         }
     }
@@ -121,6 +129,7 @@ impl AgentGateway for AgentGatewayApi {
             snapshot_interval_ms: self.settings.snapshot_interval.as_millis() as u64,
             heartbeat_interval_ms: self.settings.heartbeat_interval.as_millis() as u64,
             collector_version: VERSION.to_owned(),
+            policy: Some(self.policy.clone()),
         }));
         // The channel is empty, so this cannot wait.
         let _ = tx.send(Ok(welcome)).await;

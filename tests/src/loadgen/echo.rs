@@ -40,6 +40,7 @@ impl AgentGateway for Echo {
                             snapshot_interval_ms: 10_000,
                             heartbeat_interval_ms: 30_000,
                             collector_version: "echo".into(),
+                            policy: None,
                         }))
                     }
                     Some(agent_message::Body::Snapshot(_)) => {
