@@ -122,8 +122,13 @@ async fn sample_loop(
     // Give the first CPU reading a window before the first snapshot.
     tokio::time::sleep(Duration::from_millis(250)).await;
     loop {
-        if policy.has_changed().unwrap_or(false) {
-            let p = policy.borrow_and_update().clone();
+        // Compared by version: `changed()` below marks a change seen before
+        // this point is reached.
+        let new_policy = {
+            let p = policy.borrow_and_update();
+            (p.version != checks.policy_version()).then(|| p.clone())
+        };
+        if let Some(p) = new_policy {
             for event in checks.set_policy(p, vitals_proto::now_ms()) {
                 if tx.send(Outgoing::Fault(event)).await.is_err() {
                     return;

@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod ingest;
 pub mod metrics;
 pub mod pki;
+pub mod policy;
 pub mod quickstart;
 pub mod service;
 pub mod store;
@@ -69,6 +70,8 @@ pub enum CollectorError {
     },
     #[error("grpc server: {0}")]
     Server(#[from] tonic::transport::Error),
+    #[error("cannot watch the policy file: {0}")]
+    PolicyWatch(#[from] notify::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -207,6 +210,15 @@ impl Collector {
             })?;
         let incoming = tls::accept_loop(listeners.grpc, tls, metrics.clone(), stop_rx.clone());
         info!(version = %policy.version, checks = policy.checks.len(), "fault policy");
+        // The watcher lives as long as the server; without a policy file the
+        // shipped default never changes.
+        let (policy, _watcher) = match &config.policy {
+            Some(path) => {
+                let (rx, w) = policy::watch_file(path.clone(), (*policy).clone(), metrics.clone())?;
+                (rx, Some(w))
+            }
+            None => (watch::channel(policy).1, None),
+        };
         let gateway = AgentGatewayApi::new(
             ingest.clone(),
             config.agents.clone(),

@@ -979,3 +979,67 @@ async fn real_disk_filled_to_97_percent_raises_and_clears() {
     collector.stop().await;
     drop(disk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_changes_reach_live_agents_and_bad_edits_are_refused() {
+    use vitals_proto::domain::FaultState;
+    let fleet = Fleet::new("reload");
+    let check = |raise: &str| {
+        format!(
+            "[[check]]\nid = \"memory_in_use\"\nmeasurement = \"memory.used_percent\"\n\
+             direction = \"above\"\nraise = {raise}\nclear = 0.0\nhold = \"0s\"\nseverity = \"info\"\n"
+        )
+    };
+    let config = with_policy(&fleet, &check("0.001"));
+    let policy_path = config.policy.clone().expect("policy path");
+    let collector = RunningCollector::start(config).await;
+    let agent = RunningAgent::start(fleet.agent_config("ws-reload", collector.addr));
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+    let faults = || async {
+        Client::connect(&viewer)
+            .await
+            .ok()?
+            .faults("ws-reload", 50)
+            .await
+            .ok()
+    };
+    eventually(WAIT, "raised under the first policy", || async {
+        faults().await.filter(|f| f.len() == 1)
+    })
+    .await;
+
+    // A broken edit is refused; the running policy stays and nothing clears.
+    std::fs::write(
+        &policy_path,
+        "[[check]]\nid = \"memory_in_use\"\nmesurement = 1\n",
+    )
+    .expect("write");
+    eventually(WAIT, "the refusal counted", || async {
+        collector
+            .scrape()
+            .await
+            .contains("vitals_collector_errors_total{kind=\"policy\"} 1")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        faults().await.expect("faults").len(),
+        1,
+        "a refused policy changed nothing"
+    );
+
+    // A valid edit goes out to the live agent: the check's levels changed,
+    // so its fault clears and is judged afresh (and no longer raises).
+    let tmp = policy_path.with_extension("tmp");
+    std::fs::write(&tmp, check("100.0")).expect("write");
+    std::fs::rename(&tmp, &policy_path).expect("rename into place, as editors do");
+    let f = eventually(WAIT, "cleared under the new policy", || async {
+        faults().await.filter(|f| f.len() == 2)
+    })
+    .await;
+    assert_eq!(f[0].event.state, FaultState::Cleared);
+    assert_eq!(f[0].event.check_id, "memory_in_use");
+    agent.stop().await;
+    collector.stop().await;
+}

@@ -43,8 +43,9 @@ type Outbound = mpsc::Sender<Result<wire::CollectorMessage, Status>>;
 pub struct AgentGatewayApi {
     ingest: Ingest,
     settings: AgentSettings,
-    /// The fault policy, as sent in each welcome.
-    policy: wire::Policy,
+    /// The running fault policy: sent in each welcome, and to every live
+    /// session when it changes.
+    policy: crate::policy::PolicyWatch,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -52,13 +53,13 @@ impl AgentGatewayApi {
     pub fn new(
         ingest: Ingest,
         settings: AgentSettings,
-        policy: std::sync::Arc<vitals_proto::policy::Policy>,
+        policy: crate::policy::PolicyWatch,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         AgentGatewayApi {
             ingest,
             settings,
-            policy: wire::Policy::from(policy.as_ref()),
+            policy,
             shutdown,
         }
     }
@@ -129,7 +130,7 @@ impl AgentGateway for AgentGatewayApi {
             snapshot_interval_ms: self.settings.snapshot_interval.as_millis() as u64,
             heartbeat_interval_ms: self.settings.heartbeat_interval.as_millis() as u64,
             collector_version: VERSION.to_owned(),
-            policy: Some(self.policy.clone()),
+            policy: Some(wire::Policy::from(self.policy.borrow().as_ref())),
         }));
         // The channel is empty, so this cannot wait.
         let _ = tx.send(Ok(welcome)).await;
@@ -141,6 +142,7 @@ impl AgentGateway for AgentGatewayApi {
             tx,
             idle_timeout: self.settings.idle_timeout,
             shutdown: self.shutdown.clone(),
+            policy: self.policy.clone(),
         };
         tokio::spawn(session.run(inbound, committed));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -155,6 +157,7 @@ struct Session {
     tx: Outbound,
     idle_timeout: Duration,
     shutdown: watch::Receiver<bool>,
+    policy: crate::policy::PolicyWatch,
 }
 
 /// Why a session loop ended.
@@ -170,6 +173,8 @@ enum End {
 impl Session {
     async fn run(mut self, mut inbound: Streaming<wire::AgentMessage>, committed: u64) {
         let mut acks = self.sink.subscribe();
+        // The welcome carried the current policy; only later changes go out.
+        self.policy.mark_unchanged();
         let mut acked = committed;
         let mut highest_seen = committed;
         let shutdown = crate::stopped(self.shutdown.clone());
@@ -185,6 +190,13 @@ impl Session {
                 _ = self.sink.failed() => break End::Refuse(Status::unavailable(
                     "collector could not commit; reconnect and resend",
                 )),
+                Ok(()) = self.policy.changed() => {
+                    let update = wire::Policy::from(self.policy.borrow_and_update().as_ref());
+                    let msg = message(collector_message::Body::Policy(update));
+                    if self.tx.send(Ok(msg)).await.is_err() {
+                        break End::Gone;
+                    }
+                }
                 _ = acks.changed() => {
                     let seq = *acks.borrow_and_update();
                     if seq > acked {
