@@ -5,7 +5,7 @@
 //! ```text
 //! gateway (gRPC edge), ctl (vitalsctl's client edge)
 //!   -> ingest, service (specialist service layer)
-//!     -> store, pki, tls, metrics
+//!     -> store, pki, policy, tls, metrics
 //! ```
 //!
 //! [`Collector::open`] checks everything that can be wrong with the
