@@ -239,6 +239,25 @@ pub async fn list(
     Client::connect(profile).await?.list_endpoints(false).await
 }
 
+/// One endpoint in full, as a specialist sees it (`None` on any error, for
+/// polling).
+pub async fn detail(profile: &Profile, id: &str) -> Option<vitals_proto::domain::EndpointDetail> {
+    Client::connect(profile).await.ok()?.endpoint(id).await.ok()
+}
+
+/// An endpoint's fault events, newest first (`None` on any error).
+pub async fn faults_of(
+    profile: &Profile,
+    id: &str,
+) -> Option<Vec<vitals_proto::domain::FaultRecord>> {
+    Client::connect(profile)
+        .await
+        .ok()?
+        .faults(id, 50)
+        .await
+        .ok()
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

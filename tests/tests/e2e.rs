@@ -52,12 +52,7 @@ async fn three_agents_are_visible_with_their_data() {
     let mut client = Client::connect(&viewer).await.expect("viewer connects");
     for id in ids {
         let detail = eventually(WAIT, "two snapshots", || async {
-            let d = Client::connect(&viewer)
-                .await
-                .ok()?
-                .endpoint(id)
-                .await
-                .ok()?;
+            let d = detail(&viewer, id).await?;
             (d.history_len >= 2).then_some(d)
         })
         .await;
@@ -271,20 +266,12 @@ async fn refusals_leave_the_collector_serving_others() {
 
     // The collector still serves the good specialist and the good agent,
     // whose committed sequence keeps moving.
-    let before = Client::connect(&admin)
-        .await
-        .expect("admin")
-        .endpoint("ws-good")
+    let before = detail(&admin, "ws-good")
         .await
         .expect("detail")
         .committed_seq;
     eventually(WAIT, "good agent keeps committing", || async {
-        let d = Client::connect(&admin)
-            .await
-            .ok()?
-            .endpoint("ws-good")
-            .await
-            .ok()?;
+        let d = detail(&admin, "ws-good").await?;
         (d.summary.online && d.committed_seq > before).then_some(())
     })
     .await;
@@ -373,12 +360,7 @@ async fn acks_follow_commits_and_replays_take_no_effect() {
     }
     assert_eq!(acked, 5);
     // What was acknowledged is committed: readable right away.
-    let d = Client::connect(&admin)
-        .await
-        .expect("admin")
-        .endpoint("ws-script")
-        .await
-        .expect("detail");
+    let d = detail(&admin, "ws-script").await.expect("detail");
     assert_eq!(d.committed_seq, 5);
     assert_eq!(d.history_len, 5);
     drop(tx);
@@ -429,12 +411,7 @@ async fn agent_reconnects_and_resends_after_collector_restart() {
     let agent = RunningAgent::start(fleet.agent_config("ws-roamer", addr));
     let admin = fleet.specialist_profile("ops", Role::Admin, addr);
     let first = eventually(WAIT, "agent committed", || async {
-        let d = Client::connect(&admin)
-            .await
-            .ok()?
-            .endpoint("ws-roamer")
-            .await
-            .ok()?;
+        let d = detail(&admin, "ws-roamer").await?;
         (d.committed_seq >= 2).then_some(d.committed_seq)
     })
     .await;
@@ -445,12 +422,7 @@ async fn agent_reconnects_and_resends_after_collector_restart() {
     let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
     let collector = RunningCollector::start_on(config, listener).await;
     let detail = eventually(WAIT, "agent back with its backlog", || async {
-        let d = Client::connect(&admin)
-            .await
-            .ok()?
-            .endpoint("ws-roamer")
-            .await
-            .ok()?;
+        let d = detail(&admin, "ws-roamer").await?;
         (d.summary.online && d.committed_seq >= first + 3).then_some(d)
     })
     .await;
@@ -758,12 +730,7 @@ async fn collector_policy_reaches_the_agent_and_its_faults_come_back_once() {
     let agent = RunningAgent::start(fleet.agent_config("ws-policy", collector.addr));
     let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
     let faults = eventually(WAIT, "fault raised by the agent", || async {
-        let f = Client::connect(&viewer)
-            .await
-            .ok()?
-            .faults("ws-policy", 50)
-            .await
-            .ok()?;
+        let f = faults_of(&viewer, "ws-policy").await?;
         (!f.is_empty()).then_some(f)
     })
     .await;
@@ -773,20 +740,12 @@ async fn collector_policy_reaches_the_agent_and_its_faults_come_back_once() {
     assert_eq!(f.state, FaultState::Raised);
     assert!(f.value > 0.0);
     // Further samples (one a second) keep the fault raised without repeating it.
-    let before = Client::connect(&viewer)
+    let before = detail(&viewer, "ws-policy")
         .await
-        .expect("viewer")
-        .endpoint("ws-policy")
-        .await
-        .expect("d")
+        .expect("detail")
         .history_len;
     eventually(WAIT, "three more snapshots", || async {
-        let d = Client::connect(&viewer)
-            .await
-            .ok()?
-            .endpoint("ws-policy")
-            .await
-            .ok()?;
+        let d = detail(&viewer, "ws-policy").await?;
         (d.history_len >= before + 3).then_some(())
     })
     .await;
@@ -934,12 +893,7 @@ async fn real_disk_filled_to_97_percent_raises_and_clears() {
 
     disk.fill_to(97.0);
     let raised = eventually(WAIT, "disk_nearly_full raised", || async {
-        let f = Client::connect(&viewer)
-            .await
-            .ok()?
-            .faults("ws-disk", 50)
-            .await
-            .ok()?;
+        let f = faults_of(&viewer, "ws-disk").await?;
         f.into_iter()
             .find(|f| ours(f) && f.event.state == FaultState::Raised)
     })
@@ -953,12 +907,7 @@ async fn real_disk_filled_to_97_percent_raises_and_clears() {
 
     disk.empty();
     let cleared = eventually(WAIT, "disk_nearly_full cleared", || async {
-        let f = Client::connect(&viewer)
-            .await
-            .ok()?
-            .faults("ws-disk", 50)
-            .await
-            .ok()?;
+        let f = faults_of(&viewer, "ws-disk").await?;
         f.into_iter()
             .find(|f| ours(f) && f.event.state == FaultState::Cleared)
     })
