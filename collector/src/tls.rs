@@ -31,9 +31,11 @@ use crate::metrics::Metrics;
 
 /// How long a client has to finish the TLS handshake. A peer that connects
 /// and sends nothing (or garbage) is dropped after this.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; more wait in the kernel's backlog.
-const MAX_HANDSHAKES: usize = 512;
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at once; more wait in the kernel's backlog. High
+/// enough that idle or garbage connections cannot take every slot (each
+/// costs a socket and a few KiB), low enough to bound memory under a flood.
+const MAX_HANDSHAKES: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -308,9 +308,10 @@ async fn garbage_on_the_port_does_not_stall_the_collector() {
     let _ = http
         .write_all(b"GET / HTTP/1.1\r\nHost: collector\r\n\r\n")
         .await;
-    // A burst of half-open connections.
+    // A burst of idle connections, more than a small handshake pool would
+    // hold, kept open throughout.
     let mut held = Vec::new();
-    for _ in 0..50 {
+    for _ in 0..600 {
         held.push(TcpStream::connect(collector.addr).await.expect("connect"));
     }
 
