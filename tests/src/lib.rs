@@ -136,6 +136,17 @@ impl Fleet {
     }
 }
 
+impl Fleet {
+    /// A raw gRPC channel holding a fresh agent certificate for `id`, for
+    /// tests that script the agent's side of the protocol by hand.
+    pub async fn agent_channel(&self, collector: SocketAddr, id: &str) -> Channel {
+        let (cert, key) = self.issue(&Identity::Endpoint(id.parse().expect("endpoint id")));
+        self.channel(collector, Some((&cert, &key)))
+            .await
+            .expect("agent channel")
+    }
+}
+
 impl Drop for Fleet {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);

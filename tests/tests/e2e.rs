@@ -232,11 +232,7 @@ async fn refusals_leave_the_collector_serving_others() {
     assert!(err.is_err(), "expired certificate was served: {err:?}");
 
     // 4. An agent whose hello claims another endpoint.
-    let (cert, key) = fleet.issue(&Identity::Endpoint("ws-liar".parse().expect("id")));
-    let ch = fleet
-        .channel(collector.addr, Some((&cert, &key)))
-        .await
-        .expect("channel");
+    let ch = fleet.agent_channel(collector.addr, "ws-liar").await;
     let (_tx, result) = open_session(ch.clone(), "ws-good").await;
     let status = result.expect_err("impersonation refused");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
@@ -344,11 +340,7 @@ async fn acks_follow_commits_and_replays_take_no_effect() {
     let fleet = Fleet::new("acks");
     let collector = RunningCollector::start(fleet.collector_config()).await;
     let admin = fleet.specialist_profile("ops", Role::Admin, collector.addr);
-    let (cert, key) = fleet.issue(&Identity::Endpoint("ws-script".parse().expect("id")));
-    let ch = fleet
-        .channel(collector.addr, Some((&cert, &key)))
-        .await
-        .expect("channel");
+    let ch = fleet.agent_channel(collector.addr, "ws-script").await;
 
     let (tx, inbound) = open_session(ch.clone(), "ws-script").await;
     let mut inbound = inbound.expect("welcome");
@@ -581,11 +573,7 @@ async fn fault_events_are_stored_once_and_malformed_ones_refused() {
     let fleet = Fleet::new("faults");
     let collector = RunningCollector::start(fleet.collector_config()).await;
     let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
-    let (cert, key) = fleet.issue(&Identity::Endpoint("ws-faulty".parse().expect("id")));
-    let ch = fleet
-        .channel(collector.addr, Some((&cert, &key)))
-        .await
-        .expect("channel");
+    let ch = fleet.agent_channel(collector.addr, "ws-faulty").await;
 
     let (tx, inbound) = open_session(ch.clone(), "ws-faulty").await;
     let mut inbound = inbound.expect("welcome");

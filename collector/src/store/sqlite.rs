@@ -511,6 +511,15 @@ mod tests {
         dir.join("vitals.db")
     }
 
+    fn session(id: &EndpointId) -> SessionOpen {
+        SessionOpen {
+            endpoint: id.clone(),
+            agent_version: String::new(),
+            platform: String::new(),
+            at_ms: 1,
+        }
+    }
+
     fn record(id: &EndpointId, seq: u64, cpu: f32) -> Record {
         let mut snapshot = Snapshot::default();
         snapshot.host.hostname = format!("host-{id}");
@@ -572,15 +581,7 @@ mod tests {
             .await
             .unwrap();
         let id: EndpointId = "ws-3".parse().unwrap();
-        store
-            .open_session(&SessionOpen {
-                endpoint: id.clone(),
-                agent_version: String::new(),
-                platform: String::new(),
-                at_ms: 1,
-            })
-            .await
-            .unwrap();
+        store.open_session(&session(&id)).await.unwrap();
         // record() takes each snapshot at `seq` ms: one every millisecond.
         store
             .commit((1..=25).map(|s| record(&id, s, s as f32)).collect())
@@ -606,15 +607,7 @@ mod tests {
         {
             let store = SqliteStore::open(&path, 10, Duration::ZERO).await.unwrap();
             let id: EndpointId = "ws-2".parse().unwrap();
-            store
-                .open_session(&SessionOpen {
-                    endpoint: id.clone(),
-                    agent_version: String::new(),
-                    platform: String::new(),
-                    at_ms: 1,
-                })
-                .await
-                .unwrap();
+            store.open_session(&session(&id)).await.unwrap();
             store.commit(vec![record(&id, 7, 1.0)]).await.unwrap();
             store.mark_all_offline(2).await.unwrap();
         }
