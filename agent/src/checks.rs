@@ -8,40 +8,239 @@
 
 use std::collections::HashMap;
 
-use vitals_proto::domain::{FaultEvent, FaultState, Snapshot};
-use vitals_proto::policy::{Check, Policy};
+use vitals_proto::domain::{FaultEvent, FaultState, PrinterInfo, Snapshot};
+use vitals_proto::policy::{Check, Policy, probe_of};
 
-/// One measured value: (measurement, subject, value).
-pub type Measure = (&'static str, String, f64);
+/// One measured value of a subject, with what a specialist needs to read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measure {
+    pub measurement: &'static str,
+    pub subject: String,
+    pub value: f64,
+    /// Context for the evidence (reasons, names, errors); may be empty.
+    pub detail: String,
+}
+
+fn m(measurement: &'static str, subject: impl Into<String>, value: f64) -> Measure {
+    Measure {
+        measurement,
+        subject: subject.into(),
+        value,
+        detail: String::new(),
+    }
+}
+
+fn flag(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
 
 /// Everything a snapshot measures, per subject.
 pub fn measurements(s: &Snapshot) -> Vec<Measure> {
-    let mut out = vec![
-        (
-            "cpu.usage_percent",
-            "cpu".to_owned(),
-            s.cpu.usage_percent as f64,
-        ),
-        (
+    let mut out = Vec::new();
+    if s.cpu.logical_cores > 0 {
+        out.push(m("cpu.usage_percent", "cpu", f64::from(s.cpu.usage_percent)));
+        if let Some((i, busiest)) = s
+            .cpu
+            .per_core_percent
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+        {
+            let mut x = m("cpu.busiest_core_percent", "cpu", f64::from(*busiest));
+            x.detail = format!("core {i}");
+            out.push(x);
+        }
+    }
+    if s.memory.total_bytes > 0 {
+        out.push(m(
             "memory.used_percent",
-            "memory".to_owned(),
-            s.memory.used_percent() as f64,
-        ),
-    ];
+            "memory",
+            f64::from(s.memory.used_percent()),
+        ));
+    }
     if s.memory.swap_total_bytes > 0 {
         let swap = s.memory.swap_used_bytes as f64 * 100.0 / s.memory.swap_total_bytes as f64;
-        out.push(("swap.used_percent", "swap".to_owned(), swap));
+        out.push(m("swap.used_percent", "swap", swap));
     }
     for d in &s.disks {
         if d.total_bytes > 0 {
-            out.push((
+            out.push(m(
                 "disk.used_percent",
                 d.mount_point.clone(),
-                d.used_percent() as f64,
+                f64::from(d.used_percent()),
+            ));
+        }
+        if let Some(p) = d.inodes_used_percent() {
+            out.push(m(
+                "disk.inodes_used_percent",
+                d.mount_point.clone(),
+                f64::from(p),
             ));
         }
     }
+    for t in &s.temperatures {
+        let mut x = m("temperature.celsius", t.label.clone(), f64::from(t.celsius));
+        if let Some(c) = t.critical_celsius {
+            x.detail = format!("critical at {c:.0} °C");
+        }
+        out.push(x);
+    }
+    for b in &s.batteries {
+        out.push(m(
+            "battery.health_percent",
+            b.name.clone(),
+            f64::from(b.health_percent),
+        ));
+    }
+    for d in s.smart.devices.iter().filter(|d| d.error.is_empty()) {
+        let label = if d.model.is_empty() {
+            d.device.clone()
+        } else {
+            format!("{} ({} {})", d.device, d.model, d.serial)
+        };
+        let mut push = |name: &'static str, v: Option<u64>| {
+            if let Some(v) = v {
+                let mut x = m(name, d.device.clone(), v as f64);
+                x.detail = label.clone();
+                out.push(x);
+            }
+        };
+        push("smart.failing", d.passed.map(|p| u64::from(!p)));
+        push("smart.reallocated_sectors", d.reallocated_sectors);
+        push("smart.pending_sectors", d.pending_sectors);
+        push("smart.media_errors", d.media_errors);
+    }
+    let os = &s.os;
+    {
+        let days = match (os.reboot_required, os.reboot_required_since_secs) {
+            (false, _) => 0.0,
+            (true, Some(since)) => {
+                let now = (s.taken_at_ms / 1000).max(0) as u64;
+                now.saturating_sub(since) as f64 / 86_400.0
+            }
+            (true, None) => 0.0,
+        };
+        let mut x = m("os.reboot_pending_days", "os", days);
+        x.detail = os.reboot_reasons.join(", ");
+        out.push(x);
+    }
+    if os.services_checked {
+        let mut x = m("os.failed_services", "os", os.failed_services.len() as f64);
+        x.detail = os.failed_services.join(", ");
+        out.push(x);
+    }
+    if let Some(offset) = os.clock_offset_ms {
+        let mut x = m("os.clock_offset_seconds", "os", offset.unsigned_abs() as f64 / 1000.0);
+        x.detail = format!(
+            "this clock is {:.1} s {} the collector's",
+            offset.unsigned_abs() as f64 / 1000.0,
+            if offset > 0 { "behind" } else { "ahead of" }
+        );
+        out.push(x);
+    }
+    for p in &s.printers {
+        printer_measures(p, &mut out);
+    }
+    if let Some(g) = &s.network.gateway {
+        let mut x = m("gateway.loss_percent", g.address.clone(), f64::from(g.loss_percent));
+        x.detail = format!(
+            "{} of {} {} probes answered via {}",
+            g.received, g.sent, g.method, g.interface
+        );
+        out.push(x);
+        if let Some(rtt) = g.rtt_ms {
+            out.push(m("gateway.rtt_ms", g.address.clone(), f64::from(rtt)));
+        }
+    }
+    for d in &s.network.dns {
+        let mut x = m("dns.failed", d.name.clone(), flag(!d.ok));
+        x.detail = if d.ok {
+            d.addresses.join(", ")
+        } else {
+            d.error.clone()
+        };
+        out.push(x);
+        if d.ok {
+            out.push(m("dns.resolve_ms", d.name.clone(), f64::from(d.millis)));
+        }
+    }
+    for c in &s.network.services {
+        let subject = format!("{} ({})", c.name, c.address);
+        let mut x = m("service.unreachable", subject.clone(), flag(!c.ok));
+        x.detail = c.error.clone();
+        out.push(x);
+        if let Some(ms) = c.connect_ms {
+            out.push(m("service.connect_ms", subject, f64::from(ms)));
+        }
+    }
+    for i in &s.interfaces {
+        out.push(m("interface.link_down", i.name.clone(), flag(i.link_lost)));
+        if let (Some(e), Some(d)) = (i.errors_per_min, i.drops_per_min) {
+            out.push(m("interface.errors_per_min", i.name.clone(), f64::from(e + d)));
+        }
+    }
+    for w in &s.network.wifi {
+        out.push(m("wifi.signal_dbm", w.interface.clone(), f64::from(w.signal_dbm)));
+    }
     out
+}
+
+fn printer_measures(p: &PrinterInfo, out: &mut Vec<Measure>) {
+    // "-report" reasons are informational only (RFC 8011).
+    let has = |prefix: &str| {
+        p.reasons
+            .iter()
+            .any(|r| r.starts_with(prefix) && !r.ends_with("-report"))
+    };
+    let mut detail = vec![format!("state {}", p.state)];
+    if !p.reasons.is_empty() {
+        detail.push(format!("reasons {}", p.reasons.join(", ")));
+    }
+    if p.queued_jobs > 0 {
+        detail.push(format!("{} queued jobs", p.queued_jobs));
+    }
+    if !p.error.is_empty() {
+        detail.push(p.error.clone());
+    }
+    let detail = detail.join("; ");
+    let mut push = |name: &'static str, v: f64| {
+        let mut x = m(name, p.name.clone(), v);
+        x.detail = detail.clone();
+        out.push(x);
+    };
+    let unreachable = p.state == "unreachable";
+    push("printer.offline", flag(unreachable || has("offline")));
+    if unreachable {
+        return;
+    }
+    push("printer.stopped", flag(p.state == "stopped" || has("paused")));
+    push("printer.jammed", flag(has("media-jam")));
+    push(
+        "printer.media_empty",
+        flag(has("media-empty") || has("media-needed")),
+    );
+    push(
+        "printer.toner_empty",
+        flag(has("toner-empty") || has("marker-supply-empty")),
+    );
+    push(
+        "printer.toner_low",
+        flag(has("toner-low") || has("marker-supply-low")),
+    );
+    push("printer.door_open", flag(has("door-open") || has("cover-open")));
+    push("printer.service_requested", flag(has("service-requested")));
+    push(
+        "printer.oldest_job_minutes",
+        p.oldest_job_age_secs.map_or(0.0, |s| s as f64 / 60.0),
+    );
+    if let Some(lowest) = p
+        .supplies
+        .iter()
+        .filter_map(|s| s.percent)
+        .min_by(f32::total_cmp)
+    {
+        push("printer.lowest_supply_percent", f64::from(lowest));
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -125,13 +324,23 @@ impl Checks {
             return Vec::new();
         };
         let mut events = Vec::new();
-        for (measurement, subject, value) in measurements(snapshot) {
+        let mut measured = std::collections::HashSet::new();
+        for x in measurements(snapshot) {
+            let (subject, value) = (&x.subject, x.value);
+            let with_detail = |text: String| {
+                if x.detail.is_empty() {
+                    text
+                } else {
+                    format!("{text}; {}", x.detail)
+                }
+            };
             for check in policy
                 .checks
                 .iter()
-                .filter(|c| c.measurement == measurement)
+                .filter(|c| c.measurement == x.measurement)
             {
                 let key = (check.id.clone(), subject.clone());
+                measured.insert(key.clone());
                 let state = self.state.get(&key).copied();
                 match state {
                     Some(State::Raised) => {
@@ -139,14 +348,16 @@ impl Checks {
                             self.state.remove(&key);
                             events.push(event(
                                 check,
-                                &subject,
+                                subject,
                                 FaultState::Cleared,
                                 value,
                                 now_ms,
-                                format!(
-                                    "{subject}: {} back to {value:.1} (clears below {})",
-                                    check.measurement, check.clear
-                                ),
+                                with_detail(format!(
+                                    "{subject}: {} back to {} (clears past {})",
+                                    check.measurement,
+                                    number(value),
+                                    number(check.clear)
+                                )),
                             ));
                         }
                     }
@@ -163,16 +374,17 @@ impl Checks {
                             self.state.insert(key, State::Raised);
                             events.push(event(
                                 check,
-                                &subject,
+                                subject,
                                 FaultState::Raised,
                                 value,
                                 now_ms,
-                                format!(
-                                    "{subject}: {} at {value:.1} (raises at {}, held {}s)",
+                                with_detail(format!(
+                                    "{subject}: {} at {} (raises at {}, held {}s)",
                                     check.measurement,
-                                    check.raise,
+                                    number(value),
+                                    number(check.raise),
                                     (now_ms - since) / 1000
-                                ),
+                                )),
                             ));
                         } else {
                             self.state.insert(key, State::Pending(since));
@@ -181,7 +393,50 @@ impl Checks {
                 }
             }
         }
+        // A subject no longer measured (a disk unplugged, a printer
+        // removed) clears, but only if its probe ran cleanly: a failed or
+        // hung probe says nothing about its subjects.
+        let gone: Vec<(String, String)> = self
+            .state
+            .keys()
+            .filter(|k| !measured.contains(*k))
+            .filter(|(id, _)| {
+                let probe = policy
+                    .checks
+                    .iter()
+                    .find(|c| &c.id == id)
+                    .and_then(|c| probe_of(&c.measurement));
+                !snapshot
+                    .probe_errors
+                    .iter()
+                    .any(|e| Some(e.probe.as_str()) == probe)
+            })
+            .cloned()
+            .collect();
+        for key in gone {
+            if self.state.remove(&key) == Some(State::Raised)
+                && let Some(check) = policy.checks.iter().find(|c| c.id == key.0)
+            {
+                events.push(event(
+                    check,
+                    &key.1,
+                    FaultState::Cleared,
+                    0.0,
+                    now_ms,
+                    format!("{}: no longer present", key.1),
+                ));
+            }
+        }
         events
+    }
+}
+
+/// A value as people read it: whole numbers without decimals.
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
     }
 }
 
@@ -305,7 +560,7 @@ mod tests {
         assert_eq!(e.value, 97.0);
         assert_eq!(e.at_ms, 5_000);
         assert!(
-            e.evidence.contains("/srv: disk.used_percent at 97.0"),
+            e.evidence.contains("/srv: disk.used_percent at 97 (raises at 95"),
             "{}",
             e.evidence
         );

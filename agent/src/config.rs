@@ -22,6 +22,255 @@ pub struct AgentConfig {
     pub tls: TlsFiles,
     #[serde(default)]
     pub link: LinkSettings,
+    /// Interval, timeout and on/off per probe.
+    #[serde(default)]
+    pub probes: ProbeTimings,
+    #[serde(default)]
+    pub smart: SmartSettings,
+    #[serde(default)]
+    pub printers: PrinterSettings,
+    #[serde(default)]
+    pub network: NetworkSettings,
+}
+
+/// Every probe's settings, from `agent.toml` or the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeSettings {
+    pub timings: ProbeTimings,
+    pub smart: SmartSettings,
+    pub printers: PrinterSettings,
+    pub network: NetworkSettings,
+}
+
+/// The probes and their default (interval, timeout).
+pub const PROBES: &[(&str, u64, u64)] = &[
+    ("system", 10, 5),
+    ("sensors", 60, 10),
+    ("smart", 3600, 60),
+    ("os", 60, 10),
+    ("printers", 30, 10),
+    ("network_printers", 60, 10),
+    ("network", 30, 15),
+];
+
+/// `[probes]`: a table per probe, such as `network = { interval = "10s" }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeTimings {
+    #[serde(default)]
+    pub system: TimingOverride,
+    #[serde(default)]
+    pub sensors: TimingOverride,
+    #[serde(default)]
+    pub smart: TimingOverride,
+    #[serde(default)]
+    pub os: TimingOverride,
+    #[serde(default)]
+    pub printers: TimingOverride,
+    #[serde(default)]
+    pub network_printers: TimingOverride,
+    #[serde(default)]
+    pub network: TimingOverride,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimingOverride {
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// A run past this is cancelled and reported as a probe error.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub enabled: Option<bool>,
+}
+
+/// When and how long a probe runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub enabled: bool,
+}
+
+impl ProbeTimings {
+    fn get(&self, name: &str) -> Option<&TimingOverride> {
+        Some(match name {
+            "system" => &self.system,
+            "sensors" => &self.sensors,
+            "smart" => &self.smart,
+            "os" => &self.os,
+            "printers" => &self.printers,
+            "network_printers" => &self.network_printers,
+            "network" => &self.network,
+            _ => return None,
+        })
+    }
+}
+
+impl ProbeSettings {
+    /// Checks what serde cannot: sane timings and well-formed addresses.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, _, _) in PROBES {
+            let t = self.timing(name);
+            if t.interval < Duration::from_secs(1) {
+                return Err(format!("probes.{name}.interval must be at least 1s"));
+            }
+            if t.timeout.is_zero() || t.timeout > t.interval.max(Duration::from_secs(1)) * 2 {
+                return Err(format!(
+                    "probes.{name}.timeout must be above 0 and at most twice the interval"
+                ));
+            }
+        }
+        for s in &self.network.services {
+            if split_host_port(&s.address).is_none() {
+                return Err(format!(
+                    "network.service \"{}\": address \"{}\" must be HOST:PORT",
+                    s.name, s.address
+                ));
+            }
+        }
+        for p in &self.printers.network {
+            if p.address.trim().is_empty() {
+                return Err(format!("printers.network \"{}\": address is empty", p.name));
+            }
+        }
+        if self.network.ping_count == 0 || self.network.ping_count > 20 {
+            return Err("network.ping_count must be from 1 to 20".into());
+        }
+        if !self.printers.cups.is_empty()
+            && self.printers.cups.parse::<tonic::transport::Uri>().is_err()
+        {
+            return Err(format!(
+                "printers.cups \"{}\" is not a URL",
+                self.printers.cups
+            ));
+        }
+        Ok(())
+    }
+
+    /// The timing of the probe called `name`: its override, else the default.
+    pub fn timing(&self, name: &str) -> Timing {
+        let (interval, timeout) = PROBES
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, i, t)| (*i, *t))
+            .unwrap_or((60, 10));
+        let o = self.timings.get(name).cloned().unwrap_or_default();
+        Timing {
+            interval: o.interval.unwrap_or(Duration::from_secs(interval)),
+            timeout: o.timeout.unwrap_or(Duration::from_secs(timeout)),
+            enabled: o.enabled.unwrap_or(true),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmartSettings {
+    /// The smartctl program (smartmontools 7 or later, for JSON output).
+    #[serde(default = "default_smartctl")]
+    pub smartctl: PathBuf,
+}
+
+impl Default for SmartSettings {
+    fn default() -> Self {
+        SmartSettings {
+            smartctl: default_smartctl(),
+        }
+    }
+}
+
+fn default_smartctl() -> PathBuf {
+    PathBuf::from("smartctl")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrinterSettings {
+    /// The local CUPS scheduler; an empty string skips CUPS.
+    #[serde(default = "default_cups")]
+    pub cups: String,
+    /// Network printers read over SNMP v2c.
+    #[serde(default)]
+    pub network: Vec<NetworkPrinter>,
+}
+
+impl Default for PrinterSettings {
+    fn default() -> Self {
+        PrinterSettings {
+            cups: default_cups(),
+            network: Vec::new(),
+        }
+    }
+}
+
+fn default_cups() -> String {
+    "http://localhost:631".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPrinter {
+    /// What the help desk calls it, such as "Dispatch 2nd floor".
+    pub name: String,
+    /// HOST or HOST:PORT (SNMP, port 161 by default).
+    pub address: String,
+    #[serde(default = "default_community")]
+    pub community: String,
+}
+
+fn default_community() -> String {
+    "public".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Names to resolve through the system resolver on every run.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// Key services whose TCP reachability is measured.
+    #[serde(default, rename = "service")]
+    pub services: Vec<KeyService>,
+    /// Whether to probe the default gateway at all.
+    #[serde(default = "yes")]
+    pub ping_gateway: bool,
+    /// Echo probes sent to the default gateway per run.
+    #[serde(default = "default_ping_count")]
+    pub ping_count: u32,
+    /// How long one echo, lookup or connect may take.
+    #[serde(default = "default_net_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            dns: Vec::new(),
+            services: Vec::new(),
+            ping_gateway: true,
+            ping_count: default_ping_count(),
+            timeout: default_net_timeout(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_ping_count() -> u32 {
+    4
+}
+fn default_net_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyService {
+    pub name: String,
+    /// HOST:PORT.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +349,14 @@ fn check_collector_url(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Splits "host:port" (or "[v6]:port") into its parts.
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
@@ -131,7 +388,17 @@ impl AgentConfig {
         if l.max_pending == 0 {
             return Err(invalid("link.max_pending must be at least 1"));
         }
+        c.probe_settings().validate().map_err(|m| invalid(&m))?;
         Ok(c)
+    }
+
+    pub fn probe_settings(&self) -> ProbeSettings {
+        ProbeSettings {
+            timings: self.probes.clone(),
+            smart: self.smart.clone(),
+            printers: self.printers.clone(),
+            network: self.network.clone(),
+        }
     }
 
     /// The TLS name the collector's certificate must carry.

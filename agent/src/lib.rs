@@ -5,7 +5,9 @@
 //!   edge), numbers messages and keeps them until acknowledged.
 //! - [`config`] is `agent.toml`.
 //!
-//! [`run`] wires them: a sampler task sends a snapshot on every interval
+//! [`run`] wires them: each probe runs on its own interval under its own
+//! timeout; the sample loop judges the policy after every reading (fault
+//! events leave at once) and sends a snapshot on every snapshot interval
 //! (the collector's welcome may change it) to the link task.
 
 pub mod checks;
@@ -23,13 +25,9 @@ use vitals_proto::identity::{EndpointId, Identity};
 
 use crate::checks::Checks;
 use crate::config::AgentConfig;
-use crate::link::{Link, LinkError, Outgoing};
-use crate::probes::Sampler;
+use crate::link::{FromCollector, Link, LinkError, Outgoing};
+use crate::probes::{Latest, Scheduled};
 use vitals_proto::policy::Policy;
-
-/// A sample that takes longer than this is abandoned (a hung mount, say)
-/// and the next one starts with fresh readers.
-const SAMPLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -93,79 +91,117 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     let (interval_tx, interval_rx) = watch::channel(config.link.snapshot_interval);
     // Until the collector sends its own, the shipped default applies.
     let (policy_tx, policy_rx) = watch::channel(Policy::default_policy());
-    let link = Link::new(config, endpoint_id.clone(), interval_tx, policy_tx)?;
-    info!(endpoint = %endpoint_id, "agent starting");
-    let (snap_tx, snap_rx) = mpsc::channel(16);
+    let (clock_tx, clock_rx) = watch::channel(None);
+    let probes = probes::build(&config.probe_settings(), clock_rx);
+    let link = Link::new(
+        config,
+        endpoint_id.clone(),
+        FromCollector {
+            interval: interval_tx,
+            policy: policy_tx,
+            clock_offset: clock_tx,
+        },
+    )?;
+    info!(endpoint = %endpoint_id, probes = probes.len(), "agent starting");
+    let (out_tx, out_rx) = mpsc::channel(64);
     let sampler = tokio::spawn(sample_loop(
-        snap_tx,
+        probes,
+        out_tx,
         interval_rx,
         policy_rx,
         shutdown.clone(),
     ));
-    let result = link.run(snap_rx, shutdown).await;
+    let result = link.run(out_rx, shutdown).await;
     sampler.abort();
     Ok(result?)
 }
 
-/// Samples on the interval, judges each sample against the policy, and
-/// hands fault events (first) and the snapshot to the link.
+/// Runs every probe on its own interval; after each reading, judges the
+/// policy on the current picture and hands fault events to the link at
+/// once. Sends the whole snapshot on the snapshot interval, the first as
+/// soon as the system probe has reported.
 async fn sample_loop(
+    probes: Vec<Scheduled>,
     tx: mpsc::Sender<Outgoing>,
     mut interval: watch::Receiver<Duration>,
     mut policy: watch::Receiver<Policy>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut checks = Checks::new(policy.borrow_and_update().clone());
-    let mut first = Sampler::new();
-    first.prime();
-    let mut sampler = Some(first);
-    // Give the first CPU reading a window before the first snapshot.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (readings_tx, mut readings) = mpsc::channel(32);
+    let tasks = probes::spawn_all(probes, readings_tx, shutdown.clone());
+    let _abort = AbortOnDrop(tasks);
+    let mut latest = Latest::default();
+    let mut next_snapshot: Option<tokio::time::Instant> = None;
     loop {
-        // Compared by version: `changed()` below marks a change seen before
-        // this point is reached.
-        let new_policy = {
-            let p = policy.borrow_and_update();
-            (p.version != checks.policy_version()).then(|| p.clone())
-        };
-        if let Some(p) = new_policy {
-            for event in checks.set_policy(p, vitals_proto::now_ms()) {
-                if tx.send(Outgoing::Fault(event)).await.is_err() {
-                    return;
+        let deadline = next_snapshot;
+        tokio::select! {
+            got = readings.recv() => {
+                let Some((name, reading)) = got else { return };
+                for e in &reading.errors {
+                    warn!(probe = name, error = %e.message, "probe error");
                 }
-            }
-        }
-        let mut s = sampler.take().unwrap_or_default();
-        let job = tokio::task::spawn_blocking(move || {
-            let snapshot = s.sample();
-            (s, snapshot)
-        });
-        match tokio::time::timeout(SAMPLE_TIMEOUT, job).await {
-            Ok(Ok((s, snapshot))) => {
-                sampler = Some(s);
-                for event in checks.evaluate(&snapshot, snapshot.taken_at_ms) {
+                latest.absorb(name, reading);
+                let now = vitals_proto::now_ms();
+                let snapshot = latest.snapshot(now);
+                for event in checks.evaluate(&snapshot, now) {
                     info!(check = %event.check_id, subject = %event.subject, state = event.state.as_str(), value = event.value, "fault");
                     if tx.send(Outgoing::Fault(event)).await.is_err() {
                         return;
                     }
                 }
-                if tx
-                    .send(Outgoing::Snapshot(Box::new(snapshot)))
-                    .await
-                    .is_err()
-                {
-                    return;
+                if next_snapshot.is_none() && latest.has_reported("system") {
+                    next_snapshot = Some(tokio::time::Instant::now());
                 }
             }
-            Ok(Err(error)) => warn!(%error, "sampling failed"),
-            Err(_) => warn!(timeout = ?SAMPLE_TIMEOUT, "sampling hung; abandoned"),
-        }
-        let every = *interval.borrow_and_update();
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = interval.changed() => {}
-            _ = policy.changed() => {}
+            () = sleep_until_opt(deadline) => {
+                let snapshot = latest.snapshot(vitals_proto::now_ms());
+                if tx.send(Outgoing::Snapshot(Box::new(snapshot))).await.is_err() {
+                    return;
+                }
+                next_snapshot = Some(tokio::time::Instant::now() + *interval.borrow_and_update());
+            }
+            Ok(()) = interval.changed() => {
+                if next_snapshot.is_some() {
+                    next_snapshot = Some(tokio::time::Instant::now() + *interval.borrow_and_update());
+                }
+            }
+            Ok(()) = policy.changed() => {
+                let p = policy.borrow_and_update().clone();
+                if p.version != checks.policy_version() {
+                    for event in checks.set_policy(p, vitals_proto::now_ms()) {
+                        if tx.send(Outgoing::Fault(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Judge the current picture under the new policy now.
+                    let now = vitals_proto::now_ms();
+                    for event in checks.evaluate(&latest.snapshot(now), now) {
+                        if tx.send(Outgoing::Fault(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
             () = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Stops the probe tasks when the sample loop ends.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
         }
     }
 }

@@ -141,15 +141,28 @@ pub struct Link {
     interval: watch::Sender<Duration>,
     /// The collector's policy, for the sampler's checks.
     policy: watch::Sender<Policy>,
+    /// Collector clock minus ours, measured at each welcome.
+    clock_offset: watch::Sender<Option<i64>>,
+}
+
+/// What the link learns from the collector and hands to the sampler.
+pub struct FromCollector {
+    pub interval: watch::Sender<Duration>,
+    pub policy: watch::Sender<Policy>,
+    pub clock_offset: watch::Sender<Option<i64>>,
 }
 
 impl Link {
     pub fn new(
         config: AgentConfig,
         endpoint_id: EndpointId,
-        interval: watch::Sender<Duration>,
-        policy: watch::Sender<Policy>,
+        from_collector: FromCollector,
     ) -> Result<Self, LinkError> {
+        let FromCollector {
+            interval,
+            policy,
+            clock_offset,
+        } = from_collector;
         let read = |what, path: &std::path::Path| {
             std::fs::read(path).map_err(|source| LinkError::File {
                 what,
@@ -174,6 +187,7 @@ impl Link {
             welcomed_once: false,
             interval,
             policy,
+            clock_offset,
         })
     }
 
@@ -266,6 +280,7 @@ impl Link {
             })),
         };
         let _ = tx.send(hello).await;
+        let hello_sent_ms = vitals_proto::now_ms();
         let mut inbound = client
             .connect(ReceiverStream::new(rx))
             .await
@@ -285,6 +300,13 @@ impl Link {
             }
         };
         self.welcome(&welcome).map_err(|e| early(e.into()))?;
+        if welcome.collector_time_ms > 0 {
+            // The collector read its clock about halfway through the round trip.
+            let midpoint = (hello_sent_ms + vitals_proto::now_ms()) / 2;
+            let _ = self
+                .clock_offset
+                .send(Some(welcome.collector_time_ms - midpoint));
+        }
         let late = |e| (true, e);
         info!(
             collector = %self.config.collector,

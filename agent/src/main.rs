@@ -2,12 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use vitals_agent::config::AgentConfig;
-use vitals_agent::probes::Sampler;
 
 #[derive(Parser)]
 #[command(name = "vitals-agent", version, about = "Vitals workstation agent")]
@@ -27,11 +25,19 @@ enum Command {
         #[arg(long, hide = true)]
         exit_on_stdin_eof: bool,
     },
-    /// Take one snapshot and print it; no network, no configuration.
+    /// Run every probe once and print the findings and the faults the
+    /// policy would raise; nothing is sent anywhere.
     Once {
         /// Print JSON instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Take probe settings (printers, DNS names, services, timings)
+        /// from this agent.toml; the defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Judge against this policy.toml instead of the shipped default.
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// Check a configuration file and the certificates it names, then exit.
     CheckConfig {
@@ -51,7 +57,11 @@ fn default_config() -> &'static str {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Once { json } => once(json),
+        Command::Once {
+            json,
+            config,
+            policy,
+        } => once(json, config, policy),
         Command::CheckConfig { config } => match load(&config) {
             Ok((_, id)) => {
                 println!("{}: ok (endpoint {id})", config.display());
@@ -88,15 +98,43 @@ fn load(path: &std::path::Path) -> Result<(AgentConfig, String), ExitCode> {
     Ok((config, id.to_string()))
 }
 
-fn once(json: bool) -> ExitCode {
-    // A short window so CPU use is a real measurement, yet the command
-    // answers at once on a support call.
-    let snapshot = Sampler::sample_once(Duration::from_millis(100));
-    // What the shipped policy would raise now, ignoring hold times.
-    let faults = vitals_agent::checks::Checks::evaluate_once(
-        vitals_proto::policy::Policy::default_policy(),
-        &snapshot,
-    );
+fn once(json: bool, config: Option<PathBuf>, policy: Option<PathBuf>) -> ExitCode {
+    let settings = match &config {
+        Some(path) => match AgentConfig::load(path) {
+            Ok(c) => c.probe_settings(),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Default::default(),
+    };
+    let policy = match &policy {
+        Some(path) => match vitals_proto::policy::Policy::load(path) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => vitals_proto::policy::Policy::default_policy(),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (_clock_tx, clock_rx) = watch::channel(None);
+    let snapshot = runtime.block_on(vitals_agent::probes::snapshot_once(
+        vitals_agent::probes::build(&settings, clock_rx),
+    ));
+    // What the policy would raise now, ignoring hold times.
+    let faults = vitals_agent::checks::Checks::evaluate_once(policy, &snapshot);
     if json {
         let out = serde_json::json!({ "snapshot": snapshot, "faults": faults });
         match serde_json::to_string_pretty(&out) {
@@ -135,8 +173,93 @@ fn once(json: bool) -> ExitCode {
             d.file_system
         );
     }
+    for t in &snapshot.temperatures {
+        println!("temp     {:<20} {:>5.1} °C", t.label, t.celsius);
+    }
+    for b in &snapshot.batteries {
+        println!(
+            "battery  {:<20} {:>3.0}% charged, {:.0}% of design capacity, {}",
+            b.name, b.charge_percent, b.health_percent, b.state
+        );
+    }
+    if snapshot.smart.available {
+        for d in &snapshot.smart.devices {
+            let verdict = match (d.passed, d.error.as_str()) {
+                (_, e) if !e.is_empty() => e.to_owned(),
+                (Some(true), _) => "PASSED".into(),
+                (Some(false), _) => "FAILING".into(),
+                (None, _) => "no verdict".into(),
+            };
+            println!("smart    {:<20} {} {}", d.device, d.model, verdict);
+        }
+    } else {
+        println!("smart    unavailable: {}", snapshot.smart.reason);
+    }
+    let os = &snapshot.os;
+    if os.reboot_required {
+        println!("os       reboot pending ({})", os.reboot_reasons.join(", "));
+    }
+    if os.services_checked {
+        if os.failed_services.is_empty() {
+            println!("os       no failed services");
+        } else {
+            println!("os       failed: {}", os.failed_services.join(", "));
+        }
+    }
+    for u in &os.users {
+        println!("user     {:<12} {} {}", u.user, u.terminal, u.host);
+    }
     for i in &snapshot.interfaces {
-        println!("net      {:<12} {}", i.name, i.addresses.join(" "));
+        println!(
+            "net      {:<12} {:<8} {}",
+            i.name,
+            i.oper_state,
+            i.addresses.join(" ")
+        );
+    }
+    let n = &snapshot.network;
+    if let Some(g) = &n.gateway {
+        println!(
+            "gateway  {} via {}: {}/{} answered ({}){}",
+            g.address,
+            g.interface,
+            g.received,
+            g.sent,
+            g.method,
+            g.rtt_ms
+                .map(|r| format!(", {r:.1} ms"))
+                .unwrap_or_default()
+        );
+    }
+    for d in &n.dns {
+        if d.ok {
+            println!("dns      {:<20} {:.0} ms {}", d.name, d.millis, d.addresses.join(" "));
+        } else {
+            println!("dns      {:<20} FAILED {}", d.name, d.error);
+        }
+    }
+    for c in &n.services {
+        match c.connect_ms {
+            Some(ms) => println!("service  {:<20} {} {:.1} ms", c.name, c.address, ms),
+            None => println!("service  {:<20} {} FAILED {}", c.name, c.address, c.error),
+        }
+    }
+    for w in &n.wifi {
+        println!("wifi     {:<12} {:.0} dBm", w.interface, w.signal_dbm);
+    }
+    for p in &snapshot.printers {
+        println!(
+            "printer  {:<20} {} {} {}{}",
+            p.name,
+            p.source,
+            p.state,
+            p.reasons.join(","),
+            if p.queued_jobs > 0 {
+                format!(" ({} jobs)", p.queued_jobs)
+            } else {
+                String::new()
+            }
+        );
     }
     for e in &snapshot.probe_errors {
         println!("problem  {}: {}", e.probe, e.message);

@@ -73,7 +73,20 @@ fn missing_config_file_is_named() {
 
 #[test]
 fn once_json_prints_a_snapshot_without_network() {
-    let out = agent().args(["once", "--json"]).output().expect("run");
+    // Gateway probes off: test traffic stays on this machine.
+    let d = dir("once");
+    std::fs::create_dir_all(&d).expect("dir");
+    let config = d.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("{CONFIG}\n[network]\nping_gateway = false\ndns = [\"localhost\"]\n"),
+    )
+    .expect("write");
+    let out = agent()
+        .args(["once", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
     assert!(
         out.status.success(),
         "{}",
@@ -90,6 +103,29 @@ fn once_json_prints_a_snapshot_without_network() {
     assert!(v["memory"]["total_bytes"].as_u64().is_some_and(|m| m > 0));
     assert!(v["cpu"]["logical_cores"].as_u64().is_some_and(|c| c >= 1));
     assert!(v["interfaces"].as_array().is_some_and(|i| !i.is_empty()));
+    assert_eq!(v["network"]["dns"][0]["name"], "localhost", "{v}");
+    assert_eq!(v["network"]["dns"][0]["ok"], true, "{v}");
+    assert!(v["network"].get("gateway").is_none(), "{v}");
+    // Every probe reported: its section is present even where empty.
+    for section in ["smart", "os", "printers", "temperatures", "batteries"] {
+        assert!(v.get(section).is_some(), "{section} missing: {v}");
+    }
+}
+
+#[test]
+fn once_with_a_broken_config_names_the_line() {
+    let d = dir("once-bad");
+    std::fs::create_dir_all(&d).expect("dir");
+    let config = d.join("agent.toml");
+    std::fs::write(&config, format!("{CONFIG}\n[network]\nping_cout = 3\n")).expect("write");
+    let out = agent()
+        .args(["once", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field \"ping_cout\""), "{err}");
 }
 
 #[test]

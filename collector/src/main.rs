@@ -47,6 +47,9 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics_listen: SocketAddr,
+        /// Do not send echo probes to this machine's default gateway.
+        #[arg(long)]
+        no_gateway_probe: bool,
     },
     /// Manage the fleet's certificates.
     #[command(subcommand)]
@@ -108,12 +111,14 @@ fn main() -> ExitCode {
             data_dir,
             listen,
             metrics_listen,
+            no_gateway_probe,
         } => with_runtime(async move {
             quickstart::run(
                 quickstart::Options {
                     data_dir,
                     listen,
                     metrics_listen,
+                    probe_gateway: !no_gateway_probe,
                 },
                 shutdown_signal(),
             )

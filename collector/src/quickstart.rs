@@ -31,6 +31,8 @@ pub struct Options {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
+    /// Whether the agent sends echo probes to the default gateway.
+    pub probe_gateway: bool,
 }
 
 /// Runs the quickstart until `shutdown` completes.
@@ -63,7 +65,7 @@ pub async fn run(
         .map(|l| l.local_addr())
         .transpose()?
         .unwrap_or(opts.metrics_listen);
-    write_client_configs(&data_dir, addr, &endpoint)?;
+    write_client_configs(&data_dir, addr, &endpoint, opts.probe_gateway)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(collector.serve(listeners, async {
         let _ = stop_rx.await;
@@ -172,6 +174,7 @@ fn write_client_configs(
     data_dir: &Path,
     addr: SocketAddr,
     endpoint: &EndpointId,
+    probe_gateway: bool,
 ) -> anyhow::Result<()> {
     let paths = PkiPaths::new(data_dir);
     let (agent_cert, agent_key) = paths.client(&Identity::Endpoint(endpoint.clone()));
@@ -197,7 +200,13 @@ fn write_client_configs(
          cert = \"../{}\"\n\
          key = \"../{}\"\n\n\
          [link]\n\
-         snapshot_interval = \"10s\"\n",
+         snapshot_interval = \"10s\"\n\n\
+         [network]\n\
+         ping_gateway = {probe_gateway}\n\n\
+         # The collector is a key service like any other.\n\
+         [[network.service]]\n\
+         name = \"collector\"\n\
+         address = \"{addr}\"\n",
         rel(&paths.ca_cert()),
         rel(&agent_cert),
         rel(&agent_key)

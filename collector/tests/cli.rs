@@ -329,6 +329,7 @@ fn quickstart_shows_this_machine_and_stops_cleanly() {
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--no-gateway-probe",
             "--data-dir",
         ])
         .arg(&data)

@@ -6,150 +6,77 @@
 use crate::domain as d;
 use crate::wire as w;
 
-impl From<d::Snapshot> for w::Snapshot {
-    fn from(s: d::Snapshot) -> Self {
-        w::Snapshot {
-            taken_at_ms: s.taken_at_ms,
-            host: Some(w::HostInfo {
-                hostname: s.host.hostname,
-                os_name: s.host.os_name,
-                os_version: s.host.os_version,
-                kernel_version: s.host.kernel_version,
-                arch: s.host.arch,
-                uptime_secs: s.host.uptime_secs,
-                boot_time_secs: s.host.boot_time_secs,
-            }),
-            cpu: Some(w::CpuInfo {
-                logical_cores: s.cpu.logical_cores,
-                usage_percent: s.cpu.usage_percent,
-                load_average: s.cpu.load_average.map(|l| w::LoadAverage {
-                    one: l.one,
-                    five: l.five,
-                    fifteen: l.fifteen,
-                }),
-                brand: s.cpu.brand,
-            }),
-            memory: Some(w::MemoryInfo {
-                total_bytes: s.memory.total_bytes,
-                used_bytes: s.memory.used_bytes,
-                available_bytes: s.memory.available_bytes,
-                swap_total_bytes: s.memory.swap_total_bytes,
-                swap_used_bytes: s.memory.swap_used_bytes,
-            }),
-            disks: s
-                .disks
-                .into_iter()
-                .map(|x| w::DiskInfo {
-                    name: x.name,
-                    mount_point: x.mount_point,
-                    file_system: x.file_system,
-                    total_bytes: x.total_bytes,
-                    available_bytes: x.available_bytes,
-                    removable: x.removable,
-                    kind: x.kind,
-                })
-                .collect(),
-            interfaces: s
-                .interfaces
-                .into_iter()
-                .map(|x| w::InterfaceInfo {
-                    name: x.name,
-                    mac: x.mac,
-                    addresses: x.addresses,
-                    rx_bytes: x.rx_bytes,
-                    tx_bytes: x.tx_bytes,
-                    rx_packets: x.rx_packets,
-                    tx_packets: x.tx_packets,
-                    rx_errors: x.rx_errors,
-                    tx_errors: x.tx_errors,
-                    mtu: x.mtu,
-                })
-                .collect(),
-            probe_errors: s
-                .probe_errors
-                .into_iter()
-                .map(|e| w::ProbeError {
-                    probe: e.probe,
-                    message: e.message,
-                })
-                .collect(),
+/// Both directions for a message whose fields match its domain struct one
+/// for one. Plain fields have the same type on both sides; `lists` are
+/// repeated messages; `opt` are message fields the domain always has
+/// (absent on the wire reads as the default); `maybe` are optional
+/// messages on both sides.
+macro_rules! mirror {
+    ($name:ident { $($f:ident),* $(,)? }
+     $(lists { $($l:ident),* $(,)? })?
+     $(opt { $($o:ident),* $(,)? })?
+     $(maybe { $($m:ident),* $(,)? })?) => {
+        impl From<d::$name> for w::$name {
+            fn from(x: d::$name) -> Self {
+                w::$name {
+                    $($f: x.$f,)*
+                    $($($l: x.$l.into_iter().map(Into::into).collect(),)*)?
+                    $($($o: Some(x.$o.into()),)*)?
+                    $($($m: x.$m.map(Into::into),)*)?
+                }
+            }
         }
-    }
+        impl From<w::$name> for d::$name {
+            fn from(x: w::$name) -> Self {
+                d::$name {
+                    $($f: x.$f,)*
+                    $($($l: x.$l.into_iter().map(Into::into).collect(),)*)?
+                    $($($o: x.$o.unwrap_or_default().into(),)*)?
+                    $($($m: x.$m.map(Into::into),)*)?
+                }
+            }
+        }
+    };
 }
 
-impl From<w::Snapshot> for d::Snapshot {
-    fn from(s: w::Snapshot) -> Self {
-        let host = s.host.unwrap_or_default();
-        let cpu = s.cpu.unwrap_or_default();
-        let memory = s.memory.unwrap_or_default();
-        d::Snapshot {
-            taken_at_ms: s.taken_at_ms,
-            host: d::HostInfo {
-                hostname: host.hostname,
-                os_name: host.os_name,
-                os_version: host.os_version,
-                kernel_version: host.kernel_version,
-                arch: host.arch,
-                uptime_secs: host.uptime_secs,
-                boot_time_secs: host.boot_time_secs,
-            },
-            cpu: d::CpuInfo {
-                logical_cores: cpu.logical_cores,
-                usage_percent: cpu.usage_percent,
-                load_average: cpu.load_average.map(|l| d::LoadAverage {
-                    one: l.one,
-                    five: l.five,
-                    fifteen: l.fifteen,
-                }),
-                brand: cpu.brand,
-            },
-            memory: d::MemoryInfo {
-                total_bytes: memory.total_bytes,
-                used_bytes: memory.used_bytes,
-                available_bytes: memory.available_bytes,
-                swap_total_bytes: memory.swap_total_bytes,
-                swap_used_bytes: memory.swap_used_bytes,
-            },
-            disks: s
-                .disks
-                .into_iter()
-                .map(|x| d::DiskInfo {
-                    name: x.name,
-                    mount_point: x.mount_point,
-                    file_system: x.file_system,
-                    total_bytes: x.total_bytes,
-                    available_bytes: x.available_bytes,
-                    removable: x.removable,
-                    kind: x.kind,
-                })
-                .collect(),
-            interfaces: s
-                .interfaces
-                .into_iter()
-                .map(|x| d::InterfaceInfo {
-                    name: x.name,
-                    mac: x.mac,
-                    addresses: x.addresses,
-                    rx_bytes: x.rx_bytes,
-                    tx_bytes: x.tx_bytes,
-                    rx_packets: x.rx_packets,
-                    tx_packets: x.tx_packets,
-                    rx_errors: x.rx_errors,
-                    tx_errors: x.tx_errors,
-                    mtu: x.mtu,
-                })
-                .collect(),
-            probe_errors: s
-                .probe_errors
-                .into_iter()
-                .map(|e| d::ProbeError {
-                    probe: e.probe,
-                    message: e.message,
-                })
-                .collect(),
-        }
-    }
-}
+mirror!(Snapshot { taken_at_ms }
+    lists { disks, interfaces, probe_errors, temperatures, batteries, printers }
+    opt { host, cpu, memory, smart, os, network });
+mirror!(HostInfo { hostname, os_name, os_version, kernel_version, arch, uptime_secs, boot_time_secs });
+mirror!(CpuInfo { logical_cores, usage_percent, brand, per_core_percent } maybe { load_average });
+mirror!(LoadAverage { one, five, fifteen });
+mirror!(MemoryInfo { total_bytes, used_bytes, available_bytes, swap_total_bytes, swap_used_bytes });
+mirror!(DiskInfo {
+    name, mount_point, file_system, total_bytes, available_bytes, removable, kind,
+    inodes_total, inodes_free,
+});
+mirror!(InterfaceInfo {
+    name, mac, addresses, rx_bytes, tx_bytes, rx_packets, tx_packets, rx_errors, tx_errors,
+    mtu, oper_state, rx_dropped, tx_dropped, errors_per_min, drops_per_min, link_lost,
+});
+mirror!(ProbeError { probe, message });
+mirror!(Temperature { label, celsius, max_celsius, critical_celsius });
+mirror!(Battery { name, charge_percent, health_percent, state, cycle_count });
+mirror!(SmartReport { available, reason } lists { devices });
+mirror!(SmartDevice {
+    device, model, serial, protocol, passed, temperature_celsius, power_on_hours,
+    reallocated_sectors, pending_sectors, media_errors, percentage_used, error,
+});
+mirror!(OsHealth {
+    reboot_required, reboot_required_since_secs, reboot_reasons, services_checked,
+    failed_services, clock_offset_ms,
+} lists { users });
+mirror!(UserSession { user, terminal, host, login_secs });
+mirror!(PrinterInfo {
+    name, source, address, state, reasons, accepting_jobs, queued_jobs,
+    oldest_job_age_secs, page_count, error,
+} lists { supplies });
+mirror!(Supply { name, percent });
+mirror!(NetworkHealth {} lists { dns, services, wifi } maybe { gateway });
+mirror!(Gateway { address, interface, method, sent, received, loss_percent, rtt_ms });
+mirror!(DnsCheck { name, ok, millis, addresses, error });
+mirror!(ServiceCheck { name, address, ok, connect_ms, error });
+mirror!(WifiInfo { interface, link_quality, signal_dbm });
 
 impl From<d::EndpointSummary> for w::EndpointSummary {
     fn from(s: d::EndpointSummary) -> Self {
@@ -330,7 +257,7 @@ impl From<&crate::policy::Policy> for w::Policy {
 /// fatal: the rest of the policy still applies.
 impl From<w::Policy> for crate::policy::Policy {
     fn from(p: w::Policy) -> Self {
-        use crate::policy::{Check, Direction, MEASUREMENTS};
+        use crate::policy::{Check, Direction, probe_of};
         crate::policy::Policy {
             version: p.version,
             checks: p
@@ -342,7 +269,7 @@ impl From<w::Policy> for crate::policy::Policy {
                         Ok(w::Direction::Below) => Direction::Below,
                         _ => return None,
                     };
-                    if !MEASUREMENTS.contains(&c.measurement.as_str()) {
+                    if probe_of(&c.measurement).is_none() {
                         return None;
                     }
                     Some(Check {
@@ -403,6 +330,7 @@ mod tests {
                     fifteen: 0.125,
                 }),
                 brand: "Example CPU".into(),
+                per_core_percent: vec![10.0, 15.0],
             },
             memory: d::MemoryInfo {
                 total_bytes: 16 << 30,
@@ -419,6 +347,8 @@ mod tests {
                 available_bytes: 40,
                 removable: false,
                 kind: "ssd".into(),
+                inodes_total: 1000,
+                inodes_free: 10,
             }],
             interfaces: vec![d::InterfaceInfo {
                 name: "eth0".into(),
@@ -431,11 +361,108 @@ mod tests {
                 rx_errors: 5,
                 tx_errors: 6,
                 mtu: 1500,
+                oper_state: "up".into(),
+                rx_dropped: 7,
+                tx_dropped: 8,
+                errors_per_min: Some(1.5),
+                drops_per_min: None,
+                link_lost: true,
             }],
             probe_errors: vec![d::ProbeError {
                 probe: "disks".into(),
                 message: "permission denied".into(),
             }],
+            temperatures: vec![d::Temperature {
+                label: "coretemp Package id 0".into(),
+                celsius: 55.0,
+                max_celsius: Some(80.0),
+                critical_celsius: Some(100.0),
+            }],
+            batteries: vec![d::Battery {
+                name: "BAT0".into(),
+                charge_percent: 80.0,
+                health_percent: 71.0,
+                state: "discharging".into(),
+                cycle_count: Some(412),
+            }],
+            smart: d::SmartReport {
+                available: true,
+                reason: String::new(),
+                devices: vec![d::SmartDevice {
+                    device: "/dev/nvme0".into(),
+                    model: "Example SSD".into(),
+                    serial: "S1".into(),
+                    protocol: "NVMe".into(),
+                    passed: Some(true),
+                    temperature_celsius: Some(41),
+                    power_on_hours: Some(9000),
+                    reallocated_sectors: None,
+                    pending_sectors: None,
+                    media_errors: Some(0),
+                    percentage_used: Some(3),
+                    error: String::new(),
+                }],
+            },
+            os: d::OsHealth {
+                reboot_required: true,
+                reboot_required_since_secs: Some(1_699_000_000),
+                reboot_reasons: vec!["linux-image-6.1.0".into()],
+                services_checked: true,
+                failed_services: vec!["cups.service".into()],
+                users: vec![d::UserSession {
+                    user: "ana".into(),
+                    terminal: "tty1".into(),
+                    host: String::new(),
+                    login_secs: 1_699_999_000,
+                }],
+                clock_offset_ms: Some(-1500),
+            },
+            printers: vec![d::PrinterInfo {
+                name: "Dispatch".into(),
+                source: "cups".into(),
+                address: "ipp://printer.example/ipp/print".into(),
+                state: "stopped".into(),
+                reasons: vec!["media-jam-error".into()],
+                accepting_jobs: true,
+                queued_jobs: 2,
+                oldest_job_age_secs: Some(600),
+                supplies: vec![d::Supply {
+                    name: "Black Toner".into(),
+                    percent: Some(4.0),
+                }],
+                page_count: Some(12345),
+                error: String::new(),
+            }],
+            network: d::NetworkHealth {
+                gateway: Some(d::Gateway {
+                    address: "192.0.2.1".into(),
+                    interface: "eth0".into(),
+                    method: "icmp".into(),
+                    sent: 4,
+                    received: 3,
+                    loss_percent: 25.0,
+                    rtt_ms: Some(0.7),
+                }),
+                dns: vec![d::DnsCheck {
+                    name: "erp.example".into(),
+                    ok: false,
+                    millis: 5000.0,
+                    addresses: vec![],
+                    error: "timed out".into(),
+                }],
+                services: vec![d::ServiceCheck {
+                    name: "erp".into(),
+                    address: "erp.example:443".into(),
+                    ok: true,
+                    connect_ms: Some(3.5),
+                    error: String::new(),
+                }],
+                wifi: vec![d::WifiInfo {
+                    interface: "wlan0".into(),
+                    link_quality: 40.0,
+                    signal_dbm: -70.0,
+                }],
+            },
         }
     }
 

@@ -19,6 +19,19 @@ pub struct Snapshot {
     /// never fails the snapshot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probe_errors: Vec<ProbeError>,
+    #[serde(default)]
+    pub temperatures: Vec<Temperature>,
+    #[serde(default)]
+    pub batteries: Vec<Battery>,
+    #[serde(default)]
+    pub smart: SmartReport,
+    #[serde(default)]
+    pub os: OsHealth,
+    /// Local queues (CUPS, the Windows spooler) and network printers (SNMP).
+    #[serde(default)]
+    pub printers: Vec<PrinterInfo>,
+    #[serde(default)]
+    pub network: NetworkHealth,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -42,6 +55,9 @@ pub struct CpuInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_average: Option<LoadAverage>,
     pub brand: String,
+    /// Use of each logical core over the same window, 0 to 100.
+    #[serde(default)]
+    pub per_core_percent: Vec<f32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -77,6 +93,11 @@ pub struct DiskInfo {
     pub removable: bool,
     /// "ssd", "hdd" or "unknown".
     pub kind: String,
+    /// Zero where the file system has no inode limit (NTFS) or it is unknown.
+    #[serde(default)]
+    pub inodes_total: u64,
+    #[serde(default)]
+    pub inodes_free: u64,
 }
 
 impl DiskInfo {
@@ -86,6 +107,16 @@ impl DiskInfo {
             self.total_bytes.saturating_sub(self.available_bytes),
             self.total_bytes,
         )
+    }
+
+    /// Share of inodes in use, 0 to 100; `None` where there is no limit.
+    pub fn inodes_used_percent(&self) -> Option<f32> {
+        (self.inodes_total > 0).then(|| {
+            percent(
+                self.inodes_total.saturating_sub(self.inodes_free),
+                self.inodes_total,
+            )
+        })
     }
 }
 
@@ -102,6 +133,22 @@ pub struct InterfaceInfo {
     pub rx_errors: u64,
     pub tx_errors: u64,
     pub mtu: u64,
+    /// Operational state: "up", "down", "dormant", "unknown"...
+    #[serde(default)]
+    pub oper_state: String,
+    #[serde(default)]
+    pub rx_dropped: u64,
+    #[serde(default)]
+    pub tx_dropped: u64,
+    /// Errors (both directions) per minute since the previous sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors_per_min: Option<f32>,
+    /// Drops (both directions) per minute since the previous sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drops_per_min: Option<f32>,
+    /// Was up earlier while the agent ran, and is down now.
+    #[serde(default)]
+    pub link_lost: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +156,184 @@ pub struct ProbeError {
     /// Which probe failed, such as "disks".
     pub probe: String,
     pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Temperature {
+    pub label: String,
+    pub celsius: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_celsius: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical_celsius: Option<f32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Battery {
+    pub name: String,
+    /// Charge, 0 to 100.
+    pub charge_percent: f32,
+    /// Full capacity now against design capacity, 0 to 100.
+    pub health_percent: f32,
+    /// "charging", "discharging", "full", "empty" or "unknown".
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle_count: Option<u32>,
+}
+
+/// Disk health as the drives report it through SMART.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SmartReport {
+    /// False when SMART could not be read at all; `reason` says why.
+    pub available: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default)]
+    pub devices: Vec<SmartDevice>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SmartDevice {
+    pub device: String,
+    pub model: String,
+    pub serial: String,
+    /// "ATA", "NVMe", "SCSI".
+    pub protocol: String,
+    /// The drive's own overall verdict; `None` if it gave none.
+    pub passed: Option<bool>,
+    pub temperature_celsius: Option<i64>,
+    pub power_on_hours: Option<u64>,
+    pub reallocated_sectors: Option<u64>,
+    pub pending_sectors: Option<u64>,
+    pub media_errors: Option<u64>,
+    /// NVMe endurance used, percent.
+    pub percentage_used: Option<u64>,
+    /// A device-level read error (the rest of the report stands).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OsHealth {
+    pub reboot_required: bool,
+    /// When the reboot became pending, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_required_since_secs: Option<u64>,
+    /// Why (packages or markers that asked for it).
+    #[serde(default)]
+    pub reboot_reasons: Vec<String>,
+    /// False when the service manager could not be asked; see probe errors.
+    pub services_checked: bool,
+    #[serde(default)]
+    pub failed_services: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<UserSession>,
+    /// Collector clock minus agent clock, from the last welcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSession {
+    pub user: String,
+    /// Terminal or seat, such as "tty1", ":0", "pts/0", "console".
+    pub terminal: String,
+    /// Remote host for remote sessions; empty when local.
+    pub host: String,
+    /// Login time, seconds since the Unix epoch.
+    pub login_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrinterInfo {
+    pub name: String,
+    /// "cups", "spooler" or "snmp".
+    pub source: String,
+    /// Device URI or network address.
+    pub address: String,
+    /// "idle", "processing", "stopped" or "unreachable".
+    pub state: String,
+    /// IPP keywords (media-empty, toner-low, media-jam, offline, paused...);
+    /// network printers' SNMP error bits are mapped to the same words.
+    pub reasons: Vec<String>,
+    pub accepting_jobs: bool,
+    pub queued_jobs: u32,
+    /// Age of the oldest job not yet completed, seconds.
+    pub oldest_job_age_secs: Option<u64>,
+    pub supplies: Vec<Supply>,
+    pub page_count: Option<u64>,
+    /// Why the printer could not be read, when it could not.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+impl PrinterInfo {
+    /// Whether any reason starts with `prefix` ("media-empty" matches
+    /// "media-empty-error" and "media-empty-warning" too).
+    pub fn has_reason(&self, prefix: &str) -> bool {
+        self.reasons.iter().any(|r| r.starts_with(prefix))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Supply {
+    pub name: String,
+    /// Level against capacity, 0 to 100; `None` where the printer does not say.
+    pub percent: Option<f32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkHealth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Gateway>,
+    #[serde(default)]
+    pub dns: Vec<DnsCheck>,
+    #[serde(default)]
+    pub services: Vec<ServiceCheck>,
+    #[serde(default)]
+    pub wifi: Vec<WifiInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Gateway {
+    pub address: String,
+    pub interface: String,
+    /// "icmp" or "tcp" (a refused connection still proves the gateway answers).
+    pub method: String,
+    pub sent: u32,
+    pub received: u32,
+    pub loss_percent: f32,
+    /// Average round trip of the answered probes, milliseconds.
+    pub rtt_ms: Option<f32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DnsCheck {
+    pub name: String,
+    pub ok: bool,
+    pub millis: f32,
+    pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceCheck {
+    pub name: String,
+    /// host:port as configured.
+    pub address: String,
+    pub ok: bool,
+    pub connect_ms: Option<f32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WifiInfo {
+    pub interface: String,
+    /// Link quality as the driver reports it (out of 70 on most Linux drivers).
+    pub link_quality: f32,
+    pub signal_dbm: f32,
 }
 
 impl Snapshot {

@@ -11,13 +11,53 @@ use serde::{Deserialize, Serialize};
 use crate::config_file::{self, ConfigFileError};
 use crate::domain::Severity;
 
-/// The measurements checks can name; each yields one value per subject.
-pub const MEASUREMENTS: &[&str] = &[
-    "cpu.usage_percent",
-    "memory.used_percent",
-    "swap.used_percent",
-    "disk.used_percent",
+/// The measurements checks can name, each with the probe that takes it
+/// and what it means. Each yields one value per subject (each disk,
+/// printer, DNS name... on its own); yes/no measurements are 1 or 0.
+pub const MEASUREMENTS: &[(&str, &str, &str)] = &[
+    ("cpu.usage_percent", "system", "CPU use, all cores, percent"),
+    ("cpu.busiest_core_percent", "system", "use of the busiest core, percent"),
+    ("memory.used_percent", "system", "memory in use, percent"),
+    ("swap.used_percent", "system", "swap in use, percent"),
+    ("disk.used_percent", "system", "space used per mount, percent"),
+    ("disk.inodes_used_percent", "system", "inodes used per mount, percent"),
+    ("temperature.celsius", "sensors", "each sensor, degrees Celsius"),
+    ("battery.health_percent", "sensors", "full capacity against design capacity"),
+    ("smart.failing", "smart", "the drive's own SMART verdict is FAILED (1/0)"),
+    ("smart.reallocated_sectors", "smart", "reallocated sector count"),
+    ("smart.pending_sectors", "smart", "sectors pending reallocation"),
+    ("smart.media_errors", "smart", "NVMe media and data integrity errors"),
+    ("os.reboot_pending_days", "os", "days a pending reboot has waited (0 if none)"),
+    ("os.failed_services", "os", "number of failed system services"),
+    ("os.clock_offset_seconds", "os", "distance from the collector's clock, seconds"),
+    ("printer.stopped", "printers", "queue stopped or paused (1/0)"),
+    ("printer.offline", "printers", "printer offline or not answering (1/0)"),
+    ("printer.jammed", "printers", "paper jam (1/0)"),
+    ("printer.media_empty", "printers", "out of paper (1/0)"),
+    ("printer.toner_empty", "printers", "toner or ink empty (1/0)"),
+    ("printer.toner_low", "printers", "toner or ink low (1/0)"),
+    ("printer.door_open", "printers", "cover or door open (1/0)"),
+    ("printer.service_requested", "printers", "printer asks for service (1/0)"),
+    ("printer.oldest_job_minutes", "printers", "age of the oldest queued job"),
+    ("printer.lowest_supply_percent", "printers", "level of the emptiest supply"),
+    ("gateway.loss_percent", "network", "default gateway probes unanswered, percent"),
+    ("gateway.rtt_ms", "network", "default gateway round trip, milliseconds"),
+    ("dns.failed", "network", "a configured name does not resolve (1/0)"),
+    ("dns.resolve_ms", "network", "resolution time per name, milliseconds"),
+    ("service.unreachable", "network", "a key service refuses or times out (1/0)"),
+    ("service.connect_ms", "network", "TCP connect time per service, milliseconds"),
+    ("interface.link_down", "network", "an interface that was up lost its link (1/0)"),
+    ("interface.errors_per_min", "network", "errors and drops per minute"),
+    ("wifi.signal_dbm", "network", "Wi-Fi signal, dBm"),
 ];
+
+/// The probe that takes `measurement`, if it is known.
+pub fn probe_of(measurement: &str) -> Option<&'static str> {
+    MEASUREMENTS
+        .iter()
+        .find(|(m, _, _)| *m == measurement)
+        .map(|(_, p, _)| *p)
+}
 
 const DEFAULT: &str = include_str!("../default-policy.toml");
 
@@ -127,13 +167,17 @@ impl Policy {
             if self.checks[..i].iter().any(|o| o.id == c.id) {
                 return Err(invalid(&c.id, "defined twice".into()));
             }
-            if !MEASUREMENTS.contains(&c.measurement.as_str()) {
+            if probe_of(&c.measurement).is_none() {
                 return Err(invalid(
                     &c.id,
                     format!(
                         "unknown measurement \"{}\" (known: {})",
                         c.measurement,
-                        MEASUREMENTS.join(", ")
+                        MEASUREMENTS
+                            .iter()
+                            .map(|(m, _, _)| *m)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }

@@ -11,7 +11,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
-use vitals_agent::config::{AgentConfig, LinkSettings, TlsFiles};
+use vitals_agent::config::{
+    AgentConfig, LinkSettings, NetworkSettings, PrinterSettings, ProbeTimings, TimingOverride,
+    TlsFiles,
+};
 use vitals_collector::config::CollectorConfig;
 use vitals_collector::ctl::{Client, CtlError, Profile};
 use vitals_collector::pki::{self, Ca, Leaf, PkiPaths};
@@ -72,7 +75,8 @@ impl Fleet {
         c
     }
 
-    /// An agent configuration for `id` pointing at `collector`.
+    /// An agent configuration for `id` pointing at `collector`: fast probes,
+    /// nothing that reaches beyond loopback.
     pub fn agent_config(&self, id: &str, collector: SocketAddr) -> AgentConfig {
         let (cert, key) = self.issue(&Identity::Endpoint(id.parse().expect("id")));
         AgentConfig {
@@ -90,7 +94,33 @@ impl Fleet {
                 reconnect_max: Duration::from_millis(500),
                 max_pending: 1000,
             },
+            probes: test_probe_timings(),
+            smart: Default::default(),
+            // No CUPS unless a test starts one and says where.
+            printers: PrinterSettings {
+                cups: String::new(),
+                network: Vec::new(),
+            },
+            // Test traffic stays on loopback: the machine's gateway is not ours to ping.
+            network: NetworkSettings {
+                ping_gateway: false,
+                ..Default::default()
+            },
         }
+    }
+
+    /// Writes an agent.toml for `once --config`: only probe settings matter
+    /// there, the rest just has to be valid.
+    pub fn once_config(dir: &Path, extra: &str) -> PathBuf {
+        std::fs::create_dir_all(dir).expect("dir");
+        let path = dir.join("agent.toml");
+        let text = format!(
+            "collector = \"https://localhost:1\"\nstate_dir = \"state\"\n\
+             [tls]\nca = \"ca.pem\"\ncert = \"agent.pem\"\nkey = \"agent.key\"\n\
+             [probes]\nsmart = {{ enabled = false }}\n{extra}\n"
+        );
+        std::fs::write(&path, text).expect("write agent.toml");
+        path
     }
 
     /// A vitalsctl profile for a specialist of this fleet.
@@ -299,3 +329,25 @@ pub fn expired_window() -> (time::OffsetDateTime, time::OffsetDateTime) {
 /// Role shorthand for tests.
 pub use vitals_proto::identity::Role as SpecialistRole;
 pub mod loadgen;
+
+/// Probe timings for test agents: the system probe every second (tests
+/// wait on disks and CPU), SMART off (no drives here), the rest quick.
+pub fn test_probe_timings() -> ProbeTimings {
+    let every = |secs: u64| TimingOverride {
+        interval: Some(Duration::from_secs(secs)),
+        timeout: None,
+        enabled: None,
+    };
+    ProbeTimings {
+        system: every(1),
+        sensors: every(5),
+        smart: TimingOverride {
+            enabled: Some(false),
+            ..Default::default()
+        },
+        os: every(5),
+        printers: every(1),
+        network_printers: every(1),
+        network: every(1),
+    }
+}

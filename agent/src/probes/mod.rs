@@ -1,60 +1,285 @@
 //! Probes: read-only samplers of the workstation's state.
 //!
-//! Each probe fills its part of a [`Snapshot`]. A probe that fails records a
-//! [`ProbeError`] in the snapshot and the rest stands: partial failure is
-//! data, never an `Err` for the whole snapshot.
+//! Each probe reads one area (system, sensors, SMART, OS, printers, network
+//! printers, network) on its own interval, under its own hard timeout, and
+//! returns a [`Reading`]: its [`Section`] of the snapshot plus any errors.
+//! A probe that fails or hangs records a [`ProbeError`]; the rest of the
+//! snapshot stands. A hung probe is cancelled, never waited on.
+//!
+//! [`Latest`] merges readings into the current [`Snapshot`]; the sample loop
+//! judges checks on it after every reading and sends it on the snapshot
+//! interval.
 
+pub mod cups;
+pub mod network;
+pub mod os;
+pub mod sensors;
+pub mod smart;
+pub mod snmp;
 pub mod system;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use vitals_proto::domain::{ProbeError, Snapshot};
+use tokio::sync::{mpsc, watch};
+use vitals_proto::domain::{
+    Battery, InterfaceInfo, NetworkHealth, OsHealth, PrinterInfo, ProbeError,
+    SmartReport, Snapshot, Temperature,
+};
 
-/// Takes snapshots, keeping the state some measurements need between
-/// samples (CPU use is a difference of two readings).
-pub struct Sampler {
-    system: system::SystemProbe,
+use crate::config::{ProbeSettings, Timing};
+
+/// One probe's part of a snapshot.
+#[derive(Debug, Clone)]
+pub enum Section {
+    System(Box<system::SystemPart>),
+    Sensors {
+        temperatures: Vec<Temperature>,
+        batteries: Vec<Battery>,
+    },
+    Smart(SmartReport),
+    Os(OsHealth),
+    /// Local queues; replaces the printers with a local source.
+    Queues(Vec<PrinterInfo>),
+    /// Network printers; replaces the printers with source "snmp".
+    NetworkPrinters(Vec<PrinterInfo>),
+    Network {
+        interfaces: Vec<InterfaceInfo>,
+        health: NetworkHealth,
+    },
 }
 
-impl Sampler {
-    pub fn new() -> Self {
-        Sampler {
-            system: system::SystemProbe::new(),
+impl Section {
+    pub fn apply(self, s: &mut Snapshot) {
+        match self {
+            Section::System(p) => {
+                let p = *p;
+                s.host = p.host;
+                s.cpu = p.cpu;
+                s.memory = p.memory;
+                s.disks = p.disks;
+            }
+            Section::Sensors {
+                temperatures,
+                batteries,
+            } => {
+                s.temperatures = temperatures;
+                s.batteries = batteries;
+            }
+            Section::Smart(r) => s.smart = r,
+            Section::Os(o) => s.os = o,
+            Section::Queues(q) => {
+                s.printers.retain(|p| p.source == snmp::SOURCE);
+                s.printers.extend(q);
+            }
+            Section::NetworkPrinters(n) => {
+                s.printers.retain(|p| p.source != snmp::SOURCE);
+                s.printers.extend(n);
+            }
+            Section::Network { interfaces, health } => {
+                s.interfaces = interfaces;
+                s.network = health;
+            }
+        }
+    }
+}
+
+/// What one run of a probe produced.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub section: Option<Section>,
+    pub errors: Vec<ProbeError>,
+}
+
+impl Reading {
+    pub fn ok(section: Section) -> Self {
+        Reading {
+            section: Some(section),
+            errors: Vec::new(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Probe: Send {
+    /// The probe's name, as probe errors and `[probes]` settings call it.
+    fn name(&self) -> &'static str;
+    /// Reads once. Errors go into the reading, never out of it.
+    async fn run(&mut self) -> Reading;
+}
+
+/// Every probe the configuration asks for, with its timing.
+pub fn build(config: &ProbeSettings, clock_offset: watch::Receiver<Option<i64>>) -> Vec<Scheduled> {
+    let all: Vec<Box<dyn Probe>> = vec![
+        Box::new(system::SystemProbe::new()),
+        Box::new(sensors::SensorsProbe::new()),
+        Box::new(smart::SmartProbe::new(config.smart.smartctl.clone())),
+        Box::new(os::OsProbe::new(clock_offset)),
+        Box::new(cups::CupsProbe::new(config.printers.cups.clone())),
+        Box::new(snmp::SnmpProbe::new(config.printers.network.clone())),
+        Box::new(network::NetworkProbe::new(config.network.clone())),
+    ];
+    all.into_iter()
+        .map(|probe| Scheduled {
+            timing: config.timing(probe.name()),
+            probe,
+        })
+        .filter(|s| s.timing.enabled)
+        .collect()
+}
+
+pub struct Scheduled {
+    pub probe: Box<dyn Probe>,
+    pub timing: Timing,
+}
+
+/// Runs a probe once under its timeout. A probe past its timeout is
+/// cancelled and the reading says so.
+pub async fn run_with_timeout(probe: &mut dyn Probe, timeout: Duration) -> Reading {
+    let name = probe.name();
+    match tokio::time::timeout(timeout, probe.run()).await {
+        Ok(reading) => reading,
+        Err(_) => Reading {
+            section: None,
+            errors: vec![probe_error(
+                name,
+                format!(
+                    "timed out after {}; cancelled",
+                    humantime::format_duration(timeout)
+                ),
+            )],
+        },
+    }
+}
+
+/// Spawns one task per probe; each sends `(name, reading)` on its interval
+/// until `shutdown` or until the receiver is gone.
+pub fn spawn_all(
+    probes: Vec<Scheduled>,
+    tx: mpsc::Sender<(&'static str, Reading)>,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    probes
+        .into_iter()
+        .map(|mut s| {
+            let tx = tx.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    let started = tokio::time::Instant::now();
+                    let reading = run_with_timeout(s.probe.as_mut(), s.timing.timeout).await;
+                    if tx.send((s.probe.name(), reading)).await.is_err() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(started + s.timing.interval) => {}
+                        () = crate::stopped(&mut shutdown) => return,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Runs every probe once, concurrently, and merges the readings.
+pub async fn snapshot_once(probes: Vec<Scheduled>) -> Snapshot {
+    let mut set = tokio::task::JoinSet::new();
+    for mut s in probes {
+        set.spawn(async move {
+            let reading = run_with_timeout(s.probe.as_mut(), s.timing.timeout).await;
+            (s.probe.name(), reading)
+        });
+    }
+    let mut latest = Latest::default();
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok((name, reading)) => latest.absorb(name, reading),
+            Err(e) => latest.absorb(
+                "probe",
+                Reading {
+                    section: None,
+                    errors: vec![probe_error("probe", format!("probe task failed: {e}"))],
+                },
+            ),
+        }
+    }
+    latest.snapshot(vitals_proto::now_ms())
+}
+
+/// The current picture: every probe's latest section and errors.
+#[derive(Debug, Default)]
+pub struct Latest {
+    snapshot: Snapshot,
+    errors: BTreeMap<&'static str, Vec<ProbeError>>,
+    /// Probes that have reported at least once.
+    seen: Vec<&'static str>,
+}
+
+impl Latest {
+    pub fn absorb(&mut self, name: &'static str, reading: Reading) {
+        if let Some(section) = reading.section {
+            section.apply(&mut self.snapshot);
+        }
+        self.errors.insert(name, reading.errors);
+        if !self.seen.contains(&name) {
+            self.seen.push(name);
         }
     }
 
-    /// Takes the first CPU reading, so the next sample's CPU use covers a
-    /// real window.
-    pub fn prime(&mut self) {
-        self.system.prime();
+    pub fn has_reported(&self, name: &str) -> bool {
+        self.seen.contains(&name)
     }
 
-    /// Takes a snapshot. CPU use covers the time since the previous call.
-    pub fn sample(&mut self) -> Snapshot {
-        let mut snapshot = Snapshot {
-            taken_at_ms: vitals_proto::now_ms(),
-            ..Default::default()
-        };
-        let mut errors = Vec::new();
-        self.system.fill(&mut snapshot, &mut errors);
-        snapshot.probe_errors = errors;
-        snapshot
-    }
-
-    /// Takes a snapshot on its own, for one-shot use: a first reading, a
-    /// short wait so CPU use means something, then the snapshot.
-    pub fn sample_once(window: Duration) -> Snapshot {
-        let mut sampler = Sampler::new();
-        sampler.prime();
-        std::thread::sleep(window);
-        sampler.sample()
+    /// The snapshot as of `now_ms`.
+    pub fn snapshot(&self, now_ms: i64) -> Snapshot {
+        let mut s = self.snapshot.clone();
+        s.taken_at_ms = now_ms;
+        s.probe_errors = self.errors.values().flatten().cloned().collect();
+        s
     }
 }
 
-impl Default for Sampler {
-    fn default() -> Self {
-        Self::new()
+/// Blocking work for a probe, on the blocking pool. If an earlier run is
+/// still stuck there (a hung mount, a wedged driver), no second one is
+/// started: the probe reports that instead of piling up threads.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Blocking {
+    busy: Arc<AtomicBool>,
+}
+
+impl Blocking {
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return Err("the previous run is still hung; not started again".into());
+        }
+        let busy = self.busy.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = work();
+            busy.store(false, Ordering::Release);
+            out
+        })
+        .await
+        .map_err(|e| format!("probe thread failed: {e}"))
     }
+}
+
+/// A baseline snapshot (host, CPU, memory, disks) taken on this thread,
+/// for tools that need a realistic body without the full probe set.
+pub fn system_snapshot(window: Duration) -> Snapshot {
+    let mut probe = system::SystemProbe::new();
+    let mut s = Snapshot {
+        taken_at_ms: vitals_proto::now_ms(),
+        ..Default::default()
+    };
+    let (part, errors) = probe.sample_blocking(window);
+    Section::System(Box::new(part)).apply(&mut s);
+    s.probe_errors = errors;
+    s
 }
 
 pub(crate) fn probe_error(probe: &str, message: impl std::fmt::Display) -> ProbeError {

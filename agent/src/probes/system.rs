@@ -2,59 +2,77 @@
 //! read through sysinfo. Process lists are never refreshed: they are the
 //! costliest thing sysinfo reads and the snapshot does not need them.
 
-use sysinfo::{CpuRefreshKind, Disks, MemoryRefreshKind, Networks, RefreshKind, System};
-use vitals_proto::domain::{
-    CpuInfo, DiskInfo, HostInfo, InterfaceInfo, LoadAverage, MemoryInfo, ProbeError, Snapshot,
-};
+use sysinfo::{CpuRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
+use vitals_proto::domain::{CpuInfo, DiskInfo, HostInfo, LoadAverage, MemoryInfo, ProbeError};
 
-use super::probe_error;
+use super::{Blocking, Probe, Reading, Section, probe_error};
 
-pub struct SystemProbe {
-    system: Option<System>,
-    disks: Option<Disks>,
-    networks: Option<Networks>,
-    /// Errors from constructing the readers, reported in every snapshot.
-    init_errors: Vec<ProbeError>,
+const NAME: &str = "system";
+
+/// Host, CPU, memory and disks.
+#[derive(Debug, Clone, Default)]
+pub struct SystemPart {
+    pub host: HostInfo,
+    pub cpu: CpuInfo,
+    pub memory: MemoryInfo,
+    pub disks: Vec<DiskInfo>,
 }
 
-impl SystemProbe {
-    pub fn new() -> Self {
+/// The sysinfo readers, kept between runs (CPU use is a difference of two
+/// readings).
+struct Readers {
+    system: Option<System>,
+    disks: Option<Disks>,
+    /// Errors from constructing the readers, reported on every run.
+    init_errors: Vec<ProbeError>,
+    primed: bool,
+}
+
+pub struct SystemProbe {
+    /// Taken out while a run is on the blocking pool; a run that hangs
+    /// takes them with it and the next run starts with fresh ones.
+    readers: Option<Readers>,
+    blocking: Blocking,
+}
+
+impl Readers {
+    fn new() -> Self {
         let mut init_errors = Vec::new();
         let system = System::new_with_specifics(
             RefreshKind::nothing()
                 .with_cpu(CpuRefreshKind::nothing().with_usage())
                 .with_memory(MemoryRefreshKind::everything()),
         )
-        .map_err(|e| init_errors.push(probe_error("cpu", e)))
+        .map_err(|e| init_errors.push(probe_error(NAME, format!("cpu: {e}"))))
         .ok();
         let disks = Disks::new()
-            .map_err(|e| init_errors.push(probe_error("disks", e)))
+            .map_err(|e| init_errors.push(probe_error(NAME, format!("disks: {e}"))))
             .ok();
-        let networks = Networks::new()
-            .map_err(|e| init_errors.push(probe_error("network", e)))
-            .ok();
-        SystemProbe {
+        Readers {
             system,
             disks,
-            networks,
             init_errors,
+            primed: false,
         }
     }
 
-    /// Takes the first CPU reading, so the next `fill` can report use.
-    pub fn prime(&mut self) {
+    fn prime(&mut self) {
         if let Some(s) = &mut self.system {
             s.refresh_cpu_usage();
         }
+        self.primed = true;
     }
 
-    pub fn fill(&mut self, snapshot: &mut Snapshot, errors: &mut Vec<ProbeError>) {
-        errors.extend(self.init_errors.iter().cloned());
-        snapshot.host = host(errors);
+    fn sample(&mut self) -> (SystemPart, Vec<ProbeError>) {
+        let mut errors = self.init_errors.clone();
+        let mut part = SystemPart {
+            host: host(&mut errors),
+            ..Default::default()
+        };
         if let Some(system) = &mut self.system {
             system.refresh_cpu_usage();
             system.refresh_memory();
-            snapshot.cpu = CpuInfo {
+            part.cpu = CpuInfo {
                 logical_cores: system.cpus().len() as u32,
                 usage_percent: system.global_cpu_usage(),
                 load_average: load_average(),
@@ -63,8 +81,9 @@ impl SystemProbe {
                     .first()
                     .map(|c| c.brand().trim().to_owned())
                     .unwrap_or_default(),
+                per_core_percent: system.cpus().iter().map(|c| c.usage()).collect(),
             };
-            snapshot.memory = MemoryInfo {
+            part.memory = MemoryInfo {
                 total_bytes: system.total_memory(),
                 used_bytes: system.used_memory(),
                 available_bytes: system.available_memory(),
@@ -74,48 +93,48 @@ impl SystemProbe {
         }
         if let Some(disks) = &mut self.disks {
             disks.refresh(true);
-            snapshot.disks = disks
+            part.disks = disks
                 .iter()
-                .map(|d| DiskInfo {
-                    name: d.name().to_string_lossy().into_owned(),
-                    mount_point: d.mount_point().display().to_string(),
-                    file_system: d.file_system().to_string_lossy().into_owned(),
-                    total_bytes: d.total_space(),
-                    available_bytes: d.available_space(),
-                    removable: d.is_removable(),
-                    kind: match d.kind() {
-                        sysinfo::DiskKind::SSD => "ssd",
-                        sysinfo::DiskKind::HDD => "hdd",
-                        _ => "unknown",
+                .map(|d| {
+                    let (inodes_total, inodes_free) = inodes(d.mount_point());
+                    DiskInfo {
+                        name: d.name().to_string_lossy().into_owned(),
+                        mount_point: d.mount_point().display().to_string(),
+                        file_system: d.file_system().to_string_lossy().into_owned(),
+                        total_bytes: d.total_space(),
+                        available_bytes: d.available_space(),
+                        removable: d.is_removable(),
+                        kind: match d.kind() {
+                            sysinfo::DiskKind::SSD => "ssd",
+                            sysinfo::DiskKind::HDD => "hdd",
+                            _ => "unknown",
+                        }
+                        .to_owned(),
+                        inodes_total,
+                        inodes_free,
                     }
-                    .to_owned(),
                 })
                 .collect();
         }
-        if let Some(networks) = &mut self.networks {
-            networks.refresh(true);
-            let mut interfaces: Vec<InterfaceInfo> = networks
-                .iter()
-                .map(|(name, n)| InterfaceInfo {
-                    name: name.to_string_lossy().into_owned(),
-                    mac: if n.mac_address().is_unspecified() {
-                        String::new()
-                    } else {
-                        n.mac_address().to_string()
-                    },
-                    addresses: n.ip_networks().iter().map(|a| a.to_string()).collect(),
-                    rx_bytes: n.total_received(),
-                    tx_bytes: n.total_transmitted(),
-                    rx_packets: n.total_packets_received(),
-                    tx_packets: n.total_packets_transmitted(),
-                    rx_errors: n.total_errors_on_received(),
-                    tx_errors: n.total_errors_on_transmitted(),
-                    mtu: n.mtu(),
-                })
-                .collect();
-            interfaces.sort_by(|a, b| a.name.cmp(&b.name));
-            snapshot.interfaces = interfaces;
+        (part, errors)
+    }
+}
+
+impl SystemProbe {
+    pub fn new() -> Self {
+        SystemProbe {
+            readers: Some(Readers::new()),
+            blocking: Blocking::default(),
         }
+    }
+
+    /// Samples on this thread: a first CPU reading, `window` of waiting so
+    /// CPU use means something, then the sample.
+    pub fn sample_blocking(&mut self, window: std::time::Duration) -> (SystemPart, Vec<ProbeError>) {
+        let readers = self.readers.get_or_insert_with(Readers::new);
+        readers.prime();
+        std::thread::sleep(window);
+        readers.sample()
     }
 }
 
@@ -125,9 +144,59 @@ impl Default for SystemProbe {
     }
 }
 
+#[async_trait::async_trait]
+impl Probe for SystemProbe {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn run(&mut self) -> Reading {
+        let mut readers = self.readers.take().unwrap_or_else(Readers::new);
+        let done = self
+            .blocking
+            .run(move || {
+                // A fresh reader needs a window before CPU use means anything.
+                if !readers.primed {
+                    readers.prime();
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                let out = readers.sample();
+                (readers, out)
+            })
+            .await;
+        match done {
+            Ok((readers, (part, errors))) => {
+                self.readers = Some(readers);
+                Reading {
+                    section: Some(Section::System(Box::new(part))),
+                    errors,
+                }
+            }
+            Err(e) => Reading {
+                section: None,
+                errors: vec![probe_error(NAME, e)],
+            },
+        }
+    }
+}
+
+/// Total and free inodes of the file system at `mount`; (0, 0) where the
+/// file system has no limit or cannot say.
+#[cfg(unix)]
+fn inodes(mount: &std::path::Path) -> (u64, u64) {
+    rustix::fs::statvfs(mount)
+        .map(|s| (s.f_files, s.f_ffree))
+        .unwrap_or((0, 0))
+}
+
+#[cfg(not(unix))]
+fn inodes(_mount: &std::path::Path) -> (u64, u64) {
+    (0, 0)
+}
+
 fn host(errors: &mut Vec<ProbeError>) -> HostInfo {
     let mut get = |what: &str, r: Result<String, sysinfo::Error>| {
-        r.map_err(|e| errors.push(probe_error("host", format!("{what}: {e}"))))
+        r.map_err(|e| errors.push(probe_error(NAME, format!("{what}: {e}"))))
             .unwrap_or_default()
     };
     let hostname = get("host name", System::host_name());
@@ -135,10 +204,10 @@ fn host(errors: &mut Vec<ProbeError>) -> HostInfo {
     let os_version = get("os version", System::os_version());
     let kernel_version = get("kernel version", System::kernel_version());
     let uptime_secs = System::uptime()
-        .map_err(|e| errors.push(probe_error("host", format!("uptime: {e}"))))
+        .map_err(|e| errors.push(probe_error(NAME, format!("uptime: {e}"))))
         .unwrap_or_default();
     let boot_time_secs = System::boot_time()
-        .map_err(|e| errors.push(probe_error("host", format!("boot time: {e}"))))
+        .map_err(|e| errors.push(probe_error(NAME, format!("boot time: {e}"))))
         .unwrap_or_default();
     HostInfo {
         hostname,
@@ -170,18 +239,22 @@ mod tests {
     #[test]
     fn fills_the_baseline_on_this_machine() {
         let mut probe = SystemProbe::new();
-        probe.prime();
-        let mut s = Snapshot::default();
-        let mut errors = Vec::new();
-        probe.fill(&mut s, &mut errors);
+        let (p, errors) = probe.sample_blocking(std::time::Duration::from_millis(50));
         assert!(errors.is_empty(), "{errors:?}");
-        assert!(!s.host.hostname.is_empty());
-        assert!(!s.host.kernel_version.is_empty());
-        assert!(s.cpu.logical_cores >= 1);
-        assert!(s.memory.total_bytes > 0);
-        assert!(s.memory.used_bytes <= s.memory.total_bytes);
-        // Every Linux and Windows machine has a loopback or network interface.
-        assert!(!s.interfaces.is_empty());
-        assert!(s.host.uptime_secs > 0);
+        assert!(!p.host.hostname.is_empty());
+        assert!(!p.host.kernel_version.is_empty());
+        assert!(p.cpu.logical_cores >= 1);
+        assert_eq!(p.cpu.per_core_percent.len(), p.cpu.logical_cores as usize);
+        assert!(p.memory.total_bytes > 0);
+        assert!(p.memory.used_bytes <= p.memory.total_bytes);
+        assert!(p.host.uptime_secs > 0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn inodes_of_the_root_file_system() {
+        let (total, free) = inodes(std::path::Path::new("/"));
+        // Overlay and ext4 roots have an inode limit; free never exceeds it.
+        assert!(free <= total, "{free} > {total}");
     }
 }

@@ -131,6 +131,7 @@ impl AgentGateway for AgentGatewayApi {
             heartbeat_interval_ms: self.settings.heartbeat_interval.as_millis() as u64,
             collector_version: VERSION.to_owned(),
             policy: Some(wire::Policy::from(self.policy.borrow().as_ref())),
+            collector_time_ms: vitals_proto::now_ms(),
         }));
         // The channel is empty, so this cannot wait.
         let _ = tx.send(Ok(welcome)).await;

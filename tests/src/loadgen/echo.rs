@@ -41,6 +41,7 @@ impl AgentGateway for Echo {
                             heartbeat_interval_ms: 30_000,
                             collector_version: "echo".into(),
                             policy: None,
+                            collector_time_ms: vitals_proto::now_ms(),
                         }))
                     }
                     Some(agent_message::Body::Snapshot(_)) => {

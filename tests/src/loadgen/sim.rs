@@ -18,7 +18,7 @@ use super::Stats;
 
 /// A snapshot of this machine, as a real agent would send it.
 pub fn realistic_snapshot() -> wire::Snapshot {
-    vitals_agent::probes::Sampler::sample_once(Duration::from_millis(50)).into()
+    vitals_agent::probes::system_snapshot(Duration::from_millis(50)).into()
 }
 
 pub struct SimAgent {

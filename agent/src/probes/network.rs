@@ -1,0 +1,430 @@
+//! The network as the workstation sees it: interfaces (link state,
+//! addresses, error and drop rates), the default gateway's reachability,
+//! latency and loss, DNS resolution of configured names through the system
+//! resolver, TCP reachability of key services, and Wi-Fi signal.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use sysinfo::Networks;
+use tokio::net::TcpStream;
+use vitals_proto::domain::{
+    DnsCheck, Gateway, InterfaceInfo, NetworkHealth, ServiceCheck, WifiInfo,
+};
+
+use super::{Probe, Reading, Section, probe_error};
+use crate::config::{NetworkSettings, split_host_port};
+
+const NAME: &str = "network";
+
+pub struct NetworkProbe {
+    settings: NetworkSettings,
+    networks: Option<Networks>,
+    /// Counters at the previous run, for rates: (errors, drops, when).
+    previous: HashMap<String, (u64, u64, Instant)>,
+    /// Interfaces seen up with an address while the agent ran.
+    were_up: HashSet<String>,
+    /// The last default gateway seen, so losing the route is a finding.
+    last_gateway: Option<(IpAddr, String)>,
+}
+
+impl NetworkProbe {
+    pub fn new(settings: NetworkSettings) -> Self {
+        NetworkProbe {
+            settings,
+            networks: None,
+            previous: HashMap::new(),
+            were_up: HashSet::new(),
+            last_gateway: None,
+        }
+    }
+
+    fn interfaces(&mut self) -> Result<Vec<InterfaceInfo>, String> {
+        let networks = match &mut self.networks {
+            Some(n) => {
+                n.refresh(true);
+                n
+            }
+            None => self
+                .networks
+                .insert(Networks::new_with_refreshed_list().map_err(|e| format!("interfaces: {e}"))?),
+        };
+        let now = Instant::now();
+        let mut list: Vec<InterfaceInfo> = networks
+            .iter()
+            .map(|(name, n)| {
+                let name = name.to_string_lossy().into_owned();
+                let sys = LinuxLink::read(&name);
+                InterfaceInfo {
+                    mac: if n.mac_address().is_unspecified() {
+                        String::new()
+                    } else {
+                        n.mac_address().to_string()
+                    },
+                    addresses: n.ip_networks().iter().map(|a| a.to_string()).collect(),
+                    rx_bytes: n.total_received(),
+                    tx_bytes: n.total_transmitted(),
+                    rx_packets: n.total_packets_received(),
+                    tx_packets: n.total_packets_transmitted(),
+                    rx_errors: n.total_errors_on_received(),
+                    tx_errors: n.total_errors_on_transmitted(),
+                    mtu: n.mtu(),
+                    oper_state: sys.oper_state,
+                    rx_dropped: sys.rx_dropped,
+                    tx_dropped: sys.tx_dropped,
+                    errors_per_min: None,
+                    drops_per_min: None,
+                    link_lost: false,
+                    name,
+                }
+            })
+            .collect();
+        for i in &mut list {
+            let errors = i.rx_errors + i.tx_errors;
+            let drops = i.rx_dropped + i.tx_dropped;
+            if let Some((e0, d0, t0)) = self.previous.get(&i.name) {
+                let minutes = now.duration_since(*t0).as_secs_f32() / 60.0;
+                if minutes > 0.0 {
+                    i.errors_per_min = Some(errors.saturating_sub(*e0) as f32 / minutes);
+                    i.drops_per_min = Some(drops.saturating_sub(*d0) as f32 / minutes);
+                }
+            }
+            self.previous.insert(i.name.clone(), (errors, drops, now));
+            let up = i.oper_state == "up" || (i.oper_state == "unknown" && !i.addresses.is_empty());
+            if up && !i.addresses.is_empty() && i.name != "lo" {
+                self.were_up.insert(i.name.clone());
+            }
+            i.link_lost = i.oper_state == "down" && self.were_up.contains(&i.name);
+        }
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
+    }
+
+    async fn gateway(&mut self) -> Option<Gateway> {
+        if !self.settings.ping_gateway {
+            return None;
+        }
+        let found = netdev::get_default_interface().ok().and_then(|i| {
+            let gw = i.gateway.as_ref()?;
+            let addr = gw
+                .ipv4
+                .first()
+                .map(|a| IpAddr::V4(*a))
+                .or_else(|| gw.ipv6.first().map(|a| IpAddr::V6(*a)))?;
+            Some((addr, i.name.clone()))
+        });
+        let (address, interface) = match found {
+            Some(g) => {
+                self.last_gateway = Some(g.clone());
+                g
+            }
+            None => {
+                // The route itself is gone: unreachable, if there was one.
+                let (address, interface) = self.last_gateway.clone()?;
+                return Some(Gateway {
+                    address: address.to_string(),
+                    interface,
+                    method: "route".into(),
+                    sent: 0,
+                    received: 0,
+                    loss_percent: 100.0,
+                    rtt_ms: None,
+                });
+            }
+        };
+        Some(ping_series(address, interface, self.settings.ping_count, self.settings.timeout).await)
+    }
+}
+
+#[async_trait::async_trait]
+impl Probe for NetworkProbe {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn run(&mut self) -> Reading {
+        let mut errors = Vec::new();
+        let interfaces = self.interfaces().unwrap_or_else(|e| {
+            errors.push(probe_error(NAME, e));
+            Vec::new()
+        });
+        let timeout = self.settings.timeout;
+        let dns = futures_all(self.settings.dns.iter().map(|n| resolve(n.clone(), timeout))).await;
+        let services = futures_all(
+            self.settings
+                .services
+                .iter()
+                .map(|s| connect(s.name.clone(), s.address.clone(), timeout)),
+        )
+        .await;
+        let gateway = self.gateway().await;
+        let wifi = match std::fs::read_to_string("/proc/net/wireless") {
+            Ok(text) => parse_wireless(&text),
+            Err(_) => Vec::new(),
+        };
+        Reading {
+            section: Some(Section::Network {
+                interfaces,
+                health: NetworkHealth {
+                    gateway,
+                    dns,
+                    services,
+                    wifi,
+                },
+            }),
+            errors,
+        }
+    }
+}
+
+/// Runs futures concurrently and returns their outputs in order.
+async fn futures_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for (i, f) in futures.enumerate() {
+        set.spawn(async move { (i, f.await) });
+    }
+    let mut out = Vec::new();
+    while let Some(Ok(done)) = set.join_next().await {
+        out.push(done);
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, v)| v).collect()
+}
+
+/// Resolves `name` through the system resolver (the platform's own
+/// lookup, so hosts files and search domains apply as for any program).
+async fn resolve(name: String, timeout: Duration) -> DnsCheck {
+    let started = Instant::now();
+    let host = name.clone();
+    let result = tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), 0))).await;
+    let millis = started.elapsed().as_secs_f32() * 1000.0;
+    let (ok, addresses, error) = match result {
+        Ok(Ok(addrs)) => {
+            let mut a: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            a.sort();
+            a.dedup();
+            (!a.is_empty(), a, String::new())
+        }
+        Ok(Err(e)) => (false, Vec::new(), e.to_string()),
+        Err(_) => (
+            false,
+            Vec::new(),
+            format!("no answer within {}", humantime::format_duration(timeout)),
+        ),
+    };
+    DnsCheck {
+        name,
+        ok,
+        millis,
+        addresses,
+        error,
+    }
+}
+
+/// TCP connect to a key service; the time covers the handshake only (the
+/// name is resolved first, and its failure reported as such).
+async fn connect(name: String, address: String, timeout: Duration) -> ServiceCheck {
+    let mut check = ServiceCheck {
+        name,
+        address: address.clone(),
+        ok: false,
+        connect_ms: None,
+        error: String::new(),
+    };
+    let Some((host, port)) = split_host_port(&address) else {
+        check.error = "address must be HOST:PORT".into();
+        return check;
+    };
+    let target: SocketAddr =
+        match tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port))).await {
+            Ok(Ok(mut a)) => match a.next() {
+                Some(a) => a,
+                None => {
+                    check.error = format!("{host} has no address");
+                    return check;
+                }
+            },
+            Ok(Err(e)) => {
+                check.error = format!("cannot resolve {host}: {e}");
+                return check;
+            }
+            Err(_) => {
+                check.error = format!("cannot resolve {host}: no answer");
+                return check;
+            }
+        };
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        Ok(Ok(_)) => {
+            check.ok = true;
+            check.connect_ms = Some(started.elapsed().as_secs_f32() * 1000.0);
+        }
+        Ok(Err(e)) => check.error = e.to_string(),
+        Err(_) => {
+            check.error = format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            )
+        }
+    }
+    check
+}
+
+/// `count` echo requests to the gateway, ICMP where this process may send
+/// it (an unprivileged datagram socket, or a raw one as root), otherwise
+/// TCP connects: a refused connection proves the gateway answers too.
+async fn ping_series(address: IpAddr, interface: String, count: u32, timeout: Duration) -> Gateway {
+    let mut rtts = Vec::new();
+    let method;
+    let config = match address {
+        IpAddr::V4(_) => surge_ping::Config::default(),
+        IpAddr::V6(_) => surge_ping::Config::builder().kind(surge_ping::ICMP::V6).build(),
+    };
+    match surge_ping::Client::new(&config) {
+        Ok(client) => {
+            method = "icmp";
+            let mut pinger = client
+                .pinger(address, surge_ping::PingIdentifier(fastrand::u16(..)))
+                .await;
+            pinger.timeout(timeout);
+            for seq in 0..count {
+                if seq > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                if let Ok((_, rtt)) = pinger.ping(surge_ping::PingSequence(seq as u16), &[0; 16]).await {
+                    rtts.push(rtt);
+                }
+            }
+        }
+        Err(_) => {
+            method = "tcp";
+            for seq in 0..count {
+                if seq > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let started = Instant::now();
+                match tokio::time::timeout(timeout, TcpStream::connect((address, 80))).await {
+                    Ok(Ok(_)) => rtts.push(started.elapsed()),
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        rtts.push(started.elapsed())
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let received = rtts.len() as u32;
+    Gateway {
+        address: address.to_string(),
+        interface,
+        method: method.into(),
+        sent: count,
+        received,
+        loss_percent: if count == 0 {
+            0.0
+        } else {
+            (count - received) as f32 * 100.0 / count as f32
+        },
+        rtt_ms: (!rtts.is_empty()).then(|| {
+            rtts.iter().map(Duration::as_secs_f32).sum::<f32>() * 1000.0 / rtts.len() as f32
+        }),
+    }
+}
+
+/// Link state and drop counters from `/sys/class/net` (Linux); elsewhere
+/// the state is "unknown" and drops are zero.
+struct LinuxLink {
+    oper_state: String,
+    rx_dropped: u64,
+    tx_dropped: u64,
+}
+
+impl LinuxLink {
+    fn read(name: &str) -> LinuxLink {
+        let base = std::path::Path::new("/sys/class/net").join(name);
+        let text = |f: &str| std::fs::read_to_string(base.join(f)).map(|s| s.trim().to_owned());
+        let num = |f: &str| text(f).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        LinuxLink {
+            oper_state: text("operstate").unwrap_or_else(|_| "unknown".into()),
+            rx_dropped: num("statistics/rx_dropped"),
+            tx_dropped: num("statistics/tx_dropped"),
+        }
+    }
+}
+
+/// Wi-Fi interfaces from Linux's `/proc/net/wireless`.
+pub fn parse_wireless(text: &str) -> Vec<WifiInfo> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let mut fields = rest.split_whitespace();
+            let _status = fields.next()?;
+            let num = |s: &str| s.trim_end_matches('.').parse::<f32>().ok();
+            let link_quality = num(fields.next()?)?;
+            let signal_dbm = num(fields.next()?)?;
+            Some(WifiInfo {
+                interface: name.trim().to_owned(),
+                link_quality,
+                signal_dbm,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wireless_from_proc() {
+        let text = include_str!("../../tests/fixtures/proc-net-wireless.txt");
+        assert_eq!(
+            parse_wireless(text),
+            vec![WifiInfo {
+                interface: "wlp2s0".into(),
+                link_quality: 54.0,
+                signal_dbm: -56.0,
+            }]
+        );
+        // Header only (no Wi-Fi), and garbage: nothing, no panic.
+        let header: String = text.lines().take(2).collect::<Vec<_>>().join("\n");
+        assert!(parse_wireless(&header).is_empty());
+        assert!(parse_wireless("x\ny\nwlan0: zz yy\n").is_empty());
+    }
+
+    #[tokio::test]
+    async fn dns_and_services_report_success_and_failure() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let t = Duration::from_secs(2);
+        let up = connect("erp".into(), open.to_string(), t).await;
+        assert!(up.ok && up.connect_ms.is_some(), "{up:?}");
+        let down = connect("files".into(), closed.to_string(), t).await;
+        assert!(!down.ok && down.error.contains("refused"), "{down:?}");
+        let bad = connect("x".into(), "no-port".into(), t).await;
+        assert!(!bad.ok && bad.error.contains("HOST:PORT"));
+        let local = resolve("localhost".into(), t).await;
+        assert!(local.ok, "{local:?}");
+        let missing = resolve("no-such-host.invalid".into(), t).await;
+        assert!(!missing.ok && !missing.error.is_empty(), "{missing:?}");
+    }
+
+    #[tokio::test]
+    async fn loopback_answers_pings() {
+        let g = ping_series("127.0.0.1".parse().unwrap(), "lo".into(), 2, Duration::from_secs(1)).await;
+        // ICMP where allowed, TCP (refused = answered) otherwise: both count.
+        assert_eq!(g.sent, 2);
+        assert_eq!(g.received, 2, "{g:?}");
+        assert_eq!(g.loss_percent, 0.0);
+    }
+}

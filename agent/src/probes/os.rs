@@ -1,0 +1,258 @@
+//! The operating system's own health: a pending reboot, failed system
+//! services, who is logged in, and how far the clock is from the
+//! collector's. Name, version, kernel and boot time are in the system probe.
+
+use std::path::{Path, PathBuf};
+
+use tokio::process::Command;
+use tokio::sync::watch;
+use vitals_proto::domain::{OsHealth, ProbeError, UserSession};
+
+use super::{Probe, Reading, Section, probe_error};
+
+const NAME: &str = "os";
+
+pub struct OsProbe {
+    clock_offset: watch::Receiver<Option<i64>>,
+    /// Where the markers and session records live; tests point it elsewhere.
+    run_dir: PathBuf,
+}
+
+impl OsProbe {
+    pub fn new(clock_offset: watch::Receiver<Option<i64>>) -> Self {
+        OsProbe {
+            clock_offset,
+            run_dir: PathBuf::from("/run"),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Probe for OsProbe {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn run(&mut self) -> Reading {
+        let mut errors = Vec::new();
+        let mut os = OsHealth {
+            clock_offset_ms: *self.clock_offset.borrow(),
+            ..Default::default()
+        };
+        pending_reboot(&self.run_dir, &mut os);
+        match failed_services().await {
+            Ok(list) => {
+                os.services_checked = true;
+                os.failed_services = list;
+            }
+            Err(e) => errors.push(probe_error(NAME, format!("services: {e}"))),
+        }
+        os.users = users(&self.run_dir, &mut errors);
+        Reading {
+            section: Some(Section::Os(os)),
+            errors,
+        }
+    }
+}
+
+/// Debian and Ubuntu mark a pending reboot with `reboot-required` (its
+/// modification time is when it became pending) and list the packages
+/// that asked for it in `reboot-required.pkgs`.
+fn pending_reboot(run_dir: &Path, os: &mut OsHealth) {
+    let marker = run_dir.join("reboot-required");
+    let Ok(meta) = std::fs::metadata(&marker) else {
+        return;
+    };
+    os.reboot_required = true;
+    os.reboot_required_since_secs = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    let pkgs = std::fs::read_to_string(run_dir.join("reboot-required.pkgs")).unwrap_or_default();
+    let mut reasons: Vec<String> = pkgs
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    reasons.dedup();
+    if reasons.is_empty() {
+        reasons.push("reboot-required marker present".into());
+    }
+    os.reboot_reasons = reasons;
+}
+
+/// Failed units, from `systemctl list-units --state=failed --output=json`.
+async fn failed_services() -> Result<Vec<String>, String> {
+    if cfg!(windows) {
+        return Err("the Service Control Manager is not read yet on Windows".into());
+    }
+    let out = Command::new("systemctl")
+        .args([
+            "list-units",
+            "--state=failed",
+            "--output=json",
+            "--no-pager",
+            "--all",
+        ])
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run systemctl: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err: Vec<&str> = err.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        return Err(format!("systemctl: {}", err.join(" ")));
+    }
+    parse_failed_units(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The unit names in systemctl's JSON unit list.
+pub fn parse_failed_units(text: &str) -> Result<Vec<String>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("systemctl output is not JSON: {e}"))?;
+    let list = v
+        .as_array()
+        .ok_or("systemctl output is not a list of units")?;
+    let mut units: Vec<String> = list
+        .iter()
+        .filter(|u| u.get("active").and_then(|a| a.as_str()) == Some("failed"))
+        .filter_map(|u| u.get("unit")?.as_str().map(str::to_owned))
+        .collect();
+    units.sort();
+    Ok(units)
+}
+
+fn users(run_dir: &Path, errors: &mut Vec<ProbeError>) -> Vec<UserSession> {
+    if cfg!(windows) {
+        return Vec::new();
+    }
+    let path = run_dir.join("utmp");
+    match std::fs::read(&path) {
+        Ok(bytes) => parse_utmp(&bytes),
+        // No session records at all (a container, a minimal system): nobody.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            errors.push(probe_error(NAME, format!("{}: {e}", path.display())));
+            Vec::new()
+        }
+    }
+}
+
+/// glibc's `struct utmp` on Linux: 384 bytes per record.
+const UTMP_RECORD: usize = 384;
+const USER_PROCESS: i32 = 7;
+
+/// Logged-in users from utmp records. A torn last record is ignored.
+pub fn parse_utmp(bytes: &[u8]) -> Vec<UserSession> {
+    let text = |b: &[u8]| {
+        let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    let i32_at = |r: &[u8], at: usize| {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&r[at..at + 4]);
+        i32::from_ne_bytes(b)
+    };
+    bytes
+        .chunks_exact(UTMP_RECORD)
+        .filter(|r| i32_at(r, 0) == USER_PROCESS)
+        .map(|r| UserSession {
+            // ut_line at 8 (32 bytes), ut_user at 44 (32), ut_host at 76 (256),
+            // ut_tv.tv_sec at 340.
+            terminal: text(&r[8..40]),
+            user: text(&r[44..76]),
+            host: text(&r[76..332]),
+            login_secs: u64::try_from(i32_at(r, 340)).unwrap_or_default(),
+        })
+        .filter(|u| !u.user.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utmp_record(kind: i32, line: &str, user: &str, host: &str, secs: i32) -> Vec<u8> {
+        let mut r = vec![0u8; UTMP_RECORD];
+        r[0..4].copy_from_slice(&kind.to_ne_bytes());
+        r[8..8 + line.len()].copy_from_slice(line.as_bytes());
+        r[44..44 + user.len()].copy_from_slice(user.as_bytes());
+        r[76..76 + host.len()].copy_from_slice(host.as_bytes());
+        r[340..344].copy_from_slice(&secs.to_ne_bytes());
+        r
+    }
+
+    #[test]
+    fn utmp_lists_user_sessions_only() {
+        let mut file = utmp_record(2, "~", "reboot", "6.1.0", 1_700_000_000); // BOOT_TIME
+        file.extend(utmp_record(USER_PROCESS, "tty1", "ana", "", 1_700_000_100));
+        file.extend(utmp_record(6, "tty2", "LOGIN", "", 1_700_000_000)); // LOGIN_PROCESS
+        file.extend(utmp_record(
+            USER_PROCESS,
+            "pts/0",
+            "it-admin",
+            "10.0.0.5",
+            1_700_000_200,
+        ));
+        file.extend(&[1, 2, 3]); // a torn record at the end
+        let users = parse_utmp(&file);
+        assert_eq!(
+            users,
+            vec![
+                UserSession {
+                    user: "ana".into(),
+                    terminal: "tty1".into(),
+                    host: String::new(),
+                    login_secs: 1_700_000_100,
+                },
+                UserSession {
+                    user: "it-admin".into(),
+                    terminal: "pts/0".into(),
+                    host: "10.0.0.5".into(),
+                    login_secs: 1_700_000_200,
+                },
+            ]
+        );
+        assert!(parse_utmp(&[0u8; 100]).is_empty());
+    }
+
+    #[test]
+    fn failed_units_from_systemctl_json() {
+        let text = include_str!("../../tests/fixtures/systemctl-failed.json");
+        assert_eq!(
+            parse_failed_units(text).unwrap(),
+            vec!["cups.service".to_owned(), "smbd.service".to_owned()]
+        );
+        assert_eq!(parse_failed_units("[]").unwrap(), Vec::<String>::new());
+        assert!(parse_failed_units("UNIT LOAD ACTIVE").is_err());
+        assert!(parse_failed_units("{}").is_err());
+    }
+
+    #[tokio::test]
+    async fn pending_reboot_from_markers() {
+        let dir = std::env::temp_dir().join(format!("vitals-os-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (_tx, rx) = watch::channel(Some(-2500));
+        let mut probe = OsProbe::new(rx);
+        probe.run_dir = dir.clone();
+        let os = |r: Reading| match r.section {
+            Some(Section::Os(o)) => o,
+            _ => panic!("no os section"),
+        };
+        let before = os(probe.run().await);
+        assert!(!before.reboot_required);
+        assert_eq!(before.clock_offset_ms, Some(-2500));
+        std::fs::write(dir.join("reboot-required"), "*** System restart required ***\n").unwrap();
+        std::fs::write(dir.join("reboot-required.pkgs"), "linux-image-6.1.0-28-amd64\nlibc6\n")
+            .unwrap();
+        let after = os(probe.run().await);
+        assert!(after.reboot_required);
+        assert_eq!(after.reboot_reasons, vec!["linux-image-6.1.0-28-amd64", "libc6"]);
+        let since = after.reboot_required_since_secs.unwrap();
+        assert!(since.abs_diff(vitals_proto::now_ms() as u64 / 1000) < 60);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
