@@ -186,12 +186,9 @@ pub fn measurements(s: &Snapshot) -> Vec<Measure> {
 }
 
 fn printer_measures(p: &PrinterInfo, out: &mut Vec<Measure>) {
-    // "-report" reasons are informational only (RFC 8011).
-    let has = |prefix: &str| {
-        p.reasons
-            .iter()
-            .any(|r| r.starts_with(prefix) && !r.ends_with("-report"))
-    };
+    // Any severity suffix counts: printers report an empty toner as
+    // "-report" as often as "-warning" or "-error", and it is empty all the same.
+    let has = |prefix: &str| p.reasons.iter().any(|r| r.starts_with(prefix));
     let mut detail = vec![format!("state {}", p.state)];
     if !p.reasons.is_empty() {
         detail.push(format!("reasons {}", p.reasons.join(", ")));
@@ -579,5 +576,185 @@ mod tests {
         assert_eq!(cleared[0].state, FaultState::Cleared);
         // Judged afresh under the new levels: 99 no longer raises.
         assert!(c.evaluate(&disk(99), 20).is_empty());
+    }
+
+    fn printer(state: &str, reasons: &[&str]) -> Snapshot {
+        Snapshot {
+            printers: vec![PrinterInfo {
+                name: "Dispatch".into(),
+                source: "cups".into(),
+                state: state.into(),
+                reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    /// The shipped policy's faults for a snapshot, as (check, subject).
+    fn default_faults(s: &Snapshot) -> Vec<(String, String)> {
+        let mut v: Vec<_> = Checks::evaluate_once(Policy::default_policy(), s)
+            .into_iter()
+            .filter(|e| e.state == FaultState::Raised)
+            .map(|e| (e.check_id, e.subject))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn printer_reasons_map_to_the_default_checks() {
+        let f = |state: &str, reasons: &[&str]| -> Vec<String> {
+            default_faults(&printer(state, reasons))
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect()
+        };
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case] = &[
+            ("idle", &[], &[]),
+            ("stopped", &["paused"], &["printer_stopped"]),
+            ("idle", &["media-jam-error"], &["printer_jammed"]),
+            ("idle", &["media-empty-error"], &["printer_out_of_paper"]),
+            ("idle", &["media-needed"], &["printer_out_of_paper"]),
+            ("idle", &["marker-supply-empty-error"], &["printer_toner_empty"]),
+            ("idle", &["toner-low-warning"], &["printer_toner_low"]),
+            // The suffix is the printer's own severity; the condition stands.
+            ("idle", &["toner-empty-report"], &["printer_toner_empty"]),
+            ("idle", &["cups-waiting-for-job-completed"], &[]),
+            ("processing", &["service-requested"], &["printer_needs_service"]),
+            ("unreachable", &[], &["printer_offline"]),
+            (
+                "idle",
+                &["media-jam", "door-open", "offline"],
+                &["printer_door_open", "printer_jammed", "printer_offline"],
+            ),
+        ];
+        for (state, reasons, expected) in cases {
+            assert_eq!(&f(state, reasons), expected, "{state} {reasons:?}");
+        }
+    }
+
+    #[test]
+    fn stuck_queue_and_supply_levels() {
+        let mut s = printer("processing", &[]);
+        s.printers[0].queued_jobs = 3;
+        s.printers[0].oldest_job_age_secs = Some(45 * 60);
+        assert_eq!(
+            default_faults(&s),
+            vec![("printer_queue_stuck".to_owned(), "Dispatch".to_owned())]
+        );
+        let e = Checks::evaluate_once(Policy::default_policy(), &s).pop().unwrap();
+        assert!(e.evidence.contains("3 queued jobs"), "{}", e.evidence);
+        s.printers[0].oldest_job_age_secs = Some(60);
+        assert!(default_faults(&s).is_empty());
+    }
+
+    #[test]
+    fn network_os_and_hardware_measurements_raise_the_default_checks() {
+        use vitals_proto::domain::*;
+        let s = Snapshot {
+            taken_at_ms: 10 * 86_400_000,
+            network: NetworkHealth {
+                gateway: Some(Gateway {
+                    address: "192.0.2.1".into(),
+                    sent: 4,
+                    received: 0,
+                    loss_percent: 100.0,
+                    ..Default::default()
+                }),
+                dns: vec![
+                    DnsCheck {
+                        name: "erp.city.example".into(),
+                        ok: false,
+                        error: "no answer within 2s".into(),
+                        ..Default::default()
+                    },
+                    DnsCheck {
+                        name: "files.city.example".into(),
+                        ok: true,
+                        millis: 3.0,
+                        ..Default::default()
+                    },
+                ],
+                services: vec![ServiceCheck {
+                    name: "erp".into(),
+                    address: "erp.city.example:443".into(),
+                    ok: false,
+                    ..Default::default()
+                }],
+                wifi: vec![WifiInfo {
+                    interface: "wlan0".into(),
+                    link_quality: 10.0,
+                    signal_dbm: -85.0,
+                }],
+            },
+            os: OsHealth {
+                reboot_required: true,
+                reboot_required_since_secs: Some(86_400),
+                services_checked: true,
+                failed_services: vec!["cups.service".into()],
+                clock_offset_ms: Some(-300_000),
+                ..Default::default()
+            },
+            smart: SmartReport {
+                available: true,
+                devices: vec![SmartDevice {
+                    device: "/dev/sda".into(),
+                    passed: Some(false),
+                    pending_sectors: Some(16),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            temperatures: vec![Temperature {
+                label: "Package id 0".into(),
+                celsius: 97.0,
+                ..Default::default()
+            }],
+            interfaces: vec![InterfaceInfo {
+                name: "eth0".into(),
+                oper_state: "down".into(),
+                link_lost: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let checks: Vec<String> = default_faults(&s).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(
+            checks,
+            vec![
+                "clock_skew",
+                "dns_failing",
+                "failed_services",
+                "gateway_lossy",
+                "gateway_unreachable",
+                "link_down",
+                "overheating",
+                "reboot_pending",
+                "service_unreachable",
+                "smart_failing",
+                "smart_pending_sectors",
+                "wifi_weak",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_vanished_subject_clears_unless_its_probe_failed() {
+        let mut c = Checks::new(policy(0));
+        assert_eq!(c.evaluate(&disk(97), 0).len(), 1);
+        // The system probe failed: the missing disk says nothing yet.
+        let mut failed = Snapshot::default();
+        failed.probe_errors.push(vitals_proto::domain::ProbeError {
+            probe: "system".into(),
+            message: "timed out after 5s; cancelled".into(),
+        });
+        assert!(c.evaluate(&failed, 1000).is_empty());
+        // It ran cleanly and the disk is gone (unplugged): cleared.
+        let gone = c.evaluate(&Snapshot::default(), 2000);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].state, FaultState::Cleared);
+        assert!(gone[0].evidence.contains("no longer present"));
     }
 }
