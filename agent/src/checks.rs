@@ -38,7 +38,11 @@ fn flag(b: bool) -> f64 {
 pub fn measurements(s: &Snapshot) -> Vec<Measure> {
     let mut out = Vec::new();
     if s.cpu.logical_cores > 0 {
-        out.push(m("cpu.usage_percent", "cpu", f64::from(s.cpu.usage_percent)));
+        out.push(m(
+            "cpu.usage_percent",
+            "cpu",
+            f64::from(s.cpu.usage_percent),
+        ));
         if let Some((i, busiest)) = s
             .cpu
             .per_core_percent
@@ -130,7 +134,11 @@ pub fn measurements(s: &Snapshot) -> Vec<Measure> {
         out.push(x);
     }
     if let Some(offset) = os.clock_offset_ms {
-        let mut x = m("os.clock_offset_seconds", "os", offset.unsigned_abs() as f64 / 1000.0);
+        let mut x = m(
+            "os.clock_offset_seconds",
+            "os",
+            offset.unsigned_abs() as f64 / 1000.0,
+        );
         x.detail = format!(
             "this clock is {:.1} s {} the collector's",
             offset.unsigned_abs() as f64 / 1000.0,
@@ -142,7 +150,11 @@ pub fn measurements(s: &Snapshot) -> Vec<Measure> {
         printer_measures(p, &mut out);
     }
     if let Some(g) = &s.network.gateway {
-        let mut x = m("gateway.loss_percent", g.address.clone(), f64::from(g.loss_percent));
+        let mut x = m(
+            "gateway.loss_percent",
+            g.address.clone(),
+            f64::from(g.loss_percent),
+        );
         x.detail = format!(
             "{} of {} {} probes answered via {}",
             g.received, g.sent, g.method, g.interface
@@ -176,11 +188,19 @@ pub fn measurements(s: &Snapshot) -> Vec<Measure> {
     for i in &s.interfaces {
         out.push(m("interface.link_down", i.name.clone(), flag(i.link_lost)));
         if let (Some(e), Some(d)) = (i.errors_per_min, i.drops_per_min) {
-            out.push(m("interface.errors_per_min", i.name.clone(), f64::from(e + d)));
+            out.push(m(
+                "interface.errors_per_min",
+                i.name.clone(),
+                f64::from(e + d),
+            ));
         }
     }
     for w in &s.network.wifi {
-        out.push(m("wifi.signal_dbm", w.interface.clone(), f64::from(w.signal_dbm)));
+        out.push(m(
+            "wifi.signal_dbm",
+            w.interface.clone(),
+            f64::from(w.signal_dbm),
+        ));
     }
     out
 }
@@ -210,7 +230,10 @@ fn printer_measures(p: &PrinterInfo, out: &mut Vec<Measure>) {
     if unreachable {
         return;
     }
-    push("printer.stopped", flag(p.state == "stopped" || has("paused")));
+    push(
+        "printer.stopped",
+        flag(p.state == "stopped" || has("paused")),
+    );
     push("printer.jammed", flag(has("media-jam")));
     push(
         "printer.media_empty",
@@ -224,7 +247,10 @@ fn printer_measures(p: &PrinterInfo, out: &mut Vec<Measure>) {
         "printer.toner_low",
         flag(has("toner-low") || has("marker-supply-low")),
     );
-    push("printer.door_open", flag(has("door-open") || has("cover-open")));
+    push(
+        "printer.door_open",
+        flag(has("door-open") || has("cover-open")),
+    );
     push("printer.service_requested", flag(has("service-requested")));
     push(
         "printer.oldest_job_minutes",
@@ -557,7 +583,8 @@ mod tests {
         assert_eq!(e.value, 97.0);
         assert_eq!(e.at_ms, 5_000);
         assert!(
-            e.evidence.contains("/srv: disk.used_percent at 97 (raises at 95"),
+            e.evidence
+                .contains("/srv: disk.used_percent at 97 (raises at 95"),
             "{}",
             e.evidence
         );
@@ -617,12 +644,20 @@ mod tests {
             ("idle", &["media-jam-error"], &["printer_jammed"]),
             ("idle", &["media-empty-error"], &["printer_out_of_paper"]),
             ("idle", &["media-needed"], &["printer_out_of_paper"]),
-            ("idle", &["marker-supply-empty-error"], &["printer_toner_empty"]),
+            (
+                "idle",
+                &["marker-supply-empty-error"],
+                &["printer_toner_empty"],
+            ),
             ("idle", &["toner-low-warning"], &["printer_toner_low"]),
             // The suffix is the printer's own severity; the condition stands.
             ("idle", &["toner-empty-report"], &["printer_toner_empty"]),
             ("idle", &["cups-waiting-for-job-completed"], &[]),
-            ("processing", &["service-requested"], &["printer_needs_service"]),
+            (
+                "processing",
+                &["service-requested"],
+                &["printer_needs_service"],
+            ),
             ("unreachable", &[], &["printer_offline"]),
             (
                 "idle",
@@ -644,7 +679,9 @@ mod tests {
             default_faults(&s),
             vec![("printer_queue_stuck".to_owned(), "Dispatch".to_owned())]
         );
-        let e = Checks::evaluate_once(Policy::default_policy(), &s).pop().unwrap();
+        let e = Checks::evaluate_once(Policy::default_policy(), &s)
+            .pop()
+            .unwrap();
         assert!(e.evidence.contains("3 queued jobs"), "{}", e.evidence);
         s.printers[0].oldest_job_age_secs = Some(60);
         assert!(default_faults(&s).is_empty());

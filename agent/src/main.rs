@@ -226,14 +226,17 @@ fn once(json: bool, config: Option<PathBuf>, policy: Option<PathBuf>) -> ExitCod
             g.received,
             g.sent,
             g.method,
-            g.rtt_ms
-                .map(|r| format!(", {r:.1} ms"))
-                .unwrap_or_default()
+            g.rtt_ms.map(|r| format!(", {r:.1} ms")).unwrap_or_default()
         );
     }
     for d in &n.dns {
         if d.ok {
-            println!("dns      {:<20} {:.0} ms {}", d.name, d.millis, d.addresses.join(" "));
+            println!(
+                "dns      {:<20} {:.0} ms {}",
+                d.name,
+                d.millis,
+                d.addresses.join(" ")
+            );
         } else {
             println!("dns      {:<20} FAILED {}", d.name, d.error);
         }

@@ -42,41 +42,126 @@ macro_rules! mirror {
 mirror!(Snapshot { taken_at_ms }
     lists { disks, interfaces, probe_errors, temperatures, batteries, printers }
     opt { host, cpu, memory, smart, os, network });
-mirror!(HostInfo { hostname, os_name, os_version, kernel_version, arch, uptime_secs, boot_time_secs });
+mirror!(HostInfo {
+    hostname,
+    os_name,
+    os_version,
+    kernel_version,
+    arch,
+    uptime_secs,
+    boot_time_secs
+});
 mirror!(CpuInfo { logical_cores, usage_percent, brand, per_core_percent } maybe { load_average });
 mirror!(LoadAverage { one, five, fifteen });
-mirror!(MemoryInfo { total_bytes, used_bytes, available_bytes, swap_total_bytes, swap_used_bytes });
+mirror!(MemoryInfo {
+    total_bytes,
+    used_bytes,
+    available_bytes,
+    swap_total_bytes,
+    swap_used_bytes
+});
 mirror!(DiskInfo {
-    name, mount_point, file_system, total_bytes, available_bytes, removable, kind,
-    inodes_total, inodes_free,
+    name,
+    mount_point,
+    file_system,
+    total_bytes,
+    available_bytes,
+    removable,
+    kind,
+    inodes_total,
+    inodes_free,
 });
 mirror!(InterfaceInfo {
-    name, mac, addresses, rx_bytes, tx_bytes, rx_packets, tx_packets, rx_errors, tx_errors,
-    mtu, oper_state, rx_dropped, tx_dropped, errors_per_min, drops_per_min, link_lost,
+    name,
+    mac,
+    addresses,
+    rx_bytes,
+    tx_bytes,
+    rx_packets,
+    tx_packets,
+    rx_errors,
+    tx_errors,
+    mtu,
+    oper_state,
+    rx_dropped,
+    tx_dropped,
+    errors_per_min,
+    drops_per_min,
+    link_lost,
 });
 mirror!(ProbeError { probe, message });
-mirror!(Temperature { label, celsius, max_celsius, critical_celsius });
-mirror!(Battery { name, charge_percent, health_percent, state, cycle_count });
+mirror!(Temperature {
+    label,
+    celsius,
+    max_celsius,
+    critical_celsius
+});
+mirror!(Battery {
+    name,
+    charge_percent,
+    health_percent,
+    state,
+    cycle_count
+});
 mirror!(SmartReport { available, reason } lists { devices });
 mirror!(SmartDevice {
-    device, model, serial, protocol, passed, temperature_celsius, power_on_hours,
-    reallocated_sectors, pending_sectors, media_errors, percentage_used, error,
+    device,
+    model,
+    serial,
+    protocol,
+    passed,
+    temperature_celsius,
+    power_on_hours,
+    reallocated_sectors,
+    pending_sectors,
+    media_errors,
+    percentage_used,
+    error,
 });
 mirror!(OsHealth {
     reboot_required, reboot_required_since_secs, reboot_reasons, services_checked,
     failed_services, clock_offset_ms,
 } lists { users });
-mirror!(UserSession { user, terminal, host, login_secs });
+mirror!(UserSession {
+    user,
+    terminal,
+    host,
+    login_secs
+});
 mirror!(PrinterInfo {
     name, source, address, state, reasons, accepting_jobs, queued_jobs,
     oldest_job_age_secs, page_count, error,
 } lists { supplies });
 mirror!(Supply { name, percent });
 mirror!(NetworkHealth {} lists { dns, services, wifi } maybe { gateway });
-mirror!(Gateway { address, interface, method, sent, received, loss_percent, rtt_ms });
-mirror!(DnsCheck { name, ok, millis, addresses, error });
-mirror!(ServiceCheck { name, address, ok, connect_ms, error });
-mirror!(WifiInfo { interface, link_quality, signal_dbm });
+mirror!(Gateway {
+    address,
+    interface,
+    method,
+    sent,
+    received,
+    loss_percent,
+    rtt_ms
+});
+mirror!(DnsCheck {
+    name,
+    ok,
+    millis,
+    addresses,
+    error
+});
+mirror!(ServiceCheck {
+    name,
+    address,
+    ok,
+    connect_ms,
+    error
+});
+mirror!(WifiInfo {
+    interface,
+    link_quality,
+    signal_dbm
+});
 
 impl From<d::EndpointSummary> for w::EndpointSummary {
     fn from(s: d::EndpointSummary) -> Self {
@@ -269,9 +354,7 @@ impl From<w::Policy> for crate::policy::Policy {
                         Ok(w::Direction::Below) => Direction::Below,
                         _ => return None,
                     };
-                    if probe_of(&c.measurement).is_none() {
-                        return None;
-                    }
+                    probe_of(&c.measurement)?;
                     Some(Check {
                         id: c.id,
                         title: c.title,

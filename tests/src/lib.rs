@@ -328,6 +328,7 @@ pub fn expired_window() -> (time::OffsetDateTime, time::OffsetDateTime) {
 
 /// Role shorthand for tests.
 pub use vitals_proto::identity::Role as SpecialistRole;
+pub mod components;
 pub mod loadgen;
 
 /// Probe timings for test agents: the system probe every second (tests

@@ -981,3 +981,6 @@ async fn policy_changes_reach_live_agents_and_bad_edits_are_refused() {
     agent.stop().await;
     collector.stop().await;
 }
+
+#[path = "e2e/probes.rs"]
+mod probes;

@@ -193,7 +193,9 @@ pub fn parse_printers(attrs: &IppAttributes) -> Vec<PrinterInfo> {
             Some(PrinterInfo {
                 name,
                 source: SOURCE.into(),
-                address: get("device-uri").map(ToString::to_string).unwrap_or_default(),
+                address: get("device-uri")
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 state: state.into(),
                 reasons,
                 accepting_jobs: matches!(
@@ -279,7 +281,11 @@ mod tests {
         let age = stopped.oldest_job_age_secs.unwrap();
         assert!((3600..3700).contains(&age), "{age}");
         assert_eq!(
-            printers.iter().find(|p| p.name == "Lobby").unwrap().oldest_job_age_secs,
+            printers
+                .iter()
+                .find(|p| p.name == "Lobby")
+                .unwrap()
+                .oldest_job_age_secs,
             None
         );
     }

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use vitals_proto::domain::{
-    Battery, InterfaceInfo, NetworkHealth, OsHealth, PrinterInfo, ProbeError,
-    SmartReport, Snapshot, Temperature,
+    Battery, InterfaceInfo, NetworkHealth, OsHealth, PrinterInfo, ProbeError, SmartReport,
+    Snapshot, Temperature,
 };
 
 use crate::config::{ProbeSettings, Timing};

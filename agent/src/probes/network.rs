@@ -46,9 +46,9 @@ impl NetworkProbe {
                 n.refresh(true);
                 n
             }
-            None => self
-                .networks
-                .insert(Networks::new_with_refreshed_list().map_err(|e| format!("interfaces: {e}"))?),
+            None => self.networks.insert(
+                Networks::new_with_refreshed_list().map_err(|e| format!("interfaces: {e}"))?,
+            ),
         };
         let now = Instant::now();
         let mut list: Vec<InterfaceInfo> = networks
@@ -95,7 +95,8 @@ impl NetworkProbe {
             if up && !i.addresses.is_empty() && i.name != "lo" {
                 self.were_up.insert(i.name.clone());
             }
-            i.link_lost = i.oper_state == "down" && self.were_up.contains(&i.name);
+            let down = matches!(i.oper_state.as_str(), "down" | "lowerlayerdown");
+            i.link_lost = down && self.were_up.contains(&i.name);
         }
         list.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(list)
@@ -133,7 +134,15 @@ impl NetworkProbe {
                 });
             }
         };
-        Some(ping_series(address, interface, self.settings.ping_count, self.settings.timeout).await)
+        Some(
+            ping_series(
+                address,
+                interface,
+                self.settings.ping_count,
+                self.settings.timeout,
+            )
+            .await,
+        )
     }
 }
 
@@ -150,7 +159,13 @@ impl Probe for NetworkProbe {
             Vec::new()
         });
         let timeout = self.settings.timeout;
-        let dns = futures_all(self.settings.dns.iter().map(|n| resolve(n.clone(), timeout))).await;
+        let dns = futures_all(
+            self.settings
+                .dns
+                .iter()
+                .map(|n| resolve(n.clone(), timeout)),
+        )
+        .await;
         let services = futures_all(
             self.settings
                 .services
@@ -265,12 +280,7 @@ async fn connect(name: String, address: String, timeout: Duration) -> ServiceChe
             check.connect_ms = Some(started.elapsed().as_secs_f32() * 1000.0);
         }
         Ok(Err(e)) => check.error = e.to_string(),
-        Err(_) => {
-            check.error = format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
-            )
-        }
+        Err(_) => check.error = format!("no answer within {}", humantime::format_duration(timeout)),
     }
     check
 }
@@ -283,38 +293,52 @@ async fn ping_series(address: IpAddr, interface: String, count: u32, timeout: Du
     let method;
     let config = match address {
         IpAddr::V4(_) => surge_ping::Config::default(),
-        IpAddr::V6(_) => surge_ping::Config::builder().kind(surge_ping::ICMP::V6).build(),
+        IpAddr::V6(_) => surge_ping::Config::builder()
+            .kind(surge_ping::ICMP::V6)
+            .build(),
     };
+    // Probes leave 100 ms apart and are awaited together, so a lossy
+    // link costs one timeout, not one per lost probe.
     match surge_ping::Client::new(&config) {
         Ok(client) => {
             method = "icmp";
-            let mut pinger = client
-                .pinger(address, surge_ping::PingIdentifier(fastrand::u16(..)))
-                .await;
-            pinger.timeout(timeout);
+            let ident = surge_ping::PingIdentifier(fastrand::u16(..));
+            let mut set = tokio::task::JoinSet::new();
             for seq in 0..count {
-                if seq > 0 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                if let Ok((_, rtt)) = pinger.ping(surge_ping::PingSequence(seq as u16), &[0; 16]).await {
-                    rtts.push(rtt);
-                }
+                let client = client.clone();
+                set.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100) * seq).await;
+                    let mut pinger = client.pinger(address, ident).await;
+                    pinger.timeout(timeout);
+                    pinger
+                        .ping(surge_ping::PingSequence(seq as u16), &[0; 16])
+                        .await
+                        .ok()
+                        .map(|(_, rtt)| rtt)
+                });
+            }
+            while let Some(done) = set.join_next().await {
+                rtts.extend(done.ok().flatten());
             }
         }
         Err(_) => {
             method = "tcp";
+            let mut set = tokio::task::JoinSet::new();
             for seq in 0..count {
-                if seq > 0 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let started = Instant::now();
-                match tokio::time::timeout(timeout, TcpStream::connect((address, 80))).await {
-                    Ok(Ok(_)) => rtts.push(started.elapsed()),
-                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        rtts.push(started.elapsed())
+                set.spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100) * seq).await;
+                    let started = Instant::now();
+                    match tokio::time::timeout(timeout, TcpStream::connect((address, 80))).await {
+                        Ok(Ok(_)) => Some(started.elapsed()),
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            Some(started.elapsed())
+                        }
+                        _ => None,
                     }
-                    _ => {}
-                }
+                });
+            }
+            while let Some(done) = set.join_next().await {
+                rtts.extend(done.ok().flatten());
             }
         }
     }
@@ -421,7 +445,13 @@ mod tests {
 
     #[tokio::test]
     async fn loopback_answers_pings() {
-        let g = ping_series("127.0.0.1".parse().unwrap(), "lo".into(), 2, Duration::from_secs(1)).await;
+        let g = ping_series(
+            "127.0.0.1".parse().unwrap(),
+            "lo".into(),
+            2,
+            Duration::from_secs(1),
+        )
+        .await;
         // ICMP where allowed, TCP (refused = answered) otherwise: both count.
         assert_eq!(g.sent, 2);
         assert_eq!(g.received, 2, "{g:?}");

@@ -103,7 +103,11 @@ async fn failed_services() -> Result<Vec<String>, String> {
         .map_err(|e| format!("cannot run systemctl: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let err: Vec<&str> = err.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let err: Vec<&str> = err
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         return Err(format!("systemctl: {}", err.join(" ")));
     }
     parse_failed_units(&String::from_utf8_lossy(&out.stdout))
@@ -245,12 +249,22 @@ mod tests {
         let before = os(probe.run().await);
         assert!(!before.reboot_required);
         assert_eq!(before.clock_offset_ms, Some(-2500));
-        std::fs::write(dir.join("reboot-required"), "*** System restart required ***\n").unwrap();
-        std::fs::write(dir.join("reboot-required.pkgs"), "linux-image-6.1.0-28-amd64\nlibc6\n")
-            .unwrap();
+        std::fs::write(
+            dir.join("reboot-required"),
+            "*** System restart required ***\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("reboot-required.pkgs"),
+            "linux-image-6.1.0-28-amd64\nlibc6\n",
+        )
+        .unwrap();
         let after = os(probe.run().await);
         assert!(after.reboot_required);
-        assert_eq!(after.reboot_reasons, vec!["linux-image-6.1.0-28-amd64", "libc6"]);
+        assert_eq!(
+            after.reboot_reasons,
+            vec!["linux-image-6.1.0-28-amd64", "libc6"]
+        );
         let since = after.reboot_required_since_secs.unwrap();
         assert!(since.abs_diff(vitals_proto::now_ms() as u64 / 1000) < 60);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -129,7 +129,11 @@ pub fn parse_device(text: &str, status: i32) -> Result<SmartDevice, String> {
             .unwrap_or_default()
             .to_owned()
     };
-    let u64_at = |path: &[&str]| path.iter().try_fold(&v, |v, k| v.get(k)).and_then(Value::as_u64);
+    let u64_at = |path: &[&str]| {
+        path.iter()
+            .try_fold(&v, |v, k| v.get(k))
+            .and_then(Value::as_u64)
+    };
     let device = str_at(&["device", "name"]);
     let messages: Vec<String> = v
         .pointer("/smartctl/messages")
@@ -224,7 +228,11 @@ mod tests {
     fn unreadable_device_and_malformed_output() {
         let e = parse_device(NO_PERMISSION, 2).unwrap_err();
         assert!(e.contains("Permission denied"), "{e}");
-        assert!(parse_device("{\"truncated\": ", 0).unwrap_err().contains("not JSON"));
+        assert!(
+            parse_device("{\"truncated\": ", 0)
+                .unwrap_err()
+                .contains("not JSON")
+        );
         // Valid JSON with nothing in it: a device with no verdict, not a crash.
         let d = parse_device("{}", 0).unwrap();
         assert_eq!(d.passed, None);

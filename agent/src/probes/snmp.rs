@@ -165,7 +165,9 @@ pub fn parse_printer(name: &str, address: &str, varbinds: &[VarBind]) -> Printer
             let max = value_at(8, &idx);
             // Negative levels and capacities are "unknown" or "some left".
             let percent = match (level, max) {
-                (Some(l), Some(m)) if l >= 0 && m > 0 => Some((l as f32 * 100.0 / m as f32).min(100.0)),
+                (Some(l), Some(m)) if l >= 0 && m > 0 => {
+                    Some((l as f32 * 100.0 / m as f32).min(100.0))
+                }
                 _ => None,
             };
             Supply { name, percent }
@@ -227,7 +229,9 @@ mod tests {
                 let v = match kind {
                     "INTEGER" => Value::Integer(value.parse().unwrap()),
                     "Counter32" => Value::Counter32(value.parse().unwrap()),
-                    "STRING" => Value::OctetString(value.trim_matches('"').as_bytes().to_vec().into()),
+                    "STRING" => {
+                        Value::OctetString(value.trim_matches('"').as_bytes().to_vec().into())
+                    }
                     "Hex-STRING" => Value::OctetString(
                         value
                             .split_whitespace()

@@ -130,7 +130,10 @@ impl SystemProbe {
 
     /// Samples on this thread: a first CPU reading, `window` of waiting so
     /// CPU use means something, then the sample.
-    pub fn sample_blocking(&mut self, window: std::time::Duration) -> (SystemPart, Vec<ProbeError>) {
+    pub fn sample_blocking(
+        &mut self,
+        window: std::time::Duration,
+    ) -> (SystemPart, Vec<ProbeError>) {
         let readers = self.readers.get_or_insert_with(Readers::new);
         readers.prime();
         std::thread::sleep(window);

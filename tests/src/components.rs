@@ -1,0 +1,600 @@
+//! Real components for integration tests: a private CUPS scheduler with an
+//! `ippeveprinter` printer behind it, `snmpd` serving Printer-MIB values the
+//! test rewrites, and a network namespace with `dnsmasq` and nftables.
+//!
+//! Each starts its daemons as children and stops them by PID on drop. Each
+//! `start` returns `Err(reason)` when it cannot run here (not root, a
+//! package missing); the test then prints `SKIP` with that reason.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Prints a skip where it is seen even with captured output.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Checks that the test may run: root, and every program on PATH or in sbin.
+pub fn require(programs: &[&str]) -> Result<(), String> {
+    if !is_root() {
+        return Err("needs root".into());
+    }
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| find(p).is_none())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "missing {} (.ci/run installs them)",
+            missing.join(", ")
+        ))
+    }
+}
+
+fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+/// Runs a command to completion; true on success. Output goes to the
+/// test's stderr only on failure.
+pub fn sh(program: &str, args: &[&str]) -> bool {
+    match Command::new(find(program).unwrap_or_else(|| program.into()))
+        .args(args)
+        .output()
+    {
+        Ok(out) if out.status.success() => true,
+        Ok(out) => {
+            eprintln!(
+                "{program} {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            false
+        }
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Daemon {
+    name: String,
+    child: Child,
+}
+
+impl Daemon {
+    pub fn spawn(program: &str, args: &[&str], log: &Path) -> Result<Daemon, String> {
+        let out = std::fs::File::create(log).map_err(|e| e.to_string())?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(find(program).ok_or(format!("{program} not found"))?)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("{program}: {e}"))?;
+        Ok(Daemon {
+            name: program.to_owned(),
+            child,
+        })
+    }
+
+    /// Fails if the process has already exited.
+    pub fn alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("{} exited: {status}", self.name)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits until something accepts connections at `addr`.
+pub fn wait_listening(addr: SocketAddr, within: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("nothing listening at {addr} after {within:?}"))
+}
+
+/// A plain HTTP GET on loopback; returns the status line.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+/// The system D-Bus and Avahi, which `ippeveprinter` needs for DNS-SD.
+/// Started only if not already running; Avahi is confined to loopback.
+struct Dnssd {
+    dbus: Option<u32>,
+    avahi: Option<Daemon>,
+}
+
+impl Dnssd {
+    fn start(dir: &Path) -> Result<Dnssd, String> {
+        let socket = Path::new("/run/dbus/system_bus_socket");
+        let mut dbus = None;
+        if !socket.exists() {
+            std::fs::create_dir_all("/run/dbus").map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_file("/run/dbus/pid");
+            let out = Command::new("dbus-daemon")
+                .args(["--system", "--fork", "--print-pid"])
+                .output()
+                .map_err(|e| format!("dbus-daemon: {e}"))?;
+            let pid: u32 = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .map_err(|_| "dbus-daemon printed no pid".to_string())?;
+            dbus = Some(pid);
+        }
+        let mut avahi = None;
+        if !avahi_running() {
+            let conf = dir.join("avahi.conf");
+            std::fs::write(
+                &conf,
+                "[server]\nallow-interfaces=lo\nuse-ipv6=no\n[wide-area]\nenable-wide-area=no\n\
+                 [publish]\npublish-addresses=no\npublish-hinfo=no\npublish-workstation=no\n",
+            )
+            .map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_file("/run/avahi-daemon/pid");
+            avahi = Some(Daemon::spawn(
+                "avahi-daemon",
+                &["-f", &conf.to_string_lossy(), "--no-chroot", "--no-rlimits"],
+                &dir.join("avahi.log"),
+            )?);
+            let start = Instant::now();
+            while !avahi_running() {
+                if start.elapsed() > Duration::from_secs(5) {
+                    return Err("avahi-daemon did not start".into());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(Dnssd { dbus, avahi })
+    }
+}
+
+impl Drop for Dnssd {
+    fn drop(&mut self) {
+        drop(self.avahi.take());
+        let _ = std::fs::remove_file("/run/avahi-daemon/pid");
+        if let Some(pid) = self.dbus {
+            sh("kill", &[&pid.to_string()]);
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = std::fs::remove_file("/run/dbus/pid");
+            let _ = std::fs::remove_file("/run/dbus/system_bus_socket");
+        }
+    }
+}
+
+fn avahi_running() -> bool {
+    Command::new("avahi-daemon")
+        .arg("--check")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A private CUPS scheduler on a loopback port with one queue per name,
+/// all printing to one `ippeveprinter`.
+pub struct Cups {
+    pub url: String,
+    host: String,
+    pub printer: SocketAddr,
+    // Dropped in order: scheduler, printer, then DNS-SD.
+    _cupsd: Daemon,
+    _ippeve: Daemon,
+    _dnssd: Dnssd,
+    dir: PathBuf,
+}
+
+impl Cups {
+    pub const PROGRAMS: &'static [&'static str] = &[
+        "cupsd",
+        "ippeveprinter",
+        "lpadmin",
+        "cupsdisable",
+        "cupsenable",
+        "lp",
+        "avahi-daemon",
+        "dbus-daemon",
+    ];
+
+    pub fn start(dir: &Path, queues: &[&str]) -> Result<Cups, String> {
+        require(Self::PROGRAMS)?;
+        let dir = dir.join("cups");
+        for d in ["spool", "cache", "state", "tmp", "log", "ipp"] {
+            std::fs::create_dir_all(dir.join(d)).map_err(|e| e.to_string())?;
+        }
+        let dnssd = Dnssd::start(&dir)?;
+        let ipp_port = free_port();
+        let printer: SocketAddr = ([127, 0, 0, 1], ipp_port).into();
+        let ippeve = Daemon::spawn(
+            "ippeveprinter",
+            &[
+                "-p",
+                &ipp_port.to_string(),
+                "-d",
+                &dir.join("ipp").to_string_lossy(),
+                "-f",
+                "application/pdf,image/pwg-raster,text/plain",
+                "-M",
+                "Vitals",
+                "-m",
+                "Test",
+                "VitalsTestPrinter",
+            ],
+            &dir.join("ippeveprinter.log"),
+        )?;
+        wait_listening(printer, Duration::from_secs(10)).map_err(|e| {
+            let log = std::fs::read_to_string(dir.join("ippeveprinter.log")).unwrap_or_default();
+            format!("ippeveprinter: {e}: {log}")
+        })?;
+        let port = free_port();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("cupsd.conf"),
+            format!(
+                "Listen 127.0.0.1:{port}\nLogLevel warn\nWebInterface No\nBrowsing Off\n\
+                 DefaultAuthType None\n<Location />\n  Order allow,deny\n  Allow all\n</Location>\n\
+                 <Location /admin>\n  Order allow,deny\n  Allow all\n</Location>\n\
+                 <Policy default>\n  <Limit All>\n    Order deny,allow\n  </Limit>\n</Policy>\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::write(
+            dir.join("cups-files.conf"),
+            format!(
+                "ServerRoot {d}\nRequestRoot {d}/spool\nCacheDir {d}/cache\nStateDir {d}/state\n\
+                 TempDir {d}/tmp\nAccessLog {d}/log/access_log\nErrorLog {d}/log/error_log\n\
+                 PageLog {d}/log/page_log\nUser lp\nGroup lp\nSandboxing Relaxed\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        sh("chmod", &["1777", &dir.join("tmp").to_string_lossy()]);
+        let cupsd = Daemon::spawn(
+            "cupsd",
+            &[
+                "-f",
+                "-c",
+                &dir.join("cupsd.conf").to_string_lossy(),
+                "-s",
+                &dir.join("cups-files.conf").to_string_lossy(),
+            ],
+            &dir.join("cupsd.log"),
+        )?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_listening(addr, Duration::from_secs(10))?;
+        let cups = Cups {
+            url: format!("http://127.0.0.1:{port}"),
+            host: format!("127.0.0.1:{port}"),
+            printer,
+            _cupsd: cupsd,
+            _ippeve: ippeve,
+            _dnssd: dnssd,
+            dir,
+        };
+        let device = format!("ipp://127.0.0.1:{ipp_port}/ipp/print");
+        for q in queues {
+            if !sh(
+                "lpadmin",
+                &[
+                    "-h",
+                    &cups.host,
+                    "-p",
+                    q,
+                    "-E",
+                    "-v",
+                    &device,
+                    "-m",
+                    "everywhere",
+                ],
+            ) {
+                return Err(format!("lpadmin could not add queue {q}"));
+            }
+        }
+        Ok(cups)
+    }
+
+    pub fn disable(&self, queue: &str, reason: &str) {
+        assert!(sh("cupsdisable", &["-h", &self.host, "-r", reason, queue]));
+    }
+
+    pub fn enable(&self, queue: &str) {
+        assert!(sh("cupsenable", &["-h", &self.host, queue]));
+    }
+
+    /// Sends a small text job to `queue`.
+    pub fn print(&self, queue: &str) {
+        let file = self.dir.join("job.txt");
+        std::fs::write(&file, "Vitals test page\n").expect("job file");
+        assert!(sh(
+            "lp",
+            &["-h", &self.host, "-d", queue, &file.to_string_lossy()]
+        ));
+    }
+
+    /// Sets the printer's black toner level (percent) through its web form.
+    pub fn set_toner(&self, percent: u8) {
+        let line = http_get(
+            self.printer,
+            &format!("/supplies?supply0=25&supply1={percent}"),
+        )
+        .expect("supplies form");
+        assert!(line.contains("200"), "{line}");
+    }
+
+    /// Sets the sheets in the main tray through the printer's web form.
+    pub fn set_paper(&self, sheets: u16) {
+        let line = http_get(
+            self.printer,
+            &format!(
+                "/media?size1=na_letter_8.5x11in&type1=stationery&level1={sheets}\
+                 &size3=na_number-10_4.125x9.5in&type3=envelope&level3=-2"
+            ),
+        )
+        .expect("media form");
+        assert!(line.contains("200"), "{line}");
+    }
+}
+
+/// `snmpd` on a loopback UDP port answering the Host Resources printer
+/// table and the Printer MIB from a values file the test rewrites, through
+/// the `vitals-snmp-pass` helper.
+pub struct Snmpd {
+    pub addr: SocketAddr,
+    values: PathBuf,
+    _daemon: Daemon,
+}
+
+impl Snmpd {
+    pub fn start(dir: &Path, pass_helper: &Path, values: &str) -> Result<Snmpd, String> {
+        require(&["snmpd"])?;
+        let dir = dir.join("snmpd");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let values_path = dir.join("values.txt");
+        std::fs::write(&values_path, values).map_err(|e| e.to_string())?;
+        let port = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            s.local_addr().map_err(|e| e.to_string())?.port()
+        };
+        let pass = format!("{} {}", pass_helper.display(), values_path.display());
+        std::fs::write(
+            dir.join("snmpd.conf"),
+            format!(
+                "agentAddress udp:127.0.0.1:{port}\nrocommunity public 127.0.0.1\n\
+                 pass .1.3.6.1.2.1.25.3.5 {pass}\npass .1.3.6.1.2.1.43 {pass}\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let conf = dir.join("snmpd.conf");
+        let mut daemon = Daemon::spawn(
+            "snmpd",
+            &[
+                "-f",
+                "-Lo",
+                "-C",
+                "-c",
+                &conf.to_string_lossy(),
+                "-p",
+                &dir.join("snmpd.pid").to_string_lossy(),
+                "-M",
+                "/nonexistent",
+                "-m",
+                "",
+            ],
+            &dir.join("snmpd.log"),
+        )?;
+        std::thread::sleep(Duration::from_millis(500));
+        daemon.alive().map_err(|e| {
+            let log = std::fs::read_to_string(dir.join("snmpd.log")).unwrap_or_default();
+            format!("{e}: {log}")
+        })?;
+        Ok(Snmpd {
+            addr: ([127, 0, 0, 1], port).into(),
+            values: values_path,
+            _daemon: daemon,
+        })
+    }
+
+    /// Replaces the served values (atomically, so a walk never sees half a file).
+    pub fn set(&self, values: &str) {
+        let tmp = self.values.with_extension("new");
+        std::fs::write(&tmp, values).expect("values");
+        std::fs::rename(&tmp, &self.values).expect("rename values");
+    }
+}
+
+/// A network namespace standing in for a workstation: one veth to the
+/// host side, which plays its gateway and runs `dnsmasq` as its DNS
+/// server. Faults are made with nftables inside the namespace only.
+pub struct DeskNamespace {
+    pub name: String,
+    pub gateway: String,
+    host_if: String,
+    dir: PathBuf,
+    _dnsmasq: Daemon,
+}
+
+impl DeskNamespace {
+    pub fn start(dir: &Path, tag: &str, hosts: &[(&str, &str)]) -> Result<DeskNamespace, String> {
+        require(&["ip", "nft", "dnsmasq"])?;
+        let name = format!("vt-{tag}");
+        let host_if = format!("vth-{tag}");
+        let desk_if = format!("vtd-{tag}");
+        let gateway = "10.231.7.1".to_owned();
+        let dir = dir.join("netns");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        // Leftovers of an interrupted run.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        let ok = sh("ip", &["netns", "add", &name])
+            && sh(
+                "ip",
+                &[
+                    "link", "add", &host_if, "type", "veth", "peer", "name", &desk_if,
+                ],
+            )
+            && sh("ip", &["link", "set", &desk_if, "netns", &name])
+            && sh("ip", &["addr", "add", "10.231.7.1/24", "dev", &host_if])
+            && sh("ip", &["link", "set", &host_if, "up"])
+            && sh(
+                "ip",
+                &["-n", &name, "addr", "add", "10.231.7.2/24", "dev", &desk_if],
+            )
+            && sh("ip", &["-n", &name, "link", "set", &desk_if, "up"])
+            && sh("ip", &["-n", &name, "link", "set", "lo", "up"])
+            && sh(
+                "ip",
+                &["-n", &name, "route", "add", "default", "via", &gateway],
+            );
+        if !ok {
+            return Err("cannot set up the namespace (see above)".into());
+        }
+        // `ip netns exec` mounts this over /etc/resolv.conf inside.
+        let etc = Path::new("/etc/netns").join(&name);
+        std::fs::create_dir_all(&etc).map_err(|e| e.to_string())?;
+        std::fs::write(
+            etc.join("resolv.conf"),
+            format!("nameserver {gateway}\noptions timeout:1 attempts:1\n"),
+        )
+        .map_err(|e| e.to_string())?;
+        let hosts_file = dir.join("hosts");
+        let text: String = hosts
+            .iter()
+            .map(|(ip, host)| format!("{ip} {host}\n"))
+            .collect();
+        std::fs::write(&hosts_file, text).map_err(|e| e.to_string())?;
+        let dnsmasq = Daemon::spawn(
+            "dnsmasq",
+            &[
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                &format!("--listen-address={gateway}"),
+                "--except-interface=lo",
+                &format!("--addn-hosts={}", hosts_file.display()),
+                "--pid-file=",
+                "--user=root",
+                "--log-facility=-",
+            ],
+            &dir.join("dnsmasq.log"),
+        )?;
+        let ns = DeskNamespace {
+            name,
+            gateway,
+            host_if,
+            dir,
+            _dnsmasq: dnsmasq,
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        ns.nft("add table inet vitals_test")?;
+        ns.nft("add chain inet vitals_test out { type filter hook output priority 0 ; }")?;
+        Ok(ns)
+    }
+
+    /// Runs an nft command inside the namespace.
+    pub fn nft(&self, rule: &str) -> Result<(), String> {
+        let file = self.dir.join("rule.nft");
+        std::fs::write(&file, format!("{rule}\n")).map_err(|e| e.to_string())?;
+        if sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "nft",
+                "-f",
+                &file.to_string_lossy(),
+            ],
+        ) {
+            Ok(())
+        } else {
+            Err(format!("nft: {rule}"))
+        }
+    }
+
+    /// Drops every outgoing packet the rule text matches, such as
+    /// `udp dport 53`; `clear` removes all such drops.
+    pub fn drop_matching(&self, matches: &str) {
+        self.nft(&format!("add rule inet vitals_test out {matches} drop"))
+            .expect("nft rule");
+    }
+
+    pub fn clear(&self) {
+        self.nft("flush chain inet vitals_test out")
+            .expect("nft flush");
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+}
+
+impl Drop for DeskNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
+    }
+}

@@ -1,0 +1,419 @@
+//! Probes against the real thing: a CUPS scheduler with an ippeveprinter
+//! printer, snmpd serving the Printer MIB, and a network namespace with
+//! dnsmasq and nftables. Each asserts the exact fault raised and its
+//! clearing; each is skipped, with the reason printed, where its
+//! components cannot run (not root, packages missing).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vitals_agent::config::NetworkPrinter;
+use vitals_collector::ctl::Profile;
+use vitals_proto::domain::{FaultRecord, FaultState, Snapshot};
+use vitals_proto::identity::Role;
+use vitals_tests::components::{Cups, DeskNamespace, Snmpd, skip};
+use vitals_tests::*;
+
+/// Printer jobs pass through ippeveprinter in a few seconds; leave room.
+const SLOW: Duration = Duration::from_secs(40);
+
+async fn wait_fault(
+    viewer: &Profile,
+    id: &str,
+    check: &str,
+    subject: &str,
+    state: FaultState,
+) -> FaultRecord {
+    eventually(SLOW, &format!("{check} {subject} {state:?}"), || async {
+        faults_of(viewer, id).await?.into_iter().find(|f| {
+            f.event.check_id == check && f.event.subject == subject && f.event.state == state
+        })
+    })
+    .await
+}
+
+async fn latest(viewer: &Profile, id: &str) -> Option<Snapshot> {
+    detail(viewer, id).await?.latest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cups_queue_stopped_out_of_paper_and_toner_empty_raise_and_clear() {
+    const TEST: &str = "cups_queue_stopped_out_of_paper_and_toner_empty_raise_and_clear";
+    let fleet = Fleet::new("cups");
+    let cups = match Cups::start(&fleet.dir, &["Frontdesk"]) {
+        Ok(c) => c,
+        Err(why) => return skip(TEST, &why),
+    };
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let mut config = fleet.agent_config("ws-print", collector.addr);
+    config.printers.cups = cups.url.clone();
+    let agent = RunningAgent::start(config);
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+    let id = "ws-print";
+
+    eventually(SLOW, "the queue reported idle", || async {
+        let s = latest(&viewer, id).await?;
+        s.printers
+            .iter()
+            .any(|p| p.name == "Frontdesk" && p.source == "cups" && p.state == "idle")
+            .then_some(())
+    })
+    .await;
+
+    // A stopped queue: raised within one probe interval, then cleared.
+    let disabled_at = vitals_proto::now_ms();
+    cups.disable("Frontdesk", "out of order");
+    let raised = wait_fault(
+        &viewer,
+        id,
+        "printer_stopped",
+        "Frontdesk",
+        FaultState::Raised,
+    )
+    .await;
+    eprintln!(
+        "printer_stopped: condition to FaultRaised {} ms (printer probe every 1 s)",
+        raised.event.at_ms - disabled_at
+    );
+    assert_eq!(raised.event.value, 1.0);
+    assert!(
+        raised.event.evidence.contains("state stopped"),
+        "{:?}",
+        raised.event
+    );
+    cups.enable("Frontdesk");
+    wait_fault(
+        &viewer,
+        id,
+        "printer_stopped",
+        "Frontdesk",
+        FaultState::Cleared,
+    )
+    .await;
+
+    // Out of paper: the job waits, the printer says media-empty.
+    cups.set_paper(0);
+    cups.print("Frontdesk");
+    let paper = wait_fault(
+        &viewer,
+        id,
+        "printer_out_of_paper",
+        "Frontdesk",
+        FaultState::Raised,
+    )
+    .await;
+    assert!(
+        paper.event.evidence.contains("media-empty"),
+        "{:?}",
+        paper.event
+    );
+    cups.set_paper(250);
+    wait_fault(
+        &viewer,
+        id,
+        "printer_out_of_paper",
+        "Frontdesk",
+        FaultState::Cleared,
+    )
+    .await;
+
+    // Toner empty: CUPS learns it when a job passes through.
+    cups.set_toner(0);
+    cups.print("Frontdesk");
+    let toner = wait_fault(
+        &viewer,
+        id,
+        "printer_toner_empty",
+        "Frontdesk",
+        FaultState::Raised,
+    )
+    .await;
+    assert!(
+        toner.event.evidence.contains("toner-empty"),
+        "{:?}",
+        toner.event
+    );
+    cups.set_toner(100);
+    cups.print("Frontdesk");
+    wait_fault(
+        &viewer,
+        id,
+        "printer_toner_empty",
+        "Frontdesk",
+        FaultState::Cleared,
+    )
+    .await;
+
+    // Each fault exactly once raised and once cleared.
+    let all = faults_of(&viewer, id).await.expect("faults");
+    for check in [
+        "printer_stopped",
+        "printer_out_of_paper",
+        "printer_toner_empty",
+    ] {
+        let n = all.iter().filter(|f| f.event.check_id == check).count();
+        assert_eq!(n, 2, "{check}: {all:?}");
+    }
+    agent.stop().await;
+    collector.stop().await;
+}
+
+/// Host Resources printer row and Printer-MIB supplies as snmpd serves them.
+fn printer_mib(status: u8, error_bits: &str, toner: i32) -> String {
+    format!(
+        ".1.3.6.1.2.1.25.3.5.1.1.1 integer {status}\n\
+         .1.3.6.1.2.1.25.3.5.1.2.1 octet {error_bits}\n\
+         .1.3.6.1.2.1.43.10.2.1.4.1.1 counter 48213\n\
+         .1.3.6.1.2.1.43.11.1.1.6.1.1 string Black Toner Cartridge\n\
+         .1.3.6.1.2.1.43.11.1.1.8.1.1 integer 12500\n\
+         .1.3.6.1.2.1.43.11.1.1.9.1.1 integer {toner}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snmp_printer_jam_and_empty_toner_raise_and_clear() {
+    const TEST: &str = "snmp_printer_jam_and_empty_toner_raise_and_clear";
+    let fleet = Fleet::new("snmp");
+    let helper = PathBuf::from(env!("CARGO_BIN_EXE_vitals-snmp-pass"));
+    let snmpd = match Snmpd::start(&fleet.dir, &helper, &printer_mib(3, "00 00", 10_000)) {
+        Ok(s) => s,
+        Err(why) => return skip(TEST, &why),
+    };
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let mut config = fleet.agent_config("ws-snmp", collector.addr);
+    config.printers.network = vec![NetworkPrinter {
+        name: "Dispatch HP".into(),
+        address: snmpd.addr.to_string(),
+        community: "public".into(),
+    }];
+    let agent = RunningAgent::start(config);
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+    let id = "ws-snmp";
+
+    let printer = eventually(SLOW, "the network printer read", || async {
+        let s = latest(&viewer, id).await?;
+        s.printers
+            .into_iter()
+            .find(|p| p.name == "Dispatch HP" && p.source == "snmp" && p.state == "idle")
+    })
+    .await;
+    assert_eq!(printer.page_count, Some(48213));
+    assert_eq!(printer.supplies[0].name, "Black Toner Cartridge");
+    assert_eq!(printer.supplies[0].percent, Some(80.0));
+    assert!(printer.reasons.is_empty(), "{printer:?}");
+
+    // jammed is bit 5 of hrPrinterDetectedErrorState: 0x04.
+    snmpd.set(&printer_mib(1, "04 00", 10_000));
+    let jam = wait_fault(
+        &viewer,
+        id,
+        "printer_jammed",
+        "Dispatch HP",
+        FaultState::Raised,
+    )
+    .await;
+    assert!(jam.event.evidence.contains("media-jam"), "{:?}", jam.event);
+    snmpd.set(&printer_mib(3, "00 00", 10_000));
+    wait_fault(
+        &viewer,
+        id,
+        "printer_jammed",
+        "Dispatch HP",
+        FaultState::Cleared,
+    )
+    .await;
+
+    // noToner is bit 3: 0x10; the supply level drops to zero with it.
+    snmpd.set(&printer_mib(1, "10 00", 0));
+    let toner = wait_fault(
+        &viewer,
+        id,
+        "printer_toner_empty",
+        "Dispatch HP",
+        FaultState::Raised,
+    )
+    .await;
+    assert!(
+        toner.event.evidence.contains("toner-empty"),
+        "{:?}",
+        toner.event
+    );
+    snmpd.set(&printer_mib(3, "00 00", 12_500));
+    wait_fault(
+        &viewer,
+        id,
+        "printer_toner_empty",
+        "Dispatch HP",
+        FaultState::Cleared,
+    )
+    .await;
+    agent.stop().await;
+    collector.stop().await;
+}
+
+/// The agent binary, built by `cargo test --workspace`; built here if not.
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|d| d.join(format!("vitals-agent{}", std::env::consts::EXE_SUFFIX)))
+        .expect("target dir");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = std::process::Command::new(cargo)
+            .args(["build", "-p", "vitals-agent", "--bin", "vitals-agent"])
+            .status()
+            .expect("cargo build")
+            .success();
+        assert!(ok, "building vitals-agent failed");
+    }
+    bin
+}
+
+/// Runs `vitals-agent once --json` inside the namespace; returns the
+/// snapshot and the (check, subject) of every fault it would raise.
+fn once_in(
+    ns: &DeskNamespace,
+    config: &std::path::Path,
+) -> (serde_json::Value, Vec<(String, String)>) {
+    let out = ns
+        .command(&agent_binary())
+        .args(["once", "--json", "--config"])
+        .arg(config)
+        .output()
+        .expect("run agent in namespace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mut faults: Vec<(String, String)> = v["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .map(|f| {
+            (
+                f["check_id"].as_str().unwrap_or_default().to_owned(),
+                f["subject"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    faults.sort();
+    (v["snapshot"].clone(), faults)
+}
+
+fn network_faults(faults: &[(String, String)]) -> Vec<(String, String)> {
+    faults
+        .iter()
+        .filter(|(c, _)| {
+            c.starts_with("dns_") || c.starts_with("gateway_") || c == "service_unreachable"
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn dns_gateway_loss_and_key_service_faults_in_a_namespace() {
+    const TEST: &str = "dns_gateway_loss_and_key_service_faults_in_a_namespace";
+    let fleet = Fleet::new("netns");
+    let hosts = [
+        ("10.231.7.10", "erp.city.test"),
+        ("10.231.7.11", "files.city.test"),
+    ];
+    let ns = match DeskNamespace::start(&fleet.dir, "e2e", &hosts) {
+        Ok(ns) => ns,
+        Err(why) => return skip(TEST, &why),
+    };
+    // A key service on the gateway's side of the link.
+    let service = std::net::TcpListener::bind((ns.gateway.as_str(), 0)).expect("bind service");
+    let service_addr = service.local_addr().expect("addr");
+    let config = Fleet::once_config(
+        &fleet.dir.join("agent"),
+        &format!(
+            "[printers]\ncups = \"\"\n[network]\ndns = [\"erp.city.test\", \"files.city.test\"]\n\
+             ping_count = 20\ntimeout = \"1s\"\n\
+             [[network.service]]\nname = \"erp\"\naddress = \"{service_addr}\"\n"
+        ),
+    );
+    let erp = format!("erp ({service_addr})");
+    let pair = |c: &str, s: &str| (c.to_owned(), s.to_owned());
+
+    // Healthy: names resolve through dnsmasq, the gateway answers every probe.
+    let (snap, faults) = once_in(&ns, &config);
+    assert_eq!(network_faults(&faults), vec![], "{snap}");
+    assert_eq!(
+        snap["network"]["dns"][0]["addresses"][0], "10.231.7.10",
+        "{snap}"
+    );
+    assert_eq!(snap["network"]["gateway"]["address"], ns.gateway.as_str());
+    assert_eq!(snap["network"]["gateway"]["received"], 20, "{snap}");
+    assert_eq!(snap["network"]["services"][0]["ok"], true, "{snap}");
+
+    // DNS broken: every configured name fails, nothing else does.
+    ns.drop_matching("udp dport 53");
+    ns.drop_matching("tcp dport 53");
+    let (snap, faults) = once_in(&ns, &config);
+    assert_eq!(
+        network_faults(&faults),
+        vec![
+            pair("dns_failing", "erp.city.test"),
+            pair("dns_failing", "files.city.test")
+        ],
+        "{snap}"
+    );
+    ns.clear();
+    assert_eq!(network_faults(&once_in(&ns, &config).1), vec![], "DNS back");
+
+    // The gateway stops answering echo requests.
+    ns.drop_matching(&format!("ip daddr {} icmp type echo-request", ns.gateway));
+    let (snap, faults) = once_in(&ns, &config);
+    assert_eq!(
+        network_faults(&faults),
+        vec![
+            pair("gateway_lossy", &ns.gateway),
+            pair("gateway_unreachable", &ns.gateway)
+        ],
+        "{snap}"
+    );
+    assert_eq!(snap["network"]["gateway"]["received"], 0);
+    ns.clear();
+
+    // Half the echo requests lost: lossy, not unreachable.
+    ns.drop_matching(&format!(
+        "ip daddr {} icmp type echo-request numgen random mod 100 < 50",
+        ns.gateway
+    ));
+    let (snap, faults) = once_in(&ns, &config);
+    assert_eq!(
+        network_faults(&faults),
+        vec![pair("gateway_lossy", &ns.gateway)],
+        "{snap}"
+    );
+    let loss = snap["network"]["gateway"]["loss_percent"]
+        .as_f64()
+        .expect("loss");
+    assert!((20.0..100.0).contains(&loss), "{loss}");
+    ns.clear();
+    assert_eq!(
+        network_faults(&once_in(&ns, &config).1),
+        vec![],
+        "gateway back"
+    );
+
+    // The key service goes away: refused, so unreachable.
+    drop(service);
+    let (snap, faults) = once_in(&ns, &config);
+    assert_eq!(
+        network_faults(&faults),
+        vec![pair("service_unreachable", &erp)],
+        "{snap}"
+    );
+    assert!(
+        snap["network"]["services"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused")),
+        "{snap}"
+    );
+}
