@@ -146,144 +146,22 @@ fn once(json: bool, config: Option<PathBuf>, policy: Option<PathBuf>) -> ExitCod
         }
         return ExitCode::SUCCESS;
     }
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    let h = &snapshot.host;
-    println!(
-        "{} — {} {} (kernel {}, {})",
-        h.hostname, h.os_name, h.os_version, h.kernel_version, h.arch
+    print!(
+        "{}",
+        vitals_proto::report::snapshot_text(&snapshot, snapshot.taken_at_ms)
     );
-    println!("uptime   {}", humanize_secs(h.uptime_secs));
-    println!(
-        "cpu      {:.1}% of {} cores",
-        snapshot.cpu.usage_percent, snapshot.cpu.logical_cores
-    );
-    let m = &snapshot.memory;
-    println!(
-        "memory   {:.1} / {:.1} GiB ({:.0}%)",
-        gib(m.used_bytes),
-        gib(m.total_bytes),
-        m.used_percent()
-    );
-    for d in &snapshot.disks {
-        println!(
-            "disk     {:<20} {:>6.1} GiB  {:>3.0}% used  {}",
-            d.mount_point,
-            gib(d.total_bytes),
-            d.used_percent(),
-            d.file_system
-        );
-    }
-    for t in &snapshot.temperatures {
-        println!("temp     {:<20} {:>5.1} °C", t.label, t.celsius);
-    }
-    for b in &snapshot.batteries {
-        println!(
-            "battery  {:<20} {:>3.0}% charged, {:.0}% of design capacity, {}",
-            b.name, b.charge_percent, b.health_percent, b.state
-        );
-    }
-    if snapshot.smart.available {
-        for d in &snapshot.smart.devices {
-            let verdict = match (d.passed, d.error.as_str()) {
-                (_, e) if !e.is_empty() => e.to_owned(),
-                (Some(true), _) => "PASSED".into(),
-                (Some(false), _) => "FAILING".into(),
-                (None, _) => "no verdict".into(),
-            };
-            println!("smart    {:<20} {} {}", d.device, d.model, verdict);
-        }
-    } else {
-        println!("smart    unavailable: {}", snapshot.smart.reason);
-    }
-    let os = &snapshot.os;
-    if os.reboot_required {
-        println!("os       reboot pending ({})", os.reboot_reasons.join(", "));
-    }
-    if os.services_checked {
-        if os.failed_services.is_empty() {
-            println!("os       no failed services");
-        } else {
-            println!("os       failed: {}", os.failed_services.join(", "));
-        }
-    }
-    for u in &os.users {
-        println!("user     {:<12} {} {}", u.user, u.terminal, u.host);
-    }
-    for i in &snapshot.interfaces {
-        println!(
-            "net      {:<12} {:<8} {}",
-            i.name,
-            i.oper_state,
-            i.addresses.join(" ")
-        );
-    }
-    let n = &snapshot.network;
-    if let Some(g) = &n.gateway {
-        println!(
-            "gateway  {} via {}: {}/{} answered ({}){}",
-            g.address,
-            g.interface,
-            g.received,
-            g.sent,
-            g.method,
-            g.rtt_ms.map(|r| format!(", {r:.1} ms")).unwrap_or_default()
-        );
-    }
-    for d in &n.dns {
-        if d.ok {
-            println!(
-                "dns      {:<20} {:.0} ms {}",
-                d.name,
-                d.millis,
-                d.addresses.join(" ")
-            );
-        } else {
-            println!("dns      {:<20} FAILED {}", d.name, d.error);
-        }
-    }
-    for c in &n.services {
-        match c.connect_ms {
-            Some(ms) => println!("service  {:<20} {} {:.1} ms", c.name, c.address, ms),
-            None => println!("service  {:<20} {} FAILED {}", c.name, c.address, c.error),
-        }
-    }
-    for w in &n.wifi {
-        println!("wifi     {:<12} {:.0} dBm", w.interface, w.signal_dbm);
-    }
-    for p in &snapshot.printers {
-        println!(
-            "printer  {:<20} {} {} {}{}",
-            p.name,
-            p.source,
-            p.state,
-            p.reasons.join(","),
-            if p.queued_jobs > 0 {
-                format!(" ({} jobs)", p.queued_jobs)
-            } else {
-                String::new()
-            }
-        );
-    }
-    for e in &snapshot.probe_errors {
-        println!("problem  {}: {}", e.probe, e.message);
-    }
     if faults.is_empty() {
-        println!("faults   none under the default policy");
+        println!("\nFaults     none under this policy");
     }
     for f in &faults {
         println!(
-            "FAULT    [{}] {} {}: {}",
+            "FAULT      [{}] {}: {}",
             f.severity.as_str(),
             f.check_id,
-            f.subject,
             f.evidence
         );
     }
     ExitCode::SUCCESS
-}
-
-fn humanize_secs(s: u64) -> String {
-    format!("{}d {}h {}m", s / 86_400, s % 86_400 / 3600, s % 3600 / 60)
 }
 
 fn run(config_path: PathBuf, exit_on_stdin_eof: bool) -> ExitCode {

@@ -245,20 +245,6 @@ pub fn faults_table(faults: &[FaultRecord]) -> String {
     )
 }
 
-/// "12s ago", "3h ago", or "never".
-pub fn ago(ms: i64, now_ms: i64) -> String {
-    if ms <= 0 {
-        return "never".into();
-    }
-    let s = ((now_ms - ms).max(0) / 1000) as u64;
-    match s {
-        0..60 => format!("{s}s ago"),
-        60..3600 => format!("{}m ago", s / 60),
-        3600..86_400 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86_400),
-    }
-}
-
 /// An RFC 3339 time in UTC, to the second.
 pub fn timestamp(ms: i64) -> String {
     if ms <= 0 {
@@ -268,33 +254,7 @@ pub fn timestamp(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Lays rows out in columns padded to the widest cell.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        out.trim_end().to_owned()
-    };
-    let mut out = line(header.iter().map(|h| h.to_string()).collect());
-    out.push('\n');
-    for row in rows {
-        out.push_str(&line(row.clone()));
-        out.push('\n');
-    }
-    out
-}
+pub use vitals_proto::report::{ago, table};
 
 /// The endpoint list as a table.
 pub fn endpoints_table(list: &[EndpointSummary], now_ms: i64) -> String {
@@ -331,7 +291,6 @@ pub fn endpoints_table(list: &[EndpointSummary], now_ms: i64) -> String {
 /// One endpoint, in sections a specialist reads top to bottom.
 pub fn endpoint_text(d: &EndpointDetail, now_ms: i64) -> String {
     use std::fmt::Write;
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let s = &d.summary;
     let mut out = String::new();
     let state = if s.online { "online" } else { "offline" };
@@ -358,116 +317,19 @@ pub fn endpoint_text(d: &EndpointDetail, now_ms: i64) -> String {
         let _ = writeln!(out, "\nNo snapshot received yet.");
         return out;
     };
-    let h = &snap.host;
     let _ = writeln!(
         out,
         "\nSnapshot   taken {} ({})",
         timestamp(snap.taken_at_ms),
         ago(snap.taken_at_ms, now_ms)
     );
-    let _ = writeln!(out, "Host       {}", h.hostname);
-    let _ = writeln!(
-        out,
-        "OS         {} {} (kernel {}, {})",
-        h.os_name, h.os_version, h.kernel_version, h.arch
-    );
-    let _ = writeln!(
-        out,
-        "Uptime     {}d {}h {}m",
-        h.uptime_secs / 86_400,
-        h.uptime_secs % 86_400 / 3600,
-        h.uptime_secs % 3600 / 60
-    );
-    let c = &snap.cpu;
-    let load = c
-        .load_average
-        .map(|l| format!(", load {:.2} {:.2} {:.2}", l.one, l.five, l.fifteen))
-        .unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "CPU        {:.1}% of {} cores{load}  {}",
-        c.usage_percent, c.logical_cores, c.brand
-    );
-    let m = &snap.memory;
-    let _ = writeln!(
-        out,
-        "Memory     {:.1} of {:.1} GiB used ({:.0}%), swap {:.1} of {:.1} GiB",
-        gib(m.used_bytes),
-        gib(m.total_bytes),
-        m.used_percent(),
-        gib(m.swap_used_bytes),
-        gib(m.swap_total_bytes)
-    );
-    if !snap.disks.is_empty() {
-        let rows: Vec<Vec<String>> = snap
-            .disks
-            .iter()
-            .map(|x| {
-                vec![
-                    x.mount_point.clone(),
-                    x.file_system.clone(),
-                    format!("{:.1} GiB", gib(x.total_bytes)),
-                    format!("{:.1} GiB", gib(x.available_bytes)),
-                    format!("{:.0}%", x.used_percent()),
-                ]
-            })
-            .collect();
-        let _ = write!(
-            out,
-            "\n{}",
-            table(&["MOUNT", "FS", "SIZE", "FREE", "USED"], &rows)
-        );
-    }
-    if !snap.interfaces.is_empty() {
-        let rows: Vec<Vec<String>> = snap
-            .interfaces
-            .iter()
-            .map(|i| {
-                vec![
-                    i.name.clone(),
-                    i.addresses.join(" "),
-                    format!("{}/{}", i.rx_errors, i.tx_errors),
-                    format!("{}/{}", i.rx_bytes, i.tx_bytes),
-                ]
-            })
-            .collect();
-        let _ = write!(
-            out,
-            "\n{}",
-            table(
-                &["INTERFACE", "ADDRESSES", "ERRORS RX/TX", "BYTES RX/TX"],
-                &rows
-            )
-        );
-    }
-    for e in &snap.probe_errors {
-        let _ = writeln!(out, "Problem    {}: {}", e.probe, e.message);
-    }
+    out.push_str(&vitals_proto::report::snapshot_text(snap, now_ms));
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ago_reads_naturally() {
-        assert_eq!(ago(0, 10), "never");
-        assert_eq!(ago(1_000, 6_000), "5s ago");
-        assert_eq!(ago(1_000, 1_000 + 7_200_000), "2h ago");
-    }
-
-    #[test]
-    fn table_aligns_columns() {
-        let t = table(
-            &["A", "LONG"],
-            &[
-                vec!["xyz".into(), "1".into()],
-                vec!["q".into(), "22".into()],
-            ],
-        );
-        assert_eq!(t, "A    LONG\nxyz  1\nq    22\n");
-    }
 
     #[test]
     fn profile_fills_gaps_and_resolves_paths() {

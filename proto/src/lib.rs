@@ -11,6 +11,7 @@ pub mod convert;
 pub mod domain;
 pub mod identity;
 pub mod policy;
+pub mod report;
 
 /// Generated `vitals.v1` code (prost messages, tonic clients and servers).
 #[allow(clippy::all, missing_docs)]

@@ -9,6 +9,10 @@ use super::{Blocking, Probe, Reading, Section, probe_error};
 
 const NAME: &str = "system";
 
+/// The shortest window over which sysinfo measures CPU use (readings
+/// closer together than this repeat the previous figure).
+const CPU_WINDOW: std::time::Duration = sysinfo::MINIMUM_CPU_UPDATE_INTERVAL;
+
 /// Host, CPU, memory and disks.
 #[derive(Debug, Clone, Default)]
 pub struct SystemPart {
@@ -161,7 +165,7 @@ impl Probe for SystemProbe {
                 // A fresh reader needs a window before CPU use means anything.
                 if !readers.primed {
                     readers.prime();
-                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    std::thread::sleep(CPU_WINDOW);
                 }
                 let out = readers.sample();
                 (readers, out)
