@@ -16,13 +16,34 @@ const NAME: &str = "smart";
 /// all (command line, open, or command failure); higher bits are findings.
 const SMARTCTL_FATAL_BITS: i32 = 0b0000_0011;
 
+/// How long a device scan is trusted: drives come and go rarely, and a
+/// scan costs as much CPU as reading a drive.
+const RESCAN_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 pub struct SmartProbe {
     smartctl: PathBuf,
+    /// The last scan's devices, as (name, type), and when it ran.
+    scanned: Option<(std::time::Instant, Vec<(String, String)>)>,
 }
 
 impl SmartProbe {
     pub fn new(smartctl: PathBuf) -> Self {
-        SmartProbe { smartctl }
+        SmartProbe {
+            smartctl,
+            scanned: None,
+        }
+    }
+
+    async fn devices(&mut self) -> Result<Vec<(String, String)>, String> {
+        if let Some((at, devices)) = &self.scanned
+            && at.elapsed() < RESCAN_AFTER
+        {
+            return Ok(devices.clone());
+        }
+        let (_, text) = self.smartctl(&["--scan", "--json"]).await?;
+        let devices = parse_scan(&text).map_err(|e| format!("smartctl --scan: {e}"))?;
+        self.scanned = Some((std::time::Instant::now(), devices.clone()));
+        Ok(devices)
     }
 
     async fn smartctl(&self, args: &[&str]) -> Result<(i32, String), String> {
@@ -63,13 +84,9 @@ impl Probe for SmartProbe {
                 devices: Vec::new(),
             }))
         };
-        let scan = match self.smartctl(&["--scan", "--json"]).await {
-            Ok((_, text)) => text,
-            Err(e) => return unavailable(e),
-        };
-        let devices = match parse_scan(&scan) {
+        let devices = match self.devices().await {
             Ok(d) => d,
-            Err(e) => return unavailable(format!("smartctl --scan: {e}")),
+            Err(e) => return unavailable(e),
         };
         if devices.is_empty() {
             return unavailable("no drive answers SMART (virtual disks do not)".into());
@@ -79,6 +96,7 @@ impl Probe for SmartProbe {
             reason: String::new(),
             devices: Vec::new(),
         };
+        let mut vanished = false;
         for (name, kind) in devices {
             let device = match self
                 .smartctl(&["--json", "--all", "--device", &kind, &name])
@@ -95,7 +113,12 @@ impl Probe for SmartProbe {
                     ..Default::default()
                 },
             };
+            vanished |= device.error.contains("No such device");
             report.devices.push(device);
+        }
+        if vanished {
+            // A drive went away: scan afresh next time.
+            self.scanned = None;
         }
         Reading::ok(Section::Smart(report))
     }
