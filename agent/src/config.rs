@@ -467,6 +467,36 @@ key = "pki/agent.key"
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
+        let c = AgentConfig::load(&path).unwrap();
+        let p = c.probe_settings();
+        assert_eq!(p.network.services.len(), 2);
+        assert_eq!(p.timing("smart").interval, Duration::from_secs(3600));
+        assert_eq!(p.timing("network").timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn probe_settings_are_checked() {
+        let bad = |extra: &str| {
+            let path = write("probes-bad", &format!("{GOOD}{extra}"));
+            AgentConfig::load(&path).unwrap_err().to_string()
+        };
+        assert!(
+            bad("[probes]\nnetwork = { interval = \"100ms\" }\n")
+                .contains("probes.network.interval must be at least 1s")
+        );
+        assert!(
+            bad("[[network.service]]\nname = \"erp\"\naddress = \"erp.example\"\n")
+                .contains("network.service \"erp\": address \"erp.example\" must be HOST:PORT")
+        );
+        assert!(
+            bad("[probes]\nprinter = { enabled = false }\n").contains("unknown field \"printer\"")
+        );
+        assert!(bad("[network]\nping_count = 0\n").contains("ping_count must be from 1 to 20"));
+    }
+
+    #[test]
     fn url_checks() {
         assert!(check_collector_url("https://[::1]:7443").is_ok());
         assert!(check_collector_url("https://collector").is_err());

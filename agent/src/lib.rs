@@ -92,7 +92,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     // Until the collector sends its own, the shipped default applies.
     let (policy_tx, policy_rx) = watch::channel(Policy::default_policy());
     let (clock_tx, clock_rx) = watch::channel(None);
-    let probes = probes::build(&config.probe_settings(), clock_rx);
+    let probes = probes::build(&probe_settings(&config), clock_rx);
     let link = Link::new(
         config,
         endpoint_id.clone(),
@@ -114,6 +114,29 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     let result = link.run(out_rx, shutdown).await;
     sampler.abort();
     Ok(result?)
+}
+
+/// The probe settings, with the collector itself added to the key
+/// services unless `agent.toml` already names it.
+pub fn probe_settings(config: &AgentConfig) -> config::ProbeSettings {
+    let mut settings = config.probe_settings();
+    if let Ok(uri) = config.collector.parse::<tonic::transport::Uri>()
+        && let (Some(host), Some(port)) = (uri.host(), uri.port_u16())
+    {
+        let address = format!("{host}:{port}");
+        if !settings
+            .network
+            .services
+            .iter()
+            .any(|s| s.address == address)
+        {
+            settings.network.services.push(config::KeyService {
+                name: "collector".into(),
+                address,
+            });
+        }
+    }
+    settings
 }
 
 /// Runs every probe on its own interval; after each reading, judges the

@@ -202,11 +202,7 @@ fn write_client_configs(
          [link]\n\
          snapshot_interval = \"10s\"\n\n\
          [network]\n\
-         ping_gateway = {probe_gateway}\n\n\
-         # The collector is a key service like any other.\n\
-         [[network.service]]\n\
-         name = \"collector\"\n\
-         address = \"{addr}\"\n",
+         ping_gateway = {probe_gateway}\n",
         rel(&paths.ca_cert()),
         rel(&agent_cert),
         rel(&agent_key)

@@ -288,3 +288,117 @@ pub(crate) fn probe_error(probe: &str, message: impl std::fmt::Display) -> Probe
         message: message.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A probe that never finishes, as a wedged driver or mount would.
+    struct Hung {
+        blocking: Blocking,
+        in_kernel: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Probe for Hung {
+        fn name(&self) -> &'static str {
+            "hung"
+        }
+        async fn run(&mut self) -> Reading {
+            if self.in_kernel {
+                let r = self
+                    .blocking
+                    .run(|| std::thread::sleep(Duration::from_millis(500)))
+                    .await;
+                return Reading {
+                    section: None,
+                    errors: r
+                        .err()
+                        .map(|e| probe_error("hung", e))
+                        .into_iter()
+                        .collect(),
+                };
+            }
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_probe_is_cancelled_and_reported() {
+        let mut p = Hung {
+            blocking: Blocking::default(),
+            in_kernel: false,
+        };
+        let started = std::time::Instant::now();
+        let r = run_with_timeout(&mut p, Duration::from_millis(100)).await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(r.section.is_none());
+        assert_eq!(r.errors[0].probe, "hung");
+        assert!(
+            r.errors[0]
+                .message
+                .contains("timed out after 100ms; cancelled")
+        );
+    }
+
+    #[tokio::test]
+    async fn stuck_blocking_work_is_not_started_twice() {
+        let mut p = Hung {
+            blocking: Blocking::default(),
+            in_kernel: true,
+        };
+        // The first run times out while its thread is still stuck...
+        let first = run_with_timeout(&mut p, Duration::from_millis(50)).await;
+        assert!(first.errors[0].message.contains("timed out"));
+        // ...so the next one refuses to pile another thread on it.
+        let second = run_with_timeout(&mut p, Duration::from_millis(50)).await;
+        assert!(
+            second.errors[0].message.contains("still hung"),
+            "{:?}",
+            second.errors
+        );
+    }
+
+    #[test]
+    fn latest_keeps_the_last_good_section_and_current_errors() {
+        let mut l = Latest::default();
+        l.absorb(
+            "os",
+            Reading::ok(Section::Os(OsHealth {
+                reboot_required: true,
+                ..Default::default()
+            })),
+        );
+        l.absorb(
+            "os",
+            Reading {
+                section: None,
+                errors: vec![probe_error("os", "timed out after 10s; cancelled")],
+            },
+        );
+        let s = l.snapshot(5);
+        assert_eq!(s.taken_at_ms, 5);
+        assert!(s.os.reboot_required, "the last reading stands");
+        assert_eq!(s.probe_errors.len(), 1);
+        l.absorb("os", Reading::ok(Section::Os(OsHealth::default())));
+        let s = l.snapshot(6);
+        assert!(!s.os.reboot_required);
+        assert!(s.probe_errors.is_empty(), "errors are current, not sticky");
+        assert!(l.has_reported("os") && !l.has_reported("system"));
+    }
+
+    #[test]
+    fn printer_sections_replace_only_their_own_source() {
+        let printer = |name: &str, source: &str| PrinterInfo {
+            name: name.into(),
+            source: source.into(),
+            ..Default::default()
+        };
+        let mut s = Snapshot::default();
+        Section::Queues(vec![printer("Frontdesk", "cups")]).apply(&mut s);
+        Section::NetworkPrinters(vec![printer("Dispatch HP", "snmp")]).apply(&mut s);
+        Section::Queues(vec![printer("Lobby", "cups")]).apply(&mut s);
+        let names: Vec<&str> = s.printers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, vec!["Dispatch HP", "Lobby"]);
+    }
+}

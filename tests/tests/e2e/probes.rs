@@ -72,8 +72,9 @@ async fn cups_queue_stopped_out_of_paper_and_toner_empty_raise_and_clear() {
     )
     .await;
     eprintln!(
-        "printer_stopped: condition to FaultRaised {} ms (printer probe every 1 s)",
-        raised.event.at_ms - disabled_at
+        "printer_stopped: condition to FaultRaised {} ms, to the collector {} ms (printer probe every 1 s)",
+        raised.event.at_ms - disabled_at,
+        raised.received_at_ms - disabled_at
     );
     assert_eq!(raised.event.value, 1.0);
     assert!(
