@@ -16,6 +16,7 @@ pub mod link;
 pub mod probes;
 pub mod seq;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -155,15 +156,14 @@ async fn sample_loop(
     let tasks = probes::spawn_all(probes, readings_tx, shutdown.clone());
     let _abort = AbortOnDrop(tasks);
     let mut latest = Latest::default();
+    let mut logged: HashMap<&'static str, Vec<String>> = HashMap::new();
     let mut next_snapshot: Option<tokio::time::Instant> = None;
     loop {
         let deadline = next_snapshot;
         tokio::select! {
             got = readings.recv() => {
                 let Some((name, reading)) = got else { return };
-                for e in &reading.errors {
-                    warn!(probe = name, error = %e.message, "probe error");
-                }
+                log_changes(&mut logged, name, &reading);
                 latest.absorb(name, reading);
                 let now = vitals_proto::now_ms();
                 let snapshot = latest.snapshot(now);
@@ -209,6 +209,28 @@ async fn sample_loop(
             () = stopped(&mut shutdown) => return,
         }
     }
+}
+
+/// Logs a probe's errors when they change, and its recovery, rather than
+/// on every run: a workstation without CUPS should not fill its log with
+/// the same line every 30 seconds.
+fn log_changes(
+    logged: &mut HashMap<&'static str, Vec<String>>,
+    name: &'static str,
+    reading: &probes::Reading,
+) {
+    let now: Vec<String> = reading.errors.iter().map(|e| e.message.clone()).collect();
+    let before = logged.get(name).cloned().unwrap_or_default();
+    if now == before {
+        return;
+    }
+    if now.is_empty() {
+        info!(probe = name, "probe recovered");
+    }
+    for e in now.iter().filter(|e| !before.contains(e)) {
+        warn!(probe = name, error = %e, "probe error");
+    }
+    logged.insert(name, now);
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

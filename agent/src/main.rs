@@ -101,7 +101,7 @@ fn load(path: &std::path::Path) -> Result<(AgentConfig, String), ExitCode> {
 fn once(json: bool, config: Option<PathBuf>, policy: Option<PathBuf>) -> ExitCode {
     let settings = match &config {
         Some(path) => match AgentConfig::load(path) {
-            Ok(c) => c.probe_settings(),
+            Ok(c) => vitals_agent::probe_settings(&c),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
