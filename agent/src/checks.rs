@@ -502,6 +502,7 @@ mod tests {
                 hold: Duration::from_secs(hold_secs),
                 severity: Severity::Warning,
             }],
+            tickets: Default::default(),
         }
     }
 

@@ -367,6 +367,8 @@ impl From<w::Policy> for crate::policy::Policy {
                     })
                 })
                 .collect(),
+            // Ticket rules stay with the collector.
+            tickets: Default::default(),
         }
     }
 }

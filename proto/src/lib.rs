@@ -12,6 +12,7 @@ pub mod domain;
 pub mod identity;
 pub mod policy;
 pub mod report;
+pub mod ticket_rules;
 
 /// Generated `vitals.v1` code (prost messages, tonic clients and servers).
 #[allow(clippy::all, missing_docs)]

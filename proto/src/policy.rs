@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config_file::{self, ConfigFileError};
 use crate::domain::Severity;
+use crate::ticket_rules::TicketRules;
 
 /// The measurements checks can name, each with the probe that takes it
 /// and what it means. Each yields one value per subject (each disk,
@@ -173,6 +174,9 @@ pub struct Policy {
     pub version: String,
     #[serde(default, rename = "check")]
     pub checks: Vec<Check>,
+    /// How the collector turns faults into tickets; agents never see this.
+    #[serde(default)]
+    pub tickets: TicketRules,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,6 +225,8 @@ impl Check {
 pub enum PolicyError {
     #[error(transparent)]
     File(#[from] ConfigFileError),
+    #[error("{file}: {message}")]
+    Tickets { file: String, message: String },
     #[error("{file}: check \"{check}\": {message}")]
     Invalid {
         file: String,
@@ -237,6 +243,7 @@ impl Policy {
         Self::parse(DEFAULT, "default-policy.toml").unwrap_or(Policy {
             version: String::new(),
             checks: Vec::new(),
+            tickets: TicketRules::default(),
         })
     }
 
@@ -259,6 +266,12 @@ impl Policy {
     }
 
     fn validate(&self, file: &str) -> Result<(), PolicyError> {
+        self.tickets
+            .validate()
+            .map_err(|message| PolicyError::Tickets {
+                file: file.to_owned(),
+                message,
+            })?;
         let invalid = |check: &str, message: String| PolicyError::Invalid {
             file: file.to_owned(),
             check: check.to_owned(),
@@ -358,6 +371,46 @@ mod tests {
                 "{base}raise = 9.0\nclear = 8.0\n{base}raise = 9.0\nclear = 8.0\n"
             ))
             .contains("check \"d\": defined twice")
+        );
+    }
+
+    #[test]
+    fn ticket_rules_parse_and_are_checked() {
+        let text = "[tickets]\nquiet_period = \"5m\"\nstorm_endpoints = 25\n\
+                    [[tickets.criticality]]\nendpoints = \"DISPATCH-*\"\nlevel = \"critical\"\n\
+                    [tickets.sla.p1]\nresponse = \"10m\"\nresolve = \"2h\"\n\
+                    [[tickets.maintenance]]\nendpoints = \"LAB-*\"\nstart = \"2026-11-28T22:00:00Z\"\n\
+                    end = \"2026-11-29T02:00:00Z\"\nreason = \"patching\"\n";
+        let p = Policy::parse(text, "policy.toml").unwrap();
+        let t = &p.tickets;
+        assert_eq!(t.quiet_period, Duration::from_secs(300));
+        assert_eq!(t.storm_endpoints, 25);
+        assert_eq!(t.flap_cycles, 3, "defaults fill the rest");
+        assert_eq!(
+            t.criticality_of("dispatch-07"),
+            crate::ticket_rules::Criticality::Critical
+        );
+        assert_eq!(t.sla.p1.response, Duration::from_secs(600));
+        let during = 1_795_906_000_000; // 2026-11-28T22:46:40Z
+        assert!(t.maintenance_of("lab-3", during).is_some());
+        assert!(t.maintenance_of("lab-3", during + 6 * 3_600_000).is_none());
+        assert!(t.maintenance_of("dispatch-07", during).is_none());
+
+        let err = |text: &str| Policy::parse(text, "policy.toml").unwrap_err().to_string();
+        assert!(
+            err("[tickets]\nflap_cycles = 1\n")
+                .contains("policy.toml: tickets.flap_cycles must be at least 2")
+        );
+        assert!(
+            err("[tickets]\nquiet = \"5m\"\n").contains("policy.toml:2: unknown field \"quiet\"")
+        );
+        assert!(
+            err("[[tickets.criticality]]\nendpoints = \"x\"\nlevel = \"vip\"\n")
+                .contains("policy.toml:3: unknown variant \"vip\"")
+        );
+        assert!(
+            err("[[tickets.maintenance]]\nendpoints = \"x\"\nstart = \"2026-11-29T02:00:00Z\"\nend = \"2026-11-28T02:00:00Z\"\n")
+                .contains("end must be after start")
         );
     }
 

@@ -1,0 +1,340 @@
+//! The ticket rules in `policy.toml`'s `[tickets]` table: how faults become
+//! tickets (quiet period, reopen window, flapping, storms), which
+//! endpoints matter most, the SLA per priority, and maintenance windows.
+//! The collector alone reads them; agents never see them.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Severity;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TicketRules {
+    /// A cleared fault resolves its ticket after this long without returning.
+    #[serde(default = "quiet_period", with = "humantime_serde")]
+    pub quiet_period: Duration,
+    /// A fault returning this soon after its ticket was resolved reopens it.
+    #[serde(default = "reopen_window", with = "humantime_serde")]
+    pub reopen_window: Duration,
+    /// This many raise/clear cycles within `flap_window` mark a ticket flapping.
+    #[serde(default = "flap_cycles")]
+    pub flap_cycles: u32,
+    #[serde(default = "flap_window", with = "humantime_serde")]
+    pub flap_window: Duration,
+    /// This many endpoints raising the same check within `storm_window`
+    /// become one parent incident.
+    #[serde(default = "storm_endpoints")]
+    pub storm_endpoints: u32,
+    #[serde(default = "storm_window", with = "humantime_serde")]
+    pub storm_window: Duration,
+    /// First match wins; endpoints matching none are "normal".
+    #[serde(default, rename = "criticality")]
+    pub criticality: Vec<CriticalityRule>,
+    #[serde(default)]
+    pub sla: SlaTable,
+    #[serde(default, rename = "maintenance")]
+    pub maintenance: Vec<MaintenanceWindow>,
+}
+
+impl Default for TicketRules {
+    fn default() -> Self {
+        TicketRules {
+            quiet_period: quiet_period(),
+            reopen_window: reopen_window(),
+            flap_cycles: flap_cycles(),
+            flap_window: flap_window(),
+            storm_endpoints: storm_endpoints(),
+            storm_window: storm_window(),
+            criticality: Vec::new(),
+            sla: SlaTable::default(),
+            maintenance: Vec::new(),
+        }
+    }
+}
+
+fn quiet_period() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn reopen_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn flap_cycles() -> u32 {
+    3
+}
+fn flap_window() -> Duration {
+    Duration::from_secs(3600)
+}
+fn storm_endpoints() -> u32 {
+    10
+}
+fn storm_window() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+
+/// How much an endpoint matters to the city.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Criticality {
+    Low,
+    #[default]
+    Normal,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CriticalityRule {
+    /// Endpoint IDs to match: `*` any run of characters, `?` one; case does
+    /// not matter (`DISPATCH-*`, `kiosk-??`).
+    pub endpoints: String,
+    pub level: Criticality,
+}
+
+/// P1 is the most urgent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    P1,
+    P2,
+    P3,
+    P4,
+}
+
+impl Priority {
+    /// Severity of the fault against criticality of the asset.
+    pub fn of(severity: Severity, criticality: Criticality) -> Priority {
+        use Criticality as C;
+        use Priority::*;
+        match (severity, criticality) {
+            (Severity::Critical, C::Critical | C::High) => P1,
+            (Severity::Critical, C::Normal) | (Severity::Warning, C::Critical | C::High) => P2,
+            (Severity::Critical, C::Low)
+            | (Severity::Warning, C::Normal)
+            | (Severity::Info, C::Critical | C::High) => P3,
+            _ => P4,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::P1 => "p1",
+            Priority::P2 => "p2",
+            Priority::P3 => "p3",
+            Priority::P4 => "p4",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sla {
+    /// A person must act on the ticket within this.
+    #[serde(with = "humantime_serde")]
+    pub response: Duration,
+    /// The ticket must be resolved within this.
+    #[serde(with = "humantime_serde")]
+    pub resolve: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaTable {
+    #[serde(default = "sla_p1")]
+    pub p1: Sla,
+    #[serde(default = "sla_p2")]
+    pub p2: Sla,
+    #[serde(default = "sla_p3")]
+    pub p3: Sla,
+    #[serde(default = "sla_p4")]
+    pub p4: Sla,
+}
+
+impl Default for SlaTable {
+    fn default() -> Self {
+        SlaTable {
+            p1: sla_p1(),
+            p2: sla_p2(),
+            p3: sla_p3(),
+            p4: sla_p4(),
+        }
+    }
+}
+
+impl SlaTable {
+    pub fn of(&self, p: Priority) -> Sla {
+        match p {
+            Priority::P1 => self.p1,
+            Priority::P2 => self.p2,
+            Priority::P3 => self.p3,
+            Priority::P4 => self.p4,
+        }
+    }
+}
+
+fn sla(response_mins: u64, resolve_hours: u64) -> Sla {
+    Sla {
+        response: Duration::from_secs(response_mins * 60),
+        resolve: Duration::from_secs(resolve_hours * 3600),
+    }
+}
+fn sla_p1() -> Sla {
+    sla(15, 4)
+}
+fn sla_p2() -> Sla {
+    sla(60, 8)
+}
+fn sla_p3() -> Sla {
+    sla(4 * 60, 3 * 24)
+}
+fn sla_p4() -> Sla {
+    sla(24 * 60, 7 * 24)
+}
+
+/// New tickets for the endpoints it covers are suppressed while it runs
+/// (and the suppression is recorded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    /// Endpoint IDs, as in criticality rules.
+    pub endpoints: String,
+    /// RFC 3339, such as "2026-11-28T22:00:00Z".
+    #[serde(with = "humantime_serde")]
+    pub start: SystemTime,
+    #[serde(with = "humantime_serde")]
+    pub end: SystemTime,
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl MaintenanceWindow {
+    pub fn covers(&self, endpoint: &str, now_ms: i64) -> bool {
+        let ms = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        };
+        (ms(self.start)..ms(self.end)).contains(&now_ms) && wildcard(&self.endpoints, endpoint)
+    }
+}
+
+impl TicketRules {
+    /// The criticality of `endpoint`: the first matching rule, else normal.
+    pub fn criticality_of(&self, endpoint: &str) -> Criticality {
+        self.criticality
+            .iter()
+            .find(|r| wildcard(&r.endpoints, endpoint))
+            .map(|r| r.level)
+            .unwrap_or_default()
+    }
+
+    /// The maintenance window covering `endpoint` now, if any.
+    pub fn maintenance_of(&self, endpoint: &str, now_ms: i64) -> Option<&MaintenanceWindow> {
+        self.maintenance.iter().find(|m| m.covers(endpoint, now_ms))
+    }
+
+    /// What serde cannot check; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.flap_cycles < 2 {
+            return Err("tickets.flap_cycles must be at least 2".into());
+        }
+        if self.storm_endpoints < 2 {
+            return Err("tickets.storm_endpoints must be at least 2".into());
+        }
+        for (name, d) in [
+            ("quiet_period", self.quiet_period),
+            ("flap_window", self.flap_window),
+            ("storm_window", self.storm_window),
+        ] {
+            if d.is_zero() {
+                return Err(format!("tickets.{name} must be above 0"));
+            }
+        }
+        for (p, s) in [
+            ("p1", self.sla.p1),
+            ("p2", self.sla.p2),
+            ("p3", self.sla.p3),
+            ("p4", self.sla.p4),
+        ] {
+            if s.response.is_zero() || s.resolve < s.response {
+                return Err(format!(
+                    "tickets.sla.{p}: response must be above 0 and at most resolve"
+                ));
+            }
+        }
+        for m in &self.maintenance {
+            if m.end <= m.start {
+                return Err(format!(
+                    "tickets.maintenance \"{}\": end must be after start",
+                    m.endpoints
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Matches `text` against `pattern` with `*` and `?`, ignoring case.
+pub fn wildcard(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.to_lowercase().chars().collect();
+    let t: Vec<char> = text.to_lowercase().chars().collect();
+    // Classic two-pointer match with backtracking to the last `*`.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        for (p, t, ok) in [
+            ("DISPATCH-*", "dispatch-07", true),
+            ("DISPATCH-*", "lobby-kiosk", false),
+            ("kiosk-??", "kiosk-12", true),
+            ("kiosk-??", "kiosk-123", false),
+            ("*", "anything", true),
+            ("*-fin-*", "cityhall-fin-04", true),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("", "", true),
+            ("", "x", false),
+        ] {
+            assert_eq!(wildcard(p, t), ok, "{p} vs {t}");
+        }
+    }
+
+    #[test]
+    fn priority_from_severity_and_criticality() {
+        use Criticality as C;
+        assert_eq!(Priority::of(Severity::Critical, C::Critical), Priority::P1);
+        assert_eq!(Priority::of(Severity::Warning, C::Critical), Priority::P2);
+        assert_eq!(Priority::of(Severity::Critical, C::Normal), Priority::P2);
+        assert_eq!(Priority::of(Severity::Warning, C::Normal), Priority::P3);
+        assert_eq!(Priority::of(Severity::Warning, C::Low), Priority::P4);
+        assert_eq!(Priority::of(Severity::Info, C::Normal), Priority::P4);
+        // A dispatch console outranks a lobby kiosk for the same fault.
+        assert!(
+            Priority::of(Severity::Warning, C::Critical) < Priority::of(Severity::Warning, C::Low)
+        );
+    }
+}
