@@ -22,6 +22,7 @@ pub mod policy;
 pub mod quickstart;
 pub mod service;
 pub mod store;
+pub mod tickets;
 pub mod tls;
 
 use std::future::Future;

@@ -1,0 +1,826 @@
+//! The ticket engine: fault events in, tickets and their timelines out.
+//!
+//! Pure and single-writer: it holds the open tickets in memory, takes fault
+//! events and the clock, and returns every change as a timeline entry for
+//! the store to persist (and, later, for webhooks to send). Nothing here
+//! does I/O, so every rule is tested as a table of events.
+//!
+//! Rules (from `policy.toml`'s `[tickets]`):
+//! - one open ticket per (endpoint, check, subject); a re-raised fault
+//!   updates it (count, last seen, latest value and evidence);
+//! - a cleared fault resolves its ticket after the quiet period; a fault
+//!   back within the reopen window reopens that ticket;
+//! - `flap_cycles` raises within `flap_window` mark a ticket flapping: it
+//!   then stays open until the fault has been clear for a whole window;
+//! - `storm_endpoints` endpoints raising one check within `storm_window`
+//!   open a parent incident linking their tickets; it resolves with them;
+//! - priority is severity against the endpoint's criticality; a ticket past
+//!   its response or resolve SLA escalates one tier, once per breach;
+//! - a maintenance window suppresses new tickets for the endpoints it
+//!   covers, and says so.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use vitals_proto::domain::{FaultEvent, FaultState, Severity};
+use vitals_proto::ticket_rules::{Priority, TicketRules};
+
+/// Who the engine acts as in timelines.
+pub const SYSTEM: &str = "vitals";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    New,
+    Assigned,
+    InProgress,
+    WaitingOnUser,
+    WaitingOnVendor,
+    Escalated,
+    Resolved,
+    Closed,
+}
+
+impl Status {
+    pub fn is_open(self) -> bool {
+        !matches!(self, Status::Resolved | Status::Closed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::Assigned => "assigned",
+            Status::InProgress => "in_progress",
+            Status::WaitingOnUser => "waiting_on_user",
+            Status::WaitingOnVendor => "waiting_on_vendor",
+            Status::Escalated => "escalated",
+            Status::Resolved => "resolved",
+            Status::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub id: u64,
+    pub endpoint: String,
+    pub check_id: String,
+    pub subject: String,
+    pub severity: Severity,
+    pub priority: Priority,
+    pub status: Status,
+    /// 1 and 2 are support tiers; 3 is the vendor.
+    pub tier: u8,
+    pub assignee: Option<String>,
+    /// Times the fault was raised while this ticket existed.
+    pub raise_count: u32,
+    pub opened_ms: i64,
+    pub last_raised_ms: i64,
+    /// Set while the fault is clear; the quiet period runs from here.
+    pub cleared_ms: Option<i64>,
+    pub resolved_ms: Option<i64>,
+    pub flapping: bool,
+    pub incident: Option<u64>,
+    pub value: f64,
+    pub evidence: String,
+    /// SLA deadlines, from the priority when the ticket opened.
+    pub response_due_ms: i64,
+    pub resolve_due_ms: i64,
+    /// A person has acted on it (assign, comment, status).
+    pub responded: bool,
+    response_breached: bool,
+    resolve_breached: bool,
+    /// Raise times within the flap window.
+    raises: VecDeque<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: u64,
+    pub check_id: String,
+    pub opened_ms: i64,
+    pub resolved_ms: Option<i64>,
+    pub tickets: Vec<u64>,
+}
+
+/// What happened, for a ticket's timeline (and for notifications).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Opened,
+    FaultRaised,
+    FaultCleared,
+    Reopened,
+    Flapping,
+    AutoResolved,
+    Escalated,
+    Linked,
+    IncidentOpened,
+    IncidentResolved,
+    /// No ticket: a maintenance window covers the endpoint.
+    Suppressed,
+    Assigned,
+    Comment,
+    StatusChanged,
+    Resolved,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The ticket, or none for incident-wide and suppression entries.
+    pub ticket: Option<u64>,
+    pub incident: Option<u64>,
+    pub at_ms: i64,
+    pub who: String,
+    pub kind: Kind,
+    pub text: String,
+}
+
+type Key = (String, String, String);
+
+#[derive(Debug, Default)]
+pub struct Engine {
+    rules: TicketRules,
+    tickets: BTreeMap<u64, Ticket>,
+    /// The newest ticket per (endpoint, check, subject), open or not.
+    latest: HashMap<Key, u64>,
+    incidents: BTreeMap<u64, Incident>,
+    /// Recent raises per check: (when, endpoint), for storm detection.
+    recent: HashMap<String, VecDeque<(i64, String)>>,
+    next_ticket: u64,
+    next_incident: u64,
+}
+
+impl Engine {
+    pub fn new(rules: TicketRules) -> Self {
+        Engine {
+            rules,
+            next_ticket: 1,
+            next_incident: 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn set_rules(&mut self, rules: TicketRules) {
+        self.rules = rules;
+    }
+
+    pub fn ticket(&self, id: u64) -> Option<&Ticket> {
+        self.tickets.get(&id)
+    }
+
+    pub fn tickets(&self) -> impl Iterator<Item = &Ticket> {
+        self.tickets.values()
+    }
+
+    pub fn incident(&self, id: u64) -> Option<&Incident> {
+        self.incidents.get(&id)
+    }
+
+    /// Applies one fault event from `endpoint`.
+    pub fn on_fault(&mut self, endpoint: &str, e: &FaultEvent, now_ms: i64) -> Vec<Entry> {
+        let key = (endpoint.to_owned(), e.check_id.clone(), e.subject.clone());
+        match e.state {
+            FaultState::Raised => self.raised(key, e, now_ms),
+            FaultState::Cleared => self.cleared(&key, e, now_ms),
+        }
+    }
+
+    fn raised(&mut self, key: Key, e: &FaultEvent, now: i64) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let existing = self.latest.get(&key).copied();
+        let reopen_ms = self.rules.reopen_window.as_millis() as i64;
+        match existing.and_then(|id| self.tickets.get_mut(&id)) {
+            Some(t) if t.status.is_open() => {
+                t.raise_count += 1;
+                t.last_raised_ms = now;
+                t.cleared_ms = None;
+                t.value = e.value;
+                t.evidence = e.evidence.clone();
+                out.push(entry(t.id, now, SYSTEM, Kind::FaultRaised, &e.evidence));
+            }
+            Some(t) if t.resolved_ms.is_some_and(|r| now - r <= reopen_ms) => {
+                t.raise_count += 1;
+                t.last_raised_ms = now;
+                t.cleared_ms = None;
+                t.resolved_ms = None;
+                t.status = if t.assignee.is_some() {
+                    Status::Assigned
+                } else {
+                    Status::New
+                };
+                t.value = e.value;
+                t.evidence = e.evidence.clone();
+                out.push(entry(
+                    t.id,
+                    now,
+                    SYSTEM,
+                    Kind::Reopened,
+                    &format!("the fault returned: {}", e.evidence),
+                ));
+            }
+            _ => {
+                if let Some(m) = self.rules.maintenance_of(&key.0, now) {
+                    return vec![Entry {
+                        ticket: None,
+                        incident: None,
+                        at_ms: now,
+                        who: SYSTEM.into(),
+                        kind: Kind::Suppressed,
+                        text: format!(
+                            "{} {} on {}: no ticket during maintenance ({})",
+                            key.1,
+                            key.2,
+                            key.0,
+                            if m.reason.is_empty() {
+                                "no reason given"
+                            } else {
+                                &m.reason
+                            }
+                        ),
+                    }];
+                }
+                let id = self.open(&key, e, now);
+                out.push(entry(id, now, SYSTEM, Kind::Opened, &e.evidence));
+            }
+        }
+        let Some(&id) = self.latest.get(&key) else {
+            return out;
+        };
+        self.flap(id, now, &mut out);
+        self.storm(id, now, &mut out);
+        out
+    }
+
+    fn open(&mut self, key: &Key, e: &FaultEvent, now: i64) -> u64 {
+        let id = self.next_ticket;
+        self.next_ticket += 1;
+        let priority = Priority::of(e.severity, self.rules.criticality_of(&key.0));
+        let sla = self.rules.sla.of(priority);
+        self.tickets.insert(
+            id,
+            Ticket {
+                id,
+                endpoint: key.0.clone(),
+                check_id: key.1.clone(),
+                subject: key.2.clone(),
+                severity: e.severity,
+                priority,
+                status: Status::New,
+                tier: 1,
+                assignee: None,
+                raise_count: 1,
+                opened_ms: now,
+                last_raised_ms: now,
+                cleared_ms: None,
+                resolved_ms: None,
+                flapping: false,
+                incident: None,
+                value: e.value,
+                evidence: e.evidence.clone(),
+                response_due_ms: now + sla.response.as_millis() as i64,
+                resolve_due_ms: now + sla.resolve.as_millis() as i64,
+                responded: false,
+                response_breached: false,
+                resolve_breached: false,
+                raises: VecDeque::new(),
+            },
+        );
+        self.latest.insert(key.clone(), id);
+        id
+    }
+
+    fn flap(&mut self, id: u64, now: i64, out: &mut Vec<Entry>) {
+        let window = self.rules.flap_window.as_millis() as i64;
+        let cycles = self.rules.flap_cycles as usize;
+        let Some(t) = self.tickets.get_mut(&id) else {
+            return;
+        };
+        t.raises.push_back(now);
+        while t.raises.front().is_some_and(|r| now - r > window) {
+            t.raises.pop_front();
+        }
+        if !t.flapping && t.raises.len() >= cycles {
+            t.flapping = true;
+            out.push(entry(
+                id,
+                now,
+                SYSTEM,
+                Kind::Flapping,
+                &format!(
+                    "raised {} times within {}; held open until stable",
+                    t.raises.len(),
+                    humantime::format_duration(self.rules.flap_window)
+                ),
+            ));
+        }
+    }
+
+    fn storm(&mut self, id: u64, now: i64, out: &mut Vec<Entry>) {
+        let Some(t) = self.tickets.get(&id) else {
+            return;
+        };
+        let (check, endpoint) = (t.check_id.clone(), t.endpoint.clone());
+        let window = self.rules.storm_window.as_millis() as i64;
+        let recent = self.recent.entry(check.clone()).or_default();
+        recent.retain(|(at, ep)| now - at <= window && *ep != endpoint);
+        recent.push_back((now, endpoint));
+        if recent.len() < self.rules.storm_endpoints as usize {
+            return;
+        }
+        let endpoints: Vec<String> = recent.iter().map(|(_, e)| e.clone()).collect();
+        let open_incident = self
+            .incidents
+            .values()
+            .find(|i| i.check_id == check && i.resolved_ms.is_none())
+            .map(|i| i.id);
+        let incident = match open_incident {
+            Some(i) => i,
+            None => {
+                let i = self.next_incident;
+                self.next_incident += 1;
+                self.incidents.insert(
+                    i,
+                    Incident {
+                        id: i,
+                        check_id: check.clone(),
+                        opened_ms: now,
+                        resolved_ms: None,
+                        tickets: Vec::new(),
+                    },
+                );
+                out.push(Entry {
+                    ticket: None,
+                    incident: Some(i),
+                    at_ms: now,
+                    who: SYSTEM.into(),
+                    kind: Kind::IncidentOpened,
+                    text: format!(
+                        "{} endpoints raised {check} within {}",
+                        endpoints.len(),
+                        humantime::format_duration(self.rules.storm_window)
+                    ),
+                });
+                i
+            }
+        };
+        // Link every open ticket of this check on those endpoints.
+        let to_link: Vec<u64> = self
+            .tickets
+            .values()
+            .filter(|t| {
+                t.check_id == check
+                    && t.status.is_open()
+                    && t.incident.is_none()
+                    && endpoints.contains(&t.endpoint)
+            })
+            .map(|t| t.id)
+            .collect();
+        for tid in to_link {
+            if let Some(t) = self.tickets.get_mut(&tid) {
+                t.incident = Some(incident);
+            }
+            if let Some(i) = self.incidents.get_mut(&incident) {
+                i.tickets.push(tid);
+            }
+            out.push(Entry {
+                ticket: Some(tid),
+                incident: Some(incident),
+                at_ms: now,
+                who: SYSTEM.into(),
+                kind: Kind::Linked,
+                text: format!("part of incident {incident}"),
+            });
+        }
+    }
+
+    fn cleared(&mut self, key: &Key, e: &FaultEvent, now: i64) -> Vec<Entry> {
+        let Some(t) = self
+            .latest
+            .get(key)
+            .and_then(|id| self.tickets.get_mut(id))
+            .filter(|t| t.status.is_open())
+        else {
+            return Vec::new();
+        };
+        t.cleared_ms = Some(now);
+        t.value = e.value;
+        vec![entry(t.id, now, SYSTEM, Kind::FaultCleared, &e.evidence)]
+    }
+
+    /// Time passing: auto-resolve after the quiet period, SLA escalation,
+    /// incidents resolving with their tickets.
+    pub fn tick(&mut self, now: i64) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let quiet = self.rules.quiet_period.as_millis() as i64;
+        let flap_window = self.rules.flap_window.as_millis() as i64;
+        for t in self.tickets.values_mut().filter(|t| t.status.is_open()) {
+            if let Some(cleared) = t.cleared_ms {
+                let wait = if t.flapping { flap_window } else { quiet };
+                if now - cleared >= wait {
+                    t.status = Status::Resolved;
+                    t.resolved_ms = Some(now);
+                    t.flapping = false;
+                    t.raises.clear();
+                    out.push(entry(
+                        t.id,
+                        now,
+                        SYSTEM,
+                        Kind::AutoResolved,
+                        &format!(
+                            "auto-resolved: clear for {}",
+                            humantime::format_duration(std::time::Duration::from_millis(
+                                (now - cleared) as u64 / 1000 * 1000
+                            ))
+                        ),
+                    ));
+                    continue;
+                }
+            }
+            let breach = if !t.responded && !t.response_breached && now > t.response_due_ms {
+                t.response_breached = true;
+                Some("response")
+            } else if !t.resolve_breached && now > t.resolve_due_ms {
+                t.resolve_breached = true;
+                Some("resolve")
+            } else {
+                None
+            };
+            if let Some(what) = breach
+                && t.tier < 3
+            {
+                t.tier += 1;
+                t.status = Status::Escalated;
+                out.push(entry(
+                    t.id,
+                    now,
+                    SYSTEM,
+                    Kind::Escalated,
+                    &format!(
+                        "{} SLA for {} missed; escalated to {}",
+                        what,
+                        t.priority.as_str().to_uppercase(),
+                        tier_name(t.tier)
+                    ),
+                ));
+            }
+        }
+        for i in self
+            .incidents
+            .values_mut()
+            .filter(|i| i.resolved_ms.is_none())
+        {
+            let all_done = i
+                .tickets
+                .iter()
+                .all(|id| self.tickets.get(id).is_none_or(|t| !t.status.is_open()));
+            if all_done && !i.tickets.is_empty() {
+                i.resolved_ms = Some(now);
+                out.push(Entry {
+                    ticket: None,
+                    incident: Some(i.id),
+                    at_ms: now,
+                    who: SYSTEM.into(),
+                    kind: Kind::IncidentResolved,
+                    text: format!("all {} tickets resolved", i.tickets.len()),
+                });
+            }
+        }
+        out
+    }
+
+    /// A specialist's action on a ticket. `None` if there is no such ticket.
+    pub fn act(&mut self, id: u64, who: &str, action: Action, now: i64) -> Option<Vec<Entry>> {
+        let t = self.tickets.get_mut(&id)?;
+        t.responded = true;
+        let e = match action {
+            Action::Assign(to) => {
+                t.assignee = Some(to.clone());
+                if t.status == Status::New {
+                    t.status = Status::Assigned;
+                }
+                entry(id, now, who, Kind::Assigned, &format!("assigned to {to}"))
+            }
+            Action::Comment(text) => entry(id, now, who, Kind::Comment, &text),
+            Action::Status(s) => {
+                let before = t.status;
+                t.status = s;
+                if !s.is_open() {
+                    t.resolved_ms.get_or_insert(now);
+                } else {
+                    t.resolved_ms = None;
+                }
+                entry(
+                    id,
+                    now,
+                    who,
+                    Kind::StatusChanged,
+                    &format!("{} → {}", before.as_str(), s.as_str()),
+                )
+            }
+            Action::Resolve(notes) => {
+                t.status = Status::Resolved;
+                t.resolved_ms = Some(now);
+                entry(id, now, who, Kind::Resolved, &notes)
+            }
+            Action::Escalate => {
+                t.tier = (t.tier + 1).min(3);
+                t.status = Status::Escalated;
+                entry(
+                    id,
+                    now,
+                    who,
+                    Kind::Escalated,
+                    &format!("escalated to {}", tier_name(t.tier)),
+                )
+            }
+        };
+        Some(vec![e])
+    }
+}
+
+/// What a specialist can do to a ticket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Assign(String),
+    Comment(String),
+    Status(Status),
+    Resolve(String),
+    Escalate,
+}
+
+fn tier_name(tier: u8) -> &'static str {
+    match tier {
+        1 => "tier 1",
+        2 => "tier 2",
+        _ => "the vendor",
+    }
+}
+
+fn entry(ticket: u64, at_ms: i64, who: &str, kind: Kind, text: &str) -> Entry {
+    Entry {
+        ticket: Some(ticket),
+        incident: None,
+        at_ms,
+        who: who.to_owned(),
+        kind,
+        text: text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const MIN: i64 = 60_000;
+
+    fn rules() -> TicketRules {
+        TicketRules {
+            quiet_period: Duration::from_secs(600),
+            reopen_window: Duration::from_secs(3600),
+            flap_cycles: 3,
+            flap_window: Duration::from_secs(3600),
+            storm_endpoints: 5,
+            storm_window: Duration::from_secs(600),
+            ..Default::default()
+        }
+    }
+
+    fn fault(check: &str, state: FaultState, severity: Severity) -> FaultEvent {
+        FaultEvent {
+            check_id: check.into(),
+            subject: "/".into(),
+            state,
+            severity,
+            value: 97.0,
+            evidence: format!("{check} evidence"),
+            at_ms: 0,
+        }
+    }
+
+    fn raise(e: &mut Engine, ep: &str, at: i64) -> Vec<Entry> {
+        e.on_fault(
+            ep,
+            &fault("disk_nearly_full", FaultState::Raised, Severity::Warning),
+            at,
+        )
+    }
+
+    fn clear(e: &mut Engine, ep: &str, at: i64) -> Vec<Entry> {
+        e.on_fault(
+            ep,
+            &fault("disk_nearly_full", FaultState::Cleared, Severity::Warning),
+            at,
+        )
+    }
+
+    fn kinds(entries: &[Entry]) -> Vec<Kind> {
+        entries.iter().map(|e| e.kind.clone()).collect()
+    }
+
+    #[test]
+    fn re_raised_fault_updates_the_one_open_ticket() {
+        let mut e = Engine::new(rules());
+        assert_eq!(kinds(&raise(&mut e, "ws-1", 0)), vec![Kind::Opened]);
+        assert_eq!(kinds(&raise(&mut e, "ws-1", MIN)), vec![Kind::FaultRaised]);
+        assert_eq!(e.tickets().count(), 1);
+        let t = e.ticket(1).unwrap();
+        assert_eq!(t.raise_count, 2);
+        assert_eq!(t.last_raised_ms, MIN);
+        // Another subject or endpoint is another ticket.
+        let mut other = fault("disk_nearly_full", FaultState::Raised, Severity::Warning);
+        other.subject = "/home".into();
+        assert_eq!(
+            kinds(&e.on_fault("ws-1", &other, 2 * MIN)),
+            vec![Kind::Opened]
+        );
+        assert_eq!(kinds(&raise(&mut e, "ws-2", 2 * MIN)), vec![Kind::Opened]);
+        assert_eq!(e.tickets().count(), 3);
+    }
+
+    #[test]
+    fn cleared_fault_resolves_after_the_quiet_period_and_returns_reopen() {
+        let mut e = Engine::new(rules());
+        raise(&mut e, "ws-1", 0);
+        assert_eq!(kinds(&clear(&mut e, "ws-1", MIN)), vec![Kind::FaultCleared]);
+        assert!(e.tick(5 * MIN).is_empty(), "quiet period still running");
+        let resolved = e.tick(11 * MIN);
+        assert_eq!(kinds(&resolved), vec![Kind::AutoResolved]);
+        assert!(resolved[0].text.contains("auto-resolved: clear for 10m"));
+        assert_eq!(e.ticket(1).unwrap().status, Status::Resolved);
+        // Back within the reopen window: the same ticket reopens.
+        assert_eq!(
+            kinds(&raise(&mut e, "ws-1", 30 * MIN)),
+            vec![Kind::Reopened]
+        );
+        assert_eq!(e.ticket(1).unwrap().status, Status::New);
+        assert_eq!(e.tickets().count(), 1);
+        // A fault returning within the quiet period never resolved at all.
+        clear(&mut e, "ws-1", 31 * MIN);
+        assert_eq!(
+            kinds(&raise(&mut e, "ws-1", 33 * MIN)),
+            vec![Kind::FaultRaised]
+        );
+        assert!(e.tick(45 * MIN).is_empty());
+        // Past the reopen window: a new ticket.
+        clear(&mut e, "ws-1", 50 * MIN);
+        e.tick(61 * MIN);
+        assert_eq!(kinds(&raise(&mut e, "ws-1", 200 * MIN)), vec![Kind::Opened]);
+        assert_eq!(e.tickets().count(), 2);
+    }
+
+    #[test]
+    fn flapping_is_marked_once_and_stops_the_churn() {
+        let mut e = Engine::new(rules());
+        let mut all = Vec::new();
+        for i in 0..6 {
+            all.extend(raise(&mut e, "ws-1", i * 2 * MIN));
+            all.extend(clear(&mut e, "ws-1", i * 2 * MIN + MIN));
+            all.extend(e.tick(i * 2 * MIN + MIN + 1));
+        }
+        let flaps = all.iter().filter(|x| x.kind == Kind::Flapping).count();
+        assert_eq!(flaps, 1, "{:?}", kinds(&all));
+        assert_eq!(e.tickets().count(), 1, "no new tickets while flapping");
+        let t = e.ticket(1).unwrap();
+        assert!(t.flapping && t.status.is_open());
+        // Clear past the quiet period is not enough while flapping...
+        assert!(e.tick(11 * MIN + 15 * MIN).is_empty());
+        // ...a whole flap window clear is.
+        assert_eq!(
+            kinds(&e.tick(11 * MIN + 61 * MIN)),
+            vec![Kind::AutoResolved]
+        );
+    }
+
+    #[test]
+    fn a_storm_becomes_one_incident_with_every_ticket_linked() {
+        let mut e = Engine::new(rules());
+        let mut all = Vec::new();
+        for i in 0..50 {
+            all.extend(raise(&mut e, &format!("ws-{i:02}"), i * 1000));
+        }
+        let opened: Vec<&Entry> = all
+            .iter()
+            .filter(|x| x.kind == Kind::IncidentOpened)
+            .collect();
+        assert_eq!(opened.len(), 1, "one parent, not one per endpoint");
+        let incident = e.incident(1).unwrap();
+        assert_eq!(incident.tickets.len(), 50);
+        assert!(e.tickets().all(|t| t.incident == Some(1)));
+        // The same check elsewhere later joins the open incident.
+        raise(&mut e, "ws-99", 60_000);
+        assert_eq!(e.incident(1).unwrap().tickets.len(), 51);
+        // It resolves with its children.
+        for t in e.tickets().map(|t| t.endpoint.clone()).collect::<Vec<_>>() {
+            clear(&mut e, &t, 2 * MIN);
+        }
+        let done = e.tick(13 * MIN);
+        assert_eq!(
+            done.iter()
+                .filter(|x| x.kind == Kind::IncidentResolved)
+                .count(),
+            1
+        );
+        // Too few endpoints, or spread too thin in time: no incident.
+        let mut quiet = Engine::new(rules());
+        for i in 0..4 {
+            raise(&mut quiet, &format!("ws-{i}"), 0);
+        }
+        for i in 4..8 {
+            raise(&mut quiet, &format!("ws-{i}"), i * 20 * MIN);
+        }
+        assert!(quiet.incident(1).is_none());
+    }
+
+    #[test]
+    fn priority_follows_criticality_and_sla_escalates_once_per_breach() {
+        let mut r = rules();
+        r.criticality
+            .push(vitals_proto::ticket_rules::CriticalityRule {
+                endpoints: "DISPATCH-*".into(),
+                level: vitals_proto::ticket_rules::Criticality::Critical,
+            });
+        r.criticality
+            .push(vitals_proto::ticket_rules::CriticalityRule {
+                endpoints: "kiosk-*".into(),
+                level: vitals_proto::ticket_rules::Criticality::Low,
+            });
+        let mut e = Engine::new(r.clone());
+        raise(&mut e, "dispatch-07", 0);
+        raise(&mut e, "kiosk-lobby", 0);
+        assert_eq!(e.ticket(1).unwrap().priority, Priority::P2);
+        assert_eq!(e.ticket(2).unwrap().priority, Priority::P4);
+        // P2: respond within 1 h. Nobody did.
+        let esc = e.tick(61 * MIN);
+        assert_eq!(kinds(&esc), vec![Kind::Escalated]);
+        assert!(
+            esc[0]
+                .text
+                .contains("response SLA for P2 missed; escalated to tier 2")
+        );
+        assert!(e.tick(62 * MIN).is_empty(), "once per breach");
+        // Resolve SLA (8 h) missed too: one more tier.
+        let esc = e.tick(8 * 60 * MIN + 1);
+        assert_eq!(kinds(&esc), vec![Kind::Escalated]);
+        assert_eq!(e.ticket(1).unwrap().tier, 3);
+        // A ticket someone acted on does not breach its response SLA.
+        let mut e = Engine::new(r);
+        raise(&mut e, "dispatch-07", 0);
+        e.act(1, "ana", Action::Assign("ana".into()), MIN).unwrap();
+        assert!(e.tick(61 * MIN).is_empty());
+        assert_eq!(e.ticket(1).unwrap().status, Status::Assigned);
+    }
+
+    #[test]
+    fn maintenance_suppresses_new_tickets_and_says_so() {
+        let mut r = rules();
+        let at = |ms: i64| std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+        r.maintenance
+            .push(vitals_proto::ticket_rules::MaintenanceWindow {
+                endpoints: "lab-*".into(),
+                start: at(0),
+                end: at(60 * MIN),
+                reason: "patching".into(),
+            });
+        let mut e = Engine::new(r);
+        let out = raise(&mut e, "lab-3", MIN);
+        assert_eq!(kinds(&out), vec![Kind::Suppressed]);
+        assert!(
+            out[0].text.contains("maintenance (patching)"),
+            "{}",
+            out[0].text
+        );
+        assert_eq!(out[0].ticket, None);
+        assert_eq!(e.tickets().count(), 0);
+        // Others are not covered; after the window the same fault tickets.
+        assert_eq!(kinds(&raise(&mut e, "ws-1", MIN)), vec![Kind::Opened]);
+        assert_eq!(kinds(&raise(&mut e, "lab-3", 61 * MIN)), vec![Kind::Opened]);
+    }
+
+    #[test]
+    fn specialist_actions_are_timeline_entries_with_who() {
+        let mut e = Engine::new(rules());
+        raise(&mut e, "ws-1", 0);
+        let a = e.act(1, "ana", Action::Assign("bo".into()), MIN).unwrap();
+        assert_eq!(a[0].who, "ana");
+        assert_eq!(a[0].text, "assigned to bo");
+        let s = e
+            .act(1, "bo", Action::Status(Status::WaitingOnUser), 2 * MIN)
+            .unwrap();
+        assert_eq!(s[0].text, "assigned → waiting_on_user");
+        e.act(
+            1,
+            "bo",
+            Action::Resolve("replaced the toner".into()),
+            3 * MIN,
+        )
+        .unwrap();
+        assert_eq!(e.ticket(1).unwrap().status, Status::Resolved);
+        // A manual reopen by status.
+        e.act(1, "bo", Action::Status(Status::InProgress), 4 * MIN)
+            .unwrap();
+        assert_eq!(e.ticket(1).unwrap().resolved_ms, None);
+        assert!(e.act(99, "bo", Action::Escalate, 0).is_none());
+    }
+}
