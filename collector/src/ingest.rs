@@ -91,12 +91,20 @@ pub struct Ingest {
 impl Ingest {
     /// Starts the batcher. It ends, after committing everything queued, once
     /// every clone of the returned `Ingest` is dropped.
+    /// `faults_committed` is notified after every commit holding fault
+    /// events (the ticket engine waits on it).
     pub fn start(
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        faults_committed: Arc<Notify>,
     ) -> (Ingest, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(batcher(rx, store.clone(), metrics.clone()));
+        let task = tokio::spawn(batcher(
+            rx,
+            store.clone(),
+            metrics.clone(),
+            faults_committed,
+        ));
         (
             Ingest {
                 queue,
@@ -193,13 +201,21 @@ impl Ingest {
 #[error("ingest is shutting down")]
 pub struct IngestClosed;
 
-async fn batcher(mut rx: mpsc::Receiver<Item>, store: Arc<dyn Store>, metrics: Arc<Metrics>) {
+async fn batcher(
+    mut rx: mpsc::Receiver<Item>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    faults_committed: Arc<Notify>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (records, sinks): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|i| (i.record, i.sink)).unzip();
         let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
         let count = records.len();
+        let has_faults = records
+            .iter()
+            .any(|r| matches!(r.body, crate::store::RecordBody::Fault(_)));
         let started = Instant::now();
         let result = store.commit(records).await;
         metrics
@@ -210,6 +226,9 @@ async fn batcher(mut rx: mpsc::Receiver<Item>, store: Arc<dyn Store>, metrics: A
             Ok(()) => {
                 for (seq, sink) in seqs.into_iter().zip(&sinks) {
                     sink.advance(seq);
+                }
+                if has_faults {
+                    faults_committed.notify_one();
                 }
             }
             Err(error) => {

@@ -178,7 +178,9 @@ impl Collector {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = || stopped(stop_rx.clone());
 
-        let (ingest, batcher) = Ingest::start(store.clone(), metrics.clone());
+        let faults_committed = Arc::new(tokio::sync::Notify::new());
+        let (ingest, batcher) =
+            Ingest::start(store.clone(), metrics.clone(), faults_committed.clone());
         if let Some(listener) = listeners.metrics {
             info!(addr = %listener.local_addr().map_err(|source| CollectorError::Bind { addr: config.metrics.listen, source })?, "metrics on /metrics");
             let metrics = metrics.clone();
@@ -220,6 +222,12 @@ impl Collector {
             }
             None => (watch::channel(policy).1, None),
         };
+        tokio::spawn(tickets::supervise(
+            store.clone(),
+            policy.clone(),
+            faults_committed,
+            stop_rx.clone(),
+        ));
         let gateway = AgentGatewayApi::new(
             ingest.clone(),
             config.agents.clone(),

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod policy;
 pub mod report;
 pub mod ticket_rules;
+pub mod tickets;
 
 /// Generated `vitals.v1` code (prost messages, tonic clients and servers).
 #[allow(clippy::all, missing_docs)]

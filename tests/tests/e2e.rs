@@ -984,3 +984,73 @@ async fn policy_changes_reach_live_agents_and_bad_edits_are_refused() {
 
 #[path = "e2e/probes.rs"]
 mod probes;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_fault_becomes_a_ticket_that_resolves_itself() {
+    use vitals_collector::store::TicketFilter;
+    use vitals_proto::tickets::{Kind, Status};
+    let fleet = Fleet::new("tickets");
+    // A check this machine always fails, and a short quiet period.
+    let check = |raise: &str| {
+        format!(
+            "[tickets]\nquiet_period = \"1s\"\n\
+             [[check]]\nid = \"memory_in_use\"\nmeasurement = \"memory.used_percent\"\n\
+             direction = \"above\"\nraise = {raise}\nclear = 0.0\nhold = \"0s\"\nseverity = \"warning\"\n"
+        )
+    };
+    let config = with_policy(&fleet, &check("0.001"));
+    let policy_path = config.policy.clone().expect("policy path");
+    let db = config.storage_url();
+    let collector = RunningCollector::start(config).await;
+    let agent = RunningAgent::start(fleet.agent_config("ws-ticket", collector.addr));
+    // The test reads the tickets straight from the collector's database.
+    let store = vitals_collector::store::open(&db, 10, Duration::ZERO)
+        .await
+        .expect("open store");
+    let open = || {
+        let store = store.clone();
+        async move {
+            store
+                .tickets(TicketFilter {
+                    endpoint: Some("ws-ticket".into()),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .ok()
+        }
+    };
+    let ticket = eventually(WAIT, "a ticket for the fault", || async {
+        open().await?.into_iter().next()
+    })
+    .await;
+    assert_eq!(ticket.check_id, "memory_in_use");
+    assert_eq!(ticket.subject, "memory");
+    assert_eq!(ticket.status, Status::New);
+    assert!(
+        ticket.evidence.contains("memory.used_percent"),
+        "{ticket:?}"
+    );
+
+    // The fault clears (the check is raised out of reach): the ticket
+    // resolves itself after the quiet period, with the reason on record.
+    std::fs::write(&policy_path, check("100.0")).expect("write policy");
+    let resolved = eventually(WAIT, "the ticket auto-resolved", || async {
+        let (t, timeline) = store.ticket(ticket.id).await.ok()??;
+        (t.status == Status::Resolved).then_some(timeline)
+    })
+    .await;
+    let kinds: Vec<Kind> = resolved.iter().map(|e| e.kind.clone()).collect();
+    assert_eq!(
+        kinds,
+        vec![Kind::Opened, Kind::FaultCleared, Kind::AutoResolved],
+        "{resolved:?}"
+    );
+    assert_eq!(
+        open().await.expect("tickets").len(),
+        1,
+        "one ticket, never two"
+    );
+    agent.stop().await;
+    collector.stop().await;
+}

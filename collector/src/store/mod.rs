@@ -14,6 +14,7 @@ use vitals_proto::domain::{
     EndpointDetail, EndpointSummary, FaultEvent, FaultRecord, HistoryEntry, Snapshot,
 };
 use vitals_proto::identity::EndpointId;
+use vitals_proto::tickets::{Entry, Incident, Ticket};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -45,6 +46,8 @@ pub enum StoreError {
         seq: u64,
         source: serde_json::Error,
     },
+    #[error("stored ticket or incident {id} is not valid: {what}")]
+    CorruptTicket { id: i64, what: String },
     #[error("unsupported storage url \"{0}\": this build stores in SQLite (sqlite://PATH)")]
     UnsupportedUrl(String),
     #[error("storage worker stopped: {0}")]
@@ -107,6 +110,58 @@ pub trait Store: Send + Sync + 'static {
 
     /// Fault events of an endpoint, newest first, at most `limit`.
     async fn faults(&self, id: &str, limit: u32) -> Result<Vec<FaultRecord>, StoreError>;
+
+    /// Fault events committed after `after` (their storage id), oldest
+    /// first, as (id, endpoint, event): the ticket engine's input.
+    async fn fault_events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String, FaultEvent)>, StoreError>;
+
+    /// What the ticket engine resumes from.
+    async fn ticket_state(&self) -> Result<TicketState, StoreError>;
+
+    /// One engine step, atomically: changed tickets and incidents, their
+    /// timeline entries, and the new fault event cursor.
+    async fn save_tickets(&self, step: TicketStep) -> Result<(), StoreError>;
+
+    /// Tickets matching `filter`, most urgent and newest first.
+    async fn tickets(&self, filter: TicketFilter) -> Result<Vec<Ticket>, StoreError>;
+
+    /// One ticket with its timeline, oldest entry first.
+    async fn ticket(&self, id: u64) -> Result<Option<(Ticket, Vec<Entry>)>, StoreError>;
+}
+
+/// The ticket engine's persisted state: every open ticket, the newest ticket
+/// of each (endpoint, check, subject) (for reopening), open incidents, the
+/// highest ids used, and the fault event cursor.
+#[derive(Debug, Clone, Default)]
+pub struct TicketState {
+    pub tickets: Vec<Ticket>,
+    pub incidents: Vec<Incident>,
+    pub max_ticket: u64,
+    pub max_incident: u64,
+    pub cursor: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TicketStep {
+    pub tickets: Vec<Ticket>,
+    pub incidents: Vec<Incident>,
+    pub entries: Vec<Entry>,
+    pub cursor: i64,
+    pub now_ms: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TicketFilter {
+    /// Only open tickets (not resolved or closed).
+    pub open_only: bool,
+    pub endpoint: Option<String>,
+    pub check_id: Option<String>,
+    pub incident: Option<u64>,
+    pub limit: u32,
 }
 
 /// Opens the store a URL names. `sqlite://PATH` (or a bare path) is SQLite.

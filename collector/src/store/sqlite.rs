@@ -23,7 +23,11 @@ use vitals_proto::domain::{
 };
 use vitals_proto::identity::EndpointId;
 
-use super::{Record, RecordBody, SessionOpen, Store, StoreError};
+use vitals_proto::tickets::{Entry, Ticket};
+
+use super::{
+    Record, RecordBody, SessionOpen, Store, StoreError, TicketFilter, TicketState, TicketStep,
+};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the
 /// last one applied. Never edit a released migration: add a new one.
@@ -36,6 +40,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_fault_events.sql"),
     ),
+    (3, include_str!("../../migrations/sqlite/0003_tickets.sql")),
 ];
 
 pub struct SqliteStore {
@@ -464,6 +469,221 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn fault_events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String, FaultEvent)>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, received_ms, at_ms, check_id, state, severity, subject, value, evidence,
+                        id, endpoint_id
+                 FROM fault_events WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![after, limit])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let endpoint: String = row.get(10)?;
+                let record = fault_from_row(&endpoint, row)?;
+                out.push((row.get(9)?, endpoint, record.event));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ticket_state(&self) -> Result<TicketState, StoreError> {
+        self.read(|c| {
+            let mut state = TicketState::default();
+            let mut stmt = c.prepare(
+                "SELECT id, body FROM tickets
+                 WHERE status NOT IN ('resolved', 'closed')
+                    OR id IN (SELECT MAX(id) FROM tickets GROUP BY endpoint_id, check_id, subject)
+                 ORDER BY id",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                state
+                    .tickets
+                    .push(parse_body(row.get(0)?, &row.get::<_, String>(1)?)?);
+            }
+            let mut stmt =
+                c.prepare("SELECT id, body FROM incidents WHERE resolved_ms IS NULL ORDER BY id")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                state
+                    .incidents
+                    .push(parse_body(row.get(0)?, &row.get::<_, String>(1)?)?);
+            }
+            state.max_ticket = c.query_row("SELECT COALESCE(MAX(id), 0) FROM tickets", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64;
+            state.max_incident =
+                c.query_row("SELECT COALESCE(MAX(id), 0) FROM incidents", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64;
+            state.cursor = c.query_row(
+                "SELECT fault_event_id FROM ticket_cursor WHERE one = 1",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(state)
+        })
+        .await
+    }
+
+    async fn save_tickets(&self, step: TicketStep) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut put = tx.prepare_cached(
+                    "INSERT INTO tickets (id, endpoint_id, check_id, subject, status, priority,
+                                          assignee, incident, opened_ms, updated_ms, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                        priority = excluded.priority, assignee = excluded.assignee,
+                        incident = excluded.incident, updated_ms = excluded.updated_ms,
+                        body = excluded.body",
+                )?;
+                for t in &step.tickets {
+                    put.execute(params![
+                        t.id as i64,
+                        t.endpoint,
+                        t.check_id,
+                        t.subject,
+                        t.status.as_str(),
+                        t.priority.as_str(),
+                        t.assignee,
+                        t.incident.map(|i| i as i64),
+                        t.opened_ms,
+                        step.now_ms,
+                        body_json(t),
+                    ])?;
+                }
+                let mut put = tx.prepare_cached(
+                    "INSERT INTO incidents (id, check_id, opened_ms, resolved_ms, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (id) DO UPDATE SET resolved_ms = excluded.resolved_ms,
+                        body = excluded.body",
+                )?;
+                for i in &step.incidents {
+                    put.execute(params![
+                        i.id as i64,
+                        i.check_id,
+                        i.opened_ms,
+                        i.resolved_ms,
+                        body_json(i),
+                    ])?;
+                }
+                let mut put = tx.prepare_cached(
+                    "INSERT INTO ticket_timeline (ticket, incident, at_ms, who, kind, text)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for e in &step.entries {
+                    put.execute(params![
+                        e.ticket.map(|t| t as i64),
+                        e.incident.map(|i| i as i64),
+                        e.at_ms,
+                        e.who,
+                        kind_text(&e.kind),
+                        e.text,
+                    ])?;
+                }
+                tx.execute(
+                    "UPDATE ticket_cursor SET fault_event_id = ?1 WHERE one = 1",
+                    params![step.cursor],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn tickets(&self, filter: TicketFilter) -> Result<Vec<Ticket>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, body FROM tickets
+                 WHERE (?1 = 0 OR status NOT IN ('resolved', 'closed'))
+                   AND (?2 IS NULL OR endpoint_id = ?2)
+                   AND (?3 IS NULL OR check_id = ?3)
+                   AND (?4 IS NULL OR incident = ?4)
+                 ORDER BY priority, id DESC LIMIT ?5",
+            )?;
+            let mut rows = stmt.query(params![
+                filter.open_only,
+                filter.endpoint,
+                filter.check_id,
+                filter.incident.map(|i| i as i64),
+                filter.limit.max(1),
+            ])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(parse_body(row.get(0)?, &row.get::<_, String>(1)?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ticket(&self, id: u64) -> Result<Option<(Ticket, Vec<Entry>)>, StoreError> {
+        self.read(move |c| {
+            let body: Option<String> = c
+                .query_row(
+                    "SELECT body FROM tickets WHERE id = ?1",
+                    params![id as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(body) = body else { return Ok(None) };
+            let ticket: Ticket = parse_body(id as i64, &body)?;
+            let mut stmt = c.prepare_cached(
+                "SELECT incident, at_ms, who, kind, text FROM ticket_timeline
+                 WHERE ticket = ?1 ORDER BY id",
+            )?;
+            let mut rows = stmt.query(params![id as i64])?;
+            let mut entries = Vec::new();
+            while let Some(r) = rows.next()? {
+                let kind: String = r.get(3)?;
+                entries.push(Entry {
+                    ticket: Some(id),
+                    incident: r.get::<_, Option<i64>>(0)?.map(|i| i as u64),
+                    at_ms: r.get(1)?,
+                    who: r.get(2)?,
+                    kind: serde_json::from_value(serde_json::Value::String(kind.clone())).map_err(
+                        |_| StoreError::CorruptTicket {
+                            id: id as i64,
+                            what: format!("timeline kind \"{kind}\""),
+                        },
+                    )?,
+                    text: r.get(4)?,
+                });
+            }
+            Ok(Some((ticket, entries)))
+        })
+        .await
+    }
+}
+
+fn body_json<T: serde::Serialize>(v: &T) -> String {
+    // Plain data with string keys: serialising cannot fail.
+    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(id: i64, body: &str) -> Result<T, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::CorruptTicket {
+        id,
+        what: e.to_string(),
+    })
+}
+
+/// A timeline kind as stored: its snake_case name.
+fn kind_text(k: &vitals_proto::tickets::Kind) -> String {
+    match serde_json::to_value(k) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{k:?}"),
+    }
 }
 
 fn fault_from_row(endpoint: &str, r: &rusqlite::Row<'_>) -> Result<FaultRecord, StoreError> {
@@ -623,5 +843,96 @@ mod tests {
             SqliteStore::open(&path, 10, Duration::ZERO).await,
             Err(StoreError::SchemaTooNew { found: 99, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn the_ticket_engine_resumes_exactly_where_it_stopped() {
+        use crate::tickets::engine::Engine;
+        use vitals_proto::ticket_rules::TicketRules;
+        let path = temp_db("tickets");
+        let store = SqliteStore::open(&path, 10, Duration::ZERO).await.unwrap();
+        let id: EndpointId = "ws-1".parse().unwrap();
+        store.open_session(&session(&id)).await.unwrap();
+        let fault = |seq: u64, state: FaultState| Record {
+            endpoint: id.clone(),
+            seq,
+            received_ms: 1000,
+            body: RecordBody::Fault(FaultEvent {
+                check_id: "disk_nearly_full".into(),
+                subject: "/".into(),
+                state,
+                severity: Severity::Warning,
+                value: 97.0,
+                evidence: "/ at 97%".into(),
+                at_ms: 1000,
+            }),
+        };
+        store
+            .commit(vec![
+                fault(1, FaultState::Raised),
+                fault(2, FaultState::Raised),
+            ])
+            .await
+            .unwrap();
+
+        // One step: both events read, one ticket, cursor past both.
+        let state = store.ticket_state().await.unwrap();
+        assert_eq!(state.cursor, 0);
+        let mut engine = Engine::restore(TicketRules::default(), vec![], vec![], 0, 0);
+        let events = store.fault_events_after(state.cursor, 100).await.unwrap();
+        assert_eq!(events.len(), 2);
+        let mut entries = Vec::new();
+        for (_, ep, e) in &events {
+            entries.extend(engine.on_fault(ep, e, 5000));
+        }
+        let (tickets, incidents) = engine.changed(&entries);
+        store
+            .save_tickets(TicketStep {
+                tickets,
+                incidents,
+                entries,
+                cursor: events[1].0,
+                now_ms: 5000,
+            })
+            .await
+            .unwrap();
+
+        // After a restart nothing is read twice; the ticket is there.
+        drop(store);
+        let store = SqliteStore::open(&path, 10, Duration::ZERO).await.unwrap();
+        let state = store.ticket_state().await.unwrap();
+        assert_eq!(state.tickets.len(), 1);
+        assert_eq!(state.max_ticket, 1);
+        assert!(
+            store
+                .fault_events_after(state.cursor, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let (t, timeline) = store.ticket(1).await.unwrap().unwrap();
+        assert_eq!(t.raise_count, 2);
+        assert_eq!(t.endpoint, "ws-1");
+        let kinds: Vec<_> = timeline.iter().map(|e| e.kind.clone()).collect();
+        use vitals_proto::tickets::Kind;
+        assert_eq!(kinds, vec![Kind::Opened, Kind::FaultRaised]);
+        let open = store
+            .tickets(crate::store::TicketFilter {
+                open_only: true,
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(open.len(), 1);
+        let engine = Engine::restore(
+            TicketRules::default(),
+            state.tickets,
+            state.incidents,
+            state.max_ticket,
+            state.max_incident,
+        );
+        assert_eq!(engine.ticket(1).unwrap().raise_count, 2);
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -21,120 +21,12 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use serde::{Deserialize, Serialize};
-use vitals_proto::domain::{FaultEvent, FaultState, Severity};
+use vitals_proto::domain::{FaultEvent, FaultState};
 use vitals_proto::ticket_rules::{Priority, TicketRules};
+use vitals_proto::tickets::{Entry, Incident, Kind, Status, Ticket};
 
 /// Who the engine acts as in timelines.
 pub const SYSTEM: &str = "vitals";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    New,
-    Assigned,
-    InProgress,
-    WaitingOnUser,
-    WaitingOnVendor,
-    Escalated,
-    Resolved,
-    Closed,
-}
-
-impl Status {
-    pub fn is_open(self) -> bool {
-        !matches!(self, Status::Resolved | Status::Closed)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::New => "new",
-            Status::Assigned => "assigned",
-            Status::InProgress => "in_progress",
-            Status::WaitingOnUser => "waiting_on_user",
-            Status::WaitingOnVendor => "waiting_on_vendor",
-            Status::Escalated => "escalated",
-            Status::Resolved => "resolved",
-            Status::Closed => "closed",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ticket {
-    pub id: u64,
-    pub endpoint: String,
-    pub check_id: String,
-    pub subject: String,
-    pub severity: Severity,
-    pub priority: Priority,
-    pub status: Status,
-    /// 1 and 2 are support tiers; 3 is the vendor.
-    pub tier: u8,
-    pub assignee: Option<String>,
-    /// Times the fault was raised while this ticket existed.
-    pub raise_count: u32,
-    pub opened_ms: i64,
-    pub last_raised_ms: i64,
-    /// Set while the fault is clear; the quiet period runs from here.
-    pub cleared_ms: Option<i64>,
-    pub resolved_ms: Option<i64>,
-    pub flapping: bool,
-    pub incident: Option<u64>,
-    pub value: f64,
-    pub evidence: String,
-    /// SLA deadlines, from the priority when the ticket opened.
-    pub response_due_ms: i64,
-    pub resolve_due_ms: i64,
-    /// A person has acted on it (assign, comment, status).
-    pub responded: bool,
-    response_breached: bool,
-    resolve_breached: bool,
-    /// Raise times within the flap window.
-    raises: VecDeque<i64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Incident {
-    pub id: u64,
-    pub check_id: String,
-    pub opened_ms: i64,
-    pub resolved_ms: Option<i64>,
-    pub tickets: Vec<u64>,
-}
-
-/// What happened, for a ticket's timeline (and for notifications).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Opened,
-    FaultRaised,
-    FaultCleared,
-    Reopened,
-    Flapping,
-    AutoResolved,
-    Escalated,
-    Linked,
-    IncidentOpened,
-    IncidentResolved,
-    /// No ticket: a maintenance window covers the endpoint.
-    Suppressed,
-    Assigned,
-    Comment,
-    StatusChanged,
-    Resolved,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
-    /// The ticket, or none for incident-wide and suppression entries.
-    pub ticket: Option<u64>,
-    pub incident: Option<u64>,
-    pub at_ms: i64,
-    pub who: String,
-    pub kind: Kind,
-    pub text: String,
-}
 
 type Key = (String, String, String);
 
@@ -159,6 +51,74 @@ impl Engine {
             next_incident: 1,
             ..Default::default()
         }
+    }
+
+    /// An engine resuming from stored state (see `Store::ticket_state`).
+    /// Storm windows start afresh: raises before a restart are not counted.
+    pub fn restore(
+        rules: TicketRules,
+        tickets: Vec<Ticket>,
+        incidents: Vec<Incident>,
+        max_ticket: u64,
+        max_incident: u64,
+    ) -> Self {
+        let mut e = Engine::new(rules);
+        for t in tickets {
+            let key = (t.endpoint.clone(), t.check_id.clone(), t.subject.clone());
+            let newer = e.latest.get(&key).is_some_and(|id| *id > t.id);
+            if !newer {
+                e.latest.insert(key, t.id);
+            }
+            e.tickets.insert(t.id, t);
+        }
+        for i in incidents {
+            e.incidents.insert(i.id, i);
+        }
+        e.next_ticket = max_ticket + 1;
+        e.next_incident = max_incident + 1;
+        e
+    }
+
+    /// The tickets and incidents `entries` touched, as they are now: what
+    /// a step must persist.
+    pub fn changed(&self, entries: &[Entry]) -> (Vec<Ticket>, Vec<Incident>) {
+        let mut tickets: Vec<u64> = entries.iter().filter_map(|e| e.ticket).collect();
+        tickets.sort_unstable();
+        tickets.dedup();
+        let mut incidents: Vec<u64> = entries.iter().filter_map(|e| e.incident).collect();
+        incidents.sort_unstable();
+        incidents.dedup();
+        (
+            tickets
+                .iter()
+                .filter_map(|id| self.tickets.get(id).cloned())
+                .collect(),
+            incidents
+                .iter()
+                .filter_map(|id| self.incidents.get(id).cloned())
+                .collect(),
+        )
+    }
+
+    /// Forgets resolved tickets past the reopen window and resolved
+    /// incidents, which only the store needs from then on.
+    pub fn prune(&mut self, now: i64) {
+        let keep_ms = self.rules.reopen_window.as_millis() as i64;
+        let old: Vec<u64> = self
+            .tickets
+            .values()
+            .filter(|t| t.resolved_ms.is_some_and(|r| now - r > keep_ms) && !t.status.is_open())
+            .map(|t| t.id)
+            .collect();
+        for id in old {
+            if let Some(t) = self.tickets.remove(&id) {
+                let key = (t.endpoint, t.check_id, t.subject);
+                if self.latest.get(&key) == Some(&id) {
+                    self.latest.remove(&key);
+                }
+            }
+        }
+        self.incidents.retain(|_, i| i.resolved_ms.is_none());
     }
 
     pub fn set_rules(&mut self, rules: TicketRules) {
@@ -586,6 +546,8 @@ mod tests {
             ..Default::default()
         }
     }
+
+    use vitals_proto::domain::Severity;
 
     fn fault(check: &str, state: FaultState, severity: Severity) -> FaultEvent {
         FaultEvent {

@@ -1,0 +1,118 @@
+//! Tickets, incidents and their timelines: what the collector's ticket
+//! engine keeps, the store persists, and specialists read.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Severity;
+use crate::ticket_rules::Priority;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    New,
+    Assigned,
+    InProgress,
+    WaitingOnUser,
+    WaitingOnVendor,
+    Escalated,
+    Resolved,
+    Closed,
+}
+
+impl Status {
+    pub fn is_open(self) -> bool {
+        !matches!(self, Status::Resolved | Status::Closed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::New => "new",
+            Status::Assigned => "assigned",
+            Status::InProgress => "in_progress",
+            Status::WaitingOnUser => "waiting_on_user",
+            Status::WaitingOnVendor => "waiting_on_vendor",
+            Status::Escalated => "escalated",
+            Status::Resolved => "resolved",
+            Status::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub id: u64,
+    pub endpoint: String,
+    pub check_id: String,
+    pub subject: String,
+    pub severity: Severity,
+    pub priority: Priority,
+    pub status: Status,
+    /// 1 and 2 are support tiers; 3 is the vendor.
+    pub tier: u8,
+    pub assignee: Option<String>,
+    /// Times the fault was raised while this ticket existed.
+    pub raise_count: u32,
+    pub opened_ms: i64,
+    pub last_raised_ms: i64,
+    /// Set while the fault is clear; the quiet period runs from here.
+    pub cleared_ms: Option<i64>,
+    pub resolved_ms: Option<i64>,
+    pub flapping: bool,
+    pub incident: Option<u64>,
+    pub value: f64,
+    pub evidence: String,
+    /// SLA deadlines, from the priority when the ticket opened.
+    pub response_due_ms: i64,
+    pub resolve_due_ms: i64,
+    /// A person has acted on it (assign, comment, status).
+    pub responded: bool,
+    /// The response and resolve SLAs already escalated (once each).
+    pub response_breached: bool,
+    pub resolve_breached: bool,
+    /// Raise times within the flap window.
+    pub raises: VecDeque<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: u64,
+    pub check_id: String,
+    pub opened_ms: i64,
+    pub resolved_ms: Option<i64>,
+    pub tickets: Vec<u64>,
+}
+
+/// What happened, for a ticket's timeline (and for notifications).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Opened,
+    FaultRaised,
+    FaultCleared,
+    Reopened,
+    Flapping,
+    AutoResolved,
+    Escalated,
+    Linked,
+    IncidentOpened,
+    IncidentResolved,
+    /// No ticket: a maintenance window covers the endpoint.
+    Suppressed,
+    Assigned,
+    Comment,
+    StatusChanged,
+    Resolved,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The ticket, or none for incident-wide and suppression entries.
+    pub ticket: Option<u64>,
+    pub incident: Option<u64>,
+    pub at_ms: i64,
+    pub who: String,
+    pub kind: Kind,
+    pub text: String,
+}
