@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use vitals_proto::config_file::{self, ConfigFileError};
 use vitals_proto::domain::{EndpointDetail, EndpointSummary, FaultRecord, HistoryEntry};
+use vitals_proto::tickets::{Entry, Ticket};
 use vitals_proto::wire;
 use vitals_proto::wire::specialist_client::SpecialistClient;
 
@@ -218,6 +219,203 @@ impl Client {
             })
             .collect()
     }
+}
+
+/// What `tickets list` may filter on.
+#[derive(Debug, Clone, Default)]
+pub struct TicketQuery {
+    pub open_only: bool,
+    pub endpoint: String,
+    pub check: String,
+    pub incident: Option<u64>,
+    pub status: String,
+    pub priority: String,
+    pub assignee: String,
+    pub limit: u32,
+}
+
+/// A change a specialist makes to a ticket.
+pub enum TicketChange {
+    Assign(String),
+    Comment(String),
+    Status(String),
+    Resolve(String),
+    Escalate,
+}
+
+/// A ticket and its timeline.
+pub type TicketView = (Ticket, Vec<Entry>);
+
+fn ticket_view(d: wire::TicketDetail) -> TicketView {
+    (
+        d.ticket
+            .map(Into::into)
+            .unwrap_or_else(|| wire::Ticket::default().into()),
+        d.timeline.into_iter().map(Into::into).collect(),
+    )
+}
+
+impl Client {
+    pub async fn tickets(&mut self, q: TicketQuery) -> Result<Vec<Ticket>, CtlError> {
+        let r = self
+            .inner
+            .list_tickets(wire::ListTicketsRequest {
+                open_only: q.open_only,
+                endpoint_id: q.endpoint,
+                check_id: q.check,
+                incident: q.incident,
+                status: q.status,
+                priority: q.priority,
+                assignee: q.assignee,
+                limit: q.limit,
+            })
+            .await?;
+        Ok(r.into_inner().tickets.into_iter().map(Into::into).collect())
+    }
+
+    pub async fn ticket(&mut self, id: u64) -> Result<TicketView, CtlError> {
+        let r = self.inner.get_ticket(wire::GetTicketRequest { id }).await?;
+        Ok(ticket_view(r.into_inner()))
+    }
+
+    pub async fn change_ticket(
+        &mut self,
+        id: u64,
+        change: TicketChange,
+    ) -> Result<TicketView, CtlError> {
+        use wire::update_ticket_request::Action as A;
+        let action = match change {
+            TicketChange::Assign(to) => A::Assign(to),
+            TicketChange::Comment(text) => A::Comment(text),
+            TicketChange::Status(s) => A::Status(s),
+            TicketChange::Resolve(notes) => A::Resolve(notes),
+            TicketChange::Escalate => A::Escalate(true),
+        };
+        let r = self
+            .inner
+            .update_ticket(wire::UpdateTicketRequest {
+                id,
+                action: Some(action),
+            })
+            .await?;
+        Ok(ticket_view(r.into_inner()))
+    }
+
+    pub async fn open_ticket(
+        &mut self,
+        endpoint: &str,
+        title: &str,
+        description: &str,
+        severity: vitals_proto::domain::Severity,
+    ) -> Result<TicketView, CtlError> {
+        let r = self
+            .inner
+            .open_ticket(wire::OpenTicketRequest {
+                endpoint_id: endpoint.to_owned(),
+                title: title.to_owned(),
+                description: description.to_owned(),
+                severity: vitals_proto::convert::severity_to_wire_i32(severity),
+            })
+            .await?;
+        Ok(ticket_view(r.into_inner()))
+    }
+
+    /// Ticket changes as they are committed, until the stream ends.
+    pub async fn watch_tickets(&mut self) -> Result<tonic::Streaming<wire::TicketEntry>, CtlError> {
+        Ok(self
+            .inner
+            .watch_tickets(wire::WatchTicketsRequest {})
+            .await?
+            .into_inner())
+    }
+}
+
+/// The ticket queue as a table.
+pub fn tickets_table(tickets: &[Ticket], now_ms: i64) -> String {
+    let rows: Vec<Vec<String>> = tickets
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.priority.as_str().to_uppercase(),
+                t.status.as_str().to_owned(),
+                t.endpoint.clone(),
+                format!("{} ({})", t.title, t.subject),
+                t.assignee.clone().unwrap_or_else(|| "-".into()),
+                t.incident
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                ago(t.last_raised_ms, now_ms),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "PRI",
+            "STATUS",
+            "ENDPOINT",
+            "PROBLEM",
+            "ASSIGNEE",
+            "INCIDENT",
+            "LAST RAISED",
+        ],
+        &rows,
+    )
+}
+
+/// One ticket with its timeline, as text.
+pub fn ticket_text((t, timeline): &TicketView, now_ms: i64) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "Ticket     {} — {}", t.id, t.title);
+    let _ = writeln!(
+        out,
+        "Endpoint   {} ({}: {})",
+        t.endpoint, t.check_id, t.subject
+    );
+    let _ = writeln!(
+        out,
+        "Priority   {} ({} severity), tier {}",
+        t.priority.as_str().to_uppercase(),
+        t.severity.as_str(),
+        t.tier
+    );
+    let flap = if t.flapping { ", FLAPPING" } else { "" };
+    let _ = writeln!(out, "Status     {}{flap}", t.status.as_str());
+    if let Some(a) = &t.assignee {
+        let _ = writeln!(out, "Assignee   {a}");
+    }
+    if let Some(i) = t.incident {
+        let _ = writeln!(out, "Incident   {i}");
+    }
+    let _ = writeln!(
+        out,
+        "Raised     {} time(s), first {}, last {}",
+        t.raise_count,
+        timestamp(t.opened_ms),
+        ago(t.last_raised_ms, now_ms)
+    );
+    let _ = writeln!(
+        out,
+        "SLA        respond by {}, resolve by {}",
+        timestamp(t.response_due_ms),
+        timestamp(t.resolve_due_ms)
+    );
+    let _ = writeln!(out, "Evidence   {}", t.evidence);
+    let rows: Vec<Vec<String>> = timeline
+        .iter()
+        .map(|e| {
+            vec![
+                timestamp(e.at_ms),
+                e.who.clone(),
+                vitals_proto::convert::name_of(&e.kind),
+                e.text.clone(),
+            ]
+        })
+        .collect();
+    let _ = write!(out, "\n{}", table(&["AT", "WHO", "WHAT", "DETAIL"], &rows));
+    out
 }
 
 /// Fault events as a table.

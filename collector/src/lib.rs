@@ -222,10 +222,12 @@ impl Collector {
             }
             None => (watch::channel(policy).1, None),
         };
+        let (desk, desk_queue) = tickets::desk();
         tokio::spawn(tickets::supervise(
             store.clone(),
             policy.clone(),
             faults_committed,
+            desk_queue,
             stop_rx.clone(),
         ));
         let gateway = AgentGatewayApi::new(
@@ -234,7 +236,8 @@ impl Collector {
             policy,
             stop_rx.clone(),
         );
-        let specialist = SpecialistApi::new(SpecialistService::new(store.clone()));
+        let specialist =
+            SpecialistApi::new(SpecialistService::new(store.clone(), desk), stop_rx.clone());
         drop(ingest);
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))

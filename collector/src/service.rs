@@ -7,7 +7,13 @@ use std::sync::Arc;
 use vitals_proto::domain::{EndpointDetail, EndpointSummary, FaultRecord, HistoryEntry};
 use vitals_proto::identity::Role;
 
-use crate::store::{Store, StoreError};
+use tokio::sync::broadcast;
+use vitals_proto::domain::Severity;
+use vitals_proto::tickets::{Entry, Ticket};
+
+use crate::store::{Store, StoreError, TicketFilter};
+use crate::tickets::engine::Action;
+use crate::tickets::{DeskError, TicketDesk};
 
 /// Default and largest number of history entries per request.
 const HISTORY_DEFAULT: u32 = 50;
@@ -42,16 +48,32 @@ pub enum ServiceError {
     InvalidArgument(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<DeskError> for ServiceError {
+    fn from(e: DeskError) -> Self {
+        match e {
+            DeskError::NoTicket(id) => ServiceError::NotFound(format!("no ticket {id}")),
+            DeskError::Stopped => ServiceError::Unavailable(e.to_string()),
+            DeskError::Store(s) => ServiceError::Store(s),
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct SpecialistService {
     store: Arc<dyn Store>,
+    desk: TicketDesk,
 }
 
+/// A ticket with its timeline, oldest entry first.
+pub type TicketDetail = (Ticket, Vec<Entry>);
+
 impl SpecialistService {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        SpecialistService { store }
+    pub fn new(store: Arc<dyn Store>, desk: TicketDesk) -> Self {
+        SpecialistService { store, desk }
     }
 
     fn require(caller: &Caller, needs: Role) -> Result<(), ServiceError> {
@@ -111,5 +133,75 @@ impl SpecialistService {
     ) -> Result<Vec<FaultRecord>, ServiceError> {
         self.endpoint(caller, id).await?;
         Ok(self.store.faults(id, page_size(limit)).await?)
+    }
+
+    pub async fn tickets(
+        &self,
+        caller: &Caller,
+        mut filter: TicketFilter,
+    ) -> Result<Vec<Ticket>, ServiceError> {
+        Self::require(caller, Role::Viewer)?;
+        filter.limit = page_size(filter.limit);
+        Ok(self.store.tickets(filter).await?)
+    }
+
+    pub async fn ticket(&self, caller: &Caller, id: u64) -> Result<TicketDetail, ServiceError> {
+        Self::require(caller, Role::Viewer)?;
+        self.store
+            .ticket(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no ticket {id}")))
+    }
+
+    /// A specialist's change to a ticket; returns the ticket as it is now.
+    pub async fn act(
+        &self,
+        caller: &Caller,
+        id: u64,
+        action: Action,
+    ) -> Result<TicketDetail, ServiceError> {
+        Self::require(caller, Role::Specialist)?;
+        match &action {
+            Action::Assign(who) if who.trim().is_empty() => {
+                return Err(ServiceError::InvalidArgument("assign to whom?".into()));
+            }
+            Action::Comment(text) | Action::Resolve(text) if text.trim().is_empty() => {
+                return Err(ServiceError::InvalidArgument(
+                    "a comment or resolution needs text".into(),
+                ));
+            }
+            _ => {}
+        }
+        self.desk.act(id, &caller.name, action).await?;
+        self.ticket(caller, id).await
+    }
+
+    /// A ticket opened by hand against a known endpoint.
+    pub async fn open_ticket(
+        &self,
+        caller: &Caller,
+        endpoint: &str,
+        title: &str,
+        severity: Severity,
+        description: &str,
+    ) -> Result<TicketDetail, ServiceError> {
+        Self::require(caller, Role::Specialist)?;
+        if title.trim().is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                "a ticket needs a title".into(),
+            ));
+        }
+        self.endpoint(caller, endpoint).await?;
+        let id = self
+            .desk
+            .open(endpoint, title, severity, description, &caller.name)
+            .await?;
+        self.ticket(caller, id).await
+    }
+
+    /// Every ticket change from now on.
+    pub fn watch(&self, caller: &Caller) -> Result<broadcast::Receiver<Entry>, ServiceError> {
+        Self::require(caller, Role::Viewer)?;
+        Ok(self.desk.watch())
     }
 }

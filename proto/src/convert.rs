@@ -373,6 +373,115 @@ impl From<w::Policy> for crate::policy::Policy {
     }
 }
 
+/// A snake_case serde name (ticket status, priority, timeline kind).
+pub fn name_of<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// Parses a snake_case serde name; `None` if it is not one.
+pub fn parse_name<T: serde::de::DeserializeOwned>(s: &str) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+}
+
+impl From<&crate::tickets::Ticket> for w::Ticket {
+    fn from(t: &crate::tickets::Ticket) -> Self {
+        w::Ticket {
+            id: t.id,
+            title: t.title.clone(),
+            endpoint_id: t.endpoint.clone(),
+            check_id: t.check_id.clone(),
+            subject: t.subject.clone(),
+            severity: severity_to_wire(t.severity) as i32,
+            priority: t.priority.as_str().to_owned(),
+            status: t.status.as_str().to_owned(),
+            tier: u32::from(t.tier),
+            assignee: t.assignee.clone().unwrap_or_default(),
+            raise_count: t.raise_count,
+            opened_ms: t.opened_ms,
+            last_raised_ms: t.last_raised_ms,
+            cleared_ms: t.cleared_ms,
+            resolved_ms: t.resolved_ms,
+            flapping: t.flapping,
+            incident: t.incident,
+            value: t.value,
+            evidence: t.evidence.clone(),
+            response_due_ms: t.response_due_ms,
+            resolve_due_ms: t.resolve_due_ms,
+        }
+    }
+}
+
+/// A ticket as a client reads it. Unknown (newer) statuses and priorities
+/// read as the nearest safe value rather than failing the whole list.
+impl From<w::Ticket> for crate::tickets::Ticket {
+    fn from(t: w::Ticket) -> Self {
+        crate::tickets::Ticket {
+            id: t.id,
+            title: t.title,
+            endpoint: t.endpoint_id,
+            check_id: t.check_id,
+            subject: t.subject,
+            severity: severity_from_wire(t.severity),
+            priority: parse_name(&t.priority).unwrap_or(crate::ticket_rules::Priority::P1),
+            status: parse_name(&t.status).unwrap_or(crate::tickets::Status::New),
+            tier: u8::try_from(t.tier).unwrap_or(3),
+            assignee: (!t.assignee.is_empty()).then_some(t.assignee),
+            raise_count: t.raise_count,
+            opened_ms: t.opened_ms,
+            last_raised_ms: t.last_raised_ms,
+            cleared_ms: t.cleared_ms,
+            resolved_ms: t.resolved_ms,
+            flapping: t.flapping,
+            incident: t.incident,
+            value: t.value,
+            evidence: t.evidence,
+            response_due_ms: t.response_due_ms,
+            resolve_due_ms: t.resolve_due_ms,
+            responded: false,
+            response_breached: false,
+            resolve_breached: false,
+            raises: Default::default(),
+        }
+    }
+}
+
+impl From<&crate::tickets::Entry> for w::TicketEntry {
+    fn from(e: &crate::tickets::Entry) -> Self {
+        w::TicketEntry {
+            ticket: e.ticket,
+            incident: e.incident,
+            at_ms: e.at_ms,
+            who: e.who.clone(),
+            kind: name_of(&e.kind),
+            text: e.text.clone(),
+        }
+    }
+}
+
+impl From<w::TicketEntry> for crate::tickets::Entry {
+    fn from(e: w::TicketEntry) -> Self {
+        crate::tickets::Entry {
+            ticket: e.ticket,
+            incident: e.incident,
+            at_ms: e.at_ms,
+            who: e.who,
+            kind: parse_name(&e.kind).unwrap_or(crate::tickets::Kind::Comment),
+            text: e.text,
+        }
+    }
+}
+
+pub fn severity_to_wire_i32(s: d::Severity) -> i32 {
+    severity_to_wire(s) as i32
+}
+
+pub fn severity_from_wire_i32(s: i32) -> d::Severity {
+    severity_from_wire(s)
+}
+
 fn severity_to_wire(s: d::Severity) -> w::Severity {
     match s {
         d::Severity::Info => w::Severity::Info,
@@ -590,6 +699,52 @@ mod tests {
         wire.checks[1].direction = 9;
         let back = crate::policy::Policy::from(wire);
         assert_eq!(back.checks.len(), p.checks.len() - 2);
+    }
+
+    #[test]
+    fn tickets_and_entries_round_trip() {
+        use crate::ticket_rules::Priority;
+        use crate::tickets::{Entry, Kind, Status, Ticket};
+        let t = Ticket {
+            id: 7,
+            title: "Printer jammed".into(),
+            endpoint: "dispatch-07".into(),
+            check_id: "printer_jammed".into(),
+            subject: "Frontdesk".into(),
+            severity: d::Severity::Warning,
+            priority: Priority::P2,
+            status: Status::WaitingOnVendor,
+            tier: 2,
+            assignee: Some("ana".into()),
+            raise_count: 3,
+            opened_ms: 1,
+            last_raised_ms: 2,
+            cleared_ms: Some(3),
+            resolved_ms: None,
+            flapping: true,
+            incident: Some(4),
+            value: 1.0,
+            evidence: "media-jam".into(),
+            response_due_ms: 5,
+            resolve_due_ms: 6,
+            responded: false,
+            response_breached: false,
+            resolve_breached: false,
+            raises: Default::default(),
+        };
+        let back: Ticket = w::Ticket::from(&t).into();
+        assert_eq!(back, t);
+        let e = Entry {
+            ticket: Some(7),
+            incident: None,
+            at_ms: 9,
+            who: "ana".into(),
+            kind: Kind::AutoResolved,
+            text: "auto-resolved".into(),
+        };
+        let wire = w::TicketEntry::from(&e);
+        assert_eq!(wire.kind, "auto_resolved");
+        assert_eq!(Entry::from(wire), e);
     }
 
     #[test]

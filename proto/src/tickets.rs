@@ -43,6 +43,9 @@ impl Status {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ticket {
     pub id: u64,
+    /// What a specialist reads in the queue, such as "Disk nearly full".
+    #[serde(default)]
+    pub title: String,
     pub endpoint: String,
     pub check_id: String,
     pub subject: String,

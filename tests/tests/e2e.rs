@@ -1054,3 +1054,124 @@ async fn an_agent_fault_becomes_a_ticket_that_resolves_itself() {
     agent.stop().await;
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn specialists_work_tickets_through_the_api_and_viewers_only_read() {
+    use vitals_collector::ctl::{TicketChange, TicketQuery};
+    use vitals_proto::tickets::{Kind, Status};
+    let fleet = Fleet::new("ticketapi");
+    let config = with_policy(
+        &fleet,
+        "[[check]]\nid = \"memory_in_use\"\ntitle = \"Memory in use\"\n\
+         measurement = \"memory.used_percent\"\ndirection = \"above\"\nraise = 0.001\n\
+         clear = 0.0\nhold = \"0s\"\nseverity = \"critical\"\n",
+    );
+    let collector = RunningCollector::start(config).await;
+    let agent = RunningAgent::start(fleet.agent_config("ws-api", collector.addr));
+    let viewer = fleet.specialist_profile("vera", Role::Viewer, collector.addr);
+    let specialist = fleet.specialist_profile("sam", Role::Specialist, collector.addr);
+    let mut sam = Client::connect(&specialist).await.expect("specialist");
+    let mut watch = sam.watch_tickets().await.expect("watch");
+
+    let open = TicketQuery {
+        open_only: true,
+        limit: 10,
+        ..Default::default()
+    };
+    let ticket = eventually(WAIT, "the fault's ticket in the queue", || async {
+        let mut c = Client::connect(&viewer).await.ok()?;
+        c.tickets(open.clone()).await.ok()?.into_iter().next()
+    })
+    .await;
+    assert_eq!(ticket.title, "Memory in use");
+    assert_eq!(ticket.endpoint, "ws-api");
+    // Critical fault on a normal endpoint: P2.
+    assert_eq!(ticket.priority.as_str(), "p2");
+    let first = watch.message().await.expect("stream").expect("entry");
+    assert_eq!(first.kind, "opened");
+    assert_eq!(first.ticket, Some(ticket.id));
+
+    // A viewer reads but may not change anything.
+    let mut vera = Client::connect(&viewer).await.expect("viewer");
+    let refused = vera
+        .change_ticket(ticket.id, TicketChange::Assign("vera".into()))
+        .await
+        .expect_err("viewer may not assign");
+    assert!(
+        refused.to_string().contains("needs specialist"),
+        "{refused}"
+    );
+
+    // The specialist works it; each change is in the timeline with who.
+    sam.change_ticket(ticket.id, TicketChange::Assign("sam".into()))
+        .await
+        .expect("assign");
+    sam.change_ticket(ticket.id, TicketChange::Comment("called the user".into()))
+        .await
+        .expect("comment");
+    let bad = sam
+        .change_ticket(ticket.id, TicketChange::Status("on_hold".into()))
+        .await
+        .expect_err("unknown status");
+    assert!(
+        bad.to_string().contains("unknown status \"on_hold\""),
+        "{bad}"
+    );
+    let (t, timeline) = sam
+        .change_ticket(ticket.id, TicketChange::Resolve("freed memory".into()))
+        .await
+        .expect("resolve");
+    assert_eq!(t.status, Status::Resolved);
+    assert_eq!(t.assignee.as_deref(), Some("sam"));
+    let who: Vec<(&str, Kind)> = timeline
+        .iter()
+        .map(|e| (e.who.as_str(), e.kind.clone()))
+        .collect();
+    assert_eq!(
+        who,
+        vec![
+            ("vitals", Kind::Opened),
+            ("sam", Kind::Assigned),
+            ("sam", Kind::Comment),
+            ("sam", Kind::Resolved),
+        ]
+    );
+    let kinds: Vec<String> = {
+        let mut k = Vec::new();
+        for _ in 0..3 {
+            k.push(watch.message().await.expect("stream").expect("entry").kind);
+        }
+        k
+    };
+    assert_eq!(kinds, vec!["assigned", "comment", "resolved"]);
+
+    // By hand, against a known endpoint only.
+    let (manual, _) = sam
+        .open_ticket(
+            "ws-api",
+            "Monitor flickers",
+            "after lunch",
+            vitals_proto::domain::Severity::Info,
+        )
+        .await
+        .expect("open by hand");
+    assert_eq!(manual.title, "Monitor flickers");
+    assert_eq!(manual.check_id, "manual");
+    let nowhere = sam
+        .open_ticket("ws-nowhere", "x", "", vitals_proto::domain::Severity::Info)
+        .await
+        .expect_err("unknown endpoint");
+    assert!(nowhere.to_string().contains("no endpoint"), "{nowhere}");
+    let listed = sam
+        .tickets(TicketQuery {
+            endpoint: "ws-api".into(),
+            check: "manual".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("filtered list");
+    assert_eq!(listed.len(), 1);
+    agent.stop().await;
+    collector.stop().await;
+}

@@ -46,6 +46,63 @@ enum Command {
     /// Workstations known to the collector.
     #[command(subcommand)]
     Endpoints(EndpointsCmd),
+    /// The help desk's ticket queue.
+    #[command(subcommand)]
+    Tickets(TicketsCmd),
+}
+
+#[derive(Subcommand)]
+enum TicketsCmd {
+    /// List tickets, most urgent and newest first.
+    List {
+        /// Resolved and closed ones too.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        status: Option<String>,
+        /// p1 to p4.
+        #[arg(long)]
+        priority: Option<String>,
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long)]
+        check: Option<String>,
+        #[arg(long)]
+        assignee: Option<String>,
+        #[arg(long)]
+        incident: Option<u64>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One ticket with its timeline.
+    Show { id: u64 },
+    /// Assign a ticket to a specialist.
+    Assign {
+        id: u64,
+        #[arg(long)]
+        to: String,
+    },
+    /// Add a comment to a ticket's timeline.
+    Comment { id: u64, text: String },
+    /// Change a ticket's status (new, assigned, in_progress, waiting_on_user,
+    /// waiting_on_vendor, escalated, resolved, closed).
+    Status { id: u64, status: String },
+    /// Resolve a ticket with resolution notes.
+    Resolve { id: u64, notes: String },
+    /// Escalate a ticket one tier.
+    Escalate { id: u64 },
+    /// Open a ticket by hand against an endpoint.
+    Open {
+        endpoint: String,
+        title: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// info, warning or critical.
+        #[arg(long, default_value = "warning")]
+        severity: String,
+    },
+    /// Print ticket changes as they happen, until interrupted.
+    Watch,
 }
 
 #[derive(Subcommand)]
@@ -140,6 +197,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 print!("{}", ctl::faults_table(&faults));
             }
         }
+        Command::Tickets(cmd) => tickets(&mut client, cmd, json, now).await?,
         Command::Endpoints(EndpointsCmd::Show { id, history }) => {
             let detail = client.endpoint(&id).await?;
             let entries = if history > 0 {
@@ -177,6 +235,112 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         }
     }
     Ok(())
+}
+
+async fn tickets(
+    client: &mut Client,
+    cmd: TicketsCmd,
+    json: bool,
+    now: i64,
+) -> Result<(), CtlError> {
+    use ctl::TicketChange as C;
+    let change = match cmd {
+        TicketsCmd::List {
+            all,
+            status,
+            priority,
+            endpoint,
+            check,
+            assignee,
+            incident,
+            limit,
+        } => {
+            let list = client
+                .tickets(ctl::TicketQuery {
+                    open_only: !all,
+                    endpoint: endpoint.unwrap_or_default(),
+                    check: check.unwrap_or_default(),
+                    incident,
+                    status: status.unwrap_or_default(),
+                    priority: priority.unwrap_or_default(),
+                    assignee: assignee.unwrap_or_default(),
+                    limit,
+                })
+                .await?;
+            if json {
+                print_json(&list);
+            } else if list.is_empty() {
+                println!("No tickets.");
+            } else {
+                print!("{}", ctl::tickets_table(&list, now));
+            }
+            return Ok(());
+        }
+        TicketsCmd::Show { id } => {
+            let view = client.ticket(id).await?;
+            show(&view, json, now);
+            return Ok(());
+        }
+        TicketsCmd::Watch => {
+            let mut stream = client.watch_tickets().await?;
+            while let Some(e) = stream.message().await? {
+                let e = vitals_proto::tickets::Entry::from(e);
+                if json {
+                    match serde_json::to_string(&e) {
+                        Ok(line) => println!("{line}"),
+                        Err(err) => eprintln!("error: {err}"),
+                    }
+                } else {
+                    let on = match (e.ticket, e.incident) {
+                        (Some(t), _) => format!("ticket {t}"),
+                        (None, Some(i)) => format!("incident {i}"),
+                        (None, None) => "-".into(),
+                    };
+                    println!(
+                        "{}  {on}  {}  {}: {}",
+                        ctl::timestamp(e.at_ms),
+                        e.who,
+                        vitals_proto::convert::name_of(&e.kind),
+                        e.text
+                    );
+                }
+            }
+            return Ok(());
+        }
+        TicketsCmd::Open {
+            endpoint,
+            title,
+            description,
+            severity,
+        } => {
+            let severity = vitals_proto::convert::parse_name(&severity).ok_or_else(|| {
+                CtlError::Settings(format!(
+                    "severity \"{severity}\": use info, warning or critical"
+                ))
+            })?;
+            let view = client
+                .open_ticket(&endpoint, &title, &description, severity)
+                .await?;
+            show(&view, json, now);
+            return Ok(());
+        }
+        TicketsCmd::Assign { id, to } => (id, C::Assign(to)),
+        TicketsCmd::Comment { id, text } => (id, C::Comment(text)),
+        TicketsCmd::Status { id, status } => (id, C::Status(status)),
+        TicketsCmd::Resolve { id, notes } => (id, C::Resolve(notes)),
+        TicketsCmd::Escalate { id } => (id, C::Escalate),
+    };
+    let view = client.change_ticket(change.0, change.1).await?;
+    show(&view, json, now);
+    Ok(())
+}
+
+fn show(view: &ctl::TicketView, json: bool, now: i64) {
+    if json {
+        print_json(&serde_json::json!({ "ticket": view.0, "timeline": view.1 }));
+    } else {
+        print!("{}", ctl::ticket_text(view, now));
+    }
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {

@@ -6,15 +6,21 @@ use vitals_proto::identity::Identity;
 use vitals_proto::wire;
 use vitals_proto::wire::specialist_server::Specialist;
 
-use crate::service::{Caller, ServiceError, SpecialistService};
+use crate::service::{Caller, ServiceError, SpecialistService, TicketDetail};
+use crate::store::TicketFilter;
+use crate::tickets::engine::Action;
+use vitals_proto::convert::parse_name;
+use vitals_proto::tickets::Status as TicketStatus;
 
 pub struct SpecialistApi {
     service: SpecialistService,
+    /// Turns true when the collector stops: open watch streams end then.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl SpecialistApi {
-    pub fn new(service: SpecialistService) -> Self {
-        SpecialistApi { service }
+    pub fn new(service: SpecialistService, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        SpecialistApi { service, stop }
     }
 }
 
@@ -32,11 +38,24 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     }
 }
 
+fn detail((ticket, timeline): TicketDetail) -> wire::TicketDetail {
+    wire::TicketDetail {
+        ticket: Some((&ticket).into()),
+        timeline: timeline.iter().map(Into::into).collect(),
+    }
+}
+
+/// Empty strings in requests mean "not given".
+fn given(s: &str) -> Option<String> {
+    (!s.trim().is_empty()).then(|| s.trim().to_owned())
+}
+
 fn status(e: ServiceError) -> Status {
     match e {
         ServiceError::Forbidden { .. } => Status::permission_denied(e.to_string()),
         ServiceError::NotFound(m) => Status::not_found(m),
         ServiceError::InvalidArgument(m) => Status::invalid_argument(m),
+        ServiceError::Unavailable(m) => Status::unavailable(m),
         ServiceError::Store(err) => {
             tracing::error!(error = %err, "specialist request failed in storage");
             Status::internal("storage error; see the collector log")
@@ -104,5 +123,133 @@ impl Specialist for SpecialistApi {
         Ok(Response::new(wire::EndpointFaultsResponse {
             faults: faults.into_iter().map(Into::into).collect(),
         }))
+    }
+
+    async fn list_tickets(
+        &self,
+        request: Request<wire::ListTicketsRequest>,
+    ) -> Result<Response<wire::ListTicketsResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        if let Some(s) = given(&r.status)
+            && parse_name::<TicketStatus>(&s).is_none()
+        {
+            return Err(Status::invalid_argument(format!("unknown status \"{s}\"")));
+        }
+        let filter = TicketFilter {
+            open_only: r.open_only,
+            endpoint: given(&r.endpoint_id),
+            check_id: given(&r.check_id),
+            incident: r.incident,
+            status: given(&r.status),
+            priority: given(&r.priority).map(|p| p.to_lowercase()),
+            assignee: given(&r.assignee),
+            limit: r.limit,
+        };
+        let tickets = self
+            .service
+            .tickets(&caller, filter)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(wire::ListTicketsResponse {
+            tickets: tickets.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn get_ticket(
+        &self,
+        request: Request<wire::GetTicketRequest>,
+    ) -> Result<Response<wire::TicketDetail>, Status> {
+        let caller = caller(&request)?;
+        let d = self
+            .service
+            .ticket(&caller, request.get_ref().id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(detail(d)))
+    }
+
+    async fn update_ticket(
+        &self,
+        request: Request<wire::UpdateTicketRequest>,
+    ) -> Result<Response<wire::TicketDetail>, Status> {
+        use wire::update_ticket_request::Action as A;
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let action = match r.action {
+            Some(A::Assign(to)) => Action::Assign(to),
+            Some(A::Comment(text)) => Action::Comment(text),
+            Some(A::Resolve(notes)) => Action::Resolve(notes),
+            Some(A::Escalate(_)) => Action::Escalate,
+            Some(A::Status(s)) => Action::Status(
+                parse_name(&s)
+                    .ok_or_else(|| Status::invalid_argument(format!("unknown status \"{s}\"")))?,
+            ),
+            None => return Err(Status::invalid_argument("no action given")),
+        };
+        let d = self
+            .service
+            .act(&caller, r.id, action)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(detail(d)))
+    }
+
+    async fn open_ticket(
+        &self,
+        request: Request<wire::OpenTicketRequest>,
+    ) -> Result<Response<wire::TicketDetail>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let severity = match r.severity {
+            0 => vitals_proto::domain::Severity::Warning,
+            s => vitals_proto::convert::severity_from_wire_i32(s),
+        };
+        let d = self
+            .service
+            .open_ticket(&caller, &r.endpoint_id, &r.title, severity, &r.description)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(detail(d)))
+    }
+
+    type WatchTicketsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<wire::TicketEntry, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_tickets(
+        &self,
+        request: Request<wire::WatchTicketsRequest>,
+    ) -> Result<Response<Self::WatchTicketsStream>, Status> {
+        let caller = caller(&request)?;
+        let mut rx = self.service.watch(&caller).map_err(status)?;
+        let mut stop = self.stop.clone();
+        let (tx, out) = tokio::sync::mpsc::channel(64);
+        // Forwards changes until the client goes away or the collector stops.
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let msg = match item {
+                    Ok(entry) => Ok(wire::TicketEntry::from(&entry)),
+                    // A watcher too slow for the change rate is told, not
+                    // silently skipped.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        Err(Status::resource_exhausted(format!(
+                            "{n} changes missed; watch again and list"
+                        )))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let last = msg.is_err();
+                if tx.send(msg).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(out);
+        Ok(Response::new(Box::pin(stream)))
     }
 }

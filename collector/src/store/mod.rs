@@ -161,6 +161,11 @@ pub struct TicketFilter {
     pub endpoint: Option<String>,
     pub check_id: Option<String>,
     pub incident: Option<u64>,
+    /// A status name, such as "in_progress".
+    pub status: Option<String>,
+    /// "p1" to "p4".
+    pub priority: Option<String>,
+    pub assignee: Option<String>,
     pub limit: u32,
 }
 

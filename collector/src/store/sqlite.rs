@@ -586,7 +586,7 @@ impl Store for SqliteStore {
                         e.incident.map(|i| i as i64),
                         e.at_ms,
                         e.who,
-                        kind_text(&e.kind),
+                        vitals_proto::convert::name_of(&e.kind),
                         e.text,
                     ])?;
                 }
@@ -609,13 +609,19 @@ impl Store for SqliteStore {
                    AND (?2 IS NULL OR endpoint_id = ?2)
                    AND (?3 IS NULL OR check_id = ?3)
                    AND (?4 IS NULL OR incident = ?4)
-                 ORDER BY priority, id DESC LIMIT ?5",
+                   AND (?5 IS NULL OR status = ?5)
+                   AND (?6 IS NULL OR priority = ?6)
+                   AND (?7 IS NULL OR assignee = ?7)
+                 ORDER BY priority, id DESC LIMIT ?8",
             )?;
             let mut rows = stmt.query(params![
                 filter.open_only,
                 filter.endpoint,
                 filter.check_id,
                 filter.incident.map(|i| i as i64),
+                filter.status,
+                filter.priority,
+                filter.assignee,
                 filter.limit.max(1),
             ])?;
             let mut out = Vec::new();
@@ -676,14 +682,6 @@ fn parse_body<T: serde::de::DeserializeOwned>(id: i64, body: &str) -> Result<T, 
         id,
         what: e.to_string(),
     })
-}
-
-/// A timeline kind as stored: its snake_case name.
-fn kind_text(k: &vitals_proto::tickets::Kind) -> String {
-    match serde_json::to_value(k) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => format!("{k:?}"),
-    }
 }
 
 fn fault_from_row(endpoint: &str, r: &rusqlite::Row<'_>) -> Result<FaultRecord, StoreError> {

@@ -41,6 +41,8 @@ pub struct Engine {
     recent: HashMap<String, VecDeque<(i64, String)>>,
     next_ticket: u64,
     next_incident: u64,
+    /// Check titles from the policy, for ticket titles.
+    titles: HashMap<String, String>,
 }
 
 impl Engine {
@@ -123,6 +125,46 @@ impl Engine {
 
     pub fn set_rules(&mut self, rules: TicketRules) {
         self.rules = rules;
+    }
+
+    /// Check titles (check id to title) for the tickets opened from now on.
+    pub fn set_titles(&mut self, titles: HashMap<String, String>) {
+        self.titles = titles;
+    }
+
+    /// A ticket a specialist opens by hand against an endpoint. Its key is
+    /// its own (check "manual", subject "#ID"), so faults never merge into it.
+    pub fn open_by_hand(
+        &mut self,
+        endpoint: &str,
+        title: &str,
+        severity: vitals_proto::domain::Severity,
+        description: &str,
+        who: &str,
+        now: i64,
+    ) -> (u64, Vec<Entry>) {
+        let id = self.next_ticket;
+        let key = (endpoint.to_owned(), "manual".to_owned(), format!("#{id}"));
+        let event = FaultEvent {
+            check_id: key.1.clone(),
+            subject: key.2.clone(),
+            state: FaultState::Raised,
+            severity,
+            value: 0.0,
+            evidence: description.to_owned(),
+            at_ms: now,
+        };
+        let id = self.open(&key, &event, now);
+        if let Some(t) = self.tickets.get_mut(&id) {
+            t.title = title.to_owned();
+            t.responded = true;
+        }
+        let text = if description.is_empty() {
+            format!("opened by {who}: {title}")
+        } else {
+            format!("opened by {who}: {title}: {description}")
+        };
+        (id, vec![entry(id, now, who, Kind::Opened, &text)])
     }
 
     pub fn ticket(&self, id: u64) -> Option<&Ticket> {
@@ -217,10 +259,17 @@ impl Engine {
         self.next_ticket += 1;
         let priority = Priority::of(e.severity, self.rules.criticality_of(&key.0));
         let sla = self.rules.sla.of(priority);
+        let title = self
+            .titles
+            .get(&key.1)
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .unwrap_or_else(|| key.1.replace('_', " "));
         self.tickets.insert(
             id,
             Ticket {
                 id,
+                title,
                 endpoint: key.0.clone(),
                 check_id: key.1.clone(),
                 subject: key.2.clone(),
@@ -758,6 +807,33 @@ mod tests {
         // Others are not covered; after the window the same fault tickets.
         assert_eq!(kinds(&raise(&mut e, "ws-1", MIN)), vec![Kind::Opened]);
         assert_eq!(kinds(&raise(&mut e, "lab-3", 61 * MIN)), vec![Kind::Opened]);
+    }
+
+    #[test]
+    fn tickets_by_hand_and_titles_from_the_policy() {
+        let mut e = Engine::new(rules());
+        e.set_titles(HashMap::from([(
+            "disk_nearly_full".to_owned(),
+            "Disk nearly full".to_owned(),
+        )]));
+        raise(&mut e, "ws-1", 0);
+        assert_eq!(e.ticket(1).unwrap().title, "Disk nearly full");
+        let (id, out) = e.open_by_hand(
+            "ws-1",
+            "Monitor flickers",
+            Severity::Info,
+            "user reports flicker after lunch",
+            "ana",
+            MIN,
+        );
+        assert_eq!(id, 2);
+        assert_eq!(out[0].who, "ana");
+        assert!(out[0].text.contains("Monitor flickers"));
+        let t = e.ticket(2).unwrap();
+        assert_eq!((t.check_id.as_str(), t.subject.as_str()), ("manual", "#2"));
+        // A fault on the same endpoint never lands on the hand-made ticket.
+        raise(&mut e, "ws-1", 2 * MIN);
+        assert_eq!(e.ticket(2).unwrap().raise_count, 1);
     }
 
     #[test]

@@ -6,15 +6,18 @@
 
 pub mod engine;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
+use vitals_proto::domain::Severity;
 use vitals_proto::policy::Policy;
+use vitals_proto::tickets::Entry;
 
 use crate::store::{Store, StoreError, TicketStep};
-use engine::Engine;
+use engine::{Action, Engine};
 
 /// How often time-driven rules (quiet periods, SLAs) are looked at when no
 /// fault event arrives.
@@ -22,23 +25,226 @@ const TICK: Duration = Duration::from_secs(1);
 /// Fault events read per step.
 const BATCH: u32 = 1000;
 
+/// A specialist's request to the engine (the single writer).
+enum Command {
+    Act {
+        id: u64,
+        who: String,
+        action: Action,
+        reply: oneshot::Sender<Result<(), DeskError>>,
+    },
+    Open {
+        endpoint: String,
+        title: String,
+        severity: Severity,
+        description: String,
+        who: String,
+        reply: oneshot::Sender<Result<u64, DeskError>>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeskError {
+    #[error("no ticket {0}")]
+    NoTicket(u64),
+    #[error("the ticket engine is not running")]
+    Stopped,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The way in for specialists: actions go to the engine's task, which
+/// persists them like any other step; every persisted entry is broadcast
+/// for `watch`.
+#[derive(Clone)]
+pub struct TicketDesk {
+    commands: mpsc::Sender<Command>,
+    changes: broadcast::Sender<Entry>,
+}
+
+impl TicketDesk {
+    pub async fn act(&self, id: u64, who: &str, action: Action) -> Result<(), DeskError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Act {
+                id,
+                who: who.to_owned(),
+                action,
+                reply,
+            })
+            .await
+            .map_err(|_| DeskError::Stopped)?;
+        rx.await.map_err(|_| DeskError::Stopped)?
+    }
+
+    pub async fn open(
+        &self,
+        endpoint: &str,
+        title: &str,
+        severity: Severity,
+        description: &str,
+        who: &str,
+    ) -> Result<u64, DeskError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Open {
+                endpoint: endpoint.to_owned(),
+                title: title.to_owned(),
+                severity,
+                description: description.to_owned(),
+                who: who.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| DeskError::Stopped)?;
+        rx.await.map_err(|_| DeskError::Stopped)?
+    }
+
+    /// Every timeline entry from now on, as it is committed.
+    pub fn watch(&self) -> broadcast::Receiver<Entry> {
+        self.changes.subscribe()
+    }
+}
+
+/// The desk and its command queue, before the engine task starts.
+pub fn desk() -> (TicketDesk, DeskQueue) {
+    let (commands, rx) = mpsc::channel(64);
+    let (changes, _) = broadcast::channel(1024);
+    (
+        TicketDesk {
+            commands,
+            changes: changes.clone(),
+        },
+        DeskQueue { rx, changes },
+    )
+}
+
+/// The engine task's end of the desk.
+pub struct DeskQueue {
+    rx: mpsc::Receiver<Command>,
+    changes: broadcast::Sender<Entry>,
+}
+
+fn titles(p: &Policy) -> HashMap<String, String> {
+    p.checks
+        .iter()
+        .map(|c| (c.id.clone(), c.title.clone()))
+        .collect()
+}
+
+struct Worker {
+    store: Arc<dyn Store>,
+    engine: Engine,
+    cursor: i64,
+    changes: broadcast::Sender<Entry>,
+}
+
+impl Worker {
+    async fn persist(&mut self, entries: Vec<Entry>, now: i64) -> Result<(), StoreError> {
+        let (tickets, incidents) = self.engine.changed(&entries);
+        self.store
+            .save_tickets(TicketStep {
+                tickets,
+                incidents,
+                entries: entries.clone(),
+                cursor: self.cursor,
+                now_ms: now,
+            })
+            .await?;
+        for e in entries {
+            // Nobody watching is fine.
+            let _ = self.changes.send(e);
+        }
+        Ok(())
+    }
+
+    /// Fault events past the cursor and the clock; true if a full batch
+    /// was read (more are waiting).
+    async fn step(&mut self) -> Result<bool, StoreError> {
+        let now = vitals_proto::now_ms();
+        let events = self.store.fault_events_after(self.cursor, BATCH).await?;
+        let full = events.len() == BATCH as usize;
+        let before = self.cursor;
+        let mut entries = Vec::new();
+        for (id, endpoint, event) in events {
+            entries.extend(self.engine.on_fault(&endpoint, &event, now));
+            self.cursor = id;
+        }
+        entries.extend(self.engine.tick(now));
+        if !entries.is_empty() || self.cursor != before {
+            self.persist(entries, now).await?;
+        }
+        self.engine.prune(now);
+        Ok(full)
+    }
+
+    async fn command(&mut self, c: Command) -> Result<(), StoreError> {
+        let now = vitals_proto::now_ms();
+        match c {
+            Command::Act {
+                id,
+                who,
+                action,
+                reply,
+            } => match self.engine.act(id, &who, action, now) {
+                Some(entries) => {
+                    let done = self.persist(entries, now).await;
+                    let answer = match &done {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(DeskError::Store(StoreError::Worker(e.to_string()))),
+                    };
+                    let _ = reply.send(answer);
+                    done
+                }
+                None => {
+                    let _ = reply.send(Err(DeskError::NoTicket(id)));
+                    Ok(())
+                }
+            },
+            Command::Open {
+                endpoint,
+                title,
+                severity,
+                description,
+                who,
+                reply,
+            } => {
+                let (id, entries) =
+                    self.engine
+                        .open_by_hand(&endpoint, &title, severity, &description, &who, now);
+                let done = self.persist(entries, now).await;
+                let answer = match &done {
+                    Ok(()) => Ok(id),
+                    Err(e) => Err(DeskError::Store(StoreError::Worker(e.to_string()))),
+                };
+                let _ = reply.send(answer);
+                done
+            }
+        }
+    }
+}
+
 /// Runs the ticket engine until `stop` turns true: reads fault events past
 /// its cursor whenever ingest commits some (`wake`) and at least every
-/// second, and persists each step with the cursor in one transaction.
-pub async fn run(
+/// second, takes specialists' commands, and persists each step with the
+/// cursor in one transaction.
+async fn run(
     store: Arc<dyn Store>,
-    mut policy: watch::Receiver<Arc<Policy>>,
-    wake: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
+    policy: &mut watch::Receiver<Arc<Policy>>,
+    wake: &Notify,
+    queue: &mut DeskQueue,
+    stop: &mut watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let state = store.ticket_state().await?;
-    let rules = policy.borrow_and_update().tickets.clone();
+    let (rules, check_titles) = {
+        let p = policy.borrow_and_update();
+        (p.tickets.clone(), titles(&p))
+    };
     info!(
-        open = state.tickets.len(),
+        tickets = state.tickets.len(),
         cursor = state.cursor,
         "ticket engine starting"
     );
-    let mut cursor = state.cursor;
     let mut engine = Engine::restore(
         rules,
         state.tickets,
@@ -46,54 +252,46 @@ pub async fn run(
         state.max_ticket,
         state.max_incident,
     );
+    engine.set_titles(check_titles);
+    let mut w = Worker {
+        store,
+        engine,
+        cursor: state.cursor,
+        changes: queue.changes.clone(),
+    };
     loop {
         if policy.has_changed().unwrap_or(false) {
-            engine.set_rules(policy.borrow_and_update().tickets.clone());
+            let p = policy.borrow_and_update().clone();
+            w.engine.set_rules(p.tickets.clone());
+            w.engine.set_titles(titles(&p));
         }
-        let now = vitals_proto::now_ms();
-        let events = store.fault_events_after(cursor, BATCH).await?;
-        let full = events.len() == BATCH as usize;
-        let mut entries = Vec::new();
-        let before = cursor;
-        for (id, endpoint, event) in events {
-            entries.extend(engine.on_fault(&endpoint, &event, now));
-            cursor = id;
-        }
-        entries.extend(engine.tick(now));
-        if !entries.is_empty() || cursor != before {
-            let (tickets, incidents) = engine.changed(&entries);
-            store
-                .save_tickets(TicketStep {
-                    tickets,
-                    incidents,
-                    entries,
-                    cursor,
-                    now_ms: now,
-                })
-                .await?;
-        }
-        engine.prune(now);
-        if full {
+        if w.step().await? {
             continue;
         }
         tokio::select! {
             () = wake.notified() => {}
             () = tokio::time::sleep(TICK) => {}
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+            Some(c) = queue.rx.recv() => w.command(c).await?,
+            () = stopped(stop) => return Ok(()),
         }
     }
 }
 
-/// Runs the engine, restarting it after a storage error (a full disk, a
-/// locked file) instead of giving up on tickets for good.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs the engine, restarting it from the stored state after a storage
+/// error (a full disk, a locked file) instead of giving up on tickets.
 pub async fn supervise(
     store: Arc<dyn Store>,
-    policy: watch::Receiver<Arc<Policy>>,
+    mut policy: watch::Receiver<Arc<Policy>>,
     wake: Arc<Notify>,
-    stop: watch::Receiver<bool>,
+    mut queue: DeskQueue,
+    mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        match run(store.clone(), policy.clone(), wake.clone(), stop.clone()).await {
+        match run(store.clone(), &mut policy, &wake, &mut queue, &mut stop).await {
             Ok(()) => return,
             Err(error) => {
                 warn!(%error, "ticket engine stopped; restarting from the stored state");
