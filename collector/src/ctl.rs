@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use vitals_proto::config_file::{self, ConfigFileError};
 use vitals_proto::domain::{EndpointDetail, EndpointSummary, FaultRecord, HistoryEntry};
-use vitals_proto::tickets::{Entry, Ticket};
+use vitals_proto::tickets::Ticket;
 use vitals_proto::wire;
 use vitals_proto::wire::specialist_client::SpecialistClient;
 
@@ -243,16 +243,11 @@ pub enum TicketChange {
     Escalate,
 }
 
-/// A ticket and its timeline.
-pub type TicketView = (Ticket, Vec<Entry>);
+/// A ticket with its timeline, snapshot at fault time and knowledge.
+pub type TicketView = vitals_proto::tickets::TicketDetail;
 
 fn ticket_view(d: wire::TicketDetail) -> TicketView {
-    (
-        d.ticket
-            .map(Into::into)
-            .unwrap_or_else(|| wire::Ticket::default().into()),
-        d.timeline.into_iter().map(Into::into).collect(),
-    )
+    d.into()
 }
 
 impl Client {
@@ -365,8 +360,9 @@ pub fn tickets_table(tickets: &[Ticket], now_ms: i64) -> String {
 }
 
 /// One ticket with its timeline, as text.
-pub fn ticket_text((t, timeline): &TicketView, now_ms: i64) -> String {
+pub fn ticket_text(view: &TicketView, now_ms: i64) -> String {
     use std::fmt::Write;
+    let (t, timeline) = (&view.ticket, &view.timeline);
     let mut out = String::new();
     let _ = writeln!(out, "Ticket     {} — {}", t.id, t.title);
     let _ = writeln!(
@@ -415,6 +411,17 @@ pub fn ticket_text((t, timeline): &TicketView, now_ms: i64) -> String {
         })
         .collect();
     let _ = write!(out, "\n{}", table(&["AT", "WHO", "WHAT", "DETAIL"], &rows));
+    if let Some(kb) = &view.knowledge {
+        let _ = write!(out, "\n{kb}");
+    }
+    if let Some(s) = &view.snapshot {
+        let _ = writeln!(
+            out,
+            "\nSnapshot at fault time ({})",
+            timestamp(s.taken_at_ms)
+        );
+        out.push_str(&vitals_proto::report::snapshot_text(s, now_ms));
+    }
     out
 }
 

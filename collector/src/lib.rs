@@ -236,8 +236,11 @@ impl Collector {
             policy,
             stop_rx.clone(),
         );
-        let specialist =
-            SpecialistApi::new(SpecialistService::new(store.clone(), desk), stop_rx.clone());
+        let kb = tickets::kb::KnowledgeBase::new(Some(config.data_dir.join("kb")));
+        let specialist = SpecialistApi::new(
+            SpecialistService::new(store.clone(), desk, kb),
+            stop_rx.clone(),
+        );
         drop(ingest);
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))

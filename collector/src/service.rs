@@ -9,10 +9,11 @@ use vitals_proto::identity::Role;
 
 use tokio::sync::broadcast;
 use vitals_proto::domain::Severity;
-use vitals_proto::tickets::{Entry, Ticket};
+use vitals_proto::tickets::{Entry, Ticket, TicketDetail};
 
 use crate::store::{Store, StoreError, TicketFilter};
 use crate::tickets::engine::Action;
+use crate::tickets::kb::KnowledgeBase;
 use crate::tickets::{DeskError, TicketDesk};
 
 /// Default and largest number of history entries per request.
@@ -66,14 +67,12 @@ impl From<DeskError> for ServiceError {
 pub struct SpecialistService {
     store: Arc<dyn Store>,
     desk: TicketDesk,
+    kb: KnowledgeBase,
 }
 
-/// A ticket with its timeline, oldest entry first.
-pub type TicketDetail = (Ticket, Vec<Entry>);
-
 impl SpecialistService {
-    pub fn new(store: Arc<dyn Store>, desk: TicketDesk) -> Self {
-        SpecialistService { store, desk }
+    pub fn new(store: Arc<dyn Store>, desk: TicketDesk, kb: KnowledgeBase) -> Self {
+        SpecialistService { store, desk, kb }
     }
 
     fn require(caller: &Caller, needs: Role) -> Result<(), ServiceError> {
@@ -147,10 +146,13 @@ impl SpecialistService {
 
     pub async fn ticket(&self, caller: &Caller, id: u64) -> Result<TicketDetail, ServiceError> {
         Self::require(caller, Role::Viewer)?;
-        self.store
+        let mut d = self
+            .store
             .ticket(id)
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("no ticket {id}")))
+            .ok_or_else(|| ServiceError::NotFound(format!("no ticket {id}")))?;
+        d.knowledge = self.kb.article(&d.ticket.check_id);
+        Ok(d)
     }
 
     /// A specialist's change to a ticket; returns the ticket as it is now.

@@ -448,6 +448,28 @@ impl From<w::Ticket> for crate::tickets::Ticket {
     }
 }
 
+impl From<crate::tickets::TicketDetail> for w::TicketDetail {
+    fn from(d: crate::tickets::TicketDetail) -> Self {
+        w::TicketDetail {
+            ticket: Some((&d.ticket).into()),
+            timeline: d.timeline.iter().map(Into::into).collect(),
+            snapshot_at_fault: d.snapshot.map(Into::into),
+            knowledge: d.knowledge.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<w::TicketDetail> for crate::tickets::TicketDetail {
+    fn from(d: w::TicketDetail) -> Self {
+        crate::tickets::TicketDetail {
+            ticket: d.ticket.unwrap_or_default().into(),
+            timeline: d.timeline.into_iter().map(Into::into).collect(),
+            snapshot: d.snapshot_at_fault.map(Into::into),
+            knowledge: (!d.knowledge.is_empty()).then_some(d.knowledge),
+        }
+    }
+}
+
 impl From<&crate::tickets::Entry> for w::TicketEntry {
     fn from(e: &crate::tickets::Entry) -> Self {
         w::TicketEntry {

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Severity;
+use crate::domain::{Severity, Snapshot};
 use crate::ticket_rules::Priority;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,4 +118,17 @@ pub struct Entry {
     pub who: String,
     pub kind: Kind,
     pub text: String,
+}
+
+/// A ticket as a specialist opens it: the ticket, its timeline (oldest
+/// first), the endpoint's snapshot when it was raised, and the knowledge
+/// base's remediation steps for its check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TicketDetail {
+    pub ticket: Ticket,
+    pub timeline: Vec<Entry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge: Option<String>,
 }

@@ -1036,8 +1036,8 @@ async fn an_agent_fault_becomes_a_ticket_that_resolves_itself() {
     // resolves itself after the quiet period, with the reason on record.
     std::fs::write(&policy_path, check("100.0")).expect("write policy");
     let resolved = eventually(WAIT, "the ticket auto-resolved", || async {
-        let (t, timeline) = store.ticket(ticket.id).await.ok()??;
-        (t.status == Status::Resolved).then_some(timeline)
+        let d = store.ticket(ticket.id).await.ok()??;
+        (d.ticket.status == Status::Resolved).then_some(d.timeline)
     })
     .await;
     let kinds: Vec<Kind> = resolved.iter().map(|e| e.kind.clone()).collect();
@@ -1117,10 +1117,21 @@ async fn specialists_work_tickets_through_the_api_and_viewers_only_read() {
         bad.to_string().contains("unknown status \"on_hold\""),
         "{bad}"
     );
-    let (t, timeline) = sam
+    let resolved = sam
         .change_ticket(ticket.id, TicketChange::Resolve("freed memory".into()))
         .await
         .expect("resolve");
+    let (t, timeline) = (resolved.ticket, resolved.timeline);
+    // A fault's ticket carries the snapshot at fault time; "memory_in_use"
+    // is this test's own check, so there is no knowledge base article.
+    assert!(
+        resolved
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.memory.total_bytes > 0),
+        "snapshot at fault time"
+    );
+    assert_eq!(resolved.knowledge, None);
     assert_eq!(t.status, Status::Resolved);
     assert_eq!(t.assignee.as_deref(), Some("sam"));
     let who: Vec<(&str, Kind)> = timeline
@@ -1146,7 +1157,7 @@ async fn specialists_work_tickets_through_the_api_and_viewers_only_read() {
     assert_eq!(kinds, vec!["assigned", "comment", "resolved"]);
 
     // By hand, against a known endpoint only.
-    let (manual, _) = sam
+    let manual = sam
         .open_ticket(
             "ws-api",
             "Monitor flickers",
@@ -1154,7 +1165,8 @@ async fn specialists_work_tickets_through_the_api_and_viewers_only_read() {
             vitals_proto::domain::Severity::Info,
         )
         .await
-        .expect("open by hand");
+        .expect("open by hand")
+        .ticket;
     assert_eq!(manual.title, "Monitor flickers");
     assert_eq!(manual.check_id, "manual");
     let nowhere = sam

@@ -49,3 +49,13 @@ CREATE TABLE ticket_cursor (
 );
 
 INSERT INTO ticket_cursor (one, fault_event_id) VALUES (1, 0);
+
+-- The endpoint's snapshot when its ticket opened (or reopened): the
+-- evidence a specialist reads, even after newer snapshots replaced it.
+CREATE TABLE ticket_snapshots (
+    ticket INTEGER NOT NULL,
+    at_ms  INTEGER NOT NULL,
+    body   TEXT NOT NULL
+);
+
+CREATE INDEX ticket_snapshots_ticket ON ticket_snapshots (ticket, at_ms);

@@ -337,7 +337,7 @@ async fn tickets(
 
 fn show(view: &ctl::TicketView, json: bool, now: i64) {
     if json {
-        print_json(&serde_json::json!({ "ticket": view.0, "timeline": view.1 }));
+        print_json(view);
     } else {
         print!("{}", ctl::ticket_text(view, now));
     }

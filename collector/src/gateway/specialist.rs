@@ -6,7 +6,7 @@ use vitals_proto::identity::Identity;
 use vitals_proto::wire;
 use vitals_proto::wire::specialist_server::Specialist;
 
-use crate::service::{Caller, ServiceError, SpecialistService, TicketDetail};
+use crate::service::{Caller, ServiceError, SpecialistService};
 use crate::store::TicketFilter;
 use crate::tickets::engine::Action;
 use vitals_proto::convert::parse_name;
@@ -38,11 +38,8 @@ fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     }
 }
 
-fn detail((ticket, timeline): TicketDetail) -> wire::TicketDetail {
-    wire::TicketDetail {
-        ticket: Some((&ticket).into()),
-        timeline: timeline.iter().map(Into::into).collect(),
-    }
+fn detail(d: vitals_proto::tickets::TicketDetail) -> wire::TicketDetail {
+    d.into()
 }
 
 /// Empty strings in requests mean "not given".

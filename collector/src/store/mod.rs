@@ -14,7 +14,7 @@ use vitals_proto::domain::{
     EndpointDetail, EndpointSummary, FaultEvent, FaultRecord, HistoryEntry, Snapshot,
 };
 use vitals_proto::identity::EndpointId;
-use vitals_proto::tickets::{Entry, Incident, Ticket};
+use vitals_proto::tickets::{Entry, Incident, Ticket, TicketDetail};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -129,8 +129,9 @@ pub trait Store: Send + Sync + 'static {
     /// Tickets matching `filter`, most urgent and newest first.
     async fn tickets(&self, filter: TicketFilter) -> Result<Vec<Ticket>, StoreError>;
 
-    /// One ticket with its timeline, oldest entry first.
-    async fn ticket(&self, id: u64) -> Result<Option<(Ticket, Vec<Entry>)>, StoreError>;
+    /// One ticket with its timeline (oldest entry first) and the snapshot
+    /// kept when it was raised; `knowledge` is left for the caller.
+    async fn ticket(&self, id: u64) -> Result<Option<TicketDetail>, StoreError>;
 }
 
 /// The ticket engine's persisted state: every open ticket, the newest ticket
@@ -150,6 +151,8 @@ pub struct TicketStep {
     pub tickets: Vec<Ticket>,
     pub incidents: Vec<Incident>,
     pub entries: Vec<Entry>,
+    /// Endpoint snapshots to keep with tickets (opened or reopened now).
+    pub snapshots: Vec<(u64, Snapshot)>,
     pub cursor: i64,
     pub now_ms: i64,
 }

@@ -23,7 +23,7 @@ use vitals_proto::domain::{
 };
 use vitals_proto::identity::EndpointId;
 
-use vitals_proto::tickets::{Entry, Ticket};
+use vitals_proto::tickets::{Entry, Ticket, TicketDetail};
 
 use super::{
     Record, RecordBody, SessionOpen, Store, StoreError, TicketFilter, TicketState, TicketStep,
@@ -590,6 +590,12 @@ impl Store for SqliteStore {
                         e.text,
                     ])?;
                 }
+                let mut put = tx.prepare_cached(
+                    "INSERT INTO ticket_snapshots (ticket, at_ms, body) VALUES (?1, ?2, ?3)",
+                )?;
+                for (ticket, snapshot) in &step.snapshots {
+                    put.execute(params![*ticket as i64, step.now_ms, json(snapshot)])?;
+                }
                 tx.execute(
                     "UPDATE ticket_cursor SET fault_event_id = ?1 WHERE one = 1",
                     params![step.cursor],
@@ -633,7 +639,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn ticket(&self, id: u64) -> Result<Option<(Ticket, Vec<Entry>)>, StoreError> {
+    async fn ticket(&self, id: u64) -> Result<Option<TicketDetail>, StoreError> {
         self.read(move |c| {
             let body: Option<String> = c
                 .query_row(
@@ -666,7 +672,22 @@ impl Store for SqliteStore {
                     text: r.get(4)?,
                 });
             }
-            Ok(Some((ticket, entries)))
+            let snapshot: Option<String> = c
+                .query_row(
+                    "SELECT body FROM ticket_snapshots WHERE ticket = ?1 ORDER BY at_ms DESC LIMIT 1",
+                    params![id as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let snapshot = snapshot
+                .map(|b| parse_snapshot(&ticket.endpoint, 0, &b))
+                .transpose()?;
+            Ok(Some(TicketDetail {
+                ticket,
+                timeline: entries,
+                snapshot,
+                knowledge: None,
+            }))
         })
         .await
     }
@@ -889,6 +910,7 @@ mod tests {
                 tickets,
                 incidents,
                 entries,
+                snapshots: Vec::new(),
                 cursor: events[1].0,
                 now_ms: 5000,
             })
@@ -908,7 +930,8 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        let (t, timeline) = store.ticket(1).await.unwrap().unwrap();
+        let d = store.ticket(1).await.unwrap().unwrap();
+        let (t, timeline) = (d.ticket, d.timeline);
         assert_eq!(t.raise_count, 2);
         assert_eq!(t.endpoint, "ws-1");
         let kinds: Vec<_> = timeline.iter().map(|e| e.kind.clone()).collect();

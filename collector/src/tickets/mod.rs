@@ -5,6 +5,7 @@
 //! timeline, the `Specialist` API and notifications attach to it.
 
 pub mod engine;
+pub mod kb;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,9 +13,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
-use vitals_proto::domain::Severity;
+use vitals_proto::domain::{Severity, Snapshot};
 use vitals_proto::policy::Policy;
-use vitals_proto::tickets::Entry;
+use vitals_proto::tickets::{Entry, Kind};
 
 use crate::store::{Store, StoreError, TicketStep};
 use engine::{Action, Engine};
@@ -24,6 +25,11 @@ use engine::{Action, Engine};
 const TICK: Duration = Duration::from_secs(1);
 /// Fault events read per step.
 const BATCH: u32 = 1000;
+/// How long a new ticket waits for its endpoint's snapshot.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
+/// A snapshot taken this much before the ticket opened still shows the fault
+/// (the agent judged it on that reading).
+const SNAPSHOT_SLACK_MS: i64 = 5_000;
 
 /// A specialist's request to the engine (the single writer).
 enum Command {
@@ -137,16 +143,30 @@ struct Worker {
     engine: Engine,
     cursor: i64,
     changes: broadcast::Sender<Entry>,
+    /// Tickets waiting for their endpoint's snapshot: (ticket, endpoint, since).
+    awaiting: Vec<(u64, String, i64)>,
 }
 
 impl Worker {
     async fn persist(&mut self, entries: Vec<Entry>, now: i64) -> Result<(), StoreError> {
         let (tickets, incidents) = self.engine.changed(&entries);
+        // The evidence: the endpoint's latest snapshot when its ticket
+        // opened or reopened on a fault. An agent sends a fault before the
+        // snapshot it came from, so a ticket may wait a little for it.
+        for e in &entries {
+            if let (Some(id), Kind::Opened | Kind::Reopened) = (e.ticket, &e.kind)
+                && let Some(t) = self.engine.ticket(id).filter(|t| t.check_id != "manual")
+            {
+                self.awaiting.push((id, t.endpoint.clone(), now));
+            }
+        }
+        let snapshots = self.collect_snapshots(now).await?;
         self.store
             .save_tickets(TicketStep {
                 tickets,
                 incidents,
                 entries: entries.clone(),
+                snapshots,
                 cursor: self.cursor,
                 now_ms: now,
             })
@@ -156,6 +176,27 @@ impl Worker {
             let _ = self.changes.send(e);
         }
         Ok(())
+    }
+
+    /// Snapshots for tickets waiting for one: the endpoint's latest taken
+    /// at or after the ticket opened (less a snapshot interval's slack).
+    /// A ticket waits at most `SNAPSHOT_WAIT`, then takes what there is.
+    async fn collect_snapshots(&mut self, now: i64) -> Result<Vec<(u64, Snapshot)>, StoreError> {
+        let mut found = Vec::new();
+        let mut still = Vec::new();
+        for (id, endpoint, since) in std::mem::take(&mut self.awaiting) {
+            let latest = self.store.endpoint(&endpoint).await?.and_then(|d| d.latest);
+            let waited = now - since >= SNAPSHOT_WAIT.as_millis() as i64;
+            match latest {
+                Some(s) if s.taken_at_ms >= since - SNAPSHOT_SLACK_MS || waited => {
+                    found.push((id, s))
+                }
+                _ if waited => {}
+                _ => still.push((id, endpoint, since)),
+            }
+        }
+        self.awaiting = still;
+        Ok(found)
     }
 
     /// Fault events past the cursor and the clock; true if a full batch
@@ -173,6 +214,18 @@ impl Worker {
         entries.extend(self.engine.tick(now));
         if !entries.is_empty() || self.cursor != before {
             self.persist(entries, now).await?;
+        } else if !self.awaiting.is_empty() {
+            let snapshots = self.collect_snapshots(now).await?;
+            if !snapshots.is_empty() {
+                self.store
+                    .save_tickets(TicketStep {
+                        snapshots,
+                        cursor: self.cursor,
+                        now_ms: now,
+                        ..Default::default()
+                    })
+                    .await?;
+            }
         }
         self.engine.prune(now);
         Ok(full)
@@ -258,6 +311,7 @@ async fn run(
         engine,
         cursor: state.cursor,
         changes: queue.changes.clone(),
+        awaiting: Vec::new(),
     };
     loop {
         if policy.has_changed().unwrap_or(false) {
