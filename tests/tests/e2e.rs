@@ -1187,3 +1187,72 @@ async fn specialists_work_tickets_through_the_api_and_viewers_only_read() {
     agent.stop().await;
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_agents_raising_one_check_make_one_incident_with_fifty_children() {
+    use vitals_collector::ctl::TicketQuery;
+    let fleet = Fleet::new("storm");
+    // The default ticket rules: 10 endpoints within 10 minutes are a storm.
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+    let mut sessions = Vec::new();
+    for i in 0..50 {
+        let id = format!("ws-storm-{i:02}");
+        let ch = fleet.agent_channel(collector.addr, &id).await;
+        let (tx, inbound) = open_session(ch, &id).await;
+        let mut inbound = inbound.expect("welcome");
+        tx.send(fault_msg(1, wire::FaultState::Raised, 97.0))
+            .await
+            .expect("send");
+        assert_eq!(next_ack(&mut inbound).await, 1);
+        sessions.push((tx, inbound));
+    }
+    let tickets = eventually(WAIT, "fifty tickets, all in one incident", || async {
+        let mut c = Client::connect(&viewer).await.ok()?;
+        let t = c
+            .tickets(TicketQuery {
+                open_only: true,
+                check: "disk_nearly_full".into(),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .ok()?;
+        (t.len() == 50 && t.iter().all(|t| t.incident.is_some())).then_some(t)
+    })
+    .await;
+    let incident = tickets[0].incident;
+    assert!(
+        tickets.iter().all(|t| t.incident == incident),
+        "one parent incident"
+    );
+    let mut c = Client::connect(&viewer).await.expect("viewer");
+    let children = c
+        .tickets(TicketQuery {
+            incident,
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("by incident");
+    assert_eq!(children.len(), 50);
+    // Each child's timeline says which incident it belongs to.
+    let d = c.ticket(children[0].id).await.expect("ticket");
+    assert!(
+        d.timeline
+            .iter()
+            .any(|e| e.text == format!("part of incident {}", incident.unwrap_or(0))),
+        "{:?}",
+        d.timeline
+    );
+    // The shipped check has its knowledge base article attached.
+    assert!(
+        d.knowledge
+            .as_deref()
+            .is_some_and(|k| k.starts_with("# Disk nearly full")),
+        "{:?}",
+        d.knowledge
+    );
+    drop(sessions);
+    collector.stop().await;
+}
