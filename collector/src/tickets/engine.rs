@@ -373,18 +373,26 @@ impl Engine {
                 i
             }
         };
-        // Link every open ticket of this check on those endpoints.
-        let to_link: Vec<u64> = self
-            .tickets
-            .values()
-            .filter(|t| {
-                t.check_id == check
-                    && t.status.is_open()
-                    && t.incident.is_none()
-                    && endpoints.contains(&t.endpoint)
-            })
-            .map(|t| t.id)
-            .collect();
+        // A new incident gathers every open ticket of this check on those
+        // endpoints; an open one only takes this ticket in.
+        let to_link: Vec<u64> = if open_incident.is_some() {
+            self.tickets
+                .get(&id)
+                .filter(|t| t.incident.is_none())
+                .map(|t| vec![t.id])
+                .unwrap_or_default()
+        } else {
+            self.tickets
+                .values()
+                .filter(|t| {
+                    t.check_id == check
+                        && t.status.is_open()
+                        && t.incident.is_none()
+                        && endpoints.contains(&t.endpoint)
+                })
+                .map(|t| t.id)
+                .collect()
+        };
         for tid in to_link {
             if let Some(t) = self.tickets.get_mut(&tid) {
                 t.incident = Some(incident);

@@ -145,6 +145,8 @@ struct Worker {
     changes: broadcast::Sender<Entry>,
     /// Tickets waiting for their endpoint's snapshot: (ticket, endpoint, since).
     awaiting: Vec<(u64, String, i64)>,
+    /// Fault events applied since this worker started.
+    processed: u64,
 }
 
 impl Worker {
@@ -210,6 +212,7 @@ impl Worker {
         for (id, endpoint, event) in events {
             entries.extend(self.engine.on_fault(&endpoint, &event, now));
             self.cursor = id;
+            self.processed += 1;
         }
         entries.extend(self.engine.tick(now));
         if !entries.is_empty() || self.cursor != before {
@@ -277,6 +280,32 @@ impl Worker {
     }
 }
 
+/// Works through every fault event already committed past the cursor, as
+/// the engine does after a restart, and returns how many it took. For
+/// benchmarks and tools; the running collector uses [`supervise`].
+pub async fn process_backlog(store: Arc<dyn Store>, policy: &Policy) -> Result<u64, StoreError> {
+    let state = store.ticket_state().await?;
+    let mut engine = Engine::restore(
+        policy.tickets.clone(),
+        state.tickets,
+        state.incidents,
+        state.max_ticket,
+        state.max_incident,
+    );
+    engine.set_titles(titles(policy));
+    let (changes, _) = broadcast::channel(16);
+    let mut w = Worker {
+        store,
+        engine,
+        cursor: state.cursor,
+        changes,
+        awaiting: Vec::new(),
+        processed: 0,
+    };
+    while w.step().await? {}
+    Ok(w.processed)
+}
+
 /// Runs the ticket engine until `stop` turns true: reads fault events past
 /// its cursor whenever ingest commits some (`wake`) and at least every
 /// second, takes specialists' commands, and persists each step with the
@@ -312,6 +341,7 @@ async fn run(
         cursor: state.cursor,
         changes: queue.changes.clone(),
         awaiting: Vec::new(),
+        processed: 0,
     };
     loop {
         if policy.has_changed().unwrap_or(false) {
