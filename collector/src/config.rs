@@ -29,6 +29,26 @@ pub struct CollectorConfig {
     pub agents: AgentSettings,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Ticket events posted to help-desk systems.
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<Webhook>,
+}
+
+/// `[[webhook]]`: ticket events as signed JSON POSTs, kept in a durable
+/// outbox and retried with backoff until the receiver answers 2xx.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// A short name, used in logs and the outbox.
+    pub name: String,
+    /// `https://…` (or `http://` on a trusted network).
+    pub url: String,
+    /// Key for the `X-Vitals-Signature` HMAC-SHA256 header.
+    pub secret: String,
+    /// Timeline kinds to send (opened, reopened, auto_resolved, escalated,
+    /// incident_opened…); all when empty.
+    #[serde(default)]
+    pub events: Vec<String>,
 }
 
 /// Certificate files; each defaults to the data directory's `pki/` folder.
@@ -158,6 +178,7 @@ impl CollectorConfig {
             storage: StorageConfig::default(),
             agents: AgentSettings::default(),
             metrics: MetricsConfig::default(),
+            webhooks: Vec::new(),
         }
     }
 
@@ -201,6 +222,34 @@ impl CollectorConfig {
                 humantime::format_duration(a.idle_timeout),
                 humantime::format_duration(a.heartbeat_interval)
             )));
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if w.name.trim().is_empty() || self.webhooks[..i].iter().any(|o| o.name == w.name) {
+                return Err(invalid(format!(
+                    "webhook #{}: name must be set and unique",
+                    i + 1
+                )));
+            }
+            if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
+                return Err(invalid(format!(
+                    "webhook \"{}\": url \"{}\" must start with https:// or http://",
+                    w.name, w.url
+                )));
+            }
+            if w.secret.len() < 16 {
+                return Err(invalid(format!(
+                    "webhook \"{}\": secret must be at least 16 characters",
+                    w.name
+                )));
+            }
+            for e in &w.events {
+                if vitals_proto::convert::parse_name::<vitals_proto::tickets::Kind>(e).is_none() {
+                    return Err(invalid(format!(
+                        "webhook \"{}\": unknown event \"{e}\"",
+                        w.name
+                    )));
+                }
+            }
         }
         if self.storage.history_per_endpoint == 0 {
             return Err(invalid(

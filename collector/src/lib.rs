@@ -223,11 +223,23 @@ impl Collector {
             None => (watch::channel(policy).1, None),
         };
         let (desk, desk_queue) = tickets::desk();
+        let outbound = tickets::Outbound {
+            webhooks: config.webhooks.clone(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+        };
+        tokio::spawn(tickets::notify::deliver(
+            store.clone(),
+            outbound.webhooks.clone(),
+            metrics.clone(),
+            outbound.wake.clone(),
+            stop_rx.clone(),
+        ));
         tokio::spawn(tickets::supervise(
             store.clone(),
             policy.clone(),
             faults_committed,
             desk_queue,
+            outbound,
             stop_rx.clone(),
         ));
         let gateway = AgentGatewayApi::new(

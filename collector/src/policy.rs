@@ -48,6 +48,9 @@ pub fn watch_file(
         .to_path_buf();
     watcher.watch(&folder, RecursiveMode::NonRecursive)?;
     tokio::spawn(async move {
+        // An edit between the first load and the watch is not missed: read
+        // once more now that the watch is in place (a no-op when unchanged).
+        reload(&path, &tx, &metrics);
         while events.recv().await.is_some() {
             // Let the burst finish, then read once.
             loop {

@@ -29,6 +29,14 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(name: &str) -> Self {
+        // VITALS_TEST_LOG=debug (any tracing filter) shows what the
+        // in-process collectors and agents log.
+        if let Ok(filter) = std::env::var("VITALS_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let dir = std::env::temp_dir().join(format!(
             "vitals-e2e-{}-{name}-{}",
             std::process::id(),

@@ -39,6 +39,9 @@ pub struct CupsProbe {
 
 impl CupsProbe {
     pub fn new(url: String) -> Self {
+        // When its HTTP stack carries rustls, the IPP client needs a crypto
+        // provider: the same ring one as the collector link.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         CupsProbe { url }
     }
 

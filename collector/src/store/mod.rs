@@ -129,6 +129,12 @@ pub trait Store: Send + Sync + 'static {
     /// Tickets matching `filter`, most urgent and newest first.
     async fn tickets(&self, filter: TicketFilter) -> Result<Vec<Ticket>, StoreError>;
 
+    /// Webhook posts due at `now_ms` (not delivered, not dead), oldest first.
+    async fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Records the outcome of one delivery attempt.
+    async fn delivery_outcome(&self, id: i64, outcome: DeliveryOutcome) -> Result<(), StoreError>;
+
     /// One ticket with its timeline (oldest entry first) and the snapshot
     /// kept when it was raised; `knowledge` is left for the caller.
     async fn ticket(&self, id: u64) -> Result<Option<TicketDetail>, StoreError>;
@@ -153,6 +159,8 @@ pub struct TicketStep {
     pub entries: Vec<Entry>,
     /// Endpoint snapshots to keep with tickets (opened or reopened now).
     pub snapshots: Vec<(u64, Snapshot)>,
+    /// Webhook posts announcing these entries: (webhook, event, JSON body).
+    pub deliveries: Vec<(String, String, String)>,
     pub cursor: i64,
     pub now_ms: i64,
 }
@@ -189,4 +197,31 @@ pub async fn open(
         sqlite::SqliteStore::open(std::path::Path::new(path), history_limit, history_interval)
             .await?;
     Ok(Arc::new(store))
+}
+
+/// A webhook post waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: i64,
+    pub webhook: String,
+    pub event: String,
+    pub body: String,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered {
+        at_ms: i64,
+    },
+    /// Try again at `next_ms`.
+    Retry {
+        next_ms: i64,
+        error: String,
+    },
+    /// Attempts exhausted; kept with the error for the record.
+    Dead {
+        at_ms: i64,
+        error: String,
+    },
 }

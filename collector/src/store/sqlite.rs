@@ -26,7 +26,8 @@ use vitals_proto::identity::EndpointId;
 use vitals_proto::tickets::{Entry, Ticket, TicketDetail};
 
 use super::{
-    Record, RecordBody, SessionOpen, Store, StoreError, TicketFilter, TicketState, TicketStep,
+    Delivery, DeliveryOutcome, Record, RecordBody, SessionOpen, Store, StoreError, TicketFilter,
+    TicketState, TicketStep,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the
@@ -41,6 +42,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         include_str!("../../migrations/sqlite/0002_fault_events.sql"),
     ),
     (3, include_str!("../../migrations/sqlite/0003_tickets.sql")),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_webhook_outbox.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -596,6 +601,13 @@ impl Store for SqliteStore {
                 for (ticket, snapshot) in &step.snapshots {
                     put.execute(params![*ticket as i64, step.now_ms, json(snapshot)])?;
                 }
+                let mut put = tx.prepare_cached(
+                    "INSERT INTO webhook_outbox (webhook, event, body, created_ms, next_attempt_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                )?;
+                for (webhook, event, body) in &step.deliveries {
+                    put.execute(params![webhook, event, body, step.now_ms])?;
+                }
                 tx.execute(
                     "UPDATE ticket_cursor SET fault_event_id = ?1 WHERE one = 1",
                     params![step.cursor],
@@ -635,6 +647,51 @@ impl Store for SqliteStore {
                 out.push(parse_body(row.get(0)?, &row.get::<_, String>(1)?)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, webhook, event, body, attempts FROM webhook_outbox
+                 WHERE delivered_ms IS NULL AND dead_ms IS NULL AND next_attempt_ms <= ?1
+                 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now_ms, limit], |r| {
+                Ok(Delivery {
+                    id: r.get(0)?,
+                    webhook: r.get(1)?,
+                    event: r.get(2)?,
+                    body: r.get(3)?,
+                    attempts: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn delivery_outcome(&self, id: i64, outcome: DeliveryOutcome) -> Result<(), StoreError> {
+        self.write(move |c| {
+            match outcome {
+                DeliveryOutcome::Delivered { at_ms } => c.execute(
+                    "UPDATE webhook_outbox SET delivered_ms = ?2, attempts = attempts + 1,
+                        last_error = NULL WHERE id = ?1",
+                    params![id, at_ms],
+                )?,
+                DeliveryOutcome::Retry { next_ms, error } => c.execute(
+                    "UPDATE webhook_outbox SET next_attempt_ms = ?2, attempts = attempts + 1,
+                        last_error = ?3 WHERE id = ?1",
+                    params![id, next_ms, error],
+                )?,
+                DeliveryOutcome::Dead { at_ms, error } => c.execute(
+                    "UPDATE webhook_outbox SET dead_ms = ?2, attempts = attempts + 1,
+                        last_error = ?3 WHERE id = ?1",
+                    params![id, at_ms, error],
+                )?,
+            };
+            Ok(())
         })
         .await
     }
@@ -911,6 +968,10 @@ mod tests {
                 incidents,
                 entries,
                 snapshots: Vec::new(),
+                deliveries: vec![
+                    ("itsm".into(), "opened".into(), "{\"n\":1}".into()),
+                    ("chat".into(), "opened".into(), "{\"n\":2}".into()),
+                ],
                 cursor: events[1].0,
                 now_ms: 5000,
             })
@@ -954,6 +1015,46 @@ mod tests {
             state.max_incident,
         );
         assert_eq!(engine.ticket(1).unwrap().raise_count, 2);
+
+        // The webhook outbox survived the restart with the step; a retry
+        // waits for its time, a delivered or dead post is never due again.
+        let due = store.due_deliveries(5000, 10).await.unwrap();
+        let names: Vec<_> = due
+            .iter()
+            .map(|d| (d.webhook.as_str(), d.attempts))
+            .collect();
+        assert_eq!(names, vec![("itsm", 0), ("chat", 0)]);
+        assert_eq!(due[0].body, "{\"n\":1}");
+        use crate::store::DeliveryOutcome;
+        store
+            .delivery_outcome(due[0].id, DeliveryOutcome::Delivered { at_ms: 5001 })
+            .await
+            .unwrap();
+        store
+            .delivery_outcome(
+                due[1].id,
+                DeliveryOutcome::Retry {
+                    next_ms: 9000,
+                    error: "503".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(store.due_deliveries(8999, 10).await.unwrap().is_empty());
+        let again = store.due_deliveries(9000, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].id, again[0].attempts), (due[1].id, 1));
+        store
+            .delivery_outcome(
+                due[1].id,
+                DeliveryOutcome::Dead {
+                    at_ms: 9001,
+                    error: "gone".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(store.due_deliveries(i64::MAX, 10).await.unwrap().is_empty());
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod kb;
+pub mod notify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use vitals_proto::domain::{Severity, Snapshot};
 use vitals_proto::policy::Policy;
 use vitals_proto::tickets::{Entry, Kind};
 
+use crate::config::Webhook;
 use crate::store::{Store, StoreError, TicketStep};
 use engine::{Action, Engine};
 
@@ -147,6 +149,9 @@ struct Worker {
     awaiting: Vec<(u64, String, i64)>,
     /// Fault events applied since this worker started.
     processed: u64,
+    webhooks: Vec<Webhook>,
+    /// Woken when posts are queued.
+    outbox: Arc<Notify>,
 }
 
 impl Worker {
@@ -163,16 +168,37 @@ impl Worker {
             }
         }
         let snapshots = self.collect_snapshots(now).await?;
+        let mut deliveries = Vec::new();
+        for e in &entries {
+            let event = vitals_proto::convert::name_of(&e.kind);
+            let wanted: Vec<&Webhook> = self
+                .webhooks
+                .iter()
+                .filter(|w| notify::wants(w, &event))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let body = notify::payload(e, e.ticket.and_then(|id| self.engine.ticket(id)));
+            for w in wanted {
+                deliveries.push((w.name.clone(), event.clone(), body.clone()));
+            }
+        }
+        let queued = !deliveries.is_empty();
         self.store
             .save_tickets(TicketStep {
                 tickets,
                 incidents,
                 entries: entries.clone(),
                 snapshots,
+                deliveries,
                 cursor: self.cursor,
                 now_ms: now,
             })
             .await?;
+        if queued {
+            self.outbox.notify_one();
+        }
         for e in entries {
             // Nobody watching is fine.
             let _ = self.changes.send(e);
@@ -301,6 +327,8 @@ pub async fn process_backlog(store: Arc<dyn Store>, policy: &Policy) -> Result<u
         changes,
         awaiting: Vec::new(),
         processed: 0,
+        webhooks: Vec::new(),
+        outbox: Arc::new(Notify::new()),
     };
     while w.step().await? {}
     Ok(w.processed)
@@ -315,6 +343,7 @@ async fn run(
     policy: &mut watch::Receiver<Arc<Policy>>,
     wake: &Notify,
     queue: &mut DeskQueue,
+    out: &Outbound,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let state = store.ticket_state().await?;
@@ -342,6 +371,8 @@ async fn run(
         changes: queue.changes.clone(),
         awaiting: Vec::new(),
         processed: 0,
+        webhooks: out.webhooks.clone(),
+        outbox: out.wake.clone(),
     };
     loop {
         if policy.has_changed().unwrap_or(false) {
@@ -365,6 +396,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Where the engine's notifications go: the configured webhooks, and the
+/// delivery task to wake when posts are queued.
+#[derive(Clone, Default)]
+pub struct Outbound {
+    pub webhooks: Vec<Webhook>,
+    pub wake: Arc<Notify>,
+}
+
 /// Runs the engine, restarting it from the stored state after a storage
 /// error (a full disk, a locked file) instead of giving up on tickets.
 pub async fn supervise(
@@ -372,10 +411,20 @@ pub async fn supervise(
     mut policy: watch::Receiver<Arc<Policy>>,
     wake: Arc<Notify>,
     mut queue: DeskQueue,
+    out: Outbound,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        match run(store.clone(), &mut policy, &wake, &mut queue, &mut stop).await {
+        match run(
+            store.clone(),
+            &mut policy,
+            &wake,
+            &mut queue,
+            &out,
+            &mut stop,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(error) => {
                 warn!(%error, "ticket engine stopped; restarting from the stored state");
