@@ -726,6 +726,7 @@ mod tests {
                     link_quality: 10.0,
                     signal_dbm: -85.0,
                 }],
+                resolvers: vec!["192.0.2.53".into()],
             },
             os: OsHealth {
                 reboot_required: true,

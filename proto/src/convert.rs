@@ -133,7 +133,7 @@ mirror!(PrinterInfo {
     oldest_job_age_secs, page_count, error,
 } lists { supplies });
 mirror!(Supply { name, percent });
-mirror!(NetworkHealth {} lists { dns, services, wifi } maybe { gateway });
+mirror!(NetworkHealth { resolvers } lists { dns, services, wifi } maybe { gateway });
 mirror!(Gateway {
     address,
     interface,
@@ -678,6 +678,7 @@ mod tests {
                     link_quality: 40.0,
                     signal_dbm: -70.0,
                 }],
+                resolvers: vec!["10.0.0.53".into(), "fd00::53".into()],
             },
         }
     }

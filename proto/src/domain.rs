@@ -292,6 +292,9 @@ pub struct NetworkHealth {
     pub services: Vec<ServiceCheck>,
     #[serde(default)]
     pub wifi: Vec<WifiInfo>,
+    /// The DNS servers the system resolver uses, in order.
+    #[serde(default)]
+    pub resolvers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

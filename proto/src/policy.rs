@@ -386,15 +386,38 @@ mod tests {
         assert_eq!(t.quiet_period, Duration::from_secs(300));
         assert_eq!(t.storm_endpoints, 25);
         assert_eq!(t.flap_cycles, 3, "defaults fill the rest");
+        let m = |ep: &str| t.membership(ep, &[]);
         assert_eq!(
-            t.criticality_of("dispatch-07"),
+            t.criticality_of(&m("dispatch-07")),
             crate::ticket_rules::Criticality::Critical
         );
         assert_eq!(t.sla.p1.response, Duration::from_secs(600));
         let during = 1_795_906_000_000; // 2026-11-28T22:46:40Z
-        assert!(t.maintenance_of("lab-3", during).is_some());
-        assert!(t.maintenance_of("lab-3", during + 6 * 3_600_000).is_none());
-        assert!(t.maintenance_of("dispatch-07", during).is_none());
+        assert!(t.maintenance_of(&m("lab-3"), during).is_some());
+        assert!(
+            t.maintenance_of(&m("lab-3"), during + 6 * 3_600_000)
+                .is_none()
+        );
+        assert!(t.maintenance_of(&m("dispatch-07"), during).is_none());
+
+        // Sites and tags by pattern or subnet; storms by what desks share.
+        let text = "[[tickets.site]]\nname = \"city-hall\"\nendpoints = [\"ch-*\"]\n\
+                    subnets = [\"10.1.0.0/16\"]\n\
+                    [[tickets.tag]]\nname = \"public-safety\"\nendpoints = [\"disp-*\"]\n\
+                    [[tickets.criticality]]\ntag = \"public-safety\"\nlevel = \"critical\"\n\
+                    [[tickets.storm]]\nby = \"print_server\"\nendpoints = 5\nwindow = \"5m\"\n\
+                    [[tickets.storm]]\nby = \"subnet\"\nendpoints = 8\nprefix = 24\n";
+        let t = Policy::parse(text, "policy.toml").unwrap().tickets;
+        let addr: std::net::IpAddr = "10.1.4.5".parse().unwrap();
+        assert_eq!(t.membership("ws-9", &[addr]).sites, vec!["city-hall"]);
+        assert!(t.membership("ws-9", &[]).sites.is_empty());
+        assert_eq!(
+            t.criticality_of(&t.membership("disp-2", &[])),
+            crate::ticket_rules::Criticality::Critical
+        );
+        assert_eq!(t.storms.len(), 2);
+        assert_eq!(t.storms[0].window, Duration::from_secs(300));
+        assert!(t.needs_facts());
 
         let err = |text: &str| Policy::parse(text, "policy.toml").unwrap_err().to_string();
         assert!(
@@ -411,6 +434,26 @@ mod tests {
         assert!(
             err("[[tickets.maintenance]]\nendpoints = \"x\"\nstart = \"2026-11-29T02:00:00Z\"\nend = \"2026-11-28T02:00:00Z\"\n")
                 .contains("end must be after start")
+        );
+        assert!(
+            err("[[tickets.criticality]]\nsite = \"annex\"\nlevel = \"high\"\n")
+                .contains("tickets.criticality: unknown site \"annex\"")
+        );
+        assert!(
+            err("[[tickets.site]]\nname = \"a\"\nsubnets = [\"10.0.0.0/33\"]\n")
+                .contains("policy.toml:3")
+        );
+        assert!(
+            err("[[tickets.storm]]\nby = \"building\"\nendpoints = 3\n")
+                .contains("policy.toml:2: unknown variant \"building\"")
+        );
+        assert!(
+            err("[[tickets.storm]]\nby = \"site\"\nendpoints = 3\n")
+                .contains("no [[tickets.site]] is defined")
+        );
+        assert!(
+            err("[[tickets.storm]]\nby = \"dns_server\"\nendpoints = 3\nprefix = 24\n")
+                .contains("prefix is for subnet storms")
         );
     }
 

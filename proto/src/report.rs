@@ -324,6 +324,14 @@ fn network(s: &Snapshot, out: &mut String) {
                 .unwrap_or_else(|| g.method.clone()),
         ]);
     }
+    if !n.resolvers.is_empty() {
+        rows.push(vec![
+            "resolvers".into(),
+            n.resolvers.join(" "),
+            String::new(),
+            String::new(),
+        ]);
+    }
     for d in &n.dns {
         rows.push(vec![
             "dns".into(),

@@ -3,8 +3,10 @@
 //! endpoints matter most, the SLA per priority, and maintenance windows.
 //! The collector alone reads them; agents never see them.
 
+use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Severity;
@@ -29,6 +31,17 @@ pub struct TicketRules {
     pub storm_endpoints: u32,
     #[serde(default = "storm_window", with = "humantime_serde")]
     pub storm_window: Duration,
+    /// More ways to see one problem behind many faults: endpoints sharing a
+    /// site, a subnet, a print server or a DNS server. Tried in order
+    /// before the same-check rule above; the first to trip wins.
+    #[serde(default, rename = "storm")]
+    pub storms: Vec<StormRule>,
+    /// Named sites: endpoints by ID pattern or address.
+    #[serde(default, rename = "site")]
+    pub sites: Vec<EndpointGroup>,
+    /// Named tags, such as "public-safety": endpoints by ID pattern or address.
+    #[serde(default, rename = "tag")]
+    pub tags: Vec<EndpointGroup>,
     /// First match wins; endpoints matching none are "normal".
     #[serde(default, rename = "criticality")]
     pub criticality: Vec<CriticalityRule>,
@@ -47,6 +60,9 @@ impl Default for TicketRules {
             flap_window: flap_window(),
             storm_endpoints: storm_endpoints(),
             storm_window: storm_window(),
+            storms: Vec::new(),
+            sites: Vec::new(),
+            tags: Vec::new(),
             criticality: Vec::new(),
             sla: SlaTable::default(),
             maintenance: Vec::new(),
@@ -88,9 +104,96 @@ pub enum Criticality {
 #[serde(deny_unknown_fields)]
 pub struct CriticalityRule {
     /// Endpoint IDs to match: `*` any run of characters, `?` one; case does
-    /// not matter (`DISPATCH-*`, `kiosk-??`).
+    /// not matter (`DISPATCH-*`, `kiosk-??`). Empty: any.
+    #[serde(default)]
     pub endpoints: String,
+    /// Only endpoints at this site. Empty: any.
+    #[serde(default)]
+    pub site: String,
+    /// Only endpoints with this tag. Empty: any.
+    #[serde(default)]
+    pub tag: String,
     pub level: Criticality,
+}
+
+/// A named set of endpoints: a site or a tag.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointGroup {
+    pub name: String,
+    /// Endpoint ID patterns, as in criticality rules.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Networks such as "10.20.0.0/16": an endpoint with an address in one
+    /// belongs (addresses come from its latest snapshot).
+    #[serde(default)]
+    pub subnets: Vec<IpNet>,
+}
+
+impl EndpointGroup {
+    pub fn holds(&self, endpoint: &str, addresses: &[IpAddr]) -> bool {
+        self.endpoints.iter().any(|p| wildcard(p, endpoint))
+            || self
+                .subnets
+                .iter()
+                .any(|n| addresses.iter().any(|a| n.contains(a)))
+    }
+}
+
+/// What endpoints share, for storm grouping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StormBy {
+    /// A site from `[[tickets.site]]`; one check.
+    Site,
+    /// An IP network the endpoints are on; one check.
+    Subnet,
+    /// The server (or network printer) behind their print queues; any
+    /// printer check.
+    PrintServer,
+    /// A DNS server they resolve with; any DNS check.
+    DnsServer,
+}
+
+impl StormBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StormBy::Site => "site",
+            StormBy::Subnet => "subnet",
+            StormBy::PrintServer => "print server",
+            StormBy::DnsServer => "DNS server",
+        }
+    }
+}
+
+/// `[[tickets.storm]]`: this many endpoints sharing `by` raising within
+/// `window` become one parent incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StormRule {
+    pub by: StormBy,
+    pub endpoints: u32,
+    #[serde(default = "storm_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// For `subnet`: group IPv4 addresses by this prefix length instead of
+    /// the interface's own.
+    #[serde(default)]
+    pub prefix: Option<u8>,
+}
+
+/// Where an endpoint belongs: its ID, the sites and tags that hold it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub endpoint: String,
+    pub sites: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+/// Whether a rule's selectors (each empty for "any") all hold for `m`.
+fn selects(endpoints: &str, site: &str, tag: &str, m: &Membership) -> bool {
+    (endpoints.is_empty() || wildcard(endpoints, &m.endpoint))
+        && (site.is_empty() || m.sites.iter().any(|s| s.eq_ignore_ascii_case(site)))
+        && (tag.is_empty() || m.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)))
 }
 
 /// P1 is the most urgent.
@@ -198,8 +301,15 @@ fn sla_p4() -> Sla {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceWindow {
-    /// Endpoint IDs, as in criticality rules.
+    /// Endpoint IDs, as in criticality rules. Empty: any.
+    #[serde(default)]
     pub endpoints: String,
+    /// Only endpoints at this site. Empty: any.
+    #[serde(default)]
+    pub site: String,
+    /// Only endpoints with this tag. Empty: any.
+    #[serde(default)]
+    pub tag: String,
     /// RFC 3339, such as "2026-11-28T22:00:00Z".
     #[serde(with = "humantime_serde")]
     pub start: SystemTime,
@@ -210,29 +320,75 @@ pub struct MaintenanceWindow {
 }
 
 impl MaintenanceWindow {
-    pub fn covers(&self, endpoint: &str, now_ms: i64) -> bool {
+    pub fn covers(&self, m: &Membership, now_ms: i64) -> bool {
         let ms = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0)
         };
-        (ms(self.start)..ms(self.end)).contains(&now_ms) && wildcard(&self.endpoints, endpoint)
+        (ms(self.start)..ms(self.end)).contains(&now_ms)
+            && selects(&self.endpoints, &self.site, &self.tag, m)
+    }
+
+    /// What it covers, for messages.
+    pub fn scope(&self) -> String {
+        scope(&self.endpoints, &self.site, &self.tag)
     }
 }
 
+fn scope(endpoints: &str, site: &str, tag: &str) -> String {
+    let mut parts = Vec::new();
+    if !endpoints.is_empty() {
+        parts.push(format!("endpoints \"{endpoints}\""));
+    }
+    if !site.is_empty() {
+        parts.push(format!("site \"{site}\""));
+    }
+    if !tag.is_empty() {
+        parts.push(format!("tag \"{tag}\""));
+    }
+    parts.join(", ")
+}
+
 impl TicketRules {
-    /// The criticality of `endpoint`: the first matching rule, else normal.
-    pub fn criticality_of(&self, endpoint: &str) -> Criticality {
+    /// The sites and tags holding `endpoint` (with these addresses).
+    pub fn membership(&self, endpoint: &str, addresses: &[IpAddr]) -> Membership {
+        let names = |groups: &[EndpointGroup]| {
+            groups
+                .iter()
+                .filter(|g| g.holds(endpoint, addresses))
+                .map(|g| g.name.clone())
+                .collect()
+        };
+        Membership {
+            endpoint: endpoint.to_owned(),
+            sites: names(&self.sites),
+            tags: names(&self.tags),
+        }
+    }
+
+    /// Whether any rule needs an endpoint's addresses, resolvers or print
+    /// servers (so the collector must look at its snapshots).
+    pub fn needs_facts(&self) -> bool {
+        self.sites
+            .iter()
+            .chain(&self.tags)
+            .any(|g| !g.subnets.is_empty())
+            || self.storms.iter().any(|s| s.by != StormBy::Site)
+    }
+
+    /// The criticality of an endpoint: the first matching rule, else normal.
+    pub fn criticality_of(&self, m: &Membership) -> Criticality {
         self.criticality
             .iter()
-            .find(|r| wildcard(&r.endpoints, endpoint))
+            .find(|r| selects(&r.endpoints, &r.site, &r.tag, m))
             .map(|r| r.level)
             .unwrap_or_default()
     }
 
-    /// The maintenance window covering `endpoint` now, if any.
-    pub fn maintenance_of(&self, endpoint: &str, now_ms: i64) -> Option<&MaintenanceWindow> {
-        self.maintenance.iter().find(|m| m.covers(endpoint, now_ms))
+    /// The maintenance window covering an endpoint now, if any.
+    pub fn maintenance_of(&self, m: &Membership, now_ms: i64) -> Option<&MaintenanceWindow> {
+        self.maintenance.iter().find(|w| w.covers(m, now_ms))
     }
 
     /// What serde cannot check; the message names the field.
@@ -264,12 +420,77 @@ impl TicketRules {
                 ));
             }
         }
+        for (what, groups) in [("site", &self.sites), ("tag", &self.tags)] {
+            for (i, g) in groups.iter().enumerate() {
+                if g.name.trim().is_empty() || groups[..i].iter().any(|o| o.name == g.name) {
+                    return Err(format!(
+                        "tickets.{what} #{}: name must be set and unique",
+                        i + 1
+                    ));
+                }
+                if g.endpoints.is_empty() && g.subnets.is_empty() {
+                    return Err(format!(
+                        "tickets.{what} \"{}\": give endpoints or subnets",
+                        g.name
+                    ));
+                }
+            }
+        }
+        let known = |what: &str, name: &str, groups: &[EndpointGroup]| {
+            if name.is_empty() || groups.iter().any(|g| g.name.eq_ignore_ascii_case(name)) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "unknown {what} \"{name}\" (no [[tickets.{what}]] of that name)"
+                ))
+            }
+        };
+        for r in &self.criticality {
+            if r.endpoints.is_empty() && r.site.is_empty() && r.tag.is_empty() {
+                return Err("tickets.criticality: give endpoints, site or tag".into());
+            }
+            known("site", &r.site, &self.sites)
+                .and_then(|()| known("tag", &r.tag, &self.tags))
+                .map_err(|e| format!("tickets.criticality: {e}"))?;
+        }
         for m in &self.maintenance {
+            if m.endpoints.is_empty() && m.site.is_empty() && m.tag.is_empty() {
+                return Err("tickets.maintenance: give endpoints, site or tag".into());
+            }
+            known("site", &m.site, &self.sites)
+                .and_then(|()| known("tag", &m.tag, &self.tags))
+                .map_err(|e| format!("tickets.maintenance: {e}"))?;
             if m.end <= m.start {
                 return Err(format!(
-                    "tickets.maintenance \"{}\": end must be after start",
-                    m.endpoints
+                    "tickets.maintenance ({}): end must be after start",
+                    m.scope()
                 ));
+            }
+        }
+        for s in &self.storms {
+            if s.endpoints < 2 {
+                return Err(format!(
+                    "tickets.storm by {}: endpoints must be at least 2",
+                    s.by.as_str()
+                ));
+            }
+            if s.window.is_zero() {
+                return Err(format!(
+                    "tickets.storm by {}: window must be above 0",
+                    s.by.as_str()
+                ));
+            }
+            if s.by == StormBy::Site && self.sites.is_empty() {
+                return Err("tickets.storm by site: no [[tickets.site]] is defined".into());
+            }
+            match s.prefix {
+                Some(p) if s.by != StormBy::Subnet || p == 0 || p > 32 => {
+                    return Err(format!(
+                        "tickets.storm by {}: prefix is for subnet storms, 1 to 32",
+                        s.by.as_str()
+                    ));
+                }
+                _ => {}
             }
         }
         Ok(())

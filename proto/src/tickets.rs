@@ -81,7 +81,16 @@ pub struct Ticket {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Incident {
     pub id: u64,
+    /// The check its tickets share; empty when it spans checks (a print
+    /// server's or a DNS server's faults).
     pub check_id: String,
+    /// The storm group: "check:ID", "site:NAME|ID", "subnet:NET|ID",
+    /// "print_server:HOST", "dns_server:ADDRESS".
+    #[serde(default)]
+    pub key: String,
+    /// What its tickets share, for people: "print server ps01".
+    #[serde(default)]
+    pub title: String,
     pub opened_ms: i64,
     pub resolved_ms: Option<i64>,
     pub tickets: Vec<u64>,

@@ -1241,9 +1241,9 @@ async fn fifty_agents_raising_one_check_make_one_incident_with_fifty_children() 
     // Each child's timeline says which incident it belongs to.
     let d = c.ticket(children[0].id).await.expect("ticket");
     assert!(
-        d.timeline
-            .iter()
-            .any(|e| e.text == format!("part of incident {}", incident.unwrap_or(0))),
+        d.timeline.iter().any(|e| e
+            .text
+            .starts_with(&format!("part of incident {} ", incident.unwrap_or(0)))),
         "{:?}",
         d.timeline
     );
@@ -1254,6 +1254,130 @@ async fn fifty_agents_raising_one_check_make_one_incident_with_fifty_children() 
             .is_some_and(|k| k.starts_with("# Disk nearly full")),
         "{:?}",
         d.knowledge
+    );
+    drop(sessions);
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn desks_behind_one_dead_print_server_make_one_incident() {
+    use vitals_collector::ctl::TicketQuery;
+    let fleet = Fleet::new("printstorm");
+    // Four desks behind ps01 trip the print-server rule; the same-check
+    // rule (default 10) never would.
+    let config = with_policy(
+        &fleet,
+        &format!(
+            "{}\n[[tickets.storm]]\nby = \"print_server\"\nendpoints = 4\nwindow = \"10m\"\n",
+            std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../proto/default-policy.toml"
+            ))
+            .expect("default policy")
+        ),
+    );
+    let collector = RunningCollector::start(config).await;
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+    let desks = [
+        (
+            "ws-ps-1",
+            "hall-a",
+            "ipp://ps01.city.example/printers/hall-a",
+        ),
+        (
+            "ws-ps-2",
+            "hall-b",
+            "ipp://ps01.city.example/printers/hall-b",
+        ),
+        ("ws-ps-3", "annex", "ipp://ps02.city.example/printers/annex"),
+        (
+            "ws-ps-4",
+            "hall-a",
+            "ipp://ps01.city.example/printers/hall-a",
+        ),
+        ("ws-ps-5", "clerk", "ipp://ps01.city.example/printers/clerk"),
+    ];
+    let mut sessions = Vec::new();
+    for (id, queue, uri) in desks {
+        let ch = fleet.agent_channel(collector.addr, id).await;
+        let (tx, inbound) = open_session(ch, id).await;
+        let mut inbound = inbound.expect("welcome");
+        // What the agent's CUPS probe reports: the queue and its server.
+        let mut s = vitals_proto::domain::Snapshot::default();
+        s.host.hostname = id.into();
+        s.taken_at_ms = vitals_proto::now_ms();
+        s.printers.push(vitals_proto::domain::PrinterInfo {
+            name: queue.into(),
+            source: "cups".into(),
+            address: uri.into(),
+            state: "stopped".into(),
+            ..Default::default()
+        });
+        let check = if id == "ws-ps-2" {
+            "printer_stopped"
+        } else {
+            "printer_offline"
+        };
+        let fault = wire::AgentMessage {
+            seq: 2,
+            body: Some(agent_message::Body::Fault(wire::FaultEvent {
+                check_id: check.into(),
+                subject: queue.into(),
+                state: wire::FaultState::Raised as i32,
+                severity: wire::Severity::Warning as i32,
+                value: 1.0,
+                evidence: format!("{queue}: unreachable"),
+                at_ms: vitals_proto::now_ms(),
+            })),
+        };
+        for m in [
+            wire::AgentMessage {
+                seq: 1,
+                body: Some(agent_message::Body::Snapshot(s.into())),
+            },
+            fault,
+        ] {
+            tx.send(m).await.expect("send");
+        }
+        // Acks may come one by one or both at once.
+        while next_ack(&mut inbound).await < 2 {}
+        sessions.push((tx, inbound));
+    }
+    let tickets = eventually(WAIT, "five tickets, four in one incident", || async {
+        let mut c = Client::connect(&viewer).await.ok()?;
+        let t = c
+            .tickets(TicketQuery {
+                open_only: true,
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .ok()?;
+        (t.len() == 5 && t.iter().filter(|t| t.incident.is_some()).count() == 4).then_some(t)
+    })
+    .await;
+    let outside: Vec<&str> = tickets
+        .iter()
+        .filter(|t| t.incident.is_none())
+        .map(|t| t.endpoint.as_str())
+        .collect();
+    assert_eq!(
+        outside,
+        vec!["ws-ps-3"],
+        "the desk on ps02 is not part of it"
+    );
+    let mut c = Client::connect(&viewer).await.expect("viewer");
+    let linked = tickets
+        .iter()
+        .find(|t| t.incident.is_some())
+        .expect("linked");
+    let d = c.ticket(linked.id).await.expect("ticket");
+    assert!(
+        d.timeline
+            .iter()
+            .any(|e| e.text.ends_with("(print server ps01.city.example)")),
+        "{:?}",
+        d.timeline
     );
     drop(sessions);
     collector.stop().await;

@@ -186,11 +186,48 @@ impl Probe for NetworkProbe {
                     dns,
                     services,
                     wifi,
+                    resolvers: resolvers(),
                 },
             }),
             errors,
         }
     }
+}
+
+/// The DNS servers the system resolver asks. Where a local stub
+/// (systemd-resolved at 127.0.0.53) stands in front, the servers behind it.
+#[cfg(unix)]
+fn resolvers() -> Vec<String> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|t| parse_resolv_conf(&t))
+            .unwrap_or_default()
+    };
+    let system = read("/etc/resolv.conf");
+    if !system.is_empty() && system.iter().all(|s| s.starts_with("127.0.0.53")) {
+        let upstream = read("/run/systemd/resolve/resolv.conf");
+        if !upstream.is_empty() {
+            return upstream;
+        }
+    }
+    system
+}
+
+#[cfg(not(unix))]
+fn resolvers() -> Vec<String> {
+    Vec::new()
+}
+
+/// The `nameserver` addresses of a resolv.conf, in order.
+pub fn parse_resolv_conf(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next())?
+        })
+        .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Runs futures concurrently and returns their outputs in order.
@@ -420,6 +457,14 @@ mod tests {
         let header: String = text.lines().take(2).collect::<Vec<_>>().join("\n");
         assert!(parse_wireless(&header).is_empty());
         assert!(parse_wireless("x\ny\nwlan0: zz yy\n").is_empty());
+    }
+
+    #[test]
+    fn resolv_conf_nameservers_in_order() {
+        let text = "# generated\nsearch city.example\nnameserver 10.0.0.53\n\
+                    nameserver  fd00::53 \nnameserver not-an-address\noptions edns0\n";
+        assert_eq!(parse_resolv_conf(text), vec!["10.0.0.53", "fd00::53"]);
+        assert!(parse_resolv_conf("search x\n").is_empty());
     }
 
     #[tokio::test]

@@ -13,16 +13,21 @@
 //! - `flap_cycles` raises within `flap_window` mark a ticket flapping: it
 //!   then stays open until the fault has been clear for a whole window;
 //! - `storm_endpoints` endpoints raising one check within `storm_window`
-//!   open a parent incident linking their tickets; it resolves with them;
+//!   open a parent incident linking their tickets; it resolves with them.
+//!   `[[tickets.storm]]` rules group by what endpoints share as well (a
+//!   site, a subnet, a print server, a DNS server), tried first;
 //! - priority is severity against the endpoint's criticality; a ticket past
 //!   its response or resolve SLA escalates one tier, once per breach;
 //! - a maintenance window suppresses new tickets for the endpoints it
 //!   covers, and says so.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::Duration;
 
+use ipnet::IpNet;
 use vitals_proto::domain::{FaultEvent, FaultState};
-use vitals_proto::ticket_rules::{Priority, TicketRules};
+use vitals_proto::ticket_rules::{Membership, Priority, StormBy, TicketRules};
 use vitals_proto::tickets::{Entry, Incident, Kind, Status, Ticket};
 
 /// Who the engine acts as in timelines.
@@ -37,12 +42,34 @@ pub struct Engine {
     /// The newest ticket per (endpoint, check, subject), open or not.
     latest: HashMap<Key, u64>,
     incidents: BTreeMap<u64, Incident>,
-    /// Recent raises per check: (when, endpoint), for storm detection.
-    recent: HashMap<String, VecDeque<(i64, String)>>,
+    /// Recent raises per storm group: (when, endpoint, ticket).
+    recent: HashMap<String, VecDeque<(i64, String, u64)>>,
     next_ticket: u64,
     next_incident: u64,
-    /// Check titles from the policy, for ticket titles.
-    titles: HashMap<String, String>,
+    /// Check id to (title, measurement), from the policy.
+    checks: HashMap<String, (String, String)>,
+    /// What the collector knows of each endpoint from its snapshots.
+    facts: HashMap<String, Facts>,
+}
+
+/// What an endpoint's latest snapshot says about where it sits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    /// Its addresses with their prefix lengths.
+    pub addresses: Vec<IpNet>,
+    /// The DNS servers it resolves with.
+    pub resolvers: Vec<String>,
+    /// Print queue (or network printer) name to the host behind it.
+    pub print_servers: HashMap<String, String>,
+}
+
+/// A group a raise counts in for storm detection.
+struct Group {
+    key: String,
+    /// For messages: "print server ps01", "site city-hall", "check x".
+    label: String,
+    threshold: u32,
+    window: Duration,
 }
 
 impl Engine {
@@ -73,7 +100,10 @@ impl Engine {
             }
             e.tickets.insert(t.id, t);
         }
-        for i in incidents {
+        for mut i in incidents {
+            if i.key.is_empty() {
+                i.key = format!("check:{}", i.check_id);
+            }
             e.incidents.insert(i.id, i);
         }
         e.next_ticket = max_ticket + 1;
@@ -127,9 +157,31 @@ impl Engine {
         self.rules = rules;
     }
 
-    /// Check titles (check id to title) for the tickets opened from now on.
-    pub fn set_titles(&mut self, titles: HashMap<String, String>) {
-        self.titles = titles;
+    /// Check id to (title, measurement): titles for the tickets opened from
+    /// now on, measurements for grouping printer and DNS faults.
+    pub fn set_checks(&mut self, checks: HashMap<String, (String, String)>) {
+        self.checks = checks;
+    }
+
+    /// Whether the rules group or place endpoints by what their snapshots
+    /// say; without that, facts are not worth reading.
+    pub fn needs_facts(&self) -> bool {
+        self.rules.needs_facts()
+    }
+
+    /// What `endpoint`'s latest snapshot says (see [`Facts`]).
+    pub fn set_facts(&mut self, endpoint: &str, facts: Facts) {
+        self.facts.insert(endpoint.to_owned(), facts);
+    }
+
+    /// The sites and tags `endpoint` belongs to.
+    pub fn membership(&self, endpoint: &str) -> Membership {
+        let addresses: Vec<IpAddr> = self
+            .facts
+            .get(endpoint)
+            .map(|f| f.addresses.iter().map(|n| n.addr()).collect())
+            .unwrap_or_default();
+        self.rules.membership(endpoint, &addresses)
     }
 
     /// A ticket a specialist opens by hand against an endpoint. Its key is
@@ -154,7 +206,8 @@ impl Engine {
             evidence: description.to_owned(),
             at_ms: now,
         };
-        let id = self.open(&key, &event, now);
+        let member = self.membership(endpoint);
+        let id = self.open(&key, &event, &member, now);
         if let Some(t) = self.tickets.get_mut(&id) {
             t.title = title.to_owned();
             t.responded = true;
@@ -222,7 +275,8 @@ impl Engine {
                 ));
             }
             _ => {
-                if let Some(m) = self.rules.maintenance_of(&key.0, now) {
+                let member = self.membership(&key.0);
+                if let Some(m) = self.rules.maintenance_of(&member, now) {
                     return vec![Entry {
                         ticket: None,
                         incident: None,
@@ -242,7 +296,7 @@ impl Engine {
                         ),
                     }];
                 }
-                let id = self.open(&key, e, now);
+                let id = self.open(&key, e, &member, now);
                 out.push(entry(id, now, SYSTEM, Kind::Opened, &e.evidence));
             }
         }
@@ -254,14 +308,15 @@ impl Engine {
         out
     }
 
-    fn open(&mut self, key: &Key, e: &FaultEvent, now: i64) -> u64 {
+    fn open(&mut self, key: &Key, e: &FaultEvent, member: &Membership, now: i64) -> u64 {
         let id = self.next_ticket;
         self.next_ticket += 1;
-        let priority = Priority::of(e.severity, self.rules.criticality_of(&key.0));
+        let priority = Priority::of(e.severity, self.rules.criticality_of(member));
         let sla = self.rules.sla.of(priority);
         let title = self
-            .titles
+            .checks
             .get(&key.1)
+            .map(|(t, _)| t)
             .filter(|t| !t.is_empty())
             .cloned()
             .unwrap_or_else(|| key.1.replace('_', " "));
@@ -325,89 +380,186 @@ impl Engine {
         }
     }
 
+    /// The storm groups a raise of `check` on `subject` at `endpoint`
+    /// counts in, the most specific first, the same-check rule last.
+    fn groups(&self, endpoint: &str, check: &str, subject: &str) -> Vec<Group> {
+        let mut out = Vec::new();
+        let facts = self.facts.get(endpoint);
+        let measurement = self
+            .checks
+            .get(check)
+            .map(|(_, m)| m.as_str())
+            .unwrap_or("");
+        for rule in &self.rules.storms {
+            let mut add = |key: String, label: String| {
+                out.push(Group {
+                    key,
+                    label,
+                    threshold: rule.endpoints,
+                    window: rule.window,
+                })
+            };
+            match rule.by {
+                StormBy::PrintServer => {
+                    if measurement.starts_with("printer.")
+                        && let Some(host) = facts.and_then(|f| f.print_servers.get(subject))
+                    {
+                        add(
+                            format!("print_server:{host}"),
+                            format!("print server {host}"),
+                        );
+                    }
+                }
+                StormBy::DnsServer => {
+                    if measurement.starts_with("dns.") {
+                        for r in facts.map(|f| f.resolvers.as_slice()).unwrap_or_default() {
+                            add(format!("dns_server:{r}"), format!("DNS server {r}"));
+                        }
+                    }
+                }
+                StormBy::Site => {
+                    for site in self.membership(endpoint).sites {
+                        add(
+                            format!("site:{site}|{check}"),
+                            format!("{check} at site {site}"),
+                        );
+                    }
+                }
+                StormBy::Subnet => {
+                    let nets = facts.map(|f| f.addresses.as_slice()).unwrap_or_default();
+                    for n in nets {
+                        let a = n.addr();
+                        let shared = match a {
+                            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+                            IpAddr::V6(v6) => {
+                                !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80
+                            }
+                        };
+                        if !shared {
+                            continue;
+                        }
+                        let net = match (a, rule.prefix) {
+                            (IpAddr::V4(_), Some(p)) => IpNet::new(a, p).map(|n| n.trunc()).ok(),
+                            _ => Some(n.trunc()),
+                        };
+                        if let Some(net) = net {
+                            add(
+                                format!("subnet:{net}|{check}"),
+                                format!("{check} on subnet {net}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        out.push(Group {
+            key: format!("check:{check}"),
+            label: check.to_owned(),
+            threshold: self.rules.storm_endpoints,
+            window: self.rules.storm_window,
+        });
+        out
+    }
+
     fn storm(&mut self, id: u64, now: i64, out: &mut Vec<Entry>) {
         let Some(t) = self.tickets.get(&id) else {
             return;
         };
-        let (check, endpoint) = (t.check_id.clone(), t.endpoint.clone());
-        let window = self.rules.storm_window.as_millis() as i64;
-        let recent = self.recent.entry(check.clone()).or_default();
-        recent.retain(|(at, ep)| now - at <= window && *ep != endpoint);
-        recent.push_back((now, endpoint));
-        if recent.len() < self.rules.storm_endpoints as usize {
+        let (check, endpoint, subject) =
+            (t.check_id.clone(), t.endpoint.clone(), t.subject.clone());
+        let linked = t.incident.is_some();
+        let groups = self.groups(&endpoint, &check, &subject);
+        // Every group counts the raise; the first to trip takes the ticket.
+        for g in &groups {
+            let window = g.window.as_millis() as i64;
+            let recent = self.recent.entry(g.key.clone()).or_default();
+            recent.retain(|(at, ep, _)| now - at <= window && *ep != endpoint);
+            recent.push_back((now, endpoint.clone(), id));
+        }
+        if linked {
             return;
         }
-        let endpoints: Vec<String> = recent.iter().map(|(_, e)| e.clone()).collect();
-        let open_incident = self
-            .incidents
-            .values()
-            .find(|i| i.check_id == check && i.resolved_ms.is_none())
-            .map(|i| i.id);
-        let incident = match open_incident {
-            Some(i) => i,
-            None => {
-                let i = self.next_incident;
-                self.next_incident += 1;
-                self.incidents.insert(
-                    i,
-                    Incident {
-                        id: i,
-                        check_id: check.clone(),
-                        opened_ms: now,
-                        resolved_ms: None,
-                        tickets: Vec::new(),
-                    },
-                );
+        for g in groups {
+            let open_incident = self
+                .incidents
+                .values()
+                .find(|i| i.key == g.key && i.resolved_ms.is_none())
+                .map(|i| i.id);
+            let members: Vec<u64> = self
+                .recent
+                .get(&g.key)
+                .map(|r| r.iter().map(|(_, _, t)| *t).collect())
+                .unwrap_or_default();
+            if open_incident.is_none() && members.len() < g.threshold as usize {
+                continue;
+            }
+            let incident = match open_incident {
+                Some(i) => i,
+                None => {
+                    let i = self.next_incident;
+                    self.next_incident += 1;
+                    let per_check = g.key.starts_with("check:") || g.key.contains('|');
+                    self.incidents.insert(
+                        i,
+                        Incident {
+                            id: i,
+                            check_id: if per_check {
+                                check.clone()
+                            } else {
+                                String::new()
+                            },
+                            key: g.key.clone(),
+                            title: g.label.clone(),
+                            opened_ms: now,
+                            resolved_ms: None,
+                            tickets: Vec::new(),
+                        },
+                    );
+                    out.push(Entry {
+                        ticket: None,
+                        incident: Some(i),
+                        at_ms: now,
+                        who: SYSTEM.into(),
+                        kind: Kind::IncidentOpened,
+                        text: format!(
+                            "{} endpoints raised {} within {}",
+                            members.len(),
+                            g.label,
+                            humantime::format_duration(g.window)
+                        ),
+                    });
+                    i
+                }
+            };
+            // A new incident gathers the open tickets that tripped it; an
+            // open one only takes this ticket in.
+            let to_link: Vec<u64> = if open_incident.is_some() {
+                vec![id]
+            } else {
+                members
+            };
+            for tid in to_link {
+                let Some(t) = self
+                    .tickets
+                    .get_mut(&tid)
+                    .filter(|t| t.status.is_open() && t.incident.is_none())
+                else {
+                    continue;
+                };
+                t.incident = Some(incident);
+                if let Some(i) = self.incidents.get_mut(&incident) {
+                    i.tickets.push(tid);
+                }
                 out.push(Entry {
-                    ticket: None,
-                    incident: Some(i),
+                    ticket: Some(tid),
+                    incident: Some(incident),
                     at_ms: now,
                     who: SYSTEM.into(),
-                    kind: Kind::IncidentOpened,
-                    text: format!(
-                        "{} endpoints raised {check} within {}",
-                        endpoints.len(),
-                        humantime::format_duration(self.rules.storm_window)
-                    ),
+                    kind: Kind::Linked,
+                    text: format!("part of incident {incident} ({})", g.label),
                 });
-                i
             }
-        };
-        // A new incident gathers every open ticket of this check on those
-        // endpoints; an open one only takes this ticket in.
-        let to_link: Vec<u64> = if open_incident.is_some() {
-            self.tickets
-                .get(&id)
-                .filter(|t| t.incident.is_none())
-                .map(|t| vec![t.id])
-                .unwrap_or_default()
-        } else {
-            self.tickets
-                .values()
-                .filter(|t| {
-                    t.check_id == check
-                        && t.status.is_open()
-                        && t.incident.is_none()
-                        && endpoints.contains(&t.endpoint)
-                })
-                .map(|t| t.id)
-                .collect()
-        };
-        for tid in to_link {
-            if let Some(t) = self.tickets.get_mut(&tid) {
-                t.incident = Some(incident);
-            }
-            if let Some(i) = self.incidents.get_mut(&incident) {
-                i.tickets.push(tid);
-            }
-            out.push(Entry {
-                ticket: Some(tid),
-                incident: Some(incident),
-                at_ms: now,
-                who: SYSTEM.into(),
-                kind: Kind::Linked,
-                text: format!("part of incident {incident}"),
-            });
+            return;
         }
     }
 
@@ -752,17 +904,263 @@ mod tests {
         assert!(quiet.incident(1).is_none());
     }
 
+    use vitals_proto::ticket_rules::{
+        Criticality, CriticalityRule, EndpointGroup, MaintenanceWindow, StormRule,
+    };
+
+    fn group(name: &str, endpoints: &[&str], subnets: &[&str]) -> EndpointGroup {
+        EndpointGroup {
+            name: name.into(),
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            subnets: subnets.iter().map(|n| n.parse().unwrap()).collect(),
+        }
+    }
+
+    fn storm(by: StormBy, endpoints: u32, prefix: Option<u8>) -> StormRule {
+        StormRule {
+            by,
+            endpoints,
+            window: Duration::from_secs(600),
+            prefix,
+        }
+    }
+
+    /// Printer and DNS checks as the default policy names them.
+    fn with_checks(e: &mut Engine) {
+        e.set_checks(HashMap::from([
+            (
+                "printer_offline".to_owned(),
+                (String::new(), "printer.offline".to_owned()),
+            ),
+            (
+                "printer_queue_stuck".to_owned(),
+                (String::new(), "printer.oldest_job_minutes".to_owned()),
+            ),
+            (
+                "dns_failing".to_owned(),
+                (String::new(), "dns.failed".to_owned()),
+            ),
+            (
+                "disk_nearly_full".to_owned(),
+                (String::new(), "disk.used_percent".to_owned()),
+            ),
+        ]));
+    }
+
+    fn raise_on(e: &mut Engine, ep: &str, check: &str, subject: &str, at: i64) -> Vec<Entry> {
+        let mut f = fault(check, FaultState::Raised, Severity::Warning);
+        f.subject = subject.into();
+        e.on_fault(ep, &f, at)
+    }
+
+    fn incidents_opened(entries: &[Entry]) -> Vec<&str> {
+        entries
+            .iter()
+            .filter(|x| x.kind == Kind::IncidentOpened)
+            .map(|x| x.text.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_dead_print_server_is_one_incident_across_printer_checks() {
+        let mut r = rules();
+        r.storms.push(storm(StormBy::PrintServer, 3, None));
+        let mut e = Engine::new(r);
+        with_checks(&mut e);
+        // Desks with queues on ps01 (different queue names, different
+        // printer checks) and one desk whose queue is on ps02.
+        for (ep, queue, server) in [
+            ("ws-1", "hall-a", "ps01"),
+            ("ws-2", "hall-b", "ps01"),
+            ("ws-3", "hall-a", "ps01"),
+            ("ws-4", "annex", "ps02"),
+        ] {
+            e.set_facts(
+                ep,
+                Facts {
+                    print_servers: HashMap::from([(queue.to_owned(), server.to_owned())]),
+                    ..Default::default()
+                },
+            );
+        }
+        let mut all = Vec::new();
+        all.extend(raise_on(&mut e, "ws-1", "printer_offline", "hall-a", 0));
+        all.extend(raise_on(&mut e, "ws-4", "printer_offline", "annex", 1000));
+        all.extend(raise_on(
+            &mut e,
+            "ws-2",
+            "printer_queue_stuck",
+            "hall-b",
+            2000,
+        ));
+        assert!(incidents_opened(&all).is_empty(), "two desks on ps01 only");
+        all.extend(raise_on(&mut e, "ws-3", "printer_offline", "hall-a", 3000));
+        assert_eq!(
+            incidents_opened(&all),
+            vec!["3 endpoints raised print server ps01 within 10m"]
+        );
+        let i = e.incident(1).unwrap();
+        assert_eq!(
+            (i.key.as_str(), i.check_id.as_str()),
+            ("print_server:ps01", "")
+        );
+        assert_eq!(i.tickets, vec![1, 3, 4], "ps02's desk stays out");
+        // A disk fault on a desk of ps01 has nothing to do with it.
+        raise_on(&mut e, "ws-1", "disk_nearly_full", "/", 4000);
+        assert_eq!(e.ticket(5).unwrap().incident, None);
+    }
+
+    #[test]
+    fn desks_sharing_a_failing_dns_server_are_one_incident() {
+        let mut r = rules();
+        r.storms.push(storm(StormBy::DnsServer, 3, None));
+        let mut e = Engine::new(r);
+        with_checks(&mut e);
+        for (i, server) in ["10.0.0.53", "10.0.0.53", "10.9.9.9", "10.0.0.53"]
+            .iter()
+            .enumerate()
+        {
+            e.set_facts(
+                &format!("ws-{i}"),
+                Facts {
+                    resolvers: vec![server.to_string()],
+                    ..Default::default()
+                },
+            );
+        }
+        let mut all = Vec::new();
+        for (i, name) in ["erp.city", "mail.city", "erp.city", "gis.city"]
+            .iter()
+            .enumerate()
+        {
+            all.extend(raise_on(
+                &mut e,
+                &format!("ws-{i}"),
+                "dns_failing",
+                name,
+                i as i64,
+            ));
+        }
+        assert_eq!(
+            incidents_opened(&all),
+            vec!["3 endpoints raised DNS server 10.0.0.53 within 10m"]
+        );
+        assert_eq!(e.incident(1).unwrap().tickets, vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn sites_and_subnets_group_with_their_own_thresholds() {
+        let mut r = rules();
+        // The same-check rule stays out of the way here.
+        r.storm_endpoints = 50;
+        r.sites.push(group("city-hall", &["ch-*"], &[]));
+        r.storms.push(storm(StormBy::Site, 2, None));
+        r.storms.push(storm(StormBy::Subnet, 3, Some(24)));
+        let mut e = Engine::new(r);
+        with_checks(&mut e);
+        let mut all = Vec::new();
+        // Two at city hall: the site's own threshold (2) trips.
+        all.extend(raise(&mut e, "ch-1", 0));
+        all.extend(raise(&mut e, "ch-2", 1));
+        assert_eq!(
+            incidents_opened(&all),
+            vec!["2 endpoints raised disk_nearly_full at site city-hall within 10m"]
+        );
+        // Three desks on 10.4.7.0/24 (addresses from their snapshots, the
+        // interface prefix overridden to /24); one on another subnet.
+        for (ep, addr) in [
+            ("ws-a", "10.4.7.10/16"),
+            ("ws-b", "10.4.7.11/16"),
+            ("ws-c", "10.4.8.12/16"),
+            ("ws-d", "10.4.7.13/16"),
+        ] {
+            e.set_facts(
+                ep,
+                Facts {
+                    addresses: vec![addr.parse().unwrap(), "127.0.0.1/8".parse().unwrap()],
+                    ..Default::default()
+                },
+            );
+        }
+        let mut all = Vec::new();
+        for ep in ["ws-a", "ws-b", "ws-c", "ws-d"] {
+            all.extend(raise(&mut e, ep, 10));
+        }
+        assert_eq!(
+            incidents_opened(&all),
+            vec!["3 endpoints raised disk_nearly_full on subnet 10.4.7.0/24 within 10m"]
+        );
+        assert_eq!(e.incident(2).unwrap().tickets.len(), 3);
+        assert_eq!(
+            e.ticket(5).unwrap().incident,
+            None,
+            "ws-c is on 10.4.8.0/24"
+        );
+    }
+
+    #[test]
+    fn criticality_and_maintenance_by_site_and_tag() {
+        let mut r = rules();
+        r.sites
+            .push(group("dispatch-center", &[], &["10.20.0.0/16"]));
+        r.tags.push(group("kiosk", &["lobby-*"], &[]));
+        r.criticality.push(CriticalityRule {
+            endpoints: String::new(),
+            site: "dispatch-center".into(),
+            tag: String::new(),
+            level: Criticality::Critical,
+        });
+        r.criticality.push(CriticalityRule {
+            endpoints: String::new(),
+            site: String::new(),
+            tag: "kiosk".into(),
+            level: Criticality::Low,
+        });
+        let at = |ms: i64| std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+        r.maintenance.push(MaintenanceWindow {
+            endpoints: String::new(),
+            site: String::new(),
+            tag: "kiosk".into(),
+            start: at(0),
+            end: at(60 * MIN),
+            reason: "kiosk refresh".into(),
+        });
+        r.validate().unwrap();
+        let mut e = Engine::new(r);
+        // The console is at the dispatch center by its address.
+        e.set_facts(
+            "console-7",
+            Facts {
+                addresses: vec!["10.20.3.4/24".parse().unwrap()],
+                ..Default::default()
+            },
+        );
+        raise(&mut e, "console-7", 0);
+        raise(&mut e, "ws-9", 0);
+        assert_eq!(e.ticket(1).unwrap().priority, Priority::P2);
+        assert_eq!(e.ticket(2).unwrap().priority, Priority::P3);
+        let out = raise(&mut e, "lobby-2", MIN);
+        assert_eq!(kinds(&out), vec![Kind::Suppressed]);
+        assert!(out[0].text.contains("kiosk refresh"), "{}", out[0].text);
+        raise(&mut e, "lobby-2", 61 * MIN);
+        assert_eq!(e.ticket(3).unwrap().priority, Priority::P4);
+    }
+
     #[test]
     fn priority_follows_criticality_and_sla_escalates_once_per_breach() {
         let mut r = rules();
         r.criticality
             .push(vitals_proto::ticket_rules::CriticalityRule {
                 endpoints: "DISPATCH-*".into(),
+                site: String::new(),
+                tag: String::new(),
                 level: vitals_proto::ticket_rules::Criticality::Critical,
             });
         r.criticality
             .push(vitals_proto::ticket_rules::CriticalityRule {
                 endpoints: "kiosk-*".into(),
+                site: String::new(),
+                tag: String::new(),
                 level: vitals_proto::ticket_rules::Criticality::Low,
             });
         let mut e = Engine::new(r.clone());
@@ -798,6 +1196,8 @@ mod tests {
         r.maintenance
             .push(vitals_proto::ticket_rules::MaintenanceWindow {
                 endpoints: "lab-*".into(),
+                site: String::new(),
+                tag: String::new(),
                 start: at(0),
                 end: at(60 * MIN),
                 reason: "patching".into(),
@@ -820,9 +1220,12 @@ mod tests {
     #[test]
     fn tickets_by_hand_and_titles_from_the_policy() {
         let mut e = Engine::new(rules());
-        e.set_titles(HashMap::from([(
+        e.set_checks(HashMap::from([(
             "disk_nearly_full".to_owned(),
-            "Disk nearly full".to_owned(),
+            (
+                "Disk nearly full".to_owned(),
+                "disk.used_percent".to_owned(),
+            ),
         )]));
         raise(&mut e, "ws-1", 0);
         assert_eq!(e.ticket(1).unwrap().title, "Disk nearly full");

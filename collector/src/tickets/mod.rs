@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
-use vitals_proto::domain::{Severity, Snapshot};
+use vitals_proto::domain::{FaultState, Severity, Snapshot};
 use vitals_proto::policy::Policy;
 use vitals_proto::tickets::{Entry, Kind};
 
 use crate::config::Webhook;
 use crate::store::{Store, StoreError, TicketStep};
-use engine::{Action, Engine};
+use engine::{Action, Engine, Facts};
 
 /// How often time-driven rules (quiet periods, SLAs) are looked at when no
 /// fault event arrives.
@@ -32,6 +32,9 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 /// A snapshot taken this much before the ticket opened still shows the fault
 /// (the agent judged it on that reading).
 const SNAPSHOT_SLACK_MS: i64 = 5_000;
+/// How long an endpoint's facts (addresses, resolvers, print servers) are
+/// trusted before its latest snapshot is read again.
+const FACTS_TTL: Duration = Duration::from_secs(300);
 
 /// A specialist's request to the engine (the single writer).
 enum Command {
@@ -133,11 +136,62 @@ pub struct DeskQueue {
     changes: broadcast::Sender<Entry>,
 }
 
-fn titles(p: &Policy) -> HashMap<String, String> {
+/// Check id to (title, measurement), for the engine.
+fn checks(p: &Policy) -> HashMap<String, (String, String)> {
     p.checks
         .iter()
-        .map(|c| (c.id.clone(), c.title.clone()))
+        .map(|c| (c.id.clone(), (c.title.clone(), c.measurement.clone())))
         .collect()
+}
+
+/// What a snapshot says about where the endpoint sits, for storm
+/// grouping and sites by subnet.
+pub fn facts_of(s: &Snapshot) -> Facts {
+    let addresses = s
+        .interfaces
+        .iter()
+        .flat_map(|i| &i.addresses)
+        .filter_map(|a| {
+            a.parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| a.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+        })
+        .filter(|n| !n.addr().is_loopback())
+        .collect();
+    let print_servers = s
+        .printers
+        .iter()
+        .filter_map(|p| Some((p.name.clone(), host_of(&p.address)?)))
+        .collect();
+    Facts {
+        addresses,
+        resolvers: s.network.resolvers.clone(),
+        print_servers,
+    }
+}
+
+/// The network host behind a printer address: a device URI's host
+/// (`ipp://ps01:631/printers/x`, `socket://10.0.0.9`) or a bare
+/// `host[:port]`. None for local devices (USB, files).
+pub fn host_of(address: &str) -> Option<String> {
+    let rest = match address.split_once("://") {
+        Some((scheme, rest)) => {
+            let networked = ["ipp", "ipps", "http", "https", "socket", "lpd", "smb"];
+            if !networked.contains(&scheme.to_ascii_lowercase().as_str()) {
+                return None;
+            }
+            rest
+        }
+        None => address,
+    };
+    let authority = rest.split(['/', '?']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty() && host != "localhost").then(|| host.to_ascii_lowercase())
 }
 
 struct Worker {
@@ -152,6 +206,8 @@ struct Worker {
     webhooks: Vec<Webhook>,
     /// Woken when posts are queued.
     outbox: Arc<Notify>,
+    /// When each endpoint's facts were last read from its snapshot.
+    facts_read: HashMap<String, i64>,
 }
 
 impl Worker {
@@ -227,6 +283,24 @@ impl Worker {
         Ok(found)
     }
 
+    /// Reads `endpoint`'s facts from its latest snapshot, at most once per
+    /// [`FACTS_TTL`].
+    async fn refresh_facts(&mut self, endpoint: &str, now: i64) -> Result<(), StoreError> {
+        let fresh = self
+            .facts_read
+            .get(endpoint)
+            .is_some_and(|at| now - at < FACTS_TTL.as_millis() as i64);
+        if fresh {
+            return Ok(());
+        }
+        // No snapshot yet (a fault ahead of the first one): ask again next time.
+        if let Some(s) = self.store.endpoint(endpoint).await?.and_then(|d| d.latest) {
+            self.engine.set_facts(endpoint, facts_of(&s));
+            self.facts_read.insert(endpoint.to_owned(), now);
+        }
+        Ok(())
+    }
+
     /// Fault events past the cursor and the clock; true if a full batch
     /// was read (more are waiting).
     async fn step(&mut self) -> Result<bool, StoreError> {
@@ -234,6 +308,13 @@ impl Worker {
         let events = self.store.fault_events_after(self.cursor, BATCH).await?;
         let full = events.len() == BATCH as usize;
         let before = self.cursor;
+        if self.engine.needs_facts() {
+            for (_, endpoint, e) in &events {
+                if e.state == FaultState::Raised {
+                    self.refresh_facts(endpoint, now).await?;
+                }
+            }
+        }
         let mut entries = Vec::new();
         for (id, endpoint, event) in events {
             entries.extend(self.engine.on_fault(&endpoint, &event, now));
@@ -318,7 +399,7 @@ pub async fn process_backlog(store: Arc<dyn Store>, policy: &Policy) -> Result<u
         state.max_ticket,
         state.max_incident,
     );
-    engine.set_titles(titles(policy));
+    engine.set_checks(checks(policy));
     let (changes, _) = broadcast::channel(16);
     let mut w = Worker {
         store,
@@ -329,6 +410,7 @@ pub async fn process_backlog(store: Arc<dyn Store>, policy: &Policy) -> Result<u
         processed: 0,
         webhooks: Vec::new(),
         outbox: Arc::new(Notify::new()),
+        facts_read: HashMap::new(),
     };
     while w.step().await? {}
     Ok(w.processed)
@@ -347,9 +429,9 @@ async fn run(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let state = store.ticket_state().await?;
-    let (rules, check_titles) = {
+    let (rules, check_list) = {
         let p = policy.borrow_and_update();
-        (p.tickets.clone(), titles(&p))
+        (p.tickets.clone(), checks(&p))
     };
     info!(
         tickets = state.tickets.len(),
@@ -363,7 +445,7 @@ async fn run(
         state.max_ticket,
         state.max_incident,
     );
-    engine.set_titles(check_titles);
+    engine.set_checks(check_list);
     let mut w = Worker {
         store,
         engine,
@@ -373,12 +455,13 @@ async fn run(
         processed: 0,
         webhooks: out.webhooks.clone(),
         outbox: out.wake.clone(),
+        facts_read: HashMap::new(),
     };
     loop {
         if policy.has_changed().unwrap_or(false) {
             let p = policy.borrow_and_update().clone();
             w.engine.set_rules(p.tickets.clone());
-            w.engine.set_titles(titles(&p));
+            w.engine.set_checks(checks(&p));
         }
         if w.step().await? {
             continue;
@@ -431,5 +514,66 @@ pub async fn supervise(
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vitals_proto::domain::{InterfaceInfo, PrinterInfo};
+
+    #[test]
+    fn print_server_hosts_from_device_uris_and_addresses() {
+        for (address, host) in [
+            (
+                "ipp://PS01.city.example:631/printers/hall-a",
+                Some("ps01.city.example"),
+            ),
+            ("ipps://ps02/ipp/print", Some("ps02")),
+            ("socket://10.1.2.3:9100", Some("10.1.2.3")),
+            ("lpd://user@10.1.2.4/queue", Some("10.1.2.4")),
+            ("ipp://[fd00::9]:631/ipp", Some("fd00::9")),
+            ("10.1.2.5:161", Some("10.1.2.5")),
+            ("10.1.2.6", Some("10.1.2.6")),
+            ("usb://HP/LaserJet?serial=1", None),
+            ("ipp://localhost:631/printers/pdf", None),
+            ("", None),
+        ] {
+            assert_eq!(host_of(address).as_deref(), host, "{address}");
+        }
+    }
+
+    #[test]
+    fn facts_from_a_snapshot() {
+        let mut s = Snapshot::default();
+        s.interfaces.push(InterfaceInfo {
+            name: "eth0".into(),
+            addresses: vec!["10.4.7.10/24".into(), "fe80::1/64".into()],
+            ..Default::default()
+        });
+        s.interfaces.push(InterfaceInfo {
+            name: "lo".into(),
+            addresses: vec!["127.0.0.1/8".into()],
+            ..Default::default()
+        });
+        s.printers.push(PrinterInfo {
+            name: "hall-a".into(),
+            address: "ipp://ps01:631/printers/hall-a".into(),
+            ..Default::default()
+        });
+        s.printers.push(PrinterInfo {
+            name: "desk-usb".into(),
+            address: "usb://HP/x".into(),
+            ..Default::default()
+        });
+        s.network.resolvers = vec!["10.0.0.53".into()];
+        let f = facts_of(&s);
+        let nets: Vec<String> = f.addresses.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, vec!["10.4.7.10/24", "fe80::1/64"]);
+        assert_eq!(f.resolvers, vec!["10.0.0.53"]);
+        assert_eq!(
+            f.print_servers,
+            HashMap::from([("hall-a".to_owned(), "ps01".to_owned())])
+        );
     }
 }
