@@ -32,6 +32,68 @@ pub struct CollectorConfig {
     /// Ticket events posted to help-desk systems.
     #[serde(default, rename = "webhook")]
     pub webhooks: Vec<Webhook>,
+    /// Ticket e-mail over SMTP.
+    pub email: Option<Email>,
+}
+
+/// `[email]`: ticket events of chosen priorities mailed to the help desk,
+/// through the same durable outbox as webhooks.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Email {
+    /// The SMTP relay's host name (checked against its certificate).
+    pub server: String,
+    /// Default: 465 with `tls = "tls"`, 587 with "starttls", 25 with "none".
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: EmailTls,
+    pub username: Option<String>,
+    /// A file holding the password (first line), kept out of this file.
+    pub password_file: Option<PathBuf>,
+    /// Extra trusted root for a relay with a city-internal certificate (PEM).
+    pub ca: Option<PathBuf>,
+    /// The sender, such as "Vitals <vitals@city.example>".
+    pub from: String,
+    pub to: Vec<String>,
+    /// Ticket priorities to mail; default p1 and p2.
+    #[serde(default = "email_priorities")]
+    pub priorities: Vec<vitals_proto::ticket_rules::Priority>,
+    /// Timeline kinds to mail; default opened, reopened and escalated.
+    #[serde(default = "email_events")]
+    pub events: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailTls {
+    /// TLS from the first byte (port 465).
+    Tls,
+    /// Plain connection upgraded with STARTTLS, which must succeed.
+    #[default]
+    Starttls,
+    /// No encryption: only for a relay on the same host or a trusted wire.
+    None,
+}
+
+fn email_priorities() -> Vec<vitals_proto::ticket_rules::Priority> {
+    use vitals_proto::ticket_rules::Priority;
+    vec![Priority::P1, Priority::P2]
+}
+
+fn email_events() -> Vec<String> {
+    ["opened", "reopened", "escalated"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+impl Email {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            EmailTls::Tls => 465,
+            EmailTls::Starttls => 587,
+            EmailTls::None => 25,
+        })
+    }
 }
 
 /// `[[webhook]]`: ticket events as signed JSON POSTs, kept in a durable
@@ -179,6 +241,7 @@ impl CollectorConfig {
             agents: AgentSettings::default(),
             metrics: MetricsConfig::default(),
             webhooks: Vec::new(),
+            email: None,
         }
     }
 
@@ -195,6 +258,11 @@ impl CollectorConfig {
         .flatten()
         {
             *p = config_file::resolve(path, p);
+        }
+        if let Some(e) = &mut config.email {
+            for p in [&mut e.password_file, &mut e.ca].into_iter().flatten() {
+                *p = config_file::resolve(path, p);
+            }
         }
         config.validate(&path.display().to_string())?;
         Ok(config)
@@ -223,7 +291,38 @@ impl CollectorConfig {
                 humantime::format_duration(a.heartbeat_interval)
             )));
         }
+        if let Some(e) = &self.email {
+            if e.server.trim().is_empty() {
+                return Err(invalid("email.server must be set".into()));
+            }
+            for address in std::iter::once(&e.from).chain(&e.to) {
+                if address.parse::<lettre::message::Mailbox>().is_err() {
+                    return Err(invalid(format!(
+                        "email: \"{address}\" is not a mail address"
+                    )));
+                }
+            }
+            if e.to.is_empty() {
+                return Err(invalid("email.to must name at least one recipient".into()));
+            }
+            if e.username.is_some() != e.password_file.is_some() {
+                return Err(invalid(
+                    "email: username and password_file go together".into(),
+                ));
+            }
+            for ev in &e.events {
+                if vitals_proto::convert::parse_name::<vitals_proto::tickets::Kind>(ev).is_none() {
+                    return Err(invalid(format!("email: unknown event \"{ev}\"")));
+                }
+            }
+        }
         for (i, w) in self.webhooks.iter().enumerate() {
+            if w.name == crate::tickets::email::TARGET {
+                return Err(invalid(format!(
+                    "webhook name \"{}\" is reserved for [email]",
+                    w.name
+                )));
+            }
             if w.name.trim().is_empty() || self.webhooks[..i].iter().any(|o| o.name == w.name) {
                 return Err(invalid(format!(
                     "webhook #{}: name must be set and unique",
@@ -334,5 +433,50 @@ mod tests {
         );
         let err = CollectorConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("idle_timeout (10s) must be longer"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_and_email_are_checked() {
+        let ok = write(
+            "notify",
+            "data_dir = \".\"\n[[webhook]]\nname = \"itsm\"\nurl = \"https://itsm.example/hook\"\n\
+             secret = \"0123456789abcdef\"\nevents = [\"opened\"]\n\
+             [email]\nserver = \"smtp.city.example\"\ntls = \"tls\"\n\
+             from = \"Vitals <vitals@city.example>\"\nto = [\"desk@city.example\"]\npriorities = [\"p1\"]\n",
+        );
+        let c = CollectorConfig::load(&ok).unwrap();
+        let e = c.email.unwrap();
+        assert_eq!(e.port(), 465);
+        assert_eq!(e.events, vec!["opened", "reopened", "escalated"]);
+        for (text, expect) in [
+            (
+                "[[webhook]]\nname = \"a\"\nurl = \"ftp://x\"\nsecret = \"0123456789abcdef\"\n",
+                "must start with https:// or http://",
+            ),
+            (
+                "[[webhook]]\nname = \"a\"\nurl = \"https://x\"\nsecret = \"short\"\n",
+                "secret must be at least 16 characters",
+            ),
+            (
+                "[[webhook]]\nname = \"email\"\nurl = \"https://x\"\nsecret = \"0123456789abcdef\"\n",
+                "reserved for [email]",
+            ),
+            (
+                "[email]\nserver = \"s\"\nfrom = \"not an address\"\nto = [\"d@c.example\"]\n",
+                "\"not an address\" is not a mail address",
+            ),
+            (
+                "[email]\nserver = \"s\"\nfrom = \"v@c.example\"\nto = [\"d@c.example\"]\npriorities = [\"p9\"]\n",
+                "collector.toml:6: unknown variant \"p9\"",
+            ),
+            (
+                "[email]\nserver = \"s\"\nfrom = \"v@c.example\"\nto = [\"d@c.example\"]\nusername = \"u\"\n",
+                "username and password_file go together",
+            ),
+        ] {
+            let path = write("bad-notify", &format!("data_dir = \".\"\n{text}"));
+            let err = CollectorConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(expect), "{expect}: {err}");
+        }
     }
 }

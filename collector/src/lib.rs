@@ -75,6 +75,8 @@ pub enum CollectorError {
     PolicyWatch(#[from] notify::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("{0}")]
+    Email(String),
 }
 
 /// Raises the soft open-files limit to the hard limit: each agent stream
@@ -223,13 +225,23 @@ impl Collector {
             None => (watch::channel(policy).1, None),
         };
         let (desk, desk_queue) = tickets::desk();
+        let kb = tickets::kb::KnowledgeBase::new(Some(config.data_dir.join("kb")));
+        let mailer = match &config.email {
+            Some(e) => Some(tickets::email::Mailer::new(e).map_err(CollectorError::Email)?),
+            None => None,
+        };
         let outbound = tickets::Outbound {
             webhooks: config.webhooks.clone(),
+            email: config.email.clone(),
             wake: Arc::new(tokio::sync::Notify::new()),
         };
         tokio::spawn(tickets::notify::deliver(
             store.clone(),
-            outbound.webhooks.clone(),
+            tickets::notify::Targets {
+                webhooks: outbound.webhooks.clone(),
+                mailer,
+                kb: kb.clone(),
+            },
             metrics.clone(),
             outbound.wake.clone(),
             stop_rx.clone(),
@@ -248,7 +260,6 @@ impl Collector {
             policy,
             stop_rx.clone(),
         );
-        let kb = tickets::kb::KnowledgeBase::new(Some(config.data_dir.join("kb")));
         let specialist = SpecialistApi::new(
             SpecialistService::new(store.clone(), desk, kb),
             stop_rx.clone(),

@@ -1,6 +1,7 @@
 //! Real components for integration tests: a private CUPS scheduler with an
 //! `ippeveprinter` printer behind it, `snmpd` serving Printer-MIB values the
-//! test rewrites, and a network namespace with `dnsmasq` and nftables.
+//! test rewrites, a network namespace with `dnsmasq` and nftables, and an
+//! SMTP server keeping the mail it accepts.
 //!
 //! Each starts its daemons as children and stops them by PID on drop. Each
 //! `start` returns `Err(reason)` when it cannot run here (not root, a
@@ -154,6 +155,79 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+/// An SMTP server (Python's aiosmtpd, the Debian package) on loopback that
+/// keeps every mail it accepts in a Maildir. Needs no root.
+pub struct SmtpSink {
+    pub addr: SocketAddr,
+    maildir: PathBuf,
+    _daemon: Daemon,
+}
+
+impl SmtpSink {
+    const PYTHON: &str = "/usr/bin/python3";
+
+    /// Whether it can run here; the reason when not.
+    pub fn available() -> Result<(), String> {
+        let ok = Command::new(Self::PYTHON)
+            .args(["-c", "import aiosmtpd.handlers"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Ok(())
+        } else {
+            Err("missing python3-aiosmtpd (.ci/run installs it)".into())
+        }
+    }
+
+    /// Starts on `port` (chosen beforehand, so a test can point a sender at
+    /// it before it runs).
+    pub fn start(dir: &Path, port: u16) -> Result<SmtpSink, String> {
+        Self::available()?;
+        let dir = dir.join("smtp");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let maildir = dir.join("maildir");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let daemon = Daemon::spawn(
+            Self::PYTHON,
+            &[
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &addr.to_string(),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+                &maildir.to_string_lossy(),
+            ],
+            &dir.join("aiosmtpd.log"),
+        )?;
+        wait_listening(addr, Duration::from_secs(10))?;
+        Ok(SmtpSink {
+            addr,
+            maildir,
+            _daemon: daemon,
+        })
+    }
+
+    /// Every mail accepted so far, oldest first.
+    pub fn mails(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .filter_map(|(_, p)| std::fs::read_to_string(p).ok())
+            .collect()
+    }
 }
 
 /// The system D-Bus and Avahi, which `ippeveprinter` needs for DNS-SD.

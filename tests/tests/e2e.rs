@@ -1538,3 +1538,69 @@ async fn webhooks_are_signed_and_delivered_exactly_once_across_a_restart() {
     agent.stop().await;
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_mail_reaches_the_help_desk_over_smtp_after_it_comes_back() {
+    use vitals_collector::config::{Email, EmailTls};
+    use vitals_tests::components::{SmtpSink, free_port, skip};
+    const TEST: &str = "ticket_mail_reaches_the_help_desk_over_smtp_after_it_comes_back";
+    if let Err(why) = SmtpSink::available() {
+        skip(TEST, &why);
+        return;
+    }
+    let fleet = Fleet::new("mail");
+    // Two faults this machine always has: a warning on memory (P3 on a
+    // normal desk, not mailed) and a critical one on CPU count (P2, mailed).
+    let config = with_policy(
+        &fleet,
+        "[[check]]\nid = \"memory_pressure\"\nmeasurement = \"memory.used_percent\"\n\
+         direction = \"above\"\nraise = 0.001\nclear = 0.0\nhold = \"0s\"\nseverity = \"warning\"\n\
+         [[check]]\nid = \"disk_nearly_full\"\nmeasurement = \"memory.used_percent\"\n\
+         direction = \"above\"\nraise = 0.001\nclear = 0.0\nhold = \"0s\"\nseverity = \"critical\"\n",
+    );
+    let port = free_port();
+    let mut config = config;
+    config.email = Some(Email {
+        server: "127.0.0.1".into(),
+        port: Some(port),
+        tls: EmailTls::None,
+        username: None,
+        password_file: None,
+        ca: None,
+        from: "Vitals <vitals@city.example>".into(),
+        to: vec!["helpdesk@city.example".into()],
+        priorities: vec![
+            vitals_proto::ticket_rules::Priority::P1,
+            vitals_proto::ticket_rules::Priority::P2,
+        ],
+        events: vec!["opened".into()],
+    });
+    let collector = RunningCollector::start(config).await;
+    let agent = RunningAgent::start(fleet.agent_config("ws-mail", collector.addr));
+    // The relay is down when the ticket opens: the mail waits in the
+    // outbox and goes out once it is back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sink = SmtpSink::start(&fleet.dir, port).expect("SMTP server");
+    let mail = eventually(Duration::from_secs(30), "the ticket mail", || async {
+        sink.mails().into_iter().next()
+    })
+    .await;
+    assert!(
+        mail.contains("Subject: [Vitals P2] #") && mail.contains("on ws-mail (opened)"),
+        "{mail}"
+    );
+    for part in [
+        "X-RcptTo: helpdesk@city.example",
+        "Endpoint:  ws-mail",
+        "Check:     disk_nearly_full (memory)",
+        "# Disk nearly full",
+        "vitalsctl tickets show",
+    ] {
+        assert!(mail.contains(part), "{part} missing from:\n{mail}");
+    }
+    // The P3 ticket is not mailed, and nothing is mailed twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sink.mails().len(), 1, "{:?}", sink.mails());
+    agent.stop().await;
+    collector.stop().await;
+}

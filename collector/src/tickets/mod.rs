@@ -4,6 +4,7 @@
 //! priority and SLA, maintenance) as a pure state machine. Persisting its
 //! timeline, the `Specialist` API and notifications attach to it.
 
+pub mod email;
 pub mod engine;
 pub mod kb;
 pub mod notify;
@@ -18,7 +19,7 @@ use vitals_proto::domain::{FaultState, Severity, Snapshot};
 use vitals_proto::policy::Policy;
 use vitals_proto::tickets::{Entry, Kind};
 
-use crate::config::Webhook;
+use crate::config::{Email, Webhook};
 use crate::store::{Store, StoreError, TicketStep};
 use engine::{Action, Engine, Facts};
 
@@ -204,6 +205,7 @@ struct Worker {
     /// Fault events applied since this worker started.
     processed: u64,
     webhooks: Vec<Webhook>,
+    email: Option<Email>,
     /// Woken when posts are queued.
     outbox: Arc<Notify>,
     /// When each endpoint's facts were last read from its snapshot.
@@ -227,17 +229,24 @@ impl Worker {
         let mut deliveries = Vec::new();
         for e in &entries {
             let event = vitals_proto::convert::name_of(&e.kind);
-            let wanted: Vec<&Webhook> = self
+            let ticket = e.ticket.and_then(|id| self.engine.ticket(id));
+            let mut targets: Vec<&str> = self
                 .webhooks
                 .iter()
                 .filter(|w| notify::wants(w, &event))
+                .map(|w| w.name.as_str())
                 .collect();
-            if wanted.is_empty() {
+            if let Some(mail) = &self.email
+                && email::wants(mail, &event, ticket.map(|t| t.priority))
+            {
+                targets.push(email::TARGET);
+            }
+            if targets.is_empty() {
                 continue;
             }
-            let body = notify::payload(e, e.ticket.and_then(|id| self.engine.ticket(id)));
-            for w in wanted {
-                deliveries.push((w.name.clone(), event.clone(), body.clone()));
+            let body = notify::payload(e, ticket);
+            for t in targets {
+                deliveries.push((t.to_owned(), event.clone(), body.clone()));
             }
         }
         let queued = !deliveries.is_empty();
@@ -409,6 +418,7 @@ pub async fn process_backlog(store: Arc<dyn Store>, policy: &Policy) -> Result<u
         awaiting: Vec::new(),
         processed: 0,
         webhooks: Vec::new(),
+        email: None,
         outbox: Arc::new(Notify::new()),
         facts_read: HashMap::new(),
     };
@@ -454,6 +464,7 @@ async fn run(
         awaiting: Vec::new(),
         processed: 0,
         webhooks: out.webhooks.clone(),
+        email: out.email.clone(),
         outbox: out.wake.clone(),
         facts_read: HashMap::new(),
     };
@@ -479,11 +490,12 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Where the engine's notifications go: the configured webhooks, and the
-/// delivery task to wake when posts are queued.
+/// Where the engine's notifications go: the configured webhooks and
+/// e-mail, and the delivery task to wake when posts are queued.
 #[derive(Clone, Default)]
 pub struct Outbound {
     pub webhooks: Vec<Webhook>,
+    pub email: Option<Email>,
     pub wake: Arc<Notify>,
 }
 

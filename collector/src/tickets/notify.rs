@@ -1,5 +1,6 @@
 //! Webhooks: ticket events posted to help-desk systems (ServiceNow, Jira,
-//! Zendesk and the like) as signed JSON.
+//! Zendesk and the like) as signed JSON; and the delivery task that sends
+//! the outbox's posts and mails (see [`super::email`]).
 //!
 //! The engine writes each post into the outbox in the same transaction as
 //! the timeline entry it announces. [`deliver`] sends what is due, marks a
@@ -22,6 +23,8 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 use vitals_proto::tickets::{Entry, Ticket};
 
+use super::email::{self, Mailer};
+use super::kb::KnowledgeBase;
 use crate::config::Webhook;
 use crate::metrics::Metrics;
 use crate::store::{DeliveryOutcome, Store};
@@ -83,16 +86,29 @@ pub fn backoff(attempts: u32) -> Duration {
     full.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-/// Posts due webhook deliveries until `stop` turns true. `wake` is
-/// notified when the engine has queued new ones.
+/// Where deliveries go: webhooks by name, e-mail as [`email::TARGET`].
+pub struct Targets {
+    pub webhooks: Vec<Webhook>,
+    pub mailer: Option<Mailer>,
+    /// For the fix steps in mails.
+    pub kb: KnowledgeBase,
+}
+
+/// Sends due deliveries (webhook posts and mails) until `stop` turns true.
+/// `wake` is notified when the engine has queued new ones.
 pub async fn deliver(
     store: Arc<dyn Store>,
-    webhooks: Vec<Webhook>,
+    targets: Targets,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    if webhooks.is_empty() {
+    let Targets {
+        webhooks,
+        mailer,
+        kb,
+    } = targets;
+    if webhooks.is_empty() && mailer.is_none() {
         return;
     }
     // The HTTP client's TLS runs on the same ring provider as the server.
@@ -108,24 +124,38 @@ pub async fn deliver(
             return;
         }
     };
-    info!(webhooks = webhooks.len(), "webhook delivery running");
+    info!(
+        webhooks = webhooks.len(),
+        email = mailer.is_some(),
+        "ticket notifications running"
+    );
     loop {
         let now = vitals_proto::now_ms();
         match store.due_deliveries(now, 100).await {
             Ok(due) => {
                 for d in due {
-                    let outcome = match webhooks.iter().find(|w| w.name == d.webhook) {
-                        None => DeliveryOutcome::Dead {
-                            at_ms: now,
-                            error: format!("webhook \"{}\" is no longer configured", d.webhook),
-                        },
-                        Some(w) => attempt(&client, w, &d).await,
+                    let outcome = if d.webhook == email::TARGET {
+                        match &mailer {
+                            Some(m) => mail(m, &kb, &d).await,
+                            None => DeliveryOutcome::Dead {
+                                at_ms: now,
+                                error: "[email] is no longer configured".into(),
+                            },
+                        }
+                    } else {
+                        match webhooks.iter().find(|w| w.name == d.webhook) {
+                            None => DeliveryOutcome::Dead {
+                                at_ms: now,
+                                error: format!("webhook \"{}\" is no longer configured", d.webhook),
+                            },
+                            Some(w) => attempt(&client, w, &d).await,
+                        }
                     };
                     if let DeliveryOutcome::Dead { error, .. }
                     | DeliveryOutcome::Retry { error, .. } = &outcome
                     {
-                        metrics.error("webhook");
-                        warn!(webhook = %d.webhook, delivery = d.id, attempts = d.attempts + 1, %error, "webhook delivery failed");
+                        metrics.error("notification");
+                        warn!(target = %d.webhook, delivery = d.id, attempts = d.attempts + 1, %error, "ticket notification failed");
                     }
                     if let Err(error) = store.delivery_outcome(d.id, outcome).await {
                         warn!(%error, "cannot record a webhook delivery");
@@ -146,6 +176,29 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+async fn mail(m: &Mailer, kb: &KnowledgeBase, d: &crate::store::Delivery) -> DeliveryOutcome {
+    let result = m.send(&d.body, kb).await;
+    let now = vitals_proto::now_ms();
+    match result {
+        Ok(()) => DeliveryOutcome::Delivered { at_ms: now },
+        Err(e) => retry_or_give_up(d, e.message, e.permanent),
+    }
+}
+
+/// A failed attempt: try again after the backoff, unless the failure is
+/// for good or the attempts are spent.
+fn retry_or_give_up(d: &crate::store::Delivery, error: String, permanent: bool) -> DeliveryOutcome {
+    let now = vitals_proto::now_ms();
+    if permanent || d.attempts + 1 >= MAX_ATTEMPTS {
+        DeliveryOutcome::Dead { at_ms: now, error }
+    } else {
+        DeliveryOutcome::Retry {
+            next_ms: now + backoff(d.attempts).as_millis() as i64,
+            error,
+        }
+    }
+}
+
 async fn attempt(
     client: &reqwest::Client,
     w: &Webhook,
@@ -163,20 +216,16 @@ async fn attempt(
         .body(d.body.clone())
         .send()
         .await;
-    let now = vitals_proto::now_ms();
     let error = match sent {
-        Ok(r) if r.status().is_success() => return DeliveryOutcome::Delivered { at_ms: now },
+        Ok(r) if r.status().is_success() => {
+            return DeliveryOutcome::Delivered {
+                at_ms: vitals_proto::now_ms(),
+            };
+        }
         Ok(r) => format!("{} answered {}", w.url, r.status()),
         Err(e) => format!("{}: {}", w.url, vitals_proto::error_chain(&e)),
     };
-    if d.attempts + 1 >= MAX_ATTEMPTS {
-        DeliveryOutcome::Dead { at_ms: now, error }
-    } else {
-        DeliveryOutcome::Retry {
-            next_ms: now + backoff(d.attempts).as_millis() as i64,
-            error,
-        }
-    }
+    retry_or_give_up(d, error, false)
 }
 
 #[cfg(test)]
