@@ -241,6 +241,7 @@ pub enum TicketChange {
     Status(String),
     Resolve(String),
     Escalate,
+    Reopen(String),
 }
 
 /// A ticket with its timeline, snapshot at fault time and knowledge.
@@ -285,6 +286,7 @@ impl Client {
             TicketChange::Status(s) => A::Status(s),
             TicketChange::Resolve(notes) => A::Resolve(notes),
             TicketChange::Escalate => A::Escalate(true),
+            TicketChange::Reopen(reason) => A::Reopen(reason),
         };
         let r = self
             .inner

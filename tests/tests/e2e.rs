@@ -1157,6 +1157,16 @@ async fn specialists_work_tickets_through_the_api_and_viewers_only_read() {
         k
     };
     assert_eq!(kinds, vec!["assigned", "comment", "resolved"]);
+    // The user calls back: reopened by hand, the reason on the timeline.
+    let reopened = sam
+        .change_ticket(ticket.id, TicketChange::Reopen("slow again".into()))
+        .await
+        .expect("reopen");
+    assert_eq!(reopened.ticket.status, Status::Assigned);
+    assert_eq!(
+        reopened.timeline.last().map(|e| e.text.as_str()),
+        Some("reopened by sam: slow again")
+    );
 
     // By hand, against a known endpoint only.
     let manual = sam

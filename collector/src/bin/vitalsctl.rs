@@ -91,6 +91,12 @@ enum TicketsCmd {
     Resolve { id: u64, notes: String },
     /// Escalate a ticket one tier.
     Escalate { id: u64 },
+    /// Reopen a resolved or closed ticket.
+    Reopen {
+        id: u64,
+        #[arg(default_value = "")]
+        reason: String,
+    },
     /// Open a ticket by hand against an endpoint.
     Open {
         endpoint: String,
@@ -329,6 +335,7 @@ async fn tickets(
         TicketsCmd::Status { id, status } => (id, C::Status(status)),
         TicketsCmd::Resolve { id, notes } => (id, C::Resolve(notes)),
         TicketsCmd::Escalate { id } => (id, C::Escalate),
+        TicketsCmd::Reopen { id, reason } => (id, C::Reopen(reason)),
     };
     let view = client.change_ticket(change.0, change.1).await?;
     show(&view, json, now);

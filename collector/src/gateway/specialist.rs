@@ -178,6 +178,7 @@ impl Specialist for SpecialistApi {
             Some(A::Comment(text)) => Action::Comment(text),
             Some(A::Resolve(notes)) => Action::Resolve(notes),
             Some(A::Escalate(_)) => Action::Escalate,
+            Some(A::Reopen(reason)) => Action::Reopen(reason),
             Some(A::Status(s)) => Action::Status(
                 parse_name(&s)
                     .ok_or_else(|| Status::invalid_argument(format!("unknown status \"{s}\"")))?,

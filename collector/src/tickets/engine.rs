@@ -692,6 +692,21 @@ impl Engine {
                 t.resolved_ms = Some(now);
                 entry(id, now, who, Kind::Resolved, &notes)
             }
+            Action::Reopen(reason) => {
+                t.status = if t.assignee.is_some() {
+                    Status::Assigned
+                } else {
+                    Status::New
+                };
+                t.resolved_ms = None;
+                t.cleared_ms = None;
+                let text = if reason.is_empty() {
+                    format!("reopened by {who}")
+                } else {
+                    format!("reopened by {who}: {reason}")
+                };
+                entry(id, now, who, Kind::Reopened, &text)
+            }
             Action::Escalate => {
                 t.tier = (t.tier + 1).min(3);
                 t.status = Status::Escalated;
@@ -716,6 +731,8 @@ pub enum Action {
     Status(Status),
     Resolve(String),
     Escalate,
+    /// Back to new (or assigned, if it has someone), with the reason.
+    Reopen(String),
 }
 
 fn tier_name(tier: u8) -> &'static str {
@@ -1266,8 +1283,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.ticket(1).unwrap().status, Status::Resolved);
-        // A manual reopen by status.
-        e.act(1, "bo", Action::Status(Status::InProgress), 4 * MIN)
+        // Reopened by hand, with the reason on record.
+        let r = e
+            .act(
+                1,
+                "ana",
+                Action::Reopen("toner streaks again".into()),
+                4 * MIN,
+            )
+            .unwrap();
+        assert_eq!(r[0].kind, Kind::Reopened);
+        assert_eq!(r[0].text, "reopened by ana: toner streaks again");
+        let t = e.ticket(1).unwrap();
+        assert_eq!((t.status, t.resolved_ms), (Status::Assigned, None));
+        // Or by status.
+        e.act(1, "bo", Action::Resolve("done".into()), 5 * MIN)
+            .unwrap();
+        e.act(1, "bo", Action::Status(Status::InProgress), 6 * MIN)
             .unwrap();
         assert_eq!(e.ticket(1).unwrap().resolved_ms, None);
         assert!(e.act(99, "bo", Action::Escalate, 0).is_none());

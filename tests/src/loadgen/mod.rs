@@ -30,8 +30,15 @@ pub struct Stats {
     pub acked: AtomicU64,
     pub faults_sent: AtomicU64,
     pub faults_acked: AtomicU64,
+    pub raised_sent: AtomicU64,
     errors: std::sync::Mutex<BTreeMap<String, u64>>,
     latencies_us: std::sync::Mutex<Vec<u32>>,
+    /// Raised fault events not yet seen as ticket changes, by evidence
+    /// text (unique per event), with when they were sent.
+    raised: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// From a raised fault leaving its agent to the ticket change it made
+    /// arriving on the watch stream (sent after the commit).
+    ticket_latencies_us: std::sync::Mutex<Vec<u32>>,
 }
 
 impl Stats {
@@ -65,12 +72,44 @@ impl Stats {
             .append(&mut l);
     }
 
-    fn latency_ms(&self) -> Percentiles {
-        let mut l = self
-            .latencies_us
+    /// Notes a raised fault event about to be sent.
+    pub fn raising(&self, evidence: &str) {
+        self.raised_sent.fetch_add(1, Ordering::Relaxed);
+        self.raised
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .insert(evidence.to_owned(), Instant::now());
+    }
+
+    /// A ticket change whose text is `text` arrived.
+    fn ticketed(&self, text: &str) {
+        let key = text.strip_prefix("the fault returned: ").unwrap_or(text);
+        let sent = self
+            .raised
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        if let Some(sent) = sent {
+            let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            self.ticket_latencies_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(us);
+        }
+    }
+
+    fn latency_ms(&self) -> Percentiles {
+        percentiles(
+            self.latencies_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn percentiles(mut l: Vec<u32>) -> Percentiles {
+    {
         l.sort_unstable();
         let at = |q: f64| -> f64 {
             if l.is_empty() {
@@ -142,6 +181,17 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub storm: Option<StormReport>,
     pub server: Option<procstat::Summary>,
+    /// With fault events: raised faults sent, and how long each took to
+    /// become a committed ticket change (seen on the WatchTickets stream).
+    pub tickets: Option<TicketReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TicketReport {
+    pub raised_sent: u64,
+    /// Raised faults never seen as a ticket change.
+    pub unmatched: u64,
+    pub fault_to_ticket_ms: Percentiles,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,6 +212,11 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
     let (storm_tx, storm_rx) = tokio::sync::watch::channel(0u64);
     let deadline = Instant::now() + plan.duration;
     let snapshot = Arc::new(sim::realistic_snapshot());
+    let watcher = if plan.faults_per_sec > 0.0 {
+        Some(watch_tickets(&plan, stats.clone()).await?)
+    } else {
+        None
+    };
 
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(plan.agents);
@@ -241,6 +296,34 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
         let _ = t.await;
     }
     let server = sampler.map(|s| s.stop());
+    let tickets = match watcher {
+        Some(task) => {
+            // Give the last raises time to come through, then stop.
+            let settle = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < settle
+                && !stats
+                    .raised
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            task.abort();
+            Some(TicketReport {
+                raised_sent: stats.raised_sent.load(Ordering::Relaxed),
+                unmatched: stats.raised.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
+                fault_to_ticket_ms: percentiles(
+                    stats
+                        .ticket_latencies_us
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                ),
+            })
+        }
+        None => None,
+    };
     Ok(Report {
         target: plan.target.to_string(),
         agents: plan.agents,
@@ -261,7 +344,43 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
         errors: stats.errors(),
         storm,
         server,
+        tickets,
     })
+}
+
+/// Follows the collector's ticket changes as a viewer and matches them to
+/// the raised faults the agents sent.
+async fn watch_tickets(
+    plan: &Plan,
+    stats: Arc<Stats>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use vitals_collector::ctl::{Client, Profile};
+    use vitals_collector::pki::{Ca, PkiPaths};
+    use vitals_proto::identity::{Identity, Role};
+    let paths = PkiPaths::new(&plan.data_dir);
+    let identity = Identity::specialist("loadgen-watch", Role::Viewer)?;
+    let (cert, key) = paths.client(&identity);
+    Ca::load(&paths)?
+        .issue_client(&identity, 2)?
+        .write(&cert, &key)?;
+    let profile = Profile {
+        collector: Some(format!("https://{}", plan.target)),
+        server_name: Some("localhost".into()),
+        ca: Some(paths.ca_cert()),
+        cert: Some(cert),
+        key: Some(key),
+    };
+    let mut client = Client::connect(&profile).await?;
+    let mut changes = client.watch_tickets().await?;
+    Ok(tokio::spawn(async move {
+        let _client = client;
+        while let Ok(Some(e)) = changes.message().await {
+            if matches!(e.kind.as_str(), "opened" | "fault_raised" | "reopened") {
+                stats.ticketed(&e.text);
+            }
+        }
+        eprintln!("ticket watch ended");
+    }))
 }
 
 /// Tells every agent to drop its stream and reconnect at once, then waits
@@ -343,6 +462,19 @@ impl Report {
             ),
             ("errors", format!("{:?}", self.errors)),
         ];
+        if let Some(t) = &self.tickets {
+            rows.push((
+                "fault to ticket p50 / p99 / max",
+                format!(
+                    "{:.1} / {:.1} / {:.1} ms ({} raised, {} never ticketed)",
+                    t.fault_to_ticket_ms.p50,
+                    t.fault_to_ticket_ms.p99,
+                    t.fault_to_ticket_ms.max,
+                    t.raised_sent,
+                    t.unmatched
+                ),
+            ));
+        }
         if let Some(s) = &self.storm {
             rows.push((
                 "reconnect storm",

@@ -86,7 +86,7 @@ impl SimAgent {
                 } as i32,
                 severity: wire::Severity::Warning as i32,
                 value: if raised { 97.0 } else { 80.0 },
-                evidence: format!("simulated by the load generator on {}", self.id),
+                evidence: format!("simulated by the load generator on {} (seq {seq})", self.id),
                 at_ms: vitals_proto::now_ms(),
             })),
         }
@@ -205,7 +205,13 @@ impl SimAgent {
                 }
                 _ = faults.tick(), if self.fault_every.is_some() => {
                     *seq += 1;
-                    tx.send(self.fault(*seq)).await.map_err(|_| "send")?;
+                    let fault = self.fault(*seq);
+                    if let Some(agent_message::Body::Fault(f)) = &fault.body
+                        && f.state == wire::FaultState::Raised as i32
+                    {
+                        self.stats.raising(&f.evidence);
+                    }
+                    tx.send(fault).await.map_err(|_| "send")?;
                     in_flight.push_back((*seq, Instant::now(), true));
                     self.stats.faults_sent.fetch_add(1, Ordering::Relaxed);
                 }
