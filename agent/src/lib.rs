@@ -142,8 +142,9 @@ pub fn probe_settings(config: &AgentConfig) -> config::ProbeSettings {
 
 /// Runs every probe on its own interval; after each reading, judges the
 /// policy on the current picture and hands fault events to the link at
-/// once. Sends the whole snapshot on the snapshot interval, the first as
-/// soon as the system probe has reported.
+/// once, a raise followed by the snapshot it was judged on. Sends the whole
+/// snapshot on the snapshot interval, the first as soon as the system
+/// probe has reported.
 async fn sample_loop(
     probes: Vec<Scheduled>,
     tx: mpsc::Sender<Outgoing>,
@@ -167,13 +168,22 @@ async fn sample_loop(
                 latest.absorb(name, reading);
                 let now = vitals_proto::now_ms();
                 let snapshot = latest.snapshot(now);
+                let mut raised = false;
                 for event in checks.evaluate(&snapshot, now) {
                     info!(check = %event.check_id, subject = %event.subject, state = event.state.as_str(), value = event.value, "fault");
+                    raised |= event.state == vitals_proto::domain::FaultState::Raised;
                     if tx.send(Outgoing::Fault(event)).await.is_err() {
                         return;
                     }
                 }
-                if next_snapshot.is_none() && latest.has_reported("system") {
+                if raised && next_snapshot.is_some() {
+                    // The evidence goes right behind the fault: the snapshot
+                    // it was judged on, for the ticket it opens.
+                    if tx.send(Outgoing::Snapshot(Box::new(snapshot))).await.is_err() {
+                        return;
+                    }
+                    next_snapshot = Some(tokio::time::Instant::now() + *interval.borrow_and_update());
+                } else if next_snapshot.is_none() && latest.has_reported("system") {
                     next_snapshot = Some(tokio::time::Instant::now());
                 }
             }

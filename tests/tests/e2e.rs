@@ -855,7 +855,7 @@ impl Drop for LoopDisk {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_disk_filled_to_97_percent_raises_and_clears() {
+async fn real_disk_filled_to_97_percent_opens_a_ticket_that_resolves_itself() {
     use vitals_proto::domain::FaultState;
     let fleet = Fleet::new("diskfull");
     let disk = match LoopDisk::new(&fleet.dir) {
@@ -866,14 +866,16 @@ async fn real_disk_filled_to_97_percent_raises_and_clears() {
             use std::io::Write;
             let _ = writeln!(
                 std::io::stderr(),
-                "SKIP real_disk_filled_to_97_percent_raises_and_clears: {why}"
+                "SKIP real_disk_filled_to_97_percent_opens_a_ticket_that_resolves_itself: {why}"
             );
             return;
         }
     };
     let config = with_policy(
         &fleet,
-        "[[check]]\nid = \"disk_nearly_full\"\nmeasurement = \"disk.used_percent\"\n\
+        "[tickets]\nquiet_period = \"1s\"\n\
+         [[check]]\nid = \"disk_nearly_full\"\ntitle = \"Disk nearly full\"\n\
+         measurement = \"disk.used_percent\"\n\
          direction = \"above\"\nraise = 95.0\nclear = 90.0\nhold = \"0s\"\nseverity = \"warning\"\n",
     );
     let collector = RunningCollector::start(config).await;
@@ -895,6 +897,46 @@ async fn real_disk_filled_to_97_percent_raises_and_clears() {
         "{:?}",
         raised.event
     );
+    // The fault is a ticket: measured value, evidence, the snapshot at
+    // fault time showing the full disk, and the steps to fix it.
+    let ticket = eventually(WAIT, "a ticket for the full disk", || async {
+        let mut c = Client::connect(&viewer).await.ok()?;
+        let t = c
+            .tickets(vitals_collector::ctl::TicketQuery {
+                endpoint: "ws-disk".into(),
+                check: "disk_nearly_full".into(),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .ok()?;
+        t.into_iter().find(|t| t.subject == subject)
+    })
+    .await;
+    assert_eq!(ticket.title, "Disk nearly full");
+    assert_eq!(ticket.value, raised.event.value);
+    assert!(ticket.evidence.contains(&subject), "{}", ticket.evidence);
+    let detail = eventually(WAIT, "the ticket's snapshot at fault time", || async {
+        let d = Client::connect(&viewer)
+            .await
+            .ok()?
+            .ticket(ticket.id)
+            .await
+            .ok()?;
+        d.snapshot.is_some().then_some(d)
+    })
+    .await;
+    let at_fault = detail
+        .snapshot
+        .as_ref()
+        .and_then(|s| s.disks.iter().find(|d| d.mount_point == subject).cloned())
+        .expect("the disk in the snapshot at fault time");
+    assert!(at_fault.used_percent() >= 95.0, "{at_fault:?}");
+    let kb = detail.knowledge.as_deref().unwrap_or_default();
+    assert!(
+        kb.contains("## What the user can do") && kb.contains("## What the specialist does"),
+        "{kb}"
+    );
 
     disk.empty();
     let cleared = eventually(WAIT, "disk_nearly_full cleared", || async {
@@ -915,6 +957,24 @@ async fn real_disk_filled_to_97_percent_raises_and_clears() {
         .filter(ours)
         .collect();
     assert_eq!(all.len(), 2, "exactly one raise and one clear: {all:?}");
+    // Clear past the quiet period: the ticket resolved itself.
+    let timeline = eventually(WAIT, "the ticket auto-resolved", || async {
+        let d = Client::connect(&viewer)
+            .await
+            .ok()?
+            .ticket(ticket.id)
+            .await
+            .ok()?;
+        (d.ticket.status == vitals_proto::tickets::Status::Resolved).then_some(d.timeline)
+    })
+    .await;
+    let kinds: Vec<_> = timeline.iter().map(|e| e.kind.clone()).collect();
+    use vitals_proto::tickets::Kind;
+    assert_eq!(
+        kinds,
+        vec![Kind::Opened, Kind::FaultCleared, Kind::AutoResolved],
+        "{timeline:?}"
+    );
     agent.stop().await;
     collector.stop().await;
     drop(disk);

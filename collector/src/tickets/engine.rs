@@ -485,12 +485,8 @@ impl Engine {
                 .values()
                 .find(|i| i.key == g.key && i.resolved_ms.is_none())
                 .map(|i| i.id);
-            let members: Vec<u64> = self
-                .recent
-                .get(&g.key)
-                .map(|r| r.iter().map(|(_, _, t)| *t).collect())
-                .unwrap_or_default();
-            if open_incident.is_none() && members.len() < g.threshold as usize {
+            let count = self.recent.get(&g.key).map_or(0, VecDeque::len);
+            if open_incident.is_none() && count < g.threshold as usize {
                 continue;
             }
             let incident = match open_incident {
@@ -523,7 +519,7 @@ impl Engine {
                         kind: Kind::IncidentOpened,
                         text: format!(
                             "{} endpoints raised {} within {}",
-                            members.len(),
+                            count,
                             g.label,
                             humantime::format_duration(g.window)
                         ),
@@ -536,7 +532,10 @@ impl Engine {
             let to_link: Vec<u64> = if open_incident.is_some() {
                 vec![id]
             } else {
-                members
+                self.recent
+                    .get(&g.key)
+                    .map(|r| r.iter().map(|(_, _, t)| *t).collect())
+                    .unwrap_or_default()
             };
             for tid in to_link {
                 let Some(t) = self

@@ -30,9 +30,6 @@ const TICK: Duration = Duration::from_secs(1);
 const BATCH: u32 = 1000;
 /// How long a new ticket waits for its endpoint's snapshot.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
-/// A snapshot taken this much before the ticket opened still shows the fault
-/// (the agent judged it on that reading).
-const SNAPSHOT_SLACK_MS: i64 = 5_000;
 /// How long an endpoint's facts (addresses, resolvers, print servers) are
 /// trusted before its latest snapshot is read again.
 const FACTS_TTL: Duration = Duration::from_secs(300);
@@ -195,13 +192,24 @@ pub fn host_of(address: &str) -> Option<String> {
     (!host.is_empty() && host != "localhost").then(|| host.to_ascii_lowercase())
 }
 
+/// A ticket waiting for the snapshot that shows its fault.
+struct Awaiting {
+    ticket: u64,
+    endpoint: String,
+    /// When the agent saw the fault, by its own clock (as the snapshot's
+    /// time is), so clock skew does not matter.
+    fault_at_ms: i64,
+    /// When the collector started waiting, by its clock.
+    since_ms: i64,
+}
+
 struct Worker {
     store: Arc<dyn Store>,
     engine: Engine,
     cursor: i64,
     changes: broadcast::Sender<Entry>,
-    /// Tickets waiting for their endpoint's snapshot: (ticket, endpoint, since).
-    awaiting: Vec<(u64, String, i64)>,
+    /// Tickets waiting for their endpoint's snapshot at fault time.
+    awaiting: Vec<Awaiting>,
     /// Fault events applied since this worker started.
     processed: u64,
     webhooks: Vec<Webhook>,
@@ -215,16 +223,6 @@ struct Worker {
 impl Worker {
     async fn persist(&mut self, entries: Vec<Entry>, now: i64) -> Result<(), StoreError> {
         let (tickets, incidents) = self.engine.changed(&entries);
-        // The evidence: the endpoint's latest snapshot when its ticket
-        // opened or reopened on a fault. An agent sends a fault before the
-        // snapshot it came from, so a ticket may wait a little for it.
-        for e in &entries {
-            if let (Some(id), Kind::Opened | Kind::Reopened) = (e.ticket, &e.kind)
-                && let Some(t) = self.engine.ticket(id).filter(|t| t.check_id != "manual")
-            {
-                self.awaiting.push((id, t.endpoint.clone(), now));
-            }
-        }
         let snapshots = self.collect_snapshots(now).await?;
         let mut deliveries = Vec::new();
         for e in &entries {
@@ -271,21 +269,33 @@ impl Worker {
         Ok(())
     }
 
-    /// Snapshots for tickets waiting for one: the endpoint's latest taken
-    /// at or after the ticket opened (less a snapshot interval's slack).
-    /// A ticket waits at most `SNAPSHOT_WAIT`, then takes what there is.
+    /// Snapshots for tickets waiting for one: the endpoint's first taken
+    /// at or after the fault, which shows it (an agent sends a fault before
+    /// the snapshot of that sample). A ticket waits at most
+    /// `SNAPSHOT_WAIT`, then takes what there is.
     async fn collect_snapshots(&mut self, now: i64) -> Result<Vec<(u64, Snapshot)>, StoreError> {
         let mut found = Vec::new();
         let mut still = Vec::new();
-        for (id, endpoint, since) in std::mem::take(&mut self.awaiting) {
-            let latest = self.store.endpoint(&endpoint).await?.and_then(|d| d.latest);
-            let waited = now - since >= SNAPSHOT_WAIT.as_millis() as i64;
-            match latest {
-                Some(s) if s.taken_at_ms >= since - SNAPSHOT_SLACK_MS || waited => {
-                    found.push((id, s))
+        // One read per endpoint, however many of its tickets wait.
+        let mut read: HashMap<String, Option<Snapshot>> = HashMap::new();
+        for a in std::mem::take(&mut self.awaiting) {
+            let latest = match read.get(&a.endpoint) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = self
+                        .store
+                        .endpoint(&a.endpoint)
+                        .await?
+                        .and_then(|d| d.latest);
+                    read.insert(a.endpoint.clone(), s.clone());
+                    s
                 }
+            };
+            let waited = now - a.since_ms >= SNAPSHOT_WAIT.as_millis() as i64;
+            match latest {
+                Some(s) if s.taken_at_ms >= a.fault_at_ms || waited => found.push((a.ticket, s)),
                 _ if waited => {}
-                _ => still.push((id, endpoint, since)),
+                _ => still.push(a),
             }
         }
         self.awaiting = still;
@@ -326,7 +336,20 @@ impl Worker {
         }
         let mut entries = Vec::new();
         for (id, endpoint, event) in events {
-            entries.extend(self.engine.on_fault(&endpoint, &event, now));
+            let out = self.engine.on_fault(&endpoint, &event, now);
+            // The evidence: a ticket opened or reopened on a fault gets
+            // the snapshot showing it.
+            for e in &out {
+                if let (Some(ticket), Kind::Opened | Kind::Reopened) = (e.ticket, &e.kind) {
+                    self.awaiting.push(Awaiting {
+                        ticket,
+                        endpoint: endpoint.clone(),
+                        fault_at_ms: event.at_ms,
+                        since_ms: now,
+                    });
+                }
+            }
+            entries.extend(out);
             self.cursor = id;
             self.processed += 1;
         }
