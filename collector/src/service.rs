@@ -172,6 +172,15 @@ impl SpecialistService {
                     "a comment or resolution needs text".into(),
                 ));
             }
+            Action::Reopen(_) => {
+                let t = self.ticket(caller, id).await?.ticket;
+                if t.status.is_open() {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "ticket {id} is {}; only a resolved or closed ticket can be reopened",
+                        t.status.as_str()
+                    )));
+                }
+            }
             _ => {}
         }
         self.desk.act(id, &caller.name, action).await?;

@@ -1179,6 +1179,16 @@ async fn specialists_work_tickets_through_the_api_and_viewers_only_read() {
         bad.to_string().contains("unknown status \"on_hold\""),
         "{bad}"
     );
+    let open_one = sam
+        .change_ticket(ticket.id, TicketChange::Reopen("again".into()))
+        .await
+        .expect_err("an open ticket cannot be reopened");
+    assert!(
+        open_one
+            .to_string()
+            .contains("only a resolved or closed ticket can be reopened"),
+        "{open_one}"
+    );
     let resolved = sam
         .change_ticket(ticket.id, TicketChange::Resolve("freed memory".into()))
         .await
