@@ -295,6 +295,12 @@ pub async fn detail(profile: &Profile, id: &str) -> Option<vitals_proto::domain:
 }
 
 /// An endpoint's fault events, newest first (`None` on any error).
+/// One ticket with its timeline, snapshot and knowledge, or `None` if it
+/// cannot be read (yet).
+pub async fn ticket_of(profile: &Profile, id: u64) -> Option<vitals_collector::ctl::TicketView> {
+    Client::connect(profile).await.ok()?.ticket(id).await.ok()
+}
+
 pub async fn faults_of(
     profile: &Profile,
     id: &str,

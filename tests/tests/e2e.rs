@@ -917,12 +917,7 @@ async fn real_disk_filled_to_97_percent_opens_a_ticket_that_resolves_itself() {
     assert_eq!(ticket.value, raised.event.value);
     assert!(ticket.evidence.contains(&subject), "{}", ticket.evidence);
     let detail = eventually(WAIT, "the ticket's snapshot at fault time", || async {
-        let d = Client::connect(&viewer)
-            .await
-            .ok()?
-            .ticket(ticket.id)
-            .await
-            .ok()?;
+        let d = ticket_of(&viewer, ticket.id).await?;
         d.snapshot.is_some().then_some(d)
     })
     .await;
@@ -959,12 +954,7 @@ async fn real_disk_filled_to_97_percent_opens_a_ticket_that_resolves_itself() {
     assert_eq!(all.len(), 2, "exactly one raise and one clear: {all:?}");
     // Clear past the quiet period: the ticket resolved itself.
     let timeline = eventually(WAIT, "the ticket auto-resolved", || async {
-        let d = Client::connect(&viewer)
-            .await
-            .ok()?
-            .ticket(ticket.id)
-            .await
-            .ok()?;
+        let d = ticket_of(&viewer, ticket.id).await?;
         (d.ticket.status == vitals_proto::tickets::Status::Resolved).then_some(d.timeline)
     })
     .await;
