@@ -328,6 +328,10 @@ impl Cups {
 
     pub fn start(dir: &Path, queues: &[&str]) -> Result<Cups, String> {
         require(Self::PROGRAMS)?;
+        // The test's text jobs need CUPS's filters to reach the printer.
+        if !Path::new("/usr/lib/cups/filter/texttopdf").exists() {
+            return Err("missing cups-filters (.ci/run installs it)".into());
+        }
         let dir = dir.join("cups");
         for d in ["spool", "cache", "state", "tmp", "log", "ipp"] {
             std::fs::create_dir_all(dir.join(d)).map_err(|e| e.to_string())?;
