@@ -12,6 +12,7 @@
 
 pub mod checks;
 pub mod config;
+pub mod diag;
 pub mod link;
 pub mod probes;
 pub mod seq;
@@ -93,8 +94,11 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     // Until the collector sends its own, the shipped default applies.
     let (policy_tx, policy_rx) = watch::channel(Policy::default_policy());
     let (clock_tx, clock_rx) = watch::channel(None);
-    let probes = probes::build(&probe_settings(&config), clock_rx);
-    let link = Link::new(
+    let settings = probe_settings(&config);
+    let probes = probes::build(&settings, clock_rx.clone());
+    let (diag_tx, diag_rx) = mpsc::channel(64);
+    let diagnostics = diag::Runner::new(settings, clock_rx, diag_tx);
+    let mut link = Link::new(
         config,
         endpoint_id.clone(),
         FromCollector {
@@ -103,6 +107,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
             clock_offset: clock_tx,
         },
     )?;
+    link.serve_diagnostics(diagnostics, diag_rx);
     info!(endpoint = %endpoint_id, probes = probes.len(), "agent starting");
     let (out_tx, out_rx) = mpsc::channel(64);
     let sampler = tokio::spawn(sample_loop(

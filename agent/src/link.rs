@@ -143,6 +143,8 @@ pub struct Link {
     policy: watch::Sender<Policy>,
     /// Collector clock minus ours, measured at each welcome.
     clock_offset: watch::Sender<Option<i64>>,
+    /// Runs the collector's diagnostic requests; its updates go back up.
+    diagnostics: Option<(crate::diag::Runner, mpsc::Receiver<crate::diag::Update>)>,
 }
 
 /// What the link learns from the collector and hands to the sampler.
@@ -188,7 +190,45 @@ impl Link {
             interval,
             policy,
             clock_offset,
+            diagnostics: None,
         })
+    }
+
+    /// Runs diagnostics the collector asks for with `runner`, whose updates
+    /// arrive on `updates`. Without it, requests are answered as refused.
+    pub fn serve_diagnostics(
+        &mut self,
+        runner: crate::diag::Runner,
+        updates: mpsc::Receiver<crate::diag::Update>,
+    ) {
+        self.diagnostics = Some((runner, updates));
+    }
+
+    /// The next diagnostic update, or never without diagnostics.
+    async fn next_update(&mut self) -> Option<crate::diag::Update> {
+        match &mut self.diagnostics {
+            Some((_, rx)) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn diagnostic(&mut self, request: wire::DiagnosticRequest) -> Option<wire::AgentMessage> {
+        let Some((runner, _)) = &self.diagnostics else {
+            return Some(diagnostic_message(crate::diag::Update::Done {
+                id: request.id,
+                result: crate::diag::Outcome {
+                    error: "refused: this agent runs no diagnostics".into(),
+                    ..Default::default()
+                },
+            }));
+        };
+        runner.start(crate::diag::Request {
+            id: request.id,
+            kind: request.kind,
+            params: request.params.into_iter().collect(),
+            timeout: Duration::from_millis(request.timeout_ms),
+        });
+        None
     }
 
     fn absorb(&mut self, message: Outgoing) -> Result<u64, SeqError> {
@@ -238,6 +278,9 @@ impl Link {
                             _ = &mut sleep => break,
                             () = crate::stopped(&mut shutdown) => return Ok(()),
                             Some(s) = snapshots.recv() => { self.absorb(s)?; }
+                            // Nobody to hear it: the collector already told
+                            // the specialist the endpoint went away.
+                            Some(_) = self.next_update() => {}
                         }
                     }
                 }
@@ -360,10 +403,27 @@ impl Link {
                         return Err(late(LinkError::Closed));
                     }
                 }
+                Some(update) = self.next_update() => {
+                    if tx.send(diagnostic_message(update)).await.is_err() {
+                        return Err(late(LinkError::Closed));
+                    }
+                }
                 m = inbound.message() => match m {
                     Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Ack(a)) })) => {
                         debug!(seq = a.seq, "ack");
                         self.pending.ack(a.seq);
+                    }
+                    Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Diagnostic(r)) })) => {
+                        if let Some(refusal) = self.diagnostic(r)
+                            && tx.send(refusal).await.is_err()
+                        {
+                            return Err(late(LinkError::Closed));
+                        }
+                    }
+                    Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::CancelDiagnostic(c)) })) => {
+                        if let Some((runner, _)) = &self.diagnostics {
+                            runner.cancel(c.id);
+                        }
                     }
                     Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Policy(p)) })) => {
                         let policy = Policy::from(p);
@@ -409,6 +469,31 @@ impl Link {
                 .send_replace(Duration::from_millis(w.snapshot_interval_ms.max(1000)));
         }
         Ok(())
+    }
+}
+
+fn diagnostic_message(update: crate::diag::Update) -> wire::AgentMessage {
+    use crate::diag::Update;
+    use wire::diagnostic_update::Body;
+    let (id, body) = match update {
+        Update::Progress { id, text } => (id, Body::Progress(text)),
+        Update::Done { id, result } => (
+            id,
+            Body::Result(wire::DiagnosticResult {
+                ok: result.ok,
+                error: result.error,
+                text: result.text,
+                json: result.json,
+                run_ms: result.run_ms,
+            }),
+        ),
+    };
+    wire::AgentMessage {
+        seq: 0,
+        body: Some(agent_message::Body::Diagnostic(wire::DiagnosticUpdate {
+            id,
+            body: Some(body),
+        })),
     }
 }
 

@@ -78,6 +78,9 @@ pub enum CtlError {
     Connect { url: String, detail: String },
     #[error("{}", status_message(.0))]
     Status(#[from] tonic::Status),
+    /// What was asked ran and failed; the message says why.
+    #[error("{0}")]
+    Failed(String),
 }
 
 fn status_message(s: &tonic::Status) -> String {
@@ -325,6 +328,87 @@ impl Client {
             .await?
             .into_inner())
     }
+
+    /// Runs a diagnostic; the stream carries progress, then the result.
+    pub async fn run_diagnostic(
+        &mut self,
+        r: DiagQuery,
+    ) -> Result<tonic::Streaming<wire::DiagnosticEvent>, CtlError> {
+        Ok(self
+            .inner
+            .run_diagnostic(wire::RunDiagnosticRequest {
+                endpoint_id: r.endpoint,
+                kind: r.kind,
+                params: r.params.into_iter().collect(),
+                deadline_ms: r.deadline.as_millis() as u64,
+                wait_offline_ms: r.wait_offline.as_millis() as u64,
+                ticket: r.ticket,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// The audit log, newest first.
+    pub async fn audit(
+        &mut self,
+        endpoint: &str,
+        who: &str,
+        kind: &str,
+        limit: u32,
+    ) -> Result<Vec<vitals_proto::diag::AuditEntry>, CtlError> {
+        let r = self
+            .inner
+            .list_audit(wire::ListAuditRequest {
+                endpoint_id: endpoint.to_owned(),
+                who: who.to_owned(),
+                kind: kind.to_owned(),
+                limit,
+            })
+            .await?;
+        Ok(r.into_inner().entries.into_iter().map(Into::into).collect())
+    }
+}
+
+/// A diagnostic to run.
+#[derive(Debug, Clone, Default)]
+pub struct DiagQuery {
+    pub endpoint: String,
+    pub kind: String,
+    pub params: std::collections::BTreeMap<String, String>,
+    /// Zero: the collector's default.
+    pub deadline: std::time::Duration,
+    pub wait_offline: std::time::Duration,
+    pub ticket: Option<u64>,
+}
+
+/// The audit log as a table.
+pub fn audit_table(entries: &[vitals_proto::diag::AuditEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let params: Vec<String> = e.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            vec![
+                e.id.to_string(),
+                timestamp(e.at_ms),
+                format!("{} ({})", e.who, e.role),
+                e.endpoint.clone(),
+                if params.is_empty() {
+                    e.kind.clone()
+                } else {
+                    format!("{} {}", e.kind, params.join(" "))
+                },
+                e.outcome.clone(),
+                format!("{} ms", e.duration_ms),
+                e.detail.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "AT", "WHO", "ENDPOINT", "WHAT", "OUTCOME", "TOOK", "DETAIL",
+        ],
+        &rows,
+    )
 }
 
 /// The ticket queue as a table.

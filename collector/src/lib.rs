@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod quickstart;
+pub mod relay;
 pub mod service;
 pub mod store;
 pub mod tickets;
@@ -254,14 +255,16 @@ impl Collector {
             outbound,
             stop_rx.clone(),
         ));
+        let relay = Arc::new(relay::Relay::default());
         let gateway = AgentGatewayApi::new(
             ingest.clone(),
             config.agents.clone(),
             policy,
             stop_rx.clone(),
+            relay.clone(),
         );
         let specialist = SpecialistApi::new(
-            SpecialistService::new(store.clone(), desk, kb),
+            SpecialistService::new(store.clone(), desk, kb, relay),
             stop_rx.clone(),
         );
         drop(ingest);

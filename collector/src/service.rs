@@ -11,7 +11,14 @@ use tokio::sync::broadcast;
 use vitals_proto::domain::Severity;
 use vitals_proto::tickets::{Entry, Ticket, TicketDetail};
 
-use crate::store::{Store, StoreError, TicketFilter};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use vitals_proto::diag::{AuditEntry, DEFAULT_DEADLINE, DiagResult, Diagnostic, MAX_DEADLINE};
+
+use crate::relay::{Event, Relay};
+use crate::store::{AuditFilter, Store, StoreError, TicketFilter};
 use crate::tickets::engine::Action;
 use crate::tickets::kb::KnowledgeBase;
 use crate::tickets::{DeskError, TicketDesk};
@@ -51,6 +58,14 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Unavailable(String),
+    /// The endpoint has no session, so nothing can be asked of it now.
+    #[error("{0}")]
+    Offline(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The endpoint went away mid-run, or the run failed on the agent.
+    #[error("{0}")]
+    Aborted(String),
 }
 
 impl From<DeskError> for ServiceError {
@@ -68,11 +83,43 @@ pub struct SpecialistService {
     store: Arc<dyn Store>,
     desk: TicketDesk,
     kb: KnowledgeBase,
+    relay: Arc<Relay>,
+}
+
+/// A specialist's diagnostic request.
+#[derive(Debug, Clone, Default)]
+pub struct DiagRequest {
+    pub endpoint: String,
+    pub kind: String,
+    pub params: BTreeMap<String, String>,
+    /// Zero: the default.
+    pub deadline: Duration,
+    /// Zero: answer at once if the endpoint is offline.
+    pub wait_offline: Duration,
+    pub ticket: Option<u64>,
+}
+
+/// What a running diagnostic reports, in order; the last is a result or
+/// an error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiagEvent {
+    Progress { text: String, elapsed_ms: u64 },
+    Result { result: DiagResult, elapsed_ms: u64 },
 }
 
 impl SpecialistService {
-    pub fn new(store: Arc<dyn Store>, desk: TicketDesk, kb: KnowledgeBase) -> Self {
-        SpecialistService { store, desk, kb }
+    pub fn new(
+        store: Arc<dyn Store>,
+        desk: TicketDesk,
+        kb: KnowledgeBase,
+        relay: Arc<Relay>,
+    ) -> Self {
+        SpecialistService {
+            store,
+            desk,
+            kb,
+            relay,
+        }
     }
 
     fn require(caller: &Caller, needs: Role) -> Result<(), ServiceError> {
@@ -214,5 +261,193 @@ impl SpecialistService {
     pub fn watch(&self, caller: &Caller) -> Result<broadcast::Receiver<Entry>, ServiceError> {
         Self::require(caller, Role::Viewer)?;
         Ok(self.desk.watch())
+    }
+
+    /// Runs a diagnostic on a connected endpoint (role specialist). Every
+    /// request, refused or not, ends up in the audit log. The events end
+    /// with the result, or an error; dropping the receiver cancels the run
+    /// on the agent.
+    pub async fn run_diagnostic(
+        &self,
+        caller: &Caller,
+        r: DiagRequest,
+    ) -> Result<mpsc::Receiver<Result<DiagEvent, ServiceError>>, ServiceError> {
+        let started = Instant::now();
+        let audit = AuditEntry {
+            at_ms: vitals_proto::now_ms(),
+            who: caller.name.clone(),
+            role: caller.role.as_str().to_owned(),
+            endpoint: r.endpoint.clone(),
+            kind: r.kind.clone(),
+            params: r.params.clone(),
+            ticket: r.ticket,
+            ..Default::default()
+        };
+        match self.start_diagnostic(caller, &r).await {
+            Ok(running) => {
+                let (tx, rx) = mpsc::channel(64);
+                let this = self.clone();
+                let deadline = if r.deadline.is_zero() {
+                    DEFAULT_DEADLINE
+                } else {
+                    r.deadline
+                };
+                tokio::spawn(this.follow(running, deadline, started, audit, tx));
+                Ok(rx)
+            }
+            Err(e) => {
+                let outcome = match &e {
+                    ServiceError::Offline(_) => "offline",
+                    _ => "refused",
+                };
+                self.audit_end(audit, outcome, &e.to_string(), started)
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_diagnostic(
+        &self,
+        caller: &Caller,
+        r: &DiagRequest,
+    ) -> Result<crate::relay::Running, ServiceError> {
+        Self::require(caller, Role::Specialist)?;
+        Diagnostic::parse(&r.kind, &r.params).map_err(ServiceError::InvalidArgument)?;
+        if r.deadline > MAX_DEADLINE {
+            return Err(ServiceError::InvalidArgument(format!(
+                "deadline {} is over the most, {}",
+                humantime::format_duration(r.deadline),
+                humantime::format_duration(MAX_DEADLINE)
+            )));
+        }
+        let endpoint = self.endpoint(caller, &r.endpoint).await?;
+        if let Some(t) = r.ticket {
+            self.ticket(caller, t).await?;
+        }
+        let deadline = if r.deadline.is_zero() {
+            DEFAULT_DEADLINE
+        } else {
+            r.deadline
+        };
+        if !self.relay.is_online(&r.endpoint)
+            && (r.wait_offline.is_zero()
+                || !self.relay.wait_online(&r.endpoint, r.wait_offline).await)
+        {
+            let ms = endpoint.summary.last_seen_ms;
+            let since = if ms > 0 {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_millis(ms as u64),
+                )
+                .to_string()
+            } else {
+                "never".into()
+            };
+            return Err(ServiceError::Offline(format!(
+                "{} is offline (last seen {since})",
+                r.endpoint
+            )));
+        }
+        self.relay
+            .run(&r.endpoint, &r.kind, r.params.clone(), deadline)
+            .await
+            .ok_or_else(|| ServiceError::Offline(format!("{} went offline", r.endpoint)))
+    }
+
+    /// Relays a run's events to its specialist until the result, the
+    /// deadline, the endpoint going away, or the specialist leaving.
+    async fn follow(
+        self,
+        mut running: crate::relay::Running,
+        deadline: Duration,
+        started: Instant,
+        audit: AuditEntry,
+        tx: mpsc::Sender<Result<DiagEvent, ServiceError>>,
+    ) {
+        let ms = || started.elapsed().as_millis() as u64;
+        let end = tokio::time::Instant::now() + deadline;
+        let (outcome, detail) = loop {
+            tokio::select! {
+                () = tx.closed() => {
+                    self.relay.cancel(running.id);
+                    break ("cancelled", "the specialist went away".to_owned());
+                }
+                () = tokio::time::sleep_until(end) => {
+                    self.relay.cancel(running.id);
+                    let why = format!(
+                        "no result within the deadline of {}",
+                        humantime::format_duration(deadline)
+                    );
+                    let _ = tx.send(Err(ServiceError::DeadlineExceeded(why.clone()))).await;
+                    break ("timed_out", why);
+                }
+                e = running.events.recv() => match e {
+                    Some(Event::Progress(text)) => {
+                        let _ = tx.try_send(Ok(DiagEvent::Progress { text, elapsed_ms: ms() }));
+                    }
+                    Some(Event::Result(result)) => {
+                        let (outcome, detail) = if result.ok {
+                            ("ok", format!("ran {} ms on the agent", result.run_ms))
+                        } else {
+                            ("failed", result.error.clone())
+                        };
+                        if let Some(t) = audit.ticket {
+                            self.attach(&audit, t, &result, ms()).await;
+                        }
+                        let _ = tx
+                            .send(Ok(DiagEvent::Result { result, elapsed_ms: ms() }))
+                            .await;
+                        break (outcome, detail);
+                    }
+                    Some(Event::Disconnected) | None => {
+                        let why = format!(
+                            "{} disconnected before the diagnostic finished",
+                            audit.endpoint
+                        );
+                        let _ = tx.send(Err(ServiceError::Aborted(why.clone()))).await;
+                        break ("disconnected", why);
+                    }
+                }
+            }
+        };
+        self.audit_end(audit, outcome, &detail, started).await;
+    }
+
+    async fn attach(&self, audit: &AuditEntry, ticket: u64, result: &DiagResult, ms: u64) {
+        let head = if result.ok {
+            format!("diagnostic {} on {} ({ms} ms):", audit.kind, audit.endpoint)
+        } else {
+            format!(
+                "diagnostic {} on {} failed: {}",
+                audit.kind, audit.endpoint, result.error
+            )
+        };
+        let text = format!("{head}\n{}", result.text);
+        if let Err(error) = self
+            .desk
+            .act(ticket, &audit.who, Action::Comment(text))
+            .await
+        {
+            tracing::warn!(ticket, %error, "cannot attach a diagnostic to its ticket");
+        }
+    }
+
+    async fn audit_end(&self, mut a: AuditEntry, outcome: &str, detail: &str, started: Instant) {
+        a.outcome = outcome.to_owned();
+        a.detail = detail.to_owned();
+        a.duration_ms = started.elapsed().as_millis() as u64;
+        if let Err(error) = self.store.audit_append(a).await {
+            tracing::error!(%error, "cannot write the audit log");
+        }
+    }
+
+    /// The audit log, newest first (role viewer).
+    pub async fn audit(
+        &self,
+        caller: &Caller,
+        filter: AuditFilter,
+    ) -> Result<Vec<AuditEntry>, ServiceError> {
+        Self::require(caller, Role::Viewer)?;
+        Ok(self.store.audit(filter).await?)
     }
 }

@@ -521,6 +521,66 @@ fn severity_from_wire(s: i32) -> d::Severity {
     }
 }
 
+impl From<crate::wire::DiagnosticResult> for crate::diag::DiagResult {
+    fn from(r: crate::wire::DiagnosticResult) -> Self {
+        crate::diag::DiagResult {
+            ok: r.ok,
+            error: r.error,
+            text: r.text,
+            json: r.json,
+            run_ms: r.run_ms,
+        }
+    }
+}
+
+impl From<crate::diag::DiagResult> for crate::wire::DiagnosticResult {
+    fn from(r: crate::diag::DiagResult) -> Self {
+        crate::wire::DiagnosticResult {
+            ok: r.ok,
+            error: r.error,
+            text: r.text,
+            json: r.json,
+            run_ms: r.run_ms,
+        }
+    }
+}
+
+impl From<crate::diag::AuditEntry> for crate::wire::AuditEntry {
+    fn from(a: crate::diag::AuditEntry) -> Self {
+        crate::wire::AuditEntry {
+            id: a.id,
+            at_ms: a.at_ms,
+            who: a.who,
+            role: a.role,
+            endpoint_id: a.endpoint,
+            kind: a.kind,
+            params: a.params.into_iter().collect(),
+            outcome: a.outcome,
+            detail: a.detail,
+            duration_ms: a.duration_ms,
+            ticket: a.ticket,
+        }
+    }
+}
+
+impl From<crate::wire::AuditEntry> for crate::diag::AuditEntry {
+    fn from(a: crate::wire::AuditEntry) -> Self {
+        crate::diag::AuditEntry {
+            id: a.id,
+            at_ms: a.at_ms,
+            who: a.who,
+            role: a.role,
+            endpoint: a.endpoint_id,
+            kind: a.kind,
+            params: a.params.into_iter().collect(),
+            outcome: a.outcome,
+            detail: a.detail,
+            duration_ms: a.duration_ms,
+            ticket: a.ticket,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 
 pub mod config_file;
 pub mod convert;
+pub mod diag;
 pub mod domain;
 pub mod identity;
 pub mod policy;

@@ -132,6 +132,34 @@ pub fn snapshot_text(s: &Snapshot, now_ms: i64) -> String {
     out
 }
 
+/// The network part of `s` (interfaces, gateway, DNS, services, Wi-Fi).
+pub fn network_text(s: &Snapshot) -> String {
+    let mut out = String::new();
+    network(s, &mut out);
+    out
+}
+
+/// The printers in `s`, or a line saying there are none.
+pub fn printers_text(s: &Snapshot) -> String {
+    let mut out = String::new();
+    printers(s, &mut out);
+    if out.is_empty() {
+        out.push_str("No printers.\n");
+    }
+    out
+}
+
+/// The OS health part of `s`.
+pub fn os_text(s: &Snapshot, now_ms: i64) -> String {
+    let mut out = String::new();
+    let h = &s.host;
+    if !h.os_name.is_empty() {
+        let _ = writeln!(out, "OS         {} {}", h.os_name, h.os_version);
+    }
+    os_lines(s, now_ms, &mut out);
+    out
+}
+
 fn os_lines(s: &Snapshot, now_ms: i64, out: &mut String) {
     let os = &s.os;
     if os.reboot_required {

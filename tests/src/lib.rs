@@ -271,6 +271,12 @@ impl RunningAgent {
         RunningAgent { stop, task }
     }
 
+    /// Ends the agent at once, as a kill would: no goodbye on its stream.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         tokio::time::timeout(Duration::from_secs(10), self.task)

@@ -49,6 +49,50 @@ enum Command {
     /// The help desk's ticket queue.
     #[command(subcommand)]
     Tickets(TicketsCmd),
+    /// Live diagnostics from a workstation's agent.
+    #[command(subcommand)]
+    Diag(DiagCmd),
+    /// Who ran which diagnostic where.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum DiagCmd {
+    /// Run a diagnostic from the catalog (network, printer, disk, os,
+    /// snapshot, full) and show it live.
+    Run {
+        endpoint: String,
+        kind: String,
+        /// A parameter, `KEY=VALUE` (repeat): network names=a,b targets=h:p
+        /// count=N; printer name=Q; disk root=/home top=N.
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Attach the result to this ticket's timeline.
+        #[arg(long)]
+        ticket: Option<u64>,
+        /// The whole run's deadline (default 30s, at most 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        deadline: Option<std::time::Duration>,
+        /// If the endpoint is offline, wait this long for it.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// The audit log, newest first.
+    List {
+        #[arg(long, default_value = "")]
+        endpoint: String,
+        #[arg(long, default_value = "")]
+        who: String,
+        #[arg(long, default_value = "")]
+        kind: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -204,6 +248,74 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             }
         }
         Command::Tickets(cmd) => tickets(&mut client, cmd, json, now).await?,
+        Command::Diag(DiagCmd::Run {
+            endpoint,
+            kind,
+            params,
+            ticket,
+            deadline,
+            wait,
+        }) => {
+            let mut map = std::collections::BTreeMap::new();
+            for p in params {
+                let (k, v) = p.split_once('=').ok_or_else(|| {
+                    CtlError::Settings(format!("--param \"{p}\": write KEY=VALUE"))
+                })?;
+                map.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+            let mut stream = client
+                .run_diagnostic(ctl::DiagQuery {
+                    endpoint,
+                    kind,
+                    params: map,
+                    deadline: deadline.unwrap_or_default(),
+                    wait_offline: wait.unwrap_or_default(),
+                    ticket,
+                })
+                .await?;
+            while let Some(e) = stream.message().await? {
+                use vitals_proto::wire::diagnostic_event::Body;
+                match e.body {
+                    Some(Body::Progress(text)) if !json => {
+                        eprintln!("[{:>6} ms] {text}", e.elapsed_ms);
+                    }
+                    Some(Body::Progress(_)) => {}
+                    Some(Body::Result(r)) => {
+                        let r = vitals_proto::diag::DiagResult::from(r);
+                        if json {
+                            print_json(&r);
+                        } else if r.ok {
+                            print!("{}", r.text);
+                            eprintln!(
+                                "[{:>6} ms] done ({} ms on the agent)",
+                                e.elapsed_ms, r.run_ms
+                            );
+                        } else {
+                            return Err(CtlError::Failed(format!(
+                                "diagnostic failed: {}",
+                                r.error
+                            )));
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+        Command::Audit(AuditCmd::List {
+            endpoint,
+            who,
+            kind,
+            limit,
+        }) => {
+            let entries = client.audit(&endpoint, &who, &kind, limit).await?;
+            if json {
+                print_json(&entries);
+            } else if entries.is_empty() {
+                println!("No audit entries.");
+            } else {
+                print!("{}", ctl::audit_table(&entries));
+            }
+        }
         Command::Endpoints(EndpointsCmd::Show { id, history }) => {
             let detail = client.endpoint(&id).await?;
             let entries = if history > 0 {

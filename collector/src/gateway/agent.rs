@@ -31,6 +31,7 @@ use vitals_proto::{VERSION, now_ms};
 
 use crate::config::AgentSettings;
 use crate::ingest::{AckSink, Ingest, SessionTicket};
+use crate::relay::{self, Relay};
 use crate::store::{RecordBody, SessionOpen};
 
 /// How long a new stream may take to say hello.
@@ -47,6 +48,8 @@ pub struct AgentGatewayApi {
     /// session when it changes.
     policy: crate::policy::PolicyWatch,
     shutdown: watch::Receiver<bool>,
+    /// Diagnostics relayed down agent streams.
+    relay: std::sync::Arc<Relay>,
 }
 
 impl AgentGatewayApi {
@@ -55,12 +58,14 @@ impl AgentGatewayApi {
         settings: AgentSettings,
         policy: crate::policy::PolicyWatch,
         shutdown: watch::Receiver<bool>,
+        relay: std::sync::Arc<Relay>,
     ) -> Self {
         AgentGatewayApi {
             ingest,
             settings,
             policy,
             shutdown,
+            relay,
         }
     }
 }
@@ -135,7 +140,11 @@ impl AgentGateway for AgentGatewayApi {
         }));
         // The channel is empty, so this cannot wait.
         let _ = tx.send(Ok(welcome)).await;
+        let (relay_session, commands) = self.relay.attach(endpoint.as_str());
         let session = Session {
+            relay: self.relay.clone(),
+            relay_session,
+            commands,
             ingest: self.ingest.clone(),
             endpoint,
             ticket,
@@ -151,6 +160,10 @@ impl AgentGateway for AgentGatewayApi {
 }
 
 struct Session {
+    relay: std::sync::Arc<Relay>,
+    relay_session: u64,
+    /// Diagnostic requests and cancels to send down.
+    commands: mpsc::Receiver<relay::Command>,
     ingest: Ingest,
     endpoint: EndpointId,
     ticket: SessionTicket,
@@ -191,6 +204,17 @@ impl Session {
                 _ = self.sink.failed() => break End::Refuse(Status::unavailable(
                     "collector could not commit; reconnect and resend",
                 )),
+                Some(c) = self.commands.recv() => {
+                    let body = match c {
+                        relay::Command::Run(r) => collector_message::Body::Diagnostic(r),
+                        relay::Command::Cancel(id) => {
+                            collector_message::Body::CancelDiagnostic(wire::DiagnosticCancel { id })
+                        }
+                    };
+                    if self.tx.send(Ok(message(body))).await.is_err() {
+                        break End::Gone;
+                    }
+                }
                 Ok(()) = self.policy.changed() => {
                     let update = wire::Policy::from(self.policy.borrow_and_update().as_ref());
                     let msg = message(collector_message::Body::Policy(update));
@@ -242,6 +266,8 @@ impl Session {
                 let _ = self.tx.send(Err(status)).await;
             }
         }
+        self.relay
+            .detach(self.endpoint.as_str(), self.relay_session);
         info!(endpoint = %self.endpoint, "agent disconnected");
         self.ingest.close_session(&self.ticket, now_ms()).await;
     }
@@ -324,6 +350,11 @@ impl Session {
             }
             Some(agent_message::Body::Heartbeat(_)) => {
                 metrics.message("heartbeat");
+                Ok(())
+            }
+            Some(agent_message::Body::Diagnostic(update)) => {
+                metrics.message("diagnostic");
+                self.relay.deliver(self.endpoint.as_str(), update);
                 Ok(())
             }
             Some(agent_message::Body::Hello(_)) => {

@@ -53,6 +53,9 @@ fn status(e: ServiceError) -> Status {
         ServiceError::NotFound(m) => Status::not_found(m),
         ServiceError::InvalidArgument(m) => Status::invalid_argument(m),
         ServiceError::Unavailable(m) => Status::unavailable(m),
+        ServiceError::Offline(m) => Status::failed_precondition(m),
+        ServiceError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+        ServiceError::Aborted(m) => Status::aborted(m),
         ServiceError::Store(err) => {
             tracing::error!(error = %err, "specialist request failed in storage");
             Status::internal("storage error; see the collector log")
@@ -249,5 +252,80 @@ impl Specialist for SpecialistApi {
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(out);
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type RunDiagnosticStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<wire::DiagnosticEvent, Status>> + Send>,
+    >;
+
+    async fn run_diagnostic(
+        &self,
+        request: Request<wire::RunDiagnosticRequest>,
+    ) -> Result<Response<Self::RunDiagnosticStream>, Status> {
+        use crate::service::{DiagEvent, DiagRequest};
+        use wire::diagnostic_event::Body;
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let mut events = self
+            .service
+            .run_diagnostic(
+                &caller,
+                DiagRequest {
+                    endpoint: r.endpoint_id,
+                    kind: r.kind,
+                    params: r.params.into_iter().collect(),
+                    deadline: std::time::Duration::from_millis(r.deadline_ms),
+                    wait_offline: std::time::Duration::from_millis(r.wait_offline_ms),
+                    ticket: r.ticket,
+                },
+            )
+            .await
+            .map_err(status)?;
+        let (tx, out) = tokio::sync::mpsc::channel(64);
+        // Dropping `events` (the client went away) cancels the run.
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                let msg = match e {
+                    Ok(DiagEvent::Progress { text, elapsed_ms }) => Ok(wire::DiagnosticEvent {
+                        body: Some(Body::Progress(text)),
+                        elapsed_ms,
+                    }),
+                    Ok(DiagEvent::Result { result, elapsed_ms }) => Ok(wire::DiagnosticEvent {
+                        body: Some(Body::Result(result.into())),
+                        elapsed_ms,
+                    }),
+                    Err(e) => Err(status(e)),
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(out);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<wire::ListAuditRequest>,
+    ) -> Result<Response<wire::ListAuditResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let entries = self
+            .service
+            .audit(
+                &caller,
+                crate::store::AuditFilter {
+                    endpoint: r.endpoint_id,
+                    who: r.who,
+                    kind: r.kind,
+                    limit: if r.limit == 0 { 50 } else { r.limit },
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(wire::ListAuditResponse {
+            entries: entries.into_iter().map(Into::into).collect(),
+        }))
     }
 }

@@ -135,6 +135,16 @@ pub trait Store: Send + Sync + 'static {
     /// Records the outcome of one delivery attempt.
     async fn delivery_outcome(&self, id: i64, outcome: DeliveryOutcome) -> Result<(), StoreError>;
 
+    /// Appends to the audit log; returns the entry's id. Nothing changes
+    /// or removes an entry.
+    async fn audit_append(&self, entry: vitals_proto::diag::AuditEntry) -> Result<u64, StoreError>;
+
+    /// Audit entries, newest first.
+    async fn audit(
+        &self,
+        filter: AuditFilter,
+    ) -> Result<Vec<vitals_proto::diag::AuditEntry>, StoreError>;
+
     /// One ticket with its timeline (oldest entry first) and the snapshot
     /// kept when it was raised; `knowledge` is left for the caller.
     async fn ticket(&self, id: u64) -> Result<Option<TicketDetail>, StoreError>;
@@ -207,6 +217,15 @@ pub struct Delivery {
     pub event: String,
     pub body: String,
     pub attempts: u32,
+}
+
+/// Which audit entries to list; empty fields match all.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub endpoint: String,
+    pub who: String,
+    pub kind: String,
+    pub limit: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
