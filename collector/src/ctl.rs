@@ -97,6 +97,7 @@ fn status_message(s: &tonic::Status) -> String {
 }
 
 /// A connected specialist client.
+#[derive(Clone)]
 pub struct Client {
     inner: SpecialistClient<Channel>,
 }

@@ -653,6 +653,8 @@ async fn load_generator_drives_a_collector_through_a_storm() {
         faults_per_sec: 20.0,
         data_dir: fleet.dir.clone(),
         id_prefix: "sim".into(),
+        diagnostics: 40,
+        diag_concurrency: 20,
     };
     let report = vitals_tests::loadgen::run(plan, Some(std::process::id()))
         .await
@@ -671,6 +673,16 @@ async fn load_generator_drives_a_collector_through_a_storm() {
     assert!(report.snapshots_acked > 100, "{}", report.table());
     assert!(report.faults_acked > 10, "{}", report.table());
     assert!(report.ack_latency_ms.samples >= report.snapshots_acked);
+    // Forty diagnostics relayed to the simulated agents, twenty at a time.
+    let d = report.diagnostics.as_ref().expect("diagnostics ran");
+    assert_eq!((d.ok, d.errors.len()), (40, 0), "{d:?}");
+    assert!(d.relay_overhead_ms.samples == 40 && d.relay_overhead_ms.p50 > 0.0);
+    // The ticket watch matched the raised faults to their tickets.
+    let t = report.tickets.as_ref().expect("ticket latency measured");
+    assert!(
+        t.raised_sent > 0 && t.fault_to_ticket_ms.samples > 0,
+        "{t:?}"
+    );
     assert!(
         report
             .server
@@ -1804,6 +1816,36 @@ async fn specialists_run_diagnostics_through_the_relay_and_every_request_is_audi
     assert_eq!(cancelled.outcome, "cancelled", "{cancelled:?}");
     assert_eq!(cancelled.detail, "the specialist went away");
 
+    // With a ticket: the result lands on its timeline, by who ran it.
+    let mut c = Client::connect(&sam).await.expect("connect");
+    let ticket = c
+        .open_ticket(
+            "ws-diag",
+            "Slow logins",
+            "",
+            vitals_proto::domain::Severity::Warning,
+        )
+        .await
+        .expect("ticket")
+        .ticket
+        .id;
+    let (_, result) = diagnose(
+        &sam,
+        DiagQuery {
+            ticket: Some(ticket),
+            ..q("os", &[])
+        },
+    )
+    .await;
+    assert!(result.expect("os result").ok);
+    let timeline = ticket_of(&sam, ticket).await.expect("ticket").timeline;
+    let attached = timeline.last().expect("an entry");
+    assert_eq!(attached.who, "sam");
+    assert!(
+        attached.text.starts_with("diagnostic os on ws-diag ("),
+        "{attached:?}"
+    );
+
     // The agent dies mid-run: a clear error, not a hang.
     let mut c = Client::connect(&sam).await.expect("connect");
     let mut stream = c.run_diagnostic(q("snapshot", &[])).await.expect("start");
@@ -1847,6 +1889,20 @@ async fn specialists_run_diagnostics_through_the_relay_and_every_request_is_audi
         "{offline}"
     );
 
+    // Or, if asked, the request waits for the endpoint to come back.
+    let waiting = {
+        let sam = sam.clone();
+        let q = DiagQuery {
+            wait_offline: Duration::from_secs(20),
+            ..q("os", &[])
+        };
+        tokio::spawn(async move { diagnose(&sam, q).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let agent = RunningAgent::start(fleet.agent_config("ws-diag", collector.addr));
+    let (_, result) = waiting.await.expect("waiting request");
+    assert!(result.expect("result once back").ok);
+
     // Every request is in the audit log, with who and how it went.
     let mut c = Client::connect(&vera).await.expect("viewer");
     let audit = c.audit("ws-diag", "", "", 50).await.expect("audit");
@@ -1855,7 +1911,7 @@ async fn specialists_run_diagnostics_through_the_relay_and_every_request_is_audi
         .rev()
         .map(|e| (e.who.as_str(), e.kind.as_str(), e.outcome.as_str()))
         .collect();
-    assert_eq!(seen.len(), 8, "{seen:?}");
+    assert_eq!(seen.len(), 10, "{seen:?}");
     assert_eq!(
         &seen[..5],
         &[
@@ -1866,10 +1922,16 @@ async fn specialists_run_diagnostics_through_the_relay_and_every_request_is_audi
             ("sam", "disk", "refused"),
         ]
     );
-    assert_eq!(seen[7], ("sam", "os", "offline"));
+    assert_eq!(seen[5], ("sam", "disk", "cancelled"));
+    assert_eq!(seen[6], ("sam", "os", "ok"));
+    assert_eq!(seen[7], ("sam", "snapshot", "disconnected"));
+    assert_eq!(seen[8], ("sam", "os", "offline"));
+    assert_eq!(seen[9], ("sam", "os", "ok"));
+    assert_eq!(audit[3].ticket, Some(ticket), "{:?}", audit[3]);
     assert_eq!(
         audit.last().map(|e| e.params.get("names").cloned()),
         Some(Some("localhost".into()))
     );
+    agent.stop().await;
     collector.stop().await;
 }

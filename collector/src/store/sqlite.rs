@@ -984,6 +984,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_audit_log_only_grows() {
+        let path = temp_db("audit");
+        let store = SqliteStore::open(&path, 3, Duration::ZERO).await.unwrap();
+        for (who, kind) in [("sam", "network"), ("ana", "disk"), ("sam", "os")] {
+            store
+                .audit_append(vitals_proto::diag::AuditEntry {
+                    at_ms: 1,
+                    who: who.into(),
+                    role: "specialist".into(),
+                    endpoint: "ws-1".into(),
+                    kind: kind.into(),
+                    params: [("root".to_owned(), "/".to_owned())].into(),
+                    outcome: "ok".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let sams = store
+            .audit(crate::store::AuditFilter {
+                who: "sam".into(),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let kinds: Vec<&str> = sams.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, vec!["os", "network"], "newest first");
+        assert_eq!(sams[0].params["root"], "/");
+        // Not even the collector's own connection can change or remove one.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        for sql in [
+            "UPDATE audit_log SET outcome = 'ok' WHERE id = 1",
+            "DELETE FROM audit_log WHERE id = 1",
+        ] {
+            let err = c.execute(sql, []).unwrap_err().to_string();
+            assert!(err.contains("the audit log is append-only"), "{sql}: {err}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
     async fn the_ticket_engine_resumes_exactly_where_it_stopped() {
         use crate::tickets::engine::Engine;
         use vitals_proto::ticket_rules::TicketRules;

@@ -74,6 +74,12 @@ enum Cmd {
         /// every snapshot in the history; default: the collector's default).
         #[arg(long)]
         history_interval: Option<String>,
+        /// After the ramp, relay this many diagnostics to the agents.
+        #[arg(long, default_value_t = 0)]
+        diagnostics: usize,
+        /// Diagnostics in flight at once.
+        #[arg(long, default_value_t = 1)]
+        diag_concurrency: usize,
     },
     /// Serve the echo baseline (used by `run --spawn echo`).
     EchoServer {
@@ -110,6 +116,8 @@ fn main() -> anyhow::Result<()> {
             prefix,
             json,
             history_interval,
+            diagnostics,
+            diag_concurrency,
         } => {
             anyhow::ensure!(
                 target.ip().is_loopback(),
@@ -141,6 +149,8 @@ fn main() -> anyhow::Result<()> {
                 faults_per_sec,
                 data_dir: data_dir.clone(),
                 id_prefix: prefix,
+                diagnostics,
+                diag_concurrency,
             };
             let report = rt.block_on(loadgen::run(plan, pid));
             if let Some(child) = &mut server {

@@ -156,6 +156,10 @@ pub struct Plan {
     /// agents' certificates, which are cached under `pki/agents/`.
     pub data_dir: PathBuf,
     pub id_prefix: String,
+    /// After the ramp: this many diagnostics relayed to the agents (round
+    /// robin), `diag_concurrency` at a time.
+    pub diagnostics: usize,
+    pub diag_concurrency: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,6 +188,19 @@ pub struct Report {
     /// With fault events: raised faults sent, and how long each took to
     /// become a committed ticket change (seen on the WatchTickets stream).
     pub tickets: Option<TicketReport>,
+    pub diagnostics: Option<DiagReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiagReport {
+    pub requests: usize,
+    pub concurrency: usize,
+    pub ok: usize,
+    pub errors: BTreeMap<String, u64>,
+    /// Request sent to result received, less the agent's own run time
+    /// (zero for a simulated agent): the relay's overhead.
+    pub relay_overhead_ms: Percentiles,
+    pub wall_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -257,6 +274,11 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
         ramp.as_secs_f64()
     );
 
+    let diagnostics = if plan.diagnostics > 0 {
+        Some(run_diagnostics(&plan).await?)
+    } else {
+        None
+    };
     let measure_from = Instant::now();
     let acked_at_start = stats.acked.load(Ordering::Relaxed);
     let mut storm = None;
@@ -345,6 +367,88 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
         storm,
         server,
         tickets,
+        diagnostics,
+    })
+}
+
+/// Relays `plan.diagnostics` requests through the collector to the
+/// simulated agents, `plan.diag_concurrency` at a time, as a specialist.
+async fn run_diagnostics(plan: &Plan) -> anyhow::Result<DiagReport> {
+    use vitals_collector::ctl::{Client, DiagQuery, Profile};
+    use vitals_collector::pki::{Ca, PkiPaths};
+    use vitals_proto::identity::{Identity, Role};
+    use vitals_proto::wire::diagnostic_event::Body;
+    let paths = PkiPaths::new(&plan.data_dir);
+    let identity = Identity::specialist("loadgen-diag", Role::Specialist)?;
+    let (cert, key) = paths.client(&identity);
+    Ca::load(&paths)?
+        .issue_client(&identity, 2)?
+        .write(&cert, &key)?;
+    let client = Client::connect(&Profile {
+        collector: Some(format!("https://{}", plan.target)),
+        server_name: Some("localhost".into()),
+        ca: Some(paths.ca_cert()),
+        cert: Some(cert),
+        key: Some(key),
+    })
+    .await?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(plan.diag_concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for i in 0..plan.diagnostics {
+        let permit = slots.clone().acquire_owned().await?;
+        let mut client = client.clone();
+        let endpoint = format!("{}-{:05}", plan.id_prefix, i % plan.agents);
+        tasks.spawn(async move {
+            let _permit = permit;
+            let sent = Instant::now();
+            let q = DiagQuery {
+                endpoint,
+                kind: "os".into(),
+                ..Default::default()
+            };
+            let mut stream = client.run_diagnostic(q).await.map_err(|e| e.to_string())?;
+            loop {
+                match stream.message().await {
+                    Ok(Some(e)) => {
+                        if let Some(Body::Result(r)) = e.body {
+                            let total = sent.elapsed().as_micros() as u64;
+                            let overhead = total.saturating_sub(r.run_ms * 1000);
+                            return if r.ok {
+                                Ok(overhead as u32)
+                            } else {
+                                Err(r.error)
+                            };
+                        }
+                    }
+                    Ok(None) => return Err("stream ended without a result".to_owned()),
+                    Err(s) => return Err(format!("{:?}", s.code())),
+                }
+            }
+        });
+    }
+    let mut overheads = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(us)) => overheads.push(us),
+            Ok(Err(e)) => *errors.entry(e).or_default() += 1,
+            Err(e) => *errors.entry(e.to_string()).or_default() += 1,
+        }
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    eprintln!(
+        "diagnostics: {} relayed in {wall_s:.2}s, {} errors",
+        overheads.len(),
+        errors.values().sum::<u64>()
+    );
+    Ok(DiagReport {
+        requests: plan.diagnostics,
+        concurrency: plan.diag_concurrency,
+        ok: overheads.len(),
+        errors,
+        relay_overhead_ms: percentiles(overheads),
+        wall_s,
     })
 }
 
@@ -462,6 +566,22 @@ impl Report {
             ),
             ("errors", format!("{:?}", self.errors)),
         ];
+        if let Some(d) = &self.diagnostics {
+            rows.push((
+                "diagnostics relayed (ok / asked)",
+                format!(
+                    "{} / {} at {} at a time in {:.2} s; errors {:?}",
+                    d.ok, d.requests, d.concurrency, d.wall_s, d.errors
+                ),
+            ));
+            rows.push((
+                "relay overhead p50 / p99 / max",
+                format!(
+                    "{:.2} / {:.2} / {:.2} ms",
+                    d.relay_overhead_ms.p50, d.relay_overhead_ms.p99, d.relay_overhead_ms.max
+                ),
+            ));
+        }
         if let Some(t) = &self.tickets {
             rows.push((
                 "fault to ticket p50 / p99 / max",

@@ -240,6 +240,23 @@ impl SimAgent {
                         }
                         self.stats.acked.fetch_add(n, Ordering::Relaxed);
                     }
+                    Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Diagnostic(r)) })) => {
+                        // A simulated agent answers at once: what is measured
+                        // is the relay, not a diagnostic's own run.
+                        let reply = wire::AgentMessage {
+                            seq: 0,
+                            body: Some(agent_message::Body::Diagnostic(wire::DiagnosticUpdate {
+                                id: r.id,
+                                body: Some(wire::diagnostic_update::Body::Result(wire::DiagnosticResult {
+                                    ok: true,
+                                    text: format!("{} on {}: simulated", r.kind, self.id),
+                                    run_ms: 0,
+                                    ..Default::default()
+                                })),
+                            })),
+                        };
+                        tx.send(reply).await.map_err(|_| "send")?;
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => return Err("stream_closed"),
                     Err(_) => return Err("stream_error"),
