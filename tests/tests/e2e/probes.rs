@@ -155,6 +155,33 @@ async fn cups_queue_stopped_out_of_paper_and_toner_empty_raise_and_clear() {
         let n = all.iter().filter(|f| f.event.check_id == check).count();
         assert_eq!(n, 2, "{check}: {all:?}");
     }
+
+    // A specialist asks the workstation about the queue, live: a stopped
+    // queue with its reason and the job waiting in it.
+    cups.disable("Frontdesk", "paper jam reported by user");
+    cups.print("Frontdesk");
+    let sam = fleet.specialist_profile("sam", Role::Specialist, collector.addr);
+    let (progress, result) = super::diagnose(
+        &sam,
+        vitals_collector::ctl::DiagQuery {
+            endpoint: id.into(),
+            kind: "printer".into(),
+            params: [("name".to_owned(), "Frontdesk".to_owned())].into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = result.expect("printer diagnostic");
+    assert!(r.ok, "{r:?}");
+    assert!(!progress.is_empty());
+    let p: vitals_proto::domain::PrinterInfo = serde_json::from_str(&r.json).expect("json");
+    assert_eq!(
+        (p.name.as_str(), p.state.as_str()),
+        ("Frontdesk", "stopped"),
+        "{p:?}"
+    );
+    assert!(p.queued_jobs >= 1, "{p:?}");
+    assert!(r.text.contains("Frontdesk"), "{}", r.text);
     agent.stop().await;
     collector.stop().await;
 }
