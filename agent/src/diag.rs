@@ -304,10 +304,14 @@ async fn network(
     }
     // The gateway is probed only where the agent's settings allow it.
     net.ping_count = p.count;
+    let gateway = if net.ping_gateway {
+        format!("{} gateway echo probes", p.count)
+    } else {
+        "gateway not probed (this agent's settings)".to_owned()
+    };
     progress
         .say(format!(
-            "gateway: {} echo probes; {} lookups; {} connects",
-            p.count,
+            "{gateway}; {} lookups; {} connects",
             net.dns.len(),
             net.services.len()
         ))

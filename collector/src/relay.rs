@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
-use vitals_proto::diag::DiagResult;
+use vitals_proto::diag::DiagnosticResult;
 use vitals_proto::wire;
 
 /// What a session must send down its stream.
@@ -29,7 +29,7 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Progress(String),
-    Result(DiagResult),
+    Result(DiagnosticResult),
     /// The endpoint's session ended before the result.
     Disconnected,
 }

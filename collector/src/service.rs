@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use vitals_proto::diag::{AuditEntry, DEFAULT_DEADLINE, DiagResult, Diagnostic, MAX_DEADLINE};
+use vitals_proto::diag::{
+    AuditEntry, DEFAULT_DEADLINE, Diagnostic, DiagnosticResult, MAX_DEADLINE,
+};
 
 use crate::relay::{Event, Relay};
 use crate::store::{AuditFilter, Store, StoreError, TicketFilter};
@@ -103,8 +105,14 @@ pub struct DiagRequest {
 /// an error.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DiagEvent {
-    Progress { text: String, elapsed_ms: u64 },
-    Result { result: DiagResult, elapsed_ms: u64 },
+    Progress {
+        text: String,
+        elapsed_ms: u64,
+    },
+    Result {
+        result: DiagnosticResult,
+        elapsed_ms: u64,
+    },
 }
 
 impl SpecialistService {
@@ -413,7 +421,7 @@ impl SpecialistService {
         self.audit_end(audit, outcome, &detail, started).await;
     }
 
-    async fn attach(&self, audit: &AuditEntry, ticket: u64, result: &DiagResult, ms: u64) {
+    async fn attach(&self, audit: &AuditEntry, ticket: u64, result: &DiagnosticResult, ms: u64) {
         let head = if result.ok {
             format!("diagnostic {} on {} ({ms} ms):", audit.kind, audit.endpoint)
         } else {

@@ -3,6 +3,7 @@
 //! Wire to domain is total: a field an older or newer peer left out becomes
 //! its default, never an error, because fields are only ever added.
 
+use crate::diag;
 use crate::domain as d;
 use crate::wire as w;
 
@@ -10,14 +11,18 @@ use crate::wire as w;
 /// for one. Plain fields have the same type on both sides; `lists` are
 /// repeated messages; `opt` are message fields the domain always has
 /// (absent on the wire reads as the default); `maybe` are optional
-/// messages on both sides.
+/// messages on both sides. `@in MODULE,` names the domain module when it
+/// is not `domain`.
 macro_rules! mirror {
-    ($name:ident { $($f:ident),* $(,)? }
+    ($name:ident $($rest:tt)*) => {
+        mirror!(@in d, $name $($rest)*);
+    };
+    (@in $dm:ident, $name:ident { $($f:ident),* $(,)? }
      $(lists { $($l:ident),* $(,)? })?
      $(opt { $($o:ident),* $(,)? })?
      $(maybe { $($m:ident),* $(,)? })?) => {
-        impl From<d::$name> for w::$name {
-            fn from(x: d::$name) -> Self {
+        impl From<$dm::$name> for w::$name {
+            fn from(x: $dm::$name) -> Self {
                 w::$name {
                     $($f: x.$f,)*
                     $($($l: x.$l.into_iter().map(Into::into).collect(),)*)?
@@ -26,9 +31,9 @@ macro_rules! mirror {
                 }
             }
         }
-        impl From<w::$name> for d::$name {
+        impl From<w::$name> for $dm::$name {
             fn from(x: w::$name) -> Self {
-                d::$name {
+                $dm::$name {
                     $($f: x.$f,)*
                     $($($l: x.$l.into_iter().map(Into::into).collect(),)*)?
                     $($($o: x.$o.unwrap_or_default().into(),)*)?
@@ -521,29 +526,7 @@ fn severity_from_wire(s: i32) -> d::Severity {
     }
 }
 
-impl From<crate::wire::DiagnosticResult> for crate::diag::DiagResult {
-    fn from(r: crate::wire::DiagnosticResult) -> Self {
-        crate::diag::DiagResult {
-            ok: r.ok,
-            error: r.error,
-            text: r.text,
-            json: r.json,
-            run_ms: r.run_ms,
-        }
-    }
-}
-
-impl From<crate::diag::DiagResult> for crate::wire::DiagnosticResult {
-    fn from(r: crate::diag::DiagResult) -> Self {
-        crate::wire::DiagnosticResult {
-            ok: r.ok,
-            error: r.error,
-            text: r.text,
-            json: r.json,
-            run_ms: r.run_ms,
-        }
-    }
-}
+mirror!(@in diag, DiagnosticResult { ok, error, text, json, run_ms });
 
 impl From<crate::diag::AuditEntry> for crate::wire::AuditEntry {
     fn from(a: crate::diag::AuditEntry) -> Self {

@@ -337,7 +337,7 @@ mod tests {
 
 /// The end of a diagnostic run (see `DiagnosticResult` on the wire).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DiagResult {
+pub struct DiagnosticResult {
     pub ok: bool,
     pub error: String,
     pub text: String,

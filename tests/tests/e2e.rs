@@ -1693,7 +1693,7 @@ async fn diagnose(
     q: vitals_collector::ctl::DiagQuery,
 ) -> (
     Vec<String>,
-    Result<vitals_proto::diag::DiagResult, tonic::Status>,
+    Result<vitals_proto::diag::DiagnosticResult, tonic::Status>,
 ) {
     use vitals_proto::wire::diagnostic_event::Body;
     let mut c = Client::connect(profile).await.expect("connect");

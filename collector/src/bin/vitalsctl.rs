@@ -281,7 +281,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                     }
                     Some(Body::Progress(_)) => {}
                     Some(Body::Result(r)) => {
-                        let r = vitals_proto::diag::DiagResult::from(r);
+                        let r = vitals_proto::diag::DiagnosticResult::from(r);
                         if json {
                             print_json(&r);
                         } else if r.ok {
