@@ -31,6 +31,34 @@ pub struct AgentConfig {
     pub printers: PrinterSettings,
     #[serde(default)]
     pub network: NetworkSettings,
+    #[serde(default)]
+    pub diagnostics: DiagnosticSettings,
+}
+
+/// `[diagnostics]`: live diagnostics a specialist may run on this desk.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagnosticSettings {
+    /// Off: every request is refused, saying so.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Diagnostics running at once (1 to 8); more wait briefly, then are
+    /// refused as busy.
+    #[serde(default = "default_max_running")]
+    pub max_running: usize,
+}
+
+fn default_max_running() -> usize {
+    2
+}
+
+impl Default for DiagnosticSettings {
+    fn default() -> Self {
+        DiagnosticSettings {
+            enabled: true,
+            max_running: default_max_running(),
+        }
+    }
 }
 
 /// Every probe's settings, from `agent.toml` or the defaults.
@@ -389,6 +417,9 @@ impl AgentConfig {
             return Err(invalid("link.max_pending must be at least 1"));
         }
         c.probe_settings().validate().map_err(|m| invalid(&m))?;
+        if !(1..=8).contains(&c.diagnostics.max_running) {
+            return Err(invalid("diagnostics.max_running must be from 1 to 8"));
+        }
         Ok(c)
     }
 
@@ -485,6 +516,10 @@ key = "pki/agent.key"
         assert!(
             bad("[probes]\nnetwork = { interval = \"100ms\" }\n")
                 .contains("probes.network.interval must be at least 1s")
+        );
+        assert!(
+            bad("[diagnostics]\nmax_running = 0\n")
+                .contains("diagnostics.max_running must be from 1 to 8")
         );
         assert!(
             bad("[[network.service]]\nname = \"erp\"\naddress = \"erp.example\"\n")

@@ -3,7 +3,8 @@
 //!
 //! Everything here is read-only and reuses the probes. A request is parsed
 //! again against the catalog (the agent runs nothing else), waits briefly
-//! for one of [`MAX_RUNNING`] slots or is refused as busy, runs under its
+//! for one of its slots (`[diagnostics] max_running`) or is refused as
+//! busy, runs under its
 //! timeout, reports progress as it goes, and ends with one result whose
 //! size is bounded. A cancel from the collector stops it. The agent itself
 //! runs at low CPU and I/O priority (its service unit), and so do these.
@@ -23,9 +24,7 @@ use vitals_proto::domain::{DiskInfo, OsHealth, PrinterInfo, Snapshot};
 use crate::config::{KeyService, ProbeSettings};
 use crate::probes::{self, Probe, Reading, Section};
 
-/// Diagnostics running at once; more wait up to [`QUEUE_WAIT`], then are
-/// refused as busy.
-pub const MAX_RUNNING: usize = 2;
+/// How long a request waits for a free slot before it is refused as busy.
 const QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// Directory entries the biggest-directories walk visits at most.
 const WALK_LIMIT: u64 = 200_000;
@@ -71,6 +70,7 @@ pub struct Runner {
     settings: Arc<ProbeSettings>,
     clock: watch::Receiver<Option<i64>>,
     slots: Arc<Semaphore>,
+    max_running: usize,
     running: Arc<std::sync::Mutex<HashMap<u64, AbortHandle>>>,
     out: mpsc::Sender<Update>,
 }
@@ -80,11 +80,13 @@ impl Runner {
         settings: ProbeSettings,
         clock: watch::Receiver<Option<i64>>,
         out: mpsc::Sender<Update>,
+        max_running: usize,
     ) -> Self {
         Runner {
             settings: Arc::new(settings),
             clock,
-            slots: Arc::new(Semaphore::new(MAX_RUNNING)),
+            max_running,
+            slots: Arc::new(Semaphore::new(max_running)),
             running: Arc::default(),
             out,
         }
@@ -108,6 +110,7 @@ impl Runner {
             self.slots.clone(),
         );
         let running = self.running.clone();
+        let max_running = self.max_running;
         let id = r.id;
         let timeout = r.timeout.min(MAX_DEADLINE);
         let task = tokio::spawn(async move {
@@ -115,7 +118,7 @@ impl Runner {
                 Ok(Ok(p)) => p,
                 _ => {
                     let result = Outcome::failed(
-                        format!("busy: {MAX_RUNNING} diagnostics already running on this endpoint"),
+                        format!("busy: {max_running} diagnostics already running on this endpoint"),
                         started,
                     );
                     let _ = out.send(Update::Done { id, result }).await;
@@ -691,7 +694,7 @@ mod tests {
     async fn requests_outside_the_catalog_are_refused_without_running() {
         let (tx, mut rx) = mpsc::channel(8);
         let (_clock_tx, clock) = watch::channel(None);
-        let runner = Runner::new(ProbeSettings::default(), clock, tx);
+        let runner = Runner::new(ProbeSettings::default(), clock, tx, 2);
         runner.start(Request {
             id: 7,
             kind: "shell".into(),
@@ -718,7 +721,7 @@ mod tests {
     async fn a_cancelled_run_says_so() {
         let (tx, mut rx) = mpsc::channel(64);
         let (_clock_tx, clock) = watch::channel(None);
-        let runner = Runner::new(ProbeSettings::default(), clock, tx);
+        let runner = Runner::new(ProbeSettings::default(), clock, tx, 2);
         // A disk walk of the whole system takes a while; cancel it at once.
         runner.start(Request {
             id: 9,
@@ -738,5 +741,55 @@ mod tests {
             }
         }
         assert_eq!(runner.active(), 0);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_request_beyond_the_slots_waits_briefly_then_is_refused_as_busy() {
+        use std::os::unix::fs::PermissionsExt;
+        // A smartctl that takes its time keeps a disk diagnostic busy.
+        let dir = std::env::temp_dir().join(format!("vitals-diag-busy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let smartctl = dir.join("smartctl");
+        std::fs::write(&smartctl, "#!/bin/sh\nsleep 10\n").unwrap();
+        std::fs::set_permissions(&smartctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut settings = ProbeSettings::default();
+        settings.smart.smartctl = smartctl;
+        let (tx, mut rx) = mpsc::channel(64);
+        let (_clock_tx, clock) = watch::channel(None);
+        let runner = Runner::new(settings, clock, tx, 1);
+        runner.start(Request {
+            id: 1,
+            kind: "disk".into(),
+            params: BTreeMap::from([("root".into(), dir.display().to_string())]),
+            timeout: Duration::from_secs(30),
+        });
+        // Wait until the first holds its slot (it reports progress then).
+        loop {
+            if let Some(Update::Progress { id: 1, .. }) = rx.recv().await {
+                break;
+            }
+        }
+        let asked = Instant::now();
+        runner.start(Request {
+            id: 2,
+            kind: "os".into(),
+            params: BTreeMap::new(),
+            timeout: Duration::from_secs(30),
+        });
+        let refused = loop {
+            match rx.recv().await {
+                Some(Update::Done { id: 2, result }) => break result,
+                Some(_) => {}
+                None => panic!("runner gone"),
+            }
+        };
+        assert!(asked.elapsed() >= QUEUE_WAIT, "{:?}", asked.elapsed());
+        assert_eq!(
+            refused.error,
+            "busy: 1 diagnostics already running on this endpoint"
+        );
+        runner.cancel(1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -97,7 +97,10 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
     let settings = probe_settings(&config);
     let probes = probes::build(&settings, clock_rx.clone());
     let (diag_tx, diag_rx) = mpsc::channel(64);
-    let diagnostics = diag::Runner::new(settings, clock_rx, diag_tx);
+    let diagnostics = config
+        .diagnostics
+        .enabled
+        .then(|| diag::Runner::new(settings, clock_rx, diag_tx, config.diagnostics.max_running));
     let mut link = Link::new(
         config,
         endpoint_id.clone(),
@@ -107,7 +110,9 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
             clock_offset: clock_tx,
         },
     )?;
-    link.serve_diagnostics(diagnostics, diag_rx);
+    if let Some(runner) = diagnostics {
+        link.serve_diagnostics(runner, diag_rx);
+    }
     info!(endpoint = %endpoint_id, probes = probes.len(), "agent starting");
     let (out_tx, out_rx) = mpsc::channel(64);
     let sampler = tokio::spawn(sample_loop(

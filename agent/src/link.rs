@@ -217,7 +217,7 @@ impl Link {
             return Some(diagnostic_message(crate::diag::Update::Done {
                 id: request.id,
                 result: crate::diag::Outcome {
-                    error: "refused: this agent runs no diagnostics".into(),
+                    error: "refused: diagnostics are turned off on this endpoint".into(),
                     ..Default::default()
                 },
             }));

@@ -114,6 +114,7 @@ impl Fleet {
                 ping_gateway: false,
                 ..Default::default()
             },
+            diagnostics: Default::default(),
         }
     }
 
