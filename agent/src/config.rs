@@ -328,6 +328,14 @@ pub struct LinkSettings {
     /// oldest snapshots are dropped.
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
+    /// The outbox journal on disk (`<state_dir>/outbox.log`) holds at most
+    /// this much; past it the oldest snapshots are dropped, events never.
+    #[serde(default = "default_outbox_max_bytes")]
+    pub outbox_max_bytes: u64,
+}
+
+fn default_outbox_max_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 impl Default for LinkSettings {
@@ -337,6 +345,7 @@ impl Default for LinkSettings {
             reconnect_min: default_reconnect_min(),
             reconnect_max: default_reconnect_max(),
             max_pending: default_max_pending(),
+            outbox_max_bytes: default_outbox_max_bytes(),
         }
     }
 }

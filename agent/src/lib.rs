@@ -13,6 +13,7 @@
 pub mod checks;
 pub mod config;
 pub mod diag;
+pub mod journal;
 pub mod link;
 pub mod probes;
 pub mod seq;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use vitals_proto::domain::{FaultEvent, Snapshot};
 use vitals_proto::identity::EndpointId;
 use vitals_proto::policy::Policy;
@@ -30,6 +30,7 @@ use vitals_proto::wire::agent_gateway_client::AgentGatewayClient;
 use vitals_proto::wire::{self, agent_message, collector_message};
 
 use crate::config::AgentConfig;
+use crate::journal::Journal;
 use crate::seq::{SeqCounter, SeqError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,42 +75,132 @@ pub enum Outgoing {
     Fault(FaultEvent),
 }
 
-/// Messages waiting for the collector's acknowledgement.
+/// Messages waiting for the collector's acknowledgement, in memory and,
+/// unless the disk failed, in the outbox journal on disk.
 pub struct Pending {
-    queue: VecDeque<(u64, Outgoing)>,
+    /// (sequence, message, its encoded bytes).
+    queue: VecDeque<(u64, Outgoing, Vec<u8>)>,
     max: usize,
+    max_bytes: u64,
+    /// Encoded bytes of what is queued.
+    bytes: u64,
     /// Snapshots dropped because the queue was full.
     pub dropped: u64,
+    journal: Option<Journal>,
+    /// Why the journal stopped, once it did: the agent goes on in memory.
+    pub journal_error: Option<String>,
 }
 
 impl Pending {
+    /// A queue in memory only.
     pub fn new(max: usize) -> Self {
         Pending {
             queue: VecDeque::new(),
             max: max.max(1),
+            max_bytes: u64::MAX,
+            bytes: 0,
             dropped: 0,
+            journal: None,
+            journal_error: None,
         }
     }
 
-    /// Queues a message. When full, the oldest snapshot makes room; if only
-    /// fault events are queued, the queue grows rather than lose one.
+    /// The queue backed by the journal in `dir`, with what it held before
+    /// (a restart, a power cut). A journal that cannot be opened is logged
+    /// and the agent goes on in memory.
+    pub fn open(dir: &std::path::Path, max: usize, max_bytes: u64) -> Self {
+        let mut p = Pending::new(max);
+        p.max_bytes = max_bytes.max(1);
+        match Journal::open(dir) {
+            Ok((journal, recovered)) => {
+                if let Some((path, bytes)) = &recovered.quarantined {
+                    warn!(
+                        quarantine = %path.display(),
+                        bytes,
+                        "outbox journal had a damaged tail; moved aside, the rest kept"
+                    );
+                }
+                for (seq, body) in recovered.messages {
+                    match decode(&body) {
+                        Some(m) => {
+                            p.bytes += body.len() as u64;
+                            p.queue.push_back((seq, m, body));
+                        }
+                        None => warn!(seq, "outbox record not readable; skipped"),
+                    }
+                }
+                if !p.queue.is_empty() {
+                    info!(messages = p.queue.len(), "outbox restored from disk");
+                }
+                p.journal = Some(journal);
+            }
+            Err(e) => p.journal_failed("open", &e),
+        }
+        p
+    }
+
+    fn journal_failed(&mut self, what: &str, e: &std::io::Error) {
+        let why = format!("outbox journal {what}: {e}");
+        error!(error = %why, "outbox on disk unusable; keeping messages in memory only");
+        self.journal = None;
+        self.journal_error = Some(why);
+    }
+
+    /// Queues a message. When full (count or bytes), the oldest snapshots
+    /// make room; if only fault events are queued, the queue grows rather
+    /// than lose one.
     pub fn push(&mut self, seq: u64, message: Outgoing) {
-        if self.queue.len() >= self.max
-            && let Some(i) = self
+        let body = prost::Message::encode_to_vec(&wire_message(seq, message.clone()));
+        while self.queue.len() >= self.max || self.bytes + body.len() as u64 > self.max_bytes {
+            let Some(i) = self
                 .queue
                 .iter()
-                .position(|(_, m)| matches!(m, Outgoing::Snapshot(_)))
-        {
-            self.queue.remove(i);
-            self.dropped += 1;
+                .position(|(_, m, _)| matches!(m, Outgoing::Snapshot(_)))
+            else {
+                break;
+            };
+            if let Some((old, _, b)) = self.queue.remove(i) {
+                self.bytes -= b.len() as u64;
+                self.dropped += 1;
+                if let Some(j) = &mut self.journal
+                    && let Err(e) = j.drop_message(old, b.len())
+                {
+                    self.journal_failed("write", &e);
+                }
+            }
         }
-        self.queue.push_back((seq, message));
+        if let Some(j) = &mut self.journal
+            && let Err(e) = j.message(seq, &body)
+        {
+            self.journal_failed("write", &e);
+        }
+        self.bytes += body.len() as u64;
+        self.queue.push_back((seq, message, body));
     }
 
     /// Forgets everything at or below `seq`.
     pub fn ack(&mut self, seq: u64) {
-        while self.queue.front().is_some_and(|(s, _)| *s <= seq) {
-            self.queue.pop_front();
+        let mut freed = 0u64;
+        while self.queue.front().is_some_and(|(s, _, _)| *s <= seq) {
+            if let Some((_, _, b)) = self.queue.pop_front() {
+                freed += (b.len() + 17) as u64;
+                self.bytes -= b.len() as u64;
+            }
+        }
+        if freed == 0 {
+            return;
+        }
+        if let Some(j) = &mut self.journal {
+            let done = j.ack(seq, freed).and_then(|()| {
+                if j.wants_compaction() {
+                    j.rewrite(self.queue.iter().map(|(s, _, b)| (*s, b.as_slice())))
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = done {
+                self.journal_failed("write", &e);
+            }
         }
     }
 
@@ -122,10 +213,26 @@ impl Pending {
     }
 
     fn renumber(&mut self, seq: &mut SeqCounter) -> Result<(), SeqError> {
-        for (s, _) in &mut self.queue {
+        for (s, m, b) in &mut self.queue {
             *s = seq.assign()?;
+            *b = prost::Message::encode_to_vec(&wire_message(*s, m.clone()));
+        }
+        if let Some(j) = &mut self.journal
+            && let Err(e) = j.rewrite(self.queue.iter().map(|(s, _, b)| (*s, b.as_slice())))
+        {
+            self.journal_failed("rewrite", &e);
         }
         Ok(())
+    }
+}
+
+/// A journal record's message, back as what the link sends.
+fn decode(body: &[u8]) -> Option<Outgoing> {
+    let m: wire::AgentMessage = prost::Message::decode(body).ok()?;
+    match m.body? {
+        agent_message::Body::Snapshot(s) => Some(Outgoing::Snapshot(Box::new(s.into()))),
+        agent_message::Body::Fault(f) => f.try_into().ok().map(Outgoing::Fault),
+        _ => None,
     }
 }
 
@@ -182,7 +289,11 @@ impl Link {
         let seq = SeqCounter::open(&config.state_dir)?;
         Ok(Link {
             endpoint_id,
-            pending: Pending::new(config.link.max_pending),
+            pending: Pending::open(
+                &config.state_dir,
+                config.link.max_pending,
+                config.link.outbox_max_bytes,
+            ),
             config,
             tls,
             seq,
@@ -359,7 +470,7 @@ impl Link {
             "connected"
         );
 
-        for (seq, message) in &self.pending.queue {
+        for (seq, message, _) in &self.pending.queue {
             if tx.send(wire_message(*seq, message.clone())).await.is_err() {
                 return Err(late(LinkError::Closed));
             }
@@ -556,6 +667,89 @@ mod tests {
         let seqs: Vec<u64> = p.queue.iter().map(|x| x.0).collect();
         assert_eq!(seqs, vec![2, 3, 4]);
         assert_eq!(p.dropped, 1);
+    }
+
+    fn fault(seq: u64) -> Outgoing {
+        Outgoing::Fault(FaultEvent {
+            check_id: "disk_nearly_full".into(),
+            subject: "/".into(),
+            state: vitals_proto::domain::FaultState::Raised,
+            severity: vitals_proto::domain::Severity::Warning,
+            value: seq as f64,
+            evidence: format!("event {seq}"),
+            at_ms: 0,
+        })
+    }
+
+    #[test]
+    fn the_outbox_survives_a_restart_and_forgets_what_was_acknowledged() {
+        let dir = std::env::temp_dir().join(format!("vitals-outbox-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let mut p = Pending::open(&dir, 100, 1 << 20);
+            for seq in 1..=4 {
+                p.push(seq, fault(seq));
+            }
+            p.push(5, Outgoing::Snapshot(Box::default()));
+            p.ack(2);
+            assert!(p.journal_error.is_none());
+        }
+        // A new process: 3, 4 and 5 are still owed to the collector.
+        let mut p = Pending::open(&dir, 100, 1 << 20);
+        let seqs: Vec<u64> = p.queue.iter().map(|x| x.0).collect();
+        assert_eq!(seqs, vec![3, 4, 5]);
+        match &p.queue[0].1 {
+            Outgoing::Fault(f) => assert_eq!(f.evidence, "event 3"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(p.queue[2].1, Outgoing::Snapshot(_)));
+        p.ack(5);
+        drop(p);
+        assert!(Pending::open(&dir, 100, 1 << 20).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_byte_bound_drops_old_snapshots_never_events() {
+        let dir = std::env::temp_dir().join(format!("vitals-outbox-bytes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let big = || {
+            let mut s = vitals_proto::domain::Snapshot::default();
+            s.host.hostname = "x".repeat(1000);
+            Outgoing::Snapshot(Box::new(s))
+        };
+        let mut p = Pending::open(&dir, 1000, 2000);
+        p.push(1, big());
+        p.push(2, fault(2));
+        p.push(3, big()); // over 2,000 bytes: snapshot 1 goes
+        p.push(4, big()); // snapshot 3 goes
+        let seqs: Vec<u64> = p.queue.iter().map(|x| x.0).collect();
+        assert_eq!(seqs, vec![2, 4]);
+        assert_eq!(p.dropped, 2);
+        drop(p);
+        let p = Pending::open(&dir, 1000, 2000);
+        let seqs: Vec<u64> = p.queue.iter().map(|x| x.0).collect();
+        assert_eq!(seqs, vec![2, 4], "the drops are in the journal too");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unusable_disk_leaves_the_outbox_in_memory() {
+        // A file where the state folder should be: nothing can be created.
+        let blocker =
+            std::env::temp_dir().join(format!("vitals-outbox-file-{}", std::process::id()));
+        std::fs::write(&blocker, b"not a folder").unwrap();
+        let mut p = Pending::open(&blocker.join("state"), 10, 1 << 20);
+        assert!(
+            p.journal_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("outbox journal open:")),
+            "{:?}",
+            p.journal_error
+        );
+        p.push(1, fault(1));
+        assert_eq!(p.len(), 1, "still queued, in memory");
+        let _ = std::fs::remove_file(&blocker);
     }
 
     #[test]

@@ -101,6 +101,7 @@ impl Fleet {
                 reconnect_min: Duration::from_millis(100),
                 reconnect_max: Duration::from_millis(500),
                 max_pending: 1000,
+                outbox_max_bytes: 64 * 1024 * 1024,
             },
             probes: test_probe_timings(),
             smart: Default::default(),

@@ -1935,3 +1935,51 @@ async fn specialists_run_diagnostics_through_the_relay_and_every_request_is_audi
     agent.stop().await;
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_with_a_full_outbox_delivers_all_of_it() {
+    let fleet = Fleet::new("outbox");
+    // A collector that is not there yet: the agent queues its snapshots.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let config = fleet.agent_config("ws-outbox", addr);
+    let first = RunningAgent::start(config.clone());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    first.stop().await;
+    let journal = config.state_dir.join("outbox.log");
+    assert!(
+        std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0),
+        "the queued snapshots are on disk"
+    );
+    let restarted_at = vitals_proto::now_ms();
+
+    // The collector comes up, and a new agent process with the same state.
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let collector = RunningCollector::start_on(fleet.collector_config(), listener).await;
+    let second = RunningAgent::start(config);
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+    let before = eventually(WAIT, "the first process's snapshots stored", || async {
+        let h = Client::connect(&viewer)
+            .await
+            .ok()?
+            .history("ws-outbox", 100)
+            .await
+            .ok()?;
+        let old = h
+            .iter()
+            .filter(|e| e.snapshot.taken_at_ms < restarted_at)
+            .count();
+        (old >= 2).then_some(h)
+    })
+    .await;
+    // In sequence order, each once.
+    let mut seqs: Vec<u64> = before.iter().map(|e| e.seq).collect();
+    let n = seqs.len();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n, "no duplicates");
+    second.stop().await;
+    collector.stop().await;
+}
