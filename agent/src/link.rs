@@ -6,8 +6,9 @@
 //! sequence at or above it. On each new session everything still pending is
 //! sent again; the collector recognises what it already committed by
 //! (endpoint, sequence). The queue is bounded: when full, the oldest
-//! snapshot goes; fault events are never dropped. (A durable, on-disk outbox
-//! replaces this in-memory queue later; its interface stays.)
+//! snapshot goes; fault events are never dropped. It is mirrored in the
+//! outbox journal on disk ([`crate::journal`]), so a new agent process
+//! resends what the last one could not deliver.
 //!
 //! The collector's policy arrives in the welcome (and in later policy
 //! messages) and is handed to the sampler, which evaluates it.
