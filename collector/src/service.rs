@@ -291,15 +291,15 @@ impl SpecialistService {
             ticket: r.ticket,
             ..Default::default()
         };
-        match self.start_diagnostic(caller, &r).await {
+        let deadline = if r.deadline.is_zero() {
+            DEFAULT_DEADLINE
+        } else {
+            r.deadline
+        };
+        match self.start_diagnostic(caller, &r, deadline).await {
             Ok(running) => {
                 let (tx, rx) = mpsc::channel(64);
                 let this = self.clone();
-                let deadline = if r.deadline.is_zero() {
-                    DEFAULT_DEADLINE
-                } else {
-                    r.deadline
-                };
                 tokio::spawn(this.follow(running, deadline, started, audit, tx));
                 Ok(rx)
             }
@@ -319,6 +319,7 @@ impl SpecialistService {
         &self,
         caller: &Caller,
         r: &DiagRequest,
+        deadline: Duration,
     ) -> Result<crate::relay::Running, ServiceError> {
         Self::require(caller, Role::Specialist)?;
         Diagnostic::parse(&r.kind, &r.params).map_err(ServiceError::InvalidArgument)?;
@@ -333,11 +334,6 @@ impl SpecialistService {
         if let Some(t) = r.ticket {
             self.ticket(caller, t).await?;
         }
-        let deadline = if r.deadline.is_zero() {
-            DEFAULT_DEADLINE
-        } else {
-            r.deadline
-        };
         if !self.relay.is_online(&r.endpoint)
             && (r.wait_offline.is_zero()
                 || !self.relay.wait_online(&r.endpoint, r.wait_offline).await)

@@ -28,13 +28,7 @@ struct Args {
 
 /// User + system CPU of this process, in clock ticks (100 per second).
 fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    f.get(11..13).map(|v| v.iter().sum()).unwrap_or(0)
+    vitals_tests::loadgen::procstat::cpu_ticks("self", false).unwrap_or(0)
 }
 
 fn run(p: &mut Pending, args: &Args, snapshot: &vitals_proto::domain::Snapshot) -> (f64, f64) {

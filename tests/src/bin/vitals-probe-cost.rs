@@ -40,15 +40,7 @@ struct Args {
 /// User + system CPU of this process and its waited-for children, in
 /// clock ticks (USER_HZ, 100 per second on Linux).
 fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime, stime, cutime, cstime are fields 14..17 (1-based), 11..14 here.
-    f.get(11..15).map(|v| v.iter().sum()).unwrap_or(0)
+    vitals_tests::loadgen::procstat::cpu_ticks("self", true).unwrap_or(0)
 }
 
 const TICK_MS: f64 = 10.0;

@@ -371,27 +371,39 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
     })
 }
 
-/// Relays `plan.diagnostics` requests through the collector to the
-/// simulated agents, `plan.diag_concurrency` at a time, as a specialist.
-async fn run_diagnostics(plan: &Plan) -> anyhow::Result<DiagReport> {
-    use vitals_collector::ctl::{Client, DiagQuery, Profile};
+/// A specialist client of the collector under test, with a fresh
+/// certificate from the fleet CA for `name` and `role`.
+async fn specialist(
+    plan: &Plan,
+    name: &str,
+    role: vitals_proto::identity::Role,
+) -> anyhow::Result<vitals_collector::ctl::Client> {
+    use vitals_collector::ctl::{Client, Profile};
     use vitals_collector::pki::{Ca, PkiPaths};
-    use vitals_proto::identity::{Identity, Role};
-    use vitals_proto::wire::diagnostic_event::Body;
+    use vitals_proto::identity::Identity;
     let paths = PkiPaths::new(&plan.data_dir);
-    let identity = Identity::specialist("loadgen-diag", Role::Specialist)?;
+    let identity = Identity::specialist(name, role)?;
     let (cert, key) = paths.client(&identity);
     Ca::load(&paths)?
         .issue_client(&identity, 2)?
         .write(&cert, &key)?;
-    let client = Client::connect(&Profile {
+    Ok(Client::connect(&Profile {
         collector: Some(format!("https://{}", plan.target)),
         server_name: Some("localhost".into()),
         ca: Some(paths.ca_cert()),
         cert: Some(cert),
         key: Some(key),
     })
-    .await?;
+    .await?)
+}
+
+/// Relays `plan.diagnostics` requests through the collector to the
+/// simulated agents, `plan.diag_concurrency` at a time, as a specialist.
+async fn run_diagnostics(plan: &Plan) -> anyhow::Result<DiagReport> {
+    use vitals_collector::ctl::DiagQuery;
+    use vitals_proto::identity::Role;
+    use vitals_proto::wire::diagnostic_event::Body;
+    let client = specialist(plan, "loadgen-diag", Role::Specialist).await?;
     let slots = Arc::new(tokio::sync::Semaphore::new(plan.diag_concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let started = Instant::now();
@@ -458,23 +470,8 @@ async fn watch_tickets(
     plan: &Plan,
     stats: Arc<Stats>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use vitals_collector::ctl::{Client, Profile};
-    use vitals_collector::pki::{Ca, PkiPaths};
-    use vitals_proto::identity::{Identity, Role};
-    let paths = PkiPaths::new(&plan.data_dir);
-    let identity = Identity::specialist("loadgen-watch", Role::Viewer)?;
-    let (cert, key) = paths.client(&identity);
-    Ca::load(&paths)?
-        .issue_client(&identity, 2)?
-        .write(&cert, &key)?;
-    let profile = Profile {
-        collector: Some(format!("https://{}", plan.target)),
-        server_name: Some("localhost".into()),
-        ca: Some(paths.ca_cert()),
-        cert: Some(cert),
-        key: Some(key),
-    };
-    let mut client = Client::connect(&profile).await?;
+    use vitals_proto::identity::Role;
+    let mut client = specialist(plan, "loadgen-watch", Role::Viewer).await?;
     let mut changes = client.watch_tickets().await?;
     Ok(tokio::spawn(async move {
         let _client = client;

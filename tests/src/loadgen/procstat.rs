@@ -21,13 +21,23 @@ pub struct Sampler {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// CPU ticks (user + system) and RSS in KiB of a process.
-fn read(pid: u32) -> Option<(u64, u64)> {
+/// CPU ticks (user + system; with `children`, also of its waited-for
+/// children) of a process, `"self"` or a PID, from `/proc/<pid>/stat`.
+pub fn cpu_ticks(pid: &str, children: bool) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // utime, stime, cutime, cstime are fields 14..17 (1-based), 11..14 here.
+    let fields = if children { 11..15 } else { 11..13 };
+    fields
+        .map(|i| f.get(i)?.parse::<u64>().ok())
+        .sum::<Option<u64>>()
+}
+
+/// CPU ticks (user + system) and RSS in KiB of a process.
+fn read(pid: u32) -> Option<(u64, u64)> {
+    let ticks = cpu_ticks(&pid.to_string(), false)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss = status
         .lines()
