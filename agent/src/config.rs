@@ -332,6 +332,20 @@ pub struct LinkSettings {
     /// this much; past it the oldest snapshots are dropped, events never.
     #[serde(default = "default_outbox_max_bytes")]
     pub outbox_max_bytes: u64,
+    /// HTTP/2 ping interval on the stream, so a link that died silently (a
+    /// router lost its state, a cable pulled) is noticed.
+    #[serde(default = "default_keepalive_interval", with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the link counts as dead.
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+}
+
+fn default_keepalive_interval() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_outbox_max_bytes() -> u64 {
@@ -346,6 +360,8 @@ impl Default for LinkSettings {
             reconnect_max: default_reconnect_max(),
             max_pending: default_max_pending(),
             outbox_max_bytes: default_outbox_max_bytes(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_timeout: default_keepalive_timeout(),
         }
     }
 }
@@ -420,6 +436,13 @@ impl AgentConfig {
         if l.reconnect_min.is_zero() || l.reconnect_max < l.reconnect_min {
             return Err(invalid(
                 "link.reconnect_min must be above 0 and at most link.reconnect_max",
+            ));
+        }
+        if l.keepalive_interval < Duration::from_secs(1)
+            || l.keepalive_timeout < Duration::from_secs(1)
+        {
+            return Err(invalid(
+                "link.keepalive_interval and link.keepalive_timeout must be at least 1s",
             ));
         }
         if l.max_pending == 0 {

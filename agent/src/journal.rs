@@ -5,11 +5,20 @@
 //!
 //! ```text
 //! [u32 LE payload length][u32 LE CRC-32 of payload][payload]
-//! payload = [u8 tag][u64 LE seq][body]
-//!   tag 1: a message (body: the encoded `AgentMessage`)
-//!   tag 2: everything at or below seq is acknowledged
-//!   tag 3: the message seq was dropped (an old snapshot, for room)
+//! payload = [u8 tag][u64 LE key][body]
+//!   tag 1: a numbered message: key = its sequence, body = the encoded
+//!          `AgentMessage` (whose own seq field is not used)
+//!   tag 2: everything numbered at or below key is acknowledged
+//!   tag 3: the numbered message key was dropped (an old snapshot, for room)
+//!   tag 4: a message waiting for its number: key = a journal-local id
+//!   tag 5: the waiting message key now has the sequence in body (u64 LE)
+//!   tag 6: the waiting message key was dropped
 //! ```
+//!
+//! Messages get their sequence number when they are about to be sent, not
+//! when they are queued, so a fault event queued behind a backlog of
+//! snapshots is numbered (and sent) before them while the wire order stays
+//! the sequence order the collector expects.
 //!
 //! Each append is flushed to the device before it counts. Opening replays
 //! the records; the first record that is cut short or fails its checksum
@@ -26,6 +35,9 @@ use std::path::{Path, PathBuf};
 const MESSAGE: u8 = 1;
 const ACK: u8 = 2;
 const DROP: u8 = 3;
+const QUEUED: u8 = 4;
+const ASSIGN: u8 = 5;
+const DROP_QUEUED: u8 = 6;
 const HEADER: usize = 8;
 /// No message comes near this; a bigger length is corruption.
 const MAX_RECORD: usize = 64 * 1024 * 1024;
@@ -42,8 +54,12 @@ pub struct Journal {
 /// What opening found.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Unacknowledged messages, by sequence: their encoded bytes.
+    /// Unacknowledged numbered messages, by sequence: their encoded bytes.
     pub messages: BTreeMap<u64, Vec<u8>>,
+    /// Messages not numbered yet, by journal-local id (queue order).
+    pub queued: BTreeMap<u64, Vec<u8>>,
+    /// The next free journal-local id.
+    pub next_local: u64,
     /// Where a damaged tail was moved, and how many bytes it had.
     pub quarantined: Option<(PathBuf, u64)>,
 }
@@ -69,7 +85,10 @@ impl Journal {
         if path.exists() {
             File::open(&path)?.read_to_end(&mut data)?;
         }
-        let mut recovered = Recovered::default();
+        let mut recovered = Recovered {
+            next_local: 1,
+            ..Recovered::default()
+        };
         let mut at = 0usize;
         let good_end = loop {
             if at == data.len() {
@@ -86,14 +105,34 @@ impl Journal {
             if !(9..=MAX_RECORD).contains(&len) || crc32fast::hash(payload) != crc {
                 break at;
             }
-            let seq = u64::from_le_bytes(payload[1..9].try_into().unwrap_or_default());
+            let key = u64::from_le_bytes(payload[1..9].try_into().unwrap_or_default());
+            let body = &payload[9..];
             match payload[0] {
                 MESSAGE => {
-                    recovered.messages.insert(seq, payload[9..].to_vec());
+                    recovered.messages.insert(key, body.to_vec());
                 }
-                ACK => recovered.messages.retain(|s, _| *s > seq),
+                ACK => recovered.messages.retain(|s, _| *s > key),
                 DROP => {
-                    recovered.messages.remove(&seq);
+                    recovered.messages.remove(&key);
+                }
+                QUEUED | ASSIGN | DROP_QUEUED => {
+                    recovered.next_local = recovered.next_local.max(key + 1);
+                    match payload[0] {
+                        QUEUED => {
+                            recovered.queued.insert(key, body.to_vec());
+                        }
+                        DROP_QUEUED => {
+                            recovered.queued.remove(&key);
+                        }
+                        _ => {
+                            let Ok(seq) = <[u8; 8]>::try_from(body) else {
+                                break at;
+                            };
+                            if let Some(m) = recovered.queued.remove(&key) {
+                                recovered.messages.insert(u64::from_le_bytes(seq), m);
+                            }
+                        }
+                    }
                 }
                 _ => break at,
             }
@@ -111,6 +150,7 @@ impl Journal {
         let live_bytes = recovered
             .messages
             .values()
+            .chain(recovered.queued.values())
             .map(|b| (HEADER + 9 + b.len()) as u64)
             .sum();
         Ok((
@@ -139,6 +179,33 @@ impl Journal {
         Ok(())
     }
 
+    /// Records a message that has no sequence yet under the journal-local
+    /// id `local`; durable when this returns.
+    pub fn queued(&mut self, local: u64, body: &[u8]) -> io::Result<()> {
+        let r = record(QUEUED, local, body);
+        self.append(&r)?;
+        self.live_bytes += r.len() as u64;
+        Ok(())
+    }
+
+    /// Records the sequences given to waiting messages (local id, seq), with
+    /// one flush for all of them.
+    pub fn assign(&mut self, numbers: &[(u64, u64)]) -> io::Result<()> {
+        let mut out = Vec::with_capacity(numbers.len() * (HEADER + 17));
+        for (local, seq) in numbers {
+            out.extend_from_slice(&record(ASSIGN, *local, &seq.to_le_bytes()));
+        }
+        self.append(&out)
+    }
+
+    /// Records that the waiting message `local` (of `size` body bytes) was
+    /// dropped.
+    pub fn drop_queued(&mut self, local: u64, size: usize) -> io::Result<()> {
+        self.append(&record(DROP_QUEUED, local, &[]))?;
+        self.live_bytes = self.live_bytes.saturating_sub((HEADER + 9 + size) as u64);
+        Ok(())
+    }
+
     /// Records that everything at or below `seq` is acknowledged, having
     /// freed `freed` bytes of messages.
     pub fn ack(&mut self, seq: u64, freed: u64) -> io::Result<()> {
@@ -164,12 +231,20 @@ impl Journal {
         self.bytes
     }
 
-    /// Replaces the file with just `live` (sequence, body), atomically.
-    pub fn rewrite<'a>(&mut self, live: impl Iterator<Item = (u64, &'a [u8])>) -> io::Result<()> {
+    /// Replaces the file with just the live messages, atomically: the
+    /// numbered ones (sequence, body) and the waiting ones (local id, body).
+    pub fn rewrite<'a>(
+        &mut self,
+        numbered: impl Iterator<Item = (u64, &'a [u8])>,
+        waiting: impl Iterator<Item = (u64, &'a [u8])>,
+    ) -> io::Result<()> {
         let tmp = self.path.with_extension("log.new");
         let mut out = Vec::new();
-        for (seq, body) in live {
+        for (seq, body) in numbered {
             out.extend_from_slice(&record(MESSAGE, seq, body));
+        }
+        for (local, body) in waiting {
+            out.extend_from_slice(&record(QUEUED, local, body));
         }
         {
             let mut f = File::create(&tmp)?;
@@ -264,14 +339,43 @@ mod tests {
         j.ack(90, 0).unwrap();
         let before = j.bytes();
         let live: Vec<(u64, Vec<u8>)> = (91..=100).map(|s| (s, vec![7u8; 100])).collect();
-        j.rewrite(live.iter().map(|(s, b)| (*s, b.as_slice())))
-            .unwrap();
+        j.rewrite(
+            live.iter().map(|(s, b)| (*s, b.as_slice())),
+            std::iter::once((7, &b"waiting"[..])),
+        )
+        .unwrap();
         assert!(j.bytes() < before / 5, "{} vs {before}", j.bytes());
         j.message(101, b"after").unwrap();
         drop(j);
         let (_, r) = Journal::open(&d).unwrap();
         assert_eq!(r.messages.len(), 11);
         assert_eq!(r.messages.keys().next(), Some(&91));
+        assert_eq!(r.queued.keys().collect::<Vec<_>>(), vec![&7]);
+        assert_eq!(r.next_local, 8);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn waiting_messages_keep_their_place_until_numbered() {
+        let d = dir("assign");
+        {
+            let (mut j, _) = Journal::open(&d).unwrap();
+            j.message(1, b"sent").unwrap();
+            for local in 1..=4 {
+                j.queued(local, format!("w{local}").as_bytes()).unwrap();
+            }
+            // The third waiting message goes first (a fault event), then
+            // the first; the second is dropped for room.
+            j.assign(&[(3, 2), (1, 3)]).unwrap();
+            j.drop_queued(2, 2).unwrap();
+            j.ack(2, 0).unwrap();
+        }
+        let (_, r) = Journal::open(&d).unwrap();
+        assert_eq!(r.messages.keys().collect::<Vec<_>>(), vec![&3]);
+        assert_eq!(r.messages[&3], b"w1");
+        assert_eq!(r.queued.keys().collect::<Vec<_>>(), vec![&4]);
+        assert_eq!(r.queued[&4], b"w4");
+        assert_eq!(r.next_local, 5);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -1,14 +1,19 @@
 //! The link: the agent's one long-lived mTLS stream to the collector, and
 //! the only module of the agent that touches generated protobuf types.
 //!
-//! Every outgoing message (snapshot or fault event) takes the next sequence
-//! number and waits in the pending queue until the collector acknowledges a
-//! sequence at or above it. On each new session everything still pending is
-//! sent again; the collector recognises what it already committed by
-//! (endpoint, sequence). The queue is bounded: when full, the oldest
-//! snapshot goes; fault events are never dropped. It is mirrored in the
-//! outbox journal on disk ([`crate::journal`]), so a new agent process
-//! resends what the last one could not deliver.
+//! Every outgoing message (snapshot or fault event) waits in the pending
+//! queue until the collector acknowledges a sequence at or above its own.
+//! It is numbered when its turn to go out comes: numbered messages go first,
+//! in order, then waiting fault events, then waiting snapshots, so after an
+//! outage the faults reach the collector ahead of the snapshot backlog and
+//! the wire still carries rising sequences. On each new session every
+//! numbered message still pending is sent again; the collector recognises
+//! what it already committed by (endpoint, sequence). The queue is bounded:
+//! when full, the oldest snapshot goes; fault events are never dropped. It
+//! is mirrored in the outbox journal on disk ([`crate::journal`]), so a new
+//! agent process resends what the last one could not deliver. Diagnostic
+//! updates bypass the queue: they go out at once, ahead of everything, and
+//! only mean something to the session that asked for them.
 //!
 //! The collector's policy arrives in the welcome (and in later policy
 //! messages) and is handed to the sampler, which evaluates it.
@@ -35,8 +40,6 @@ use crate::journal::Journal;
 use crate::seq::{SeqCounter, SeqError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a closing session waits for the last acknowledgements.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -76,11 +79,32 @@ pub enum Outgoing {
     Fault(FaultEvent),
 }
 
+/// How many waiting messages are numbered at once (one journal flush).
+const NUMBER_BATCH: usize = 16;
+
+/// A queued message and its encoded bytes (as journaled, seq field 0).
+struct Entry {
+    message: Outgoing,
+    body: Vec<u8>,
+}
+
 /// Messages waiting for the collector's acknowledgement, in memory and,
 /// unless the disk failed, in the outbox journal on disk.
+///
+/// A message gets its sequence number when it is about to go out, so the
+/// queue has two parts: numbered messages (sent, or next to be sent, in
+/// sequence order) and waiting ones (not numbered yet: fault events ahead
+/// of snapshots, each oldest first). On a new session every numbered
+/// message is resent first, in order; only then are waiting ones numbered,
+/// so the wire always carries rising sequences.
 pub struct Pending {
-    /// (sequence, message, its encoded bytes).
-    queue: VecDeque<(u64, Outgoing, Vec<u8>)>,
+    numbered: VecDeque<(u64, Entry)>,
+    /// How many of `numbered` went out on the current session.
+    sent: usize,
+    faults: VecDeque<(u64, Entry)>,
+    snapshots: VecDeque<(u64, Entry)>,
+    /// The next journal-local id for a waiting message.
+    next_local: u64,
     max: usize,
     max_bytes: u64,
     /// Encoded bytes of what is queued.
@@ -96,7 +120,11 @@ impl Pending {
     /// A queue in memory only.
     pub fn new(max: usize) -> Self {
         Pending {
-            queue: VecDeque::new(),
+            numbered: VecDeque::new(),
+            sent: 0,
+            faults: VecDeque::new(),
+            snapshots: VecDeque::new(),
+            next_local: 1,
             max: max.max(1),
             max_bytes: u64::MAX,
             bytes: 0,
@@ -123,15 +151,29 @@ impl Pending {
                 }
                 for (seq, body) in recovered.messages {
                     match decode(&body) {
-                        Some(m) => {
+                        Some(message) => {
                             p.bytes += body.len() as u64;
-                            p.queue.push_back((seq, m, body));
+                            p.numbered.push_back((seq, Entry { message, body }));
                         }
                         None => warn!(seq, "outbox record not readable; skipped"),
                     }
                 }
-                if !p.queue.is_empty() {
-                    info!(messages = p.queue.len(), "outbox restored from disk");
+                for (local, body) in recovered.queued {
+                    match decode(&body) {
+                        Some(message) => {
+                            p.bytes += body.len() as u64;
+                            let e = (local, Entry { message, body });
+                            match e.1.message {
+                                Outgoing::Fault(_) => p.faults.push_back(e),
+                                Outgoing::Snapshot(_) => p.snapshots.push_back(e),
+                            }
+                        }
+                        None => warn!(local, "outbox record not readable; skipped"),
+                    }
+                }
+                p.next_local = recovered.next_local;
+                if !p.is_empty() {
+                    info!(messages = p.len(), "outbox restored from disk");
                 }
                 p.journal = Some(journal);
             }
@@ -147,45 +189,125 @@ impl Pending {
         self.journal_error = Some(why);
     }
 
-    /// Queues a message. When full (count or bytes), the oldest snapshots
-    /// make room; if only fault events are queued, the queue grows rather
-    /// than lose one.
-    pub fn push(&mut self, seq: u64, message: Outgoing) {
-        let body = prost::Message::encode_to_vec(&wire_message(seq, message.clone()));
-        while self.queue.len() >= self.max || self.bytes + body.len() as u64 > self.max_bytes {
-            let Some(i) = self
-                .queue
+    /// Whether everything numbered went out and nothing waits: a new
+    /// message can be numbered at once without passing anything.
+    pub fn idle(&self) -> bool {
+        self.sent == self.numbered.len() && self.faults.is_empty() && self.snapshots.is_empty()
+    }
+
+    /// Makes room for `size` more bytes: when full (count or bytes), the
+    /// oldest snapshots go, waiting ones before numbered ones; if only fault
+    /// events are queued, the queue grows rather than lose one.
+    fn make_room(&mut self, size: u64) {
+        while self.len() >= self.max || self.bytes + size > self.max_bytes {
+            let done = if let Some((local, e)) = self.snapshots.pop_front() {
+                self.bytes -= e.body.len() as u64;
+                self.journal_write(|j| j.drop_queued(local, e.body.len()));
+                true
+            } else if let Some(i) = self
+                .numbered
                 .iter()
-                .position(|(_, m, _)| matches!(m, Outgoing::Snapshot(_)))
-            else {
-                break;
-            };
-            if let Some((old, _, b)) = self.queue.remove(i) {
-                self.bytes -= b.len() as u64;
-                self.dropped += 1;
-                if let Some(j) = &mut self.journal
-                    && let Err(e) = j.drop_message(old, b.len())
-                {
-                    self.journal_failed("write", &e);
+                .position(|(_, e)| matches!(e.message, Outgoing::Snapshot(_)))
+            {
+                let (seq, e) = self.numbered.remove(i).expect("position is in range");
+                if i < self.sent {
+                    self.sent -= 1;
                 }
+                self.bytes -= e.body.len() as u64;
+                self.journal_write(|j| j.drop_message(seq, e.body.len()));
+                true
+            } else {
+                false
+            };
+            if !done {
+                break;
             }
+            self.dropped += 1;
         }
+    }
+
+    fn journal_write(&mut self, write: impl FnOnce(&mut Journal) -> std::io::Result<()>) {
         if let Some(j) = &mut self.journal
-            && let Err(e) = j.message(seq, &body)
+            && let Err(e) = write(j)
         {
             self.journal_failed("write", &e);
         }
-        self.bytes += body.len() as u64;
-        self.queue.push_back((seq, message, body));
     }
 
-    /// Forgets everything at or below `seq`.
+    fn entry(message: Outgoing) -> Entry {
+        let body = prost::Message::encode_to_vec(&wire_message(0, message.clone()));
+        Entry { message, body }
+    }
+
+    /// Queues a message to be numbered when its turn to go out comes.
+    pub fn push(&mut self, message: Outgoing) {
+        let e = Self::entry(message);
+        self.make_room(e.body.len() as u64);
+        let local = self.next_local;
+        self.next_local += 1;
+        self.journal_write(|j| j.queued(local, &e.body));
+        self.bytes += e.body.len() as u64;
+        match e.message {
+            Outgoing::Fault(_) => self.faults.push_back((local, e)),
+            Outgoing::Snapshot(_) => self.snapshots.push_back((local, e)),
+        }
+    }
+
+    /// Queues a message already numbered `seq` (higher than anything queued).
+    pub fn push_numbered(&mut self, seq: u64, message: Outgoing) {
+        let e = Self::entry(message);
+        self.make_room(e.body.len() as u64);
+        self.journal_write(|j| j.message(seq, &e.body));
+        self.bytes += e.body.len() as u64;
+        self.numbered.push_back((seq, e));
+    }
+
+    /// Whether something is left to send on this session.
+    pub fn has_next(&self) -> bool {
+        self.sent < self.numbered.len() || !self.faults.is_empty() || !self.snapshots.is_empty()
+    }
+
+    /// The next message to send on this session: numbered ones not yet
+    /// sent, then waiting ones (fault events first), numbered now.
+    pub fn next(&mut self, seq: &mut SeqCounter) -> Result<Option<wire::AgentMessage>, SeqError> {
+        if self.sent == self.numbered.len() {
+            let mut numbers = Vec::new();
+            while numbers.len() < NUMBER_BATCH {
+                let Some((local, e)) = self
+                    .faults
+                    .pop_front()
+                    .or_else(|| self.snapshots.pop_front())
+                else {
+                    break;
+                };
+                let s = seq.assign()?;
+                numbers.push((local, s));
+                self.numbered.push_back((s, e));
+            }
+            if !numbers.is_empty() {
+                self.journal_write(|j| j.assign(&numbers));
+            }
+        }
+        let Some((s, e)) = self.numbered.get(self.sent) else {
+            return Ok(None);
+        };
+        self.sent += 1;
+        Ok(Some(wire_message(*s, e.message.clone())))
+    }
+
+    /// A new session: every numbered message goes out again.
+    pub fn resend_all(&mut self) {
+        self.sent = 0;
+    }
+
+    /// Forgets every numbered message at or below `seq`.
     pub fn ack(&mut self, seq: u64) {
         let mut freed = 0u64;
-        while self.queue.front().is_some_and(|(s, _, _)| *s <= seq) {
-            if let Some((_, _, b)) = self.queue.pop_front() {
-                freed += (b.len() + 17) as u64;
-                self.bytes -= b.len() as u64;
+        while self.numbered.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, e)) = self.numbered.pop_front() {
+                freed += (e.body.len() + 17) as u64;
+                self.bytes -= e.body.len() as u64;
+                self.sent = self.sent.saturating_sub(1);
             }
         }
         if freed == 0 {
@@ -194,7 +316,13 @@ impl Pending {
         if let Some(j) = &mut self.journal {
             let done = j.ack(seq, freed).and_then(|()| {
                 if j.wants_compaction() {
-                    j.rewrite(self.queue.iter().map(|(s, _, b)| (*s, b.as_slice())))
+                    j.rewrite(
+                        self.numbered.iter().map(|(s, e)| (*s, e.body.as_slice())),
+                        self.faults
+                            .iter()
+                            .chain(&self.snapshots)
+                            .map(|(l, e)| (*l, e.body.as_slice())),
+                    )
                 } else {
                     Ok(())
                 }
@@ -206,20 +334,30 @@ impl Pending {
     }
 
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.numbered.len() + self.faults.len() + self.snapshots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len() == 0
+    }
+
+    /// The numbered messages' sequences, oldest first (for tests and logs).
+    pub fn numbered_seqs(&self) -> Vec<u64> {
+        self.numbered.iter().map(|(s, _)| *s).collect()
     }
 
     fn renumber(&mut self, seq: &mut SeqCounter) -> Result<(), SeqError> {
-        for (s, m, b) in &mut self.queue {
+        for (s, _) in &mut self.numbered {
             *s = seq.assign()?;
-            *b = prost::Message::encode_to_vec(&wire_message(*s, m.clone()));
         }
         if let Some(j) = &mut self.journal
-            && let Err(e) = j.rewrite(self.queue.iter().map(|(s, _, b)| (*s, b.as_slice())))
+            && let Err(e) = j.rewrite(
+                self.numbered.iter().map(|(s, e)| (*s, e.body.as_slice())),
+                self.faults
+                    .iter()
+                    .chain(&self.snapshots)
+                    .map(|(l, e)| (*l, e.body.as_slice())),
+            )
         {
             self.journal_failed("rewrite", &e);
         }
@@ -235,6 +373,21 @@ fn decode(body: &[u8]) -> Option<Outgoing> {
         agent_message::Body::Fault(f) => f.try_into().ok().map(Outgoing::Fault),
         _ => None,
     }
+}
+
+/// What the link is doing, for whoever watches it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkStatus {
+    /// A session is open (the collector welcomed it).
+    pub connected: bool,
+    /// Sessions the collector welcomed since the link started.
+    pub sessions: u64,
+    /// Messages the collector has not acknowledged yet.
+    pub pending: usize,
+    /// Snapshots dropped for room since the link started.
+    pub dropped: u64,
+    /// Why the outbox on disk stopped, if it did.
+    pub journal_error: Option<String>,
 }
 
 /// What the agent needs to hold a session.
@@ -253,6 +406,7 @@ pub struct Link {
     clock_offset: watch::Sender<Option<i64>>,
     /// Runs the collector's diagnostic requests; its updates go back up.
     diagnostics: Option<(crate::diag::Runner, mpsc::Receiver<crate::diag::Update>)>,
+    status: watch::Sender<LinkStatus>,
 }
 
 /// What the link learns from the collector and hands to the sampler.
@@ -303,7 +457,33 @@ impl Link {
             policy,
             clock_offset,
             diagnostics: None,
+            status: watch::Sender::new(LinkStatus::default()),
         })
+    }
+
+    /// Follows what the link is doing.
+    pub fn status(&self) -> watch::Receiver<LinkStatus> {
+        self.status.subscribe()
+    }
+
+    /// Publishes the queue's state; `connected` changes the session state.
+    fn report(&self, connected: Option<bool>) {
+        let pending = self.pending.len();
+        self.status.send_if_modified(|s| {
+            let before = s.clone();
+            if let Some(c) = connected {
+                if c && !s.connected {
+                    s.sessions += 1;
+                }
+                s.connected = c;
+            }
+            s.pending = pending;
+            s.dropped = self.pending.dropped;
+            if s.journal_error != self.pending.journal_error {
+                s.journal_error = self.pending.journal_error.clone();
+            }
+            *s != before
+        });
     }
 
     /// Runs diagnostics the collector asks for with `runner`, whose updates
@@ -343,10 +523,18 @@ impl Link {
         None
     }
 
-    fn absorb(&mut self, message: Outgoing) -> Result<u64, SeqError> {
-        let seq = self.seq.assign()?;
-        self.pending.push(seq, message);
-        Ok(seq)
+    /// Queues a message. In a session with nothing waiting it is numbered
+    /// at once (one journal flush); otherwise it waits its turn, fault
+    /// events ahead of snapshots.
+    fn absorb(&mut self, message: Outgoing, in_session: bool) -> Result<(), SeqError> {
+        if in_session && self.pending.idle() {
+            let seq = self.seq.assign()?;
+            self.pending.push_numbered(seq, message);
+        } else {
+            self.pending.push(message);
+        }
+        self.report(None);
+        Ok(())
     }
 
     /// Runs sessions until `shutdown` turns true, reconnecting with backoff.
@@ -363,6 +551,7 @@ impl Link {
             match self.session(&mut snapshots, &mut shutdown).await {
                 Ok(()) => return Ok(()),
                 Err((welcomed, error)) => {
+                    self.report(Some(false));
                     if let LinkError::Seq(e) = error {
                         return Err(LinkError::Seq(e));
                     }
@@ -389,7 +578,7 @@ impl Link {
                         tokio::select! {
                             _ = &mut sleep => break,
                             () = crate::stopped(&mut shutdown) => return Ok(()),
-                            Some(s) = snapshots.recv() => { self.absorb(s)?; }
+                            Some(s) = snapshots.recv() => { self.absorb(s, false)?; }
                             // Nobody to hear it: the collector already told
                             // the specialist the endpoint went away.
                             Some(_) = self.next_update() => {}
@@ -406,8 +595,8 @@ impl Link {
             .tls_config(self.tls.clone())
             .map_err(|e| LinkError::Tls(chain(&e)))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .http2_keep_alive_interval(self.config.link.keepalive_interval)
+            .keep_alive_timeout(self.config.link.keepalive_timeout)
             .keep_alive_while_idle(true)
             .connect()
             .await
@@ -463,6 +652,7 @@ impl Link {
                 .send(Some(welcome.collector_time_ms - midpoint));
         }
         let late = |e| (true, e);
+        self.report(Some(true));
         info!(
             collector = %self.config.collector,
             endpoint = %self.endpoint_id,
@@ -471,37 +661,23 @@ impl Link {
             "connected"
         );
 
-        for (seq, message, _) in &self.pending.queue {
-            if tx.send(wire_message(*seq, message.clone())).await.is_err() {
-                return Err(late(LinkError::Closed));
-            }
-        }
+        self.pending.resend_all();
         let heartbeat_every = Duration::from_millis(welcome.heartbeat_interval_ms.max(1000));
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
         loop {
             tokio::select! {
-                () = crate::stopped(shutdown) => {
-                    // Close our side, then give the collector a moment to
-                    // acknowledge what it is committing.
-                    drop(tx);
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                        while let Ok(Some(m)) = inbound.message().await {
-                            if let Some(collector_message::Body::Ack(a)) = m.body {
-                                self.pending.ack(a.seq);
-                            }
-                        }
-                    })
-                    .await;
-                    info!(unacknowledged = self.pending.len(), "link closed");
-                    return Ok(());
-                }
+                () = crate::stopped(shutdown) => break,
                 Some(outgoing) = snapshots.recv() => {
-                    let message = wire_message(0, outgoing.clone());
-                    let seq = self.absorb(outgoing).map_err(|e| late(e.into()))?;
-                    if tx.send(wire::AgentMessage { seq, ..message }).await.is_err() {
+                    self.absorb(outgoing, true).map_err(|e| late(e.into()))?;
+                }
+                permit = tx.reserve(), if self.pending.has_next() => {
+                    let Ok(permit) = permit else {
                         return Err(late(LinkError::Closed));
+                    };
+                    if let Some(m) = self.pending.next(&mut self.seq).map_err(|e| late(e.into()))? {
+                        permit.send(m);
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -524,6 +700,7 @@ impl Link {
                     Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Ack(a)) })) => {
                         debug!(seq = a.seq, "ack");
                         self.pending.ack(a.seq);
+                        self.report(None);
                     }
                     Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Diagnostic(r)) })) => {
                         if let Some(refusal) = self.diagnostic(r)
@@ -548,6 +725,20 @@ impl Link {
                 }
             }
         }
+        // Close our side, then give the collector a moment to acknowledge
+        // what it is committing.
+        drop(tx);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(collector_message::Body::Ack(a)) = m.body {
+                    self.pending.ack(a.seq);
+                }
+            }
+        })
+        .await;
+        info!(unacknowledged = self.pending.len(), "link closed");
+        self.report(Some(false));
+        Ok(())
     }
 
     /// Applies a welcome: forget what the collector has, and repair the
@@ -632,79 +823,133 @@ pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pending_is_bounded_and_acks_are_cumulative() {
-        let snap = || Outgoing::Snapshot(Box::default());
-        let mut p = Pending::new(3);
-        for seq in 1..=5 {
-            p.push(seq, snap());
-        }
-        assert_eq!(p.len(), 3);
-        assert_eq!(p.dropped, 2);
-        p.ack(4);
-        assert_eq!(p.queue.iter().map(|x| x.0).collect::<Vec<_>>(), vec![5]);
-        p.ack(100);
-        assert!(p.is_empty());
+    fn snap() -> Outgoing {
+        Outgoing::Snapshot(Box::default())
     }
 
-    #[test]
-    fn fault_events_are_never_dropped() {
-        let fault = || {
-            Outgoing::Fault(FaultEvent {
-                check_id: "c".into(),
-                subject: "s".into(),
-                state: vitals_proto::domain::FaultState::Raised,
-                severity: vitals_proto::domain::Severity::Warning,
-                value: 1.0,
-                evidence: String::new(),
-                at_ms: 0,
-            })
-        };
-        let mut p = Pending::new(2);
-        p.push(1, Outgoing::Snapshot(Box::default()));
-        p.push(2, fault());
-        p.push(3, fault()); // the snapshot makes room
-        p.push(4, fault()); // only events left: the queue grows
-        let seqs: Vec<u64> = p.queue.iter().map(|x| x.0).collect();
-        assert_eq!(seqs, vec![2, 3, 4]);
-        assert_eq!(p.dropped, 1);
-    }
-
-    fn fault(seq: u64) -> Outgoing {
+    fn fault(n: u64) -> Outgoing {
         Outgoing::Fault(FaultEvent {
             check_id: "disk_nearly_full".into(),
             subject: "/".into(),
             state: vitals_proto::domain::FaultState::Raised,
             severity: vitals_proto::domain::Severity::Warning,
-            value: seq as f64,
-            evidence: format!("event {seq}"),
+            value: n as f64,
+            evidence: format!("event {n}"),
             at_ms: 0,
         })
     }
 
+    fn temp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("vitals-outbox-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// Sends everything the queue has for this session: (seq, what).
+    fn drain(p: &mut Pending, seq: &mut SeqCounter) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        while p.has_next() {
+            let m = p.next(seq).unwrap().unwrap();
+            let what = match m.body {
+                Some(agent_message::Body::Fault(f)) => f.evidence,
+                Some(agent_message::Body::Snapshot(_)) => "snapshot".into(),
+                other => panic!("{other:?}"),
+            };
+            out.push((m.seq, what));
+        }
+        out
+    }
+
+    #[test]
+    fn pending_is_bounded_and_acks_are_cumulative() {
+        let dir = temp("bounded");
+        let mut seq = SeqCounter::open(&dir).unwrap();
+        let mut p = Pending::new(3);
+        for _ in 1..=5 {
+            p.push(snap());
+        }
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.dropped, 2);
+        let sent = drain(&mut p, &mut seq);
+        assert_eq!(sent.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        p.ack(2);
+        assert_eq!(p.numbered_seqs(), vec![3]);
+        p.ack(100);
+        assert!(p.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn fault_events_are_never_dropped() {
+        let mut p = Pending::new(2);
+        p.push(snap());
+        p.push(fault(2));
+        p.push(fault(3)); // the snapshot makes room
+        p.push(fault(4)); // only events left: the queue grows
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.dropped, 1);
+    }
+
+    #[test]
+    fn fault_events_pass_the_snapshot_backlog_and_sequences_still_rise() {
+        let dir = temp("priority");
+        let mut seq = SeqCounter::open(&dir).unwrap();
+        let mut p = Pending::open(&dir, 100, 1 << 20);
+        // A session: two go out numbered, the collector acknowledges one.
+        p.push_numbered(seq.assign().unwrap(), snap());
+        p.push_numbered(seq.assign().unwrap(), fault(1));
+        assert_eq!(drain(&mut p, &mut seq).len(), 2);
+        p.ack(1);
+        // The link goes down; snapshots and a fault wait.
+        for _ in 0..3 {
+            p.push(snap());
+        }
+        p.push(fault(2));
+        p.push(snap());
+        p.push(fault(3));
+        // Next session: the unacknowledged message first, then the faults,
+        // then the snapshots, all in rising sequence.
+        p.resend_all();
+        let sent = drain(&mut p, &mut seq);
+        let what: Vec<&str> = sent.iter().map(|x| x.1.as_str()).collect();
+        assert_eq!(
+            what,
+            vec![
+                "event 1", "event 2", "event 3", "snapshot", "snapshot", "snapshot", "snapshot"
+            ]
+        );
+        assert!(sent.windows(2).all(|w| w[0].0 < w[1].0), "{sent:?}");
+        // A restart keeps the numbering it was given.
+        let seqs = p.numbered_seqs();
+        drop(p);
+        let mut p = Pending::open(&dir, 100, 1 << 20);
+        assert_eq!(p.numbered_seqs(), seqs);
+        assert_eq!(drain(&mut p, &mut seq), sent);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_outbox_survives_a_restart_and_forgets_what_was_acknowledged() {
-        let dir = std::env::temp_dir().join(format!("vitals-outbox-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = temp("restart");
+        let mut seq = SeqCounter::open(&dir).unwrap();
         {
             let mut p = Pending::open(&dir, 100, 1 << 20);
-            for seq in 1..=4 {
-                p.push(seq, fault(seq));
+            for n in 1..=4 {
+                p.push_numbered(seq.assign().unwrap(), fault(n));
             }
-            p.push(5, Outgoing::Snapshot(Box::default()));
+            p.push_numbered(seq.assign().unwrap(), snap());
+            p.push(fault(6)); // never numbered
             p.ack(2);
             assert!(p.journal_error.is_none());
         }
-        // A new process: 3, 4 and 5 are still owed to the collector.
+        // A new process: 3, 4 and 5 are still owed, and the waiting fault.
         let mut p = Pending::open(&dir, 100, 1 << 20);
-        let seqs: Vec<u64> = p.queue.iter().map(|x| x.0).collect();
-        assert_eq!(seqs, vec![3, 4, 5]);
-        match &p.queue[0].1 {
-            Outgoing::Fault(f) => assert_eq!(f.evidence, "event 3"),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(p.queue[2].1, Outgoing::Snapshot(_)));
-        p.ack(5);
+        assert_eq!(p.numbered_seqs(), vec![3, 4, 5]);
+        let sent = drain(&mut p, &mut seq);
+        let what: Vec<&str> = sent.iter().map(|x| x.1.as_str()).collect();
+        assert_eq!(what, vec!["event 3", "event 4", "snapshot", "event 6"]);
+        assert!(sent[3].0 > 5);
+        p.ack(sent[3].0);
         drop(p);
         assert!(Pending::open(&dir, 100, 1 << 20).is_empty());
         let _ = std::fs::remove_dir_all(&dir);
@@ -712,25 +957,25 @@ mod tests {
 
     #[test]
     fn the_byte_bound_drops_old_snapshots_never_events() {
-        let dir = std::env::temp_dir().join(format!("vitals-outbox-bytes-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = temp("bytes");
         let big = || {
             let mut s = vitals_proto::domain::Snapshot::default();
             s.host.hostname = "x".repeat(1000);
             Outgoing::Snapshot(Box::new(s))
         };
         let mut p = Pending::open(&dir, 1000, 2000);
-        p.push(1, big());
-        p.push(2, fault(2));
-        p.push(3, big()); // over 2,000 bytes: snapshot 1 goes
-        p.push(4, big()); // snapshot 3 goes
-        let seqs: Vec<u64> = p.queue.iter().map(|x| x.0).collect();
-        assert_eq!(seqs, vec![2, 4]);
+        p.push(big());
+        p.push(fault(2));
+        p.push(big()); // over 2,000 bytes: the first snapshot goes
+        p.push(big()); // and the second
+        assert_eq!(p.len(), 2);
         assert_eq!(p.dropped, 2);
         drop(p);
-        let p = Pending::open(&dir, 1000, 2000);
-        let seqs: Vec<u64> = p.queue.iter().map(|x| x.0).collect();
-        assert_eq!(seqs, vec![2, 4], "the drops are in the journal too");
+        let mut p = Pending::open(&dir, 1000, 2000);
+        assert_eq!(p.len(), 2, "the drops are in the journal too");
+        let mut seq = SeqCounter::open(&dir).unwrap();
+        let what: Vec<String> = drain(&mut p, &mut seq).into_iter().map(|x| x.1).collect();
+        assert_eq!(what, vec!["event 2", "snapshot"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -748,7 +993,7 @@ mod tests {
             "{:?}",
             p.journal_error
         );
-        p.push(1, fault(1));
+        p.push(fault(1));
         assert_eq!(p.len(), 1, "still queued, in memory");
         let _ = std::fs::remove_file(&blocker);
     }

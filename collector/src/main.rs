@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use vitals_collector::config::CollectorConfig;
 use vitals_collector::pki::{self, Ca, PkiPaths};
-use vitals_collector::{Collector, Listeners, quickstart};
+use vitals_collector::{Collector, Listeners, quickstart, shutdown_signal};
 use vitals_proto::identity::{Identity, Role};
 
 #[derive(Parser)]
@@ -206,22 +206,6 @@ fn issue(
         cert.display(),
         key.display()
     ))
-}
-
-/// Completes on Ctrl-C or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn init_tracing() {

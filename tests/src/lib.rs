@@ -102,6 +102,9 @@ impl Fleet {
                 reconnect_max: Duration::from_millis(500),
                 max_pending: 1000,
                 outbox_max_bytes: 64 * 1024 * 1024,
+                // A dead link is noticed within 4 s.
+                keepalive_interval: Duration::from_secs(2),
+                keepalive_timeout: Duration::from_secs(2),
             },
             probes: test_probe_timings(),
             smart: Default::default(),
@@ -260,6 +263,82 @@ impl RunningCollector {
     }
 }
 
+/// A collector in a process of its own (the load generator's `collector`
+/// command runs the same `Collector::open` and `serve` as `vitals-collector
+/// run`), so a test can kill it with SIGKILL and start it again.
+pub struct CollectorProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl CollectorProcess {
+    /// Writes `collector.toml` for `fleet`: listening on `addr`, the
+    /// fleet's data directory, fast agent intervals, every snapshot kept.
+    pub fn write_config(fleet: &Fleet, addr: SocketAddr) -> PathBuf {
+        let path = fleet.dir.join("collector.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "data_dir = {:?}\nlisten = \"{addr}\"\n\n[metrics]\nenabled = false\n\n\
+                 [agents]\nsnapshot_interval = \"1s\"\nheartbeat_interval = \"1s\"\n\
+                 idle_timeout = \"5s\"\n\n[storage]\nhistory_interval = \"0s\"\n",
+                fleet.dir.display().to_string()
+            ),
+        )
+        .expect("write collector.toml");
+        path
+    }
+
+    /// Starts `exe collector --config CONFIG` and waits until it listens.
+    pub fn spawn(exe: &Path, config: &Path, addr: SocketAddr) -> Self {
+        let log = config.with_file_name("collector-process.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let child = std::process::Command::new(exe)
+            .args(["collector", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn collector process");
+        components::wait_listening(addr, Duration::from_secs(20)).expect("collector listens");
+        CollectorProcess { child, addr }
+    }
+
+    /// SIGKILL: no shutdown, no flush, no goodbye.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then waits (at most `within`) for a clean exit.
+    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(components::sh("kill", &["-TERM", &pid]), "kill -TERM");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "collector still running {within:?} after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An agent running in this process.
 pub struct RunningAgent {
     stop: watch::Sender<bool>,
@@ -351,6 +430,7 @@ pub fn expired_window() -> (time::OffsetDateTime, time::OffsetDateTime) {
 /// Role shorthand for tests.
 pub use vitals_proto::identity::Role as SpecialistRole;
 pub mod components;
+pub mod links;
 pub mod loadgen;
 
 /// Probe timings for test agents: the system probe every second (tests

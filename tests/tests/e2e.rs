@@ -1049,6 +1049,9 @@ async fn policy_changes_reach_live_agents_and_bad_edits_are_refused() {
 #[path = "e2e/probes.rs"]
 mod probes;
 
+#[path = "e2e/nothing_lost.rs"]
+mod nothing_lost;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_fault_becomes_a_ticket_that_resolves_itself() {
     use vitals_collector::store::TicketFilter;

@@ -81,6 +81,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         diag_concurrency: usize,
     },
+    /// Run a collector from its configuration file in this process, as
+    /// `vitals-collector run` does (the end-to-end suite starts and kills it
+    /// as a process of its own).
+    Collector {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Serve the echo baseline (used by `run --spawn echo`).
     EchoServer {
         #[arg(long)]
@@ -94,6 +101,22 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
+        Cmd::Collector { config } => rt.block_on(async move {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                )
+                .with_writer(std::io::stderr)
+                .try_init();
+            let config = vitals_collector::config::CollectorConfig::load(&config)?;
+            let collector = vitals_collector::Collector::open(config.clone()).await?;
+            let listeners = vitals_collector::Listeners::bind(&config).await?;
+            collector
+                .serve(listeners, vitals_collector::shutdown_signal())
+                .await?;
+            Ok(())
+        }),
         Cmd::EchoServer { data_dir, listen } => rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             loadgen::echo::serve(&data_dir, listener, async {

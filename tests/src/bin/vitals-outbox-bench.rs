@@ -47,7 +47,7 @@ fn run(p: &mut Pending, args: &Args, snapshot: &vitals_proto::domain::Snapshot) 
         } else {
             Outgoing::Snapshot(Box::new(snapshot.clone()))
         };
-        p.push(seq, message);
+        p.push_numbered(seq, message);
         if seq % args.ack_every == 0 {
             p.ack(seq);
         }

@@ -1,0 +1,90 @@
+//! Agents reduced to their link: the agent's own `Link` (outbox journal,
+//! sequence counter, backoff, keepalive, acks) fed with messages the test
+//! chooses instead of probe readings. Hundreds fit in one test process, and
+//! what they sent can be checked message by message in the store.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use vitals_agent::config::AgentConfig;
+use vitals_agent::link::{FromCollector, Link, LinkError, LinkStatus, Outgoing};
+use vitals_proto::domain::{FaultEvent, FaultState, Severity};
+
+pub struct LinkAgent {
+    pub id: String,
+    feed: mpsc::Sender<Outgoing>,
+    pub status: watch::Receiver<LinkStatus>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), LinkError>>,
+}
+
+/// The check the numbered events are about.
+pub const CHECK: &str = "disk_nearly_full";
+
+/// Event `n` of a numbered series: raised when `n` is odd, cleared when
+/// even, with `n` as its value so the store can be checked for gaps and
+/// doubles.
+pub fn numbered_event(n: u64) -> Outgoing {
+    let raised = n % 2 == 1;
+    Outgoing::Fault(FaultEvent {
+        check_id: CHECK.into(),
+        subject: "/".into(),
+        state: if raised {
+            FaultState::Raised
+        } else {
+            FaultState::Cleared
+        },
+        severity: Severity::Warning,
+        value: n as f64,
+        evidence: format!("event {n}"),
+        at_ms: vitals_proto::now_ms(),
+    })
+}
+
+impl LinkAgent {
+    pub fn start(id: &str, config: AgentConfig) -> Self {
+        let from = FromCollector {
+            interval: watch::Sender::new(Duration::from_secs(60)),
+            policy: watch::Sender::new(vitals_proto::policy::Policy::default_policy()),
+            clock_offset: watch::Sender::new(None),
+        };
+        let link = Link::new(config, id.parse().expect("endpoint id"), from).expect("link");
+        let status = link.status();
+        let (feed, rx) = mpsc::channel(1024);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(link.run(rx, stopped));
+        LinkAgent {
+            id: id.to_owned(),
+            feed,
+            status,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn send(&self, message: Outgoing) {
+        self.feed.send(message).await.expect("link running");
+    }
+
+    /// Whether the link has a session and nothing left unacknowledged.
+    pub fn drained(&self) -> bool {
+        let s = self.status.borrow();
+        s.connected && s.pending == 0
+    }
+
+    /// Ends the link at once, as a killed process would.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("link stops within 10s")
+            .expect("link task")
+            .expect("link ends cleanly");
+    }
+}
