@@ -336,6 +336,10 @@ pub struct LinkSettings {
     /// router lost its state, a cable pulled) is noticed.
     #[serde(default = "default_keepalive_interval", with = "humantime_serde")]
     pub keepalive_interval: Duration,
+    /// Connecting, the TLS handshake and the collector's welcome together
+    /// must finish within this, or the attempt is abandoned and retried.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// How long a ping may go unanswered before the link counts as dead.
     #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
     pub keepalive_timeout: Duration,
@@ -343,6 +347,9 @@ pub struct LinkSettings {
 
 fn default_keepalive_interval() -> Duration {
     Duration::from_secs(20)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(15)
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(10)
@@ -362,6 +369,7 @@ impl Default for LinkSettings {
             outbox_max_bytes: default_outbox_max_bytes(),
             keepalive_interval: default_keepalive_interval(),
             keepalive_timeout: default_keepalive_timeout(),
+            connect_timeout: default_connect_timeout(),
         }
     }
 }

@@ -39,8 +39,6 @@ use crate::config::AgentConfig;
 use crate::journal::Journal;
 use crate::seq::{SeqCounter, SeqError};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const WELCOME_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a closing session waits for the last acknowledgements.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -384,6 +382,8 @@ pub struct LinkStatus {
     pub sessions: u64,
     /// Messages the collector has not acknowledged yet.
     pub pending: usize,
+    /// Messages taken in since the link started.
+    pub queued: u64,
     /// Snapshots dropped for room since the link started.
     pub dropped: u64,
     /// Why the outbox on disk stopped, if it did.
@@ -468,6 +468,10 @@ impl Link {
 
     /// Publishes the queue's state; `connected` changes the session state.
     fn report(&self, connected: Option<bool>) {
+        self.report_queued(connected, 0);
+    }
+
+    fn report_queued(&self, connected: Option<bool>, queued: u64) {
         let pending = self.pending.len();
         self.status.send_if_modified(|s| {
             let before = s.clone();
@@ -478,6 +482,7 @@ impl Link {
                 s.connected = c;
             }
             s.pending = pending;
+            s.queued += queued;
             s.dropped = self.pending.dropped;
             if s.journal_error != self.pending.journal_error {
                 s.journal_error = self.pending.journal_error.clone();
@@ -533,7 +538,7 @@ impl Link {
         } else {
             self.pending.push(message);
         }
-        self.report(None);
+        self.report_queued(None, 1);
         Ok(())
     }
 
@@ -594,7 +599,7 @@ impl Link {
             .map_err(|e| LinkError::Connect(chain(&e)))?
             .tls_config(self.tls.clone())
             .map_err(|e| LinkError::Tls(chain(&e)))?
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(self.config.link.connect_timeout)
             .http2_keep_alive_interval(self.config.link.keepalive_interval)
             .keep_alive_timeout(self.config.link.keepalive_timeout)
             .keep_alive_while_idle(true)
@@ -603,15 +608,19 @@ impl Link {
             .map_err(|e| LinkError::Connect(chain(&e)))
     }
 
-    /// One session. `Ok` means shutdown was asked for; `Err` carries whether
-    /// the collector had welcomed us (which resets the backoff).
-    async fn session(
-        &mut self,
-        snapshots: &mut mpsc::Receiver<Outgoing>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<(), (bool, LinkError)> {
-        let early = |e| (false, e);
-        let channel = self.channel().await.map_err(early)?;
+    /// Opens a stream: connection, TLS, hello, and the collector's welcome.
+    async fn open(
+        &self,
+    ) -> Result<
+        (
+            mpsc::Sender<wire::AgentMessage>,
+            tonic::Streaming<wire::CollectorMessage>,
+            wire::Welcome,
+            i64,
+        ),
+        LinkError,
+    > {
+        let channel = self.channel().await?;
         let mut client = AgentGatewayClient::new(channel);
         let (tx, rx) = mpsc::channel::<wire::AgentMessage>(64);
         let hello = wire::AgentMessage {
@@ -628,21 +637,43 @@ impl Link {
         let mut inbound = client
             .connect(ReceiverStream::new(rx))
             .await
-            .map_err(|s| early(LinkError::Refused(status_text(&s))))?
+            .map_err(|s| LinkError::Refused(status_text(&s)))?
             .into_inner();
-        let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
-            Err(_) => return Err(early(LinkError::Protocol("no welcome in time".into()))),
-            Ok(Err(s)) => return Err(early(LinkError::Refused(status_text(&s)))),
-            Ok(Ok(None)) => return Err(early(LinkError::Closed)),
-            Ok(Ok(Some(wire::CollectorMessage {
+        let welcome = match inbound.message().await {
+            Err(s) => return Err(LinkError::Refused(status_text(&s))),
+            Ok(None) => return Err(LinkError::Closed),
+            Ok(Some(wire::CollectorMessage {
                 body: Some(collector_message::Body::Welcome(w)),
-            }))) => w,
-            Ok(Ok(Some(_))) => {
-                return Err(early(LinkError::Protocol(
+            })) => w,
+            Ok(Some(_)) => {
+                return Err(LinkError::Protocol(
                     "first message was not a welcome".into(),
-                )));
+                ));
             }
         };
+        Ok((tx, inbound, welcome, hello_sent_ms))
+    }
+
+    /// One session. `Ok` means shutdown was asked for; `Err` carries whether
+    /// the collector had welcomed us (which resets the backoff).
+    async fn session(
+        &mut self,
+        snapshots: &mut mpsc::Receiver<Outgoing>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), (bool, LinkError)> {
+        let early = |e| (false, e);
+        // A connect that lands in a dead route would otherwise wait for
+        // the kernel's TCP timeouts: the whole opening is bounded.
+        let limit = self.config.link.connect_timeout;
+        let (tx, mut inbound, welcome, hello_sent_ms) =
+            match tokio::time::timeout(limit, self.open()).await {
+                Ok(opened) => opened.map_err(early)?,
+                Err(_) => {
+                    return Err(early(LinkError::Connect(format!(
+                        "no welcome within {limit:?} (link.connect_timeout)"
+                    ))));
+                }
+            };
         self.welcome(&welcome).map_err(|e| early(e.into()))?;
         if welcome.collector_time_ms > 0 {
             // The collector read its clock about halfway through the round trip.

@@ -105,6 +105,7 @@ impl Fleet {
                 // A dead link is noticed within 4 s.
                 keepalive_interval: Duration::from_secs(2),
                 keepalive_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_secs(5),
             },
             probes: test_probe_timings(),
             smart: Default::default(),
@@ -432,6 +433,7 @@ pub use vitals_proto::identity::Role as SpecialistRole;
 pub mod components;
 pub mod links;
 pub mod loadgen;
+pub mod proxy;
 
 /// Probe timings for test agents: the system probe every second (tests
 /// wait on disks and CPU), SMART off (no drives here), the rest quick.

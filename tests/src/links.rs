@@ -14,6 +14,8 @@ use vitals_proto::domain::{FaultEvent, FaultState, Severity};
 pub struct LinkAgent {
     pub id: String,
     feed: mpsc::Sender<Outgoing>,
+    /// Messages handed to the link.
+    fed: std::sync::atomic::AtomicU64,
     pub status: watch::Receiver<LinkStatus>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), LinkError>>,
@@ -57,6 +59,7 @@ impl LinkAgent {
         LinkAgent {
             id: id.to_owned(),
             feed,
+            fed: Default::default(),
             status,
             stop,
             task,
@@ -65,12 +68,16 @@ impl LinkAgent {
 
     pub async fn send(&self, message: Outgoing) {
         self.feed.send(message).await.expect("link running");
+        self.fed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Whether the link has a session and nothing left unacknowledged.
+    /// Whether the link took in everything it was handed, has a session and
+    /// nothing left unacknowledged.
     pub fn drained(&self) -> bool {
         let s = self.status.borrow();
-        s.connected && s.pending == 0
+        s.connected
+            && s.pending == 0
+            && s.queued == self.fed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Ends the link at once, as a killed process would.

@@ -133,3 +133,160 @@ async fn two_hundred_agents_lose_nothing_while_the_collector_is_killed_three_tim
     }
     assert_exactly_once(open_store(&fleet).await.as_ref(), &sent).await;
 }
+
+/// Sends the next `k` numbered events from every agent.
+async fn send_next(agents: &[LinkAgent], n: &mut u64, k: u64) {
+    for _ in 0..k {
+        *n += 1;
+        for a in agents {
+            a.send(numbered_event(*n)).await;
+        }
+    }
+}
+
+fn sessions(agents: &[LinkAgent]) -> Vec<u64> {
+    agents.iter().map(|a| a.status.borrow().sessions).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_through_a_stalling_resetting_black_holing_proxy_lose_nothing() {
+    use vitals_tests::proxy::{Mode, Proxy};
+    let fleet = Fleet::new("proxy");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let proxy = Proxy::start(collector.addr).await;
+    let agents: Vec<LinkAgent> = (0..3)
+        .map(|i| {
+            let id = format!("ws-p{i}");
+            LinkAgent::start(&id, fleet.agent_config(&id, proxy.addr))
+        })
+        .collect();
+    let mut n = 0;
+    send_next(&agents, &mut n, 5).await;
+    drained(&agents, Duration::from_secs(20)).await;
+
+    // A short stall (under the keepalive's 4 s): the sessions ride it out.
+    let before = sessions(&agents);
+    proxy.set(Mode::Stall);
+    send_next(&agents, &mut n, 5).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.set(Mode::Pass);
+    drained(&agents, Duration::from_secs(20)).await;
+    assert_eq!(
+        sessions(&agents),
+        before,
+        "a short stall needs no reconnect"
+    );
+
+    // Resets in the middle of the stream: every agent reconnects.
+    send_next(&agents, &mut n, 5).await;
+    proxy.reset_all();
+    send_next(&agents, &mut n, 5).await;
+    let after_reset = eventually(
+        Duration::from_secs(20),
+        "every agent reconnected",
+        || async {
+            let now = sessions(&agents);
+            now.iter().zip(&before).all(|(a, b)| a > b).then_some(now)
+        },
+    )
+    .await;
+    drained(&agents, Duration::from_secs(20)).await;
+
+    // A black hole: the keepalive notices the dead link within 4 s, the
+    // reconnects vanish too, and events queue in the outbox.
+    proxy.set(Mode::BlackHole);
+    send_next(&agents, &mut n, 5).await;
+    eventually(
+        Duration::from_secs(10),
+        "every link noticed the hole",
+        || async {
+            agents
+                .iter()
+                .all(|a| !a.status.borrow().connected)
+                .then_some(())
+        },
+    )
+    .await;
+    send_next(&agents, &mut n, 5).await;
+    proxy.set(Mode::Pass);
+    drained(&agents, Duration::from_secs(60)).await;
+    let after_hole = sessions(&agents);
+    assert!(
+        after_hole.iter().zip(&after_reset).all(|(a, b)| a > b),
+        "{after_reset:?} -> {after_hole:?}"
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    collector.stop().await;
+    let sent: BTreeMap<String, u64> = agents.iter().map(|a| (a.id.clone(), n)).collect();
+    for a in agents {
+        a.stop().await;
+    }
+    assert_exactly_once(open_store(&fleet).await.as_ref(), &sent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_outbox_is_quarantined_and_the_agent_goes_on() {
+    let fleet = Fleet::new("damaged");
+    // No collector yet: the events wait in the outbox on disk.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let id = "ws-damaged";
+    let config = fleet.agent_config(id, addr);
+    let first = LinkAgent::start(id, config.clone());
+    let mut n = 0;
+    send_next(std::slice::from_ref(&first), &mut n, 6).await;
+    eventually(Duration::from_secs(5), "six events queued", || async {
+        (first.status.borrow().pending == 6).then_some(())
+    })
+    .await;
+    first.stop().await;
+
+    // The sixth record is damaged on disk (one flipped bit in its body).
+    let journal = config.state_dir.join("outbox.log");
+    let mut bytes = std::fs::read(&journal).expect("outbox on disk");
+    let mut at = 0;
+    for _ in 0..5 {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        at += 8 + len;
+    }
+    bytes[at + 8 + 12] ^= 0x10;
+    std::fs::write(&journal, &bytes).expect("write");
+
+    let collector =
+        RunningCollector::start_on(fleet.collector_config(), bind_again(addr).await).await;
+    let second = LinkAgent::start(id, config.clone());
+    // It goes on: new events after the damage are delivered too.
+    send_next(std::slice::from_ref(&second), &mut n, 2).await;
+    drained(std::slice::from_ref(&second), Duration::from_secs(20)).await;
+    let quarantined: Vec<_> = std::fs::read_dir(&config.state_dir)
+        .expect("state dir")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("outbox.corrupt-")
+        })
+        .collect();
+    assert_eq!(quarantined.len(), 1, "the damaged record is kept aside");
+    assert!(quarantined[0].metadata().expect("meta").len() > 0);
+    second.stop().await;
+    collector.stop().await;
+    let store = open_store(&fleet).await;
+    let mut values: Vec<u64> = store
+        .faults(id, 100)
+        .await
+        .expect("faults")
+        .iter()
+        .map(|f| f.event.value as u64)
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, vec![1, 2, 3, 4, 5, 7, 8], "all but the damaged one");
+}
+
+async fn bind_again(addr: SocketAddr) -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind(addr).await.expect("rebind")
+}
