@@ -4,6 +4,7 @@
 //! ```text
 //! vitals-loadgen run --spawn collector --agents 5000 --interval 10s --ramp 500 --duration 300s
 //! vitals-loadgen run --spawn echo --agents 200 --interval 0 --window 16 --duration 60s
+//! vitals-loadgen restart --agents 2000 --outage 10s
 //! ```
 
 use std::net::SocketAddr;
@@ -81,6 +82,30 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         diag_concurrency: usize,
     },
+    /// Kill a collector process with SIGKILL under a fleet of agent links,
+    /// start it again, and measure the reconnect storm and backlog drain.
+    Restart {
+        #[arg(long, default_value = "target/loadgen-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:17443")]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 2000)]
+        agents: usize,
+        /// How long the collector stays down.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        outage: Duration,
+        /// Snapshots each agent queues during the outage (plus a fault event).
+        #[arg(long, default_value_t = 2)]
+        backlog: usize,
+        #[arg(long, default_value = "rs")]
+        prefix: String,
+        /// Give up this long after the restart.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        limit: Duration,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Run a collector from its configuration file in this process, as
     /// `vitals-collector run` does (the end-to-end suite starts and kills it
     /// as a process of its own).
@@ -101,6 +126,48 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
+        Cmd::Restart {
+            data_dir,
+            target,
+            agents,
+            outage,
+            backlog,
+            prefix,
+            limit,
+            json,
+        } => {
+            anyhow::ensure!(
+                target.ip().is_loopback(),
+                "the target must be a loopback address"
+            );
+            ensure_pki(&data_dir)?;
+            let plan = loadgen::restart::RestartPlan {
+                target,
+                agents,
+                outage,
+                backlog_snapshots: backlog,
+                data_dir: data_dir.clone(),
+                prefix,
+                limit,
+            };
+            let mut fresh = true;
+            let spawn = || {
+                let child = spawn_collector(&data_dir, target, None, fresh)?;
+                fresh = false;
+                wait_for_port(target)?;
+                Ok(child)
+            };
+            let (report, mut collector) = rt.block_on(loadgen::restart::run(&plan, spawn))?;
+            stop(&mut collector);
+            println!("{}", report.table());
+            let text = serde_json::to_string_pretty(&report)?;
+            if let Some(path) = json {
+                std::fs::write(&path, &text)?;
+            } else {
+                println!("{text}");
+            }
+            Ok(())
+        }
         Cmd::Collector { config } => rt.block_on(async move {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(
@@ -153,7 +220,9 @@ fn main() -> anyhow::Result<()> {
             let _ = rlimit::increase_nofile_limit(u64::MAX);
             ensure_pki(&data_dir)?;
             let mut server = match spawn {
-                Spawn::Collector => Some(spawn_collector(&data_dir, target, history_interval)?),
+                Spawn::Collector => {
+                    Some(spawn_collector(&data_dir, target, history_interval, true)?)
+                }
                 Spawn::Echo => Some(spawn_echo(&data_dir, target)?),
                 Spawn::None => None,
             };
@@ -211,14 +280,18 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// Starts `vitals-collector run`; `fresh` starts from an empty database
+/// (certificates stay cached), otherwise the last one is kept.
 fn spawn_collector(
     data_dir: &Path,
     target: SocketAddr,
     history_interval: Option<String>,
+    fresh: bool,
 ) -> anyhow::Result<Child> {
-    // A fresh database each run; certificates stay cached.
-    for f in ["vitals.db", "vitals.db-wal", "vitals.db-shm"] {
-        let _ = std::fs::remove_file(data_dir.join(f));
+    if fresh {
+        for f in ["vitals.db", "vitals.db-wal", "vitals.db-shm"] {
+            let _ = std::fs::remove_file(data_dir.join(f));
+        }
     }
     let config = data_dir.join("loadgen-collector.toml");
     std::fs::write(
@@ -230,7 +303,10 @@ fn spawn_collector(
                 .unwrap_or_default()
         ),
     )?;
-    let log = std::fs::File::create(data_dir.join("collector.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("collector.log"))?;
     Ok(Command::new(sibling("vitals-collector")?)
         .args(["run", "--config"])
         .arg(&config)

@@ -1,7 +1,7 @@
 //! Client certificates for simulated agents: one fleet CA, one leaf per
 //! agent, cached on disk so a second run starts at once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tonic::transport::Identity as TlsIdentity;
@@ -17,6 +17,24 @@ pub fn agent_identities(
     prefix: &str,
     n: usize,
 ) -> anyhow::Result<Vec<(String, TlsIdentity)>> {
+    agent_files(data_dir, prefix, n)?
+        .into_iter()
+        .map(|(id, cert, key)| {
+            Ok((
+                id,
+                TlsIdentity::from_pem(std::fs::read(&cert)?, std::fs::read(&key)?),
+            ))
+        })
+        .collect()
+}
+
+/// `(endpoint id, certificate file, key file)` for agents `<prefix>-00000`
+/// onwards, minted where missing or about to expire.
+pub fn agent_files(
+    data_dir: &Path,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<(String, PathBuf, PathBuf)>> {
     let paths = PkiPaths::new(data_dir);
     let mut ca: Option<Ca> = None;
     let started = Instant::now();
@@ -35,10 +53,7 @@ pub fn agent_identities(
             }
             minted += 1;
         }
-        out.push((
-            id,
-            TlsIdentity::from_pem(std::fs::read(&cert)?, std::fs::read(&key)?),
-        ));
+        out.push((id, cert, key));
     }
     eprintln!(
         "certificates: {n} agents, {minted} minted, {} from cache, in {:.1}s",

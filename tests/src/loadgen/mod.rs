@@ -8,6 +8,7 @@
 pub mod certs;
 pub mod echo;
 pub mod procstat;
+pub mod restart;
 pub mod sim;
 
 use std::collections::BTreeMap;
