@@ -380,8 +380,11 @@ fn default_snapshot_interval() -> Duration {
 fn default_reconnect_min() -> Duration {
     Duration::from_secs(1)
 }
+/// Full jitter spreads a fleet's reconnects evenly over the ceiling, so the
+/// ceiling is also how long a fleet takes to come back after an outage:
+/// 15 s brings 2,000 desks back at about 130 sessions a second.
 fn default_reconnect_max() -> Duration {
-    Duration::from_secs(60)
+    Duration::from_secs(15)
 }
 fn default_max_pending() -> usize {
     1000
