@@ -246,12 +246,17 @@ impl Journal {
         for (local, body) in waiting {
             out.extend_from_slice(&record(QUEUED, local, body));
         }
-        {
+        let written = (|| {
             let mut f = File::create(&tmp)?;
             f.write_all(&out)?;
             f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if let Err(e) = written {
+            // A full disk: leave no half-written copy taking room.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        std::fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent()
             && let Ok(d) = File::open(dir)
         {

@@ -180,6 +180,42 @@ impl Pending {
         p
     }
 
+    /// Brings the journal back after it failed (a full disk with room
+    /// again): a fresh file holding everything queued now. False, with the
+    /// reason in `journal_error`, if the disk still refuses.
+    pub fn reopen(&mut self, dir: &std::path::Path) -> bool {
+        if self.journal.is_some() {
+            return true;
+        }
+        let opened = Journal::open(dir).and_then(|(mut j, _stale)| {
+            j.rewrite(
+                self.numbered.iter().map(|(s, e)| (*s, e.body.as_slice())),
+                self.faults
+                    .iter()
+                    .chain(&self.snapshots)
+                    .map(|(l, e)| (*l, e.body.as_slice())),
+            )?;
+            Ok(j)
+        });
+        match opened {
+            Ok(j) => {
+                info!(messages = self.len(), "outbox on disk usable again");
+                self.journal = Some(j);
+                self.journal_error = None;
+                true
+            }
+            Err(e) => {
+                self.journal_error = Some(format!("outbox journal reopen: {e}"));
+                false
+            }
+        }
+    }
+
+    /// The highest sequence number queued (0 if none).
+    pub fn max_seq(&self) -> u64 {
+        self.numbered.back().map_or(0, |(s, _)| *s)
+    }
+
     fn journal_failed(&mut self, what: &str, e: &std::io::Error) {
         let why = format!("outbox journal {what}: {e}");
         error!(error = %why, "outbox on disk unusable; keeping messages in memory only");
@@ -407,7 +443,17 @@ pub struct Link {
     /// Runs the collector's diagnostic requests; its updates go back up.
     diagnostics: Option<(crate::diag::Runner, mpsc::Receiver<crate::diag::Update>)>,
     status: watch::Sender<LinkStatus>,
+    /// The outbox fault is raised (the journal failed and is not back).
+    outbox_fault: bool,
+    /// When to try the journal again.
+    outbox_retry: std::time::Instant,
 }
+
+/// The fault an agent raises about itself when its outbox cannot be
+/// written: messages are then held in memory only.
+pub const OUTBOX_CHECK: &str = "agent_outbox_unwritable";
+/// How often a failed outbox journal is tried again.
+const OUTBOX_RETRY: Duration = Duration::from_secs(10);
 
 /// What the link learns from the collector and hands to the sampler.
 pub struct FromCollector {
@@ -441,14 +487,18 @@ impl Link {
             .domain_name(config.server_name())
             .ca_certificate(Certificate::from_pem(ca))
             .identity(Identity::from_pem(cert, key));
-        let seq = SeqCounter::open(&config.state_dir)?;
+        let mut seq = SeqCounter::open(&config.state_dir)?;
+        let pending = Pending::open(
+            &config.state_dir,
+            config.link.max_pending,
+            config.link.outbox_max_bytes,
+        );
+        // Numbers reserved in memory only (a full disk) may be in the
+        // journal past the counter's file: never hand them out again.
+        seq.skip_past(pending.max_seq())?;
         Ok(Link {
             endpoint_id,
-            pending: Pending::open(
-                &config.state_dir,
-                config.link.max_pending,
-                config.link.outbox_max_bytes,
-            ),
+            pending,
             config,
             tls,
             seq,
@@ -458,7 +508,50 @@ impl Link {
             clock_offset,
             diagnostics: None,
             status: watch::Sender::new(LinkStatus::default()),
+            outbox_fault: false,
+            outbox_retry: std::time::Instant::now(),
         })
+    }
+
+    /// Raises the outbox fault when the journal failed, tries the journal
+    /// again every [`OUTBOX_RETRY`], and clears the fault once it is back.
+    fn outbox_health(&mut self, in_session: bool) -> Result<(), SeqError> {
+        if self.outbox_fault
+            && self.pending.journal_error.is_some()
+            && std::time::Instant::now() >= self.outbox_retry
+        {
+            self.outbox_retry = std::time::Instant::now() + OUTBOX_RETRY;
+            self.pending.reopen(&self.config.state_dir);
+        }
+        let failed = self.pending.journal_error.clone();
+        if failed.is_some() == self.outbox_fault {
+            return Ok(());
+        }
+        self.outbox_fault = failed.is_some();
+        self.outbox_retry = std::time::Instant::now() + OUTBOX_RETRY;
+        let held = self.pending.len();
+        let (state, evidence) = match failed {
+            Some(why) => (
+                vitals_proto::domain::FaultState::Raised,
+                format!(
+                    "{why}; {held} messages held in memory only, lost if the agent stops before the collector has them"
+                ),
+            ),
+            None => (
+                vitals_proto::domain::FaultState::Cleared,
+                format!("outbox written to disk again ({held} messages queued)"),
+            ),
+        };
+        let event = FaultEvent {
+            check_id: OUTBOX_CHECK.into(),
+            subject: self.config.state_dir.display().to_string(),
+            state,
+            severity: vitals_proto::domain::Severity::Warning,
+            value: held as f64,
+            evidence,
+            at_ms: vitals_proto::now_ms(),
+        };
+        self.enqueue(Outgoing::Fault(event), in_session)
     }
 
     /// Follows what the link is doing.
@@ -532,13 +625,19 @@ impl Link {
     /// at once (one journal flush); otherwise it waits its turn, fault
     /// events ahead of snapshots.
     fn absorb(&mut self, message: Outgoing, in_session: bool) -> Result<(), SeqError> {
+        self.enqueue(message, in_session)?;
+        self.outbox_health(in_session)?;
+        self.report_queued(None, 1);
+        Ok(())
+    }
+
+    fn enqueue(&mut self, message: Outgoing, in_session: bool) -> Result<(), SeqError> {
         if in_session && self.pending.idle() {
             let seq = self.seq.assign()?;
             self.pending.push_numbered(seq, message);
         } else {
             self.pending.push(message);
         }
-        self.report_queued(None, 1);
         Ok(())
     }
 
@@ -710,6 +809,7 @@ impl Link {
                     if let Some(m) = self.pending.next(&mut self.seq).map_err(|e| late(e.into()))? {
                         permit.send(m);
                     }
+                    self.outbox_health(true).map_err(|e| late(e.into()))?;
                 }
                 _ = heartbeat.tick() => {
                     let beat = wire::AgentMessage {
@@ -731,6 +831,7 @@ impl Link {
                     Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Ack(a)) })) => {
                         debug!(seq = a.seq, "ack");
                         self.pending.ack(a.seq);
+                        self.outbox_health(true).map_err(|e| late(e.into()))?;
                         self.report(None);
                     }
                     Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Diagnostic(r)) })) => {

@@ -62,10 +62,16 @@ impl SeqCounter {
         Ok(counter)
     }
 
-    /// The next sequence number.
+    /// The next sequence number. A block that cannot be reserved on disk
+    /// (a full disk) is reserved in memory only and logged: the numbers
+    /// still rise, and the outbox journal's own sequences keep a restarted
+    /// agent above anything it wrote (see `Link::new`).
     pub fn assign(&mut self) -> Result<u64, SeqError> {
-        if self.next >= self.reserved_until {
-            self.reserve(self.next)?;
+        if self.next >= self.reserved_until
+            && let Err(e) = self.reserve(self.next)
+        {
+            warn!(error = %e, "cannot reserve sequence numbers on disk; going on in memory");
+            self.reserved_until = self.next + BLOCK;
         }
         let n = self.next;
         self.next += 1;

@@ -12,6 +12,18 @@ use crate::config_file::{self, ConfigFileError};
 use crate::domain::Severity;
 use crate::ticket_rules::TicketRules;
 
+/// Faults raised by the system itself rather than by a policy check:
+/// (check id, title). The agent raises `agent_outbox_unwritable` when its
+/// outbox cannot be written; the collector raises `endpoint_offline` for
+/// endpoints whose criticality the ticket rules watch.
+pub const BUILTIN_CHECKS: &[(&str, &str)] = &[
+    (
+        "agent_outbox_unwritable",
+        "Agent cannot keep its outbox on disk",
+    ),
+    ("endpoint_offline", "Endpoint offline"),
+];
+
 /// The measurements checks can name, each with the probe that takes it
 /// and what it means. Each yields one value per subject (each disk,
 /// printer, DNS name... on its own); yes/no measurements are 1 or 0.

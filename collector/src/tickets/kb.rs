@@ -8,6 +8,10 @@
 use std::path::PathBuf;
 
 const SHIPPED: &[(&str, &str)] = &[
+    (
+        "agent_outbox_unwritable",
+        include_str!("../../kb/agent_outbox_unwritable.md"),
+    ),
     ("battery_worn", include_str!("../../kb/battery_worn.md")),
     ("clock_skew", include_str!("../../kb/clock_skew.md")),
     ("core_pegged", include_str!("../../kb/core_pegged.md")),
@@ -18,6 +22,10 @@ const SHIPPED: &[(&str, &str)] = &[
     ),
     ("dns_failing", include_str!("../../kb/dns_failing.md")),
     ("dns_slow", include_str!("../../kb/dns_slow.md")),
+    (
+        "endpoint_offline",
+        include_str!("../../kb/endpoint_offline.md"),
+    ),
     (
         "failed_services",
         include_str!("../../kb/failed_services.md"),
@@ -135,17 +143,19 @@ mod tests {
     #[test]
     fn every_shipped_check_has_an_article_with_both_kinds_of_steps() {
         let kb = KnowledgeBase::default();
-        for check in vitals_proto::policy::Policy::default_policy().checks {
+        let policy = vitals_proto::policy::Policy::default_policy();
+        let checks = policy
+            .checks
+            .iter()
+            .map(|c| (c.id.as_str(), c.title.as_str()))
+            .chain(vitals_proto::policy::BUILTIN_CHECKS.iter().copied());
+        for (id, title) in checks {
             let a = kb
-                .article(&check.id)
-                .unwrap_or_else(|| panic!("no article for {}", check.id));
-            assert!(
-                a.starts_with(&format!("# {}", check.title)),
-                "{}: title",
-                check.id
-            );
-            assert!(a.contains("## What the user can do"), "{}", check.id);
-            assert!(a.contains("## What the specialist does"), "{}", check.id);
+                .article(id)
+                .unwrap_or_else(|| panic!("no article for {id}"));
+            assert!(a.starts_with(&format!("# {title}")), "{id}: title");
+            assert!(a.contains("## What the user can do"), "{id}");
+            assert!(a.contains("## What the specialist does"), "{id}");
         }
     }
 

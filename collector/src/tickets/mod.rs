@@ -134,11 +134,17 @@ pub struct DeskQueue {
     changes: broadcast::Sender<Entry>,
 }
 
-/// Check id to (title, measurement), for the engine.
+/// Check id to (title, measurement), for the engine: the policy's checks
+/// and the built-in faults.
 fn checks(p: &Policy) -> HashMap<String, (String, String)> {
-    p.checks
+    vitals_proto::policy::BUILTIN_CHECKS
         .iter()
-        .map(|c| (c.id.clone(), (c.title.clone(), c.measurement.clone())))
+        .map(|(id, title)| ((*id).to_owned(), ((*title).to_owned(), String::new())))
+        .chain(
+            p.checks
+                .iter()
+                .map(|c| (c.id.clone(), (c.title.clone(), c.measurement.clone()))),
+        )
         .collect()
 }
 

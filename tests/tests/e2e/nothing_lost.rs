@@ -35,6 +35,7 @@ async fn assert_exactly_once(store: &dyn Store, sent: &BTreeMap<String, u64>) {
             .await
             .expect("faults")
             .iter()
+            .filter(|f| f.event.check_id == CHECK)
             .map(|f| f.event.value as u64)
             .collect();
         values.sort_unstable();
@@ -289,4 +290,110 @@ async fn a_damaged_outbox_is_quarantined_and_the_agent_goes_on() {
 
 async fn bind_again(addr: SocketAddr) -> tokio::net::TcpListener {
     tokio::net::TcpListener::bind(addr).await.expect("rebind")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_outbox_raises_a_fault_and_loses_nothing() {
+    use vitals_agent::link::OUTBOX_CHECK;
+    use vitals_proto::domain::FaultState;
+    let fleet = Fleet::new("outboxfull");
+    let disk = match super::LoopDisk::new(&fleet.dir) {
+        Ok(d) => d,
+        Err(why) => {
+            components::skip(
+                "a_full_disk_under_the_outbox_raises_a_fault_and_loses_nothing",
+                &why,
+            );
+            return;
+        }
+    };
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let id = "ws-full";
+    let mut config = fleet.agent_config(id, collector.addr);
+    config.state_dir = disk.mount.join("state");
+    let agent = LinkAgent::start(id, config);
+    let one = std::slice::from_ref(&agent);
+    let mut n = 0;
+    send_next(one, &mut n, 3).await;
+    drained(one, Duration::from_secs(20)).await;
+
+    // The disk fills up: the next records cannot be written.
+    disk.fill_to(98.0);
+    let rest = disk.mount.join("rest");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&rest).expect("rest");
+        while f
+            .write_all(&[0u8; 4096])
+            .and_then(|()| f.sync_data())
+            .is_ok()
+        {}
+    }
+    for _ in 0..400 {
+        if agent.status.borrow().journal_error.is_some() {
+            break;
+        }
+        send_next(one, &mut n, 1).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let why = agent.status.borrow().journal_error.clone();
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("No space left")),
+        "{why:?}"
+    );
+    // It goes on in memory: more events, all delivered.
+    send_next(one, &mut n, 3).await;
+    drained(one, Duration::from_secs(20)).await;
+
+    // Room again: within the retry interval the journal is back.
+    disk.empty();
+    std::fs::remove_file(&rest).expect("remove rest");
+    for _ in 0..60 {
+        if agent.status.borrow().journal_error.is_none() {
+            break;
+        }
+        send_next(one, &mut n, 1).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(agent.status.borrow().journal_error, None);
+    send_next(one, &mut n, 2).await;
+    drained(one, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    collector.stop().await;
+    agent.stop().await;
+
+    let store = open_store(&fleet).await;
+    let outbox: Vec<FaultState> = store
+        .faults(id, 1000)
+        .await
+        .expect("faults")
+        .iter()
+        .rev()
+        .filter(|f| f.event.check_id == OUTBOX_CHECK)
+        .map(|f| f.event.state)
+        .collect();
+    assert_eq!(outbox, vec![FaultState::Raised, FaultState::Cleared]);
+    let tickets = store
+        .tickets(TicketFilter {
+            check_id: Some(OUTBOX_CHECK.into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("tickets");
+    assert_eq!(tickets.len(), 1, "{tickets:?}");
+    assert_eq!(tickets[0].title, "Agent cannot keep its outbox on disk");
+    // Every numbered event arrived once, before, during and after.
+    let sent = BTreeMap::from([(id.to_owned(), n)]);
+    let mut values: Vec<u64> = store
+        .faults(id, 1000)
+        .await
+        .expect("faults")
+        .iter()
+        .filter(|f| f.event.check_id == CHECK)
+        .map(|f| f.event.value as u64)
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, (1..=sent[id]).collect::<Vec<_>>());
+    drop(disk);
 }
