@@ -49,6 +49,44 @@ pub struct TicketRules {
     pub sla: SlaTable,
     #[serde(default, rename = "maintenance")]
     pub maintenance: Vec<MaintenanceWindow>,
+    /// Tickets for endpoints that stopped reporting.
+    #[serde(default)]
+    pub offline: OfflineRule,
+}
+
+/// `[tickets.offline]`: an endpoint with no session for `after` raises
+/// `endpoint_offline` when it is at least `criticality`; the fault clears
+/// when it is back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineRule {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "offline_after", with = "humantime_serde")]
+    pub after: Duration,
+    /// The least criticality that gets a ticket (default: critical only).
+    #[serde(default = "offline_criticality")]
+    pub criticality: Criticality,
+}
+
+impl Default for OfflineRule {
+    fn default() -> Self {
+        OfflineRule {
+            enabled: true,
+            after: offline_after(),
+            criticality: offline_criticality(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn offline_after() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn offline_criticality() -> Criticality {
+    Criticality::Critical
 }
 
 impl Default for TicketRules {
@@ -66,6 +104,7 @@ impl Default for TicketRules {
             criticality: Vec::new(),
             sla: SlaTable::default(),
             maintenance: Vec::new(),
+            offline: OfflineRule::default(),
         }
     }
 }

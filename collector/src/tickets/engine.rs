@@ -153,6 +153,20 @@ impl Engine {
         self.incidents.retain(|_, i| i.resolved_ms.is_none());
     }
 
+    pub fn rules(&self) -> &TicketRules {
+        &self.rules
+    }
+
+    /// Whether the fault behind (endpoint, check, subject) is raised now: its
+    /// newest ticket is open and not cleared.
+    pub fn is_raised(&self, endpoint: &str, check: &str, subject: &str) -> bool {
+        let key = (endpoint.to_owned(), check.to_owned(), subject.to_owned());
+        self.latest
+            .get(&key)
+            .and_then(|id| self.tickets.get(id))
+            .is_some_and(|t| t.status.is_open() && t.cleared_ms.is_none())
+    }
+
     pub fn set_rules(&mut self, rules: TicketRules) {
         self.rules = rules;
     }

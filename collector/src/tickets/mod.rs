@@ -33,6 +33,10 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 /// How long an endpoint's facts (addresses, resolvers, print servers) are
 /// trusted before its latest snapshot is read again.
 const FACTS_TTL: Duration = Duration::from_secs(300);
+/// How often endpoints are looked over for the offline rule.
+const OFFLINE_SCAN: Duration = Duration::from_secs(15);
+/// The fault the collector raises for an endpoint that stopped reporting.
+pub const OFFLINE_CHECK: &str = "endpoint_offline";
 
 /// A specialist's request to the engine (the single writer).
 enum Command {
@@ -224,6 +228,11 @@ struct Worker {
     outbox: Arc<Notify>,
     /// When each endpoint's facts were last read from its snapshot.
     facts_read: HashMap<String, i64>,
+    /// When this worker started: no endpoint counts as offline for longer
+    /// than the collector has been watching.
+    started_ms: i64,
+    /// When the offline rule was last applied.
+    offline_scanned_ms: i64,
 }
 
 impl Worker {
@@ -359,6 +368,7 @@ impl Worker {
             self.cursor = id;
             self.processed += 1;
         }
+        entries.extend(self.offline(now).await?);
         entries.extend(self.engine.tick(now));
         if !entries.is_empty() || self.cursor != before {
             self.persist(entries, now).await?;
@@ -377,6 +387,79 @@ impl Worker {
         }
         self.engine.prune(now);
         Ok(full)
+    }
+
+    /// The offline rule: raises `endpoint_offline` for endpoints critical
+    /// enough that have had no session for the rule's time (counted from
+    /// the later of their last contact and this collector's start), and
+    /// clears it when they are back.
+    async fn offline(&mut self, now: i64) -> Result<Vec<Entry>, StoreError> {
+        let rule = self.engine.rules().offline.clone();
+        let every = OFFLINE_SCAN.min(rule.after / 2);
+        if now - self.offline_scanned_ms < every.as_millis() as i64 {
+            return Ok(Vec::new());
+        }
+        self.offline_scanned_ms = now;
+        let mut entries = Vec::new();
+        for e in self.store.list_endpoints(false).await? {
+            let id = &e.endpoint_id;
+            let raised = self.engine.is_raised(id, OFFLINE_CHECK, "");
+            let silent_ms = now - e.last_seen_ms.max(self.started_ms);
+            let due = rule.enabled && !e.online && silent_ms >= rule.after.as_millis() as i64;
+            if due && !raised {
+                if self.engine.needs_facts() {
+                    self.refresh_facts(id, now).await?;
+                }
+                let member = self.engine.membership(id);
+                if self.engine.rules().criticality_of(&member) < rule.criticality {
+                    continue;
+                }
+                let since = time::OffsetDateTime::from_unix_timestamp(e.last_seen_ms / 1000)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
+                let event = vitals_proto::domain::FaultEvent {
+                    check_id: OFFLINE_CHECK.into(),
+                    subject: String::new(),
+                    state: FaultState::Raised,
+                    severity: vitals_proto::domain::Severity::Critical,
+                    value: (silent_ms / 60_000) as f64,
+                    evidence: format!(
+                        "no contact from the agent since {since} ({} min)",
+                        silent_ms / 60_000
+                    ),
+                    at_ms: now,
+                };
+                let out = self.engine.on_fault(id, &event, now);
+                for o in &out {
+                    if let (Some(ticket), Kind::Opened | Kind::Reopened) = (o.ticket, &o.kind) {
+                        // The last snapshot before it went quiet.
+                        self.awaiting.push(Awaiting {
+                            ticket,
+                            endpoint: id.clone(),
+                            fault_at_ms: 0,
+                            since_ms: now,
+                        });
+                    }
+                }
+                entries.extend(out);
+            } else if raised && e.online {
+                let event = vitals_proto::domain::FaultEvent {
+                    check_id: OFFLINE_CHECK.into(),
+                    subject: String::new(),
+                    state: FaultState::Cleared,
+                    severity: vitals_proto::domain::Severity::Critical,
+                    value: 0.0,
+                    evidence: "the agent is connected again".into(),
+                    at_ms: now,
+                };
+                entries.extend(self.engine.on_fault(id, &event, now));
+            }
+        }
+        Ok(entries)
     }
 
     async fn command(&mut self, c: Command) -> Result<(), StoreError> {
@@ -450,6 +533,8 @@ pub async fn process_backlog(store: Arc<dyn Store>, policy: &Policy) -> Result<u
         email: None,
         outbox: Arc::new(Notify::new()),
         facts_read: HashMap::new(),
+        started_ms: vitals_proto::now_ms(),
+        offline_scanned_ms: 0,
     };
     while w.step().await? {}
     Ok(w.processed)
@@ -496,6 +581,8 @@ async fn run(
         email: out.email.clone(),
         outbox: out.wake.clone(),
         facts_read: HashMap::new(),
+        started_ms: vitals_proto::now_ms(),
+        offline_scanned_ms: 0,
     };
     loop {
         if policy.has_changed().unwrap_or(false) {

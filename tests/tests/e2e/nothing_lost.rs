@@ -397,3 +397,79 @@ async fn a_full_disk_under_the_outbox_raises_a_fault_and_loses_nothing() {
     assert_eq!(values, (1..=sent[id]).collect::<Vec<_>>());
     drop(disk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_endpoint_gone_silent_gets_an_offline_ticket_that_clears_when_back() {
+    use vitals_proto::ticket_rules::Priority;
+    use vitals_proto::tickets::Kind;
+    let fleet = Fleet::new("offline");
+    let policy = fleet.dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[tickets]\nquiet_period = \"1s\"\n\
+         [tickets.offline]\nafter = \"2s\"\n\
+         [[tickets.criticality]]\nendpoints = \"dispatch-*\"\nlevel = \"critical\"\n",
+    )
+    .expect("policy");
+    let mut config = fleet.collector_config();
+    config.policy = Some(policy);
+    let collector = RunningCollector::start(config).await;
+    let dispatch = fleet.agent_config("dispatch-01", collector.addr);
+    let desk = fleet.agent_config("ws-clerk", collector.addr);
+    let agents = vec![
+        LinkAgent::start("dispatch-01", dispatch.clone()),
+        LinkAgent::start("ws-clerk", desk),
+    ];
+    drained(&agents, Duration::from_secs(20)).await;
+    for a in agents {
+        a.stop().await;
+    }
+    let store = open_store(&fleet).await;
+    let offline = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .tickets(TicketFilter {
+                    endpoint: Some(id.into()),
+                    check_id: Some(vitals_collector::tickets::OFFLINE_CHECK.into()),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .ok()
+        }
+    };
+    // Both went quiet; only the critical one gets a ticket.
+    let ticket = eventually(Duration::from_secs(20), "offline ticket", || async {
+        offline("dispatch-01").await?.into_iter().next()
+    })
+    .await;
+    assert_eq!(ticket.title, "Endpoint offline");
+    assert_eq!(ticket.priority, Priority::P1, "{ticket:?}");
+    assert!(ticket.evidence.contains("no contact"), "{ticket:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(offline("ws-clerk").await.expect("tickets"), vec![]);
+    assert_eq!(offline("dispatch-01").await.expect("tickets").len(), 1);
+
+    // Back: the fault clears and the quiet period resolves the ticket.
+    let back = LinkAgent::start("dispatch-01", dispatch);
+    let timeline = eventually(
+        Duration::from_secs(30),
+        "offline ticket resolved",
+        || async {
+            let d = store.ticket(ticket.id).await.ok()??;
+            d.timeline
+                .iter()
+                .any(|e| e.kind == Kind::AutoResolved)
+                .then_some(d.timeline)
+        },
+    )
+    .await;
+    let kinds: Vec<Kind> = timeline.iter().map(|e| e.kind.clone()).collect();
+    assert_eq!(
+        kinds,
+        vec![Kind::Opened, Kind::FaultCleared, Kind::AutoResolved]
+    );
+    back.stop().await;
+    collector.stop().await;
+}
