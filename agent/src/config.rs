@@ -325,7 +325,7 @@ pub struct LinkSettings {
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
     /// Messages held while the collector is unreachable; past this the
-    /// oldest snapshots are dropped.
+    /// oldest snapshots are dropped (fault events never).
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
     /// The outbox journal on disk (`<state_dir>/outbox.log`) holds at most
@@ -386,8 +386,11 @@ fn default_reconnect_min() -> Duration {
 fn default_reconnect_max() -> Duration {
     Duration::from_secs(15)
 }
+/// Bodies stay in the outbox file and memory holds about 50 bytes per
+/// message, so the count bound is generous: two weeks of one snapshot a
+/// minute. `outbox_max_bytes` is the bound that usually applies.
 fn default_max_pending() -> usize {
-    1000
+    20_000
 }
 
 fn collector_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

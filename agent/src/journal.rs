@@ -20,6 +20,10 @@
 //! snapshots is numbered (and sent) before them while the wire order stays
 //! the sequence order the collector expects.
 //!
+//! Only an index (where each live message's body sits in the file) is kept
+//! in memory; bodies are read back from the file when they are sent, so the
+//! outbox's bound is the file's size, not the agent's memory.
+//!
 //! Each append is flushed to the device before it counts. Opening replays
 //! the records; the first record that is cut short or fails its checksum
 //! ends the journal: it and everything after it are moved to a quarantine
@@ -45,19 +49,41 @@ const MAX_RECORD: usize = 64 * 1024 * 1024;
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// A second handle for reading bodies back.
+    reader: File,
     /// Bytes in the file.
     bytes: u64,
     /// Bytes of records that still matter (live messages).
     live_bytes: u64,
 }
 
+/// Where a message's body sits in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub at: u64,
+    pub len: u32,
+}
+
+/// A live message for [`Journal::rewrite`]: its key, and its body in
+/// memory or in the current file.
+pub enum Live<'a> {
+    Numbered(u64, Source<'a>),
+    Waiting(u64, Source<'a>),
+}
+
+pub enum Source<'a> {
+    Memory(&'a [u8]),
+    File(Stored),
+}
+
 /// What opening found.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Unacknowledged numbered messages, by sequence: their encoded bytes.
-    pub messages: BTreeMap<u64, Vec<u8>>,
+    /// Unacknowledged numbered messages, by sequence: where their encoded
+    /// bytes are.
+    pub messages: BTreeMap<u64, Stored>,
     /// Messages not numbered yet, by journal-local id (queue order).
-    pub queued: BTreeMap<u64, Vec<u8>>,
+    pub queued: BTreeMap<u64, Stored>,
     /// The next free journal-local id.
     pub next_local: u64,
     /// Where a damaged tail was moved, and how many bytes it had.
@@ -107,9 +133,13 @@ impl Journal {
             }
             let key = u64::from_le_bytes(payload[1..9].try_into().unwrap_or_default());
             let body = &payload[9..];
+            let stored = Stored {
+                at: (at + HEADER + 9) as u64,
+                len: body.len() as u32,
+            };
             match payload[0] {
                 MESSAGE => {
-                    recovered.messages.insert(key, body.to_vec());
+                    recovered.messages.insert(key, stored);
                 }
                 ACK => recovered.messages.retain(|s, _| *s > key),
                 DROP => {
@@ -119,7 +149,7 @@ impl Journal {
                     recovered.next_local = recovered.next_local.max(key + 1);
                     match payload[0] {
                         QUEUED => {
-                            recovered.queued.insert(key, body.to_vec());
+                            recovered.queued.insert(key, stored);
                         }
                         DROP_QUEUED => {
                             recovered.queued.remove(&key);
@@ -147,16 +177,18 @@ impl Journal {
             f.sync_all()?;
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let reader = File::open(&path)?;
         let live_bytes = recovered
             .messages
             .values()
             .chain(recovered.queued.values())
-            .map(|b| (HEADER + 9 + b.len()) as u64)
+            .map(|b| (HEADER + 9) as u64 + u64::from(b.len))
             .sum();
         Ok((
             Journal {
                 path,
                 file,
+                reader,
                 bytes: good_end as u64,
                 live_bytes,
             },
@@ -165,27 +197,47 @@ impl Journal {
     }
 
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.file.sync_data()?;
+        let written = self
+            .file
+            .write_all(bytes)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // A partial record would end the journal at the next replay:
+            // cut the file back to the last whole record.
+            let _ = self.file.set_len(self.bytes);
+            return Err(e);
+        }
         self.bytes += bytes.len() as u64;
         Ok(())
     }
 
-    /// Records a message; durable when this returns.
-    pub fn message(&mut self, seq: u64, body: &[u8]) -> io::Result<()> {
-        let r = record(MESSAGE, seq, body);
+    fn append_body(&mut self, tag: u8, key: u64, body: &[u8]) -> io::Result<Stored> {
+        let r = record(tag, key, body);
+        let at = self.bytes + (HEADER + 9) as u64;
         self.append(&r)?;
         self.live_bytes += r.len() as u64;
-        Ok(())
+        Ok(Stored {
+            at,
+            len: body.len() as u32,
+        })
+    }
+
+    /// Records a message; durable when this returns.
+    pub fn message(&mut self, seq: u64, body: &[u8]) -> io::Result<Stored> {
+        self.append_body(MESSAGE, seq, body)
     }
 
     /// Records a message that has no sequence yet under the journal-local
     /// id `local`; durable when this returns.
-    pub fn queued(&mut self, local: u64, body: &[u8]) -> io::Result<()> {
-        let r = record(QUEUED, local, body);
-        self.append(&r)?;
-        self.live_bytes += r.len() as u64;
-        Ok(())
+    pub fn queued(&mut self, local: u64, body: &[u8]) -> io::Result<Stored> {
+        self.append_body(QUEUED, local, body)
+    }
+
+    /// Reads a stored body back.
+    pub fn read(&self, s: Stored) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; s.len as usize];
+        read_at(&self.reader, &mut buf, s.at)?;
+        Ok(buf)
     }
 
     /// Records the sequences given to waiting messages (local id, seq), with
@@ -231,42 +283,74 @@ impl Journal {
         self.bytes
     }
 
-    /// Replaces the file with just the live messages, atomically: the
-    /// numbered ones (sequence, body) and the waiting ones (local id, body).
-    pub fn rewrite<'a>(
-        &mut self,
-        numbered: impl Iterator<Item = (u64, &'a [u8])>,
-        waiting: impl Iterator<Item = (u64, &'a [u8])>,
-    ) -> io::Result<()> {
+    /// Replaces the file with just the live messages, atomically, and
+    /// returns where each body now sits (in the order given).
+    pub fn rewrite(&mut self, live: &[Live<'_>]) -> io::Result<Vec<Stored>> {
         let tmp = self.path.with_extension("log.new");
-        let mut out = Vec::new();
-        for (seq, body) in numbered {
-            out.extend_from_slice(&record(MESSAGE, seq, body));
-        }
-        for (local, body) in waiting {
-            out.extend_from_slice(&record(QUEUED, local, body));
-        }
+        let mut placed = Vec::with_capacity(live.len());
         let written = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&out)?;
+            let mut out = io::BufWriter::new(File::create(&tmp)?);
+            let mut at = 0u64;
+            for l in live {
+                let (tag, key, source) = match l {
+                    Live::Numbered(k, s) => (MESSAGE, *k, s),
+                    Live::Waiting(k, s) => (QUEUED, *k, s),
+                };
+                let body = match source {
+                    Source::Memory(b) => std::borrow::Cow::Borrowed(*b),
+                    Source::File(s) => std::borrow::Cow::Owned(self.read(*s)?),
+                };
+                let r = record(tag, key, &body);
+                out.write_all(&r)?;
+                placed.push(Stored {
+                    at: at + (HEADER + 9) as u64,
+                    len: body.len() as u32,
+                });
+                at += r.len() as u64;
+            }
+            let f = out.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
+            std::fs::rename(&tmp, &self.path)?;
+            Ok(at)
         })();
-        if let Err(e) = written {
-            // A full disk: leave no half-written copy taking room.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
+        let size = match written {
+            Ok(size) => size,
+            Err(e) => {
+                // A full disk: leave no half-written copy taking room.
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         if let Some(dir) = self.path.parent()
             && let Ok(d) = File::open(dir)
         {
             let _ = d.sync_all();
         }
         self.file = OpenOptions::new().append(true).open(&self.path)?;
-        self.bytes = out.len() as u64;
-        self.live_bytes = self.bytes;
-        Ok(())
+        self.reader = File::open(&self.path)?;
+        self.bytes = size;
+        self.live_bytes = size;
+        Ok(placed)
     }
+}
+
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(f, buf, at)
+}
+
+#[cfg(windows)]
+fn read_at(f: &File, mut buf: &mut [u8], mut at: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(f, buf, at)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                at += n as u64;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -291,10 +375,10 @@ mod tests {
             j.ack(2, 0).unwrap();
             j.drop_message(4, 2).unwrap();
         }
-        let (_, r) = Journal::open(&d).unwrap();
+        let (j, r) = Journal::open(&d).unwrap();
         let seqs: Vec<u64> = r.messages.keys().copied().collect();
         assert_eq!(seqs, vec![3, 5]);
-        assert_eq!(r.messages[&5], b"m5");
+        assert_eq!(j.read(r.messages[&5]).unwrap(), b"m5");
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -338,23 +422,28 @@ mod tests {
     fn rewriting_keeps_only_the_live_messages() {
         let d = dir("rewrite");
         let (mut j, _) = Journal::open(&d).unwrap();
-        for seq in 1..=100 {
-            j.message(seq, &[7u8; 100]).unwrap();
+        let mut stored = Vec::new();
+        for seq in 1..=100u64 {
+            stored.push(j.message(seq, &[seq as u8; 100]).unwrap());
         }
         j.ack(90, 0).unwrap();
         let before = j.bytes();
-        let live: Vec<(u64, Vec<u8>)> = (91..=100).map(|s| (s, vec![7u8; 100])).collect();
-        j.rewrite(
-            live.iter().map(|(s, b)| (*s, b.as_slice())),
-            std::iter::once((7, &b"waiting"[..])),
-        )
-        .unwrap();
+        // Numbered 91..=100 from the file, one waiting message from memory.
+        let mut live: Vec<Live<'_>> = (91..=100u64)
+            .map(|s| Live::Numbered(s, Source::File(stored[s as usize - 1])))
+            .collect();
+        live.push(Live::Waiting(7, Source::Memory(b"waiting")));
+        let placed = j.rewrite(&live).unwrap();
         assert!(j.bytes() < before / 5, "{} vs {before}", j.bytes());
+        assert_eq!(j.read(placed[0]).unwrap(), vec![91u8; 100]);
+        assert_eq!(j.read(placed[10]).unwrap(), b"waiting");
         j.message(101, b"after").unwrap();
         drop(j);
-        let (_, r) = Journal::open(&d).unwrap();
+        let (j, r) = Journal::open(&d).unwrap();
         assert_eq!(r.messages.len(), 11);
         assert_eq!(r.messages.keys().next(), Some(&91));
+        assert_eq!(j.read(r.messages[&100]).unwrap(), vec![100u8; 100]);
+        assert_eq!(j.read(r.messages[&101]).unwrap(), b"after");
         assert_eq!(r.queued.keys().collect::<Vec<_>>(), vec![&7]);
         assert_eq!(r.next_local, 8);
         let _ = std::fs::remove_dir_all(&d);
@@ -375,11 +464,11 @@ mod tests {
             j.drop_queued(2, 2).unwrap();
             j.ack(2, 0).unwrap();
         }
-        let (_, r) = Journal::open(&d).unwrap();
+        let (j, r) = Journal::open(&d).unwrap();
         assert_eq!(r.messages.keys().collect::<Vec<_>>(), vec![&3]);
-        assert_eq!(r.messages[&3], b"w1");
+        assert_eq!(j.read(r.messages[&3]).unwrap(), b"w1");
         assert_eq!(r.queued.keys().collect::<Vec<_>>(), vec![&4]);
-        assert_eq!(r.queued[&4], b"w4");
+        assert_eq!(j.read(r.queued[&4]).unwrap(), b"w4");
         assert_eq!(r.next_local, 5);
         let _ = std::fs::remove_dir_all(&d);
     }

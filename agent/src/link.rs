@@ -36,7 +36,7 @@ use vitals_proto::wire::agent_gateway_client::AgentGatewayClient;
 use vitals_proto::wire::{self, agent_message, collector_message};
 
 use crate::config::AgentConfig;
-use crate::journal::Journal;
+use crate::journal::{Journal, Live, Source, Stored};
 use crate::seq::{SeqCounter, SeqError};
 
 /// How long a closing session waits for the last acknowledgements.
@@ -79,15 +79,35 @@ pub enum Outgoing {
 
 /// How many waiting messages are numbered at once (one journal flush).
 const NUMBER_BATCH: usize = 16;
+/// The outbox's bound while the disk cannot be used and everything is held
+/// in memory.
+pub const MEMORY_ONLY_BYTES: u64 = 8 * 1024 * 1024;
 
-/// A queued message and its encoded bytes (as journaled, seq field 0).
-struct Entry {
-    message: Outgoing,
-    body: Vec<u8>,
+/// Where a queued message's encoded bytes are: in the journal file (the
+/// usual case: memory holds only this index) or in memory (no journal).
+enum Body {
+    Memory(Vec<u8>),
+    Disk(Stored),
 }
 
-/// Messages waiting for the collector's acknowledgement, in memory and,
-/// unless the disk failed, in the outbox journal on disk.
+struct Entry {
+    fault: bool,
+    size: u64,
+    body: Body,
+}
+
+impl Entry {
+    fn source(&self) -> Source<'_> {
+        match &self.body {
+            Body::Memory(b) => Source::Memory(b),
+            Body::Disk(s) => Source::File(*s),
+        }
+    }
+}
+
+/// Messages waiting for the collector's acknowledgement: in the outbox
+/// journal on disk with an index in memory or, if the disk failed, in
+/// memory.
 ///
 /// A message gets its sequence number when it is about to go out, so the
 /// queue has two parts: numbered messages (sent, or next to be sent, in
@@ -147,37 +167,82 @@ impl Pending {
                         "outbox journal had a damaged tail; moved aside, the rest kept"
                     );
                 }
-                for (seq, body) in recovered.messages {
-                    match decode(&body) {
-                        Some(message) => {
-                            p.bytes += body.len() as u64;
-                            p.numbered.push_back((seq, Entry { message, body }));
-                        }
+                let kind = |stored: Stored| {
+                    let bytes = journal.read(stored).ok()?;
+                    let m: wire::AgentMessage = prost::Message::decode(bytes.as_slice()).ok()?;
+                    match m.body? {
+                        agent_message::Body::Fault(_) => Some(true),
+                        agent_message::Body::Snapshot(_) => Some(false),
+                        _ => None,
+                    }
+                };
+                let entry = |fault, stored: Stored| Entry {
+                    fault,
+                    size: u64::from(stored.len),
+                    body: Body::Disk(stored),
+                };
+                for (seq, stored) in recovered.messages {
+                    match kind(stored) {
+                        Some(fault) => p.numbered.push_back((seq, entry(fault, stored))),
                         None => warn!(seq, "outbox record not readable; skipped"),
                     }
                 }
-                for (local, body) in recovered.queued {
-                    match decode(&body) {
-                        Some(message) => {
-                            p.bytes += body.len() as u64;
-                            let e = (local, Entry { message, body });
-                            match e.1.message {
-                                Outgoing::Fault(_) => p.faults.push_back(e),
-                                Outgoing::Snapshot(_) => p.snapshots.push_back(e),
-                            }
-                        }
+                for (local, stored) in recovered.queued {
+                    match kind(stored) {
+                        Some(true) => p.faults.push_back((local, entry(true, stored))),
+                        Some(false) => p.snapshots.push_back((local, entry(false, stored))),
                         None => warn!(local, "outbox record not readable; skipped"),
                     }
                 }
+                p.bytes = p.entries().map(|e| e.size).sum();
                 p.next_local = recovered.next_local;
                 if !p.is_empty() {
-                    info!(messages = p.len(), "outbox restored from disk");
+                    info!(
+                        messages = p.len(),
+                        bytes = p.bytes,
+                        "outbox restored from disk"
+                    );
                 }
                 p.journal = Some(journal);
             }
             Err(e) => p.journal_failed("open", &e),
         }
         p
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.numbered
+            .iter()
+            .chain(&self.faults)
+            .chain(&self.snapshots)
+            .map(|(_, e)| e)
+    }
+
+    /// Everything queued, for a rewrite of the journal.
+    fn live(&self) -> Vec<Live<'_>> {
+        self.numbered
+            .iter()
+            .map(|(s, e)| Live::Numbered(*s, e.source()))
+            .chain(
+                self.faults
+                    .iter()
+                    .chain(&self.snapshots)
+                    .map(|(l, e)| Live::Waiting(*l, e.source())),
+            )
+            .collect()
+    }
+
+    /// After a rewrite: each entry's body now sits at `placed` (in
+    /// [`Self::live`]'s order).
+    fn placed(&mut self, placed: Vec<Stored>) {
+        let entries = self
+            .numbered
+            .iter_mut()
+            .chain(&mut self.faults)
+            .chain(&mut self.snapshots);
+        for ((_, e), stored) in entries.zip(placed) {
+            e.body = Body::Disk(stored);
+        }
     }
 
     /// Brings the journal back after it failed (a full disk with room
@@ -188,18 +253,13 @@ impl Pending {
             return true;
         }
         let opened = Journal::open(dir).and_then(|(mut j, _stale)| {
-            j.rewrite(
-                self.numbered.iter().map(|(s, e)| (*s, e.body.as_slice())),
-                self.faults
-                    .iter()
-                    .chain(&self.snapshots)
-                    .map(|(l, e)| (*l, e.body.as_slice())),
-            )?;
-            Ok(j)
+            let placed = j.rewrite(&self.live())?;
+            Ok((j, placed))
         });
         match opened {
-            Ok(j) => {
+            Ok((j, placed)) => {
                 info!(messages = self.len(), "outbox on disk usable again");
+                self.placed(placed);
                 self.journal = Some(j);
                 self.journal_error = None;
                 true
@@ -216,11 +276,37 @@ impl Pending {
         self.numbered.back().map_or(0, |(s, _)| *s)
     }
 
+    /// The journal failed: bring what is on disk into memory (what cannot
+    /// be read back is lost, and said so) and go on without it, within the
+    /// memory-only bound.
     fn journal_failed(&mut self, what: &str, e: &std::io::Error) {
         let why = format!("outbox journal {what}: {e}");
         error!(error = %why, "outbox on disk unusable; keeping messages in memory only");
-        self.journal = None;
         self.journal_error = Some(why);
+        let Some(journal) = self.journal.take() else {
+            return;
+        };
+        let mut lost = 0u64;
+        for queue in [&mut self.numbered, &mut self.faults, &mut self.snapshots] {
+            queue.retain_mut(|(_, e)| {
+                if let Body::Disk(s) = e.body {
+                    match journal.read(s) {
+                        Ok(b) => e.body = Body::Memory(b),
+                        Err(_) => {
+                            lost += 1;
+                            return false;
+                        }
+                    }
+                }
+                true
+            });
+        }
+        if lost > 0 {
+            error!(lost, "outbox messages could not be read back from disk");
+            self.sent = self.sent.min(self.numbered.len());
+        }
+        self.bytes = self.entries().map(|e| e.size).sum();
+        self.make_room(0);
     }
 
     /// Whether everything numbered went out and nothing waits: a new
@@ -229,31 +315,30 @@ impl Pending {
         self.sent == self.numbered.len() && self.faults.is_empty() && self.snapshots.is_empty()
     }
 
+    fn max_bytes(&self) -> u64 {
+        if self.journal.is_some() {
+            self.max_bytes
+        } else {
+            self.max_bytes.min(MEMORY_ONLY_BYTES)
+        }
+    }
+
     /// Makes room for `size` more bytes: when full (count or bytes), the
     /// oldest snapshots go, waiting ones before numbered ones; if only fault
     /// events are queued, the queue grows rather than lose one.
     fn make_room(&mut self, size: u64) {
-        while self.len() >= self.max || self.bytes + size > self.max_bytes {
-            let done = if let Some((local, e)) = self.snapshots.pop_front() {
-                self.bytes -= e.body.len() as u64;
-                self.journal_write(|j| j.drop_queued(local, e.body.len()));
-                true
-            } else if let Some(i) = self
-                .numbered
-                .iter()
-                .position(|(_, e)| matches!(e.message, Outgoing::Snapshot(_)))
-            {
+        while self.len() >= self.max || self.bytes + size > self.max_bytes() {
+            if let Some((local, e)) = self.snapshots.pop_front() {
+                self.bytes -= e.size;
+                self.journal_write(|j| j.drop_queued(local, e.size as usize));
+            } else if let Some(i) = self.numbered.iter().position(|(_, e)| !e.fault) {
                 let (seq, e) = self.numbered.remove(i).expect("position is in range");
                 if i < self.sent {
                     self.sent -= 1;
                 }
-                self.bytes -= e.body.len() as u64;
-                self.journal_write(|j| j.drop_message(seq, e.body.len()));
-                true
+                self.bytes -= e.size;
+                self.journal_write(|j| j.drop_message(seq, e.size as usize));
             } else {
-                false
-            };
-            if !done {
                 break;
             }
             self.dropped += 1;
@@ -268,31 +353,46 @@ impl Pending {
         }
     }
 
-    fn entry(message: Outgoing) -> Entry {
-        let body = prost::Message::encode_to_vec(&wire_message(0, message.clone()));
-        Entry { message, body }
+    /// Writes a new message's record (through `write`) or keeps it in
+    /// memory if there is no journal.
+    fn store(
+        &mut self,
+        message: &Outgoing,
+        write: impl FnOnce(&mut Journal, &[u8]) -> std::io::Result<Stored>,
+    ) -> Entry {
+        let bytes = prost::Message::encode_to_vec(&wire_message(0, message.clone()));
+        let fault = matches!(message, Outgoing::Fault(_));
+        let size = bytes.len() as u64;
+        self.make_room(size);
+        let body = match &mut self.journal {
+            Some(j) => match write(j, &bytes) {
+                Ok(stored) => Body::Disk(stored),
+                Err(e) => {
+                    self.journal_failed("write", &e);
+                    Body::Memory(bytes)
+                }
+            },
+            None => Body::Memory(bytes),
+        };
+        self.bytes += size;
+        Entry { fault, size, body }
     }
 
     /// Queues a message to be numbered when its turn to go out comes.
     pub fn push(&mut self, message: Outgoing) {
-        let e = Self::entry(message);
-        self.make_room(e.body.len() as u64);
         let local = self.next_local;
         self.next_local += 1;
-        self.journal_write(|j| j.queued(local, &e.body));
-        self.bytes += e.body.len() as u64;
-        match e.message {
-            Outgoing::Fault(_) => self.faults.push_back((local, e)),
-            Outgoing::Snapshot(_) => self.snapshots.push_back((local, e)),
+        let e = self.store(&message, |j, b| j.queued(local, b));
+        if e.fault {
+            self.faults.push_back((local, e));
+        } else {
+            self.snapshots.push_back((local, e));
         }
     }
 
     /// Queues a message already numbered `seq` (higher than anything queued).
     pub fn push_numbered(&mut self, seq: u64, message: Outgoing) {
-        let e = Self::entry(message);
-        self.make_room(e.body.len() as u64);
-        self.journal_write(|j| j.message(seq, &e.body));
-        self.bytes += e.body.len() as u64;
+        let e = self.store(&message, |j, b| j.message(seq, b));
         self.numbered.push_back((seq, e));
     }
 
@@ -304,29 +404,56 @@ impl Pending {
     /// The next message to send on this session: numbered ones not yet
     /// sent, then waiting ones (fault events first), numbered now.
     pub fn next(&mut self, seq: &mut SeqCounter) -> Result<Option<wire::AgentMessage>, SeqError> {
-        if self.sent == self.numbered.len() {
-            let mut numbers = Vec::new();
-            while numbers.len() < NUMBER_BATCH {
-                let Some((local, e)) = self
-                    .faults
-                    .pop_front()
-                    .or_else(|| self.snapshots.pop_front())
-                else {
-                    break;
-                };
-                let s = seq.assign()?;
-                numbers.push((local, s));
-                self.numbered.push_back((s, e));
+        loop {
+            if self.sent == self.numbered.len() {
+                let mut numbers = Vec::new();
+                while numbers.len() < NUMBER_BATCH {
+                    let Some((local, e)) = self
+                        .faults
+                        .pop_front()
+                        .or_else(|| self.snapshots.pop_front())
+                    else {
+                        break;
+                    };
+                    let s = seq.assign()?;
+                    numbers.push((local, s));
+                    self.numbered.push_back((s, e));
+                }
+                if !numbers.is_empty() {
+                    self.journal_write(|j| j.assign(&numbers));
+                }
             }
-            if !numbers.is_empty() {
-                self.journal_write(|j| j.assign(&numbers));
+            let Some((s, e)) = self.numbered.get(self.sent) else {
+                return Ok(None);
+            };
+            let s = *s;
+            let read = match &e.body {
+                Body::Memory(b) => Ok(b.clone()),
+                Body::Disk(stored) => match &self.journal {
+                    Some(j) => j.read(*stored),
+                    None => Err(std::io::ErrorKind::NotFound.into()),
+                },
+            };
+            let decoded = read.map_err(|e| e.to_string()).and_then(|b| {
+                <wire::AgentMessage as prost::Message>::decode(b.as_slice())
+                    .map_err(|e| e.to_string())
+            });
+            match decoded {
+                Ok(mut m) => {
+                    self.sent += 1;
+                    m.seq = s;
+                    return Ok(Some(m));
+                }
+                Err(why) => {
+                    // Unreadable: it cannot be sent; say so and go on.
+                    error!(seq = s, error = %why, "outbox message unreadable; dropped");
+                    if let Some((_, e)) = self.numbered.remove(self.sent) {
+                        self.bytes -= e.size;
+                    }
+                    self.journal_write(|j| j.drop_message(s, 0));
+                }
             }
         }
-        let Some((s, e)) = self.numbered.get(self.sent) else {
-            return Ok(None);
-        };
-        self.sent += 1;
-        Ok(Some(wire_message(*s, e.message.clone())))
     }
 
     /// A new session: every numbered message goes out again.
@@ -339,31 +466,30 @@ impl Pending {
         let mut freed = 0u64;
         while self.numbered.front().is_some_and(|(s, _)| *s <= seq) {
             if let Some((_, e)) = self.numbered.pop_front() {
-                freed += (e.body.len() + 17) as u64;
-                self.bytes -= e.body.len() as u64;
+                freed += e.size + 17;
+                self.bytes -= e.size;
                 self.sent = self.sent.saturating_sub(1);
             }
         }
         if freed == 0 {
             return;
         }
-        if let Some(j) = &mut self.journal {
-            let done = j.ack(seq, freed).and_then(|()| {
-                if j.wants_compaction() {
-                    j.rewrite(
-                        self.numbered.iter().map(|(s, e)| (*s, e.body.as_slice())),
-                        self.faults
-                            .iter()
-                            .chain(&self.snapshots)
-                            .map(|(l, e)| (*l, e.body.as_slice())),
-                    )
-                } else {
-                    Ok(())
-                }
-            });
-            if let Err(e) = done {
-                self.journal_failed("write", &e);
-            }
+        self.journal_write(|j| j.ack(seq, freed));
+        if self.journal.as_ref().is_some_and(Journal::wants_compaction) {
+            self.rewrite("compaction");
+        }
+    }
+
+    /// Rewrites the journal with what is queued now.
+    fn rewrite(&mut self, what: &str) {
+        let Some(mut j) = self.journal.take() else {
+            return;
+        };
+        let done = j.rewrite(&self.live());
+        self.journal = Some(j);
+        match done {
+            Ok(placed) => self.placed(placed),
+            Err(e) => self.journal_failed(what, &e),
         }
     }
 
@@ -375,6 +501,11 @@ impl Pending {
         self.len() == 0
     }
 
+    /// Encoded bytes of what is queued.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// The numbered messages' sequences, oldest first (for tests and logs).
     pub fn numbered_seqs(&self) -> Vec<u64> {
         self.numbered.iter().map(|(s, _)| *s).collect()
@@ -384,28 +515,8 @@ impl Pending {
         for (s, _) in &mut self.numbered {
             *s = seq.assign()?;
         }
-        if let Some(j) = &mut self.journal
-            && let Err(e) = j.rewrite(
-                self.numbered.iter().map(|(s, e)| (*s, e.body.as_slice())),
-                self.faults
-                    .iter()
-                    .chain(&self.snapshots)
-                    .map(|(l, e)| (*l, e.body.as_slice())),
-            )
-        {
-            self.journal_failed("rewrite", &e);
-        }
+        self.rewrite("rewrite");
         Ok(())
-    }
-}
-
-/// A journal record's message, back as what the link sends.
-fn decode(body: &[u8]) -> Option<Outgoing> {
-    let m: wire::AgentMessage = prost::Message::decode(body).ok()?;
-    match m.body? {
-        agent_message::Body::Snapshot(s) => Some(Outgoing::Snapshot(Box::new(s.into()))),
-        agent_message::Body::Fault(f) => f.try_into().ok().map(Outgoing::Fault),
-        _ => None,
     }
 }
 
@@ -1108,6 +1219,55 @@ mod tests {
         let mut seq = SeqCounter::open(&dir).unwrap();
         let what: Vec<String> = drain(&mut p, &mut seq).into_iter().map(|x| x.1).collect();
         assert_eq!(what, vec!["event 2", "snapshot"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bodies_stay_on_disk_and_memory_holds_only_the_index() {
+        let dir = temp("index");
+        let mut seq = SeqCounter::open(&dir).unwrap();
+        let mut p = Pending::open(&dir, 10_000, 64 << 20);
+        for n in 1..=200 {
+            if n % 50 == 0 {
+                p.push(fault(n));
+            } else {
+                p.push(snap());
+            }
+        }
+        assert!(p.entries().all(|e| matches!(e.body, Body::Disk(_))));
+        // Sent from the file: the faults first, each read back whole.
+        let sent = drain(&mut p, &mut seq);
+        assert_eq!(sent.len(), 200);
+        let what: Vec<&str> = sent[..5].iter().map(|x| x.1.as_str()).collect();
+        assert_eq!(
+            what,
+            vec![
+                "event 50",
+                "event 100",
+                "event 150",
+                "event 200",
+                "snapshot"
+            ]
+        );
+        // Acknowledging most of it compacts the file past 1 MiB of dead
+        // records; the rest is still readable at its new place.
+        let big = || {
+            let mut s = vitals_proto::domain::Snapshot::default();
+            s.host.hostname = "x".repeat(1000);
+            Outgoing::Snapshot(Box::new(s))
+        };
+        for _ in 0..1500 {
+            p.push_numbered(seq.assign().unwrap(), big());
+        }
+        let last = seq.last();
+        p.ack(last - 10);
+        assert_eq!(p.len(), 10);
+        let file = std::fs::metadata(dir.join("outbox.log")).unwrap().len();
+        assert!(file < 20_000, "compacted to {file} bytes");
+        p.resend_all();
+        let again = drain(&mut p, &mut seq);
+        assert_eq!(again.len(), 10);
+        assert_eq!(again[0].0, last - 9);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -26,6 +26,65 @@ struct Args {
     /// Acknowledge after this many messages.
     #[arg(long, default_value_t = 10)]
     ack_every: u64,
+    /// Instead: queue this many snapshots as during an outage and report
+    /// the memory it takes, with the journal and then in memory only.
+    #[arg(long)]
+    backlog: Option<u64>,
+    /// With --backlog: pad each snapshot to about this many bytes encoded.
+    #[arg(long, default_value_t = 3000)]
+    snapshot_bytes: usize,
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Memory taken by `n` queued snapshots of about `size` bytes each.
+fn backlog(n: u64, size: usize) -> anyhow::Result<()> {
+    let mut snapshot = vitals_agent::probes::system_snapshot(Duration::from_millis(200));
+    snapshot.host.hostname = "x".repeat(size.saturating_sub(200));
+    let encoded =
+        prost::Message::encoded_len(&vitals_proto::wire::Snapshot::from(snapshot.clone()));
+    let dir = std::env::temp_dir().join(format!("vitals-outbox-backlog-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let before = rss_kib();
+    let mut journaled = Pending::open(&dir, usize::MAX, u64::MAX);
+    for _ in 0..n {
+        journaled.push(Outgoing::Snapshot(Box::new(snapshot.clone())));
+    }
+    let with_journal = rss_kib().saturating_sub(before);
+    let file = std::fs::metadata(dir.join("outbox.log"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let before = rss_kib();
+    let mut memory = Pending::new(usize::MAX);
+    for _ in 0..n {
+        memory.push(Outgoing::Snapshot(Box::new(snapshot.clone())));
+    }
+    let in_memory = rss_kib().saturating_sub(before);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "{n} snapshots of {encoded} bytes queued ({} MiB on disk)",
+        file >> 20
+    );
+    println!(
+        "memory with the journal: {with_journal} KiB ({} bytes per message)",
+        with_journal * 1024 / n
+    );
+    println!(
+        "memory without it:       {in_memory} KiB, holding {} of them (the memory-only bound, {} MiB)",
+        memory.len(),
+        vitals_agent::link::MEMORY_ONLY_BYTES >> 20
+    );
+    drop((journaled, memory));
+    Ok(())
 }
 
 /// User + system CPU of this process, in clock ticks (100 per second).
@@ -88,6 +147,9 @@ fn message(n: u64, snapshot: &vitals_proto::domain::Snapshot) -> Outgoing {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(n) = args.backlog {
+        return backlog(n.max(1), args.snapshot_bytes);
+    }
     let snapshot = vitals_agent::probes::system_snapshot(Duration::from_millis(200));
     let encoded =
         prost::Message::encoded_len(&vitals_proto::wire::Snapshot::from(snapshot.clone()));
