@@ -85,7 +85,7 @@ async fn drained(agents: &[LinkAgent], within: Duration) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_agents_lose_nothing_while_the_collector_is_killed_three_times() {
+async fn two_hundred_agents_lose_nothing_through_three_kills_and_a_graceful_stop() {
     const AGENTS: usize = 200;
     const ROUNDS: u64 = 40;
     let fleet = Fleet::new("kill9");
@@ -102,7 +102,8 @@ async fn two_hundred_agents_lose_nothing_while_the_collector_is_killed_three_tim
         })
         .collect();
     // Each agent sends a numbered event every 100 ms; the collector is
-    // killed after rounds 10, 20 and 30 and started again 300 ms later.
+    // killed after rounds 10, 20 and 30 and started again 300 ms later,
+    // and stopped gracefully (SIGTERM) mid-stream after round 35.
     let mut kills = 0;
     for round in 1..=ROUNDS {
         for a in &agents {
@@ -112,6 +113,17 @@ async fn two_hundred_agents_lose_nothing_while_the_collector_is_killed_three_tim
             collector.take().expect("running").kill9();
             kills += 1;
             tokio::time::sleep(Duration::from_millis(300)).await;
+            collector = Some(spawn_collector(&config, addr));
+        }
+        if round == 35 {
+            let running = collector.take().expect("running");
+            let started = std::time::Instant::now();
+            let status = tokio::task::block_in_place(|| running.terminate(Duration::from_secs(20)));
+            assert!(status.success(), "exit after SIGTERM mid-stream: {status}");
+            eprintln!(
+                "graceful stop under 200 streams took {:?}",
+                started.elapsed()
+            );
             collector = Some(spawn_collector(&config, addr));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
