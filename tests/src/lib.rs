@@ -340,32 +340,62 @@ impl Drop for CollectorProcess {
     }
 }
 
-/// An agent running in this process.
-pub struct RunningAgent {
+/// A task that runs until told to stop (through a watch) and ends with a
+/// result: an agent, or an agent's link.
+pub struct StoppableTask<E> {
     stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), vitals_agent::AgentError>>,
+    task: JoinHandle<Result<(), E>>,
+    what: &'static str,
 }
 
-impl RunningAgent {
-    pub fn start(config: AgentConfig) -> Self {
+impl<E: std::fmt::Debug + Send + 'static> StoppableTask<E> {
+    pub fn spawn<F>(what: &'static str, run: impl FnOnce(watch::Receiver<bool>) -> F) -> Self
+    where
+        F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    {
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(vitals_agent::run(config, rx));
-        RunningAgent { stop, task }
+        StoppableTask {
+            stop,
+            task: tokio::spawn(run(rx)),
+            what,
+        }
     }
 
-    /// Ends the agent at once, as a kill would: no goodbye on its stream.
+    /// Ends it at once, as a kill would: no goodbye on its stream.
     pub async fn kill(self) {
         self.task.abort();
         let _ = self.task.await;
     }
 
+    /// Asks it to stop and waits (at most 10 s) for a clean end.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
+        let what = self.what;
         tokio::time::timeout(Duration::from_secs(10), self.task)
             .await
-            .expect("agent stops within 10s")
-            .expect("agent task")
-            .expect("agent ends cleanly");
+            .unwrap_or_else(|_| panic!("{what} stops within 10s"))
+            .unwrap_or_else(|e| panic!("{what} task: {e}"))
+            .unwrap_or_else(|e| panic!("{what} ends cleanly: {e:?}"));
+    }
+}
+
+/// An agent running in this process.
+pub struct RunningAgent(StoppableTask<vitals_agent::AgentError>);
+
+impl RunningAgent {
+    pub fn start(config: AgentConfig) -> Self {
+        RunningAgent(StoppableTask::spawn("agent", |stop| {
+            vitals_agent::run(config, stop)
+        }))
+    }
+
+    /// Ends the agent at once, as a kill would: no goodbye on its stream.
+    pub async fn kill(self) {
+        self.0.kill().await
+    }
+
+    pub async fn stop(self) {
+        self.0.stop().await
     }
 }
 

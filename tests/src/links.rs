@@ -6,10 +6,11 @@
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use vitals_agent::config::AgentConfig;
 use vitals_agent::link::{FromCollector, Link, LinkError, LinkStatus, Outgoing};
 use vitals_proto::domain::{FaultEvent, FaultState, Severity};
+
+use crate::StoppableTask;
 
 pub struct LinkAgent {
     pub id: String,
@@ -17,8 +18,7 @@ pub struct LinkAgent {
     /// Messages handed to the link.
     fed: std::sync::atomic::AtomicU64,
     pub status: watch::Receiver<LinkStatus>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), LinkError>>,
+    task: StoppableTask<LinkError>,
 }
 
 /// The check the numbered events are about.
@@ -54,14 +54,12 @@ impl LinkAgent {
         let link = Link::new(config, id.parse().expect("endpoint id"), from).expect("link");
         let status = link.status();
         let (feed, rx) = mpsc::channel(1024);
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(link.run(rx, stopped));
+        let task = StoppableTask::spawn("link", |stop| link.run(rx, stop));
         LinkAgent {
             id: id.to_owned(),
             feed,
             fed: Default::default(),
             status,
-            stop,
             task,
         }
     }
@@ -82,16 +80,10 @@ impl LinkAgent {
 
     /// Ends the link at once, as a killed process would.
     pub async fn kill(self) {
-        self.task.abort();
-        let _ = self.task.await;
+        self.task.kill().await
     }
 
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("link stops within 10s")
-            .expect("link task")
-            .expect("link ends cleanly");
+        self.task.stop().await
     }
 }

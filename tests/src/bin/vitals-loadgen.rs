@@ -159,14 +159,7 @@ fn main() -> anyhow::Result<()> {
             };
             let (report, mut collector) = rt.block_on(loadgen::restart::run(&plan, spawn))?;
             stop(&mut collector);
-            println!("{}", report.table());
-            let text = serde_json::to_string_pretty(&report)?;
-            if let Some(path) = json {
-                std::fs::write(&path, &text)?;
-            } else {
-                println!("{text}");
-            }
-            Ok(())
+            print_report(&report.table(), &report, json)
         }
         Cmd::Collector { config } => rt.block_on(async move {
             let _ = tracing_subscriber::fmt()
@@ -249,16 +242,24 @@ fn main() -> anyhow::Result<()> {
                 stop(child);
             }
             let report = report?;
-            println!("{}", report.table());
-            let text = serde_json::to_string_pretty(&report)?;
-            if let Some(path) = json {
-                std::fs::write(&path, &text)?;
-            } else {
-                println!("{text}");
-            }
-            Ok(())
+            print_report(&report.table(), &report, json)
         }
     }
+}
+
+/// The table on stdout, and the JSON in `json` (or on stdout too).
+fn print_report(
+    table: &str,
+    report: &impl serde::Serialize,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    println!("{table}");
+    let text = serde_json::to_string_pretty(report)?;
+    match json {
+        Some(path) => std::fs::write(&path, &text)?,
+        None => println!("{text}"),
+    }
+    Ok(())
 }
 
 fn ensure_pki(data_dir: &Path) -> anyhow::Result<()> {

@@ -26,19 +26,25 @@ async fn open_store(fleet: &Fleet) -> Arc<dyn Store> {
         .expect("store opens")
 }
 
+/// The numbers of an endpoint's stored numbered events, sorted.
+async fn numbered_values(store: &dyn Store, id: &str) -> Vec<u64> {
+    let mut values: Vec<u64> = store
+        .faults(id, 100_000)
+        .await
+        .expect("faults")
+        .iter()
+        .filter(|f| f.event.check_id == CHECK)
+        .map(|f| f.event.value as u64)
+        .collect();
+    values.sort_unstable();
+    values
+}
+
 /// Every endpoint's events are exactly 1..=sent, each once; each endpoint
 /// has one ticket for the check, and it counted every raise once.
 async fn assert_exactly_once(store: &dyn Store, sent: &BTreeMap<String, u64>) {
     for (id, &n) in sent {
-        let mut values: Vec<u64> = store
-            .faults(id, 100_000)
-            .await
-            .expect("faults")
-            .iter()
-            .filter(|f| f.event.check_id == CHECK)
-            .map(|f| f.event.value as u64)
-            .collect();
-        values.sort_unstable();
+        let values = numbered_values(store, id).await;
         let expected: Vec<u64> = (1..=n).collect();
         if values != expected {
             let mut doubled = values.clone();
@@ -396,17 +402,10 @@ async fn a_full_disk_under_the_outbox_raises_a_fault_and_loses_nothing() {
     assert_eq!(tickets.len(), 1, "{tickets:?}");
     assert_eq!(tickets[0].title, "Agent cannot keep its outbox on disk");
     // Every numbered event arrived once, before, during and after.
-    let sent = BTreeMap::from([(id.to_owned(), n)]);
-    let mut values: Vec<u64> = store
-        .faults(id, 1000)
-        .await
-        .expect("faults")
-        .iter()
-        .filter(|f| f.event.check_id == CHECK)
-        .map(|f| f.event.value as u64)
-        .collect();
-    values.sort_unstable();
-    assert_eq!(values, (1..=sent[id]).collect::<Vec<_>>());
+    assert_eq!(
+        numbered_values(store.as_ref(), id).await,
+        (1..=n).collect::<Vec<_>>()
+    );
     drop(disk);
 }
 
