@@ -342,6 +342,14 @@ impl Pending {
                 break;
             }
             self.dropped += 1;
+            if self.dropped == 1 || self.dropped.is_multiple_of(100) {
+                warn!(
+                    dropped = self.dropped,
+                    queued = self.len(),
+                    bytes = self.bytes,
+                    "outbox full: dropping the oldest snapshots (fault events are kept)"
+                );
+            }
         }
     }
 
@@ -558,6 +566,8 @@ pub struct Link {
     outbox_fault: bool,
     /// When to try the journal again.
     outbox_retry: std::time::Instant,
+    /// Dropped snapshots already told to the collector (in a hello).
+    dropped_reported: u64,
 }
 
 /// The fault an agent raises about itself when its outbox cannot be
@@ -621,6 +631,7 @@ impl Link {
             status: watch::Sender::new(LinkStatus::default()),
             outbox_fault: false,
             outbox_retry: std::time::Instant::now(),
+            dropped_reported: 0,
         })
     }
 
@@ -840,6 +851,7 @@ impl Link {
                 agent_version: vitals_proto::VERSION.to_owned(),
                 platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
                 last_assigned_seq: self.seq.last(),
+                dropped_snapshots: self.pending.dropped - self.dropped_reported,
             })),
         };
         let _ = tx.send(hello).await;
@@ -875,6 +887,8 @@ impl Link {
         // A connect that lands in a dead route would otherwise wait for
         // the kernel's TCP timeouts: the whole opening is bounded.
         let limit = self.config.link.connect_timeout;
+        // What this hello tells the collector about dropped snapshots.
+        let reporting = self.pending.dropped;
         let (tx, mut inbound, welcome, hello_sent_ms) =
             match tokio::time::timeout(limit, self.open()).await {
                 Ok(opened) => opened.map_err(early)?,
@@ -885,6 +899,7 @@ impl Link {
                 }
             };
         self.welcome(&welcome).map_err(|e| early(e.into()))?;
+        self.dropped_reported = reporting;
         if welcome.collector_time_ms > 0 {
             // The collector read its clock about halfway through the round trip.
             let midpoint = (hello_sent_ms + vitals_proto::now_ms()) / 2;

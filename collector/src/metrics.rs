@@ -30,6 +30,8 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Messages per storage commit.
     pub commit_batch_size: Histogram,
+    /// Snapshots agents reported dropping from their outboxes for room.
+    pub agent_dropped_snapshots: Counter,
 }
 
 impl Default for Metrics {
@@ -79,8 +81,15 @@ impl Metrics {
             "Messages per storage commit",
             commit_batch_size.clone(),
         );
+        let agent_dropped_snapshots = Counter::default();
+        registry.register(
+            "agent_dropped_snapshots",
+            "Snapshots agents dropped from their outboxes for room while disconnected (never delivered)",
+            agent_dropped_snapshots.clone(),
+        );
         Metrics {
             registry,
+            agent_dropped_snapshots,
             connected_agents,
             handshakes,
             handshake_failures,

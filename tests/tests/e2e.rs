@@ -123,6 +123,7 @@ async fn open_session(
             agent_version: "test".into(),
             platform: "test/none".into(),
             last_assigned_seq: 0,
+            dropped_snapshots: 0,
         })),
     })
     .await

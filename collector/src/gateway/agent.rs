@@ -129,6 +129,17 @@ impl AgentGateway for AgentGatewayApi {
             agent_last_seq = hello.last_assigned_seq,
             "agent connected"
         );
+        if hello.dropped_snapshots > 0 {
+            warn!(
+                %endpoint,
+                dropped = hello.dropped_snapshots,
+                "agent dropped snapshots from its full outbox while disconnected; its history has a gap"
+            );
+            self.ingest
+                .metrics()
+                .agent_dropped_snapshots
+                .inc_by(hello.dropped_snapshots);
+        }
         let (tx, rx) = mpsc::channel(32);
         let welcome = message(collector_message::Body::Welcome(wire::Welcome {
             committed_seq: committed,

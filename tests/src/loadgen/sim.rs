@@ -120,6 +120,7 @@ impl SimAgent {
                 agent_version: vitals_proto::VERSION.into(),
                 platform: "loadgen/sim".into(),
                 last_assigned_seq: *seq,
+                dropped_snapshots: 0,
             })),
         };
         tx.send(hello).await.map_err(|_| "send")?;

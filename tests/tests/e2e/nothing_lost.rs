@@ -484,3 +484,63 @@ async fn a_critical_endpoint_gone_silent_gets_an_offline_ticket_that_clears_when
     back.stop().await;
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_dropped_from_a_full_outbox_are_counted_and_reported() {
+    let fleet = Fleet::new("dropped");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let id = "ws-small";
+    let mut config = fleet.agent_config(id, addr);
+    config.link.max_pending = 3;
+    let agent = LinkAgent::start(id, config);
+    // Ten snapshots and a fault event into an outbox of three: eight
+    // snapshots go, the event stays.
+    for _ in 0..10 {
+        agent
+            .send(vitals_agent::link::Outgoing::Snapshot(Box::default()))
+            .await;
+    }
+    agent.send(numbered_event(1)).await;
+    eventually(Duration::from_secs(5), "all taken in", || async {
+        let s = agent.status.borrow();
+        (s.queued == 11).then(|| (s.pending, s.dropped))
+    })
+    .await;
+    assert_eq!(
+        (agent.status.borrow().pending, agent.status.borrow().dropped),
+        (3, 8)
+    );
+
+    let collector =
+        RunningCollector::start_on(fleet.collector_config(), bind_again(addr).await).await;
+    drained(std::slice::from_ref(&agent), Duration::from_secs(20)).await;
+    let metrics = collector.scrape().await;
+    assert!(
+        metrics.contains("vitals_collector_agent_dropped_snapshots_total 8"),
+        "{metrics}"
+    );
+    // Told once: the next session's hello reports nothing new.
+    let sessions = agent.status.borrow().sessions;
+    collector.stop().await;
+    let collector =
+        RunningCollector::start_on(fleet.collector_config(), bind_again(addr).await).await;
+    eventually(Duration::from_secs(20), "reconnected", || async {
+        (agent.status.borrow().sessions > sessions).then_some(())
+    })
+    .await;
+    let metrics = collector.scrape().await;
+    assert!(
+        metrics.contains("vitals_collector_agent_dropped_snapshots_total 0"),
+        "{metrics}"
+    );
+    agent.stop().await;
+    collector.stop().await;
+    assert_eq!(
+        numbered_values(open_store(&fleet).await.as_ref(), id).await,
+        vec![1]
+    );
+}
