@@ -160,6 +160,20 @@ pub struct TicketState {
     pub max_ticket: u64,
     pub max_incident: u64,
     pub cursor: i64,
+    /// Tickets still waiting for their evidence snapshot.
+    pub awaiting: Vec<AwaitingEvidence>,
+}
+
+/// A ticket waiting for the snapshot that shows its fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwaitingEvidence {
+    pub ticket: u64,
+    pub endpoint: String,
+    /// When the agent saw the fault, by its own clock (as the snapshot's
+    /// time is), so clock skew does not matter.
+    pub fault_at_ms: i64,
+    /// When the collector started waiting, by its clock.
+    pub since_ms: i64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -171,6 +185,10 @@ pub struct TicketStep {
     pub snapshots: Vec<(u64, Snapshot)>,
     /// Webhook posts announcing these entries: (webhook, event, JSON body).
     pub deliveries: Vec<(String, String, String)>,
+    /// Tickets that start waiting for their evidence snapshot, and tickets
+    /// that stopped waiting (found it, or waited long enough).
+    pub awaiting_added: Vec<AwaitingEvidence>,
+    pub awaiting_done: Vec<u64>,
     pub cursor: i64,
     pub now_ms: i64,
 }

@@ -47,6 +47,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         include_str!("../../migrations/sqlite/0004_webhook_outbox.sql"),
     ),
     (5, include_str!("../../migrations/sqlite/0005_audit.sql")),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_ticket_awaiting.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -534,6 +538,21 @@ impl Store for SqliteStore {
                 [],
                 |r| r.get(0),
             )?;
+            let mut stmt = c.prepare(
+                "SELECT ticket, endpoint_id, fault_at_ms, since_ms FROM ticket_awaiting
+                 ORDER BY ticket",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(crate::store::AwaitingEvidence {
+                    ticket: r.get::<_, i64>(0)? as u64,
+                    endpoint: r.get(1)?,
+                    fault_at_ms: r.get(2)?,
+                    since_ms: r.get(3)?,
+                })
+            })?;
+            for row in rows {
+                state.awaiting.push(row?);
+            }
             Ok(state)
         })
         .await
@@ -608,6 +627,17 @@ impl Store for SqliteStore {
                 )?;
                 for (webhook, event, body) in &step.deliveries {
                     put.execute(params![webhook, event, body, step.now_ms])?;
+                }
+                let mut put = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO ticket_awaiting (ticket, endpoint_id, fault_at_ms, since_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for a in &step.awaiting_added {
+                    put.execute(params![a.ticket as i64, a.endpoint, a.fault_at_ms, a.since_ms])?;
+                }
+                let mut done = tx.prepare_cached("DELETE FROM ticket_awaiting WHERE ticket = ?1")?;
+                for t in &step.awaiting_done {
+                    done.execute(params![*t as i64])?;
                 }
                 tx.execute(
                     "UPDATE ticket_cursor SET fault_event_id = ?1 WHERE one = 1",
@@ -1076,18 +1106,44 @@ mod tests {
                     ("itsm".into(), "opened".into(), "{\"n\":1}".into()),
                     ("chat".into(), "opened".into(), "{\"n\":2}".into()),
                 ],
+                awaiting_added: vec![crate::store::AwaitingEvidence {
+                    ticket: 1,
+                    endpoint: "ws-1".into(),
+                    fault_at_ms: 4900,
+                    since_ms: 5000,
+                }],
+                awaiting_done: Vec::new(),
                 cursor: events[1].0,
                 now_ms: 5000,
             })
             .await
             .unwrap();
 
-        // After a restart nothing is read twice; the ticket is there.
+        // After a restart nothing is read twice; the ticket is there, still
+        // waiting for its evidence.
         drop(store);
         let store = SqliteStore::open(&path, 10, Duration::ZERO).await.unwrap();
         let state = store.ticket_state().await.unwrap();
         assert_eq!(state.tickets.len(), 1);
         assert_eq!(state.max_ticket, 1);
+        assert_eq!(
+            state
+                .awaiting
+                .iter()
+                .map(|a| (a.ticket, a.fault_at_ms))
+                .collect::<Vec<_>>(),
+            vec![(1, 4900)]
+        );
+        store
+            .save_tickets(TicketStep {
+                awaiting_done: vec![1],
+                cursor: state.cursor,
+                now_ms: 6000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(store.ticket_state().await.unwrap().awaiting.is_empty());
         assert!(
             store
                 .fault_events_after(state.cursor, 100)

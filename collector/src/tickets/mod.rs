@@ -202,24 +202,19 @@ pub fn host_of(address: &str) -> Option<String> {
     (!host.is_empty() && host != "localhost").then(|| host.to_ascii_lowercase())
 }
 
-/// A ticket waiting for the snapshot that shows its fault.
-struct Awaiting {
-    ticket: u64,
-    endpoint: String,
-    /// When the agent saw the fault, by its own clock (as the snapshot's
-    /// time is), so clock skew does not matter.
-    fault_at_ms: i64,
-    /// When the collector started waiting, by its clock.
-    since_ms: i64,
-}
+use crate::store::AwaitingEvidence as Awaiting;
 
 struct Worker {
     store: Arc<dyn Store>,
     engine: Engine,
     cursor: i64,
     changes: broadcast::Sender<Entry>,
-    /// Tickets waiting for their endpoint's snapshot at fault time.
+    /// Tickets waiting for their endpoint's snapshot at fault time (kept in
+    /// the store too, so a restart goes on waiting).
     awaiting: Vec<Awaiting>,
+    /// Changes to that list not saved yet: started waiting, done waiting.
+    awaiting_added: Vec<Awaiting>,
+    awaiting_done: Vec<u64>,
     /// Fault events applied since this worker started.
     processed: u64,
     webhooks: Vec<Webhook>,
@@ -270,6 +265,8 @@ impl Worker {
                 entries: entries.clone(),
                 snapshots,
                 deliveries,
+                awaiting_added: std::mem::take(&mut self.awaiting_added),
+                awaiting_done: std::mem::take(&mut self.awaiting_done),
                 cursor: self.cursor,
                 now_ms: now,
             })
@@ -282,6 +279,11 @@ impl Worker {
             let _ = self.changes.send(e);
         }
         Ok(())
+    }
+
+    fn wait_for_evidence(&mut self, a: Awaiting) {
+        self.awaiting_added.push(a.clone());
+        self.awaiting.push(a);
     }
 
     /// Snapshots for tickets waiting for one: the endpoint's first taken
@@ -308,8 +310,11 @@ impl Worker {
             };
             let waited = now - a.since_ms >= SNAPSHOT_WAIT.as_millis() as i64;
             match latest {
-                Some(s) if s.taken_at_ms >= a.fault_at_ms || waited => found.push((a.ticket, s)),
-                _ if waited => {}
+                Some(s) if s.taken_at_ms >= a.fault_at_ms || waited => {
+                    self.awaiting_done.push(a.ticket);
+                    found.push((a.ticket, s));
+                }
+                _ if waited => self.awaiting_done.push(a.ticket),
                 _ => still.push(a),
             }
         }
@@ -356,7 +361,7 @@ impl Worker {
             // the snapshot showing it.
             for e in &out {
                 if let (Some(ticket), Kind::Opened | Kind::Reopened) = (e.ticket, &e.kind) {
-                    self.awaiting.push(Awaiting {
+                    self.wait_for_evidence(Awaiting {
                         ticket,
                         endpoint: endpoint.clone(),
                         fault_at_ms: event.at_ms,
@@ -374,10 +379,12 @@ impl Worker {
             self.persist(entries, now).await?;
         } else if !self.awaiting.is_empty() {
             let snapshots = self.collect_snapshots(now).await?;
-            if !snapshots.is_empty() {
+            if !snapshots.is_empty() || !self.awaiting_done.is_empty() {
                 self.store
                     .save_tickets(TicketStep {
                         snapshots,
+                        awaiting_added: std::mem::take(&mut self.awaiting_added),
+                        awaiting_done: std::mem::take(&mut self.awaiting_done),
                         cursor: self.cursor,
                         now_ms: now,
                         ..Default::default()
@@ -437,7 +444,7 @@ impl Worker {
                 for o in &out {
                     if let (Some(ticket), Kind::Opened | Kind::Reopened) = (o.ticket, &o.kind) {
                         // The last snapshot before it went quiet.
-                        self.awaiting.push(Awaiting {
+                        self.wait_for_evidence(Awaiting {
                             ticket,
                             endpoint: id.clone(),
                             fault_at_ms: 0,
@@ -527,7 +534,9 @@ pub async fn process_backlog(store: Arc<dyn Store>, policy: &Policy) -> Result<u
         engine,
         cursor: state.cursor,
         changes,
-        awaiting: Vec::new(),
+        awaiting: state.awaiting,
+        awaiting_added: Vec::new(),
+        awaiting_done: Vec::new(),
         processed: 0,
         webhooks: Vec::new(),
         email: None,
@@ -560,6 +569,7 @@ async fn run(
     info!(
         tickets = state.tickets.len(),
         cursor = state.cursor,
+        awaiting_evidence = state.awaiting.len(),
         "ticket engine starting"
     );
     let mut engine = Engine::restore(
@@ -575,7 +585,9 @@ async fn run(
         engine,
         cursor: state.cursor,
         changes: queue.changes.clone(),
-        awaiting: Vec::new(),
+        awaiting: state.awaiting,
+        awaiting_added: Vec::new(),
+        awaiting_done: Vec::new(),
         processed: 0,
         webhooks: out.webhooks.clone(),
         email: out.email.clone(),

@@ -544,3 +544,45 @@ async fn snapshots_dropped_from_a_full_outbox_are_counted_and_reported() {
         vec![1]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_waiting_for_its_evidence_still_gets_it_after_a_collector_restart() {
+    let fleet = Fleet::new("evidence");
+    let config = fleet.collector_config();
+    let collector = RunningCollector::start(config.clone()).await;
+    let addr = collector.addr;
+    let id = "ws-evidence";
+    let agent = LinkAgent::start(id, fleet.agent_config(id, addr));
+    // A fault, and no snapshot yet: the ticket opens and waits for one.
+    agent.send(numbered_event(1)).await;
+    let store = open_store(&fleet).await;
+    let ticket = eventually(Duration::from_secs(20), "ticket opened", || async {
+        store
+            .tickets(TicketFilter {
+                endpoint: Some(id.into()),
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_iter()
+            .next()
+    })
+    .await;
+    collector.stop().await;
+
+    let collector = RunningCollector::start_on(config, bind_again(addr).await).await;
+    let mut snapshot = vitals_proto::domain::Snapshot::default();
+    snapshot.host.hostname = "after-the-restart".into();
+    snapshot.taken_at_ms = vitals_proto::now_ms();
+    agent
+        .send(vitals_agent::link::Outgoing::Snapshot(Box::new(snapshot)))
+        .await;
+    let evidence = eventually(Duration::from_secs(20), "evidence attached", || async {
+        store.ticket(ticket.id).await.ok()??.snapshot
+    })
+    .await;
+    assert_eq!(evidence.host.hostname, "after-the-restart");
+    agent.stop().await;
+    collector.stop().await;
+}
