@@ -614,9 +614,10 @@ impl Link {
             config.link.max_pending,
             config.link.outbox_max_bytes,
         );
-        // Numbers reserved in memory only (a full disk) may be in the
-        // journal past the counter's file: never hand them out again.
-        seq.skip_past(pending.max_seq())?;
+        // Numbers reserved in memory only (a full disk), or a counter file
+        // lost beside a kept journal: the journal's numbers are never
+        // handed out again, and a collector that has them is not ahead.
+        seq.resume_after(pending.max_seq())?;
         Ok(Link {
             endpoint_id,
             pending,

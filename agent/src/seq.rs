@@ -88,6 +88,15 @@ impl SeqCounter {
         self.first
     }
 
+    /// Resumes past `seq`, a number an earlier process handed out and
+    /// kept (the outbox journal's highest): the next number is above it, and
+    /// it counts as known, not as something only the collector has.
+    pub fn resume_after(&mut self, seq: u64) -> Result<(), SeqError> {
+        self.skip_past(seq)?;
+        self.first = self.first.max(seq + 1);
+        Ok(())
+    }
+
     /// Moves the counter so the next number is above `seq`.
     pub fn skip_past(&mut self, seq: u64) -> Result<(), SeqError> {
         if seq >= self.next {
@@ -138,6 +147,22 @@ mod tests {
         drop(b);
         let mut c = SeqCounter::open(&d).unwrap();
         assert!(c.assign().unwrap() > last);
+    }
+
+    #[test]
+    fn resuming_past_the_journal_counts_its_numbers_as_known() {
+        let d = dir("resume");
+        let mut c = SeqCounter::open(&d).unwrap();
+        assert_eq!(c.first(), 1);
+        // The journal holds 1,500: numbered past the file's block, as a
+        // full disk leaves it.
+        c.resume_after(1500).unwrap();
+        assert_eq!(c.first(), 1501);
+        assert_eq!(c.assign().unwrap(), 1501);
+        // Below what is already known, nothing moves.
+        c.resume_after(10).unwrap();
+        assert_eq!(c.first(), 1501);
+        assert_eq!(c.assign().unwrap(), 1502);
     }
 
     #[test]
