@@ -586,3 +586,39 @@ async fn a_ticket_waiting_for_its_evidence_still_gets_it_after_a_collector_resta
     agent.stop().await;
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_sequence_file_beside_a_kept_outbox_doubles_nothing() {
+    let fleet = Fleet::new("seqlost");
+    let config = fleet.collector_config();
+    let collector = RunningCollector::start(config.clone()).await;
+    let addr = collector.addr;
+    let id = "ws-seqlost";
+    let agent_config = fleet.agent_config(id, addr);
+    let agent = LinkAgent::start(id, agent_config.clone());
+    let mut n = 0;
+    send_next(std::slice::from_ref(&agent), &mut n, 5).await;
+    drained(std::slice::from_ref(&agent), Duration::from_secs(20)).await;
+    agent.stop().await;
+
+    // As if the last two acks never arrived (the link died first): the
+    // outbox still holds messages 4 and 5, numbered, which the collector
+    // already committed. And the sequence file is gone.
+    {
+        let mut p = vitals_agent::link::Pending::open(&agent_config.state_dir, 100, 1 << 20);
+        p.push_numbered(4, numbered_event(4));
+        p.push_numbered(5, numbered_event(5));
+    }
+    std::fs::remove_file(agent_config.state_dir.join("seq")).expect("remove seq");
+
+    let agent = LinkAgent::start(id, agent_config);
+    send_next(std::slice::from_ref(&agent), &mut n, 2).await;
+    drained(std::slice::from_ref(&agent), Duration::from_secs(20)).await;
+    agent.stop().await;
+    collector.stop().await;
+    assert_eq!(
+        numbered_values(open_store(&fleet).await.as_ref(), id).await,
+        (1..=7).collect::<Vec<_>>(),
+        "each event once"
+    );
+}
