@@ -340,14 +340,12 @@ fn read_at(f: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
 }
 
 #[cfg(windows)]
-fn read_at(f: &File, mut buf: &mut [u8], mut at: u64) -> io::Result<()> {
-    while !buf.is_empty() {
-        match std::os::windows::fs::FileExt::seek_read(f, buf, at)? {
+fn read_at(f: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match std::os::windows::fs::FileExt::seek_read(f, &mut buf[done..], at + done as u64)? {
             0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => {
-                buf = &mut buf[n..];
-                at += n as u64;
-            }
+            n => done += n,
         }
     }
     Ok(())
