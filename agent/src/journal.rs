@@ -107,28 +107,35 @@ impl Journal {
     pub fn open(dir: &Path) -> io::Result<(Journal, Recovered)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("outbox.log");
-        let mut data = Vec::new();
-        if path.exists() {
-            File::open(&path)?.read_to_end(&mut data)?;
-        }
+        // Read record by record: a long outage's journal is not loaded
+        // into memory whole.
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let mut data = match File::open(&path) {
+            Ok(f) => Some(io::BufReader::with_capacity(64 * 1024, f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
         let mut recovered = Recovered {
             next_local: 1,
             ..Recovered::default()
         };
         let mut at = 0usize;
+        let mut header = [0u8; HEADER];
+        let mut payload = Vec::new();
         let good_end = loop {
-            if at == data.len() {
+            let Some(reader) = &mut data else {
+                break 0;
+            };
+            if at as u64 >= size || reader.read_exact(&mut header).is_err() {
                 break at;
             }
-            let Some(header) = data.get(at..at + HEADER) else {
-                break at;
-            };
             let len = u32::from_le_bytes(header[..4].try_into().unwrap_or_default()) as usize;
             let crc = u32::from_le_bytes(header[4..].try_into().unwrap_or_default());
-            let Some(payload) = data.get(at + HEADER..at + HEADER + len) else {
+            if !(9..=MAX_RECORD).contains(&len) || (at + HEADER + len) as u64 > size {
                 break at;
-            };
-            if !(9..=MAX_RECORD).contains(&len) || crc32fast::hash(payload) != crc {
+            }
+            payload.resize(len, 0);
+            if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
                 break at;
             }
             let key = u64::from_le_bytes(payload[1..9].try_into().unwrap_or_default());
@@ -168,10 +175,13 @@ impl Journal {
             }
             at += HEADER + len;
         };
-        if good_end < data.len() {
+        drop(data);
+        if (good_end as u64) < size {
             let quarantine = dir.join(format!("outbox.corrupt-{}", vitals_proto::now_ms()));
-            std::fs::write(&quarantine, &data[good_end..])?;
-            recovered.quarantined = Some((quarantine, (data.len() - good_end) as u64));
+            let mut damaged = File::open(&path)?;
+            io::Seek::seek(&mut damaged, io::SeekFrom::Start(good_end as u64))?;
+            io::copy(&mut damaged, &mut File::create(&quarantine)?)?;
+            recovered.quarantined = Some((quarantine, size - good_end as u64));
             let f = OpenOptions::new().write(true).open(&path)?;
             f.set_len(good_end as u64)?;
             f.sync_all()?;

@@ -63,6 +63,16 @@ fn backlog(n: u64, size: usize) -> anyhow::Result<()> {
     let file = std::fs::metadata(dir.join("outbox.log"))
         .map(|m| m.len())
         .unwrap_or(0);
+    // A restart: the journal is replayed record by record.
+    drop(journaled);
+    let before = rss_kib();
+    let journaled = Pending::open(&dir, usize::MAX, u64::MAX);
+    anyhow::ensure!(
+        journaled.len() as u64 == n,
+        "replayed {} of {n}",
+        journaled.len()
+    );
+    let reopened = rss_kib().saturating_sub(before);
     let before = rss_kib();
     let mut memory = Pending::new(usize::MAX);
     for _ in 0..n {
@@ -78,6 +88,7 @@ fn backlog(n: u64, size: usize) -> anyhow::Result<()> {
         "memory with the journal: {with_journal} KiB ({} bytes per message)",
         with_journal * 1024 / n
     );
+    println!("memory after replaying it, as at a restart: {reopened} KiB");
     println!(
         "memory without it:       {in_memory} KiB, holding {} of them (the memory-only bound, {} MiB)",
         memory.len(),
