@@ -248,11 +248,7 @@ async fn links_through_a_stalling_resetting_black_holing_proxy_lose_nothing() {
 async fn a_damaged_outbox_is_quarantined_and_the_agent_goes_on() {
     let fleet = Fleet::new("damaged");
     // No collector yet: the events wait in the outbox on disk.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
+    let addr = nothing_listening().await;
     let id = "ws-damaged";
     let config = fleet.agent_config(id, addr);
     let first = LinkAgent::start(id, config.clone());
@@ -304,6 +300,14 @@ async fn a_damaged_outbox_is_quarantined_and_the_agent_goes_on() {
         .collect();
     values.sort_unstable();
     assert_eq!(values, vec![1, 2, 3, 4, 5, 7, 8], "all but the damaged one");
+}
+
+/// A loopback address where no collector listens yet.
+async fn nothing_listening() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    listener.local_addr().expect("addr")
 }
 
 async fn bind_again(addr: SocketAddr) -> tokio::net::TcpListener {
@@ -488,11 +492,7 @@ async fn a_critical_endpoint_gone_silent_gets_an_offline_ticket_that_clears_when
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_dropped_from_a_full_outbox_are_counted_and_reported() {
     let fleet = Fleet::new("dropped");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
+    let addr = nothing_listening().await;
     let id = "ws-small";
     let mut config = fleet.agent_config(id, addr);
     config.link.max_pending = 3;
