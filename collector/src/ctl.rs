@@ -392,7 +392,7 @@ pub fn audit_table(entries: &[vitals_proto::diag::AuditEntry]) -> String {
                 e.id.to_string(),
                 timestamp(e.at_ms),
                 format!("{} ({})", e.who, e.role),
-                e.endpoint.clone(),
+                e.endpoint_id.clone(),
                 if params.is_empty() {
                     e.kind.clone()
                 } else {

@@ -285,7 +285,7 @@ impl SpecialistService {
             at_ms: vitals_proto::now_ms(),
             who: caller.name.clone(),
             role: caller.role.as_str().to_owned(),
-            endpoint: r.endpoint.clone(),
+            endpoint_id: r.endpoint.clone(),
             kind: r.kind.clone(),
             params: r.params.clone(),
             ticket: r.ticket,
@@ -406,7 +406,7 @@ impl SpecialistService {
                     Some(Event::Disconnected) | None => {
                         let why = format!(
                             "{} disconnected before the diagnostic finished",
-                            audit.endpoint
+                            audit.endpoint_id
                         );
                         let _ = tx.send(Err(ServiceError::Aborted(why.clone()))).await;
                         break ("disconnected", why);
@@ -419,11 +419,14 @@ impl SpecialistService {
 
     async fn attach(&self, audit: &AuditEntry, ticket: u64, result: &DiagnosticResult, ms: u64) {
         let head = if result.ok {
-            format!("diagnostic {} on {} ({ms} ms):", audit.kind, audit.endpoint)
+            format!(
+                "diagnostic {} on {} ({ms} ms):",
+                audit.kind, audit.endpoint_id
+            )
         } else {
             format!(
                 "diagnostic {} on {} failed: {}",
-                audit.kind, audit.endpoint, result.error
+                audit.kind, audit.endpoint_id, result.error
             )
         };
         let text = format!("{head}\n{}", result.text);

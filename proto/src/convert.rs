@@ -528,41 +528,8 @@ fn severity_from_wire(s: i32) -> d::Severity {
 
 mirror!(@in diag, DiagnosticResult { ok, error, text, json, run_ms });
 
-impl From<crate::diag::AuditEntry> for crate::wire::AuditEntry {
-    fn from(a: crate::diag::AuditEntry) -> Self {
-        crate::wire::AuditEntry {
-            id: a.id,
-            at_ms: a.at_ms,
-            who: a.who,
-            role: a.role,
-            endpoint_id: a.endpoint,
-            kind: a.kind,
-            params: a.params.into_iter().collect(),
-            outcome: a.outcome,
-            detail: a.detail,
-            duration_ms: a.duration_ms,
-            ticket: a.ticket,
-        }
-    }
-}
-
-impl From<crate::wire::AuditEntry> for crate::diag::AuditEntry {
-    fn from(a: crate::wire::AuditEntry) -> Self {
-        crate::diag::AuditEntry {
-            id: a.id,
-            at_ms: a.at_ms,
-            who: a.who,
-            role: a.role,
-            endpoint: a.endpoint_id,
-            kind: a.kind,
-            params: a.params.into_iter().collect(),
-            outcome: a.outcome,
-            detail: a.detail,
-            duration_ms: a.duration_ms,
-            ticket: a.ticket,
-        }
-    }
-}
+mirror!(@in diag, AuditEntry { id, at_ms, who, role, endpoint_id, kind, outcome, detail, duration_ms, ticket }
+    lists { params });
 
 #[cfg(test)]
 mod tests {

@@ -354,7 +354,8 @@ pub struct AuditEntry {
     /// The certificate identity of the caller.
     pub who: String,
     pub role: String,
-    pub endpoint: String,
+    #[serde(rename = "endpoint")]
+    pub endpoint_id: String,
     pub kind: String,
     pub params: BTreeMap<String, String>,
     /// ok, failed, refused, offline, timed_out, cancelled, disconnected.
