@@ -76,14 +76,15 @@ pub enum Source<'a> {
     File(Stored),
 }
 
-/// What opening found.
-#[derive(Debug, Default)]
-pub struct Recovered {
+/// What opening found. Each message comes with what the caller's
+/// `classify` said of its body while it was read (`None`: unreadable).
+#[derive(Debug)]
+pub struct Recovered<K> {
     /// Unacknowledged numbered messages, by sequence: where their encoded
     /// bytes are.
-    pub messages: BTreeMap<u64, Stored>,
+    pub messages: BTreeMap<u64, (Stored, Option<K>)>,
     /// Messages not numbered yet, by journal-local id (queue order).
-    pub queued: BTreeMap<u64, Stored>,
+    pub queued: BTreeMap<u64, (Stored, Option<K>)>,
     /// The next free journal-local id.
     pub next_local: u64,
     /// Where a damaged tail was moved, and how many bytes it had.
@@ -103,8 +104,12 @@ fn record(tag: u8, seq: u64, body: &[u8]) -> Vec<u8> {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal in `dir` and replays it.
-    pub fn open(dir: &Path) -> io::Result<(Journal, Recovered)> {
+    /// Opens (or creates) the journal in `dir` and replays it, reading
+    /// each record once; `classify` looks at every message body on the way.
+    pub fn open<K>(
+        dir: &Path,
+        classify: impl Fn(&[u8]) -> Option<K>,
+    ) -> io::Result<(Journal, Recovered<K>)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("outbox.log");
         // Read record by record: a long outage's journal is not loaded
@@ -116,8 +121,10 @@ impl Journal {
             Err(e) => return Err(e),
         };
         let mut recovered = Recovered {
+            messages: BTreeMap::new(),
+            queued: BTreeMap::new(),
             next_local: 1,
-            ..Recovered::default()
+            quarantined: None,
         };
         let mut at = 0usize;
         let mut header = [0u8; HEADER];
@@ -146,7 +153,7 @@ impl Journal {
             };
             match payload[0] {
                 MESSAGE => {
-                    recovered.messages.insert(key, stored);
+                    recovered.messages.insert(key, (stored, classify(body)));
                 }
                 ACK => recovered.messages.retain(|s, _| *s > key),
                 DROP => {
@@ -156,7 +163,7 @@ impl Journal {
                     recovered.next_local = recovered.next_local.max(key + 1);
                     match payload[0] {
                         QUEUED => {
-                            recovered.queued.insert(key, stored);
+                            recovered.queued.insert(key, (stored, classify(body)));
                         }
                         DROP_QUEUED => {
                             recovered.queued.remove(&key);
@@ -192,7 +199,7 @@ impl Journal {
             .messages
             .values()
             .chain(recovered.queued.values())
-            .map(|b| (HEADER + 9) as u64 + u64::from(b.len))
+            .map(|(b, _)| (HEADER + 9) as u64 + u64::from(b.len))
             .sum();
         Ok((
             Journal {
@@ -365,6 +372,10 @@ fn read_at(f: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn open(d: &Path) -> io::Result<(Journal, Recovered<()>)> {
+        Journal::open(d, |_| Some(()))
+    }
+
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("vitals-journal-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -375,7 +386,7 @@ mod tests {
     fn replays_what_was_not_acknowledged_or_dropped() {
         let d = dir("replay");
         {
-            let (mut j, r) = Journal::open(&d).unwrap();
+            let (mut j, r) = open(&d).unwrap();
             assert!(r.messages.is_empty() && r.quarantined.is_none());
             for seq in 1..=5 {
                 j.message(seq, format!("m{seq}").as_bytes()).unwrap();
@@ -383,10 +394,10 @@ mod tests {
             j.ack(2, 0).unwrap();
             j.drop_message(4, 2).unwrap();
         }
-        let (j, r) = Journal::open(&d).unwrap();
+        let (j, r) = open(&d).unwrap();
         let seqs: Vec<u64> = r.messages.keys().copied().collect();
         assert_eq!(seqs, vec![3, 5]);
-        assert_eq!(j.read(r.messages[&5]).unwrap(), b"m5");
+        assert_eq!(j.read(r.messages[&5].0).unwrap(), b"m5");
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -394,7 +405,7 @@ mod tests {
     fn a_torn_or_corrupted_tail_is_quarantined_and_the_rest_kept() {
         let d = dir("torn");
         {
-            let (mut j, _) = Journal::open(&d).unwrap();
+            let (mut j, _) = open(&d).unwrap();
             for seq in 1..=3 {
                 j.message(seq, b"payload").unwrap();
             }
@@ -405,7 +416,7 @@ mod tests {
         // A half-written record (power cut mid-append).
         bytes.extend_from_slice(&record(MESSAGE, 4, b"payload")[..10]);
         std::fs::write(&path, &bytes).unwrap();
-        let (mut j, r) = Journal::open(&d).unwrap();
+        let (mut j, r) = open(&d).unwrap();
         assert_eq!(r.messages.len(), 3);
         let (q, n) = r.quarantined.expect("quarantined");
         assert_eq!(n, 10);
@@ -419,7 +430,7 @@ mod tests {
         let second = record(MESSAGE, 1, b"payload").len() + 12;
         bytes[second] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
-        let (_, r) = Journal::open(&d).unwrap();
+        let (_, r) = open(&d).unwrap();
         let seqs: Vec<u64> = r.messages.keys().copied().collect();
         assert_eq!(seqs, vec![1]);
         assert!(r.quarantined.is_some());
@@ -429,7 +440,7 @@ mod tests {
     #[test]
     fn rewriting_keeps_only_the_live_messages() {
         let d = dir("rewrite");
-        let (mut j, _) = Journal::open(&d).unwrap();
+        let (mut j, _) = open(&d).unwrap();
         let mut stored = Vec::new();
         for seq in 1..=100u64 {
             stored.push(j.message(seq, &[seq as u8; 100]).unwrap());
@@ -447,11 +458,11 @@ mod tests {
         assert_eq!(j.read(placed[10]).unwrap(), b"waiting");
         j.message(101, b"after").unwrap();
         drop(j);
-        let (j, r) = Journal::open(&d).unwrap();
+        let (j, r) = open(&d).unwrap();
         assert_eq!(r.messages.len(), 11);
         assert_eq!(r.messages.keys().next(), Some(&91));
-        assert_eq!(j.read(r.messages[&100]).unwrap(), vec![100u8; 100]);
-        assert_eq!(j.read(r.messages[&101]).unwrap(), b"after");
+        assert_eq!(j.read(r.messages[&100].0).unwrap(), vec![100u8; 100]);
+        assert_eq!(j.read(r.messages[&101].0).unwrap(), b"after");
         assert_eq!(r.queued.keys().collect::<Vec<_>>(), vec![&7]);
         assert_eq!(r.next_local, 8);
         let _ = std::fs::remove_dir_all(&d);
@@ -461,7 +472,7 @@ mod tests {
     fn waiting_messages_keep_their_place_until_numbered() {
         let d = dir("assign");
         {
-            let (mut j, _) = Journal::open(&d).unwrap();
+            let (mut j, _) = open(&d).unwrap();
             j.message(1, b"sent").unwrap();
             for local in 1..=4 {
                 j.queued(local, format!("w{local}").as_bytes()).unwrap();
@@ -472,11 +483,11 @@ mod tests {
             j.drop_queued(2, 2).unwrap();
             j.ack(2, 0).unwrap();
         }
-        let (j, r) = Journal::open(&d).unwrap();
+        let (j, r) = open(&d).unwrap();
         assert_eq!(r.messages.keys().collect::<Vec<_>>(), vec![&3]);
-        assert_eq!(j.read(r.messages[&3]).unwrap(), b"w1");
+        assert_eq!(j.read(r.messages[&3].0).unwrap(), b"w1");
         assert_eq!(r.queued.keys().collect::<Vec<_>>(), vec![&4]);
-        assert_eq!(j.read(r.queued[&4]).unwrap(), b"w4");
+        assert_eq!(j.read(r.queued[&4].0).unwrap(), b"w4");
         assert_eq!(r.next_local, 5);
         let _ = std::fs::remove_dir_all(&d);
     }

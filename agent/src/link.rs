@@ -158,7 +158,16 @@ impl Pending {
     pub fn open(dir: &std::path::Path, max: usize, max_bytes: u64) -> Self {
         let mut p = Pending::new(max);
         p.max_bytes = max_bytes.max(1);
-        match Journal::open(dir) {
+        // Whether a body is a fault event (true) or a snapshot (false).
+        let classify = |body: &[u8]| {
+            let m: wire::AgentMessage = prost::Message::decode(body).ok()?;
+            match m.body? {
+                agent_message::Body::Fault(_) => Some(true),
+                agent_message::Body::Snapshot(_) => Some(false),
+                _ => None,
+            }
+        };
+        match Journal::open(dir, classify) {
             Ok((journal, recovered)) => {
                 if let Some((path, bytes)) = &recovered.quarantined {
                     warn!(
@@ -167,28 +176,19 @@ impl Pending {
                         "outbox journal had a damaged tail; moved aside, the rest kept"
                     );
                 }
-                let kind = |stored: Stored| {
-                    let bytes = journal.read(stored).ok()?;
-                    let m: wire::AgentMessage = prost::Message::decode(bytes.as_slice()).ok()?;
-                    match m.body? {
-                        agent_message::Body::Fault(_) => Some(true),
-                        agent_message::Body::Snapshot(_) => Some(false),
-                        _ => None,
-                    }
-                };
                 let entry = |fault, stored: Stored| Entry {
                     fault,
                     size: u64::from(stored.len),
                     body: Body::Disk(stored),
                 };
-                for (seq, stored) in recovered.messages {
-                    match kind(stored) {
+                for (seq, (stored, kind)) in recovered.messages {
+                    match kind {
                         Some(fault) => p.numbered.push_back((seq, entry(fault, stored))),
                         None => warn!(seq, "outbox record not readable; skipped"),
                     }
                 }
-                for (local, stored) in recovered.queued {
-                    match kind(stored) {
+                for (local, (stored, kind)) in recovered.queued {
+                    match kind {
                         Some(true) => p.faults.push_back((local, entry(true, stored))),
                         Some(false) => p.snapshots.push_back((local, entry(false, stored))),
                         None => warn!(local, "outbox record not readable; skipped"),
@@ -252,7 +252,7 @@ impl Pending {
         if self.journal.is_some() {
             return true;
         }
-        let opened = Journal::open(dir).and_then(|(mut j, _stale)| {
+        let opened = Journal::open(dir, |_| None::<()>).and_then(|(mut j, _stale)| {
             let placed = j.rewrite(&self.live())?;
             Ok((j, placed))
         });
@@ -507,11 +507,6 @@ impl Pending {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Encoded bytes of what is queued.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
     }
 
     /// The numbered messages' sequences, oldest first (for tests and logs).
