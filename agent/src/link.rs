@@ -509,8 +509,9 @@ impl Pending {
         self.len() == 0
     }
 
-    /// The numbered messages' sequences, oldest first (for tests and logs).
-    pub fn numbered_seqs(&self) -> Vec<u64> {
+    /// The numbered messages' sequences, oldest first.
+    #[cfg(test)]
+    fn numbered_seqs(&self) -> Vec<u64> {
         self.numbered.iter().map(|(s, _)| *s).collect()
     }
 
