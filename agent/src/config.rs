@@ -324,11 +324,12 @@ pub struct LinkSettings {
     /// Longest reconnect delay.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
-    /// Messages held while the collector is unreachable; past this the
-    /// oldest snapshots are dropped (fault events never).
-    #[serde(default = "default_max_pending")]
-    pub max_pending: usize,
-    /// The outbox journal on disk (`<state_dir>/outbox.log`) holds at most
+    /// Messages the outbox holds while the collector is unreachable; past
+    /// this the oldest snapshots are dropped (fault events never). Older
+    /// configurations call it `max_pending`.
+    #[serde(default = "default_outbox_max_messages", alias = "max_pending")]
+    pub outbox_max_messages: usize,
+    /// The outbox file (`<state_dir>/outbox.log`) holds at most
     /// this much; past it the oldest snapshots are dropped, events never.
     #[serde(default = "default_outbox_max_bytes")]
     pub outbox_max_bytes: u64,
@@ -365,7 +366,7 @@ impl Default for LinkSettings {
             snapshot_interval: default_snapshot_interval(),
             reconnect_min: default_reconnect_min(),
             reconnect_max: default_reconnect_max(),
-            max_pending: default_max_pending(),
+            outbox_max_messages: default_outbox_max_messages(),
             outbox_max_bytes: default_outbox_max_bytes(),
             keepalive_interval: default_keepalive_interval(),
             keepalive_timeout: default_keepalive_timeout(),
@@ -389,7 +390,7 @@ fn default_reconnect_max() -> Duration {
 /// Bodies stay in the outbox file and memory holds about 50 bytes per
 /// message, so the count bound is generous: two weeks of one snapshot a
 /// minute. `outbox_max_bytes` is the bound that usually applies.
-fn default_max_pending() -> usize {
+fn default_outbox_max_messages() -> usize {
     20_000
 }
 
@@ -459,8 +460,8 @@ impl AgentConfig {
                 "link.keepalive_interval and link.keepalive_timeout must be at least 1s",
             ));
         }
-        if l.max_pending == 0 {
-            return Err(invalid("link.max_pending must be at least 1"));
+        if l.outbox_max_messages == 0 {
+            return Err(invalid("link.outbox_max_messages must be at least 1"));
         }
         c.probe_settings().validate().map_err(|m| invalid(&m))?;
         if !(1..=8).contains(&c.diagnostics.max_running) {
@@ -530,6 +531,17 @@ key = "pki/agent.key"
             err.contains("agent.toml:10: unknown field \"intrval\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_outbox_bound_keeps_its_older_name() {
+        let old = write("old-name", &format!("{GOOD}\n[link]\nmax_pending = 7\n"));
+        assert_eq!(AgentConfig::load(&old).unwrap().link.outbox_max_messages, 7);
+        let new = write(
+            "new-name",
+            &format!("{GOOD}\n[link]\noutbox_max_messages = 9\n"),
+        );
+        assert_eq!(AgentConfig::load(&new).unwrap().link.outbox_max_messages, 9);
     }
 
     #[test]

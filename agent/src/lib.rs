@@ -1,8 +1,14 @@
 //! The Vitals agent.
 //!
-//! - [`probes`] sample the workstation into a domain `Snapshot`.
+//! - [`probes`] sample the workstation into a domain `Snapshot`, one task
+//!   per probe, each under its own interval and timeout.
+//! - [`checks`] judge the collector's policy on the current picture and
+//!   turn state changes into fault events.
 //! - [`link`] holds the stream to the collector (the agent's only gRPC
-//!   edge), numbers messages and keeps them until acknowledged.
+//!   edge), numbers messages and keeps them in its outbox until
+//!   acknowledged.
+//! - [`diag`] runs the diagnostics a specialist asks for through the link.
+//! - [`seq`] is the sequence counter, monotonic across restarts.
 //! - [`config`] is `agent.toml`.
 //!
 //! [`run`] wires them: each probe runs on its own interval under its own
@@ -13,7 +19,6 @@
 pub mod checks;
 pub mod config;
 pub mod diag;
-pub mod journal;
 pub mod link;
 pub mod probes;
 pub mod seq;
@@ -31,6 +36,7 @@ use crate::config::AgentConfig;
 use crate::link::{FromCollector, Link, LinkError, Outgoing};
 use crate::probes::{Latest, Scheduled};
 use vitals_proto::policy::Policy;
+use vitals_proto::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -38,11 +44,6 @@ pub enum AgentError {
     Certificate { path: String, message: String },
     #[error(transparent)]
     Link(#[from] LinkError),
-}
-
-/// Completes once `stop` turns true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Reads the endpoint ID from the agent's own certificate.
@@ -88,8 +89,8 @@ pub fn check_tls_files(config: &AgentConfig) -> Result<EndpointId, AgentError> {
     endpoint_id_from_cert(&config.tls.cert)
 }
 
-/// Runs the agent until `shutdown` turns true.
-pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+/// Runs the agent until shutdown is requested.
+pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentError> {
     let endpoint_id = check_tls_files(&config)?;
     let (interval_tx, interval_rx) = watch::channel(config.link.snapshot_interval);
     // Until the collector sends its own, the shipped default applies.
@@ -161,7 +162,7 @@ async fn sample_loop(
     tx: mpsc::Sender<Outgoing>,
     mut interval: watch::Receiver<Duration>,
     mut policy: watch::Receiver<Policy>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     let mut checks = Checks::new(policy.borrow_and_update().clone());
     let (readings_tx, mut readings) = mpsc::channel(32);
@@ -227,7 +228,7 @@ async fn sample_loop(
                     }
                 }
             }
-            () = stopped(&mut shutdown) => return,
+            () = shutdown.requested() => return,
         }
     }
 }

@@ -183,13 +183,13 @@ fn run(config_path: PathBuf, exit_on_stdin_eof: bool) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (trigger, shutdown) = vitals_proto::shutdown::channel();
         tokio::spawn(async move {
             wait_for_stop(exit_on_stdin_eof).await;
             tracing::info!("stopping");
-            let _ = stop_tx.send(true);
+            trigger.trigger();
         });
-        match vitals_agent::run(config, stop_rx).await {
+        match vitals_agent::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "agent stopped");

@@ -87,11 +87,6 @@ pub fn raise_open_files_limit() -> Option<u64> {
     rlimit::increase_nofile_limit(u64::MAX).ok()
 }
 
-/// Completes once `stop` turns true (or its sender is gone).
-pub async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 /// Completes on Ctrl-C or, on Unix, SIGTERM: the signals that start a
 /// graceful shutdown.
 pub async fn shutdown_signal() {
@@ -195,8 +190,11 @@ impl Collector {
             metrics,
             policy,
         } = self;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = || stopped(stop_rx.clone());
+        let (trigger, stop) = vitals_proto::shutdown::channel();
+        let stopped = || {
+            let mut stop = stop.clone();
+            async move { stop.requested().await }
+        };
 
         let faults_committed = Arc::new(tokio::sync::Notify::new());
         let (ingest, batcher) =
@@ -231,7 +229,7 @@ impl Collector {
                 addr: config.listen,
                 source,
             })?;
-        let incoming = tls::accept_loop(listeners.grpc, tls, metrics.clone(), stop_rx.clone());
+        let incoming = tls::accept_loop(listeners.grpc, tls, metrics.clone(), stop.clone());
         info!(version = %policy.version, checks = policy.checks.len(), "fault policy");
         // The watcher lives as long as the server; without a policy file the
         // shipped default never changes.
@@ -262,7 +260,7 @@ impl Collector {
             },
             metrics.clone(),
             outbound.wake.clone(),
-            stop_rx.clone(),
+            stop.clone(),
         ));
         tokio::spawn(tickets::supervise(
             store.clone(),
@@ -270,19 +268,19 @@ impl Collector {
             faults_committed,
             desk_queue,
             outbound,
-            stop_rx.clone(),
+            stop.clone(),
         ));
         let relay = Arc::new(relay::Relay::default());
         let gateway = AgentGatewayApi::new(
             ingest.clone(),
             config.agents.clone(),
             policy,
-            stop_rx.clone(),
+            stop.clone(),
             relay.clone(),
         );
         let specialist = SpecialistApi::new(
             SpecialistService::new(store.clone(), desk, kb, relay),
-            stop_rx.clone(),
+            stop.clone(),
         );
         drop(ingest);
         let server = tonic::transport::Server::builder()
@@ -300,7 +298,7 @@ impl Collector {
             r = &mut server => r,
             () = shutdown => {
                 info!("shutting down: draining agent sessions");
-                let _ = stop_tx.send(true);
+                trigger.trigger();
                 match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -311,7 +309,7 @@ impl Collector {
                 }
             }
         };
-        let _ = stop_tx.send(true);
+        trigger.trigger();
         // The batcher ends once every session has let go of ingest; it
         // commits what is queued first.
         if tokio::time::timeout(SHUTDOWN_GRACE, batcher).await.is_err() {

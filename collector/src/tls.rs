@@ -20,7 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
@@ -175,12 +175,12 @@ impl AsyncWrite for VerifiedConn {
 
 /// Accepts TCP connections, runs each handshake in its own task under a
 /// deadline, and sends verified connections to the returned channel. Stops
-/// accepting when `stop` turns true.
+/// accepting once shutdown is requested.
 pub fn accept_loop(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: vitals_proto::shutdown::Shutdown,
 ) -> mpsc::Receiver<Result<VerifiedConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
     let acceptor = TlsAcceptor::from(config);
@@ -188,7 +188,7 @@ pub fn accept_loop(
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
+                () = stop.requested() => break,
                 r = listener.accept() => r,
             };
             let (tcp, remote) = match accepted {

@@ -5,6 +5,10 @@
 //! - [`domain`]: the types both sides work on inside (snapshot and friends).
 //! - [`identity`]: who a peer is, read from its certificate.
 //! - [`convert`]: wire <-> domain, in one place.
+//! - [`shutdown`]: the one shutdown signal every task of both sides waits on.
+//! - [`policy`], [`ticket_rules`]: `policy.toml`; [`diag`]: the diagnostic
+//!   catalog; [`tickets`]: ticket types; [`report`]: a snapshot as text;
+//!   [`config_file`]: strict TOML with `file:line` errors.
 
 pub mod config_file;
 pub mod convert;
@@ -13,6 +17,7 @@ pub mod domain;
 pub mod identity;
 pub mod policy;
 pub mod report;
+pub mod shutdown;
 pub mod ticket_rules;
 pub mod tickets;
 

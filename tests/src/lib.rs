@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 use vitals_agent::config::{
@@ -100,7 +100,7 @@ impl Fleet {
                 snapshot_interval: Duration::from_secs(1),
                 reconnect_min: Duration::from_millis(100),
                 reconnect_max: Duration::from_millis(500),
-                max_pending: 1000,
+                outbox_max_messages: 1000,
                 outbox_max_bytes: 64 * 1024 * 1024,
                 // A dead link is noticed within 4 s.
                 keepalive_interval: Duration::from_secs(2),
@@ -340,20 +340,23 @@ impl Drop for CollectorProcess {
     }
 }
 
-/// A task that runs until told to stop (through a watch) and ends with a
-/// result: an agent, or an agent's link.
+/// A task that runs until told to stop (through the shutdown signal) and
+/// ends with a result: an agent, or an agent's link.
 pub struct StoppableTask<E> {
-    stop: watch::Sender<bool>,
+    stop: vitals_proto::shutdown::Trigger,
     task: JoinHandle<Result<(), E>>,
     what: &'static str,
 }
 
 impl<E: std::fmt::Debug + Send + 'static> StoppableTask<E> {
-    pub fn spawn<F>(what: &'static str, run: impl FnOnce(watch::Receiver<bool>) -> F) -> Self
+    pub fn spawn<F>(
+        what: &'static str,
+        run: impl FnOnce(vitals_proto::shutdown::Shutdown) -> F,
+    ) -> Self
     where
         F: std::future::Future<Output = Result<(), E>> + Send + 'static,
     {
-        let (stop, rx) = watch::channel(false);
+        let (stop, rx) = vitals_proto::shutdown::channel();
         StoppableTask {
             stop,
             task: tokio::spawn(run(rx)),
@@ -369,7 +372,7 @@ impl<E: std::fmt::Debug + Send + 'static> StoppableTask<E> {
 
     /// Asks it to stop and waits (at most 10 s) for a clean end.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        self.stop.trigger();
         let what = self.what;
         tokio::time::timeout(Duration::from_secs(10), self.task)
             .await

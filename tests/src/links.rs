@@ -1,4 +1,4 @@
-//! Agents reduced to their link: the agent's own `Link` (outbox journal,
+//! Agents reduced to their link: the agent's own `Link` (outbox file,
 //! sequence counter, backoff, keepalive, acks) fed with messages the test
 //! chooses instead of probe readings. Hundreds fit in one test process, and
 //! what they sent can be checked message by message in the store.
@@ -74,7 +74,7 @@ impl LinkAgent {
     pub fn drained(&self) -> bool {
         let s = self.status.borrow();
         s.connected
-            && s.pending == 0
+            && s.outbox_messages == 0
             && s.queued == self.fed.load(std::sync::atomic::Ordering::SeqCst)
     }
 

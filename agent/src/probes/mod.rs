@@ -159,7 +159,7 @@ pub async fn run_with_timeout(probe: &mut dyn Probe, timeout: Duration) -> Readi
 pub fn spawn_all(
     probes: Vec<Scheduled>,
     tx: mpsc::Sender<(&'static str, Reading)>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: vitals_proto::shutdown::Shutdown,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     probes
         .into_iter()
@@ -175,7 +175,7 @@ pub fn spawn_all(
                     }
                     tokio::select! {
                         _ = tokio::time::sleep_until(started + s.timing.interval) => {}
-                        () = crate::stopped(&mut shutdown) => return,
+                        () = shutdown.requested() => return,
                     }
                 }
             })

@@ -18,8 +18,9 @@
 
 use std::pin::pin;
 use std::time::Duration;
+use vitals_proto::shutdown::Shutdown;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -47,7 +48,7 @@ pub struct AgentGatewayApi {
     /// The running fault policy: sent in each welcome, and to every live
     /// session when it changes.
     policy: crate::policy::PolicyWatch,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     /// Diagnostics relayed down agent streams.
     relay: std::sync::Arc<Relay>,
 }
@@ -57,7 +58,7 @@ impl AgentGatewayApi {
         ingest: Ingest,
         settings: AgentSettings,
         policy: crate::policy::PolicyWatch,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
         relay: std::sync::Arc<Relay>,
     ) -> Self {
         AgentGatewayApi {
@@ -93,7 +94,7 @@ impl AgentGateway for AgentGatewayApi {
         let mut inbound = request.into_inner();
         let first = timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no hello within 10s"))??
+            .map_err(|_| Status::deadline_exceeded(format!("no hello within {HELLO_TIMEOUT:?}")))??
             .ok_or_else(|| Status::invalid_argument("stream closed before hello"))?;
         let Some(agent_message::Body::Hello(hello)) = first.body else {
             return Err(Status::invalid_argument("the first message must be hello"));
@@ -181,7 +182,7 @@ struct Session {
     sink: std::sync::Arc<AckSink>,
     tx: Outbound,
     idle_timeout: Duration,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     policy: crate::policy::PolicyWatch,
 }
 
@@ -202,7 +203,8 @@ impl Session {
         self.policy.mark_unchanged();
         let mut acked = committed;
         let mut highest_seen = committed;
-        let shutdown = crate::stopped(self.shutdown.clone());
+        let mut stop = self.shutdown.clone();
+        let shutdown = stop.requested();
         let mut shutdown = pin!(shutdown);
         let idle = sleep(self.idle_timeout);
         let mut idle = pin!(idle);

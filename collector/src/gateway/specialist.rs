@@ -3,6 +3,7 @@
 
 use tonic::{Request, Response, Status};
 use vitals_proto::identity::Identity;
+use vitals_proto::shutdown::Shutdown;
 use vitals_proto::wire;
 use vitals_proto::wire::specialist_server::Specialist;
 
@@ -14,12 +15,12 @@ use vitals_proto::tickets::Status as TicketStatus;
 
 pub struct SpecialistApi {
     service: SpecialistService,
-    /// Turns true when the collector stops: open watch streams end then.
-    stop: tokio::sync::watch::Receiver<bool>,
+    /// Requested when the collector stops: open watch streams end then.
+    stop: Shutdown,
 }
 
 impl SpecialistApi {
-    pub fn new(service: SpecialistService, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+    pub fn new(service: SpecialistService, stop: Shutdown) -> Self {
         SpecialistApi { service, stop }
     }
 }
@@ -231,7 +232,7 @@ impl Specialist for SpecialistApi {
             loop {
                 let item = tokio::select! {
                     r = rx.recv() => r,
-                    _ = stop.wait_for(|s| *s) => return,
+                    () = stop.requested() => return,
                 };
                 let msg = match item {
                     Ok(entry) => Ok(wire::TicketEntry::from(&entry)),

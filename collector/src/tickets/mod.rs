@@ -12,6 +12,7 @@ pub mod notify;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use vitals_proto::shutdown::Shutdown;
 
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
@@ -549,7 +550,7 @@ pub async fn process_backlog(store: Arc<dyn Store>, policy: &Policy) -> Result<u
     Ok(w.processed)
 }
 
-/// Runs the ticket engine until `stop` turns true: reads fault events past
+/// Runs the ticket engine until shutdown is requested: reads fault events past
 /// its cursor whenever ingest commits some (`wake`) and at least every
 /// second, takes specialists' commands, and persists each step with the
 /// cursor in one transaction.
@@ -559,7 +560,7 @@ async fn run(
     wake: &Notify,
     queue: &mut DeskQueue,
     out: &Outbound,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut Shutdown,
 ) -> Result<(), StoreError> {
     let state = store.ticket_state().await?;
     let (rules, check_list) = {
@@ -609,13 +610,9 @@ async fn run(
             () = wake.notified() => {}
             () = tokio::time::sleep(TICK) => {}
             Some(c) = queue.rx.recv() => w.command(c).await?,
-            () = stopped(stop) => return Ok(()),
+            () = stop.requested() => return Ok(()),
         }
     }
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Where the engine's notifications go: the configured webhooks and
@@ -635,7 +632,7 @@ pub async fn supervise(
     wake: Arc<Notify>,
     mut queue: DeskQueue,
     out: Outbound,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     loop {
         match run(

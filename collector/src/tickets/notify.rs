@@ -15,11 +15,12 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use vitals_proto::shutdown::Shutdown;
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 use vitals_proto::tickets::{Entry, Ticket};
 
@@ -94,14 +95,14 @@ pub struct Targets {
     pub kb: KnowledgeBase,
 }
 
-/// Sends due deliveries (webhook posts and mails) until `stop` turns true.
+/// Sends due deliveries (webhook posts and mails) until shutdown is requested.
 /// `wake` is notified when the engine has queued new ones.
 pub async fn deliver(
     store: Arc<dyn Store>,
     targets: Targets,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let Targets {
         webhooks,
@@ -167,13 +168,9 @@ pub async fn deliver(
         tokio::select! {
             () = wake.notified() => {}
             () = tokio::time::sleep(POLL) => {}
-            () = stopped(&mut stop) => return,
+            () = stop.requested() => return,
         }
     }
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 async fn mail(m: &Mailer, kb: &KnowledgeBase, d: &crate::store::Delivery) -> DeliveryOutcome {

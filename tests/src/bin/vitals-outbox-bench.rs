@@ -1,24 +1,24 @@
-//! `vitals-outbox-bench`: what the agent's outbox journal costs per message,
+//! `vitals-outbox-bench`: what the agent's outbox file costs per message,
 //! in CPU and wall time, on this machine.
 //!
 //! Queues `--messages` real snapshots of this machine (and a fault event
 //! after every tenth) through the link's pending queue, acknowledging them
 //! in batches as a collector would, once in memory only and once backed by
-//! the journal on disk (each record flushed with `sync_data`). The
-//! difference is the journal's cost. A third run takes the outage path:
+//! the outbox file on disk (each record flushed with `sync_data`). The
+//! difference is the file's cost. A third run takes the outage path:
 //! every message is queued while the link is down (one record each), then
 //! numbered as it goes out when the link is back (one record per batch).
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vitals_agent::link::{Outgoing, Pending};
+use vitals_agent::link::{Outbox, Outgoing};
 use vitals_proto::domain::{FaultEvent, FaultState, Severity};
 
 #[derive(Parser)]
 #[command(
     name = "vitals-outbox-bench",
-    about = "Cost of the agent's outbox journal"
+    about = "Cost of the agent's outbox file"
 )]
 struct Args {
     #[arg(long, default_value_t = 2000)]
@@ -27,7 +27,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     ack_every: u64,
     /// Instead: queue this many snapshots as during an outage and report
-    /// the memory it takes, with the journal and then in memory only.
+    /// the memory it takes, with the outbox file and then in memory only.
     #[arg(long)]
     backlog: Option<u64>,
     /// With --backlog: pad each snapshot to about this many bytes encoded.
@@ -55,7 +55,7 @@ fn backlog(n: u64, size: usize) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("vitals-outbox-backlog-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let before = rss_kib();
-    let mut journaled = Pending::open(&dir, usize::MAX, u64::MAX);
+    let mut journaled = Outbox::open(&dir, usize::MAX, u64::MAX);
     for _ in 0..n {
         journaled.push(Outgoing::Snapshot(Box::new(snapshot.clone())));
     }
@@ -63,10 +63,10 @@ fn backlog(n: u64, size: usize) -> anyhow::Result<()> {
     let file = std::fs::metadata(dir.join("outbox.log"))
         .map(|m| m.len())
         .unwrap_or(0);
-    // A restart: the journal is replayed record by record.
+    // A restart: the outbox file is replayed record by record.
     drop(journaled);
     let before = rss_kib();
-    let journaled = Pending::open(&dir, usize::MAX, u64::MAX);
+    let journaled = Outbox::open(&dir, usize::MAX, u64::MAX);
     anyhow::ensure!(
         journaled.len() as u64 == n,
         "replayed {} of {n}",
@@ -74,7 +74,7 @@ fn backlog(n: u64, size: usize) -> anyhow::Result<()> {
     );
     let reopened = rss_kib().saturating_sub(before);
     let before = rss_kib();
-    let mut memory = Pending::new(usize::MAX);
+    let mut memory = Outbox::new(usize::MAX);
     for _ in 0..n {
         memory.push(Outgoing::Snapshot(Box::new(snapshot.clone())));
     }
@@ -85,7 +85,7 @@ fn backlog(n: u64, size: usize) -> anyhow::Result<()> {
         file >> 20
     );
     println!(
-        "memory with the journal: {with_journal} KiB ({} bytes per message)",
+        "memory with the outbox file: {with_journal} KiB ({} bytes per message)",
         with_journal * 1024 / n
     );
     println!("memory after replaying it, as at a restart: {reopened} KiB");
@@ -103,7 +103,7 @@ fn cpu_ticks() -> u64 {
     vitals_tests::loadgen::procstat::cpu_ticks("self", false).unwrap_or(0)
 }
 
-fn run(p: &mut Pending, args: &Args, snapshot: &vitals_proto::domain::Snapshot) -> (f64, f64) {
+fn run(p: &mut Outbox, args: &Args, snapshot: &vitals_proto::domain::Snapshot) -> (f64, f64) {
     let (t0, c0) = (Instant::now(), cpu_ticks());
     for seq in 1..=args.messages {
         p.push_numbered(seq, message(seq, snapshot));
@@ -118,7 +118,7 @@ fn run(p: &mut Pending, args: &Args, snapshot: &vitals_proto::domain::Snapshot) 
 
 /// The outage path: everything queued first, then numbered and sent.
 fn run_outage(
-    p: &mut Pending,
+    p: &mut Outbox,
     args: &Args,
     snapshot: &vitals_proto::domain::Snapshot,
     seq: &mut vitals_agent::seq::SeqCounter,
@@ -166,19 +166,19 @@ fn main() -> anyhow::Result<()> {
         prost::Message::encoded_len(&vitals_proto::wire::Snapshot::from(snapshot.clone()));
     let dir = std::env::temp_dir().join(format!("vitals-outbox-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let (mem_cpu, mem_wall) = run(&mut Pending::new(100_000), &args, &snapshot);
-    let mut journaled = Pending::open(&dir, 100_000, 64 * 1024 * 1024);
+    let (mem_cpu, mem_wall) = run(&mut Outbox::new(100_000), &args, &snapshot);
+    let mut journaled = Outbox::open(&dir, 100_000, 64 * 1024 * 1024);
     anyhow::ensure!(
-        journaled.journal_error.is_none(),
+        journaled.file_error().is_none(),
         "journal: {:?}",
-        journaled.journal_error
+        journaled.file_error()
     );
     let (j_cpu, j_wall) = run(&mut journaled, &args, &snapshot);
     let file = std::fs::metadata(dir.join("outbox.log"))
         .map(|m| m.len())
         .unwrap_or(0);
     let _ = std::fs::remove_dir_all(&dir);
-    let mut outage = Pending::open(&dir, 100_000, 64 * 1024 * 1024);
+    let mut outage = Outbox::open(&dir, 100_000, 64 * 1024 * 1024);
     let mut seq = vitals_agent::seq::SeqCounter::open(&dir)?;
     let (o_cpu, o_wall) = run_outage(&mut outage, &args, &snapshot, &mut seq)?;
     let _ = std::fs::remove_dir_all(&dir);

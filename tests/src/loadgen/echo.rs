@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use vitals_collector::metrics::Metrics;
@@ -67,8 +67,8 @@ pub async fn serve(
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let p = PkiPaths::new(data_dir);
     let config = tls::server_config(&p.ca_cert(), &p.server_cert(), &p.server_key())?;
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let incoming = tls::accept_loop(listener, config, Arc::new(Metrics::new()), stop_rx);
+    let (_trigger, stop) = vitals_proto::shutdown::channel();
+    let incoming = tls::accept_loop(listener, config, Arc::new(Metrics::new()), stop);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .add_service(AgentGatewayServer::new(Echo))

@@ -1,5 +1,5 @@
 //! The reconnect storm after a collector restart. A fleet of the agent's
-//! own links (outbox journal, backoff with full jitter at the product's
+//! own links (outbox file, backoff with full jitter at the product's
 //! defaults, keepalive) connects to a collector process; the collector is
 //! killed with SIGKILL, every agent queues a backlog (a fault event and
 //! snapshots) during the outage, and the collector is started again on the

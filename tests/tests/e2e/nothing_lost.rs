@@ -255,7 +255,7 @@ async fn a_damaged_outbox_is_quarantined_and_the_agent_goes_on() {
     let mut n = 0;
     send_next(std::slice::from_ref(&first), &mut n, 6).await;
     eventually(Duration::from_secs(5), "six events queued", || async {
-        (first.status.borrow().pending == 6).then_some(())
+        (first.status.borrow().outbox_messages == 6).then_some(())
     })
     .await;
     first.stop().await;
@@ -352,13 +352,13 @@ async fn a_full_disk_under_the_outbox_raises_a_fault_and_loses_nothing() {
         {}
     }
     for _ in 0..400 {
-        if agent.status.borrow().journal_error.is_some() {
+        if agent.status.borrow().outbox_error.is_some() {
             break;
         }
         send_next(one, &mut n, 1).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let why = agent.status.borrow().journal_error.clone();
+    let why = agent.status.borrow().outbox_error.clone();
     assert!(
         why.as_deref().is_some_and(|w| w.contains("No space left")),
         "{why:?}"
@@ -367,17 +367,17 @@ async fn a_full_disk_under_the_outbox_raises_a_fault_and_loses_nothing() {
     send_next(one, &mut n, 3).await;
     drained(one, Duration::from_secs(20)).await;
 
-    // Room again: within the retry interval the journal is back.
+    // Room again: within the retry interval the outbox file is back.
     disk.empty();
     std::fs::remove_file(&rest).expect("remove rest");
     for _ in 0..60 {
-        if agent.status.borrow().journal_error.is_none() {
+        if agent.status.borrow().outbox_error.is_none() {
             break;
         }
         send_next(one, &mut n, 1).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(agent.status.borrow().journal_error, None);
+    assert_eq!(agent.status.borrow().outbox_error, None);
     send_next(one, &mut n, 2).await;
     drained(one, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -495,7 +495,7 @@ async fn snapshots_dropped_from_a_full_outbox_are_counted_and_reported() {
     let addr = nothing_listening().await;
     let id = "ws-small";
     let mut config = fleet.agent_config(id, addr);
-    config.link.max_pending = 3;
+    config.link.outbox_max_messages = 3;
     let agent = LinkAgent::start(id, config);
     // Ten snapshots and a fault event into an outbox of three: eight
     // snapshots go, the event stays.
@@ -507,11 +507,14 @@ async fn snapshots_dropped_from_a_full_outbox_are_counted_and_reported() {
     agent.send(numbered_event(1)).await;
     eventually(Duration::from_secs(5), "all taken in", || async {
         let s = agent.status.borrow();
-        (s.queued == 11).then(|| (s.pending, s.dropped))
+        (s.queued == 11).then(|| (s.outbox_messages, s.dropped))
     })
     .await;
     assert_eq!(
-        (agent.status.borrow().pending, agent.status.borrow().dropped),
+        (
+            agent.status.borrow().outbox_messages,
+            agent.status.borrow().dropped
+        ),
         (3, 8)
     );
 
@@ -605,7 +608,7 @@ async fn a_lost_sequence_file_beside_a_kept_outbox_doubles_nothing() {
     // outbox still holds messages 4 and 5, numbered, which the collector
     // already committed. And the sequence file is gone.
     {
-        let mut p = vitals_agent::link::Pending::open(&agent_config.state_dir, 100, 1 << 20);
+        let mut p = vitals_agent::link::Outbox::open(&agent_config.state_dir, 100, 1 << 20);
         p.push_numbered(4, numbered_event(4));
         p.push_numbered(5, numbered_event(5));
     }

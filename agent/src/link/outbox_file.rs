@@ -1,5 +1,5 @@
-//! The outbox journal: the agent's unacknowledged messages on disk, so an
-//! agent restart or a power cut loses none of them.
+//! The outbox file: the agent's outbox (its unacknowledged messages) on
+//! disk, so an agent restart or a power cut loses none of them.
 //!
 //! One append-only file, `<state_dir>/outbox.log`, of records:
 //!
@@ -10,7 +10,7 @@
 //!          `AgentMessage` (whose own seq field is not used)
 //!   tag 2: everything numbered at or below key is acknowledged
 //!   tag 3: the numbered message key was dropped (an old snapshot, for room)
-//!   tag 4: a message waiting for its number: key = a journal-local id
+//!   tag 4: a message waiting for its number: key = a outbox-local id
 //!   tag 5: the waiting message key now has the sequence in body (u64 LE)
 //!   tag 6: the waiting message key was dropped
 //! ```
@@ -26,7 +26,7 @@
 //!
 //! Each append is flushed to the device before it counts. Opening replays
 //! the records; the first record that is cut short or fails its checksum
-//! ends the journal: it and everything after it are moved to a quarantine
+//! ends the outbox file: it and everything after it are moved to a quarantine
 //! file beside it, logged, and the file is cut back to the good part. When
 //! dead records (acknowledged or dropped) outweigh the live ones, the live
 //! ones are rewritten to a new file that atomically replaces the old.
@@ -43,10 +43,54 @@ const QUEUED: u8 = 4;
 const ASSIGN: u8 = 5;
 const DROP_QUEUED: u8 = 6;
 const HEADER: usize = 8;
+/// Bytes a record takes besides its body: the header, the tag and the key.
+pub const RECORD_OVERHEAD: u64 = (HEADER + 9) as u64;
 /// No message comes near this; a bigger length is corruption.
 const MAX_RECORD: usize = 64 * 1024 * 1024;
 
-pub struct Journal {
+/// What the outbox was doing with its file when the disk failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    Open,
+    Write,
+    Reopen,
+    Compaction,
+    Rewrite,
+}
+
+impl std::fmt::Display for FileOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileOp::Open => "open",
+            FileOp::Write => "write",
+            FileOp::Reopen => "reopen",
+            FileOp::Compaction => "compaction",
+            FileOp::Rewrite => "rewrite",
+        })
+    }
+}
+
+/// Why the outbox file stopped being used: the step and the disk's error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("outbox file {op}: {source}")]
+pub struct OutboxFileError {
+    pub op: FileOp,
+    /// Shared, so the error can be cloned into the link's status.
+    #[source]
+    pub source: std::sync::Arc<io::Error>,
+}
+
+impl OutboxFileError {
+    pub fn new(op: FileOp, source: io::Error) -> Self {
+        OutboxFileError {
+            op,
+            source: std::sync::Arc::new(source),
+        }
+    }
+}
+
+/// One append-only file of checksummed records (see the module doc).
+pub struct OutboxFile {
     path: PathBuf,
     file: File,
     /// A second handle for reading bodies back.
@@ -64,7 +108,7 @@ pub struct Stored {
     pub len: u32,
 }
 
-/// A live message for [`Journal::rewrite`]: its key, and its body in
+/// A live message for [`OutboxFile::rewrite`]: its key, and its body in
 /// memory or in the current file.
 pub enum Live<'a> {
     Numbered(u64, Source<'a>),
@@ -83,9 +127,9 @@ pub struct Recovered<K> {
     /// Unacknowledged numbered messages, by sequence: where their encoded
     /// bytes are.
     pub messages: BTreeMap<u64, (Stored, Option<K>)>,
-    /// Messages not numbered yet, by journal-local id (queue order).
+    /// Messages not numbered yet, by outbox-local id (queue order).
     pub queued: BTreeMap<u64, (Stored, Option<K>)>,
-    /// The next free journal-local id.
+    /// The next free outbox-local id.
     pub next_local: u64,
     /// Where a damaged tail was moved, and how many bytes it had.
     pub quarantined: Option<(PathBuf, u64)>,
@@ -103,16 +147,16 @@ fn record(tag: u8, seq: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
-impl Journal {
-    /// Opens (or creates) the journal in `dir` and replays it, reading
+impl OutboxFile {
+    /// Opens (or creates) the outbox file in `dir` and replays it, reading
     /// each record once; `classify` looks at every message body on the way.
     pub fn open<K>(
         dir: &Path,
         classify: impl Fn(&[u8]) -> Option<K>,
-    ) -> io::Result<(Journal, Recovered<K>)> {
+    ) -> io::Result<(OutboxFile, Recovered<K>)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("outbox.log");
-        // Read record by record: a long outage's journal is not loaded
+        // Read record by record: a long outage's outbox file is not loaded
         // into memory whole.
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         let mut data = match File::open(&path) {
@@ -199,10 +243,10 @@ impl Journal {
             .messages
             .values()
             .chain(recovered.queued.values())
-            .map(|(b, _)| (HEADER + 9) as u64 + u64::from(b.len))
+            .map(|(b, _)| RECORD_OVERHEAD + u64::from(b.len))
             .sum();
         Ok((
-            Journal {
+            OutboxFile {
                 path,
                 file,
                 reader,
@@ -219,7 +263,7 @@ impl Journal {
             .write_all(bytes)
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
-            // A partial record would end the journal at the next replay:
+            // A partial record would end the outbox file at the next replay:
             // cut the file back to the last whole record.
             let _ = self.file.set_len(self.bytes);
             return Err(e);
@@ -230,7 +274,7 @@ impl Journal {
 
     fn append_body(&mut self, tag: u8, key: u64, body: &[u8]) -> io::Result<Stored> {
         let r = record(tag, key, body);
-        let at = self.bytes + (HEADER + 9) as u64;
+        let at = self.bytes + RECORD_OVERHEAD;
         self.append(&r)?;
         self.live_bytes += r.len() as u64;
         Ok(Stored {
@@ -244,7 +288,7 @@ impl Journal {
         self.append_body(MESSAGE, seq, body)
     }
 
-    /// Records a message that has no sequence yet under the journal-local
+    /// Records a message that has no sequence yet under the outbox-local
     /// id `local`; durable when this returns.
     pub fn queued(&mut self, local: u64, body: &[u8]) -> io::Result<Stored> {
         self.append_body(QUEUED, local, body)
@@ -260,7 +304,7 @@ impl Journal {
     /// Records the sequences given to waiting messages (local id, seq), with
     /// one flush for all of them.
     pub fn assign(&mut self, numbers: &[(u64, u64)]) -> io::Result<()> {
-        let mut out = Vec::with_capacity(numbers.len() * (HEADER + 17));
+        let mut out = Vec::with_capacity(numbers.len() * (RECORD_OVERHEAD as usize + 8));
         for (local, seq) in numbers {
             out.extend_from_slice(&record(ASSIGN, *local, &seq.to_le_bytes()));
         }
@@ -271,7 +315,9 @@ impl Journal {
     /// dropped.
     pub fn drop_queued(&mut self, local: u64, size: usize) -> io::Result<()> {
         self.append(&record(DROP_QUEUED, local, &[]))?;
-        self.live_bytes = self.live_bytes.saturating_sub((HEADER + 9 + size) as u64);
+        self.live_bytes = self
+            .live_bytes
+            .saturating_sub(RECORD_OVERHEAD + size as u64);
         Ok(())
     }
 
@@ -286,7 +332,9 @@ impl Journal {
     /// Records that message `seq` (of `size` body bytes) was dropped.
     pub fn drop_message(&mut self, seq: u64, size: usize) -> io::Result<()> {
         self.append(&record(DROP, seq, &[]))?;
-        self.live_bytes = self.live_bytes.saturating_sub((HEADER + 9 + size) as u64);
+        self.live_bytes = self
+            .live_bytes
+            .saturating_sub(RECORD_OVERHEAD + size as u64);
         Ok(())
     }
 
@@ -320,7 +368,7 @@ impl Journal {
                 let r = record(tag, key, &body);
                 out.write_all(&r)?;
                 placed.push(Stored {
-                    at: at + (HEADER + 9) as u64,
+                    at: at + RECORD_OVERHEAD,
                     len: body.len() as u32,
                 });
                 at += r.len() as u64;
@@ -372,12 +420,13 @@ fn read_at(f: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn open(d: &Path) -> io::Result<(Journal, Recovered<()>)> {
-        Journal::open(d, |_| Some(()))
+    fn open(d: &Path) -> io::Result<(OutboxFile, Recovered<()>)> {
+        OutboxFile::open(d, |_| Some(()))
     }
 
     fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("vitals-journal-{}-{name}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("vitals-outbox-file-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
     }
