@@ -7,16 +7,20 @@
 //! sequence. Acks are cumulative (everything at or below `seq`), so a
 //! session's acknowledgement is a `watch` value that only grows: the batcher
 //! never waits on a slow session, and a session never misses the latest ack.
+//!
+//! Opening and closing a session are one call each here: storage records
+//! it, the registry ([`crate::sessions`]) attaches or detaches it, and the
+//! connected-agents gauge follows.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::error;
 use vitals_proto::identity::EndpointId;
 
 use crate::metrics::Metrics;
+use crate::sessions::{Attached, Sessions};
 use crate::store::{Record, RecordBody, SessionOpen, Store, StoreError};
 
 /// Most messages in one storage transaction.
@@ -64,27 +68,11 @@ struct Item {
     sink: Arc<AckSink>,
 }
 
-/// Who holds the live session of each endpoint. A new session of the same
-/// endpoint replaces the old one, which is told to stop.
-#[derive(Default)]
-struct Sessions {
-    next: u64,
-    live: HashMap<EndpointId, (u64, Arc<Notify>)>,
-}
-
-/// A registered session; `replaced` completes when a newer session of the
-/// same endpoint took over.
-pub struct SessionTicket {
-    pub endpoint: EndpointId,
-    pub generation: u64,
-    pub replaced: Arc<Notify>,
-}
-
 #[derive(Clone)]
 pub struct Ingest {
     queue: mpsc::Sender<Item>,
     store: Arc<dyn Store>,
-    sessions: Arc<Mutex<Sessions>>,
+    sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
 }
 
@@ -95,6 +83,7 @@ impl Ingest {
     /// events (the ticket engine waits on it).
     pub fn start(
         store: Arc<dyn Store>,
+        sessions: Arc<Sessions>,
         metrics: Arc<Metrics>,
         faults_committed: Arc<Notify>,
     ) -> (Ingest, tokio::task::JoinHandle<()>) {
@@ -109,7 +98,7 @@ impl Ingest {
             Ingest {
                 queue,
                 store,
-                sessions: Arc::default(),
+                sessions,
                 metrics,
             },
             task,
@@ -120,55 +109,28 @@ impl Ingest {
         &self.metrics
     }
 
-    /// Registers a session and records it in storage. Returns the ticket and
-    /// the highest committed sequence of the endpoint.
-    pub async fn open_session(
-        &self,
-        open: SessionOpen,
-    ) -> Result<(SessionTicket, u64), StoreError> {
+    /// Records a session in storage and attaches it to the registry (a
+    /// newer session of an endpoint replaces the older). Returns the
+    /// session and the highest committed sequence of the endpoint.
+    pub async fn open_session(&self, open: SessionOpen) -> Result<(Attached, u64), StoreError> {
         let committed = self.store.open_session(&open).await?;
-        let mut sessions = self.sessions.lock().await;
-        sessions.next += 1;
-        let generation = sessions.next;
-        let replaced = Arc::new(Notify::new());
-        if let Some((_, old)) = sessions
-            .live
-            .insert(open.endpoint.clone(), (generation, replaced.clone()))
-        {
-            // notify_one stores a permit, so the old session sees it even if
-            // it is not waiting at this instant.
-            old.notify_one();
-        } else {
+        let (session, replaced) = self.sessions.attach(&open.endpoint);
+        if !replaced {
             self.metrics.connected_agents.inc();
         }
-        Ok((
-            SessionTicket {
-                endpoint: open.endpoint,
-                generation,
-                replaced,
-            },
-            committed,
-        ))
+        Ok((session, committed))
     }
 
     /// Ends a session. The endpoint goes offline only if no newer session
     /// replaced this one.
-    pub async fn close_session(&self, ticket: &SessionTicket, at_ms: i64) {
-        let current = {
-            let mut sessions = self.sessions.lock().await;
-            let current = sessions
-                .live
-                .get(&ticket.endpoint)
-                .is_some_and(|(g, _)| *g == ticket.generation);
-            if current {
-                sessions.live.remove(&ticket.endpoint);
-                self.metrics.connected_agents.dec();
-            }
-            current
-        };
-        if current && let Err(error) = self.store.close_session(&ticket.endpoint, at_ms).await {
+    pub async fn close_session(&self, session: &Attached, at_ms: i64) {
+        if !self.sessions.detach(session) {
+            return;
+        }
+        self.metrics.connected_agents.dec();
+        if let Err(error) = self.store.close_session(&session.endpoint, at_ms).await {
             self.metrics.error("store");
-            error!(endpoint = %ticket.endpoint, %error, "cannot record session end");
+            error!(endpoint = %session.endpoint, %error, "cannot record session end");
         }
     }
 

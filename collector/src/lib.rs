@@ -22,6 +22,7 @@ pub mod policy;
 pub mod quickstart;
 pub mod relay;
 pub mod service;
+pub mod sessions;
 pub mod store;
 pub mod tickets;
 pub mod tls;
@@ -197,8 +198,15 @@ impl Collector {
         };
 
         let faults_committed = Arc::new(tokio::sync::Notify::new());
-        let (ingest, batcher) =
-            Ingest::start(store.clone(), metrics.clone(), faults_committed.clone());
+        // The one registry of live agent sessions: ingest attaches and
+        // detaches them, the relay finds them.
+        let sessions = Arc::new(sessions::Sessions::default());
+        let (ingest, batcher) = Ingest::start(
+            store.clone(),
+            sessions.clone(),
+            metrics.clone(),
+            faults_committed.clone(),
+        );
         if let Some(listener) = listeners.metrics {
             info!(addr = %listener.local_addr().map_err(|source| CollectorError::Bind { addr: config.metrics.listen, source })?, "metrics on /metrics");
             let metrics = metrics.clone();
@@ -270,7 +278,7 @@ impl Collector {
             outbound,
             stop.clone(),
         ));
-        let relay = Arc::new(relay::Relay::default());
+        let relay = Arc::new(relay::Relay::new(sessions));
         let gateway = AgentGatewayApi::new(
             ingest.clone(),
             config.agents.clone(),

@@ -2,28 +2,23 @@
 //! own agent stream (the desk opens no port), and the agent's progress and
 //! result come back to that specialist.
 //!
-//! Agent sessions attach when they start and detach when they end; a
-//! request to an endpoint without a session is refused as offline at once
-//! (or waits for it, if asked). Every request in flight belongs to the
-//! session it went down: when that session ends, its requests end with a
-//! clear error rather than a hang. A request whose specialist goes away,
-//! or whose deadline passes, is cancelled on the agent.
+//! The relay finds sessions in the registry ([`crate::sessions`]), which
+//! owns them; a request to an endpoint without a session is refused as
+//! offline at once (or waits for it, if asked). Every request in flight
+//! belongs to the session it went down: when that session ends (or a newer
+//! one replaces it), [`Running::next`] says [`Event::Disconnected`] at once
+//! rather than hang. A request whose specialist goes away, or whose
+//! deadline passes, is cancelled on the agent.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
-use vitals_proto::diag::DiagnosticResult;
-use vitals_proto::wire;
+use tokio::sync::{mpsc, watch};
+use vitals_proto::diag::{DiagnosticRequest, DiagnosticResult, DiagnosticUpdate, UpdateBody};
 
-/// What a session must send down its stream.
-#[derive(Debug)]
-pub enum Command {
-    Run(wire::DiagnosticRequest),
-    Cancel(u64),
-}
+use crate::sessions::{Command, Sessions};
 
 /// What comes back for a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,110 +29,69 @@ pub enum Event {
     Disconnected,
 }
 
-struct Attached {
-    session: u64,
-    commands: mpsc::Sender<Command>,
-}
-
 struct InFlight {
     endpoint: String,
     session: u64,
+    /// Turns true when the session the request went down ended.
+    ended: watch::Receiver<bool>,
     events: mpsc::Sender<Event>,
 }
 
-#[derive(Default)]
-struct Inner {
-    sessions: HashMap<String, Attached>,
-    in_flight: HashMap<u64, InFlight>,
+impl InFlight {
+    fn is_over(&self) -> bool {
+        *self.ended.borrow()
+    }
 }
 
-#[derive(Default)]
 pub struct Relay {
-    inner: Mutex<Inner>,
+    sessions: Arc<Sessions>,
+    in_flight: Mutex<HashMap<u64, InFlight>>,
     next: AtomicU64,
-    /// Woken whenever a session attaches.
-    attached: Notify,
 }
 
 /// A request on its way: its id and the events coming back.
 pub struct Running {
     pub id: u64,
-    pub events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<Event>,
+    ended: watch::Receiver<bool>,
+}
+
+impl Running {
+    /// The next event: progress, the result, or the session's end. An event
+    /// that arrived before the session ended is still handed out first.
+    pub async fn next(&mut self) -> Option<Event> {
+        tokio::select! {
+            biased;
+            // Closed only once the request is over here: nothing more comes.
+            e = self.events.recv() => Some(e.unwrap_or(Event::Disconnected)),
+            _ = self.ended.wait_for(|e| *e) => Some(Event::Disconnected),
+        }
+    }
 }
 
 impl Relay {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn new(sessions: Arc<Sessions>) -> Self {
+        Relay {
+            sessions,
+            in_flight: Mutex::default(),
+            next: AtomicU64::new(0),
+        }
     }
 
-    /// A session of `endpoint` starts; it replaces an older one. Returns its
-    /// token (for [`Relay::detach`]) and the commands to send down.
-    pub fn attach(&self, endpoint: &str) -> (u64, mpsc::Receiver<Command>) {
-        let session = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::channel(64);
-        let old = self.lock().sessions.insert(
-            endpoint.to_owned(),
-            Attached {
-                session,
-                commands: tx,
-            },
-        );
-        if let Some(old) = old {
-            self.fail_session(old.session);
-        }
-        self.attached.notify_waiters();
-        (session, rx)
-    }
-
-    /// The session ends: its requests in flight end as disconnected.
-    pub fn detach(&self, endpoint: &str, session: u64) {
-        {
-            let mut inner = self.lock();
-            if inner
-                .sessions
-                .get(endpoint)
-                .is_some_and(|a| a.session == session)
-            {
-                inner.sessions.remove(endpoint);
-            }
-        }
-        self.fail_session(session);
-    }
-
-    fn fail_session(&self, session: u64) {
-        let gone: Vec<InFlight> = {
-            let mut inner = self.lock();
-            let ids: Vec<u64> = inner
-                .in_flight
-                .iter()
-                .filter(|(_, f)| f.session == session)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.iter()
-                .filter_map(|id| inner.in_flight.remove(id))
-                .collect()
-        };
-        for f in gone {
-            let _ = f.events.try_send(Event::Disconnected);
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InFlight>> {
+        let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        // Requests of sessions that ended are over: their waiters were told.
+        m.retain(|_, f| !f.is_over());
+        m
     }
 
     pub fn is_online(&self, endpoint: &str) -> bool {
-        self.lock().sessions.contains_key(endpoint)
+        self.sessions.is_online(endpoint)
     }
 
     /// Waits until `endpoint` has a session, at most `within`.
     pub async fn wait_online(&self, endpoint: &str, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let attached = self.attached.notified();
-            if self.is_online(endpoint) {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, attached).await.is_err() {
-                return self.is_online(endpoint);
-            }
-        }
+        self.sessions.wait_online(endpoint, within).await
     }
 
     /// Sends a request down `endpoint`'s session. `None` if it has none.
@@ -148,60 +102,55 @@ impl Relay {
         params: BTreeMap<String, String>,
         timeout: Duration,
     ) -> Option<Running> {
+        let route = self.sessions.route(endpoint)?;
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(64);
-        let commands = {
-            let mut inner = self.lock();
-            let a = inner.sessions.get(endpoint)?;
-            let (session, commands) = (a.session, a.commands.clone());
-            inner.in_flight.insert(
-                id,
-                InFlight {
-                    endpoint: endpoint.to_owned(),
-                    session,
-                    events: tx,
-                },
-            );
-            commands
-        };
-        let request = wire::DiagnosticRequest {
+        self.lock().insert(
+            id,
+            InFlight {
+                endpoint: endpoint.to_owned(),
+                session: route.generation,
+                ended: route.ended.clone(),
+                events: tx,
+            },
+        );
+        let request = DiagnosticRequest {
             id,
             kind: kind.to_owned(),
-            params: params.into_iter().collect(),
-            timeout_ms: timeout.as_millis() as u64,
+            params,
+            timeout,
         };
-        if commands.send(Command::Run(request)).await.is_err() {
-            self.lock().in_flight.remove(&id);
+        if route.commands.send(Command::Run(request)).await.is_err() {
+            self.lock().remove(&id);
             return None;
         }
-        Some(Running { id, events: rx })
+        Some(Running {
+            id,
+            events: rx,
+            ended: route.ended,
+        })
     }
 
     /// An update from `endpoint`'s agent. Updates for requests another
     /// endpoint made, or that are over, are dropped.
-    pub fn deliver(&self, endpoint: &str, update: wire::DiagnosticUpdate) {
-        use wire::diagnostic_update::Body;
-        let mut inner = self.lock();
-        let Some(f) = inner
-            .in_flight
-            .get(&update.id)
-            .filter(|f| f.endpoint == endpoint)
-        else {
+    pub fn deliver(&self, endpoint: &str, update: DiagnosticUpdate) {
+        let mut in_flight = self.lock();
+        let Some(f) = in_flight.get(&update.id).filter(|f| f.endpoint == endpoint) else {
             return;
         };
         match update.body {
-            Some(Body::Progress(text)) => {
+            Some(UpdateBody::Progress(text)) => {
                 // A slow reader loses progress lines, never the result.
                 let _ = f.events.try_send(Event::Progress(text));
             }
-            Some(Body::Result(r)) => {
-                if let Some(f) = inner.in_flight.remove(&update.id) {
+            Some(UpdateBody::Result(r)) => {
+                if let Some(f) = in_flight.remove(&update.id) {
                     let events = f.events;
-                    drop(inner);
+                    drop(in_flight);
                     // The receiver holds at most 64 queued; the result must
                     // get through, so wait for room off this thread.
                     tokio::spawn(async move {
-                        let _ = events.send(Event::Result(r.into())).await;
+                        let _ = events.send(Event::Result(r)).await;
                     });
                 }
             }
@@ -211,25 +160,17 @@ impl Relay {
 
     /// Stops a request: on the agent, and here.
     pub fn cancel(&self, id: u64) {
-        let commands = {
-            let mut inner = self.lock();
-            let Some(f) = inner.in_flight.remove(&id) else {
-                return;
-            };
-            inner
-                .sessions
-                .get(&f.endpoint)
-                .filter(|a| a.session == f.session)
-                .map(|a| a.commands.clone())
+        let Some(f) = self.lock().remove(&id) else {
+            return;
         };
-        if let Some(c) = commands {
+        if let Some(c) = self.sessions.commands_of(&f.endpoint, f.session) {
             let _ = c.try_send(Command::Cancel(id));
         }
     }
 
     /// Requests in flight (for tests and metrics).
     pub fn in_flight(&self) -> usize {
-        self.lock().in_flight.len()
+        self.lock().len()
     }
 }
 
@@ -237,41 +178,44 @@ impl Relay {
 mod tests {
     use super::*;
 
-    fn result(id: u64) -> wire::DiagnosticUpdate {
-        wire::DiagnosticUpdate {
+    fn result(id: u64) -> DiagnosticUpdate {
+        DiagnosticUpdate {
             id,
-            body: Some(wire::diagnostic_update::Body::Result(
-                wire::DiagnosticResult {
-                    ok: true,
-                    text: "fine".into(),
-                    ..Default::default()
-                },
-            )),
+            body: Some(UpdateBody::Result(DiagnosticResult {
+                ok: true,
+                text: "fine".into(),
+                ..Default::default()
+            })),
         }
     }
 
     #[tokio::test]
     async fn requests_go_down_their_session_and_results_come_back() {
-        let relay = Relay::default();
+        let sessions = Arc::new(Sessions::default());
+        let relay = Relay::new(sessions.clone());
+        let ws1 = "ws-1".parse().unwrap();
         assert!(
             relay
                 .run("ws-1", "os", BTreeMap::new(), Duration::from_secs(5))
                 .await
                 .is_none()
         );
-        let (session, mut commands) = relay.attach("ws-1");
+        let (mut session, _) = sessions.attach(&ws1);
         let mut run = relay
             .run("ws-1", "os", BTreeMap::new(), Duration::from_secs(5))
             .await
             .expect("online");
-        let Some(Command::Run(r)) = commands.recv().await else {
+        let Some(Command::Run(r)) = session.commands.recv().await else {
             panic!("no request sent down");
         };
-        assert_eq!((r.id, r.kind.as_str(), r.timeout_ms), (run.id, "os", 5000));
+        assert_eq!(
+            (r.id, r.kind.as_str(), r.timeout.as_millis()),
+            (run.id, "os", 5000)
+        );
         // Another endpoint cannot answer for it.
         relay.deliver("ws-2", result(run.id));
         relay.deliver("ws-1", result(run.id));
-        match run.events.recv().await {
+        match run.next().await {
             Some(Event::Result(r)) => assert_eq!(r.text, "fine"),
             other => panic!("{other:?}"),
         }
@@ -282,30 +226,33 @@ mod tests {
             .run("ws-1", "os", BTreeMap::new(), Duration::from_secs(5))
             .await
             .expect("online");
-        relay.detach("ws-1", session);
-        assert_eq!(run.events.recv().await, Some(Event::Disconnected));
+        sessions.detach(&session);
+        assert_eq!(run.next().await, Some(Event::Disconnected));
         assert!(!relay.is_online("ws-1"));
 
         // A cancel goes down to the agent.
-        let (_s, mut commands) = relay.attach("ws-1");
+        let (mut session, _) = sessions.attach(&ws1);
         let run = relay
             .run("ws-1", "disk", BTreeMap::new(), Duration::from_secs(5))
             .await
             .expect("online");
-        let _ = commands.recv().await;
+        let _ = session.commands.recv().await;
         relay.cancel(run.id);
-        assert!(matches!(commands.recv().await, Some(Command::Cancel(id)) if id == run.id));
+        assert!(matches!(session.commands.recv().await, Some(Command::Cancel(id)) if id == run.id));
     }
 
     #[tokio::test]
-    async fn waiting_for_an_offline_endpoint() {
-        let relay = std::sync::Arc::new(Relay::default());
-        assert!(!relay.wait_online("ws-9", Duration::from_millis(50)).await);
-        let r = relay.clone();
-        let waiter =
-            tokio::spawn(async move { r.wait_online("ws-9", Duration::from_secs(5)).await });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let _attached = relay.attach("ws-9");
-        assert!(waiter.await.unwrap());
+    async fn a_newer_session_ends_the_requests_of_the_older() {
+        let sessions = Arc::new(Sessions::default());
+        let relay = Relay::new(sessions.clone());
+        let ws1 = "ws-1".parse().unwrap();
+        let (_old, _) = sessions.attach(&ws1);
+        let mut run = relay
+            .run("ws-1", "os", BTreeMap::new(), Duration::from_secs(5))
+            .await
+            .expect("online");
+        let (_new, _) = sessions.attach(&ws1);
+        assert_eq!(run.next().await, Some(Event::Disconnected));
+        assert_eq!(relay.in_flight(), 0);
     }
 }

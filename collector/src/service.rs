@@ -385,7 +385,7 @@ impl SpecialistService {
                     let _ = tx.send(Err(ServiceError::DeadlineExceeded(why.clone()))).await;
                     break ("timed_out", why);
                 }
-                e = running.events.recv() => match e {
+                e = running.next() => match e {
                     Some(Event::Progress(text)) => {
                         let _ = tx.try_send(Ok(DiagEvent::Progress { text, elapsed_ms: ms() }));
                     }

@@ -528,6 +528,54 @@ fn severity_from_wire(s: i32) -> d::Severity {
 
 mirror!(@in diag, DiagnosticResult { ok, error, text, json, run_ms });
 
+impl From<diag::DiagnosticRequest> for w::DiagnosticRequest {
+    fn from(r: diag::DiagnosticRequest) -> Self {
+        w::DiagnosticRequest {
+            id: r.id,
+            kind: r.kind,
+            params: r.params.into_iter().collect(),
+            timeout_ms: r.timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl From<w::DiagnosticRequest> for diag::DiagnosticRequest {
+    fn from(r: w::DiagnosticRequest) -> Self {
+        diag::DiagnosticRequest {
+            id: r.id,
+            kind: r.kind,
+            params: r.params.into_iter().collect(),
+            timeout: std::time::Duration::from_millis(r.timeout_ms),
+        }
+    }
+}
+
+impl From<w::DiagnosticUpdate> for diag::DiagnosticUpdate {
+    fn from(u: w::DiagnosticUpdate) -> Self {
+        use w::diagnostic_update::Body;
+        diag::DiagnosticUpdate {
+            id: u.id,
+            body: u.body.map(|b| match b {
+                Body::Progress(text) => diag::UpdateBody::Progress(text),
+                Body::Result(r) => diag::UpdateBody::Result(r.into()),
+            }),
+        }
+    }
+}
+
+impl From<diag::DiagnosticUpdate> for w::DiagnosticUpdate {
+    fn from(u: diag::DiagnosticUpdate) -> Self {
+        use w::diagnostic_update::Body;
+        w::DiagnosticUpdate {
+            id: u.id,
+            body: u.body.map(|b| match b {
+                diag::UpdateBody::Progress(text) => Body::Progress(text),
+                diag::UpdateBody::Result(r) => Body::Result(r.into()),
+            }),
+        }
+    }
+}
+
 mirror!(@in diag, AuditEntry { id, at_ms, who, role, endpoint_id, kind, outcome, detail, duration_ms, ticket }
     lists { params });
 

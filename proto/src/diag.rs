@@ -364,3 +364,28 @@ pub struct AuditEntry {
     pub duration_ms: u64,
     pub ticket: Option<u64>,
 }
+
+/// A diagnostic run sent down an agent's stream: which kind, with what,
+/// and how long the agent may take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiagnosticRequest {
+    /// The collector's id for the run; updates come back under it.
+    pub id: u64,
+    pub kind: String,
+    pub params: BTreeMap<String, String>,
+    pub timeout: std::time::Duration,
+}
+
+/// What an agent sends back for a run: progress lines, then one result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiagnosticUpdate {
+    pub id: u64,
+    /// `None` for an update kind from a newer agent.
+    pub body: Option<UpdateBody>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateBody {
+    Progress(String),
+    Result(DiagnosticResult),
+}

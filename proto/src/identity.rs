@@ -30,6 +30,13 @@ impl EndpointId {
     }
 }
 
+/// Lets maps keyed by endpoint be looked up with a plain `&str`.
+impl std::borrow::Borrow<str> for EndpointId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for EndpointId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

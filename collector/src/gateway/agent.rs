@@ -31,8 +31,9 @@ use vitals_proto::wire::{self, agent_message, collector_message};
 use vitals_proto::{VERSION, now_ms};
 
 use crate::config::AgentSettings;
-use crate::ingest::{AckSink, Ingest, SessionTicket};
-use crate::relay::{self, Relay};
+use crate::ingest::{AckSink, Ingest};
+use crate::relay::Relay;
+use crate::sessions::{Attached, Command};
 use crate::store::{RecordBody, SessionOpen};
 
 /// How long a new stream may take to say hello.
@@ -110,7 +111,7 @@ impl AgentGateway for AgentGatewayApi {
                 hello.endpoint_id
             )));
         }
-        let (ticket, committed) = self
+        let (attached, committed) = self
             .ingest
             .open_session(SessionOpen {
                 endpoint: endpoint.clone(),
@@ -152,14 +153,11 @@ impl AgentGateway for AgentGatewayApi {
         }));
         // The channel is empty, so this cannot wait.
         let _ = tx.send(Ok(welcome)).await;
-        let (relay_session, commands) = self.relay.attach(endpoint.as_str());
         let session = Session {
             relay: self.relay.clone(),
-            relay_session,
-            commands,
             ingest: self.ingest.clone(),
             endpoint,
-            ticket,
+            attached,
             sink: AckSink::new(committed),
             tx,
             idle_timeout: self.settings.idle_timeout,
@@ -173,12 +171,11 @@ impl AgentGateway for AgentGatewayApi {
 
 struct Session {
     relay: std::sync::Arc<Relay>,
-    relay_session: u64,
-    /// Diagnostic requests and cancels to send down.
-    commands: mpsc::Receiver<relay::Command>,
     ingest: Ingest,
     endpoint: EndpointId,
-    ticket: SessionTicket,
+    /// This session in the registry: replacement, and the diagnostic
+    /// requests and cancels to send down.
+    attached: Attached,
     sink: std::sync::Arc<AckSink>,
     tx: Outbound,
     idle_timeout: Duration,
@@ -211,16 +208,16 @@ impl Session {
         let end = loop {
             tokio::select! {
                 () = &mut shutdown => break End::Graceful,
-                _ = self.ticket.replaced.notified() => break End::Refuse(Status::aborted(
+                _ = self.attached.replaced.notified() => break End::Refuse(Status::aborted(
                     "a newer session of this endpoint replaced this one",
                 )),
                 _ = self.sink.failed() => break End::Refuse(Status::unavailable(
                     "collector could not commit; reconnect and resend",
                 )),
-                Some(c) = self.commands.recv() => {
+                Some(c) = self.attached.commands.recv() => {
                     let body = match c {
-                        relay::Command::Run(r) => collector_message::Body::Diagnostic(r),
-                        relay::Command::Cancel(id) => {
+                        Command::Run(r) => collector_message::Body::Diagnostic(r.into()),
+                        Command::Cancel(id) => {
                             collector_message::Body::CancelDiagnostic(wire::DiagnosticCancel { id })
                         }
                     };
@@ -279,10 +276,8 @@ impl Session {
                 let _ = self.tx.send(Err(status)).await;
             }
         }
-        self.relay
-            .detach(self.endpoint.as_str(), self.relay_session);
         info!(endpoint = %self.endpoint, "agent disconnected");
-        self.ingest.close_session(&self.ticket, now_ms()).await;
+        self.ingest.close_session(&self.attached, now_ms()).await;
     }
 
     async fn send_ack(&self, seq: u64) -> bool {
@@ -367,7 +362,7 @@ impl Session {
             }
             Some(agent_message::Body::Diagnostic(update)) => {
                 metrics.message("diagnostic");
-                self.relay.deliver(self.endpoint.as_str(), update);
+                self.relay.deliver(self.endpoint.as_str(), update.into());
                 Ok(())
             }
             Some(agent_message::Body::Hello(_)) => {
