@@ -1,0 +1,616 @@
+//! The ticket engine: fault events in, tickets and their timelines out.
+//!
+//! Pure and single-writer: it holds the open tickets in memory, takes fault
+//! events and the clock, and returns every change as a timeline entry for
+//! the store to persist (and for the notification outbox to send). Nothing
+//! here does I/O, so every rule is tested on events and a clock alone
+//! (`tests.rs`: each test feeds events and clock steps and checks the
+//! tickets, incidents and timeline entries that come out). Storm grouping
+//! is `storm.rs`.
+//!
+//! Rules (from `policy.toml`'s `[tickets]`):
+//! - one open ticket per (endpoint, check, subject); a re-raised fault
+//!   updates it (count, last seen, latest value and evidence);
+//! - a cleared fault resolves its ticket after the quiet period; a fault
+//!   back within the reopen window reopens that ticket;
+//! - `flap_cycles` raises within `flap_window` mark a ticket flapping: it
+//!   then stays open until the fault has been clear for a whole window;
+//! - `storm_endpoints` endpoints raising one check within `storm_window`
+//!   open a parent incident linking their tickets; it resolves with them.
+//!   `[[tickets.storm]]` rules group by what endpoints share as well (a
+//!   site, a subnet, a print server, a DNS server), tried first;
+//! - priority is severity against the endpoint's criticality; a ticket past
+//!   its response or resolve SLA escalates one tier, once per breach;
+//! - a maintenance window suppresses new tickets for the endpoints it
+//!   covers, and says so.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use vitals_proto::domain::{FaultEvent, FaultState};
+use vitals_proto::ticket_rules::{Membership, Priority, TicketRules};
+use vitals_proto::tickets::{Entry, Incident, Kind, Status, Ticket};
+
+mod storm;
+#[cfg(test)]
+mod tests;
+
+use storm::Raise;
+pub use storm::{BadGroupKey, GroupKey};
+
+/// Who the engine acts as in timelines.
+pub const SYSTEM: &str = "vitals";
+
+/// What a fault ticket is for: one open ticket per key at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    endpoint: String,
+    check: String,
+    subject: String,
+}
+
+impl Key {
+    fn new(endpoint: &str, check: &str, subject: &str) -> Self {
+        Key {
+            endpoint: endpoint.to_owned(),
+            check: check.to_owned(),
+            subject: subject.to_owned(),
+        }
+    }
+
+    fn of(t: &Ticket) -> Self {
+        Key::new(&t.endpoint, &t.check_id, &t.subject)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Engine {
+    rules: TicketRules,
+    tickets: BTreeMap<u64, Ticket>,
+    /// The newest ticket per (endpoint, check, subject), open or not.
+    latest: HashMap<Key, u64>,
+    incidents: BTreeMap<u64, Incident>,
+    /// Recent raises per storm group.
+    recent: HashMap<GroupKey, VecDeque<Raise>>,
+    /// The open incident of each storm group.
+    open_incidents: HashMap<GroupKey, u64>,
+    next_ticket: u64,
+    next_incident: u64,
+    /// Check id to (title, measurement), from the policy.
+    checks: HashMap<String, (String, String)>,
+    /// What the collector knows of each endpoint from its snapshots.
+    facts: HashMap<String, Facts>,
+}
+
+/// What an endpoint's latest snapshot says about where it sits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    /// Its addresses with their prefix lengths.
+    pub addresses: Vec<IpNet>,
+    /// The DNS servers it resolves with.
+    pub resolvers: Vec<String>,
+    /// Print queue (or network printer) name to the host behind it.
+    pub print_servers: HashMap<String, String>,
+}
+
+impl Engine {
+    pub fn new(rules: TicketRules) -> Self {
+        Engine {
+            rules,
+            next_ticket: 1,
+            next_incident: 1,
+            ..Default::default()
+        }
+    }
+
+    /// An engine resuming from stored state (see `Store::ticket_state`).
+    /// Storm windows start afresh: raises before a restart are not counted.
+    pub fn restore(
+        rules: TicketRules,
+        tickets: Vec<Ticket>,
+        incidents: Vec<Incident>,
+        max_ticket: u64,
+        max_incident: u64,
+    ) -> Self {
+        let mut e = Engine::new(rules);
+        for t in tickets {
+            let key = Key::of(&t);
+            let newer = e.latest.get(&key).is_some_and(|id| *id > t.id);
+            if !newer {
+                e.latest.insert(key, t.id);
+            }
+            e.tickets.insert(t.id, t);
+        }
+        for mut i in incidents {
+            // Incidents stored before groups had keys were per check.
+            let key = i
+                .key
+                .parse::<GroupKey>()
+                .unwrap_or_else(|_| GroupKey::Check(i.check_id.clone()));
+            i.key = key.to_string();
+            if i.resolved_ms.is_none() {
+                e.open_incidents.insert(key, i.id);
+            }
+            e.incidents.insert(i.id, i);
+        }
+        e.next_ticket = max_ticket + 1;
+        e.next_incident = max_incident + 1;
+        e
+    }
+
+    /// The tickets and incidents `entries` touched, as they are now: what
+    /// a step must persist.
+    pub fn changed(&self, entries: &[Entry]) -> (Vec<Ticket>, Vec<Incident>) {
+        let mut tickets: Vec<u64> = entries.iter().filter_map(|e| e.ticket).collect();
+        tickets.sort_unstable();
+        tickets.dedup();
+        let mut incidents: Vec<u64> = entries.iter().filter_map(|e| e.incident).collect();
+        incidents.sort_unstable();
+        incidents.dedup();
+        (
+            tickets
+                .iter()
+                .filter_map(|id| self.tickets.get(id).cloned())
+                .collect(),
+            incidents
+                .iter()
+                .filter_map(|id| self.incidents.get(id).cloned())
+                .collect(),
+        )
+    }
+
+    /// Forgets resolved tickets past the reopen window and resolved
+    /// incidents, which only the store needs from then on.
+    pub fn prune(&mut self, now: i64) {
+        let keep_ms = self.rules.reopen_window.as_millis() as i64;
+        let old: Vec<u64> = self
+            .tickets
+            .values()
+            .filter(|t| t.resolved_ms.is_some_and(|r| now - r > keep_ms) && !t.status.is_open())
+            .map(|t| t.id)
+            .collect();
+        for id in old {
+            if let Some(t) = self.tickets.remove(&id) {
+                let key = Key::of(&t);
+                if self.latest.get(&key) == Some(&id) {
+                    self.latest.remove(&key);
+                }
+            }
+        }
+        self.incidents.retain(|_, i| i.resolved_ms.is_none());
+    }
+
+    pub fn rules(&self) -> &TicketRules {
+        &self.rules
+    }
+
+    /// Whether the fault behind (endpoint, check, subject) is raised now: its
+    /// newest ticket is open and not cleared.
+    pub fn is_raised(&self, endpoint: &str, check: &str, subject: &str) -> bool {
+        let key = Key::new(endpoint, check, subject);
+        self.latest
+            .get(&key)
+            .and_then(|id| self.tickets.get(id))
+            .is_some_and(|t| t.status.is_open() && t.cleared_ms.is_none())
+    }
+
+    pub fn set_rules(&mut self, rules: TicketRules) {
+        self.rules = rules;
+    }
+
+    /// Check id to (title, measurement): titles for the tickets opened from
+    /// now on, measurements for grouping printer and DNS faults.
+    pub fn set_checks(&mut self, checks: HashMap<String, (String, String)>) {
+        self.checks = checks;
+    }
+
+    /// Whether the rules group or place endpoints by what their snapshots
+    /// say; without that, facts are not worth reading.
+    pub fn needs_facts(&self) -> bool {
+        self.rules.needs_facts()
+    }
+
+    /// What `endpoint`'s latest snapshot says (see [`Facts`]).
+    pub fn set_facts(&mut self, endpoint: &str, facts: Facts) {
+        self.facts.insert(endpoint.to_owned(), facts);
+    }
+
+    /// The sites and tags `endpoint` belongs to.
+    pub fn membership(&self, endpoint: &str) -> Membership {
+        let addresses: Vec<IpAddr> = self
+            .facts
+            .get(endpoint)
+            .map(|f| f.addresses.iter().map(|n| n.addr()).collect())
+            .unwrap_or_default();
+        self.rules.membership(endpoint, &addresses)
+    }
+
+    /// A ticket a specialist opens by hand against an endpoint. Its key is
+    /// its own (check "manual", subject "#ID"), so faults never merge into it.
+    pub fn open_by_hand(
+        &mut self,
+        endpoint: &str,
+        title: &str,
+        severity: vitals_proto::domain::Severity,
+        description: &str,
+        who: &str,
+        now: i64,
+    ) -> (u64, Vec<Entry>) {
+        let id = self.next_ticket;
+        let key = Key::new(endpoint, "manual", &format!("#{id}"));
+        let event = FaultEvent {
+            check_id: key.check.clone(),
+            subject: key.subject.clone(),
+            state: FaultState::Raised,
+            severity,
+            value: 0.0,
+            evidence: description.to_owned(),
+            at_ms: now,
+        };
+        let member = self.membership(endpoint);
+        let id = self.open(&key, &event, &member, now);
+        if let Some(t) = self.tickets.get_mut(&id) {
+            t.title = title.to_owned();
+            t.responded = true;
+        }
+        let text = if description.is_empty() {
+            format!("opened by {who}: {title}")
+        } else {
+            format!("opened by {who}: {title}: {description}")
+        };
+        (id, vec![entry(id, now, who, Kind::Opened, &text)])
+    }
+
+    pub fn ticket(&self, id: u64) -> Option<&Ticket> {
+        self.tickets.get(&id)
+    }
+
+    pub fn tickets(&self) -> impl Iterator<Item = &Ticket> {
+        self.tickets.values()
+    }
+
+    pub fn incident(&self, id: u64) -> Option<&Incident> {
+        self.incidents.get(&id)
+    }
+
+    /// Applies one fault event from `endpoint`.
+    pub fn on_fault(&mut self, endpoint: &str, e: &FaultEvent, now_ms: i64) -> Vec<Entry> {
+        let key = Key::new(endpoint, &e.check_id, &e.subject);
+        match e.state {
+            FaultState::Raised => self.raised(key, e, now_ms),
+            FaultState::Cleared => self.cleared(&key, e, now_ms),
+        }
+    }
+
+    fn raised(&mut self, key: Key, e: &FaultEvent, now: i64) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let existing = self.latest.get(&key).copied();
+        let reopen_ms = self.rules.reopen_window.as_millis() as i64;
+        match existing.and_then(|id| self.tickets.get_mut(&id)) {
+            Some(t) if t.status.is_open() => {
+                t.raise_count += 1;
+                t.last_raised_ms = now;
+                t.cleared_ms = None;
+                t.value = e.value;
+                t.evidence = e.evidence.clone();
+                out.push(entry(t.id, now, SYSTEM, Kind::FaultRaised, &e.evidence));
+            }
+            Some(t) if t.resolved_ms.is_some_and(|r| now - r <= reopen_ms) => {
+                t.raise_count += 1;
+                t.last_raised_ms = now;
+                t.cleared_ms = None;
+                t.resolved_ms = None;
+                t.status = reopened_status(t);
+                t.value = e.value;
+                t.evidence = e.evidence.clone();
+                out.push(entry(
+                    t.id,
+                    now,
+                    SYSTEM,
+                    Kind::Reopened,
+                    &format!("the fault returned: {}", e.evidence),
+                ));
+            }
+            _ => {
+                let member = self.membership(&key.endpoint);
+                if let Some(m) = self.rules.maintenance_of(&member, now) {
+                    return vec![Entry {
+                        ticket: None,
+                        incident: None,
+                        at_ms: now,
+                        who: SYSTEM.into(),
+                        kind: Kind::Suppressed,
+                        text: format!(
+                            "{} {} on {}: no ticket during maintenance ({})",
+                            key.check,
+                            key.subject,
+                            key.endpoint,
+                            if m.reason.is_empty() {
+                                "no reason given"
+                            } else {
+                                &m.reason
+                            }
+                        ),
+                    }];
+                }
+                let id = self.open(&key, e, &member, now);
+                out.push(entry(id, now, SYSTEM, Kind::Opened, &e.evidence));
+            }
+        }
+        let Some(&id) = self.latest.get(&key) else {
+            return out;
+        };
+        self.flap(id, now, &mut out);
+        self.storm(id, now, &mut out);
+        out
+    }
+
+    fn open(&mut self, key: &Key, e: &FaultEvent, member: &Membership, now: i64) -> u64 {
+        let id = self.next_ticket;
+        self.next_ticket += 1;
+        let priority = Priority::of(e.severity, self.rules.criticality_of(member));
+        let sla = self.rules.sla.of(priority);
+        let title = self
+            .checks
+            .get(&key.check)
+            .map(|(t, _)| t)
+            .filter(|t| !t.is_empty())
+            .cloned()
+            .unwrap_or_else(|| key.check.replace('_', " "));
+        self.tickets.insert(
+            id,
+            Ticket {
+                id,
+                title,
+                endpoint: key.endpoint.clone(),
+                check_id: key.check.clone(),
+                subject: key.subject.clone(),
+                severity: e.severity,
+                priority,
+                status: Status::New,
+                tier: 1,
+                assignee: None,
+                raise_count: 1,
+                opened_ms: now,
+                last_raised_ms: now,
+                cleared_ms: None,
+                resolved_ms: None,
+                flapping: false,
+                incident: None,
+                value: e.value,
+                evidence: e.evidence.clone(),
+                response_due_ms: now + sla.response.as_millis() as i64,
+                resolve_due_ms: now + sla.resolve.as_millis() as i64,
+                responded: false,
+                response_breached: false,
+                resolve_breached: false,
+                raises: VecDeque::new(),
+            },
+        );
+        self.latest.insert(key.clone(), id);
+        id
+    }
+
+    fn flap(&mut self, id: u64, now: i64, out: &mut Vec<Entry>) {
+        let window = self.rules.flap_window.as_millis() as i64;
+        let cycles = self.rules.flap_cycles as usize;
+        let Some(t) = self.tickets.get_mut(&id) else {
+            return;
+        };
+        t.raises.push_back(now);
+        while t.raises.front().is_some_and(|r| now - r > window) {
+            t.raises.pop_front();
+        }
+        if !t.flapping && t.raises.len() >= cycles {
+            t.flapping = true;
+            out.push(entry(
+                id,
+                now,
+                SYSTEM,
+                Kind::Flapping,
+                &format!(
+                    "raised {} times within {}; held open until stable",
+                    t.raises.len(),
+                    humantime::format_duration(self.rules.flap_window)
+                ),
+            ));
+        }
+    }
+
+    fn cleared(&mut self, key: &Key, e: &FaultEvent, now: i64) -> Vec<Entry> {
+        let Some(t) = self
+            .latest
+            .get(key)
+            .and_then(|id| self.tickets.get_mut(id))
+            .filter(|t| t.status.is_open())
+        else {
+            return Vec::new();
+        };
+        t.cleared_ms = Some(now);
+        t.value = e.value;
+        vec![entry(t.id, now, SYSTEM, Kind::FaultCleared, &e.evidence)]
+    }
+
+    /// Time passing: auto-resolve after the quiet period, SLA escalation,
+    /// incidents resolving with their tickets.
+    pub fn tick(&mut self, now: i64) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let quiet = self.rules.quiet_period.as_millis() as i64;
+        let flap_window = self.rules.flap_window.as_millis() as i64;
+        for t in self.tickets.values_mut().filter(|t| t.status.is_open()) {
+            if let Some(cleared) = t.cleared_ms {
+                let wait = if t.flapping { flap_window } else { quiet };
+                if now - cleared >= wait {
+                    t.status = Status::Resolved;
+                    t.resolved_ms = Some(now);
+                    t.flapping = false;
+                    t.raises.clear();
+                    out.push(entry(
+                        t.id,
+                        now,
+                        SYSTEM,
+                        Kind::AutoResolved,
+                        &format!(
+                            "auto-resolved: clear for {}",
+                            humantime::format_duration(std::time::Duration::from_millis(
+                                (now - cleared) as u64 / 1000 * 1000
+                            ))
+                        ),
+                    ));
+                    continue;
+                }
+            }
+            let breach = if !t.responded && !t.response_breached && now > t.response_due_ms {
+                t.response_breached = true;
+                Some("response")
+            } else if !t.resolve_breached && now > t.resolve_due_ms {
+                t.resolve_breached = true;
+                Some("resolve")
+            } else {
+                None
+            };
+            if let Some(what) = breach
+                && t.tier < 3
+            {
+                t.tier += 1;
+                t.status = Status::Escalated;
+                out.push(entry(
+                    t.id,
+                    now,
+                    SYSTEM,
+                    Kind::Escalated,
+                    &format!(
+                        "{} SLA for {} missed; escalated to {}",
+                        what,
+                        t.priority.as_str().to_uppercase(),
+                        tier_name(t.tier)
+                    ),
+                ));
+            }
+        }
+        for i in self
+            .incidents
+            .values_mut()
+            .filter(|i| i.resolved_ms.is_none())
+        {
+            let all_done = i
+                .tickets
+                .iter()
+                .all(|id| self.tickets.get(id).is_none_or(|t| !t.status.is_open()));
+            if all_done && !i.tickets.is_empty() {
+                i.resolved_ms = Some(now);
+                self.open_incidents.retain(|_, id| *id != i.id);
+                out.push(Entry {
+                    ticket: None,
+                    incident: Some(i.id),
+                    at_ms: now,
+                    who: SYSTEM.into(),
+                    kind: Kind::IncidentResolved,
+                    text: format!("all {} tickets resolved", i.tickets.len()),
+                });
+            }
+        }
+        out
+    }
+
+    /// A specialist's action on a ticket. `None` if there is no such ticket.
+    pub fn act(&mut self, id: u64, who: &str, action: Action, now: i64) -> Option<Vec<Entry>> {
+        let t = self.tickets.get_mut(&id)?;
+        t.responded = true;
+        let e = match action {
+            Action::Assign(to) => {
+                t.assignee = Some(to.clone());
+                if t.status == Status::New {
+                    t.status = Status::Assigned;
+                }
+                entry(id, now, who, Kind::Assigned, &format!("assigned to {to}"))
+            }
+            Action::Comment(text) => entry(id, now, who, Kind::Comment, &text),
+            Action::Status(s) => {
+                let before = t.status;
+                t.status = s;
+                if !s.is_open() {
+                    t.resolved_ms.get_or_insert(now);
+                } else {
+                    t.resolved_ms = None;
+                }
+                entry(
+                    id,
+                    now,
+                    who,
+                    Kind::StatusChanged,
+                    &format!("{} → {}", before.as_str(), s.as_str()),
+                )
+            }
+            Action::Resolve(notes) => {
+                t.status = Status::Resolved;
+                t.resolved_ms = Some(now);
+                entry(id, now, who, Kind::Resolved, &notes)
+            }
+            Action::Reopen(reason) => {
+                t.status = reopened_status(t);
+                t.resolved_ms = None;
+                t.cleared_ms = None;
+                let text = if reason.is_empty() {
+                    format!("reopened by {who}")
+                } else {
+                    format!("reopened by {who}: {reason}")
+                };
+                entry(id, now, who, Kind::Reopened, &text)
+            }
+            Action::Escalate => {
+                t.tier = (t.tier + 1).min(3);
+                t.status = Status::Escalated;
+                entry(
+                    id,
+                    now,
+                    who,
+                    Kind::Escalated,
+                    &format!("escalated to {}", tier_name(t.tier)),
+                )
+            }
+        };
+        Some(vec![e])
+    }
+}
+
+/// What a specialist can do to a ticket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Assign(String),
+    Comment(String),
+    Status(Status),
+    Resolve(String),
+    Escalate,
+    /// Back to new (or assigned, if it has someone), with the reason.
+    Reopen(String),
+}
+
+/// Where a reopened ticket goes: back to its assignee if it has one.
+fn reopened_status(t: &Ticket) -> Status {
+    if t.assignee.is_some() {
+        Status::Assigned
+    } else {
+        Status::New
+    }
+}
+
+fn tier_name(tier: u8) -> &'static str {
+    match tier {
+        1 => "tier 1",
+        2 => "tier 2",
+        _ => "the vendor",
+    }
+}
+
+fn entry(ticket: u64, at_ms: i64, who: &str, kind: Kind, text: &str) -> Entry {
+    Entry {
+        ticket: Some(ticket),
+        incident: None,
+        at_ms,
+        who: who.to_owned(),
+        kind,
+        text: text.to_owned(),
+    }
+}

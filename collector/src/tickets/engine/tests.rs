@@ -1,0 +1,632 @@
+//! The engine's rules, each test an input of fault events and clock
+//! steps with the tickets, incidents and timeline entries expected.
+
+use super::*;
+use std::time::Duration;
+use vitals_proto::ticket_rules::StormBy;
+
+const MIN: i64 = 60_000;
+
+fn rules() -> TicketRules {
+    TicketRules {
+        quiet_period: Duration::from_secs(600),
+        reopen_window: Duration::from_secs(3600),
+        flap_cycles: 3,
+        flap_window: Duration::from_secs(3600),
+        storm_endpoints: 5,
+        storm_window: Duration::from_secs(600),
+        ..Default::default()
+    }
+}
+
+use vitals_proto::domain::Severity;
+
+fn fault(check: &str, state: FaultState, severity: Severity) -> FaultEvent {
+    FaultEvent {
+        check_id: check.into(),
+        subject: "/".into(),
+        state,
+        severity,
+        value: 97.0,
+        evidence: format!("{check} evidence"),
+        at_ms: 0,
+    }
+}
+
+fn raise(e: &mut Engine, ep: &str, at: i64) -> Vec<Entry> {
+    e.on_fault(
+        ep,
+        &fault("disk_nearly_full", FaultState::Raised, Severity::Warning),
+        at,
+    )
+}
+
+fn clear(e: &mut Engine, ep: &str, at: i64) -> Vec<Entry> {
+    e.on_fault(
+        ep,
+        &fault("disk_nearly_full", FaultState::Cleared, Severity::Warning),
+        at,
+    )
+}
+
+fn kinds(entries: &[Entry]) -> Vec<Kind> {
+    entries.iter().map(|e| e.kind.clone()).collect()
+}
+
+#[test]
+fn re_raised_fault_updates_the_one_open_ticket() {
+    let mut e = Engine::new(rules());
+    assert_eq!(kinds(&raise(&mut e, "ws-1", 0)), vec![Kind::Opened]);
+    assert_eq!(kinds(&raise(&mut e, "ws-1", MIN)), vec![Kind::FaultRaised]);
+    assert_eq!(e.tickets().count(), 1);
+    let t = e.ticket(1).unwrap();
+    assert_eq!(t.raise_count, 2);
+    assert_eq!(t.last_raised_ms, MIN);
+    // Another subject or endpoint is another ticket.
+    let mut other = fault("disk_nearly_full", FaultState::Raised, Severity::Warning);
+    other.subject = "/home".into();
+    assert_eq!(
+        kinds(&e.on_fault("ws-1", &other, 2 * MIN)),
+        vec![Kind::Opened]
+    );
+    assert_eq!(kinds(&raise(&mut e, "ws-2", 2 * MIN)), vec![Kind::Opened]);
+    assert_eq!(e.tickets().count(), 3);
+}
+
+#[test]
+fn cleared_fault_resolves_after_the_quiet_period_and_returns_reopen() {
+    let mut e = Engine::new(rules());
+    raise(&mut e, "ws-1", 0);
+    assert_eq!(kinds(&clear(&mut e, "ws-1", MIN)), vec![Kind::FaultCleared]);
+    assert!(e.tick(5 * MIN).is_empty(), "quiet period still running");
+    let resolved = e.tick(11 * MIN);
+    assert_eq!(kinds(&resolved), vec![Kind::AutoResolved]);
+    assert!(resolved[0].text.contains("auto-resolved: clear for 10m"));
+    assert_eq!(e.ticket(1).unwrap().status, Status::Resolved);
+    // Back within the reopen window: the same ticket reopens.
+    assert_eq!(
+        kinds(&raise(&mut e, "ws-1", 30 * MIN)),
+        vec![Kind::Reopened]
+    );
+    assert_eq!(e.ticket(1).unwrap().status, Status::New);
+    assert_eq!(e.tickets().count(), 1);
+    // A fault returning within the quiet period never resolved at all.
+    clear(&mut e, "ws-1", 31 * MIN);
+    assert_eq!(
+        kinds(&raise(&mut e, "ws-1", 33 * MIN)),
+        vec![Kind::FaultRaised]
+    );
+    assert!(e.tick(45 * MIN).is_empty());
+    // Past the reopen window: a new ticket.
+    clear(&mut e, "ws-1", 50 * MIN);
+    e.tick(61 * MIN);
+    assert_eq!(kinds(&raise(&mut e, "ws-1", 200 * MIN)), vec![Kind::Opened]);
+    assert_eq!(e.tickets().count(), 2);
+}
+
+#[test]
+fn flapping_is_marked_once_and_stops_the_churn() {
+    let mut e = Engine::new(rules());
+    let mut all = Vec::new();
+    for i in 0..6 {
+        all.extend(raise(&mut e, "ws-1", i * 2 * MIN));
+        all.extend(clear(&mut e, "ws-1", i * 2 * MIN + MIN));
+        all.extend(e.tick(i * 2 * MIN + MIN + 1));
+    }
+    let flaps = all.iter().filter(|x| x.kind == Kind::Flapping).count();
+    assert_eq!(flaps, 1, "{:?}", kinds(&all));
+    assert_eq!(e.tickets().count(), 1, "no new tickets while flapping");
+    let t = e.ticket(1).unwrap();
+    assert!(t.flapping && t.status.is_open());
+    // Clear past the quiet period is not enough while flapping...
+    assert!(e.tick(11 * MIN + 15 * MIN).is_empty());
+    // ...a whole flap window clear is.
+    assert_eq!(
+        kinds(&e.tick(11 * MIN + 61 * MIN)),
+        vec![Kind::AutoResolved]
+    );
+}
+
+#[test]
+fn a_storm_becomes_one_incident_with_every_ticket_linked() {
+    let mut e = Engine::new(rules());
+    let mut all = Vec::new();
+    for i in 0..50 {
+        all.extend(raise(&mut e, &format!("ws-{i:02}"), i * 1000));
+    }
+    let opened: Vec<&Entry> = all
+        .iter()
+        .filter(|x| x.kind == Kind::IncidentOpened)
+        .collect();
+    assert_eq!(opened.len(), 1, "one parent, not one per endpoint");
+    let incident = e.incident(1).unwrap();
+    assert_eq!(incident.tickets.len(), 50);
+    assert!(e.tickets().all(|t| t.incident == Some(1)));
+    // The same check elsewhere later joins the open incident.
+    raise(&mut e, "ws-99", 60_000);
+    assert_eq!(e.incident(1).unwrap().tickets.len(), 51);
+    // It resolves with its children.
+    for t in e.tickets().map(|t| t.endpoint.clone()).collect::<Vec<_>>() {
+        clear(&mut e, &t, 2 * MIN);
+    }
+    let done = e.tick(13 * MIN);
+    assert_eq!(
+        done.iter()
+            .filter(|x| x.kind == Kind::IncidentResolved)
+            .count(),
+        1
+    );
+    // Too few endpoints, or spread too thin in time: no incident.
+    let mut quiet = Engine::new(rules());
+    for i in 0..4 {
+        raise(&mut quiet, &format!("ws-{i}"), 0);
+    }
+    for i in 4..8 {
+        raise(&mut quiet, &format!("ws-{i}"), i * 20 * MIN);
+    }
+    assert!(quiet.incident(1).is_none());
+}
+
+use vitals_proto::ticket_rules::{
+    Criticality, CriticalityRule, EndpointGroup, MaintenanceWindow, StormRule,
+};
+
+fn group(name: &str, endpoints: &[&str], subnets: &[&str]) -> EndpointGroup {
+    EndpointGroup {
+        name: name.into(),
+        endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+        subnets: subnets.iter().map(|n| n.parse().unwrap()).collect(),
+    }
+}
+
+fn storm(by: StormBy, endpoints: u32, prefix: Option<u8>) -> StormRule {
+    StormRule {
+        by,
+        endpoints,
+        window: Duration::from_secs(600),
+        prefix,
+    }
+}
+
+/// Printer and DNS checks as the default policy names them.
+fn with_checks(e: &mut Engine) {
+    e.set_checks(HashMap::from([
+        (
+            "printer_offline".to_owned(),
+            (String::new(), "printer.offline".to_owned()),
+        ),
+        (
+            "printer_queue_stuck".to_owned(),
+            (String::new(), "printer.oldest_job_minutes".to_owned()),
+        ),
+        (
+            "dns_failing".to_owned(),
+            (String::new(), "dns.failed".to_owned()),
+        ),
+        (
+            "disk_nearly_full".to_owned(),
+            (String::new(), "disk.used_percent".to_owned()),
+        ),
+    ]));
+}
+
+fn raise_on(e: &mut Engine, ep: &str, check: &str, subject: &str, at: i64) -> Vec<Entry> {
+    let mut f = fault(check, FaultState::Raised, Severity::Warning);
+    f.subject = subject.into();
+    e.on_fault(ep, &f, at)
+}
+
+fn incidents_opened(entries: &[Entry]) -> Vec<&str> {
+    entries
+        .iter()
+        .filter(|x| x.kind == Kind::IncidentOpened)
+        .map(|x| x.text.as_str())
+        .collect()
+}
+
+#[test]
+fn a_dead_print_server_is_one_incident_across_printer_checks() {
+    let mut r = rules();
+    r.storms.push(storm(StormBy::PrintServer, 3, None));
+    let mut e = Engine::new(r);
+    with_checks(&mut e);
+    // Desks with queues on ps01 (different queue names, different
+    // printer checks) and one desk whose queue is on ps02.
+    for (ep, queue, server) in [
+        ("ws-1", "hall-a", "ps01"),
+        ("ws-2", "hall-b", "ps01"),
+        ("ws-3", "hall-a", "ps01"),
+        ("ws-4", "annex", "ps02"),
+    ] {
+        e.set_facts(
+            ep,
+            Facts {
+                print_servers: HashMap::from([(queue.to_owned(), server.to_owned())]),
+                ..Default::default()
+            },
+        );
+    }
+    let mut all = Vec::new();
+    all.extend(raise_on(&mut e, "ws-1", "printer_offline", "hall-a", 0));
+    all.extend(raise_on(&mut e, "ws-4", "printer_offline", "annex", 1000));
+    all.extend(raise_on(
+        &mut e,
+        "ws-2",
+        "printer_queue_stuck",
+        "hall-b",
+        2000,
+    ));
+    assert!(incidents_opened(&all).is_empty(), "two desks on ps01 only");
+    all.extend(raise_on(&mut e, "ws-3", "printer_offline", "hall-a", 3000));
+    assert_eq!(
+        incidents_opened(&all),
+        vec!["3 endpoints raised print server ps01 within 10m"]
+    );
+    let i = e.incident(1).unwrap();
+    assert_eq!(
+        (i.key.as_str(), i.check_id.as_str()),
+        ("print_server:ps01", "")
+    );
+    assert_eq!(i.tickets, vec![1, 3, 4], "ps02's desk stays out");
+    // A disk fault on a desk of ps01 has nothing to do with it.
+    raise_on(&mut e, "ws-1", "disk_nearly_full", "/", 4000);
+    assert_eq!(e.ticket(5).unwrap().incident, None);
+}
+
+#[test]
+fn desks_sharing_a_failing_dns_server_are_one_incident() {
+    let mut r = rules();
+    r.storms.push(storm(StormBy::DnsServer, 3, None));
+    let mut e = Engine::new(r);
+    with_checks(&mut e);
+    for (i, server) in ["10.0.0.53", "10.0.0.53", "10.9.9.9", "10.0.0.53"]
+        .iter()
+        .enumerate()
+    {
+        e.set_facts(
+            &format!("ws-{i}"),
+            Facts {
+                resolvers: vec![server.to_string()],
+                ..Default::default()
+            },
+        );
+    }
+    let mut all = Vec::new();
+    for (i, name) in ["erp.city", "mail.city", "erp.city", "gis.city"]
+        .iter()
+        .enumerate()
+    {
+        all.extend(raise_on(
+            &mut e,
+            &format!("ws-{i}"),
+            "dns_failing",
+            name,
+            i as i64,
+        ));
+    }
+    assert_eq!(
+        incidents_opened(&all),
+        vec!["3 endpoints raised DNS server 10.0.0.53 within 10m"]
+    );
+    assert_eq!(e.incident(1).unwrap().tickets, vec![1, 2, 4]);
+}
+
+#[test]
+fn sites_and_subnets_group_with_their_own_thresholds() {
+    let mut r = rules();
+    // The same-check rule stays out of the way here.
+    r.storm_endpoints = 50;
+    r.sites.push(group("city-hall", &["ch-*"], &[]));
+    r.storms.push(storm(StormBy::Site, 2, None));
+    r.storms.push(storm(StormBy::Subnet, 3, Some(24)));
+    let mut e = Engine::new(r);
+    with_checks(&mut e);
+    let mut all = Vec::new();
+    // Two at city hall: the site's own threshold (2) trips.
+    all.extend(raise(&mut e, "ch-1", 0));
+    all.extend(raise(&mut e, "ch-2", 1));
+    assert_eq!(
+        incidents_opened(&all),
+        vec!["2 endpoints raised disk_nearly_full at site city-hall within 10m"]
+    );
+    // Three desks on 10.4.7.0/24 (addresses from their snapshots, the
+    // interface prefix overridden to /24); one on another subnet.
+    for (ep, addr) in [
+        ("ws-a", "10.4.7.10/16"),
+        ("ws-b", "10.4.7.11/16"),
+        ("ws-c", "10.4.8.12/16"),
+        ("ws-d", "10.4.7.13/16"),
+    ] {
+        e.set_facts(
+            ep,
+            Facts {
+                addresses: vec![addr.parse().unwrap(), "127.0.0.1/8".parse().unwrap()],
+                ..Default::default()
+            },
+        );
+    }
+    let mut all = Vec::new();
+    for ep in ["ws-a", "ws-b", "ws-c", "ws-d"] {
+        all.extend(raise(&mut e, ep, 10));
+    }
+    assert_eq!(
+        incidents_opened(&all),
+        vec!["3 endpoints raised disk_nearly_full on subnet 10.4.7.0/24 within 10m"]
+    );
+    assert_eq!(e.incident(2).unwrap().tickets.len(), 3);
+    assert_eq!(
+        e.ticket(5).unwrap().incident,
+        None,
+        "ws-c is on 10.4.8.0/24"
+    );
+}
+
+#[test]
+fn criticality_and_maintenance_by_site_and_tag() {
+    let mut r = rules();
+    r.sites
+        .push(group("dispatch-center", &[], &["10.20.0.0/16"]));
+    r.tags.push(group("kiosk", &["lobby-*"], &[]));
+    r.criticality.push(CriticalityRule {
+        endpoints: String::new(),
+        site: "dispatch-center".into(),
+        tag: String::new(),
+        level: Criticality::Critical,
+    });
+    r.criticality.push(CriticalityRule {
+        endpoints: String::new(),
+        site: String::new(),
+        tag: "kiosk".into(),
+        level: Criticality::Low,
+    });
+    let at = |ms: i64| std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+    r.maintenance.push(MaintenanceWindow {
+        endpoints: String::new(),
+        site: String::new(),
+        tag: "kiosk".into(),
+        start: at(0),
+        end: at(60 * MIN),
+        reason: "kiosk refresh".into(),
+    });
+    r.validate().unwrap();
+    let mut e = Engine::new(r);
+    // The console is at the dispatch center by its address.
+    e.set_facts(
+        "console-7",
+        Facts {
+            addresses: vec!["10.20.3.4/24".parse().unwrap()],
+            ..Default::default()
+        },
+    );
+    raise(&mut e, "console-7", 0);
+    raise(&mut e, "ws-9", 0);
+    assert_eq!(e.ticket(1).unwrap().priority, Priority::P2);
+    assert_eq!(e.ticket(2).unwrap().priority, Priority::P3);
+    let out = raise(&mut e, "lobby-2", MIN);
+    assert_eq!(kinds(&out), vec![Kind::Suppressed]);
+    assert!(out[0].text.contains("kiosk refresh"), "{}", out[0].text);
+    raise(&mut e, "lobby-2", 61 * MIN);
+    assert_eq!(e.ticket(3).unwrap().priority, Priority::P4);
+}
+
+#[test]
+fn priority_follows_criticality_and_sla_escalates_once_per_breach() {
+    let mut r = rules();
+    r.criticality
+        .push(vitals_proto::ticket_rules::CriticalityRule {
+            endpoints: "DISPATCH-*".into(),
+            site: String::new(),
+            tag: String::new(),
+            level: vitals_proto::ticket_rules::Criticality::Critical,
+        });
+    r.criticality
+        .push(vitals_proto::ticket_rules::CriticalityRule {
+            endpoints: "kiosk-*".into(),
+            site: String::new(),
+            tag: String::new(),
+            level: vitals_proto::ticket_rules::Criticality::Low,
+        });
+    let mut e = Engine::new(r.clone());
+    raise(&mut e, "dispatch-07", 0);
+    raise(&mut e, "kiosk-lobby", 0);
+    assert_eq!(e.ticket(1).unwrap().priority, Priority::P2);
+    assert_eq!(e.ticket(2).unwrap().priority, Priority::P4);
+    // P2: respond within 1 h. Nobody did.
+    let esc = e.tick(61 * MIN);
+    assert_eq!(kinds(&esc), vec![Kind::Escalated]);
+    assert!(
+        esc[0]
+            .text
+            .contains("response SLA for P2 missed; escalated to tier 2")
+    );
+    assert!(e.tick(62 * MIN).is_empty(), "once per breach");
+    // Resolve SLA (8 h) missed too: one more tier.
+    let esc = e.tick(8 * 60 * MIN + 1);
+    assert_eq!(kinds(&esc), vec![Kind::Escalated]);
+    assert_eq!(e.ticket(1).unwrap().tier, 3);
+    // A ticket someone acted on does not breach its response SLA.
+    let mut e = Engine::new(r);
+    raise(&mut e, "dispatch-07", 0);
+    e.act(1, "ana", Action::Assign("ana".into()), MIN).unwrap();
+    assert!(e.tick(61 * MIN).is_empty());
+    assert_eq!(e.ticket(1).unwrap().status, Status::Assigned);
+}
+
+#[test]
+fn maintenance_suppresses_new_tickets_and_says_so() {
+    let mut r = rules();
+    let at = |ms: i64| std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+    r.maintenance
+        .push(vitals_proto::ticket_rules::MaintenanceWindow {
+            endpoints: "lab-*".into(),
+            site: String::new(),
+            tag: String::new(),
+            start: at(0),
+            end: at(60 * MIN),
+            reason: "patching".into(),
+        });
+    let mut e = Engine::new(r);
+    let out = raise(&mut e, "lab-3", MIN);
+    assert_eq!(kinds(&out), vec![Kind::Suppressed]);
+    assert!(
+        out[0].text.contains("maintenance (patching)"),
+        "{}",
+        out[0].text
+    );
+    assert_eq!(out[0].ticket, None);
+    assert_eq!(e.tickets().count(), 0);
+    // Others are not covered; after the window the same fault tickets.
+    assert_eq!(kinds(&raise(&mut e, "ws-1", MIN)), vec![Kind::Opened]);
+    assert_eq!(kinds(&raise(&mut e, "lab-3", 61 * MIN)), vec![Kind::Opened]);
+}
+
+#[test]
+fn tickets_by_hand_and_titles_from_the_policy() {
+    let mut e = Engine::new(rules());
+    e.set_checks(HashMap::from([(
+        "disk_nearly_full".to_owned(),
+        (
+            "Disk nearly full".to_owned(),
+            "disk.used_percent".to_owned(),
+        ),
+    )]));
+    raise(&mut e, "ws-1", 0);
+    assert_eq!(e.ticket(1).unwrap().title, "Disk nearly full");
+    let (id, out) = e.open_by_hand(
+        "ws-1",
+        "Monitor flickers",
+        Severity::Info,
+        "user reports flicker after lunch",
+        "ana",
+        MIN,
+    );
+    assert_eq!(id, 2);
+    assert_eq!(out[0].who, "ana");
+    assert!(out[0].text.contains("Monitor flickers"));
+    let t = e.ticket(2).unwrap();
+    assert_eq!((t.check_id.as_str(), t.subject.as_str()), ("manual", "#2"));
+    // A fault on the same endpoint never lands on the hand-made ticket.
+    raise(&mut e, "ws-1", 2 * MIN);
+    assert_eq!(e.ticket(2).unwrap().raise_count, 1);
+}
+
+#[test]
+fn specialist_actions_are_timeline_entries_with_who() {
+    let mut e = Engine::new(rules());
+    raise(&mut e, "ws-1", 0);
+    let a = e.act(1, "ana", Action::Assign("bo".into()), MIN).unwrap();
+    assert_eq!(a[0].who, "ana");
+    assert_eq!(a[0].text, "assigned to bo");
+    let s = e
+        .act(1, "bo", Action::Status(Status::WaitingOnUser), 2 * MIN)
+        .unwrap();
+    assert_eq!(s[0].text, "assigned → waiting_on_user");
+    e.act(
+        1,
+        "bo",
+        Action::Resolve("replaced the toner".into()),
+        3 * MIN,
+    )
+    .unwrap();
+    assert_eq!(e.ticket(1).unwrap().status, Status::Resolved);
+    // Reopened by hand, with the reason on record.
+    let r = e
+        .act(
+            1,
+            "ana",
+            Action::Reopen("toner streaks again".into()),
+            4 * MIN,
+        )
+        .unwrap();
+    assert_eq!(r[0].kind, Kind::Reopened);
+    assert_eq!(r[0].text, "reopened by ana: toner streaks again");
+    let t = e.ticket(1).unwrap();
+    assert_eq!((t.status, t.resolved_ms), (Status::Assigned, None));
+    // Or by status.
+    e.act(1, "bo", Action::Resolve("done".into()), 5 * MIN)
+        .unwrap();
+    e.act(1, "bo", Action::Status(Status::InProgress), 6 * MIN)
+        .unwrap();
+    assert_eq!(e.ticket(1).unwrap().resolved_ms, None);
+    assert!(e.act(99, "bo", Action::Escalate, 0).is_none());
+}
+
+/// One step of a table test: a raise or a clear of `disk_nearly_full` on
+/// an endpoint, or the clock.
+enum Step {
+    Raise(&'static str, i64),
+    Clear(&'static str, i64),
+    Tick(i64),
+}
+
+/// Runs `steps` on a fresh engine and returns the entry kinds of each.
+fn run(steps: &[Step]) -> Vec<Vec<Kind>> {
+    let mut e = Engine::new(rules());
+    steps
+        .iter()
+        .map(|s| match s {
+            Step::Raise(ep, at) => kinds(&raise(&mut e, ep, *at)),
+            Step::Clear(ep, at) => kinds(&clear(&mut e, ep, *at)),
+            Step::Tick(at) => kinds(&e.tick(*at)),
+        })
+        .collect()
+}
+
+#[test]
+fn a_ticket_s_life_as_a_table() {
+    use Kind::*;
+    use Step::*;
+    let table: &[(&str, &[Step], &[&[Kind]])] = &[
+        ("a raise opens", &[Raise("ws-1", 0)], &[&[Opened]]),
+        (
+            "a second raise updates",
+            &[Raise("ws-1", 0), Raise("ws-1", MIN)],
+            &[&[Opened], &[FaultRaised]],
+        ),
+        (
+            "a clear resolves only after the quiet period",
+            &[
+                Raise("ws-1", 0),
+                Clear("ws-1", MIN),
+                Tick(5 * MIN),
+                Tick(11 * MIN),
+            ],
+            &[&[Opened], &[FaultCleared], &[], &[AutoResolved]],
+        ),
+        (
+            "back within the reopen window reopens",
+            &[
+                Raise("ws-1", 0),
+                Clear("ws-1", MIN),
+                Tick(11 * MIN),
+                Raise("ws-1", 30 * MIN),
+            ],
+            &[&[Opened], &[FaultCleared], &[AutoResolved], &[Reopened]],
+        ),
+        (
+            "back after the reopen window is a new ticket",
+            &[
+                Raise("ws-1", 0),
+                Clear("ws-1", MIN),
+                Tick(11 * MIN),
+                Raise("ws-1", 80 * MIN),
+            ],
+            &[&[Opened], &[FaultCleared], &[AutoResolved], &[Opened]],
+        ),
+        (
+            "a clear without a ticket does nothing",
+            &[Clear("ws-1", 0)],
+            &[&[]],
+        ),
+        (
+            "endpoints have their own tickets",
+            &[Raise("ws-1", 0), Raise("ws-2", 0)],
+            &[&[Opened], &[Opened]],
+        ),
+    ];
+    for (name, steps, expected) in table {
+        let got = run(steps);
+        let expected: Vec<Vec<Kind>> = expected.iter().map(|k| k.to_vec()).collect();
+        assert_eq!(got, expected, "{name}");
+    }
+}
