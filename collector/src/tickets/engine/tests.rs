@@ -572,11 +572,14 @@ fn run(steps: &[Step]) -> Vec<Vec<Kind>> {
         .collect()
 }
 
+/// A table row: what it shows, the steps, and each step's entry kinds.
+type Row = (&'static str, &'static [Step], &'static [&'static [Kind]]);
+
 #[test]
 fn a_ticket_s_life_as_a_table() {
     use Kind::*;
     use Step::*;
-    let table: &[(&str, &[Step], &[&[Kind]])] = &[
+    let table: &[Row] = &[
         ("a raise opens", &[Raise("ws-1", 0)], &[&[Opened]]),
         (
             "a second raise updates",
