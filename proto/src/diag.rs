@@ -6,7 +6,6 @@
 //! what runs on the desk).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -22,8 +21,7 @@ const MAX_NAMES: usize = 10;
 const MAX_COUNT: u32 = 20;
 const MAX_TOP: u32 = 50;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Network,
     Printer,
@@ -33,27 +31,16 @@ pub enum Kind {
     Full,
 }
 
+crate::text_enum!(Kind {
+    Network => "network",
+    Printer => "printer",
+    Disk => "disk",
+    Os => "os",
+    Snapshot => "snapshot",
+    Full => "full",
+});
+
 impl Kind {
-    pub const ALL: [Kind; 6] = [
-        Kind::Network,
-        Kind::Printer,
-        Kind::Disk,
-        Kind::Os,
-        Kind::Snapshot,
-        Kind::Full,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Network => "network",
-            Kind::Printer => "printer",
-            Kind::Disk => "disk",
-            Kind::Os => "os",
-            Kind::Snapshot => "snapshot",
-            Kind::Full => "full",
-        }
-    }
-
     /// The parameters it takes.
     pub fn params(self) -> &'static [&'static str] {
         match self {
@@ -63,12 +50,6 @@ impl Kind {
             Kind::Os | Kind::Snapshot => &[],
             Kind::Full => &["names", "targets"],
         }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -120,15 +101,12 @@ impl Diagnostic {
     /// Checks `kind` and `params` against the catalog; the message says
     /// what is wrong and what would be right.
     pub fn parse(kind: &str, params: &BTreeMap<String, String>) -> Result<Diagnostic, String> {
-        let k = Kind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == kind)
-            .ok_or_else(|| {
-                format!(
-                    "unknown diagnostic \"{kind}\" (the catalog: {})",
-                    Kind::ALL.map(Kind::as_str).join(", ")
-                )
-            })?;
+        let k: Kind = kind.parse().map_err(|e: crate::UnknownName| {
+            format!(
+                "unknown diagnostic \"{kind}\" (the catalog: {})",
+                e.expected.join(", ")
+            )
+        })?;
         if let Some(p) = params.keys().find(|p| !k.params().contains(&p.as_str())) {
             return Err(if k.params().is_empty() {
                 format!("{k}: takes no parameters, got \"{p}\"")

@@ -374,39 +374,29 @@ pub struct FaultEvent {
     pub at_ms: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultState {
     Raised,
     Cleared,
 }
 
-impl FaultState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultState::Raised => "raised",
-            FaultState::Cleared => "cleared",
-        }
-    }
-}
+crate::text_enum!(FaultState {
+    Raised => "raised",
+    Cleared => "cleared",
+});
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
     Info,
     Warning,
     Critical,
 }
 
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-}
+crate::text_enum!(Severity {
+    Info => "info",
+    Warning => "warning",
+    Critical => "critical",
+});
 
 /// A stored fault event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

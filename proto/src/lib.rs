@@ -32,6 +32,69 @@ pub mod wire {
         include_bytes!(concat!(env!("OUT_DIR"), "/vitals_descriptor.bin"));
 }
 
+/// Gives an enum its one text form: `as_str`, `FromStr`, `Display` and
+/// serde all use the same table, so the wire, TOML, JSON and SQL spellings
+/// cannot drift apart. An unknown name is refused the way serde refuses
+/// an unknown variant.
+#[macro_export]
+macro_rules! text_enum {
+    ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            const NAMES: &'static [&'static str] = &[$($text),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::UnknownName;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err($crate::UnknownName {
+                        name: other.to_owned(),
+                        expected: Self::NAMES,
+                    }),
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <::std::borrow::Cow<'de, str> as ::serde::Deserialize>::deserialize(d)?;
+                s.parse()
+                    .map_err(|_| <D::Error as ::serde::de::Error>::unknown_variant(&s, Self::NAMES))
+            }
+        }
+    };
+}
+
+/// A name that is not one of an enum's (see [`text_enum!`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown name \"{name}\", expected one of {}", expected.join(", "))]
+pub struct UnknownName {
+    pub name: String,
+    pub expected: &'static [&'static str],
+}
+
 /// Version of this build, reported in hello and welcome messages.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -58,4 +121,29 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::{FaultState, Severity};
+    use crate::tickets::Status;
+
+    #[test]
+    fn one_text_form_for_parse_display_and_serde() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>(), Ok(*s));
+            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
+        }
+        assert_eq!(
+            serde_json::from_str::<Status>("\"waiting_on_vendor\"").unwrap(),
+            Status::WaitingOnVendor
+        );
+        let err = serde_json::from_str::<Severity>("\"dire\"").unwrap_err();
+        assert!(err.to_string().contains("unknown variant `dire`"), "{err}");
+        let err = "lowered".parse::<FaultState>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown name \"lowered\", expected one of raised, cleared"
+        );
+    }
 }

@@ -236,8 +236,7 @@ fn selects(endpoints: &str, site: &str, tag: &str, m: &Membership) -> bool {
 }
 
 /// P1 is the most urgent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
     P1,
     P2,
@@ -259,16 +258,14 @@ impl Priority {
             _ => P4,
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::P1 => "p1",
-            Priority::P2 => "p2",
-            Priority::P3 => "p3",
-            Priority::P4 => "p4",
-        }
-    }
 }
+
+crate::text_enum!(Priority {
+    P1 => "p1",
+    P2 => "p2",
+    P3 => "p3",
+    P4 => "p4",
+});
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

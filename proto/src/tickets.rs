@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{Severity, Snapshot};
 use crate::ticket_rules::Priority;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     New,
     Assigned,
@@ -25,20 +24,18 @@ impl Status {
     pub fn is_open(self) -> bool {
         !matches!(self, Status::Resolved | Status::Closed)
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::New => "new",
-            Status::Assigned => "assigned",
-            Status::InProgress => "in_progress",
-            Status::WaitingOnUser => "waiting_on_user",
-            Status::WaitingOnVendor => "waiting_on_vendor",
-            Status::Escalated => "escalated",
-            Status::Resolved => "resolved",
-            Status::Closed => "closed",
-        }
-    }
 }
+
+crate::text_enum!(Status {
+    New => "new",
+    Assigned => "assigned",
+    InProgress => "in_progress",
+    WaitingOnUser => "waiting_on_user",
+    WaitingOnVendor => "waiting_on_vendor",
+    Escalated => "escalated",
+    Resolved => "resolved",
+    Closed => "closed",
+});
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ticket {

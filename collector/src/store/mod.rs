@@ -1,9 +1,12 @@
 //! The storage interface of the collector.
 //!
-//! Callers (ingest, the specialist service) see only [`Store`] and domain
-//! types. The embedded backend is SQLite ([`sqlite`]); a PostgreSQL backend
-//! implements the same trait with the same schema, selected by the storage
-//! URL, without touching any caller.
+//! Callers (ingest, the ticket worker, the specialist service) see only
+//! [`Store`] and domain types. [`Store`] is one trait per concern
+//! (sessions, the ingest commit, endpoint queries, tickets, the
+//! notification outbox, the audit log): the questions any backend must
+//! answer. The one backend today is SQLite ([`sqlite`], one file per
+//! concern), selected by a `sqlite://` storage URL; a second backend would
+//! implement the same traits and be chosen in [`open`].
 
 pub mod sqlite;
 
@@ -78,8 +81,27 @@ pub enum RecordBody {
     Fault(FaultEvent),
 }
 
+/// Everything the collector stores, as the questions each part of it asks.
+/// A backend implements each concern's trait; [`Store`] is all of them.
+pub trait Store:
+    SessionStore + IngestStore + EndpointStore + TicketStore + OutboxStore + AuditStore + 'static
+{
+}
+
+impl<T> Store for T where
+    T: SessionStore
+        + IngestStore
+        + EndpointStore
+        + TicketStore
+        + OutboxStore
+        + AuditStore
+        + 'static
+{
+}
+
+/// Agent sessions: when an endpoint is online.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait SessionStore: Send + Sync {
     /// Records that an endpoint's session began (creating the endpoint on
     /// first contact) and returns the highest sequence committed for it.
     async fn open_session(&self, open: &SessionOpen) -> Result<u64, StoreError>;
@@ -90,7 +112,11 @@ pub trait Store: Send + Sync + 'static {
     /// Marks every endpoint offline. Called at start-up: no session survives
     /// a collector restart.
     async fn mark_all_offline(&self, at_ms: i64) -> Result<(), StoreError>;
+}
 
+/// The ingest commit: what makes an acknowledgement true.
+#[async_trait]
+pub trait IngestStore: Send + Sync {
     /// Commits agent messages in one transaction. Records of one endpoint
     /// come in sequence order; a record at or below the endpoint's committed
     /// sequence is a replay and takes no effect. The newest snapshot becomes
@@ -98,7 +124,11 @@ pub trait Store: Send + Sync + 'static {
     /// every fault event is kept. When this returns `Ok` every record is
     /// durable and may be acknowledged.
     async fn commit(&self, batch: Vec<Record>) -> Result<(), StoreError>;
+}
 
+/// What specialists read about endpoints.
+#[async_trait]
+pub trait EndpointStore: Send + Sync {
     /// Every endpoint, most recently seen first.
     async fn list_endpoints(&self, online_only: bool) -> Result<Vec<EndpointSummary>, StoreError>;
 
@@ -110,14 +140,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Fault events of an endpoint, newest first, at most `limit`.
     async fn faults(&self, id: &str, limit: u32) -> Result<Vec<FaultRecord>, StoreError>;
+}
 
+/// The ticket engine's input, state and steps, and the specialists' reads.
+#[async_trait]
+pub trait TicketStore: Send + Sync {
     /// Fault events committed after `after` (their storage id), oldest
-    /// first, as (id, endpoint, event): the ticket engine's input.
+    /// first: the ticket engine's input.
     async fn fault_events_after(
         &self,
         after: i64,
         limit: u32,
-    ) -> Result<Vec<(i64, String, FaultEvent)>, StoreError>;
+    ) -> Result<Vec<StoredFault>, StoreError>;
 
     /// What the ticket engine resumes from.
     async fn ticket_state(&self) -> Result<TicketState, StoreError>;
@@ -129,12 +163,25 @@ pub trait Store: Send + Sync + 'static {
     /// Tickets matching `filter`, most urgent and newest first.
     async fn tickets(&self, filter: TicketFilter) -> Result<Vec<Ticket>, StoreError>;
 
-    /// Webhook posts due at `now_ms` (not delivered, not dead), oldest first.
+    /// One ticket with its timeline (oldest entry first) and the snapshot
+    /// kept when it was raised; `knowledge` is left for the caller.
+    async fn ticket(&self, id: u64) -> Result<Option<TicketDetail>, StoreError>;
+}
+
+/// The notification outbox (webhook posts and mails), written by the
+/// ticket engine's steps and drained by the delivery worker.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Deliveries due at `now_ms` (not delivered, not dead), oldest first.
     async fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>, StoreError>;
 
     /// Records the outcome of one delivery attempt.
     async fn delivery_outcome(&self, id: i64, outcome: DeliveryOutcome) -> Result<(), StoreError>;
+}
 
+/// The audit log of diagnostics: append-only.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     /// Appends to the audit log; returns the entry's id. Nothing changes
     /// or removes an entry.
     async fn audit_append(&self, entry: vitals_proto::diag::AuditEntry) -> Result<u64, StoreError>;
@@ -144,10 +191,15 @@ pub trait Store: Send + Sync + 'static {
         &self,
         filter: AuditFilter,
     ) -> Result<Vec<vitals_proto::diag::AuditEntry>, StoreError>;
+}
 
-    /// One ticket with its timeline (oldest entry first) and the snapshot
-    /// kept when it was raised; `knowledge` is left for the caller.
-    async fn ticket(&self, id: u64) -> Result<Option<TicketDetail>, StoreError>;
+/// A committed fault event with its storage id (the engine's cursor) and
+/// the endpoint it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFault {
+    pub id: i64,
+    pub endpoint: String,
+    pub event: FaultEvent,
 }
 
 /// The ticket engine's persisted state: every open ticket, the newest ticket
@@ -183,8 +235,8 @@ pub struct TicketStep {
     pub entries: Vec<Entry>,
     /// Endpoint snapshots to keep with tickets (opened or reopened now).
     pub snapshots: Vec<(u64, Snapshot)>,
-    /// Webhook posts announcing these entries: (webhook, event, JSON body).
-    pub deliveries: Vec<(String, String, String)>,
+    /// Notifications announcing these entries.
+    pub deliveries: Vec<NewDelivery>,
     /// Tickets that start waiting for their evidence snapshot, and tickets
     /// that stopped waiting (found it, or waited long enough).
     pub awaiting_added: Vec<AwaitingEvidence>,
@@ -225,6 +277,18 @@ pub async fn open(
         sqlite::SqliteStore::open(std::path::Path::new(path), history_limit, history_interval)
             .await?;
     Ok(Arc::new(store))
+}
+
+/// A notification to queue in the outbox, in the same transaction as the
+/// ticket step that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// The target: a webhook's name, or the e-mail target.
+    pub webhook: String,
+    /// The ticket event it tells of, such as "opened".
+    pub event: String,
+    /// The JSON payload.
+    pub body: String,
 }
 
 /// A webhook post waiting in the outbox.

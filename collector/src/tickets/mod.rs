@@ -21,7 +21,7 @@ use vitals_proto::policy::Policy;
 use vitals_proto::tickets::{Entry, Kind};
 
 use crate::config::{Email, Webhook};
-use crate::store::{Store, StoreError, TicketStep};
+use crate::store::{Store, StoreError, StoredFault, TicketStep};
 use engine::{Action, Engine, Facts};
 
 /// How often time-driven rules (quiet periods, SLAs) are looked at when no
@@ -255,7 +255,11 @@ impl Worker {
             }
             let body = notify::payload(e, ticket);
             for t in targets {
-                deliveries.push((t.to_owned(), event.clone(), body.clone()));
+                deliveries.push(crate::store::NewDelivery {
+                    webhook: t.to_owned(),
+                    event: event.clone(),
+                    body: body.clone(),
+                });
             }
         }
         let queued = !deliveries.is_empty();
@@ -349,14 +353,19 @@ impl Worker {
         let full = events.len() == BATCH as usize;
         let before = self.cursor;
         if self.engine.needs_facts() {
-            for (_, endpoint, e) in &events {
-                if e.state == FaultState::Raised {
-                    self.refresh_facts(endpoint, now).await?;
+            for f in &events {
+                if f.event.state == FaultState::Raised {
+                    self.refresh_facts(&f.endpoint, now).await?;
                 }
             }
         }
         let mut entries = Vec::new();
-        for (id, endpoint, event) in events {
+        for StoredFault {
+            id,
+            endpoint,
+            event,
+        } in events
+        {
             let out = self.engine.on_fault(&endpoint, &event, now);
             // The evidence: a ticket opened or reopened on a fault gets
             // the snapshot showing it.

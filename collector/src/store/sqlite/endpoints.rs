@@ -1,0 +1,101 @@
+//! Endpoint queries: the fleet list, one endpoint in full, its history and
+//! its fault events.
+
+use super::*;
+
+#[async_trait]
+impl EndpointStore for SqliteStore {
+    async fn list_endpoints(&self, online_only: bool) -> Result<Vec<EndpointSummary>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS} FROM endpoints {} ORDER BY last_seen_ms DESC, id",
+                if online_only { "WHERE online = 1" } else { "" }
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([], summary_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn endpoint(&self, id: &str) -> Result<Option<EndpointDetail>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS}, state_since_ms, committed_seq, latest_snapshot,
+                     (SELECT COUNT(*) FROM snapshots WHERE endpoint_id = endpoints.id)
+                 FROM endpoints WHERE id = ?1"
+            );
+            let row = c
+                .query_row(&sql, [&id], |r| {
+                    Ok((
+                        summary_from_row(r)?,
+                        r.get::<_, i64>(12)?,
+                        r.get::<_, i64>(13)? as u64,
+                        r.get::<_, Option<String>>(14)?,
+                        r.get::<_, i64>(15)? as u64,
+                    ))
+                })
+                .optional()?;
+            let Some((summary, state_since_ms, committed_seq, latest, history_len)) = row else {
+                return Ok(None);
+            };
+            let latest = latest
+                .map(|body| parse_snapshot(&id, committed_seq, &body))
+                .transpose()?;
+            Ok(Some(EndpointDetail {
+                summary,
+                latest,
+                state_since_ms,
+                committed_seq,
+                history_len,
+            }))
+        })
+        .await
+    }
+
+    async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, received_ms, body FROM snapshots WHERE endpoint_id = ?1
+                 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![id, limit], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, received_at_ms, body) = row?;
+                out.push(HistoryEntry {
+                    seq,
+                    received_at_ms,
+                    snapshot: parse_snapshot(&id, seq, &body)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn faults(&self, id: &str, limit: u32) -> Result<Vec<FaultRecord>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, received_ms, at_ms, check_id, state, severity, subject, value, evidence
+                 FROM fault_events WHERE endpoint_id = ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![id, limit])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(fault_from_row(&id, row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

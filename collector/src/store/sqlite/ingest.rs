@@ -1,0 +1,203 @@
+//! Sessions and the ingest commit: what the batcher writes, and the
+//! replay rule (a record at or below its endpoint's committed sequence
+//! takes no effect).
+
+use super::*;
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn open_session(&self, open: &SessionOpen) -> Result<u64, StoreError> {
+        let open = open.clone();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO endpoints (id, platform, agent_version, online, first_seen_ms, \
+                     last_seen_ms, state_since_ms)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?4, ?4)
+                 ON CONFLICT (id) DO UPDATE SET platform = ?2, agent_version = ?3, online = 1,
+                     last_seen_ms = ?4, state_since_ms = ?4",
+                params![
+                    open.endpoint.as_str(),
+                    open.platform,
+                    open.agent_version,
+                    open.at_ms
+                ],
+            )?;
+            let seq: i64 = c.query_row(
+                "SELECT committed_seq FROM endpoints WHERE id = ?1",
+                [open.endpoint.as_str()],
+                |r| r.get(0),
+            )?;
+            Ok(seq as u64)
+        })
+        .await
+    }
+
+    async fn close_session(&self, endpoint: &EndpointId, at_ms: i64) -> Result<(), StoreError> {
+        let id = endpoint.to_string();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE endpoints SET online = 0, last_seen_ms = MAX(last_seen_ms, ?2),
+                     state_since_ms = ?2 WHERE id = ?1",
+                params![id, at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_all_offline(&self, at_ms: i64) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE endpoints SET online = 0, state_since_ms = ?1 WHERE online = 1",
+                [at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl IngestStore for SqliteStore {
+    async fn commit(&self, batch: Vec<Record>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let limit = self.history_limit as i64;
+        let interval = self.history_interval_ms;
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut state_of = tx.prepare_cached(
+                    "SELECT committed_seq, last_history_ms FROM endpoints WHERE id = ?1",
+                )?;
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO snapshots (endpoint_id, seq, received_ms, taken_ms, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                let mut fault = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO fault_events (endpoint_id, seq, received_ms, at_ms,
+                         check_id, subject, state, severity, value, evidence)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                let mut committed = tx.prepare_cached(
+                    "UPDATE endpoints SET committed_seq = ?2, last_seen_ms = MAX(last_seen_ms, ?3)
+                     WHERE id = ?1",
+                )?;
+                let mut latest = tx.prepare_cached(
+                    "UPDATE endpoints SET last_seen_ms = MAX(last_seen_ms, ?3),
+                         hostname = ?4, os = ?5, cpu_usage_percent = ?6,
+                         memory_used_percent = ?7, fullest_disk_percent = ?8,
+                         latest_snapshot_ms = ?9, latest_snapshot = ?10, last_history_ms = ?11
+                     WHERE id = ?1",
+                )?;
+                let mut prune = tx.prepare_cached(
+                    "DELETE FROM snapshots WHERE endpoint_id = ?1 AND seq <=
+                         (SELECT seq FROM snapshots WHERE endpoint_id = ?1
+                          ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                )?;
+                // Per endpoint: what is committed, the newest record of this
+                // batch, and whether history grew.
+                struct State<'a> {
+                    committed: u64,
+                    last_history_ms: i64,
+                    newest: Option<(&'a Record, &'a Snapshot)>,
+                    history_grew: bool,
+                    /// Highest fresh sequence and its receive time.
+                    advanced: Option<(u64, i64)>,
+                }
+                let mut states: HashMap<&str, State> = HashMap::new();
+                for r in &batch {
+                    let id = r.endpoint.as_str();
+                    if !states.contains_key(id) {
+                        let (committed, last_history_ms) = state_of
+                            .query_row([id], |row| Ok((row.get::<_, i64>(0)?, row.get(1)?)))?;
+                        states.insert(
+                            id,
+                            State {
+                                committed: committed as u64,
+                                last_history_ms,
+                                newest: None,
+                                history_grew: false,
+                                advanced: None,
+                            },
+                        );
+                    }
+                    let Some(st) = states.get_mut(id) else {
+                        continue;
+                    };
+                    // Sequences of one endpoint arrive in order, so anything
+                    // at or below the committed one is a replay.
+                    if r.seq <= st.committed {
+                        continue;
+                    }
+                    st.committed = r.seq;
+                    st.advanced = Some((r.seq, r.received_ms));
+                    let snapshot = match &r.body {
+                        RecordBody::Fault(e) => {
+                            fault.execute(params![
+                                id,
+                                r.seq as i64,
+                                r.received_ms,
+                                e.at_ms,
+                                e.check_id,
+                                e.subject,
+                                e.state.as_str(),
+                                e.severity.as_str(),
+                                e.value,
+                                e.evidence
+                            ])?;
+                            continue;
+                        }
+                        RecordBody::Snapshot(s) => s,
+                    };
+                    st.newest = Some((r, snapshot));
+                    let taken = snapshot.taken_at_ms;
+                    if interval == 0
+                        || st.last_history_ms <= 0
+                        || taken - st.last_history_ms >= interval
+                    {
+                        insert.execute(params![
+                            id,
+                            r.seq as i64,
+                            r.received_ms,
+                            taken,
+                            json(snapshot)
+                        ])?;
+                        st.last_history_ms = taken;
+                        st.history_grew = true;
+                    }
+                }
+                // Only the newest snapshot of each endpoint is written as its
+                // latest state.
+                for (id, st) in states {
+                    let Some((seq, received_ms)) = st.advanced else {
+                        continue;
+                    };
+                    // Fault events alone move only the committed sequence.
+                    committed.execute(params![id, seq as i64, received_ms])?;
+                    let Some((r, s)) = st.newest else { continue };
+                    latest.execute(params![
+                        id,
+                        r.seq as i64,
+                        r.received_ms,
+                        s.host.hostname,
+                        format!("{} {}", s.host.os_name, s.host.os_version).trim(),
+                        s.cpu.usage_percent as f64,
+                        s.memory.used_percent() as f64,
+                        s.fullest_disk_percent() as f64,
+                        s.taken_at_ms,
+                        json(s),
+                        st.last_history_ms,
+                    ])?;
+                    if st.history_grew {
+                        prune.execute(params![id, limit])?;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,338 @@
+//! The SQLite backend against real database files.
+
+use super::*;
+use std::time::Duration;
+
+fn delivery(webhook: &str, event: &str, body: &str) -> crate::store::NewDelivery {
+    crate::store::NewDelivery {
+        webhook: webhook.into(),
+        event: event.into(),
+        body: body.into(),
+    }
+}
+
+fn temp_db(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vitals-store-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("vitals.db")
+}
+
+fn session(id: &EndpointId) -> SessionOpen {
+    SessionOpen {
+        endpoint: id.clone(),
+        agent_version: String::new(),
+        platform: String::new(),
+        at_ms: 1,
+    }
+}
+
+fn record(id: &EndpointId, seq: u64, cpu: f32) -> Record {
+    let mut snapshot = Snapshot::default();
+    snapshot.host.hostname = format!("host-{id}");
+    snapshot.cpu.usage_percent = cpu;
+    snapshot.taken_at_ms = seq as i64;
+    Record {
+        endpoint: id.clone(),
+        seq,
+        received_ms: 1000 + seq as i64,
+        body: RecordBody::Snapshot(Box::new(snapshot)),
+    }
+}
+
+#[tokio::test]
+async fn commits_are_idempotent_and_history_is_bounded() {
+    let path = temp_db("idem");
+    let store = SqliteStore::open(&path, 3, Duration::ZERO).await.unwrap();
+    let id: EndpointId = "ws-1".parse().unwrap();
+    let open = SessionOpen {
+        endpoint: id.clone(),
+        agent_version: "0.1.0".into(),
+        platform: "linux/x86_64".into(),
+        at_ms: 5,
+    };
+    assert_eq!(store.open_session(&open).await.unwrap(), 0);
+    let batch: Vec<_> = (1..=5).map(|s| record(&id, s, s as f32)).collect();
+    store.commit(batch.clone()).await.unwrap();
+    // A replay of the same sequences changes nothing.
+    store.commit(batch.clone()).await.unwrap();
+    let detail = store.endpoint("ws-1").await.unwrap().unwrap();
+    assert_eq!(detail.committed_seq, 5);
+    assert_eq!(detail.history_len, 3);
+    assert_eq!(detail.summary.cpu_usage_percent, 5.0);
+    assert_eq!(detail.summary.hostname, "host-ws-1");
+    assert!(detail.summary.online);
+    let seqs: Vec<u64> = store
+        .history("ws-1", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.seq)
+        .collect();
+    assert_eq!(seqs, vec![5, 4, 3]);
+    // A late, older message does not roll the latest snapshot back.
+    store.commit(vec![record(&id, 2, 99.0)]).await.unwrap();
+    let detail = store.endpoint("ws-1").await.unwrap().unwrap();
+    assert_eq!(detail.summary.cpu_usage_percent, 5.0);
+    assert_eq!(store.open_session(&open).await.unwrap(), 5);
+    store.close_session(&id, 50).await.unwrap();
+    assert!(store.list_endpoints(true).await.unwrap().is_empty());
+    assert_eq!(store.list_endpoints(false).await.unwrap().len(), 1);
+    assert!(store.endpoint("nope").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn history_is_downsampled_but_latest_is_always_newest() {
+    let path = temp_db("downsample");
+    let store = SqliteStore::open(&path, 100, Duration::from_millis(10))
+        .await
+        .unwrap();
+    let id: EndpointId = "ws-3".parse().unwrap();
+    store.open_session(&session(&id)).await.unwrap();
+    // record() takes each snapshot at `seq` ms: one every millisecond.
+    store
+        .commit((1..=25).map(|s| record(&id, s, s as f32)).collect())
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = store
+        .history("ws-3", 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.seq)
+        .collect();
+    assert_eq!(seqs, vec![21, 11, 1]);
+    let d = store.endpoint("ws-3").await.unwrap().unwrap();
+    assert_eq!(d.committed_seq, 25);
+    assert_eq!(d.latest.unwrap().cpu.usage_percent, 25.0);
+    assert_eq!(d.summary.cpu_usage_percent, 25.0);
+}
+
+#[tokio::test]
+async fn survives_reopen_and_refuses_newer_schema() {
+    let path = temp_db("reopen");
+    {
+        let store = SqliteStore::open(&path, 10, Duration::ZERO).await.unwrap();
+        let id: EndpointId = "ws-2".parse().unwrap();
+        store.open_session(&session(&id)).await.unwrap();
+        store.commit(vec![record(&id, 7, 1.0)]).await.unwrap();
+        store.mark_all_offline(2).await.unwrap();
+    }
+    let store = SqliteStore::open(&path, 10, Duration::ZERO).await.unwrap();
+    let d = store.endpoint("ws-2").await.unwrap().unwrap();
+    assert_eq!(d.committed_seq, 7);
+    assert!(!d.summary.online);
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    assert!(matches!(
+        SqliteStore::open(&path, 10, Duration::ZERO).await,
+        Err(StoreError::SchemaTooNew { found: 99, .. })
+    ));
+}
+
+#[tokio::test]
+async fn the_audit_log_only_grows() {
+    let path = temp_db("audit");
+    let store = SqliteStore::open(&path, 3, Duration::ZERO).await.unwrap();
+    for (who, kind) in [("sam", "network"), ("ana", "disk"), ("sam", "os")] {
+        store
+            .audit_append(vitals_proto::diag::AuditEntry {
+                at_ms: 1,
+                who: who.into(),
+                role: "specialist".into(),
+                endpoint_id: "ws-1".into(),
+                kind: kind.into(),
+                params: [("root".to_owned(), "/".to_owned())].into(),
+                outcome: "ok".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let sams = store
+        .audit(crate::store::AuditFilter {
+            who: "sam".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = sams.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["os", "network"], "newest first");
+    assert_eq!(sams[0].params["root"], "/");
+    // Not even the collector's own connection can change or remove one.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    for sql in [
+        "UPDATE audit_log SET outcome = 'ok' WHERE id = 1",
+        "DELETE FROM audit_log WHERE id = 1",
+    ] {
+        let err = c.execute(sql, []).unwrap_err().to_string();
+        assert!(err.contains("the audit log is append-only"), "{sql}: {err}");
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn the_ticket_engine_resumes_exactly_where_it_stopped() {
+    use crate::tickets::engine::Engine;
+    use vitals_proto::ticket_rules::TicketRules;
+    let path = temp_db("tickets");
+    let store = SqliteStore::open(&path, 10, Duration::ZERO).await.unwrap();
+    let id: EndpointId = "ws-1".parse().unwrap();
+    store.open_session(&session(&id)).await.unwrap();
+    let fault = |seq: u64, state: FaultState| Record {
+        endpoint: id.clone(),
+        seq,
+        received_ms: 1000,
+        body: RecordBody::Fault(FaultEvent {
+            check_id: "disk_nearly_full".into(),
+            subject: "/".into(),
+            state,
+            severity: Severity::Warning,
+            value: 97.0,
+            evidence: "/ at 97%".into(),
+            at_ms: 1000,
+        }),
+    };
+    store
+        .commit(vec![
+            fault(1, FaultState::Raised),
+            fault(2, FaultState::Raised),
+        ])
+        .await
+        .unwrap();
+
+    // One step: both events read, one ticket, cursor past both.
+    let state = store.ticket_state().await.unwrap();
+    assert_eq!(state.cursor, 0);
+    let mut engine = Engine::restore(TicketRules::default(), vec![], vec![], 0, 0);
+    let events = store.fault_events_after(state.cursor, 100).await.unwrap();
+    assert_eq!(events.len(), 2);
+    let mut entries = Vec::new();
+    for f in &events {
+        entries.extend(engine.on_fault(&f.endpoint, &f.event, 5000));
+    }
+    let (tickets, incidents) = engine.changed(&entries);
+    store
+        .save_tickets(TicketStep {
+            tickets,
+            incidents,
+            entries,
+            snapshots: Vec::new(),
+            deliveries: vec![
+                delivery("itsm", "opened", "{\"n\":1}"),
+                delivery("chat", "opened", "{\"n\":2}"),
+            ],
+            awaiting_added: vec![crate::store::AwaitingEvidence {
+                ticket: 1,
+                endpoint: "ws-1".into(),
+                fault_at_ms: 4900,
+                since_ms: 5000,
+            }],
+            awaiting_done: Vec::new(),
+            cursor: events[1].id,
+            now_ms: 5000,
+        })
+        .await
+        .unwrap();
+
+    // After a restart nothing is read twice; the ticket is there, still
+    // waiting for its evidence.
+    drop(store);
+    let store = SqliteStore::open(&path, 10, Duration::ZERO).await.unwrap();
+    let state = store.ticket_state().await.unwrap();
+    assert_eq!(state.tickets.len(), 1);
+    assert_eq!(state.max_ticket, 1);
+    assert_eq!(
+        state
+            .awaiting
+            .iter()
+            .map(|a| (a.ticket, a.fault_at_ms))
+            .collect::<Vec<_>>(),
+        vec![(1, 4900)]
+    );
+    store
+        .save_tickets(TicketStep {
+            awaiting_done: vec![1],
+            cursor: state.cursor,
+            now_ms: 6000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.ticket_state().await.unwrap().awaiting.is_empty());
+    assert!(
+        store
+            .fault_events_after(state.cursor, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let d = store.ticket(1).await.unwrap().unwrap();
+    let (t, timeline) = (d.ticket, d.timeline);
+    assert_eq!(t.raise_count, 2);
+    assert_eq!(t.endpoint, "ws-1");
+    let kinds: Vec<_> = timeline.iter().map(|e| e.kind.clone()).collect();
+    use vitals_proto::tickets::Kind;
+    assert_eq!(kinds, vec![Kind::Opened, Kind::FaultRaised]);
+    let open = store
+        .tickets(crate::store::TicketFilter {
+            open_only: true,
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 1);
+    let engine = Engine::restore(
+        TicketRules::default(),
+        state.tickets,
+        state.incidents,
+        state.max_ticket,
+        state.max_incident,
+    );
+    assert_eq!(engine.ticket(1).unwrap().raise_count, 2);
+
+    // The webhook outbox survived the restart with the step; a retry
+    // waits for its time, a delivered or dead post is never due again.
+    let due = store.due_deliveries(5000, 10).await.unwrap();
+    let names: Vec<_> = due
+        .iter()
+        .map(|d| (d.webhook.as_str(), d.attempts))
+        .collect();
+    assert_eq!(names, vec![("itsm", 0), ("chat", 0)]);
+    assert_eq!(due[0].body, "{\"n\":1}");
+    use crate::store::DeliveryOutcome;
+    store
+        .delivery_outcome(due[0].id, DeliveryOutcome::Delivered { at_ms: 5001 })
+        .await
+        .unwrap();
+    store
+        .delivery_outcome(
+            due[1].id,
+            DeliveryOutcome::Retry {
+                next_ms: 9000,
+                error: "503".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.due_deliveries(8999, 10).await.unwrap().is_empty());
+    let again = store.due_deliveries(9000, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (due[1].id, 1));
+    store
+        .delivery_outcome(
+            due[1].id,
+            DeliveryOutcome::Dead {
+                at_ms: 9001,
+                error: "gone".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.due_deliveries(i64::MAX, 10).await.unwrap().is_empty());
+    let _ = std::fs::remove_file(&path);
+}
