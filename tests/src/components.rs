@@ -1,21 +1,34 @@
 //! Real components for integration tests: a private CUPS scheduler with an
 //! `ippeveprinter` printer behind it, `snmpd` serving Printer-MIB values the
 //! test rewrites, a network namespace with `dnsmasq` and nftables, and an
-//! SMTP server keeping the mail it accepts.
+//! SMTP server keeping the mail it accepts, and a small loop-mounted ext4
+//! disk a test fills.
 //!
 //! Each starts its daemons as children and stops them by PID on drop. Each
 //! `start` returns `Err(reason)` when it cannot run here (not root, a
-//! package missing); the test then prints `SKIP` with that reason.
+//! package missing); the test then prints `SKIP` with that reason. Under
+//! `CI=true` a skip fails the test instead: CI installs every component,
+//! so a skip there means an install step is missing, and it must not pass
+//! unnoticed.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Prints a skip where it is seen even with captured output.
+/// Prints a skip where it is seen even with captured output, or, under
+/// `CI=true` (or `CI=1`), fails the test with the same reason.
 pub fn skip(test: &str, why: &str) {
     use std::io::Write;
+    if in_ci() {
+        panic!("SKIP {test}: {why} (CI=true: every real component must run in CI)");
+    }
     let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
+/// Whether this run is CI, where no real-component test may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 fn is_root() -> bool {
@@ -674,5 +687,75 @@ impl Drop for DeskNamespace {
             .args(["link", "del", &self.host_if])
             .output();
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
+    }
+}
+
+/// A small ext4 file system, loop-mounted, unmounted when dropped.
+pub struct LoopDisk {
+    pub mount: PathBuf,
+}
+
+impl LoopDisk {
+    /// `Err` says why it cannot be made here (not root, no mkfs.ext4, no
+    /// loop devices).
+    pub fn new(dir: &Path) -> Result<Self, String> {
+        if !is_root() {
+            return Err("not root (loop mounts need root)".into());
+        }
+        if find("mkfs.ext4").is_none() {
+            return Err("mkfs.ext4 not installed (Debian package e2fsprogs)".into());
+        }
+        let img = dir.join("disk.img");
+        let mount = dir.join("mnt");
+        std::fs::create_dir_all(&mount).map_err(|e| e.to_string())?;
+        let img_s = img.to_string_lossy().into_owned();
+        let mount_s = mount.to_string_lossy().into_owned();
+        if !sh("truncate", &["-s", "64M", &img_s]) || !sh("mkfs.ext4", &["-q", "-m", "0", &img_s]) {
+            return Err("cannot make the ext4 image".into());
+        }
+        if !sh("mount", &["-o", "loop", &img_s, &mount_s]) {
+            return Err("loop mount failed (no loop devices?)".into());
+        }
+        Ok(LoopDisk { mount })
+    }
+
+    /// Fills the file system to `percent` used, as `df` counts it.
+    pub fn fill_to(&self, percent: f64) {
+        let out = Command::new("df")
+            .args(["--output=size,avail", "-B1"])
+            .arg(&self.mount)
+            .output()
+            .expect("df");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let nums: Vec<u64> = text
+            .lines()
+            .nth(1)
+            .expect("df line")
+            .split_whitespace()
+            .map(|n| n.parse().expect("number"))
+            .collect();
+        let (size, avail) = (nums[0] as f64, nums[1] as f64);
+        let want_used = size * percent / 100.0;
+        let used = size - avail;
+        let fill = (want_used - used).max(0.0) as u64;
+        let path = self.mount.join("fill");
+        assert!(
+            sh(
+                "fallocate",
+                &["-l", &fill.to_string(), &path.to_string_lossy()]
+            ),
+            "fallocate"
+        );
+    }
+
+    /// Removes what [`LoopDisk::fill_to`] wrote.
+    pub fn empty(&self) {
+        std::fs::remove_file(self.mount.join("fill")).expect("remove fill");
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        sh("umount", &[&self.mount.to_string_lossy()]);
     }
 }

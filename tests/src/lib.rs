@@ -467,6 +467,19 @@ pub mod components;
 pub mod links;
 pub mod loadgen;
 pub mod proxy;
+pub mod scripted;
+
+/// How long an end-to-end step may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A collector configuration whose policy is `policy_toml`.
+pub fn with_policy(fleet: &Fleet, policy_toml: &str) -> vitals_collector::config::CollectorConfig {
+    let path = fleet.dir.join("policy.toml");
+    std::fs::write(&path, policy_toml).expect("write policy");
+    let mut config = fleet.collector_config();
+    config.policy = Some(path);
+    config
+}
 
 /// Probe timings for test agents: the system probe every second (tests
 /// wait on disks and CPU), SMART off (no drives here), the rest quick.

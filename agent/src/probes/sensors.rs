@@ -56,12 +56,7 @@ impl Probe for SensorsProbe {
                     .map(|c| {
                         c.iter()
                             .filter_map(|c| {
-                                Some(Temperature {
-                                    label: c.label().to_owned(),
-                                    celsius: c.temperature().filter(|t| t.is_finite())?,
-                                    max_celsius: c.max().filter(|t| t.is_finite()),
-                                    critical_celsius: c.critical().filter(|t| t.is_finite()),
-                                })
+                                temperature(c.label(), c.temperature(), c.max(), c.critical())
                             })
                             .collect()
                     })
@@ -87,6 +82,23 @@ impl Probe for SensorsProbe {
             },
         }
     }
+}
+
+/// One sensor's reading; a sensor without a finite temperature is left
+/// out, and a limit that is not finite is unknown.
+fn temperature(
+    label: &str,
+    celsius: Option<f32>,
+    max: Option<f32>,
+    critical: Option<f32>,
+) -> Option<Temperature> {
+    let finite = |t: Option<f32>| t.filter(|t| t.is_finite());
+    Some(Temperature {
+        label: label.to_owned(),
+        celsius: finite(celsius)?,
+        max_celsius: finite(max),
+        critical_celsius: finite(critical),
+    })
 }
 
 fn batteries(errors: &mut Vec<ProbeError>) -> Vec<Battery> {
@@ -150,11 +162,61 @@ mod tests {
         else {
             panic!("no section: {:?}", r.errors);
         };
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        // What the kernel exposes is the oracle: every temperature input
+        // and every battery it lists is reported, and nothing else.
+        let sensors = sys_count("/sys/class/hwmon", |p| {
+            std::fs::read_dir(p).map_or(0, |d| {
+                d.flatten()
+                    .filter(|f| {
+                        let n = f.file_name().to_string_lossy().into_owned();
+                        n.starts_with("temp") && n.ends_with("_input")
+                    })
+                    .count()
+            })
+        });
+        assert_eq!(sensors == 0, temperatures.is_empty(), "{temperatures:?}");
         for t in &temperatures {
             assert!(t.celsius > -60.0 && t.celsius < 200.0, "{t:?}");
         }
+        let cells = sys_count("/sys/class/power_supply", |p| {
+            usize::from(
+                std::fs::read_to_string(p.join("type")).is_ok_and(|t| t.trim() == "Battery"),
+            )
+        });
+        assert_eq!(batteries.len(), cells, "{batteries:?}");
         for b in &batteries {
             assert!((0.0..=100.5).contains(&b.charge_percent), "{b:?}");
         }
+    }
+
+    /// Sums `count` over the entries of a `/sys` class folder (0 if absent).
+    fn sys_count(class: &str, count: impl Fn(&std::path::Path) -> usize) -> usize {
+        std::fs::read_dir(class).map_or(0, |d| d.flatten().map(|e| count(&e.path())).sum())
+    }
+
+    #[test]
+    fn readings_keep_only_finite_values() {
+        let t = temperature("cpu", Some(45.5), Some(f32::INFINITY), Some(100.0)).unwrap();
+        assert_eq!(
+            (
+                t.label.as_str(),
+                t.celsius,
+                t.max_celsius,
+                t.critical_celsius
+            ),
+            ("cpu", 45.5, None, Some(100.0))
+        );
+        assert!(temperature("gone", Some(f32::NAN), None, None).is_none());
+        assert!(temperature("none", None, Some(90.0), None).is_none());
+    }
+
+    #[test]
+    fn battery_states_have_their_names() {
+        use starship_battery::State;
+        assert_eq!(battery_state(State::Charging), "charging");
+        assert_eq!(battery_state(State::Discharging), "discharging");
+        assert_eq!(battery_state(State::Full), "full");
+        assert_eq!(battery_state(State::Unknown), "unknown");
     }
 }

@@ -261,7 +261,25 @@ mod tests {
     #[test]
     fn inodes_of_the_root_file_system() {
         let (total, free) = inodes(std::path::Path::new("/"));
-        // Overlay and ext4 roots have an inode limit; free never exceeds it.
+        // coreutils' `stat -f` is the oracle: the same total, and free
+        // within what a busy machine creates in between.
+        let out = std::process::Command::new("stat")
+            .args(["-f", "-c", "%c %d", "/"])
+            .output()
+            .expect("stat runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let want: Vec<u64> = text
+            .split_whitespace()
+            .map(|n| n.parse().expect("a number"))
+            .collect();
+        assert_eq!(total, want[0], "total inodes");
+        assert!(
+            free.abs_diff(want[1]) < 10_000,
+            "free {free} vs {}",
+            want[1]
+        );
         assert!(free <= total, "{free} > {total}");
+        // A path that cannot be read says so with (0, 0).
+        assert_eq!(inodes(std::path::Path::new("/no/such/mount")), (0, 0));
     }
 }

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use vitals_collector::ctl::Client;
 use vitals_collector::store::{Store, TicketFilter};
+use vitals_proto::identity::Role;
 use vitals_tests::links::{CHECK, LinkAgent, numbered_event};
 use vitals_tests::*;
 
@@ -319,7 +321,7 @@ async fn a_full_disk_under_the_outbox_raises_a_fault_and_loses_nothing() {
     use vitals_agent::link::OUTBOX_CHECK;
     use vitals_proto::domain::FaultState;
     let fleet = Fleet::new("outboxfull");
-    let disk = match super::LoopDisk::new(&fleet.dir) {
+    let disk = match components::LoopDisk::new(&fleet.dir) {
         Ok(d) => d,
         Err(why) => {
             components::skip(
@@ -624,4 +626,52 @@ async fn a_lost_sequence_file_beside_a_kept_outbox_doubles_nothing() {
         (1..=7).collect::<Vec<_>>(),
         "each event once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_with_a_full_outbox_delivers_all_of_it() {
+    let fleet = Fleet::new("outbox");
+    // A collector that is not there yet: the agent queues its snapshots.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let config = fleet.agent_config("ws-outbox", addr);
+    let first = RunningAgent::start(config.clone());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    first.stop().await;
+    let journal = config.state_dir.join("outbox.log");
+    assert!(
+        std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0),
+        "the queued snapshots are on disk"
+    );
+    let restarted_at = vitals_proto::now_ms();
+
+    // The collector comes up, and a new agent process with the same state.
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let collector = RunningCollector::start_on(fleet.collector_config(), listener).await;
+    let second = RunningAgent::start(config);
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+    let before = eventually(WAIT, "the first process's snapshots stored", || async {
+        let h = Client::connect(&viewer)
+            .await
+            .ok()?
+            .history("ws-outbox", 100)
+            .await
+            .ok()?;
+        let old = h
+            .iter()
+            .filter(|e| e.snapshot.taken_at_ms < restarted_at)
+            .count();
+        (old >= 2).then_some(h)
+    })
+    .await;
+    // In sequence order, each once.
+    let mut seqs: Vec<u64> = before.iter().map(|e| e.seq).collect();
+    let n = seqs.len();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n, "no duplicates");
+    second.stop().await;
+    collector.stop().await;
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use vitals_agent::config::NetworkPrinter;
+use vitals_collector::ctl::Client;
 use vitals_collector::ctl::Profile;
 use vitals_proto::domain::{FaultRecord, FaultState, Snapshot};
 use vitals_proto::identity::Role;
@@ -161,7 +162,7 @@ async fn cups_queue_stopped_out_of_paper_and_toner_empty_raise_and_clear() {
     cups.disable("Frontdesk", "paper jam reported by user");
     cups.print("Frontdesk");
     let sam = fleet.specialist_profile("sam", Role::Specialist, collector.addr);
-    let (progress, result) = super::diagnose(
+    let (progress, result) = crate::diagnostics::diagnose(
         &sam,
         vitals_collector::ctl::DiagQuery {
             endpoint: id.into(),
@@ -447,4 +448,116 @@ fn dns_gateway_loss_and_key_service_faults_in_a_namespace() {
             .is_some_and(|e| e.contains("refused")),
         "{snap}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_disk_filled_to_97_percent_opens_a_ticket_that_resolves_itself() {
+    use vitals_proto::domain::FaultState;
+    let fleet = Fleet::new("diskfull");
+    let disk = match components::LoopDisk::new(&fleet.dir) {
+        Ok(d) => d,
+        Err(why) => {
+            return components::skip(
+                "real_disk_filled_to_97_percent_opens_a_ticket_that_resolves_itself",
+                &why,
+            );
+        }
+    };
+    let config = with_policy(
+        &fleet,
+        "[tickets]\nquiet_period = \"1s\"\n\
+         [[check]]\nid = \"disk_nearly_full\"\ntitle = \"Disk nearly full\"\n\
+         measurement = \"disk.used_percent\"\n\
+         direction = \"above\"\nraise = 95.0\nclear = 90.0\nhold = \"0s\"\nseverity = \"warning\"\n",
+    );
+    let collector = RunningCollector::start(config).await;
+    let agent = RunningAgent::start(fleet.agent_config("ws-disk", collector.addr));
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+    let subject = disk.mount.to_string_lossy().into_owned();
+    let ours = |f: &vitals_proto::domain::FaultRecord| f.event.subject == subject;
+
+    disk.fill_to(97.0);
+    let raised = eventually(WAIT, "disk_nearly_full raised", || async {
+        let f = faults_of(&viewer, "ws-disk").await?;
+        f.into_iter()
+            .find(|f| ours(f) && f.event.state == FaultState::Raised)
+    })
+    .await;
+    assert_eq!(raised.event.check_id, "disk_nearly_full");
+    assert!(
+        (95.0..=99.0).contains(&raised.event.value),
+        "{:?}",
+        raised.event
+    );
+    // The fault is a ticket: measured value, evidence, the snapshot at
+    // fault time showing the full disk, and the steps to fix it.
+    let ticket = eventually(WAIT, "a ticket for the full disk", || async {
+        let mut c = Client::connect(&viewer).await.ok()?;
+        let t = c
+            .tickets(vitals_collector::ctl::TicketQuery {
+                endpoint: "ws-disk".into(),
+                check: "disk_nearly_full".into(),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .ok()?;
+        t.into_iter().find(|t| t.subject == subject)
+    })
+    .await;
+    assert_eq!(ticket.title, "Disk nearly full");
+    assert_eq!(ticket.value, raised.event.value);
+    assert!(ticket.evidence.contains(&subject), "{}", ticket.evidence);
+    let detail = eventually(WAIT, "the ticket's snapshot at fault time", || async {
+        let d = ticket_of(&viewer, ticket.id).await?;
+        d.snapshot.is_some().then_some(d)
+    })
+    .await;
+    let at_fault = detail
+        .snapshot
+        .as_ref()
+        .and_then(|s| s.disks.iter().find(|d| d.mount_point == subject).cloned())
+        .expect("the disk in the snapshot at fault time");
+    assert!(at_fault.used_percent() >= 95.0, "{at_fault:?}");
+    let kb = detail.knowledge.as_deref().unwrap_or_default();
+    assert!(
+        kb.contains("## What the user can do") && kb.contains("## What the specialist does"),
+        "{kb}"
+    );
+
+    disk.empty();
+    let cleared = eventually(WAIT, "disk_nearly_full cleared", || async {
+        let f = faults_of(&viewer, "ws-disk").await?;
+        f.into_iter()
+            .find(|f| ours(f) && f.event.state == FaultState::Cleared)
+    })
+    .await;
+    assert!(cleared.seq > raised.seq);
+    assert!(cleared.event.value < 90.0, "{:?}", cleared.event);
+    let all: Vec<_> = Client::connect(&viewer)
+        .await
+        .expect("viewer")
+        .faults("ws-disk", 50)
+        .await
+        .expect("faults")
+        .into_iter()
+        .filter(ours)
+        .collect();
+    assert_eq!(all.len(), 2, "exactly one raise and one clear: {all:?}");
+    // Clear past the quiet period: the ticket resolved itself.
+    let timeline = eventually(WAIT, "the ticket auto-resolved", || async {
+        let d = ticket_of(&viewer, ticket.id).await?;
+        (d.ticket.status == vitals_proto::tickets::Status::Resolved).then_some(d.timeline)
+    })
+    .await;
+    let kinds: Vec<_> = timeline.iter().map(|e| e.kind.clone()).collect();
+    use vitals_proto::tickets::Kind;
+    assert_eq!(
+        kinds,
+        vec![Kind::Opened, Kind::FaultCleared, Kind::AutoResolved],
+        "{timeline:?}"
+    );
+    agent.stop().await;
+    collector.stop().await;
+    drop(disk);
 }
