@@ -225,10 +225,16 @@ impl Collector {
         health
             .set_serving::<SpecialistServer<SpecialistApi>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(vitals_proto::wire::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Server reflection in both protocol versions: v1, and v1alpha for
+        // the clients that speak only that (Python's grpcio-reflection,
+        // older grpcurl, Postman, Evans).
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(vitals_proto::wire::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let reflection = reflection().build_v1()?;
 
         let addr = listeners
             .grpc
@@ -296,6 +302,7 @@ impl Collector {
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(AgentGatewayServer::new(gateway))
             .add_service(SpecialistServer::new(specialist))
             .serve_with_incoming_shutdown(ReceiverStream::new(incoming), stopped());

@@ -214,5 +214,6 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(vitals_proto::colour_on_stderr())
         .init();
 }

@@ -385,6 +385,10 @@ fn quickstart_shows_this_machine_and_stops_cleanly() {
         log.contains("link closed"),
         "agent did not stop cleanly:\n{log}"
     );
+    assert!(
+        !log.contains('\x1b'),
+        "a log file must not carry colour codes:\n{log}"
+    );
 
     // A second start re-uses the PKI and the database.
     let (mut qs, _) = start();

@@ -106,6 +106,13 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Whether log lines on stderr may carry colour: only on a terminal (a log
+/// file or a pipe gets plain text), and never with `NO_COLOR` set.
+pub fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Renders an error with each of its causes, `outer: inner: root`. tonic's
 /// top-level message for a refused certificate is only "transport error";
 /// the reason is further down the chain.

@@ -227,7 +227,65 @@ async fn standard_health_and_reflection_services_answer() {
             "{expected} missing from {names:?}"
         );
     }
+
+    // A third-party client that speaks only v1alpha: Python's
+    // grpcio-reflection lists the services and resolves the methods.
+    match python_reflection_client() {
+        Err(why) => components::skip(
+            "standard_health_and_reflection_services_answer (v1alpha)",
+            &why,
+        ),
+        Ok(script) => {
+            let out = tokio::process::Command::new("python3")
+                .arg(&script)
+                .arg(format!("127.0.0.1:{}", collector.addr.port()))
+                .arg(fleet.paths().ca_cert())
+                .arg(&cert)
+                .arg(&key)
+                .output()
+                .await
+                .expect("python3 runs");
+            assert!(
+                out.status.success(),
+                "v1alpha reflection client failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let found: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("the client prints JSON");
+            for expected in [
+                "vitals.v1.AgentGateway",
+                "vitals.v1.Specialist",
+                "grpc.health.v1.Health",
+            ] {
+                assert!(
+                    found["services"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|n| n == expected)),
+                    "{expected} missing from {found}"
+                );
+            }
+            let methods = found["specialist_methods"].as_array().expect("methods");
+            for expected in ["ListEndpoints", "RunDiagnostic", "WatchTickets"] {
+                assert!(methods.iter().any(|m| m == expected), "{expected}: {found}");
+            }
+        }
+    }
     collector.stop().await;
+}
+
+/// The v1alpha reflection client script, if Python has grpcio-reflection
+/// (`.ci/run` installs it from PyPI).
+fn python_reflection_client() -> Result<std::path::PathBuf, String> {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_reflection.v1alpha"])
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !ok.status.success() {
+        return Err(
+            "Python grpcio-reflection not installed (pip install grpcio grpcio-reflection)".into(),
+        );
+    }
+    Ok(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/reflect_v1alpha.py"))
 }
 
 /// A raw TLS handshake with one protocol version and a valid client
