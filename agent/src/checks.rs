@@ -432,7 +432,7 @@ impl Checks {
                 !snapshot
                     .probe_errors
                     .iter()
-                    .any(|e| Some(e.probe.as_str()) == probe)
+                    .any(|e| Some(e.probe.as_str()) == probe.map(|p| p.as_str()))
             })
             .cloned()
             .collect();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use vitals_proto::config_file::{self, ConfigFileError};
+use vitals_proto::domain::ProbeKind;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,16 +71,18 @@ pub struct ProbeSettings {
     pub network: NetworkSettings,
 }
 
-/// The probes and their default (interval, timeout).
-pub const PROBES: &[(&str, u64, u64)] = &[
-    ("system", 10, 5),
-    ("sensors", 60, 10),
-    ("smart", 3600, 60),
-    ("os", 60, 10),
-    ("printers", 30, 10),
-    ("network_printers", 60, 10),
-    ("network", 30, 15),
-];
+/// A probe's default interval and timeout, in seconds.
+pub fn default_timing(kind: ProbeKind) -> (u64, u64) {
+    match kind {
+        ProbeKind::System => (10, 5),
+        ProbeKind::Sensors => (60, 10),
+        ProbeKind::Smart => (3600, 60),
+        ProbeKind::Os => (60, 10),
+        ProbeKind::Printers => (30, 10),
+        ProbeKind::NetworkPrinters => (60, 10),
+        ProbeKind::Network => (30, 15),
+    }
+}
 
 /// `[probes]`: a table per probe, such as `network = { interval = "10s" }`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -121,24 +124,23 @@ pub struct Timing {
 }
 
 impl ProbeTimings {
-    fn get(&self, name: &str) -> Option<&TimingOverride> {
-        Some(match name {
-            "system" => &self.system,
-            "sensors" => &self.sensors,
-            "smart" => &self.smart,
-            "os" => &self.os,
-            "printers" => &self.printers,
-            "network_printers" => &self.network_printers,
-            "network" => &self.network,
-            _ => return None,
-        })
+    fn get(&self, kind: ProbeKind) -> &TimingOverride {
+        match kind {
+            ProbeKind::System => &self.system,
+            ProbeKind::Sensors => &self.sensors,
+            ProbeKind::Smart => &self.smart,
+            ProbeKind::Os => &self.os,
+            ProbeKind::Printers => &self.printers,
+            ProbeKind::NetworkPrinters => &self.network_printers,
+            ProbeKind::Network => &self.network,
+        }
     }
 }
 
 impl ProbeSettings {
     /// Checks what serde cannot: sane timings and well-formed addresses.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, _, _) in PROBES {
+        for &name in ProbeKind::ALL {
             let t = self.timing(name);
             if t.interval < Duration::from_secs(1) {
                 return Err(format!("probes.{name}.interval must be at least 1s"));
@@ -177,13 +179,9 @@ impl ProbeSettings {
     }
 
     /// The timing of the probe called `name`: its override, else the default.
-    pub fn timing(&self, name: &str) -> Timing {
-        let (interval, timeout) = PROBES
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, i, t)| (*i, *t))
-            .unwrap_or((60, 10));
-        let o = self.timings.get(name).cloned().unwrap_or_default();
+    pub fn timing(&self, kind: ProbeKind) -> Timing {
+        let (interval, timeout) = default_timing(kind);
+        let o = self.timings.get(kind);
         Timing {
             interval: o.interval.unwrap_or(Duration::from_secs(interval)),
             timeout: o.timeout.unwrap_or(Duration::from_secs(timeout)),
@@ -561,8 +559,14 @@ key = "pki/agent.key"
         let c = AgentConfig::load(&path).unwrap();
         let p = c.probe_settings();
         assert_eq!(p.network.services.len(), 2);
-        assert_eq!(p.timing("smart").interval, Duration::from_secs(3600));
-        assert_eq!(p.timing("network").timeout, Duration::from_secs(15));
+        assert_eq!(
+            p.timing(ProbeKind::Smart).interval,
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            p.timing(ProbeKind::Network).timeout,
+            Duration::from_secs(15)
+        );
     }
 
     #[test]

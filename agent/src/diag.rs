@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::AbortHandle;
 use tracing::info;
 use vitals_proto::diag::{Diagnostic, MAX_DEADLINE, MAX_OUTPUT_BYTES, NetworkParams};
-use vitals_proto::domain::{DiskInfo, OsHealth, PrinterInfo, Snapshot};
+use vitals_proto::domain::{DiskInfo, OsHealth, PrinterInfo, ProbeKind, Snapshot};
 
 use crate::config::{KeyService, ProbeSettings};
 use crate::probes::{self, Probe, Reading, Section};
@@ -346,8 +346,11 @@ async fn read_printers(settings: &ProbeSettings) -> (Vec<PrinterInfo>, Vec<Strin
     let mut cups = probes::cups::CupsProbe::new(settings.printers.cups.clone());
     let mut snmp = probes::snmp::SnmpProbe::new(settings.printers.network.clone());
     let probes: [(&mut dyn Probe, Duration); 2] = [
-        (&mut cups, settings.timing("printers").timeout),
-        (&mut snmp, settings.timing("network_printers").timeout),
+        (&mut cups, settings.timing(ProbeKind::Printers).timeout),
+        (
+            &mut snmp,
+            settings.timing(ProbeKind::NetworkPrinters).timeout,
+        ),
     ];
     for (probe, timeout) in probes {
         let r = probes::run_with_timeout(probe, timeout).await;
@@ -424,7 +427,8 @@ async fn disk(
 ) -> Result<Report, String> {
     progress.say("reading disks").await;
     let mut system = probes::system::SystemProbe::new();
-    let reading = probes::run_with_timeout(&mut system, settings.timing("system").timeout).await;
+    let reading =
+        probes::run_with_timeout(&mut system, settings.timing(ProbeKind::System).timeout).await;
     let mut s = Snapshot::default();
     if let Some(section) = reading.section {
         section.apply(&mut s);
@@ -437,7 +441,8 @@ async fn disk(
         .cloned();
     progress.say("reading SMART").await;
     let mut smart = probes::smart::SmartProbe::new(settings.smart.smartctl.clone());
-    let reading = probes::run_with_timeout(&mut smart, settings.timing("smart").timeout).await;
+    let reading =
+        probes::run_with_timeout(&mut smart, settings.timing(ProbeKind::Smart).timeout).await;
     if let Some(section) = reading.section {
         section.apply(&mut s);
     }

@@ -169,7 +169,7 @@ async fn sample_loop(
     let tasks = probes::spawn_all(probes, readings_tx, shutdown.clone());
     let _abort = AbortOnDrop(tasks);
     let mut latest = Latest::default();
-    let mut logged: HashMap<&'static str, Vec<String>> = HashMap::new();
+    let mut logged: HashMap<probes::ProbeKind, Vec<String>> = HashMap::new();
     let mut next_snapshot: Option<tokio::time::Instant> = None;
     loop {
         let deadline = next_snapshot;
@@ -195,7 +195,7 @@ async fn sample_loop(
                         return;
                     }
                     next_snapshot = Some(tokio::time::Instant::now() + *interval.borrow_and_update());
-                } else if next_snapshot.is_none() && latest.has_reported("system") {
+                } else if next_snapshot.is_none() && latest.has_reported(probes::ProbeKind::System) {
                     next_snapshot = Some(tokio::time::Instant::now());
                 }
             }
@@ -237,20 +237,20 @@ async fn sample_loop(
 /// on every run: a workstation without CUPS should not fill its log with
 /// the same line every 30 seconds.
 fn log_changes(
-    logged: &mut HashMap<&'static str, Vec<String>>,
-    name: &'static str,
+    logged: &mut HashMap<probes::ProbeKind, Vec<String>>,
+    name: probes::ProbeKind,
     reading: &probes::Reading,
 ) {
     let now: Vec<String> = reading.errors.iter().map(|e| e.message.clone()).collect();
-    let before = logged.get(name).cloned().unwrap_or_default();
+    let before = logged.get(&name).cloned().unwrap_or_default();
     if now == before {
         return;
     }
     if now.is_empty() {
-        info!(probe = name, "probe recovered");
+        info!(probe = %name, "probe recovered");
     }
     for e in now.iter().filter(|e| !before.contains(e)) {
-        warn!(probe = name, error = %e, "probe error");
+        warn!(probe = %name, error = %e, "probe error");
     }
     logged.insert(name, now);
 }

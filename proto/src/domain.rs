@@ -151,9 +151,41 @@ pub struct InterfaceInfo {
     pub link_lost: bool,
 }
 
+/// The agent's probes: each reads one area on its own interval. The name
+/// is how `agent.toml`'s `[probes]`, probe errors and the policy's
+/// measurement table call it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProbeKind {
+    /// Host, CPU, memory, disks (sysinfo).
+    System,
+    /// Temperatures and batteries.
+    Sensors,
+    /// Disk health (`smartctl`).
+    Smart,
+    /// Reboot markers, services, sessions, clock.
+    Os,
+    /// Local print queues (CUPS, the Windows spooler).
+    Printers,
+    /// Network printers over SNMP.
+    NetworkPrinters,
+    /// Interfaces, gateway, DNS, key services, Wi-Fi.
+    Network,
+}
+
+crate::text_enum!(ProbeKind {
+    System => "system",
+    Sensors => "sensors",
+    Smart => "smart",
+    Os => "os",
+    Printers => "printers",
+    NetworkPrinters => "network_printers",
+    Network => "network",
+});
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeError {
-    /// Which probe failed, such as "disks".
+    /// Which probe failed: a [`ProbeKind`]'s name. Kept as text, so a
+    /// collector shows the errors of probes newer than itself.
     pub probe: String,
     pub message: String,
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config_file::{self, ConfigFileError};
-use crate::domain::Severity;
+use crate::domain::{ProbeKind, ProbeKind as P, Severity};
 use crate::ticket_rules::TicketRules;
 
 /// Faults raised by the system itself rather than by a policy check:
@@ -27,149 +27,153 @@ pub const BUILTIN_CHECKS: &[(&str, &str)] = &[
 /// The measurements checks can name, each with the probe that takes it
 /// and what it means. Each yields one value per subject (each disk,
 /// printer, DNS name... on its own); yes/no measurements are 1 or 0.
-pub const MEASUREMENTS: &[(&str, &str, &str)] = &[
-    ("cpu.usage_percent", "system", "CPU use, all cores, percent"),
+pub const MEASUREMENTS: &[(&str, ProbeKind, &str)] = &[
+    (
+        "cpu.usage_percent",
+        P::System,
+        "CPU use, all cores, percent",
+    ),
     (
         "cpu.busiest_core_percent",
-        "system",
+        P::System,
         "use of the busiest core, percent",
     ),
-    ("memory.used_percent", "system", "memory in use, percent"),
-    ("swap.used_percent", "system", "swap in use, percent"),
+    ("memory.used_percent", P::System, "memory in use, percent"),
+    ("swap.used_percent", P::System, "swap in use, percent"),
     (
         "disk.used_percent",
-        "system",
+        P::System,
         "space used per mount, percent",
     ),
     (
         "disk.inodes_used_percent",
-        "system",
+        P::System,
         "inodes used per mount, percent",
     ),
     (
         "temperature.celsius",
-        "sensors",
+        P::Sensors,
         "each sensor, degrees Celsius",
     ),
     (
         "battery.health_percent",
-        "sensors",
+        P::Sensors,
         "full capacity against design capacity",
     ),
     (
         "smart.failing",
-        "smart",
+        P::Smart,
         "the drive's own SMART verdict is FAILED (1/0)",
     ),
     (
         "smart.reallocated_sectors",
-        "smart",
+        P::Smart,
         "reallocated sector count",
     ),
     (
         "smart.pending_sectors",
-        "smart",
+        P::Smart,
         "sectors pending reallocation",
     ),
     (
         "smart.media_errors",
-        "smart",
+        P::Smart,
         "NVMe media and data integrity errors",
     ),
     (
         "os.reboot_pending_days",
-        "os",
+        P::Os,
         "days a pending reboot has waited (0 if none)",
     ),
     (
         "os.failed_services",
-        "os",
+        P::Os,
         "number of failed system services",
     ),
     (
         "os.clock_offset_seconds",
-        "os",
+        P::Os,
         "distance from the collector's clock, seconds",
     ),
     (
         "printer.stopped",
-        "printers",
+        P::Printers,
         "queue stopped or paused (1/0)",
     ),
     (
         "printer.offline",
-        "printers",
+        P::Printers,
         "printer offline or not answering (1/0)",
     ),
-    ("printer.jammed", "printers", "paper jam (1/0)"),
-    ("printer.media_empty", "printers", "out of paper (1/0)"),
+    ("printer.jammed", P::Printers, "paper jam (1/0)"),
+    ("printer.media_empty", P::Printers, "out of paper (1/0)"),
     (
         "printer.toner_empty",
-        "printers",
+        P::Printers,
         "toner or ink empty (1/0)",
     ),
-    ("printer.toner_low", "printers", "toner or ink low (1/0)"),
-    ("printer.door_open", "printers", "cover or door open (1/0)"),
+    ("printer.toner_low", P::Printers, "toner or ink low (1/0)"),
+    ("printer.door_open", P::Printers, "cover or door open (1/0)"),
     (
         "printer.service_requested",
-        "printers",
+        P::Printers,
         "printer asks for service (1/0)",
     ),
     (
         "printer.oldest_job_minutes",
-        "printers",
+        P::Printers,
         "age of the oldest queued job",
     ),
     (
         "printer.lowest_supply_percent",
-        "printers",
+        P::Printers,
         "level of the emptiest supply",
     ),
     (
         "gateway.loss_percent",
-        "network",
+        P::Network,
         "default gateway probes unanswered, percent",
     ),
     (
         "gateway.rtt_ms",
-        "network",
+        P::Network,
         "default gateway round trip, milliseconds",
     ),
     (
         "dns.failed",
-        "network",
+        P::Network,
         "a configured name does not resolve (1/0)",
     ),
     (
         "dns.resolve_ms",
-        "network",
+        P::Network,
         "resolution time per name, milliseconds",
     ),
     (
         "service.unreachable",
-        "network",
+        P::Network,
         "a key service refuses or times out (1/0)",
     ),
     (
         "service.connect_ms",
-        "network",
+        P::Network,
         "TCP connect time per service, milliseconds",
     ),
     (
         "interface.link_down",
-        "network",
+        P::Network,
         "an interface that was up lost its link (1/0)",
     ),
     (
         "interface.errors_per_min",
-        "network",
+        P::Network,
         "errors and drops per minute",
     ),
-    ("wifi.signal_dbm", "network", "Wi-Fi signal, dBm"),
+    ("wifi.signal_dbm", P::Network, "Wi-Fi signal, dBm"),
 ];
 
 /// The probe that takes `measurement`, if it is known.
-pub fn probe_of(measurement: &str) -> Option<&'static str> {
+pub fn probe_of(measurement: &str) -> Option<ProbeKind> {
     MEASUREMENTS
         .iter()
         .find(|(m, _, _)| *m == measurement)

@@ -12,11 +12,11 @@ use ipp::model::{DelimiterTag, IppVersion, Operation};
 use ipp::prelude::{AsyncIppClient, Uri};
 use ipp::request::IppRequestResponse;
 use ipp::value::IppValue;
-use vitals_proto::domain::{PrinterInfo, Supply};
+use vitals_proto::domain::{PrinterInfo, ProbeKind, Supply};
 
 use super::{Probe, Reading, Section, probe_error};
 
-const NAME: &str = "printers";
+const KIND: ProbeKind = ProbeKind::Printers;
 pub const SOURCE: &str = "cups";
 
 const PRINTER_ATTRIBUTES: &[&str] = &[
@@ -92,8 +92,8 @@ impl CupsProbe {
 
 #[async_trait::async_trait]
 impl Probe for CupsProbe {
-    fn name(&self) -> &'static str {
-        NAME
+    fn kind(&self) -> ProbeKind {
+        KIND
     }
 
     async fn run(&mut self) -> Reading {
@@ -104,7 +104,7 @@ impl Probe for CupsProbe {
             Ok(queues) => Reading::ok(Section::Queues(queues)),
             Err(e) => Reading {
                 section: None,
-                errors: vec![probe_error(NAME, e)],
+                errors: vec![probe_error(KIND, e)],
             },
         }
     }

@@ -29,6 +29,8 @@ use vitals_proto::domain::{
     Snapshot, Temperature,
 };
 
+pub use vitals_proto::domain::ProbeKind;
+
 use crate::config::{ProbeSettings, Timing};
 
 /// One probe's part of a snapshot.
@@ -104,8 +106,9 @@ impl Reading {
 
 #[async_trait::async_trait]
 pub trait Probe: Send {
-    /// The probe's name, as probe errors and `[probes]` settings call it.
-    fn name(&self) -> &'static str;
+    /// Which probe it is: its errors, its `[probes]` settings and the
+    /// measurements it takes are named by it.
+    fn kind(&self) -> ProbeKind;
     /// Reads once. Errors go into the reading, never out of it.
     async fn run(&mut self) -> Reading;
 }
@@ -123,7 +126,7 @@ pub fn build(config: &ProbeSettings, clock_offset: watch::Receiver<Option<i64>>)
     ];
     all.into_iter()
         .map(|probe| Scheduled {
-            timing: config.timing(probe.name()),
+            timing: config.timing(probe.kind()),
             probe,
         })
         .filter(|s| s.timing.enabled)
@@ -138,13 +141,13 @@ pub struct Scheduled {
 /// Runs a probe once under its timeout. A probe past its timeout is
 /// cancelled and the reading says so.
 pub async fn run_with_timeout(probe: &mut dyn Probe, timeout: Duration) -> Reading {
-    let name = probe.name();
+    let kind = probe.kind();
     match tokio::time::timeout(timeout, probe.run()).await {
         Ok(reading) => reading,
         Err(_) => Reading {
             section: None,
             errors: vec![probe_error(
-                name,
+                kind,
                 format!(
                     "timed out after {}; cancelled",
                     humantime::format_duration(timeout)
@@ -154,11 +157,11 @@ pub async fn run_with_timeout(probe: &mut dyn Probe, timeout: Duration) -> Readi
     }
 }
 
-/// Spawns one task per probe; each sends `(name, reading)` on its interval
+/// Spawns one task per probe; each sends `(kind, reading)` on its interval
 /// until `shutdown` or until the receiver is gone.
 pub fn spawn_all(
     probes: Vec<Scheduled>,
-    tx: mpsc::Sender<(&'static str, Reading)>,
+    tx: mpsc::Sender<(ProbeKind, Reading)>,
     shutdown: vitals_proto::shutdown::Shutdown,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     probes
@@ -170,7 +173,7 @@ pub fn spawn_all(
                 loop {
                     let started = tokio::time::Instant::now();
                     let reading = run_with_timeout(s.probe.as_mut(), s.timing.timeout).await;
-                    if tx.send((s.probe.name(), reading)).await.is_err() {
+                    if tx.send((s.probe.kind(), reading)).await.is_err() {
                         return;
                     }
                     tokio::select! {
@@ -186,23 +189,31 @@ pub fn spawn_all(
 /// Runs every probe once, concurrently, and merges the readings.
 pub async fn snapshot_once(probes: Vec<Scheduled>) -> Snapshot {
     let mut set = tokio::task::JoinSet::new();
+    let mut kinds = std::collections::HashMap::new();
     for mut s in probes {
-        set.spawn(async move {
+        let kind = s.probe.kind();
+        let task = set.spawn(async move {
             let reading = run_with_timeout(s.probe.as_mut(), s.timing.timeout).await;
-            (s.probe.name(), reading)
+            (kind, reading)
         });
+        kinds.insert(task.id(), kind);
     }
     let mut latest = Latest::default();
     while let Some(done) = set.join_next().await {
         match done {
-            Ok((name, reading)) => latest.absorb(name, reading),
-            Err(e) => latest.absorb(
-                "probe",
-                Reading {
-                    section: None,
-                    errors: vec![probe_error("probe", format!("probe task failed: {e}"))],
-                },
-            ),
+            Ok((kind, reading)) => latest.absorb(kind, reading),
+            Err(e) => {
+                // A panicked probe: its task's id says which it was.
+                if let Some(&kind) = kinds.get(&e.id()) {
+                    latest.absorb(
+                        kind,
+                        Reading {
+                            section: None,
+                            errors: vec![probe_error(kind, format!("probe task failed: {e}"))],
+                        },
+                    );
+                }
+            }
         }
     }
     latest.snapshot(vitals_proto::now_ms())
@@ -212,13 +223,13 @@ pub async fn snapshot_once(probes: Vec<Scheduled>) -> Snapshot {
 #[derive(Debug, Default)]
 pub struct Latest {
     snapshot: Snapshot,
-    errors: BTreeMap<&'static str, Vec<ProbeError>>,
+    errors: BTreeMap<ProbeKind, Vec<ProbeError>>,
     /// Probes that have reported at least once.
-    seen: Vec<&'static str>,
+    seen: Vec<ProbeKind>,
 }
 
 impl Latest {
-    pub fn absorb(&mut self, name: &'static str, reading: Reading) {
+    pub fn absorb(&mut self, name: ProbeKind, reading: Reading) {
         if let Some(section) = reading.section {
             section.apply(&mut self.snapshot);
         }
@@ -228,7 +239,7 @@ impl Latest {
         }
     }
 
-    pub fn has_reported(&self, name: &str) -> bool {
+    pub fn has_reported(&self, name: ProbeKind) -> bool {
         self.seen.contains(&name)
     }
 
@@ -282,9 +293,9 @@ pub fn system_snapshot(window: Duration) -> Snapshot {
     s
 }
 
-pub(crate) fn probe_error(probe: &str, message: impl std::fmt::Display) -> ProbeError {
+pub(crate) fn probe_error(probe: ProbeKind, message: impl std::fmt::Display) -> ProbeError {
     ProbeError {
-        probe: probe.to_owned(),
+        probe: probe.as_str().to_owned(),
         message: message.to_string(),
     }
 }
@@ -301,8 +312,8 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Probe for Hung {
-        fn name(&self) -> &'static str {
-            "hung"
+        fn kind(&self) -> ProbeKind {
+            ProbeKind::Smart
         }
         async fn run(&mut self) -> Reading {
             if self.in_kernel {
@@ -314,7 +325,7 @@ mod tests {
                     section: None,
                     errors: r
                         .err()
-                        .map(|e| probe_error("hung", e))
+                        .map(|e| probe_error(ProbeKind::Smart, e))
                         .into_iter()
                         .collect(),
                 };
@@ -333,7 +344,7 @@ mod tests {
         let r = run_with_timeout(&mut p, Duration::from_millis(100)).await;
         assert!(started.elapsed() < Duration::from_secs(1));
         assert!(r.section.is_none());
-        assert_eq!(r.errors[0].probe, "hung");
+        assert_eq!(r.errors[0].probe, "smart");
         assert!(
             r.errors[0]
                 .message
@@ -363,28 +374,28 @@ mod tests {
     fn latest_keeps_the_last_good_section_and_current_errors() {
         let mut l = Latest::default();
         l.absorb(
-            "os",
+            ProbeKind::Os,
             Reading::ok(Section::Os(OsHealth {
                 reboot_required: true,
                 ..Default::default()
             })),
         );
         l.absorb(
-            "os",
+            ProbeKind::Os,
             Reading {
                 section: None,
-                errors: vec![probe_error("os", "timed out after 10s; cancelled")],
+                errors: vec![probe_error(ProbeKind::Os, "timed out after 10s; cancelled")],
             },
         );
         let s = l.snapshot(5);
         assert_eq!(s.taken_at_ms, 5);
         assert!(s.os.reboot_required, "the last reading stands");
         assert_eq!(s.probe_errors.len(), 1);
-        l.absorb("os", Reading::ok(Section::Os(OsHealth::default())));
+        l.absorb(ProbeKind::Os, Reading::ok(Section::Os(OsHealth::default())));
         let s = l.snapshot(6);
         assert!(!s.os.reboot_required);
         assert!(s.probe_errors.is_empty(), "errors are current, not sticky");
-        assert!(l.has_reported("os") && !l.has_reported("system"));
+        assert!(l.has_reported(ProbeKind::Os) && !l.has_reported(ProbeKind::System));
     }
 
     #[test]

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use sysinfo::Networks;
 use tokio::net::TcpStream;
 use vitals_proto::domain::{
-    DnsCheck, Gateway, InterfaceInfo, NetworkHealth, ServiceCheck, WifiInfo,
+    DnsCheck, Gateway, InterfaceInfo, NetworkHealth, ProbeKind, ServiceCheck, WifiInfo,
 };
 
 use super::{Probe, Reading, Section, probe_error};
 use crate::config::{NetworkSettings, split_host_port};
 
-const NAME: &str = "network";
+const KIND: ProbeKind = ProbeKind::Network;
 
 pub struct NetworkProbe {
     settings: NetworkSettings,
@@ -148,14 +148,14 @@ impl NetworkProbe {
 
 #[async_trait::async_trait]
 impl Probe for NetworkProbe {
-    fn name(&self) -> &'static str {
-        NAME
+    fn kind(&self) -> ProbeKind {
+        KIND
     }
 
     async fn run(&mut self) -> Reading {
         let mut errors = Vec::new();
         let interfaces = self.interfaces().unwrap_or_else(|e| {
-            errors.push(probe_error(NAME, e));
+            errors.push(probe_error(KIND, e));
             Vec::new()
         });
         let timeout = self.settings.timeout;

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use tokio::process::Command;
 use tokio::sync::watch;
-use vitals_proto::domain::{OsHealth, ProbeError, UserSession};
+use vitals_proto::domain::{OsHealth, ProbeError, ProbeKind, UserSession};
 
 use super::{Probe, Reading, Section, probe_error};
 
-const NAME: &str = "os";
+const KIND: ProbeKind = ProbeKind::Os;
 
 pub struct OsProbe {
     clock_offset: watch::Receiver<Option<i64>>,
@@ -29,8 +29,8 @@ impl OsProbe {
 
 #[async_trait::async_trait]
 impl Probe for OsProbe {
-    fn name(&self) -> &'static str {
-        NAME
+    fn kind(&self) -> ProbeKind {
+        KIND
     }
 
     async fn run(&mut self) -> Reading {
@@ -45,7 +45,7 @@ impl Probe for OsProbe {
                 os.services_checked = true;
                 os.failed_services = list;
             }
-            Err(e) => errors.push(probe_error(NAME, format!("services: {e}"))),
+            Err(e) => errors.push(probe_error(KIND, format!("services: {e}"))),
         }
         os.users = users(&self.run_dir, &mut errors);
         Reading {
@@ -139,7 +139,7 @@ fn users(run_dir: &Path, errors: &mut Vec<ProbeError>) -> Vec<UserSession> {
         // No session records at all (a container, a minimal system): nobody.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => {
-            errors.push(probe_error(NAME, format!("{}: {e}", path.display())));
+            errors.push(probe_error(KIND, format!("{}: {e}", path.display())));
             Vec::new()
         }
     }

@@ -4,11 +4,11 @@
 
 use starship_battery::units::ratio::percent;
 use sysinfo::Components;
-use vitals_proto::domain::{Battery, ProbeError, Temperature};
+use vitals_proto::domain::{Battery, ProbeError, ProbeKind, Temperature};
 
 use super::{Blocking, Probe, Reading, Section, probe_error};
 
-const NAME: &str = "sensors";
+const KIND: ProbeKind = ProbeKind::Sensors;
 
 pub struct SensorsProbe {
     components: Option<Components>,
@@ -32,8 +32,8 @@ impl Default for SensorsProbe {
 
 #[async_trait::async_trait]
 impl Probe for SensorsProbe {
-    fn name(&self) -> &'static str {
-        NAME
+    fn kind(&self) -> ProbeKind {
+        KIND
     }
 
     async fn run(&mut self) -> Reading {
@@ -48,7 +48,7 @@ impl Probe for SensorsProbe {
                         Some(c)
                     }
                     None => Components::new_with_refreshed_list()
-                        .map_err(|e| errors.push(probe_error(NAME, format!("temperatures: {e}"))))
+                        .map_err(|e| errors.push(probe_error(KIND, format!("temperatures: {e}"))))
                         .ok(),
                 };
                 let temperatures = components
@@ -78,7 +78,7 @@ impl Probe for SensorsProbe {
             }
             Err(e) => Reading {
                 section: None,
-                errors: vec![probe_error(NAME, e)],
+                errors: vec![probe_error(KIND, e)],
             },
         }
     }
@@ -105,14 +105,14 @@ fn batteries(errors: &mut Vec<ProbeError>) -> Vec<Battery> {
     let manager = match starship_battery::Manager::new() {
         Ok(m) => m,
         Err(e) => {
-            errors.push(probe_error(NAME, format!("batteries: {e}")));
+            errors.push(probe_error(KIND, format!("batteries: {e}")));
             return Vec::new();
         }
     };
     let list = match manager.batteries() {
         Ok(l) => l,
         Err(e) => {
-            errors.push(probe_error(NAME, format!("batteries: {e}")));
+            errors.push(probe_error(KIND, format!("batteries: {e}")));
             return Vec::new();
         }
     };
@@ -129,7 +129,7 @@ fn batteries(errors: &mut Vec<ProbeError>) -> Vec<Battery> {
                 cycle_count: b.cycle_count(),
             }),
             Err(e) => {
-                errors.push(probe_error(NAME, format!("battery {i}: {e}")));
+                errors.push(probe_error(KIND, format!("battery {i}: {e}")));
                 None
             }
         })

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use tokio::process::Command;
-use vitals_proto::domain::{SmartDevice, SmartReport};
+use vitals_proto::domain::{ProbeKind, SmartDevice, SmartReport};
 
 use super::{Probe, Reading, Section};
 
-const NAME: &str = "smart";
+const KIND: ProbeKind = ProbeKind::Smart;
 
 /// smartctl exit status bits that mean it could not talk to the device at
 /// all (command line, open, or command failure); higher bits are findings.
@@ -72,8 +72,8 @@ impl SmartProbe {
 
 #[async_trait::async_trait]
 impl Probe for SmartProbe {
-    fn name(&self) -> &'static str {
-        NAME
+    fn kind(&self) -> ProbeKind {
+        KIND
     }
 
     async fn run(&mut self) -> Reading {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_snmp::{Auth, Client, Oid, Retry, Value, VarBind};
-use vitals_proto::domain::{PrinterInfo, Supply};
+use vitals_proto::domain::{PrinterInfo, ProbeKind, Supply};
 
 use super::{Probe, Reading, Section};
 use crate::config::NetworkPrinter;
@@ -56,8 +56,8 @@ impl SnmpProbe {
 
 #[async_trait::async_trait]
 impl Probe for SnmpProbe {
-    fn name(&self) -> &'static str {
-        "network_printers"
+    fn kind(&self) -> ProbeKind {
+        ProbeKind::NetworkPrinters
     }
 
     async fn run(&mut self) -> Reading {

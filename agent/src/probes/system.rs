@@ -3,11 +3,13 @@
 //! costliest thing sysinfo reads and the snapshot does not need them.
 
 use sysinfo::{CpuRefreshKind, Disks, MemoryRefreshKind, RefreshKind, System};
-use vitals_proto::domain::{CpuInfo, DiskInfo, HostInfo, LoadAverage, MemoryInfo, ProbeError};
+use vitals_proto::domain::{
+    CpuInfo, DiskInfo, HostInfo, LoadAverage, MemoryInfo, ProbeError, ProbeKind,
+};
 
 use super::{Blocking, Probe, Reading, Section, probe_error};
 
-const NAME: &str = "system";
+const KIND: ProbeKind = ProbeKind::System;
 
 /// The shortest window over which sysinfo measures CPU use (readings
 /// closer together than this repeat the previous figure).
@@ -47,10 +49,10 @@ impl Readers {
                 .with_cpu(CpuRefreshKind::nothing().with_usage())
                 .with_memory(MemoryRefreshKind::everything()),
         )
-        .map_err(|e| init_errors.push(probe_error(NAME, format!("cpu: {e}"))))
+        .map_err(|e| init_errors.push(probe_error(KIND, format!("cpu: {e}"))))
         .ok();
         let disks = Disks::new()
-            .map_err(|e| init_errors.push(probe_error(NAME, format!("disks: {e}"))))
+            .map_err(|e| init_errors.push(probe_error(KIND, format!("disks: {e}"))))
             .ok();
         Readers {
             system,
@@ -153,8 +155,8 @@ impl Default for SystemProbe {
 
 #[async_trait::async_trait]
 impl Probe for SystemProbe {
-    fn name(&self) -> &'static str {
-        NAME
+    fn kind(&self) -> ProbeKind {
+        KIND
     }
 
     async fn run(&mut self) -> Reading {
@@ -181,7 +183,7 @@ impl Probe for SystemProbe {
             }
             Err(e) => Reading {
                 section: None,
-                errors: vec![probe_error(NAME, e)],
+                errors: vec![probe_error(KIND, e)],
             },
         }
     }
@@ -203,7 +205,7 @@ fn inodes(_mount: &std::path::Path) -> (u64, u64) {
 
 fn host(errors: &mut Vec<ProbeError>) -> HostInfo {
     let mut get = |what: &str, r: Result<String, sysinfo::Error>| {
-        r.map_err(|e| errors.push(probe_error(NAME, format!("{what}: {e}"))))
+        r.map_err(|e| errors.push(probe_error(KIND, format!("{what}: {e}"))))
             .unwrap_or_default()
     };
     let hostname = get("host name", System::host_name());
@@ -211,10 +213,10 @@ fn host(errors: &mut Vec<ProbeError>) -> HostInfo {
     let os_version = get("os version", System::os_version());
     let kernel_version = get("kernel version", System::kernel_version());
     let uptime_secs = System::uptime()
-        .map_err(|e| errors.push(probe_error(NAME, format!("uptime: {e}"))))
+        .map_err(|e| errors.push(probe_error(KIND, format!("uptime: {e}"))))
         .unwrap_or_default();
     let boot_time_secs = System::boot_time()
-        .map_err(|e| errors.push(probe_error(NAME, format!("boot time: {e}"))))
+        .map_err(|e| errors.push(probe_error(KIND, format!("boot time: {e}"))))
         .unwrap_or_default();
     HostInfo {
         hostname,

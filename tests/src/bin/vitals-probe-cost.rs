@@ -103,7 +103,7 @@ fn main() -> anyhow::Result<()> {
         });
         println!(
             "{:<18} {:>8} {:>12.2} {:>12.1}",
-            s.probe.name(),
+            s.probe.kind().as_str(),
             args.rounds,
             cpu,
             wall
