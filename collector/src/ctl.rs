@@ -542,8 +542,7 @@ pub fn timestamp(ms: i64) -> String {
     if ms <= 0 {
         return "-".into();
     }
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
+    vitals_proto::rfc3339_seconds(ms)
 }
 
 pub use vitals_proto::report::{ago, table};

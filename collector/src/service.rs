@@ -63,8 +63,8 @@ pub enum ServiceError {
     /// The endpoint has no session, so nothing can be asked of it now.
     #[error("{0}")]
     Offline(String),
-    #[error("{0}")]
-    DeadlineExceeded(String),
+    #[error("no result within the deadline of {}", humantime::format_duration(*.0))]
+    DeadlineExceeded(Duration),
     /// The endpoint went away mid-run, or the run failed on the agent.
     #[error("{0}")]
     Aborted(String),
@@ -340,10 +340,7 @@ impl SpecialistService {
         {
             let ms = endpoint.summary.last_seen_ms;
             let since = if ms > 0 {
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + Duration::from_millis(ms as u64),
-                )
-                .to_string()
+                vitals_proto::rfc3339_seconds(ms)
             } else {
                 "never".into()
             };
@@ -370,20 +367,19 @@ impl SpecialistService {
     ) {
         let ms = || started.elapsed().as_millis() as u64;
         let end = tokio::time::Instant::now() + deadline;
-        let (outcome, detail) = loop {
+        // The run's last word for the specialist goes out only after its
+        // audit row is written: whoever sees the outcome finds it audited.
+        let (outcome, detail, last) = loop {
             tokio::select! {
                 () = tx.closed() => {
                     self.relay.cancel(running.id);
-                    break ("cancelled", "the specialist went away".to_owned());
+                    break ("cancelled", "the specialist went away".to_owned(), None);
                 }
                 () = tokio::time::sleep_until(end) => {
                     self.relay.cancel(running.id);
-                    let why = format!(
-                        "no result within the deadline of {}",
-                        humantime::format_duration(deadline)
-                    );
-                    let _ = tx.send(Err(ServiceError::DeadlineExceeded(why.clone()))).await;
-                    break ("timed_out", why);
+                    let timed_out = ServiceError::DeadlineExceeded(deadline);
+                    let why = timed_out.to_string();
+                    break ("timed_out", why, Some(Err(timed_out)));
                 }
                 e = running.next() => match e {
                     Some(Event::Progress(text)) => {
@@ -398,23 +394,24 @@ impl SpecialistService {
                         if let Some(t) = audit.ticket {
                             self.attach(&audit, t, &result, ms()).await;
                         }
-                        let _ = tx
-                            .send(Ok(DiagEvent::Result { result, elapsed_ms: ms() }))
-                            .await;
-                        break (outcome, detail);
+                        let elapsed_ms = ms();
+                        break (outcome, detail, Some(Ok(DiagEvent::Result { result, elapsed_ms })));
                     }
                     Some(Event::Disconnected) | None => {
                         let why = format!(
                             "{} disconnected before the diagnostic finished",
                             audit.endpoint_id
                         );
-                        let _ = tx.send(Err(ServiceError::Aborted(why.clone()))).await;
-                        break ("disconnected", why);
+                        let aborted = ServiceError::Aborted(why.clone());
+                        break ("disconnected", why, Some(Err(aborted)));
                     }
                 }
             }
         };
         self.audit_end(audit, outcome, &detail, started).await;
+        if let Some(last) = last {
+            let _ = tx.send(last).await;
+        }
     }
 
     async fn attach(&self, audit: &AuditEntry, ticket: u64, result: &DiagnosticResult, ms: u64) {

@@ -106,6 +106,22 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A wall-clock time in epoch milliseconds as RFC 3339 in UTC, to the
+/// second: `2026-12-01T08:00:00Z`. The one way times are written for
+/// people and in evidence; times before the epoch read as the epoch.
+pub fn rfc3339_seconds(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(system_time(ms)).to_string()
+}
+
+/// As [`rfc3339_seconds`], to the millisecond (webhook payloads).
+pub fn rfc3339_millis(ms: i64) -> String {
+    humantime::format_rfc3339_millis(system_time(ms)).to_string()
+}
+
+fn system_time(ms: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+}
+
 /// Whether log lines on stderr may carry colour: only on a terminal (a log
 /// file or a pipe gets plain text), and never with `NO_COLOR` set.
 pub fn colour_on_stderr() -> bool {
@@ -134,6 +150,19 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use crate::domain::{FaultState, Severity};
     use crate::tickets::Status;
+
+    #[test]
+    fn times_are_rfc3339_in_utc() {
+        assert_eq!(
+            crate::rfc3339_seconds(1_764_576_000_123),
+            "2025-12-01T08:00:00Z"
+        );
+        assert_eq!(
+            crate::rfc3339_millis(1_764_576_000_123),
+            "2025-12-01T08:00:00.123Z"
+        );
+        assert_eq!(crate::rfc3339_seconds(-5), "1970-01-01T00:00:00Z");
+    }
 
     #[test]
     fn one_text_form_for_parse_display_and_serde() {

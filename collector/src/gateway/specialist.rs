@@ -55,7 +55,7 @@ fn status(e: ServiceError) -> Status {
         ServiceError::InvalidArgument(m) => Status::invalid_argument(m),
         ServiceError::Unavailable(m) => Status::unavailable(m),
         ServiceError::Offline(m) => Status::failed_precondition(m),
-        ServiceError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+        ServiceError::DeadlineExceeded(_) => Status::deadline_exceeded(e.to_string()),
         ServiceError::Aborted(m) => Status::aborted(m),
         ServiceError::Store(err) => {
             tracing::error!(error = %err, "specialist request failed in storage");

@@ -54,7 +54,11 @@ pub enum StoreError {
     #[error("unsupported storage url \"{0}\": this build stores in SQLite (sqlite://PATH)")]
     UnsupportedUrl(String),
     #[error("storage worker stopped: {0}")]
-    Worker(String),
+    Worker(#[from] tokio::task::JoinError),
+    /// One failure told to more than one waiter (a specialist's action
+    /// and the ticket worker that ran it).
+    #[error(transparent)]
+    Shared(std::sync::Arc<StoreError>),
 }
 
 /// An agent's session began.

@@ -431,13 +431,7 @@ impl Worker {
                 if self.engine.rules().criticality_of(&member) < rule.criticality {
                     continue;
                 }
-                let since = time::OffsetDateTime::from_unix_timestamp(e.last_seen_ms / 1000)
-                    .ok()
-                    .and_then(|t| {
-                        t.format(&time::format_description::well_known::Rfc3339)
-                            .ok()
-                    })
-                    .unwrap_or_default();
+                let since = vitals_proto::rfc3339_seconds(e.last_seen_ms);
                 let event = vitals_proto::domain::FaultEvent {
                     check_id: OFFLINE_CHECK.into(),
                     subject: String::new(),
@@ -489,13 +483,9 @@ impl Worker {
                 reply,
             } => match self.engine.act(id, &who, action, now) {
                 Some(entries) => {
-                    let done = self.persist(entries, now).await;
-                    let answer = match &done {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(DeskError::Store(StoreError::Worker(e.to_string()))),
-                    };
-                    let _ = reply.send(answer);
-                    done
+                    let done = self.persist(entries, now).await.map_err(Arc::new);
+                    let _ = reply.send(done.clone().map_err(|e| StoreError::Shared(e).into()));
+                    done.map_err(StoreError::Shared)
                 }
                 None => {
                     let _ = reply.send(Err(DeskError::NoTicket(id)));
@@ -513,15 +503,59 @@ impl Worker {
                 let (id, entries) =
                     self.engine
                         .open_by_hand(&endpoint, &title, severity, &description, &who, now);
-                let done = self.persist(entries, now).await;
+                let done = self.persist(entries, now).await.map_err(Arc::new);
                 let answer = match &done {
                     Ok(()) => Ok(id),
-                    Err(e) => Err(DeskError::Store(StoreError::Worker(e.to_string()))),
+                    Err(e) => Err(StoreError::Shared(e.clone()).into()),
                 };
                 let _ = reply.send(answer);
-                done
+                done.map_err(StoreError::Shared)
             }
         }
+    }
+}
+
+impl Worker {
+    /// A worker resuming from the stored state at its cursor, under
+    /// `policy`, sending committed entries to `changes` and notifications
+    /// to `out`.
+    async fn resume(
+        store: Arc<dyn Store>,
+        policy: &Policy,
+        changes: broadcast::Sender<Entry>,
+        out: &Outbound,
+    ) -> Result<Worker, StoreError> {
+        let state = store.ticket_state().await?;
+        info!(
+            tickets = state.tickets.len(),
+            cursor = state.cursor,
+            awaiting_evidence = state.awaiting.len(),
+            "ticket engine starting"
+        );
+        let mut engine = Engine::restore(
+            policy.tickets.clone(),
+            state.tickets,
+            state.incidents,
+            state.max_ticket,
+            state.max_incident,
+        );
+        engine.set_checks(checks(policy));
+        Ok(Worker {
+            store,
+            engine,
+            cursor: state.cursor,
+            changes,
+            awaiting: state.awaiting,
+            awaiting_added: Vec::new(),
+            awaiting_done: Vec::new(),
+            processed: 0,
+            webhooks: out.webhooks.clone(),
+            email: out.email.clone(),
+            outbox: out.wake.clone(),
+            facts_read: HashMap::new(),
+            started_ms: vitals_proto::now_ms(),
+            offline_scanned_ms: 0,
+        })
     }
 }
 
@@ -529,32 +563,8 @@ impl Worker {
 /// the engine does after a restart, and returns how many it took. For
 /// benchmarks and tools; the running collector uses [`supervise`].
 pub async fn process_backlog(store: Arc<dyn Store>, policy: &Policy) -> Result<u64, StoreError> {
-    let state = store.ticket_state().await?;
-    let mut engine = Engine::restore(
-        policy.tickets.clone(),
-        state.tickets,
-        state.incidents,
-        state.max_ticket,
-        state.max_incident,
-    );
-    engine.set_checks(checks(policy));
     let (changes, _) = broadcast::channel(16);
-    let mut w = Worker {
-        store,
-        engine,
-        cursor: state.cursor,
-        changes,
-        awaiting: state.awaiting,
-        awaiting_added: Vec::new(),
-        awaiting_done: Vec::new(),
-        processed: 0,
-        webhooks: Vec::new(),
-        email: None,
-        outbox: Arc::new(Notify::new()),
-        facts_read: HashMap::new(),
-        started_ms: vitals_proto::now_ms(),
-        offline_scanned_ms: 0,
-    };
+    let mut w = Worker::resume(store, policy, changes, &Outbound::default()).await?;
     while w.step().await? {}
     Ok(w.processed)
 }
@@ -571,41 +581,8 @@ async fn run(
     out: &Outbound,
     stop: &mut Shutdown,
 ) -> Result<(), StoreError> {
-    let state = store.ticket_state().await?;
-    let (rules, check_list) = {
-        let p = policy.borrow_and_update();
-        (p.tickets.clone(), checks(&p))
-    };
-    info!(
-        tickets = state.tickets.len(),
-        cursor = state.cursor,
-        awaiting_evidence = state.awaiting.len(),
-        "ticket engine starting"
-    );
-    let mut engine = Engine::restore(
-        rules,
-        state.tickets,
-        state.incidents,
-        state.max_ticket,
-        state.max_incident,
-    );
-    engine.set_checks(check_list);
-    let mut w = Worker {
-        store,
-        engine,
-        cursor: state.cursor,
-        changes: queue.changes.clone(),
-        awaiting: state.awaiting,
-        awaiting_added: Vec::new(),
-        awaiting_done: Vec::new(),
-        processed: 0,
-        webhooks: out.webhooks.clone(),
-        email: out.email.clone(),
-        outbox: out.wake.clone(),
-        facts_read: HashMap::new(),
-        started_ms: vitals_proto::now_ms(),
-        offline_scanned_ms: 0,
-    };
+    let current = policy.borrow_and_update().clone();
+    let mut w = Worker::resume(store, &current, queue.changes.clone(), out).await?;
     loop {
         if policy.has_changed().unwrap_or(false) {
             let p = policy.borrow_and_update().clone();

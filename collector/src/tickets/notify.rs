@@ -51,11 +51,10 @@ pub struct Payload<'a> {
 
 /// The body for `entry` (about `ticket`, if it concerns one).
 pub fn payload(entry: &Entry, ticket: Option<&Ticket>) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(entry.at_ms.max(0) as u64);
     let p = Payload {
         event: vitals_proto::convert::name_of(&entry.kind),
         at_ms: entry.at_ms,
-        at: humantime::format_rfc3339_millis(at).to_string(),
+        at: vitals_proto::rfc3339_millis(entry.at_ms),
         who: &entry.who,
         text: &entry.text,
         incident: entry.incident.or(ticket.and_then(|t| t.incident)),

@@ -92,8 +92,7 @@ impl SqliteStore {
             let reader = connect(&path)?;
             Ok::<_, StoreError>((writer, reader))
         })
-        .await
-        .map_err(|e| StoreError::Worker(e.to_string()))??;
+        .await??;
         Ok(SqliteStore {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
@@ -127,8 +126,7 @@ async fn with<T: Send + 'static>(
         let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
     })
-    .await
-    .map_err(|e| StoreError::Worker(e.to_string()))?
+    .await?
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
