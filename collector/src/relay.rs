@@ -168,8 +168,9 @@ impl Relay {
         }
     }
 
-    /// Requests in flight (for tests and metrics).
-    pub fn in_flight(&self) -> usize {
+    /// Requests in flight.
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         self.lock().len()
     }
 }

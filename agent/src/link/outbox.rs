@@ -485,6 +485,13 @@ mod tests {
     use super::*;
     use vitals_proto::domain::FaultEvent;
 
+    /// A snapshot of about a kilobyte encoded.
+    fn big() -> Outgoing {
+        let mut s = vitals_proto::domain::Snapshot::default();
+        s.host.hostname = "x".repeat(1000);
+        Outgoing::Snapshot(Box::new(s))
+    }
+
     fn snap() -> Outgoing {
         Outgoing::Snapshot(Box::default())
     }
@@ -620,11 +627,6 @@ mod tests {
     #[test]
     fn the_byte_bound_drops_old_snapshots_never_events() {
         let dir = temp("bytes");
-        let big = || {
-            let mut s = vitals_proto::domain::Snapshot::default();
-            s.host.hostname = "x".repeat(1000);
-            Outgoing::Snapshot(Box::new(s))
-        };
         let mut p = Outbox::open(&dir, 1000, 2000);
         p.push(big());
         p.push(fault(2));
@@ -670,11 +672,6 @@ mod tests {
         );
         // Acknowledging most of it compacts the file past 1 MiB of dead
         // records; the rest is still readable at its new place.
-        let big = || {
-            let mut s = vitals_proto::domain::Snapshot::default();
-            s.host.hostname = "x".repeat(1000);
-            Outgoing::Snapshot(Box::new(s))
-        };
         for _ in 0..1500 {
             p.push_numbered(seq.assign().unwrap(), big());
         }

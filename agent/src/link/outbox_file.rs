@@ -344,7 +344,8 @@ impl OutboxFile {
     }
 
     /// The size on disk.
-    pub fn bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn bytes(&self) -> u64 {
         self.bytes
     }
 
