@@ -311,7 +311,7 @@ impl CollectorConfig {
                 ));
             }
             for ev in &e.events {
-                if vitals_proto::convert::parse_name::<vitals_proto::tickets::Kind>(ev).is_none() {
+                if ev.parse::<vitals_proto::tickets::Kind>().is_err() {
                     return Err(invalid(format!("email: unknown event \"{ev}\"")));
                 }
             }
@@ -342,7 +342,7 @@ impl CollectorConfig {
                 )));
             }
             for e in &w.events {
-                if vitals_proto::convert::parse_name::<vitals_proto::tickets::Kind>(e).is_none() {
+                if e.parse::<vitals_proto::tickets::Kind>().is_err() {
                     return Err(invalid(format!(
                         "webhook \"{}\": unknown event \"{e}\"",
                         w.name

@@ -492,7 +492,7 @@ pub fn ticket_text(view: &TicketView, now_ms: i64) -> String {
             vec![
                 timestamp(e.at_ms),
                 e.who.clone(),
-                vitals_proto::convert::name_of(&e.kind),
+                e.kind.as_str().to_owned(),
                 e.text.clone(),
             ]
         })

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use vitals_collector::config::CollectorConfig;
 use vitals_collector::pki::{self, Ca, PkiPaths};
 use vitals_collector::{Collector, Listeners, quickstart, shutdown_signal};
-use vitals_proto::identity::{Identity, Role};
+use vitals_proto::identity::{Identity, IdentityError, Role};
 
 #[derive(Parser)]
 #[command(name = "vitals-collector", version, about = "Vitals collector")]
@@ -175,7 +175,11 @@ fn pki_command(cmd: PkiCmd) -> ExitCode {
                 days,
             } => issue(
                 &data_dir,
-                Identity::specialist(&name, role.parse::<Role>()?)?,
+                Identity::specialist(
+                    &name,
+                    role.parse::<Role>()
+                        .map_err(|e| IdentityError::BadRole(e.name))?,
+                )?,
                 days,
             ),
         }

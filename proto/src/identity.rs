@@ -84,37 +84,16 @@ pub enum Role {
     Admin,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Specialist => "specialist",
-            Role::Admin => "admin",
-        }
-    }
+crate::text_enum!(Role {
+    Viewer => "viewer",
+    Specialist => "specialist",
+    Admin => "admin",
+});
 
+impl Role {
     /// Whether a holder of `self` may do what needs `required`.
     pub fn allows(self, required: Role) -> bool {
         self >= required
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = IdentityError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "specialist" => Ok(Role::Specialist),
-            "admin" => Ok(Role::Admin),
-            other => Err(IdentityError::BadRole(other.to_owned())),
-        }
     }
 }
 
@@ -209,7 +188,11 @@ impl Identity {
             } else if let Some(name) = uri.strip_prefix(SPECIALIST_URN) {
                 specialist.replace(name).is_some()
             } else if let Some(r) = uri.strip_prefix(ROLE_URN) {
-                role.replace(r.parse::<Role>()?).is_some()
+                role.replace(
+                    r.parse::<Role>()
+                        .map_err(|e| IdentityError::BadRole(e.name))?,
+                )
+                .is_some()
             } else {
                 false
             };

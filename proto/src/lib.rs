@@ -44,7 +44,7 @@ macro_rules! text_enum {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
             const NAMES: &'static [&'static str] = &[$($text),+];
 
-            pub fn as_str(self) -> &'static str {
+            pub fn as_str(&self) -> &'static str {
                 match self {
                     $($name::$variant => $text),+
                 }

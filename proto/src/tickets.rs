@@ -93,9 +93,9 @@ pub struct Incident {
     pub tickets: Vec<u64>,
 }
 
-/// What happened, for a ticket's timeline (and for notifications).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// What happened, for a ticket's timeline (and for notifications, whose
+/// event names these are).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     Opened,
     FaultRaised,
@@ -114,6 +114,24 @@ pub enum Kind {
     StatusChanged,
     Resolved,
 }
+
+crate::text_enum!(Kind {
+    Opened => "opened",
+    FaultRaised => "fault_raised",
+    FaultCleared => "fault_cleared",
+    Reopened => "reopened",
+    Flapping => "flapping",
+    AutoResolved => "auto_resolved",
+    Escalated => "escalated",
+    Linked => "linked",
+    IncidentOpened => "incident_opened",
+    IncidentResolved => "incident_resolved",
+    Suppressed => "suppressed",
+    Assigned => "assigned",
+    Comment => "comment",
+    StatusChanged => "status_changed",
+    Resolved => "resolved",
+});
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {

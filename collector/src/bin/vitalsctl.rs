@@ -418,7 +418,7 @@ async fn tickets(
                         "{}  {on}  {}  {}: {}",
                         ctl::timestamp(e.at_ms),
                         e.who,
-                        vitals_proto::convert::name_of(&e.kind),
+                        e.kind.as_str().to_owned(),
                         e.text
                     );
                 }
@@ -431,7 +431,7 @@ async fn tickets(
             description,
             severity,
         } => {
-            let severity = vitals_proto::convert::parse_name(&severity).ok_or_else(|| {
+            let severity = severity.parse().map_err(|_: vitals_proto::UnknownName| {
                 CtlError::Settings(format!(
                     "severity \"{severity}\": use info, warning or critical"
                 ))

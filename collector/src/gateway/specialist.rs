@@ -10,7 +10,6 @@ use vitals_proto::wire::specialist_server::Specialist;
 use crate::service::{Caller, ServiceError, SpecialistService};
 use crate::store::TicketFilter;
 use crate::tickets::engine::Action;
-use vitals_proto::convert::parse_name;
 use vitals_proto::tickets::Status as TicketStatus;
 
 pub struct SpecialistApi {
@@ -133,7 +132,7 @@ impl Specialist for SpecialistApi {
         let caller = caller(&request)?;
         let r = request.into_inner();
         if let Some(s) = given(&r.status)
-            && parse_name::<TicketStatus>(&s).is_none()
+            && s.parse::<TicketStatus>().is_err()
         {
             return Err(Status::invalid_argument(format!("unknown status \"{s}\"")));
         }
@@ -184,8 +183,8 @@ impl Specialist for SpecialistApi {
             Some(A::Escalate(_)) => Action::Escalate,
             Some(A::Reopen(reason)) => Action::Reopen(reason),
             Some(A::Status(s)) => Action::Status(
-                parse_name(&s)
-                    .ok_or_else(|| Status::invalid_argument(format!("unknown status \"{s}\"")))?,
+                s.parse()
+                    .map_err(|_| Status::invalid_argument(format!("unknown status \"{s}\"")))?,
             ),
             None => return Err(Status::invalid_argument("no action given")),
         };

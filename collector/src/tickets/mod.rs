@@ -22,7 +22,7 @@ use vitals_proto::tickets::{Entry, Kind};
 
 use crate::config::{Email, Webhook};
 use crate::store::{Store, StoreError, StoredFault, TicketStep};
-use engine::{Action, Engine, Facts};
+use engine::{Action, CheckInfo, Engine, Facts};
 
 /// How often time-driven rules (quiet periods, SLAs) are looked at when no
 /// fault event arrives.
@@ -139,16 +139,16 @@ pub struct DeskQueue {
     changes: broadcast::Sender<Entry>,
 }
 
-/// Check id to (title, measurement), for the engine: the policy's checks
-/// and the built-in faults.
-fn checks(p: &Policy) -> HashMap<String, (String, String)> {
+/// What the engine knows of each check: the policy's checks and the
+/// built-in faults.
+fn checks(p: &Policy) -> HashMap<String, CheckInfo> {
     vitals_proto::policy::BUILTIN_CHECKS
         .iter()
-        .map(|(id, title)| ((*id).to_owned(), ((*title).to_owned(), String::new())))
+        .map(|(id, title)| ((*id).to_owned(), CheckInfo::new(title, "")))
         .chain(
             p.checks
                 .iter()
-                .map(|c| (c.id.clone(), (c.title.clone(), c.measurement.clone()))),
+                .map(|c| (c.id.clone(), CheckInfo::new(&c.title, &c.measurement))),
         )
         .collect()
 }
@@ -237,7 +237,7 @@ impl Worker {
         let snapshots = self.collect_snapshots(now).await?;
         let mut deliveries = Vec::new();
         for e in &entries {
-            let event = vitals_proto::convert::name_of(&e.kind);
+            let event = e.kind.as_str().to_owned();
             let ticket = e.ticket.and_then(|id| self.engine.ticket(id));
             let mut targets: Vec<&str> = self
                 .webhooks

@@ -52,7 +52,7 @@ pub struct Payload<'a> {
 /// The body for `entry` (about `ticket`, if it concerns one).
 pub fn payload(entry: &Entry, ticket: Option<&Ticket>) -> String {
     let p = Payload {
-        event: vitals_proto::convert::name_of(&entry.kind),
+        event: entry.kind.as_str().to_owned(),
         at_ms: entry.at_ms,
         at: vitals_proto::rfc3339_millis(entry.at_ms),
         who: &entry.who,

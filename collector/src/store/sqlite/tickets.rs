@@ -140,7 +140,7 @@ impl TicketStore for SqliteStore {
                         e.incident.map(|i| i as i64),
                         e.at_ms,
                         e.who,
-                        vitals_proto::convert::name_of(&e.kind),
+                        e.kind.as_str().to_owned(),
                         e.text,
                     ])?;
                 }
@@ -240,12 +240,10 @@ impl TicketStore for SqliteStore {
                     incident: r.get::<_, Option<i64>>(0)?.map(|i| i as u64),
                     at_ms: r.get(1)?,
                     who: r.get(2)?,
-                    kind: serde_json::from_value(serde_json::Value::String(kind.clone())).map_err(
-                        |_| StoreError::CorruptTicket {
-                            id: id as i64,
-                            what: format!("timeline kind \"{kind}\""),
-                        },
-                    )?,
+                    kind: kind.parse().map_err(|_| StoreError::CorruptTicket {
+                        id: id as i64,
+                        what: format!("timeline kind \"{kind}\""),
+                    })?,
                     text: r.get(4)?,
                 });
             }

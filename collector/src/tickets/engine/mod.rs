@@ -78,9 +78,28 @@ pub struct Engine {
     next_ticket: u64,
     next_incident: u64,
     /// Check id to (title, measurement), from the policy.
-    checks: HashMap<String, (String, String)>,
+    checks: HashMap<String, CheckInfo>,
     /// What the collector knows of each endpoint from its snapshots.
     facts: HashMap<String, Facts>,
+}
+
+/// What the engine knows of a check from the policy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckInfo {
+    /// The title its tickets get; empty: made from the check id.
+    pub title: String,
+    /// The measurement it judges (printer and DNS checks group by it);
+    /// empty for the faults the system raises itself.
+    pub measurement: String,
+}
+
+impl CheckInfo {
+    pub fn new(title: &str, measurement: &str) -> Self {
+        CheckInfo {
+            title: title.to_owned(),
+            measurement: measurement.to_owned(),
+        }
+    }
 }
 
 /// What an endpoint's latest snapshot says about where it sits.
@@ -199,9 +218,9 @@ impl Engine {
         self.rules = rules;
     }
 
-    /// Check id to (title, measurement): titles for the tickets opened from
+    /// Check id to what the policy says of it: titles for the tickets opened from
     /// now on, measurements for grouping printer and DNS faults.
-    pub fn set_checks(&mut self, checks: HashMap<String, (String, String)>) {
+    pub fn set_checks(&mut self, checks: HashMap<String, CheckInfo>) {
         self.checks = checks;
     }
 
@@ -354,7 +373,7 @@ impl Engine {
         let title = self
             .checks
             .get(&key.check)
-            .map(|(t, _)| t)
+            .map(|c| &c.title)
             .filter(|t| !t.is_empty())
             .cloned()
             .unwrap_or_else(|| key.check.replace('_', " "));

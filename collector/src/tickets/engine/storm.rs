@@ -119,7 +119,7 @@ impl Engine {
         let measurement = self
             .checks
             .get(check)
-            .map(|(_, m)| m.as_str())
+            .map(|c| c.measurement.as_str())
             .unwrap_or("");
         for rule in &self.rules.storms {
             let mut add = |key: GroupKey, label: String| {

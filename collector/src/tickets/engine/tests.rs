@@ -193,19 +193,16 @@ fn with_checks(e: &mut Engine) {
     e.set_checks(HashMap::from([
         (
             "printer_offline".to_owned(),
-            (String::new(), "printer.offline".to_owned()),
+            CheckInfo::new("", "printer.offline"),
         ),
         (
             "printer_queue_stuck".to_owned(),
-            (String::new(), "printer.oldest_job_minutes".to_owned()),
+            CheckInfo::new("", "printer.oldest_job_minutes"),
         ),
-        (
-            "dns_failing".to_owned(),
-            (String::new(), "dns.failed".to_owned()),
-        ),
+        ("dns_failing".to_owned(), CheckInfo::new("", "dns.failed")),
         (
             "disk_nearly_full".to_owned(),
-            (String::new(), "disk.used_percent".to_owned()),
+            CheckInfo::new("", "disk.used_percent"),
         ),
     ]));
 }
@@ -485,10 +482,7 @@ fn tickets_by_hand_and_titles_from_the_policy() {
     let mut e = Engine::new(rules());
     e.set_checks(HashMap::from([(
         "disk_nearly_full".to_owned(),
-        (
-            "Disk nearly full".to_owned(),
-            "disk.used_percent".to_owned(),
-        ),
+        CheckInfo::new("Disk nearly full", "disk.used_percent"),
     )]));
     raise(&mut e, "ws-1", 0);
     assert_eq!(e.ticket(1).unwrap().title, "Disk nearly full");
