@@ -9,7 +9,7 @@
 //! size is bounded. A cancel from the collector stops it. The agent itself
 //! runs at low CPU and I/O priority (its service unit), and so do these.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,14 +29,9 @@ const QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// Directory entries the biggest-directories walk visits at most.
 const WALK_LIMIT: u64 = 200_000;
 
-/// A request from the collector.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub id: u64,
-    pub kind: String,
-    pub params: BTreeMap<String, String>,
-    pub timeout: Duration,
-}
+/// A request from the collector, and the end of a run: the domain types
+/// both sides share.
+pub use vitals_proto::diag::{DiagnosticRequest as Request, DiagnosticResult as Outcome};
 
 /// What goes back to the collector.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,23 +40,13 @@ pub enum Update {
     Done { id: u64, result: Outcome },
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Outcome {
-    pub ok: bool,
-    pub error: String,
-    pub text: String,
-    pub json: String,
-    pub run_ms: u64,
-}
-
-impl Outcome {
-    fn failed(error: String, started: Instant) -> Self {
-        Outcome {
-            ok: false,
-            error,
-            run_ms: started.elapsed().as_millis() as u64,
-            ..Default::default()
-        }
+/// A run that ended without a result of its own.
+fn failed(error: String, started: Instant) -> Outcome {
+    Outcome {
+        ok: false,
+        error,
+        run_ms: started.elapsed().as_millis() as u64,
+        ..Default::default()
     }
 }
 
@@ -99,7 +84,7 @@ impl Runner {
         let diagnostic = match Diagnostic::parse(&r.kind, &r.params) {
             Ok(d) => d,
             Err(why) => {
-                let result = Outcome::failed(format!("refused: {why}"), started);
+                let result = failed(format!("refused: {why}"), started);
                 tokio::spawn(async move { out.send(Update::Done { id: r.id, result }).await });
                 return;
             }
@@ -117,7 +102,7 @@ impl Runner {
             let permit = match tokio::time::timeout(QUEUE_WAIT, slots.acquire_owned()).await {
                 Ok(Ok(p)) => p,
                 _ => {
-                    let result = Outcome::failed(
+                    let result = failed(
                         format!("busy: {max_running} diagnostics already running on this endpoint"),
                         started,
                     );
@@ -133,14 +118,14 @@ impl Runner {
             let run = run(&diagnostic, &settings, clock, &progress);
             let mut result = match tokio::time::timeout(timeout, run).await {
                 Ok(Ok(report)) => report.into_outcome(started),
-                Ok(Err(e)) => Outcome::failed(e, started),
-                Err(_) => Outcome::failed(
+                Ok(Err(e)) => failed(e, started),
+                Err(_) => failed(
                     format!("timed out after {}", humantime::format_duration(timeout)),
                     started,
                 ),
             };
             if result.text.len() + result.json.len() > MAX_OUTPUT_BYTES {
-                result = Outcome::failed(
+                result = failed(
                     format!(
                         "output too large ({} bytes; at most {MAX_OUTPUT_BYTES})",
                         result.text.len() + result.json.len()
@@ -670,6 +655,7 @@ fn snapshot_report(s: &Snapshot) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn biggest_directories_are_found_and_bounded() {

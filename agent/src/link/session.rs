@@ -219,12 +219,7 @@ impl Link {
                 },
             }));
         };
-        runner.start(crate::diag::Request {
-            id: request.id,
-            kind: request.kind,
-            params: request.params.into_iter().collect(),
-            timeout: Duration::from_millis(request.timeout_ms),
-        });
+        runner.start(request.into());
         None
     }
 
@@ -520,25 +515,17 @@ impl Link {
 
 fn diagnostic_message(update: crate::diag::Update) -> wire::AgentMessage {
     use crate::diag::Update;
-    use wire::diagnostic_update::Body;
+    use vitals_proto::diag::{DiagnosticUpdate, UpdateBody};
     let (id, body) = match update {
-        Update::Progress { id, text } => (id, Body::Progress(text)),
-        Update::Done { id, result } => (
-            id,
-            Body::Result(wire::DiagnosticResult {
-                ok: result.ok,
-                error: result.error,
-                text: result.text,
-                json: result.json,
-                run_ms: result.run_ms,
-            }),
-        ),
+        Update::Progress { id, text } => (id, UpdateBody::Progress(text)),
+        Update::Done { id, result } => (id, UpdateBody::Result(result)),
+    };
+    let update = DiagnosticUpdate {
+        id,
+        body: Some(body),
     };
     wire::AgentMessage {
         seq: 0,
-        body: Some(agent_message::Body::Diagnostic(wire::DiagnosticUpdate {
-            id,
-            body: Some(body),
-        })),
+        body: Some(agent_message::Body::Diagnostic(update.into())),
     }
 }
