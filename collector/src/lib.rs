@@ -77,8 +77,8 @@ pub enum CollectorError {
     PolicyWatch(#[from] notify::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("{0}")]
-    Email(String),
+    #[error(transparent)]
+    Email(#[from] tickets::email::MailerError),
 }
 
 /// Raises the soft open-files limit to the hard limit: each agent stream
@@ -257,7 +257,7 @@ impl Collector {
         let (desk, desk_queue) = tickets::desk();
         let kb = tickets::kb::KnowledgeBase::new(Some(config.data_dir.join("kb")));
         let mailer = match &config.email {
-            Some(e) => Some(tickets::email::Mailer::new(e).map_err(CollectorError::Email)?),
+            Some(e) => Some(tickets::email::Mailer::new(e)?),
             None => None,
         };
         let outbound = tickets::Outbound {

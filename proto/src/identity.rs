@@ -113,10 +113,10 @@ impl fmt::Display for Identity {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum IdentityError {
     #[error("certificate is not valid DER X.509: {0}")]
-    BadCertificate(String),
+    BadCertificate(#[source] x509_parser::error::X509Error),
     #[error("certificate names no Vitals identity (no urn:vitals: URI SAN)")]
     NoIdentity,
     #[error("certificate names more than one Vitals identity")]
@@ -158,11 +158,16 @@ impl Identity {
     /// Reads the identity out of a DER certificate. Chain validation is the
     /// TLS layer's job; this only interprets an already-trusted certificate.
     pub fn from_cert_der(der: &[u8]) -> Result<Self, IdentityError> {
-        let (_, cert) = X509Certificate::from_der(der)
-            .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+        use x509_parser::error::X509Error;
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| {
+            IdentityError::BadCertificate(match e {
+                x509_parser::nom::Err::Error(e) | x509_parser::nom::Err::Failure(e) => e,
+                x509_parser::nom::Err::Incomplete(_) => X509Error::InvalidCertificate,
+            })
+        })?;
         let san = cert
             .subject_alternative_name()
-            .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+            .map_err(IdentityError::BadCertificate)?;
         let uris = san
             .map(|ext| {
                 ext.value

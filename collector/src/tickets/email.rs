@@ -44,21 +44,53 @@ pub struct Mailer {
     server: String,
 }
 
+/// Why the SMTP client cannot be built from `[email]`.
+#[derive(Debug, thiserror::Error)]
+pub enum MailerError {
+    #[error("email.ca {}: {source}", path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("email.ca {}: {source}", path.display())]
+    CaCertificate {
+        path: std::path::PathBuf,
+        source: lettre::transport::smtp::Error,
+    },
+    #[error("email TLS: {0}")]
+    Tls(#[source] lettre::transport::smtp::Error),
+    #[error("email.password_file {}: {source}", path.display())]
+    PasswordFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("email: \"{address}\": {source}")]
+    Address {
+        address: String,
+        source: lettre::address::AddressError,
+    },
+}
+
 impl Mailer {
     /// Builds the SMTP client; reads the password and CA files now, so a
     /// bad path is reported at start.
-    pub fn new(c: &Email) -> Result<Mailer, String> {
+    pub fn new(c: &Email) -> Result<Mailer, MailerError> {
         let server = c.server.clone();
-        let tls = || -> Result<TlsParameters, String> {
+        let tls = || -> Result<TlsParameters, MailerError> {
             let mut b = TlsParameters::builder(server.clone());
             if let Some(path) = &c.ca {
-                let pem =
-                    std::fs::read(path).map_err(|e| format!("email.ca {}: {e}", path.display()))?;
-                let cert = Certificate::from_pem(&pem)
-                    .map_err(|e| format!("email.ca {}: {e}", path.display()))?;
+                let pem = std::fs::read(path).map_err(|source| MailerError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                let cert =
+                    Certificate::from_pem(&pem).map_err(|source| MailerError::CaCertificate {
+                        path: path.clone(),
+                        source,
+                    })?;
                 b = b.add_root_certificate(cert);
             }
-            b.build_rustls().map_err(|e| format!("email TLS: {e}"))
+            b.build_rustls().map_err(MailerError::Tls)
         };
         let builder = match c.tls {
             EmailTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&server),
@@ -69,14 +101,19 @@ impl Mailer {
         };
         let mut builder = builder.port(c.port()).timeout(Some(TIMEOUT));
         if let (Some(user), Some(path)) = (&c.username, &c.password_file) {
-            let password = std::fs::read_to_string(path)
-                .map_err(|e| format!("email.password_file {}: {e}", path.display()))?;
+            let password =
+                std::fs::read_to_string(path).map_err(|source| MailerError::PasswordFile {
+                    path: path.clone(),
+                    source,
+                })?;
             let password = password.lines().next().unwrap_or_default().to_owned();
             builder = builder.credentials(Credentials::new(user.clone(), password));
         }
         let parse = |a: &str| {
-            a.parse::<Mailbox>()
-                .map_err(|e| format!("email: \"{a}\": {e}"))
+            a.parse::<Mailbox>().map_err(|source| MailerError::Address {
+                address: a.to_owned(),
+                source,
+            })
         };
         Ok(Mailer {
             transport: builder.build(),
