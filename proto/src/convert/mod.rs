@@ -168,43 +168,20 @@ mirror!(WifiInfo {
     signal_dbm
 });
 
-impl From<d::EndpointSummary> for w::EndpointSummary {
-    fn from(s: d::EndpointSummary) -> Self {
-        w::EndpointSummary {
-            endpoint_id: s.endpoint_id,
-            hostname: s.hostname,
-            platform: s.platform,
-            os: s.os,
-            online: s.online,
-            first_seen_ms: s.first_seen_ms,
-            last_seen_ms: s.last_seen_ms,
-            agent_version: s.agent_version,
-            cpu_usage_percent: s.cpu_usage_percent,
-            memory_used_percent: s.memory_used_percent,
-            fullest_disk_percent: s.fullest_disk_percent,
-            latest_snapshot_ms: s.latest_snapshot_ms,
-        }
-    }
-}
-
-impl From<w::EndpointSummary> for d::EndpointSummary {
-    fn from(s: w::EndpointSummary) -> Self {
-        d::EndpointSummary {
-            endpoint_id: s.endpoint_id,
-            hostname: s.hostname,
-            platform: s.platform,
-            os: s.os,
-            online: s.online,
-            first_seen_ms: s.first_seen_ms,
-            last_seen_ms: s.last_seen_ms,
-            agent_version: s.agent_version,
-            cpu_usage_percent: s.cpu_usage_percent,
-            memory_used_percent: s.memory_used_percent,
-            fullest_disk_percent: s.fullest_disk_percent,
-            latest_snapshot_ms: s.latest_snapshot_ms,
-        }
-    }
-}
+mirror!(EndpointSummary {
+    endpoint_id,
+    hostname,
+    platform,
+    os,
+    online,
+    first_seen_ms,
+    last_seen_ms,
+    agent_version,
+    cpu_usage_percent,
+    memory_used_percent,
+    fullest_disk_percent,
+    latest_snapshot_ms,
+});
 
 impl From<d::EndpointDetail> for w::EndpointDetail {
     fn from(e: d::EndpointDetail) -> Self {
