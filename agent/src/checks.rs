@@ -273,39 +273,32 @@ enum State {
     Raised,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Checks {
-    policy: Option<Policy>,
+    policy: Policy,
     state: HashMap<(String, String), State>,
 }
 
 impl Checks {
     pub fn new(policy: Policy) -> Self {
         Checks {
-            policy: Some(policy),
+            policy,
             state: HashMap::new(),
         }
     }
 
     pub fn policy_version(&self) -> &str {
-        self.policy
-            .as_ref()
-            .map(|p| p.version.as_str())
-            .unwrap_or("")
+        &self.policy.version
     }
 
     /// Replaces the policy. Faults of checks that are gone, or whose levels
     /// changed, are cleared and judged afresh on the next sample.
     pub fn set_policy(&mut self, policy: Policy, now_ms: i64) -> Vec<FaultEvent> {
-        let old = self.policy.replace(policy);
+        let old = std::mem::replace(&mut self.policy, policy);
         let mut events = Vec::new();
-        let Some(old) = old else { return events };
         let keep = |id: &str| {
             let before = old.checks.iter().find(|c| c.id == id);
-            let after = self
-                .policy
-                .as_ref()
-                .and_then(|p| p.checks.iter().find(|c| c.id == id));
+            let after = self.policy.checks.iter().find(|c| c.id == id);
             before.is_some() && before == after
         };
         let gone: Vec<(String, String)> = self
@@ -343,9 +336,7 @@ impl Checks {
     }
 
     fn judge(&mut self, snapshot: &Snapshot, now_ms: i64, ignore_hold: bool) -> Vec<FaultEvent> {
-        let Some(policy) = &self.policy else {
-            return Vec::new();
-        };
+        let policy = &self.policy;
         let mut events = Vec::new();
         let mut measured = std::collections::HashSet::new();
         for x in measurements(snapshot) {
