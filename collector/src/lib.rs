@@ -3,10 +3,13 @@
 //! Layers run one way (nothing below imports what stands above it):
 //!
 //! ```text
-//! gateway (gRPC edge), ctl (vitalsctl's client edge)
-//!   -> ingest, service (specialist service layer)
-//!     -> store, pki, policy, tls, metrics
+//! gateway (the gRPC edge: agent sessions, the Specialist service)
+//!   -> ingest, service (specialist service layer), relay (diagnostics)
+//!     -> sessions (live agent sessions), tickets, store, pki, policy, tls, metrics
 //! ```
+//!
+//! `ctl` (vitalsctl's client) stands outside these layers: it speaks the
+//! public gRPC API and uses none of them.
 //!
 //! [`Collector::open`] checks everything that can be wrong with the
 //! configuration (certificates, database) before any port is bound;
