@@ -186,10 +186,10 @@ fn main() -> anyhow::Result<()> {
         "{} messages (snapshot {encoded} bytes encoded, a fault event every 10th), ack every {}",
         args.messages, args.ack_every
     );
-    println!("in memory:    CPU {mem_cpu:.1} µs/message, wall {mem_wall:.1} µs/message");
-    println!("with journal: CPU {j_cpu:.1} µs/message, wall {j_wall:.1} µs/message");
+    println!("in memory:         CPU {mem_cpu:.1} µs/message, wall {mem_wall:.1} µs/message");
+    println!("with outbox file:  CPU {j_cpu:.1} µs/message, wall {j_wall:.1} µs/message");
     println!(
-        "journal cost: CPU {:.1} µs/message, wall {:.1} µs/message (file left at {file} bytes)",
+        "outbox file cost:  CPU {:.1} µs/message, wall {:.1} µs/message (file left at {file} bytes)",
         j_cpu - mem_cpu,
         j_wall - mem_wall
     );
