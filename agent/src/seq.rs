@@ -64,7 +64,7 @@ impl SeqCounter {
 
     /// The next sequence number. A block that cannot be reserved on disk
     /// (a full disk) is reserved in memory only and logged: the numbers
-    /// still rise, and the outbox journal's own sequences keep a restarted
+    /// still rise, and the outbox file's own sequences keep a restarted
     /// agent above anything it wrote (see `Link::new`).
     pub fn assign(&mut self) -> Result<u64, SeqError> {
         if self.next >= self.reserved_until
@@ -89,7 +89,7 @@ impl SeqCounter {
     }
 
     /// Resumes past `seq`, a number an earlier process handed out and
-    /// kept (the outbox journal's highest): the next number is above it, and
+    /// kept (the outbox file's highest): the next number is above it, and
     /// it counts as known, not as something only the collector has.
     pub fn resume_after(&mut self, seq: u64) -> Result<(), SeqError> {
         self.skip_past(seq)?;
@@ -150,11 +150,11 @@ mod tests {
     }
 
     #[test]
-    fn resuming_past_the_journal_counts_its_numbers_as_known() {
+    fn resuming_past_the_outbox_file_counts_its_numbers_as_known() {
         let d = dir("resume");
         let mut c = SeqCounter::open(&d).unwrap();
         assert_eq!(c.first(), 1);
-        // The journal holds 1,500: numbered past the file's block, as a
+        // The outbox file holds 1,500: numbered past the file's block, as a
         // full disk leaves it.
         c.resume_after(1500).unwrap();
         assert_eq!(c.first(), 1501);

@@ -2,7 +2,7 @@
 //! in CPU and wall time, on this machine.
 //!
 //! Queues `--messages` real snapshots of this machine (and a fault event
-//! after every tenth) through the link's pending queue, acknowledging them
+//! after every tenth) through the link's outbox, acknowledging them
 //! in batches as a collector would, once in memory only and once backed by
 //! the outbox file on disk (each record flushed with `sync_data`). The
 //! difference is the file's cost. A third run takes the outage path:
@@ -55,22 +55,22 @@ fn backlog(n: u64, size: usize) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("vitals-outbox-backlog-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let before = rss_kib();
-    let mut journaled = Outbox::open(&dir, usize::MAX, u64::MAX);
+    let mut on_file = Outbox::open(&dir, usize::MAX, u64::MAX);
     for _ in 0..n {
-        journaled.push(Outgoing::Snapshot(Box::new(snapshot.clone())));
+        on_file.push(Outgoing::Snapshot(Box::new(snapshot.clone())));
     }
-    let with_journal = rss_kib().saturating_sub(before);
+    let with_file = rss_kib().saturating_sub(before);
     let file = std::fs::metadata(dir.join("outbox.log"))
         .map(|m| m.len())
         .unwrap_or(0);
     // A restart: the outbox file is replayed record by record.
-    drop(journaled);
+    drop(on_file);
     let before = rss_kib();
-    let journaled = Outbox::open(&dir, usize::MAX, u64::MAX);
+    let on_file = Outbox::open(&dir, usize::MAX, u64::MAX);
     anyhow::ensure!(
-        journaled.len() as u64 == n,
+        on_file.len() as u64 == n,
         "replayed {} of {n}",
-        journaled.len()
+        on_file.len()
     );
     let reopened = rss_kib().saturating_sub(before);
     let before = rss_kib();
@@ -85,8 +85,8 @@ fn backlog(n: u64, size: usize) -> anyhow::Result<()> {
         file >> 20
     );
     println!(
-        "memory with the outbox file: {with_journal} KiB ({} bytes per message)",
-        with_journal * 1024 / n
+        "memory with the outbox file: {with_file} KiB ({} bytes per message)",
+        with_file * 1024 / n
     );
     println!("memory after replaying it, as at a restart: {reopened} KiB");
     println!(
@@ -94,7 +94,7 @@ fn backlog(n: u64, size: usize) -> anyhow::Result<()> {
         memory.len(),
         vitals_agent::link::MEMORY_ONLY_BYTES >> 20
     );
-    drop((journaled, memory));
+    drop((on_file, memory));
     Ok(())
 }
 
@@ -167,13 +167,13 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("vitals-outbox-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (mem_cpu, mem_wall) = run(&mut Outbox::new(100_000), &args, &snapshot);
-    let mut journaled = Outbox::open(&dir, 100_000, 64 * 1024 * 1024);
+    let mut on_file = Outbox::open(&dir, 100_000, 64 * 1024 * 1024);
     anyhow::ensure!(
-        journaled.file_error().is_none(),
-        "journal: {:?}",
-        journaled.file_error()
+        on_file.file_error().is_none(),
+        "outbox file: {:?}",
+        on_file.file_error()
     );
-    let (j_cpu, j_wall) = run(&mut journaled, &args, &snapshot);
+    let (j_cpu, j_wall) = run(&mut on_file, &args, &snapshot);
     let file = std::fs::metadata(dir.join("outbox.log"))
         .map(|m| m.len())
         .unwrap_or(0);
