@@ -238,7 +238,7 @@ pub struct TicketStep {
     pub incidents: Vec<Incident>,
     pub entries: Vec<Entry>,
     /// Endpoint snapshots to keep with tickets (opened or reopened now).
-    pub snapshots: Vec<(u64, Snapshot)>,
+    pub snapshots: Vec<Evidence>,
     /// Notifications announcing these entries.
     pub deliveries: Vec<NewDelivery>,
     /// Tickets that start waiting for their evidence snapshot, and tickets
@@ -281,6 +281,13 @@ pub async fn open(
         sqlite::SqliteStore::open(std::path::Path::new(path), history_limit, history_interval)
             .await?;
     Ok(Arc::new(store))
+}
+
+/// The snapshot that shows a ticket's fault, kept with the ticket.
+#[derive(Debug, Clone)]
+pub struct Evidence {
+    pub ticket: u64,
+    pub snapshot: Snapshot,
 }
 
 /// A notification to queue in the outbox, in the same transaction as the

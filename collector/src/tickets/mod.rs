@@ -21,7 +21,7 @@ use vitals_proto::policy::Policy;
 use vitals_proto::tickets::{Entry, Kind};
 
 use crate::config::{Email, Webhook};
-use crate::store::{Store, StoreError, StoredFault, TicketStep};
+use crate::store::{Evidence, Store, StoreError, StoredFault, TicketStep};
 use engine::{Action, CheckInfo, Engine, Facts};
 
 /// How often time-driven rules (quiet periods, SLAs) are looked at when no
@@ -295,7 +295,7 @@ impl Worker {
     /// at or after the fault, which shows it (an agent sends a fault before
     /// the snapshot of that sample). A ticket waits at most
     /// `SNAPSHOT_WAIT`, then takes what there is.
-    async fn collect_snapshots(&mut self, now: i64) -> Result<Vec<(u64, Snapshot)>, StoreError> {
+    async fn collect_snapshots(&mut self, now: i64) -> Result<Vec<Evidence>, StoreError> {
         let mut found = Vec::new();
         let mut still = Vec::new();
         // One read per endpoint, however many of its tickets wait.
@@ -317,7 +317,10 @@ impl Worker {
             match latest {
                 Some(s) if s.taken_at_ms >= a.fault_at_ms || waited => {
                     self.awaiting_done.push(a.ticket);
-                    found.push((a.ticket, s));
+                    found.push(Evidence {
+                        ticket: a.ticket,
+                        snapshot: s,
+                    });
                 }
                 _ if waited => self.awaiting_done.push(a.ticket),
                 _ => still.push(a),

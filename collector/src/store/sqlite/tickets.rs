@@ -147,7 +147,7 @@ impl TicketStore for SqliteStore {
                 let mut put = tx.prepare_cached(
                     "INSERT INTO ticket_snapshots (ticket, at_ms, body) VALUES (?1, ?2, ?3)",
                 )?;
-                for (ticket, snapshot) in &step.snapshots {
+                for crate::store::Evidence { ticket, snapshot } in &step.snapshots {
                     put.execute(params![*ticket as i64, step.now_ms, json(snapshot)])?;
                 }
                 let mut put = tx.prepare_cached(
