@@ -256,9 +256,12 @@ fn printer_measures(p: &PrinterInfo, out: &mut Vec<Measure>) {
         "printer.oldest_job_minutes",
         p.oldest_job_age_secs.map_or(0.0, |s| s as f64 / 60.0),
     );
+    // A waste container's level rises as it fills: it is not a supply
+    // running out.
     if let Some(lowest) = p
         .supplies
         .iter()
+        .filter(|s| s.kind != vitals_proto::domain::SupplyKind::Waste)
         .filter_map(|s| s.percent)
         .min_by(f32::total_cmp)
     {

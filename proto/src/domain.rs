@@ -312,7 +312,29 @@ pub struct Supply {
     pub name: String,
     /// Level against capacity, 0 to 100; `None` where the printer does not say.
     pub percent: Option<f32>,
+    /// Whether it is used up (toner, ink) or filled up (a waste container,
+    /// whose level means something else), where the printer says.
+    #[serde(default)]
+    pub kind: SupplyKind,
 }
+
+/// What a supply's level measures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SupplyKind {
+    /// The printer does not say.
+    #[default]
+    Unknown,
+    /// Used up as the printer prints: toner, ink, staples.
+    Consumed,
+    /// Filled as the printer prints: waste toner or ink.
+    Waste,
+}
+
+crate::text_enum!(SupplyKind {
+    Unknown => "",
+    Consumed => "consumed",
+    Waste => "waste",
+});
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NetworkHealth {

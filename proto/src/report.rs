@@ -457,6 +457,7 @@ mod tests {
                 supplies: vec![Supply {
                     name: "Black".into(),
                     percent: Some(5.0),
+                    ..Default::default()
                 }],
                 ..Default::default()
             }],

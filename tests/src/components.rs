@@ -314,6 +314,10 @@ fn avahi_running() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// One CUPS set-up at a time in this process: they share the system's
+/// D-Bus and Avahi, which the first to finish would stop under the other.
+static CUPS_ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A private CUPS scheduler on a loopback port with one queue per name,
 /// all printing to one `ippeveprinter`.
 pub struct Cups {
@@ -325,6 +329,8 @@ pub struct Cups {
     _ippeve: Daemon,
     _dnssd: Dnssd,
     dir: PathBuf,
+    // Released last, once the daemons above are gone.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Cups {
@@ -341,6 +347,9 @@ impl Cups {
 
     pub fn start(dir: &Path, queues: &[&str]) -> Result<Cups, String> {
         require(Self::PROGRAMS)?;
+        let turn = CUPS_ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // The test's text jobs need CUPS's filters to reach the printer.
         if !Path::new("/usr/lib/cups/filter/texttopdf").exists() {
             return Err("missing cups-filters (.ci/run installs it)".into());
@@ -416,6 +425,7 @@ impl Cups {
             _ippeve: ippeve,
             _dnssd: dnssd,
             dir,
+            _turn: turn,
         };
         let device = format!("ipp://127.0.0.1:{ipp_port}/ipp/print");
         for q in queues {

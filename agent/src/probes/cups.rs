@@ -1,8 +1,17 @@
 //! Local print queues, read from the CUPS scheduler over IPP (never by
 //! scraping `lpstat`): every queue's state, `printer-state-reasons`, the
 //! jobs waiting and the age of the oldest one, and supply levels where the
-//! driver reports them. On Windows the spooler API would take this place;
-//! it is not written yet.
+//! driver reports them.
+//!
+//! CUPS refreshes a queue's reasons and supplies from the device only
+//! while a job passes through, so an out-of-toner printer would stay
+//! invisible until somebody's job failed. For a queue whose device URI is
+//! `ipp://` or `ipps://` (IPP Everywhere, AirPrint, driverless queues) the
+//! printer itself is asked as well (`Get-Printer-Attributes` on its own
+//! URI), and what it says is merged with the queue's own state. A device
+//! that does not answer is a finding on that printer (its `error`), not a
+//! probe error; the queue's state still counts. On Windows the spooler API
+//! would take this place; it is not written yet.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,7 +21,7 @@ use ipp::model::{DelimiterTag, IppVersion, Operation};
 use ipp::prelude::{AsyncIppClient, Uri};
 use ipp::request::IppRequestResponse;
 use ipp::value::IppValue;
-use vitals_proto::domain::{PrinterInfo, ProbeKind, Supply};
+use vitals_proto::domain::{PrinterInfo, ProbeKind, Supply, SupplyKind};
 
 use super::{Probe, Reading, Section, probe_error};
 
@@ -28,9 +37,22 @@ const PRINTER_ATTRIBUTES: &[&str] = &[
     "device-uri",
     "marker-names",
     "marker-levels",
+    "marker-types",
     "printer-up-time",
 ];
 const JOB_ATTRIBUTES: &[&str] = &["job-id", "job-printer-uri", "time-at-creation", "job-state"];
+/// What the device behind a driverless queue is asked for.
+const DEVICE_ATTRIBUTES: &[&str] = &[
+    "printer-state",
+    "printer-state-reasons",
+    "marker-names",
+    "marker-levels",
+    "marker-types",
+    "printer-supply",
+    "printer-supply-description",
+];
+/// How long one device may take to answer; devices are asked at once.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct CupsProbe {
     /// The scheduler, such as `http://localhost:631`; empty skips CUPS.
@@ -86,8 +108,194 @@ impl CupsProbe {
                 .unwrap_or_else(|| vitals_proto::now_ms() / 1000);
             apply_jobs(jobs.attributes(), now, &mut queues);
         }
+        self.ask_devices(&mut queues).await;
         Ok(queues)
     }
+
+    /// Asks the printer behind every driverless queue for its own state,
+    /// all at once, each within [`DEVICE_TIMEOUT`], and merges the answers.
+    async fn ask_devices(&self, queues: &mut [PrinterInfo]) {
+        let mut asked = tokio::task::JoinSet::new();
+        for (i, q) in queues.iter().enumerate() {
+            if is_ipp_device(&q.address) {
+                let uri = q.address.clone();
+                asked.spawn(async move { (i, ask_device(&uri).await) });
+            }
+        }
+        while let Some(done) = asked.join_next().await {
+            if let Ok((i, answer)) = done
+                && let Some(q) = queues.get_mut(i)
+            {
+                merge_device(q, answer);
+            }
+        }
+    }
+}
+
+/// Whether a device URI names a printer that speaks IPP itself.
+fn is_ipp_device(uri: &str) -> bool {
+    uri.starts_with("ipp://") || uri.starts_with("ipps://")
+}
+
+/// What a printer says of itself over IPP.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceStatus {
+    pub reasons: Vec<String>,
+    pub supplies: Vec<Supply>,
+}
+
+async fn ask_device(uri: &str) -> Result<DeviceStatus, String> {
+    let parsed: Uri = uri.parse().map_err(|e| format!("not a URI: {e}"))?;
+    // Printers serve ipps:// with self-signed certificates as a rule. Only
+    // the printer's public status is read and nothing is sent that needs
+    // protecting, so its certificate is not checked.
+    let client = AsyncIppClient::builder(parsed.clone())
+        .request_timeout(DEVICE_TIMEOUT)
+        .ignore_tls_errors(true)
+        .build();
+    let mut get = IppRequestResponse::new(
+        IppVersion::v1_1(),
+        Operation::GetPrinterAttributes,
+        Some(parsed),
+    )
+    .map_err(|e| e.to_string())?;
+    requested(&mut get, DEVICE_ATTRIBUTES)?;
+    let answer = tokio::time::timeout(DEVICE_TIMEOUT, client.send(get))
+        .await
+        .map_err(|_| {
+            format!(
+                "no answer within {}",
+                humantime::format_duration(DEVICE_TIMEOUT)
+            )
+        })?
+        .map_err(|e| e.to_string())?;
+    if !answer.header().status_code().is_success() {
+        return Err(format!("answered {:?}", answer.header().status_code()));
+    }
+    Ok(parse_device(answer.attributes()))
+}
+
+/// A printer's own Get-Printer-Attributes answer: its reasons (with their
+/// `-report`/`-warning`/`-error` suffixes, as the checks expect) and its
+/// supplies, waste containers marked as such.
+pub fn parse_device(attrs: &IppAttributes) -> DeviceStatus {
+    let Some(g) = attrs.groups_of(DelimiterTag::PrinterAttributes).next() else {
+        return DeviceStatus::default();
+    };
+    let get = |n: &str| g.get(n).map(|a| a.value());
+    let reasons = get("printer-state-reasons")
+        .map(strings)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r != "none")
+        .collect();
+    // IPP Everywhere printers describe supplies in `printer-supply`
+    // (PWG 5100.13); older ones in the `marker-*` lists.
+    let pwg = pwg_supplies(
+        get("printer-supply").map(octets).unwrap_or_default(),
+        get("printer-supply-description")
+            .map(strings)
+            .unwrap_or_default(),
+    );
+    let supplies = if pwg.is_empty() {
+        supplies(
+            get("marker-names").map(strings).unwrap_or_default(),
+            get("marker-levels").map(ints).unwrap_or_default(),
+            get("marker-types").map(strings).unwrap_or_default(),
+        )
+    } else {
+        pwg
+    };
+    DeviceStatus { reasons, supplies }
+}
+
+fn octets(v: &IppValue) -> Vec<String> {
+    match v {
+        IppValue::Array(a) => a.iter().flat_map(octets).collect(),
+        IppValue::OctetString(b) => vec![String::from_utf8_lossy(b).into_owned()],
+        _ => Vec::new(),
+    }
+}
+
+/// Supplies from PWG 5100.13 `printer-supply` values
+/// (`index=2;class=supplyThatIsConsumed;type=toner;maxcapacity=100;level=3;`)
+/// named by `printer-supply-description`, in the same order.
+fn pwg_supplies(values: Vec<String>, names: Vec<String>) -> Vec<Supply> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let field = |key: &str| {
+                v.split(';')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, value)| value)
+            };
+            let number = |key: &str| field(key).and_then(|n| n.parse::<i32>().ok());
+            // Negative levels and capacities are "unknown" or "some left".
+            let percent = match (number("level"), number("maxcapacity")) {
+                (Some(l), Some(m)) if l >= 0 && m > 0 => {
+                    Some((l as f32 * 100.0 / m as f32).min(100.0))
+                }
+                _ => None,
+            };
+            let kind = match field("class") {
+                Some("receptacleThatIsFilled") => SupplyKind::Waste,
+                Some("supplyThatIsConsumed") => SupplyKind::Consumed,
+                _ => SupplyKind::Unknown,
+            };
+            let name = names
+                .get(i)
+                .cloned()
+                .or_else(|| field("type").map(str::to_owned))
+                .unwrap_or_else(|| format!("supply {}", i + 1));
+            Supply {
+                name,
+                percent,
+                kind,
+            }
+        })
+        .collect()
+}
+
+/// The queue as its printer sees it: the device's reasons join the
+/// queue's, and the device's supplies (its own levels) replace what the
+/// queue last heard. The queue's state, jobs and pauses stand.
+pub fn merge_device(queue: &mut PrinterInfo, device: Result<DeviceStatus, String>) {
+    match device {
+        Ok(d) => {
+            for r in d.reasons {
+                if !queue.reasons.contains(&r) {
+                    queue.reasons.push(r);
+                }
+            }
+            if !d.supplies.is_empty() {
+                queue.supplies = d.supplies;
+            }
+        }
+        Err(why) => queue.error = format!("printer at {} did not answer: {why}", queue.address),
+    }
+}
+
+/// Supplies from IPP's parallel `marker-*` lists.
+fn supplies(names: Vec<String>, levels: Vec<i32>, types: Vec<String>) -> Vec<Supply> {
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| Supply {
+            name,
+            // -1, -2: unknown; -3: unknown but not empty.
+            percent: levels
+                .get(i)
+                .filter(|l| (0..=100).contains(*l))
+                .map(|l| *l as f32),
+            kind: match types.get(i).map(String::as_str) {
+                Some(t) if t.starts_with("waste-") => SupplyKind::Waste,
+                Some(_) => SupplyKind::Consumed,
+                None => SupplyKind::Unknown,
+            },
+        })
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -179,20 +387,11 @@ pub fn parse_printers(attrs: &IppAttributes) -> Vec<PrinterInfo> {
                 .into_iter()
                 .filter(|r| r != "none")
                 .collect();
-            let marker_names = get("marker-names").map(strings).unwrap_or_default();
-            let marker_levels = get("marker-levels").map(ints).unwrap_or_default();
-            let supplies = marker_names
-                .into_iter()
-                .enumerate()
-                .map(|(i, name)| Supply {
-                    name,
-                    // -1, -2: unknown; -3: unknown but not empty.
-                    percent: marker_levels
-                        .get(i)
-                        .filter(|l| (0..=100).contains(*l))
-                        .map(|l| *l as f32),
-                })
-                .collect();
+            let supplies = supplies(
+                get("marker-names").map(strings).unwrap_or_default(),
+                get("marker-levels").map(ints).unwrap_or_default(),
+                get("marker-types").map(strings).unwrap_or_default(),
+            );
             Some(PrinterInfo {
                 name,
                 source: SOURCE.into(),
@@ -302,6 +501,147 @@ mod tests {
         )))
         .parse();
         assert!(r.is_err());
+    }
+
+    /// A printer's answer as ippeveprinter gives it with its toner at 0:
+    /// a waste tank and a toner cartridge, reasons with severity suffixes.
+    fn device_answer(reasons: &[&str], levels: &[i32]) -> IppAttributes {
+        use ipp::attribute::IppAttribute;
+        let list = |v: Vec<IppValue>| IppValue::Array(v);
+        let mut a = IppAttributes::new();
+        let mut add = |name: &str, value: IppValue| {
+            a.add(
+                DelimiterTag::PrinterAttributes,
+                IppAttribute::with_name(name, value).unwrap(),
+            )
+        };
+        add("printer-state", IppValue::Enum(3));
+        add(
+            "printer-state-reasons",
+            list(
+                reasons
+                    .iter()
+                    .map(|r| IppValue::new_keyword(*r).unwrap())
+                    .collect(),
+            ),
+        );
+        add(
+            "marker-names",
+            list(vec![
+                IppValue::new_name_without_language("Waste Tank").unwrap(),
+                IppValue::new_name_without_language("Black Toner").unwrap(),
+            ]),
+        );
+        add(
+            "marker-types",
+            list(vec![
+                IppValue::new_keyword("waste-toner").unwrap(),
+                IppValue::new_keyword("toner").unwrap(),
+            ]),
+        );
+        add(
+            "marker-levels",
+            list(levels.iter().map(|l| IppValue::Integer(*l)).collect()),
+        );
+        a
+    }
+
+    #[test]
+    fn pwg_supplies_as_ipp_everywhere_printers_give_them() {
+        // As ippeveprinter answers, recorded with ipptool.
+        let values = vec![
+            "index=1;class=receptacleThatIsFilled;type=wasteToner;unit=percent;maxcapacity=100;level=25;colorantname=unknown;".to_owned(),
+            "index=2;class=supplyThatIsConsumed;type=toner;unit=percent;maxcapacity=100;level=3;colorantname=black;".to_owned(),
+            "index=3;class=supplyThatIsConsumed;type=staples;maxcapacity=-2;level=-3;".to_owned(),
+        ];
+        let names = vec!["Toner Waste Tank".to_owned(), "Black Toner".to_owned()];
+        let s = pwg_supplies(values, names);
+        assert_eq!(
+            s,
+            vec![
+                Supply {
+                    name: "Toner Waste Tank".into(),
+                    percent: Some(25.0),
+                    kind: SupplyKind::Waste,
+                },
+                Supply {
+                    name: "Black Toner".into(),
+                    percent: Some(3.0),
+                    kind: SupplyKind::Consumed,
+                },
+                Supply {
+                    name: "staples".into(),
+                    percent: None,
+                    kind: SupplyKind::Consumed,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_printer_s_own_answer_gives_reasons_and_supplies() {
+        let d = parse_device(&device_answer(&["toner-empty-report", "none"], &[25, 0]));
+        assert_eq!(d.reasons, vec!["toner-empty-report"]);
+        assert_eq!(
+            d.supplies,
+            vec![
+                Supply {
+                    name: "Waste Tank".into(),
+                    percent: Some(25.0),
+                    kind: SupplyKind::Waste,
+                },
+                Supply {
+                    name: "Black Toner".into(),
+                    percent: Some(0.0),
+                    kind: SupplyKind::Consumed,
+                },
+            ]
+        );
+        // Unknown levels (-1, -2, -3) are unknown, not empty.
+        let d = parse_device(&device_answer(&["none"], &[-3, -1]));
+        assert!(d.reasons.is_empty());
+        assert_eq!(d.supplies[1].percent, None);
+        assert_eq!(parse_device(&IppAttributes::new()), DeviceStatus::default());
+    }
+
+    #[test]
+    fn the_device_s_word_joins_the_queue_s_and_silence_is_a_finding() {
+        let r = parse(include_bytes!("../../tests/fixtures/cups-get-printers.ipp"));
+        let queue = parse_printers(r.attributes())
+            .into_iter()
+            .find(|p| p.name == "Dispatch")
+            .unwrap();
+        // What the printer says is added; the queue's pause stays.
+        let mut q = queue.clone();
+        merge_device(
+            &mut q,
+            Ok(parse_device(&device_answer(
+                &["media-empty-error", "paused"],
+                &[25, 40],
+            ))),
+        );
+        assert!(
+            q.has_reason("paused") && q.has_reason("media-empty"),
+            "{:?}",
+            q.reasons
+        );
+        assert_eq!(q.reasons.iter().filter(|r| *r == "paused").count(), 1);
+        assert_eq!(q.state, queue.state);
+        assert_eq!(q.supplies[1].percent, Some(40.0));
+        // A printer that does not answer: the queue stands, with why.
+        let mut q = queue.clone();
+        merge_device(&mut q, Err("connection refused".into()));
+        assert_eq!(
+            (q.state.as_str(), &q.reasons),
+            (queue.state.as_str(), &queue.reasons)
+        );
+        assert!(
+            q.error.contains("did not answer: connection refused"),
+            "{}",
+            q.error
+        );
+        assert!(is_ipp_device("ipps://printer.local/ipp/print"));
+        assert!(!is_ipp_device("usb://HP/LaserJet") && !is_ipp_device("socket://10.0.0.9"));
     }
 
     #[tokio::test]

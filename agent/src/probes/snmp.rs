@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_snmp::{Auth, Client, Oid, Retry, Value, VarBind};
-use vitals_proto::domain::{PrinterInfo, ProbeKind, Supply};
+use vitals_proto::domain::{PrinterInfo, ProbeKind, Supply, SupplyKind};
 
 use super::{Probe, Reading, Section};
 use crate::config::NetworkPrinter;
@@ -15,7 +15,7 @@ pub const SOURCE: &str = "snmp";
 
 /// hrPrinterTable: hrPrinterStatus is column 1, hrPrinterDetectedErrorState 2.
 const HR_PRINTER: &[u32] = &[1, 3, 6, 1, 2, 1, 25, 3, 5, 1];
-/// prtMarkerSuppliesTable: description 6, max capacity 8, level 9.
+/// prtMarkerSuppliesTable: class 4, description 6, max capacity 8, level 9.
 const SUPPLIES: &[u32] = &[1, 3, 6, 1, 2, 1, 43, 11, 1, 1];
 /// prtMarkerLifeCount: pages (or other units) marked over the printer's life.
 const LIFE_COUNT: &[u32] = &[1, 3, 6, 1, 2, 1, 43, 10, 2, 1, 4];
@@ -170,7 +170,18 @@ pub fn parse_printer(name: &str, address: &str, varbinds: &[VarBind]) -> Printer
                 }
                 _ => None,
             };
-            Supply { name, percent }
+            // prtMarkerSuppliesClass: 3 is consumed (toner, ink), 4 is a
+            // receptacle that fills (waste toner), whose level is the room left.
+            let kind = match value_at(4, &idx) {
+                Some(3) => SupplyKind::Consumed,
+                Some(4) => SupplyKind::Waste,
+                _ => SupplyKind::Unknown,
+            };
+            Supply {
+                name,
+                percent,
+                kind,
+            }
         })
         .collect();
     let page_count = varbinds

@@ -137,7 +137,27 @@ mirror!(PrinterInfo {
     name, source, address, state, reasons, accepting_jobs, queued_jobs,
     oldest_job_age_secs, page_count, error,
 } lists { supplies });
-mirror!(Supply { name, percent });
+impl From<d::Supply> for w::Supply {
+    fn from(s: d::Supply) -> Self {
+        w::Supply {
+            name: s.name,
+            percent: s.percent,
+            kind: s.kind.as_str().to_owned(),
+        }
+    }
+}
+
+/// A supply kind from a newer agent that this side does not know reads
+/// as unknown.
+impl From<w::Supply> for d::Supply {
+    fn from(s: w::Supply) -> Self {
+        d::Supply {
+            name: s.name,
+            percent: s.percent,
+            kind: s.kind.parse().unwrap_or_default(),
+        }
+    }
+}
 mirror!(NetworkHealth { resolvers } lists { dns, services, wifi } maybe { gateway });
 mirror!(Gateway {
     address,

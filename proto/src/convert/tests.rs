@@ -122,6 +122,7 @@ fn sample() -> d::Snapshot {
             supplies: vec![d::Supply {
                 name: "Black Toner".into(),
                 percent: Some(4.0),
+                kind: d::SupplyKind::Consumed,
             }],
             page_count: Some(12345),
             error: String::new(),

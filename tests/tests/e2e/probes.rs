@@ -561,3 +561,124 @@ async fn real_disk_filled_to_97_percent_opens_a_ticket_that_resolves_itself() {
     collector.stop().await;
     drop(disk);
 }
+
+/// The printer's own toner and paper faults, with no job ever sent to its
+/// queue: CUPS alone would not know them, the printer behind the
+/// driverless queue does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
+    const TEST: &str = "the_printer_itself_reports_toner_and_paper_out_with_no_job_sent";
+    let fleet = Fleet::new("cupsdevice");
+    let cups = match Cups::start(&fleet.dir, &["Frontdesk"]) {
+        Ok(c) => c,
+        Err(why) => return skip(TEST, &why),
+    };
+    let config = with_policy(
+        &fleet,
+        "[tickets]\nquiet_period = \"1s\"\n\
+         [[check]]\nid = \"printer_toner_empty\"\ntitle = \"Printer toner or ink empty\"\n\
+         measurement = \"printer.toner_empty\"\ndirection = \"above\"\nraise = 1.0\nclear = 0.5\n\
+         severity = \"warning\"\n\
+         [[check]]\nid = \"printer_out_of_paper\"\ntitle = \"Printer out of paper\"\n\
+         measurement = \"printer.media_empty\"\ndirection = \"above\"\nraise = 1.0\nclear = 0.5\n\
+         severity = \"warning\"\n",
+    );
+    let collector = RunningCollector::start(config).await;
+    // ippeveprinter lists its supplies once they have been set.
+    cups.set_toner(100);
+    let mut agent_config = fleet.agent_config("ws-device", collector.addr);
+    agent_config.printers.cups = cups.url.clone();
+    let agent = RunningAgent::start(agent_config);
+    let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
+    let id = "ws-device";
+
+    // The queue's supplies come from the printer: its toner and its waste
+    // tank, told apart.
+    let queue = eventually(SLOW, "the printer's own supplies on the queue", || async {
+        let s = latest(&viewer, id).await?;
+        s.printers
+            .into_iter()
+            .find(|p| p.name == "Frontdesk" && p.supplies.len() >= 2)
+    })
+    .await;
+    use vitals_proto::domain::SupplyKind;
+    assert!(
+        queue.supplies.iter().any(|s| s.kind == SupplyKind::Waste)
+            && queue
+                .supplies
+                .iter()
+                .any(|s| s.kind == SupplyKind::Consumed),
+        "{:?}",
+        queue.supplies
+    );
+    assert!(queue.error.is_empty(), "{}", queue.error);
+
+    let tickets = |check: &'static str| {
+        let viewer = viewer.clone();
+        async move {
+            let mut c = Client::connect(&viewer).await.ok()?;
+            c.tickets(vitals_collector::ctl::TicketQuery {
+                endpoint: id.into(),
+                check: check.into(),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .ok()
+        }
+    };
+
+    for (check, reason, out, back) in [
+        ("printer_toner_empty", "toner-empty", 0u16, 100u16),
+        ("printer_out_of_paper", "media-empty", 0, 250),
+    ] {
+        let set = |level: u16| {
+            if check == "printer_toner_empty" {
+                cups.set_toner(level as u8);
+            } else {
+                cups.set_paper(level);
+            }
+        };
+        let at = vitals_proto::now_ms();
+        set(out);
+        let raised = wait_fault(&viewer, id, check, "Frontdesk", FaultState::Raised).await;
+        eprintln!(
+            "{check} with no job: condition to FaultRaised {} ms, to the collector {} ms (printer probe every 1 s)",
+            raised.event.at_ms - at,
+            raised.received_at_ms - at
+        );
+        assert!(raised.event.evidence.contains(reason), "{:?}", raised.event);
+        let open = eventually(WAIT, "one ticket", || async {
+            tickets(check).await.filter(|t| !t.is_empty())
+        })
+        .await;
+        assert_eq!(open.len(), 1, "{open:?}");
+        let fixed_at = vitals_proto::now_ms();
+        set(back);
+        wait_fault(&viewer, id, check, "Frontdesk", FaultState::Cleared).await;
+        let resolved = eventually(SLOW, "the ticket auto-resolved", || async {
+            let t = tickets(check).await?;
+            (t.len() == 1 && !t[0].status.is_open()).then_some(t)
+        })
+        .await;
+        eprintln!(
+            "{check}: fix to auto-resolve {} ms (quiet period 1 s)",
+            resolved[0].resolved_ms.unwrap_or_default() - fixed_at
+        );
+    }
+    let all = faults_of(&viewer, id).await.expect("faults");
+    for check in ["printer_toner_empty", "printer_out_of_paper"] {
+        let n = all.iter().filter(|f| f.event.check_id == check).count();
+        assert_eq!(n, 2, "{check} raised once and cleared once: {all:?}");
+    }
+    // No job was ever sent to the queue.
+    let s = latest(&viewer, id).await.expect("snapshot");
+    let q = s
+        .printers
+        .iter()
+        .find(|p| p.name == "Frontdesk")
+        .expect("queue");
+    assert_eq!(q.queued_jobs, 0);
+    agent.stop().await;
+    collector.stop().await;
+}
