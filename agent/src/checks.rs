@@ -495,6 +495,7 @@ mod tests {
                 clear: 90.0,
                 hold: Duration::from_secs(hold_secs),
                 severity: Severity::Warning,
+                ladder: None,
             }],
             tickets: Default::default(),
         }

@@ -208,6 +208,13 @@ pub struct Check {
     #[serde(default, with = "humantime_serde")]
     pub hold: Duration,
     pub severity: Severity,
+    /// The problem this check is a rung of. Checks of one ladder on one
+    /// subject are one ticket, whose severity and priority follow the
+    /// highest rung raised (`toner_low` and `toner_empty`). Without it,
+    /// checks on the same measurement form the ladder (`gateway_lossy` and
+    /// `gateway_unreachable` on `gateway.loss_percent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ladder: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,6 +227,11 @@ pub enum Direction {
 }
 
 impl Check {
+    /// The problem this check is a rung of: its ladder, or its measurement.
+    pub fn problem(&self) -> &str {
+        self.ladder.as_deref().unwrap_or(&self.measurement)
+    }
+
     /// Whether `value` is past the raise level.
     pub fn raises(&self, value: f64) -> bool {
         match self.direction {
@@ -312,6 +324,17 @@ impl Policy {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
+                ));
+            }
+            if let Some(l) = &c.ladder
+                && (l.is_empty()
+                    || !l.chars().all(|ch| {
+                        ch.is_ascii_lowercase() || ch.is_ascii_digit() || "_.".contains(ch)
+                    }))
+            {
+                return Err(invalid(
+                    &c.id,
+                    format!("ladder \"{l}\" must be lower-case letters, digits, _ and ."),
                 ));
             }
             if !c.raise.is_finite() || !c.clear.is_finite() {

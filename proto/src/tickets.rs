@@ -73,6 +73,11 @@ pub struct Ticket {
     pub resolve_breached: bool,
     /// Raise times within the flap window.
     pub raises: VecDeque<i64>,
+    /// The checks raised on it now, with their severities: the rungs of
+    /// its problem's ladder (one, for a check that has no ladder). The
+    /// ticket's severity is the highest rung's.
+    #[serde(default)]
+    pub rungs: std::collections::BTreeMap<String, Severity>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +118,9 @@ pub enum Kind {
     Comment,
     StatusChanged,
     Resolved,
+    /// A higher rung of the problem raised, or the highest cleared while a
+    /// lower one stands: severity and priority moved.
+    SeverityChanged,
 }
 
 crate::text_enum!(Kind {
@@ -131,6 +139,7 @@ crate::text_enum!(Kind {
     Comment => "comment",
     StatusChanged => "status_changed",
     Resolved => "resolved",
+    SeverityChanged => "severity_changed",
 });
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -145,11 +145,10 @@ fn checks(p: &Policy) -> HashMap<String, CheckInfo> {
     vitals_proto::policy::BUILTIN_CHECKS
         .iter()
         .map(|(id, title)| ((*id).to_owned(), CheckInfo::new(title, "")))
-        .chain(
-            p.checks
-                .iter()
-                .map(|c| (c.id.clone(), CheckInfo::new(&c.title, &c.measurement))),
-        )
+        .chain(p.checks.iter().map(|c| {
+            let info = CheckInfo::new(&c.title, &c.measurement).rung_of(c.problem());
+            (c.id.clone(), info)
+        }))
         .collect()
 }
 

@@ -333,6 +333,7 @@ impl From<&crate::policy::Policy> for w::Policy {
                     hold_ms: c.hold.as_millis() as u64,
                     severity: severity_to_wire(c.severity) as i32,
                     title: c.title.clone(),
+                    ladder: c.ladder.clone().unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -366,6 +367,7 @@ impl From<w::Policy> for crate::policy::Policy {
                         clear: c.clear,
                         hold: std::time::Duration::from_millis(c.hold_ms),
                         severity: severity_from_wire(c.severity),
+                        ladder: Some(c.ladder).filter(|l| !l.is_empty()),
                     })
                 })
                 .collect(),
@@ -436,6 +438,7 @@ impl From<w::Ticket> for crate::tickets::Ticket {
             response_breached: false,
             resolve_breached: false,
             raises: Default::default(),
+            rungs: Default::default(),
         }
     }
 }

@@ -232,6 +232,7 @@ fn tickets_and_entries_round_trip() {
         response_breached: false,
         resolve_breached: false,
         raises: Default::default(),
+        rungs: Default::default(),
     };
     let back: Ticket = w::Ticket::from(&t).into();
     assert_eq!(back, t);

@@ -42,25 +42,23 @@ pub use storm::{BadGroupKey, GroupKey};
 /// Who the engine acts as in timelines.
 pub const SYSTEM: &str = "vitals";
 
-/// What a fault ticket is for: one open ticket per key at a time.
+/// What a fault ticket is for: one open ticket per key at a time. The
+/// problem is the check's ladder (see [`CheckInfo::problem`]): the rungs
+/// of one ladder on one subject are one ticket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     endpoint: String,
-    check: String,
+    problem: String,
     subject: String,
 }
 
 impl Key {
-    fn new(endpoint: &str, check: &str, subject: &str) -> Self {
+    fn new(endpoint: &str, problem: &str, subject: &str) -> Self {
         Key {
             endpoint: endpoint.to_owned(),
-            check: check.to_owned(),
+            problem: problem.to_owned(),
             subject: subject.to_owned(),
         }
-    }
-
-    fn of(t: &Ticket) -> Self {
-        Key::new(&t.endpoint, &t.check_id, &t.subject)
     }
 }
 
@@ -91,14 +89,26 @@ pub struct CheckInfo {
     /// The measurement it judges (printer and DNS checks group by it);
     /// empty for the faults the system raises itself.
     pub measurement: String,
+    /// The problem it is a rung of: checks with the same problem on one
+    /// subject share one ticket (`gateway_lossy` and `gateway_unreachable`
+    /// on one gateway). Empty: the check is a problem of its own.
+    pub problem: String,
 }
 
 impl CheckInfo {
+    /// A check that is its own problem.
     pub fn new(title: &str, measurement: &str) -> Self {
         CheckInfo {
             title: title.to_owned(),
             measurement: measurement.to_owned(),
+            problem: String::new(),
         }
+    }
+
+    /// A check that is a rung of `problem`.
+    pub fn rung_of(mut self, problem: &str) -> Self {
+        self.problem = problem.to_owned();
+        self
     }
 }
 
@@ -134,13 +144,9 @@ impl Engine {
     ) -> Self {
         let mut e = Engine::new(rules);
         for t in tickets {
-            let key = Key::of(&t);
-            let newer = e.latest.get(&key).is_some_and(|id| *id > t.id);
-            if !newer {
-                e.latest.insert(key, t.id);
-            }
             e.tickets.insert(t.id, t);
         }
+        e.reindex();
         for mut i in incidents {
             // Incidents stored before groups had keys were per check.
             let key = i
@@ -191,7 +197,7 @@ impl Engine {
             .collect();
         for id in old {
             if let Some(t) = self.tickets.remove(&id) {
-                let key = Key::of(&t);
+                let key = self.key_of(&t);
                 if self.latest.get(&key) == Some(&id) {
                     self.latest.remove(&key);
                 }
@@ -207,7 +213,7 @@ impl Engine {
     /// Whether the fault behind (endpoint, check, subject) is raised now: its
     /// newest ticket is open and not cleared.
     pub fn is_raised(&self, endpoint: &str, check: &str, subject: &str) -> bool {
-        let key = Key::new(endpoint, check, subject);
+        let key = self.key(endpoint, check, subject);
         self.latest
             .get(&key)
             .and_then(|id| self.tickets.get(id))
@@ -222,6 +228,36 @@ impl Engine {
     /// now on, measurements for grouping printer and DNS faults.
     pub fn set_checks(&mut self, checks: HashMap<String, CheckInfo>) {
         self.checks = checks;
+        self.reindex();
+    }
+
+    /// The problem `check` is a rung of: its ladder, or itself.
+    fn problem_of<'a>(&'a self, check: &'a str) -> &'a str {
+        self.checks
+            .get(check)
+            .map(|c| c.problem.as_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or(check)
+    }
+
+    fn key(&self, endpoint: &str, check: &str, subject: &str) -> Key {
+        Key::new(endpoint, self.problem_of(check), subject)
+    }
+
+    fn key_of(&self, t: &Ticket) -> Key {
+        self.key(&t.endpoint, &t.check_id, &t.subject)
+    }
+
+    /// Rebuilds the newest-ticket index: a change of checks can change
+    /// which tickets are rungs of one problem.
+    fn reindex(&mut self) {
+        let latest: HashMap<Key, u64> = self
+            .tickets
+            .values()
+            .map(|t| (self.key_of(t), t.id))
+            .collect();
+        // `tickets` is ordered by id, so the newest of each key came last.
+        self.latest = latest;
     }
 
     /// Whether the rules group or place endpoints by what their snapshots
@@ -259,7 +295,7 @@ impl Engine {
         let id = self.next_ticket;
         let key = Key::new(endpoint, "manual", &format!("#{id}"));
         let event = FaultEvent {
-            check_id: key.check.clone(),
+            check_id: "manual".to_owned(),
             subject: key.subject.clone(),
             state: FaultState::Raised,
             severity,
@@ -295,7 +331,7 @@ impl Engine {
 
     /// Applies one fault event from `endpoint`.
     pub fn on_fault(&mut self, endpoint: &str, e: &FaultEvent, now_ms: i64) -> Vec<Entry> {
-        let key = Key::new(endpoint, &e.check_id, &e.subject);
+        let key = self.key(endpoint, &e.check_id, &e.subject);
         match e.state {
             FaultState::Raised => self.raised(key, e, now_ms),
             FaultState::Cleared => self.cleared(&key, e, now_ms),
@@ -308,12 +344,21 @@ impl Engine {
         let reopen_ms = self.rules.reopen_window.as_millis() as i64;
         match existing.and_then(|id| self.tickets.get_mut(&id)) {
             Some(t) if t.status.is_open() => {
+                if t.rungs.is_empty() && t.cleared_ms.is_none() {
+                    // A ticket from before rungs were kept: its check is raised.
+                    t.rungs.insert(t.check_id.clone(), t.severity);
+                }
                 t.raise_count += 1;
                 t.last_raised_ms = now;
                 t.cleared_ms = None;
                 t.value = e.value;
                 t.evidence = e.evidence.clone();
-                out.push(entry(t.id, now, SYSTEM, Kind::FaultRaised, &e.evidence));
+                t.rungs.insert(e.check_id.clone(), e.severity);
+                let id = t.id;
+                out.push(entry(id, now, SYSTEM, Kind::FaultRaised, &e.evidence));
+                if let Some(change) = self.climb(id, &e.check_id, now) {
+                    out.push(change);
+                }
             }
             Some(t) if t.resolved_ms.is_some_and(|r| now - r <= reopen_ms) => {
                 t.raise_count += 1;
@@ -323,13 +368,19 @@ impl Engine {
                 t.status = reopened_status(t);
                 t.value = e.value;
                 t.evidence = e.evidence.clone();
+                t.rungs.clear();
+                t.rungs.insert(e.check_id.clone(), e.severity);
+                let id = t.id;
                 out.push(entry(
-                    t.id,
+                    id,
                     now,
                     SYSTEM,
                     Kind::Reopened,
                     &format!("the fault returned: {}", e.evidence),
                 ));
+                if let Some(change) = self.climb(id, &e.check_id, now) {
+                    out.push(change);
+                }
             }
             _ => {
                 let member = self.membership(&key.endpoint);
@@ -342,7 +393,7 @@ impl Engine {
                         kind: Kind::Suppressed,
                         text: format!(
                             "{} {} on {}: no ticket during maintenance ({})",
-                            key.check,
+                            e.check_id,
                             key.subject,
                             key.endpoint,
                             if m.reason.is_empty() {
@@ -372,18 +423,18 @@ impl Engine {
         let sla = self.rules.sla.of(priority);
         let title = self
             .checks
-            .get(&key.check)
+            .get(&e.check_id)
             .map(|c| &c.title)
             .filter(|t| !t.is_empty())
             .cloned()
-            .unwrap_or_else(|| key.check.replace('_', " "));
+            .unwrap_or_else(|| e.check_id.replace('_', " "));
         self.tickets.insert(
             id,
             Ticket {
                 id,
                 title,
                 endpoint: key.endpoint.clone(),
-                check_id: key.check.clone(),
+                check_id: e.check_id.clone(),
                 subject: key.subject.clone(),
                 severity: e.severity,
                 priority,
@@ -405,6 +456,7 @@ impl Engine {
                 response_breached: false,
                 resolve_breached: false,
                 raises: VecDeque::new(),
+                rungs: BTreeMap::from([(e.check_id.clone(), e.severity)]),
             },
         );
         self.latest.insert(key.clone(), id);
@@ -446,9 +498,72 @@ impl Engine {
         else {
             return Vec::new();
         };
+        t.rungs.remove(&e.check_id);
+        if !t.rungs.is_empty() {
+            // A lower rung still stands: the problem is not over, it eases.
+            let id = t.id;
+            return self.climb(id, &e.check_id, now).into_iter().collect();
+        }
         t.cleared_ms = Some(now);
         t.value = e.value;
         vec![entry(t.id, now, SYSTEM, Kind::FaultCleared, &e.evidence)]
+    }
+
+    /// After `check` changed on ticket `id`: the ticket takes the severity,
+    /// priority, check and title of its highest rung still raised, and says
+    /// so when that changed.
+    fn climb(&mut self, id: u64, check: &str, now: i64) -> Option<Entry> {
+        let member = {
+            let t = self.tickets.get(&id)?;
+            self.membership(&t.endpoint)
+        };
+        let criticality = self.rules.criticality_of(&member);
+        let (top, severity) = {
+            let t = self.tickets.get(&id)?;
+            t.rungs
+                .iter()
+                .max_by_key(|(_, s)| **s)
+                .map(|(c, s)| (c.clone(), *s))?
+        };
+        let title = self
+            .checks
+            .get(&top)
+            .map(|c| c.title.clone())
+            .filter(|t| !t.is_empty());
+        let t = self.tickets.get_mut(&id)?;
+        if severity == t.severity {
+            return None;
+        }
+        let priority = Priority::of(severity, criticality);
+        let what = if severity > t.severity {
+            format!("{check} raised")
+        } else {
+            format!("{check} cleared, {top} still raised")
+        };
+        let text = format!(
+            "{what}: severity {} → {}, priority {} → {}",
+            t.severity.as_str(),
+            severity.as_str(),
+            t.priority.as_str().to_uppercase(),
+            priority.as_str().to_uppercase()
+        );
+        if priority < t.priority {
+            // More urgent: the deadlines of the new priority, from the start.
+            let sla = self.rules.sla.of(priority);
+            t.response_due_ms = t
+                .response_due_ms
+                .min(t.opened_ms + sla.response.as_millis() as i64);
+            t.resolve_due_ms = t
+                .resolve_due_ms
+                .min(t.opened_ms + sla.resolve.as_millis() as i64);
+        }
+        t.severity = severity;
+        t.priority = priority;
+        t.check_id = top;
+        if let Some(title) = title {
+            t.title = title;
+        }
+        Some(entry(id, now, SYSTEM, Kind::SeverityChanged, &text))
     }
 
     /// Time passing: auto-resolve after the quiet period, SLA escalation,

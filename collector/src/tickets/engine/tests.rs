@@ -627,3 +627,72 @@ fn a_ticket_s_life_as_a_table() {
         assert_eq!(got, expected, "{name}");
     }
 }
+
+#[test]
+fn rungs_of_one_ladder_on_one_subject_are_one_ticket_whose_severity_follows_the_highest() {
+    use Kind::*;
+    let mut e = Engine::new(rules());
+    e.set_checks(HashMap::from([
+        (
+            "gateway_lossy".to_owned(),
+            CheckInfo::new("Gateway losing packets", "gateway.loss_percent")
+                .rung_of("gateway.loss_percent"),
+        ),
+        (
+            "gateway_unreachable".to_owned(),
+            CheckInfo::new("Gateway unreachable", "gateway.loss_percent")
+                .rung_of("gateway.loss_percent"),
+        ),
+    ]));
+    let f = |check: &str, state, severity| fault(check, state, severity);
+    let step = |e: &mut Engine, check: &str, state, severity, at| {
+        kinds(&e.on_fault("ws-1", &f(check, state, severity), at))
+    };
+    use FaultState::{Cleared, Raised};
+    use Severity::{Critical, Warning};
+    assert_eq!(
+        step(&mut e, "gateway_lossy", Raised, Warning, 0),
+        vec![Opened]
+    );
+    let p3 = e.ticket(1).unwrap().priority;
+    // The higher rung: the same ticket, more severe and more urgent.
+    assert_eq!(
+        step(&mut e, "gateway_unreachable", Raised, Critical, MIN),
+        vec![FaultRaised, SeverityChanged]
+    );
+    let t = e.ticket(1).unwrap();
+    assert_eq!(
+        (t.severity, t.check_id.as_str()),
+        (Critical, "gateway_unreachable")
+    );
+    assert_eq!(t.title, "Gateway unreachable");
+    assert!(
+        t.priority < p3,
+        "{:?} is more urgent than {p3:?}",
+        t.priority
+    );
+    // The higher clears, the lower stands: it eases, it is not over.
+    assert_eq!(
+        step(&mut e, "gateway_unreachable", Cleared, Critical, 2 * MIN),
+        vec![SeverityChanged]
+    );
+    let t = e.ticket(1).unwrap();
+    assert_eq!((t.severity, t.priority, t.cleared_ms), (Warning, p3, None));
+    assert!(
+        e.tick(30 * MIN).is_empty(),
+        "not resolved while a rung stands"
+    );
+    // The last rung clears: then the quiet period, then resolved.
+    assert_eq!(
+        step(&mut e, "gateway_lossy", Cleared, Warning, 31 * MIN),
+        vec![FaultCleared]
+    );
+    assert_eq!(kinds(&e.tick(42 * MIN)), vec![AutoResolved]);
+    assert_eq!(e.tickets().count(), 1);
+    // Another subject, or a check of another problem, is a ticket of its own.
+    let mut other = f("gateway_lossy", Raised, Warning);
+    other.subject = "10.0.0.2".into();
+    assert_eq!(kinds(&e.on_fault("ws-1", &other, 43 * MIN)), vec![Opened]);
+    assert_eq!(kinds(&raise(&mut e, "ws-1", 43 * MIN)), vec![Opened]);
+    assert_eq!(e.tickets().count(), 3);
+}
