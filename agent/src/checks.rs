@@ -257,15 +257,37 @@ fn printer_measures(p: &PrinterInfo, out: &mut Vec<Measure>) {
         p.oldest_job_age_secs.map_or(0.0, |s| s as f64 / 60.0),
     );
     // A waste container's level rises as it fills: it is not a supply
-    // running out.
-    if let Some(lowest) = p
+    // running out (where the printer does not say, its name tells).
+    let consumed = |s: &&vitals_proto::domain::Supply| {
+        s.kind != vitals_proto::domain::SupplyKind::Waste
+            && !s.name.to_ascii_lowercase().contains("waste")
+    };
+    if let Some((supply, lowest)) = p
         .supplies
         .iter()
-        .filter(|s| s.kind != vitals_proto::domain::SupplyKind::Waste)
-        .filter_map(|s| s.percent)
-        .min_by(f32::total_cmp)
+        .filter(consumed)
+        .filter_map(|s| s.percent.map(|l| (s, l)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
     {
-        push("printer.lowest_supply_percent", f64::from(lowest));
+        // The cartridge to order, where, and who says so.
+        let by = if p.source == "snmp" || p.address.starts_with("ipp") {
+            "the printer"
+        } else {
+            "the print queue"
+        };
+        let mut x = m(
+            "printer.lowest_supply_percent",
+            p.name.clone(),
+            f64::from(lowest),
+        );
+        x.detail = format!(
+            "{} on {} ({}) at {} %, reported by {by}; {detail}",
+            supply.name,
+            p.name,
+            p.address,
+            number(f64::from(lowest))
+        );
+        out.push(x);
     }
 }
 

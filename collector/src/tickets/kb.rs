@@ -75,6 +75,14 @@ const SHIPPED: &[(&str, &str)] = &[
         include_str!("../../kb/printer_stopped.md"),
     ),
     (
+        "printer_supply_empty",
+        include_str!("../../kb/printer_supply_empty.md"),
+    ),
+    (
+        "printer_supply_low",
+        include_str!("../../kb/printer_supply_low.md"),
+    ),
+    (
         "printer_toner_empty",
         include_str!("../../kb/printer_toner_empty.md"),
     ),

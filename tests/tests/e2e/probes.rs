@@ -276,6 +276,56 @@ async fn snmp_printer_jam_and_empty_toner_raise_and_clear() {
         FaultState::Cleared,
     )
     .await;
+
+    // 3 % of toner left and every error bit clear, as many printers report
+    // it: the level alone is one low-supply ticket naming the cartridge.
+    let at = vitals_proto::now_ms();
+    snmpd.set(&printer_mib(3, "00 00", 375));
+    // (The empty toner above took the low-supply rung too: a new raise.)
+    let low = eventually(SLOW, "printer_supply_low raised at 3 %", || async {
+        faults_of(&viewer, id).await?.into_iter().find(|f| {
+            f.event.check_id == "printer_supply_low"
+                && f.event.state == FaultState::Raised
+                && f.event.at_ms >= at
+        })
+    })
+    .await;
+    assert!(
+        low.event
+            .evidence
+            .contains("Black Toner Cartridge on Dispatch HP")
+            && low
+                .event
+                .evidence
+                .contains("at 3 %, reported by the printer"),
+        "{:?}",
+        low.event
+    );
+    let tickets = eventually(WAIT, "one low-supply ticket", || async {
+        let mut c = Client::connect(&viewer).await.ok()?;
+        let t = c
+            .tickets(vitals_collector::ctl::TicketQuery {
+                endpoint: id.into(),
+                check: "printer_supply_low".into(),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .ok()?;
+        (!t.is_empty()).then_some(t)
+    })
+    .await;
+    assert_eq!(tickets.len(), 1, "{tickets:?}");
+    let fixed_at = vitals_proto::now_ms();
+    snmpd.set(&printer_mib(3, "00 00", 12_500));
+    eventually(SLOW, "printer_supply_low cleared", || async {
+        faults_of(&viewer, id).await?.into_iter().find(|f| {
+            f.event.check_id == "printer_supply_low"
+                && f.event.state == FaultState::Cleared
+                && f.event.at_ms >= fixed_at
+        })
+    })
+    .await;
     agent.stop().await;
     collector.stop().await;
 }
@@ -578,7 +628,13 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
         "[tickets]\nquiet_period = \"1s\"\n\
          [[check]]\nid = \"printer_toner_empty\"\ntitle = \"Printer toner or ink empty\"\n\
          measurement = \"printer.toner_empty\"\ndirection = \"above\"\nraise = 1.0\nclear = 0.5\n\
-         severity = \"warning\"\n\
+         severity = \"warning\"\nladder = \"printer_toner\"\n\
+         [[check]]\nid = \"printer_supply_low\"\ntitle = \"Printer supply running low\"\n\
+         measurement = \"printer.lowest_supply_percent\"\ndirection = \"below\"\nraise = 10.0\n\
+         clear = 15.0\nseverity = \"info\"\nladder = \"printer_toner\"\n\
+         [[check]]\nid = \"printer_supply_empty\"\ntitle = \"Printer supply empty\"\n\
+         measurement = \"printer.lowest_supply_percent\"\ndirection = \"below\"\nraise = 0.0\n\
+         clear = 5.0\nseverity = \"warning\"\nladder = \"printer_toner\"\n\
          [[check]]\nid = \"printer_out_of_paper\"\ntitle = \"Printer out of paper\"\n\
          measurement = \"printer.media_empty\"\ndirection = \"above\"\nraise = 1.0\nclear = 0.5\n\
          severity = \"warning\"\n",
@@ -613,24 +669,37 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
     );
     assert!(queue.error.is_empty(), "{}", queue.error);
 
-    let tickets = |check: &'static str| {
+    // Every ticket of the endpoint that a check of `ladder` raised: the
+    // toner's rungs (bit empty, level low, level empty) are one ticket.
+    let tickets = |checks: &'static [&'static str]| {
         let viewer = viewer.clone();
         async move {
             let mut c = Client::connect(&viewer).await.ok()?;
-            c.tickets(vitals_collector::ctl::TicketQuery {
-                endpoint: id.into(),
-                check: check.into(),
-                limit: 10,
-                ..Default::default()
-            })
-            .await
-            .ok()
+            let all = c
+                .tickets(vitals_collector::ctl::TicketQuery {
+                    endpoint: id.into(),
+                    limit: 50,
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            Some(
+                all.into_iter()
+                    .filter(|t| checks.contains(&t.check_id.as_str()))
+                    .collect::<Vec<_>>(),
+            )
         }
     };
+    const TONER: &[&str] = &[
+        "printer_toner_empty",
+        "printer_supply_low",
+        "printer_supply_empty",
+    ];
+    const PAPER: &[&str] = &["printer_out_of_paper"];
 
-    for (check, reason, out, back) in [
-        ("printer_toner_empty", "toner-empty", 0u16, 100u16),
-        ("printer_out_of_paper", "media-empty", 0, 250),
+    for (check, ladder, reason, out, back) in [
+        ("printer_toner_empty", TONER, "toner-empty", 0u16, 100u16),
+        ("printer_out_of_paper", PAPER, "media-empty", 0, 250),
     ] {
         let set = |level: u16| {
             if check == "printer_toner_empty" {
@@ -649,15 +718,18 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
         );
         assert!(raised.event.evidence.contains(reason), "{:?}", raised.event);
         let open = eventually(WAIT, "one ticket", || async {
-            tickets(check).await.filter(|t| !t.is_empty())
+            tickets(ladder).await.filter(|t| !t.is_empty())
         })
         .await;
-        assert_eq!(open.len(), 1, "{open:?}");
+        // Give the other rungs a probe interval to open a second one.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let open = tickets(ladder).await.unwrap_or(open);
+        assert_eq!(open.len(), 1, "one ticket for the problem: {open:?}");
         let fixed_at = vitals_proto::now_ms();
         set(back);
         wait_fault(&viewer, id, check, "Frontdesk", FaultState::Cleared).await;
         let resolved = eventually(SLOW, "the ticket auto-resolved", || async {
-            let t = tickets(check).await?;
+            let t = tickets(ladder).await?;
             (t.len() == 1 && !t[0].status.is_open()).then_some(t)
         })
         .await;
@@ -666,10 +738,65 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
             resolved[0].resolved_ms.unwrap_or_default() - fixed_at
         );
     }
+    // A cartridge at 5 %: one low-supply ticket that names it.
+    let at = vitals_proto::now_ms();
+    cups.set_toner(5);
+    // (The 0 % drill above raised this check too: wait for a new raise.)
+    let low = eventually(SLOW, "printer_supply_low raised at 5 %", || async {
+        faults_of(&viewer, id).await?.into_iter().find(|f| {
+            f.event.check_id == "printer_supply_low"
+                && f.event.state == FaultState::Raised
+                && f.event.at_ms >= at
+        })
+    })
+    .await;
+    eprintln!(
+        "printer_supply_low with no job: condition to FaultRaised {} ms (printer probe every 1 s)",
+        low.event.at_ms - at
+    );
+    assert!(
+        low.event
+            .evidence
+            .contains("Black Toner on Frontdesk (ipp://")
+            && low
+                .event
+                .evidence
+                .contains("at 5 %, reported by the printer"),
+        "{:?}",
+        low.event
+    );
+    let lows = eventually(WAIT, "the low-supply ticket", || async {
+        tickets(&["printer_supply_low"])
+            .await
+            .filter(|t| t.iter().any(|t| t.status.is_open()))
+    })
+    .await;
+    assert_eq!(
+        lows.iter().filter(|t| t.status.is_open()).count(),
+        1,
+        "{lows:?}"
+    );
+    let fixed_at = vitals_proto::now_ms();
+    cups.set_toner(100);
+    eventually(SLOW, "printer_supply_low cleared", || async {
+        faults_of(&viewer, id).await?.into_iter().find(|f| {
+            f.event.check_id == "printer_supply_low"
+                && f.event.state == FaultState::Cleared
+                && f.event.at_ms >= fixed_at
+        })
+    })
+    .await;
+
+    // Each drill raised and cleared its checks once: the toner at 0 % and
+    // at 5 % each took the low-supply rung.
     let all = faults_of(&viewer, id).await.expect("faults");
-    for check in ["printer_toner_empty", "printer_out_of_paper"] {
+    for (check, times) in [
+        ("printer_toner_empty", 2),
+        ("printer_out_of_paper", 2),
+        ("printer_supply_low", 4),
+    ] {
         let n = all.iter().filter(|f| f.event.check_id == check).count();
-        assert_eq!(n, 2, "{check} raised once and cleared once: {all:?}");
+        assert_eq!(n, times, "{check}: {all:?}");
     }
     // No job was ever sent to the queue.
     let s = latest(&viewer, id).await.expect("snapshot");

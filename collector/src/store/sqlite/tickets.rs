@@ -96,6 +96,7 @@ impl TicketStore for SqliteStore {
                                           assignee, incident, opened_ms, updated_ms, body)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                        check_id = excluded.check_id,
                         priority = excluded.priority, assignee = excluded.assignee,
                         incident = excluded.incident, updated_ms = excluded.updated_ms,
                         body = excluded.body",

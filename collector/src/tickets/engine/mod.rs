@@ -342,12 +342,16 @@ impl Engine {
         let mut out = Vec::new();
         let existing = self.latest.get(&key).copied();
         let reopen_ms = self.rules.reopen_window.as_millis() as i64;
+        // A raise counts as a flap cycle only when the problem was clear:
+        // another rung of a problem already raised is not a new cycle.
+        let mut cycle = true;
         match existing.and_then(|id| self.tickets.get_mut(&id)) {
             Some(t) if t.status.is_open() => {
                 if t.rungs.is_empty() && t.cleared_ms.is_none() {
                     // A ticket from before rungs were kept: its check is raised.
                     t.rungs.insert(t.check_id.clone(), t.severity);
                 }
+                cycle = t.cleared_ms.is_some() || t.rungs.is_empty();
                 t.raise_count += 1;
                 t.last_raised_ms = now;
                 t.cleared_ms = None;
@@ -411,7 +415,9 @@ impl Engine {
         let Some(&id) = self.latest.get(&key) else {
             return out;
         };
-        self.flap(id, now, &mut out);
+        if cycle {
+            self.flap(id, now, &mut out);
+        }
         self.storm(id, now, &mut out);
         out
     }
