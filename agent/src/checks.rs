@@ -270,7 +270,7 @@ fn printer_measures(p: &PrinterInfo, out: &mut Vec<Measure>) {
         .min_by(|a, b| a.1.total_cmp(&b.1))
     {
         // The cartridge to order, where, and who says so.
-        let by = if p.source == "snmp" || p.address.starts_with("ipp") {
+        let by = if crate::probes::snmp::is_network(&p.source) || p.address.starts_with("ipp") {
             "the printer"
         } else {
             "the print queue"

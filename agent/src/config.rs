@@ -243,6 +243,44 @@ pub struct NetworkPrinter {
     pub address: String,
     #[serde(default = "default_community")]
     pub community: String,
+    /// How it is read: `snmp` (the default), `ipp` (the printer's own
+    /// Get-Printer-Attributes), or `auto` (IPP first, SNMP if IPP does not
+    /// answer).
+    #[serde(default)]
+    pub protocol: PrinterProtocol,
+    /// The printer's IPP URI; by default `ipp://HOST/ipp/print`.
+    #[serde(default)]
+    pub ipp_uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PrinterProtocol {
+    #[default]
+    Snmp,
+    Ipp,
+    Auto,
+}
+
+impl NetworkPrinter {
+    /// Where the printer answers IPP.
+    pub fn ipp_uri(&self) -> String {
+        self.ipp_uri.clone().unwrap_or_else(|| {
+            let host = self
+                .address
+                .rsplit_once(':')
+                .map_or(self.address.as_str(), |(h, p)| {
+                    // HOST:PORT is SNMP's port; a bare IPv6 address keeps its colons.
+                    let port = p.chars().all(|c| c.is_ascii_digit());
+                    if port && (!h.contains(':') || h.ends_with(']')) {
+                        h
+                    } else {
+                        &self.address
+                    }
+                });
+            format!("ipp://{host}/ipp/print")
+        })
+    }
 }
 
 fn default_community() -> String {
@@ -527,6 +565,37 @@ key = "pki/agent.key"
         let err = AgentConfig::load(&path).unwrap_err().to_string();
         assert!(
             err.contains("agent.toml:10: unknown field \"intrval\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn network_printers_name_their_protocol_and_ipp_address() {
+        let text = format!(
+            "{GOOD}\n[[printers.network]]\nname = \"A\"\naddress = \"10.0.0.9:161\"\nprotocol = \"auto\"\n\
+             [[printers.network]]\nname = \"B\"\naddress = \"[fe80::1]:161\"\n\
+             [[printers.network]]\nname = \"C\"\naddress = \"p.local\"\nprotocol = \"ipp\"\n\
+             ipp_uri = \"ipps://p.local:443/ipp/print\"\n"
+        );
+        let c = AgentConfig::load(&write("protocols", &text)).unwrap();
+        let n = &c.printers.network;
+        assert_eq!(
+            (n[0].protocol, n[0].ipp_uri().as_str()),
+            (PrinterProtocol::Auto, "ipp://10.0.0.9/ipp/print")
+        );
+        assert_eq!(
+            (n[1].protocol, n[1].ipp_uri().as_str()),
+            (PrinterProtocol::Snmp, "ipp://[fe80::1]/ipp/print")
+        );
+        assert_eq!(n[2].ipp_uri(), "ipps://p.local:443/ipp/print");
+        let bad = format!(
+            "{GOOD}\n[[printers.network]]\nname = \"D\"\naddress = \"x\"\nprotocol = \"fax\"\n"
+        );
+        let err = AgentConfig::load(&write("bad-protocol", &bad))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown variant") && err.contains("fax"),
             "{err}"
         );
     }

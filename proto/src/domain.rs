@@ -279,7 +279,7 @@ pub struct UserSession {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PrinterInfo {
     pub name: String,
-    /// "cups", "spooler" or "snmp".
+    /// "cups", "spooler", or "snmp" or "ipp" for a network printer.
     pub source: String,
     /// Device URI or network address.
     pub address: String,

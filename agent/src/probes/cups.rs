@@ -140,11 +140,14 @@ fn is_ipp_device(uri: &str) -> bool {
 /// What a printer says of itself over IPP.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeviceStatus {
+    /// "idle", "processing" or "stopped"; `None` if it did not say.
+    pub state: Option<&'static str>,
     pub reasons: Vec<String>,
     pub supplies: Vec<Supply>,
 }
 
-async fn ask_device(uri: &str) -> Result<DeviceStatus, String> {
+/// Asks a printer for its own state over IPP, within [`DEVICE_TIMEOUT`].
+pub async fn ask_device(uri: &str) -> Result<DeviceStatus, String> {
     let parsed: Uri = uri.parse().map_err(|e| format!("not a URI: {e}"))?;
     // Printers serve ipps:// with self-signed certificates as a rule. Only
     // the printer's public status is read and nothing is sent that needs
@@ -189,6 +192,14 @@ pub fn parse_device(attrs: &IppAttributes) -> DeviceStatus {
         .into_iter()
         .filter(|r| r != "none")
         .collect();
+    let state = get("printer-state")
+        .and_then(|v| ints(v).first().copied())
+        .and_then(|s| match s {
+            3 => Some("idle"),
+            4 => Some("processing"),
+            5 => Some("stopped"),
+            _ => None,
+        });
     // IPP Everywhere printers describe supplies in `printer-supply`
     // (PWG 5100.13); older ones in the `marker-*` lists.
     let pwg = pwg_supplies(
@@ -206,7 +217,11 @@ pub fn parse_device(attrs: &IppAttributes) -> DeviceStatus {
     } else {
         pwg
     };
-    DeviceStatus { reasons, supplies }
+    DeviceStatus {
+        state,
+        reasons,
+        supplies,
+    }
 }
 
 fn octets(v: &IppValue) -> Vec<String> {

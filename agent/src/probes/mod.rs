@@ -45,7 +45,7 @@ pub enum Section {
     Os(OsHealth),
     /// Local queues; replaces the printers with a local source.
     Queues(Vec<PrinterInfo>),
-    /// Network printers; replaces the printers with source "snmp".
+    /// Network printers; replaces the printers read over SNMP or IPP.
     NetworkPrinters(Vec<PrinterInfo>),
     Network {
         interfaces: Vec<InterfaceInfo>,
@@ -73,11 +73,11 @@ impl Section {
             Section::Smart(r) => s.smart = r,
             Section::Os(o) => s.os = o,
             Section::Queues(q) => {
-                s.printers.retain(|p| p.source == snmp::SOURCE);
+                s.printers.retain(|p| snmp::is_network(&p.source));
                 s.printers.extend(q);
             }
             Section::NetworkPrinters(n) => {
-                s.printers.retain(|p| p.source != snmp::SOURCE);
+                s.printers.retain(|p| !snmp::is_network(&p.source));
                 s.printers.extend(n);
             }
             Section::Network { interfaces, health } => {

@@ -1,7 +1,10 @@
 //! Network printers named in `agent.toml`, read over SNMP v2c: the Host
 //! Resources printer status and error bits, supply levels and the page
-//! counter from the Printer MIB. Requests are bounded in time; a printer
-//! that does not answer is a finding ("unreachable"), never a crash.
+//! counter from the Printer MIB. A printer set to `protocol = "ipp"` is
+//! asked over IPP instead (its own Get-Printer-Attributes, as for a
+//! driverless CUPS queue), and `auto` tries IPP first and falls back to
+//! SNMP. Requests are bounded in time; a printer that does not answer is a
+//! finding ("unreachable"), never a crash.
 
 use std::time::Duration;
 
@@ -12,6 +15,13 @@ use super::{Probe, Reading, Section};
 use crate::config::NetworkPrinter;
 
 pub const SOURCE: &str = "snmp";
+/// The source of a network printer read over IPP.
+pub const IPP_SOURCE: &str = "ipp";
+
+/// Whether a printer came from this probe rather than a local queue.
+pub fn is_network(source: &str) -> bool {
+    source == SOURCE || source == IPP_SOURCE
+}
 
 /// hrPrinterTable: hrPrinterStatus is column 1, hrPrinterDetectedErrorState 2.
 const HR_PRINTER: &[u32] = &[1, 3, 6, 1, 2, 1, 25, 3, 5, 1];
@@ -64,10 +74,7 @@ impl Probe for SnmpProbe {
         let mut set = tokio::task::JoinSet::new();
         for (i, p) in self.printers.iter().cloned().enumerate() {
             let timeout = self.timeout;
-            set.spawn(async move {
-                let read = read_printer(&p, timeout).await;
-                (i, finding(&p, read))
-            });
+            set.spawn(async move { (i, read(&p, timeout).await) });
         }
         let mut out: Vec<(usize, PrinterInfo)> = Vec::new();
         while let Some(Ok(done)) = set.join_next().await {
@@ -77,6 +84,52 @@ impl Probe for SnmpProbe {
         Reading::ok(Section::NetworkPrinters(
             out.into_iter().map(|(_, p)| p).collect(),
         ))
+    }
+}
+
+/// One network printer, by the protocol its settings name.
+async fn read(p: &NetworkPrinter, timeout: Duration) -> PrinterInfo {
+    use crate::config::PrinterProtocol;
+    let over_ipp = || async {
+        let uri = p.ipp_uri();
+        super::cups::ask_device(&uri)
+            .await
+            .map(|d| ipp_finding(p, &uri, d))
+    };
+    match p.protocol {
+        PrinterProtocol::Snmp => finding(p, read_printer(p, timeout).await),
+        PrinterProtocol::Ipp => over_ipp().await.unwrap_or_else(|error| PrinterInfo {
+            name: p.name.clone(),
+            source: IPP_SOURCE.into(),
+            address: p.ipp_uri(),
+            state: "unreachable".into(),
+            error,
+            ..Default::default()
+        }),
+        PrinterProtocol::Auto => match over_ipp().await {
+            Ok(found) => found,
+            Err(why) => {
+                let mut found = finding(p, read_printer(p, timeout).await);
+                if found.state == "unreachable" {
+                    found.error = format!("IPP: {why}; SNMP: {}", found.error);
+                }
+                found
+            }
+        },
+    }
+}
+
+/// A network printer as it describes itself over IPP.
+fn ipp_finding(p: &NetworkPrinter, uri: &str, d: super::cups::DeviceStatus) -> PrinterInfo {
+    PrinterInfo {
+        name: p.name.clone(),
+        source: IPP_SOURCE.into(),
+        address: uri.to_owned(),
+        state: d.state.unwrap_or("unknown").into(),
+        reasons: d.reasons,
+        accepting_jobs: true,
+        supplies: d.supplies,
+        ..Default::default()
     }
 }
 
@@ -300,6 +353,8 @@ mod tests {
             name: "Silent".into(),
             address: sock.local_addr().unwrap().to_string(),
             community: "public".into(),
+            protocol: Default::default(),
+            ipp_uri: None,
         };
         let mut probe = SnmpProbe::new(vec![printer]);
         probe.timeout = Duration::from_millis(200);

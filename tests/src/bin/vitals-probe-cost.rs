@@ -75,6 +75,8 @@ fn main() -> anyhow::Result<()> {
                 name: (*n).into(),
                 address: snmpd.addr.to_string(),
                 community: "public".into(),
+                protocol: Default::default(),
+                ipp_uri: None,
             })
             .collect();
         settings.network.dns = vec!["localhost".into()];

@@ -214,6 +214,8 @@ async fn snmp_printer_jam_and_empty_toner_raise_and_clear() {
         name: "Dispatch HP".into(),
         address: snmpd.addr.to_string(),
         community: "public".into(),
+        protocol: Default::default(),
+        ipp_uri: None,
     }];
     let agent = RunningAgent::start(config);
     let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
@@ -644,6 +646,25 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
     cups.set_toner(100);
     let mut agent_config = fleet.agent_config("ws-device", collector.addr);
     agent_config.printers.cups = cups.url.clone();
+    // The same printer named as a network printer read over IPP, and one
+    // on `auto` that has no IPP (nothing listens there) and no SNMP.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    agent_config.printers.network = vec![
+        NetworkPrinter {
+            name: "Lobby IPP".into(),
+            address: "127.0.0.1".into(),
+            community: "public".into(),
+            protocol: vitals_agent::config::PrinterProtocol::Ipp,
+            ipp_uri: Some(format!("ipp://{}/ipp/print", cups.printer)),
+        },
+        NetworkPrinter {
+            name: "Cellar".into(),
+            address: silent.local_addr().expect("addr").to_string(),
+            community: "public".into(),
+            protocol: vitals_agent::config::PrinterProtocol::Auto,
+            ipp_uri: None,
+        },
+    ];
     let agent = RunningAgent::start(agent_config);
     let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
     let id = "ws-device";
@@ -668,6 +689,28 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
         queue.supplies
     );
     assert!(queue.error.is_empty(), "{}", queue.error);
+    let network = eventually(SLOW, "the network printers read", || async {
+        let s = latest(&viewer, id).await?;
+        let ipp = s
+            .printers
+            .iter()
+            .find(|p| p.name == "Lobby IPP" && !p.supplies.is_empty())?;
+        let cellar = s.printers.iter().find(|p| p.name == "Cellar")?;
+        Some((ipp.clone(), cellar.clone()))
+    })
+    .await;
+    assert_eq!(
+        (network.0.source.as_str(), network.0.state.as_str()),
+        ("ipp", "idle"),
+        "{:?}",
+        network.0
+    );
+    assert_eq!(network.1.state, "unreachable", "{:?}", network.1);
+    assert!(
+        network.1.error.contains("IPP:") && network.1.error.contains("SNMP:"),
+        "auto tried both: {}",
+        network.1.error
+    );
 
     // Every ticket of the endpoint that a check of `ladder` raised: the
     // toner's rungs (bit empty, level low, level empty) are one ticket.
@@ -685,7 +728,7 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
                 .ok()?;
             Some(
                 all.into_iter()
-                    .filter(|t| checks.contains(&t.check_id.as_str()))
+                    .filter(|t| t.subject == "Frontdesk" && checks.contains(&t.check_id.as_str()))
                     .collect::<Vec<_>>(),
             )
         }
@@ -717,6 +760,8 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
             raised.received_at_ms - at
         );
         assert!(raised.event.evidence.contains(reason), "{:?}", raised.event);
+        // The network printer over IPP says the same of itself.
+        wait_fault(&viewer, id, check, "Lobby IPP", FaultState::Raised).await;
         let open = eventually(WAIT, "one ticket", || async {
             tickets(ladder).await.filter(|t| !t.is_empty())
         })
@@ -744,7 +789,8 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
     // (The 0 % drill above raised this check too: wait for a new raise.)
     let low = eventually(SLOW, "printer_supply_low raised at 5 %", || async {
         faults_of(&viewer, id).await?.into_iter().find(|f| {
-            f.event.check_id == "printer_supply_low"
+            f.event.subject == "Frontdesk"
+                && f.event.check_id == "printer_supply_low"
                 && f.event.state == FaultState::Raised
                 && f.event.at_ms >= at
         })
@@ -780,7 +826,8 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
     cups.set_toner(100);
     eventually(SLOW, "printer_supply_low cleared", || async {
         faults_of(&viewer, id).await?.into_iter().find(|f| {
-            f.event.check_id == "printer_supply_low"
+            f.event.subject == "Frontdesk"
+                && f.event.check_id == "printer_supply_low"
                 && f.event.state == FaultState::Cleared
                 && f.event.at_ms >= fixed_at
         })
@@ -795,7 +842,10 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
         ("printer_out_of_paper", 2),
         ("printer_supply_low", 4),
     ] {
-        let n = all.iter().filter(|f| f.event.check_id == check).count();
+        let n = all
+            .iter()
+            .filter(|f| f.event.check_id == check && f.event.subject == "Frontdesk")
+            .count();
         assert_eq!(n, times, "{check}: {all:?}");
     }
     // No job was ever sent to the queue.
