@@ -300,6 +300,17 @@ impl Policy {
                 file: file.to_owned(),
                 message,
             })?;
+        let known = |id: &str| {
+            self.checks.iter().any(|c| c.id == id) || BUILTIN_CHECKS.iter().any(|(b, _)| *b == id)
+        };
+        for (i, d) in self.tickets.depends.iter().flatten().enumerate() {
+            if let Some(id) = d.cause.iter().chain(&d.symptoms).find(|id| !known(id)) {
+                return Err(PolicyError::Tickets {
+                    file: file.to_owned(),
+                    message: format!("tickets.depends #{}: unknown check \"{id}\"", i + 1),
+                });
+            }
+        }
         let invalid = |check: &str, message: String| PolicyError::Invalid {
             file: file.to_owned(),
             check: check.to_owned(),
@@ -494,6 +505,28 @@ mod tests {
             err("[[tickets.storm]]\nby = \"dns_server\"\nendpoints = 3\nprefix = 24\n")
                 .contains("prefix is for subnet storms")
         );
+        assert!(
+            err(
+                "[[tickets.depends]]\ncause = [\"endpoint_offline\"]\nsymptoms = [\"dns_faling\"]\n"
+            )
+            .contains("policy.toml: tickets.depends #1: unknown check \"dns_faling\"")
+        );
+        assert!(
+            err("[[tickets.depends]]\ncause = [\"a\"]\nsymptoms = [\"a\"]\n")
+                .contains("tickets.depends #1: \"a\" cannot be its own symptom")
+        );
+        assert!(
+            err("[[tickets.depends]]\ncause = [\"a\"]\nsymptom = [\"b\"]\n")
+                .contains("policy.toml:3: unknown field \"symptom\"")
+        );
+        // Without the table, the shipped rule applies; the default policy's
+        // checks are the ones it names.
+        let shipped = Policy::default_policy();
+        assert!(shipped.tickets.depends.is_none());
+        let rules = shipped.tickets.dependencies();
+        for id in rules.iter().flat_map(|d| d.cause.iter().chain(&d.symptoms)) {
+            assert!(shipped.checks.iter().any(|c| &c.id == id), "{id}");
+        }
     }
 
     #[test]

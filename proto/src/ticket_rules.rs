@@ -52,6 +52,43 @@ pub struct TicketRules {
     /// Tickets for endpoints that stopped reporting.
     #[serde(default)]
     pub offline: OfflineRule,
+    /// `[[tickets.depends]]`: faults that follow from another on the same
+    /// desk. Absent: the shipped rules ([`Dependency::shipped`]).
+    #[serde(default, rename = "depends", skip_serializing_if = "Option::is_none")]
+    pub depends: Option<Vec<Dependency>>,
+}
+
+/// On one desk, while a `cause` is raised, a raised `symptom` is linked to
+/// the cause's ticket instead of opening its own; a symptom's ticket opened
+/// up to `window` before the cause is folded under it too. When the cause
+/// clears, the symptoms still raised stand on their own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dependency {
+    pub cause: Vec<String>,
+    pub symptoms: Vec<String>,
+    #[serde(default = "depends_window", with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Dependency {
+    /// With the gateway unreachable or the link down, a desk's DNS and key
+    /// services fail too: they are symptoms, not problems of their own.
+    pub fn shipped() -> Vec<Dependency> {
+        vec![Dependency {
+            cause: vec!["gateway_unreachable".into(), "link_down".into()],
+            symptoms: vec![
+                "dns_failing".into(),
+                "dns_slow".into(),
+                "service_unreachable".into(),
+            ],
+            window: depends_window(),
+        }]
+    }
+}
+
+fn depends_window() -> Duration {
+    Duration::from_secs(5 * 60)
 }
 
 /// `[tickets.offline]`: an endpoint with no session for `after` raises
@@ -105,6 +142,7 @@ impl Default for TicketRules {
             sla: SlaTable::default(),
             maintenance: Vec::new(),
             offline: OfflineRule::default(),
+            depends: None,
         }
     }
 }
@@ -387,6 +425,14 @@ fn scope(endpoints: &str, site: &str, tag: &str) -> String {
 }
 
 impl TicketRules {
+    /// The dependency rules in force: the policy's, or the shipped ones.
+    pub fn dependencies(&self) -> std::borrow::Cow<'_, [Dependency]> {
+        match &self.depends {
+            Some(d) => std::borrow::Cow::Borrowed(d),
+            None => std::borrow::Cow::Owned(Dependency::shipped()),
+        }
+    }
+
     /// The sites and tags holding `endpoint` (with these addresses).
     pub fn membership(&self, endpoint: &str, addresses: &[IpAddr]) -> Membership {
         let names = |groups: &[EndpointGroup]| {
@@ -429,6 +475,18 @@ impl TicketRules {
 
     /// What serde cannot check; the message names the field.
     pub fn validate(&self) -> Result<(), String> {
+        for (i, d) in self.depends.iter().flatten().enumerate() {
+            let at = format!("tickets.depends #{}", i + 1);
+            if d.cause.is_empty() || d.symptoms.is_empty() {
+                return Err(format!("{at}: needs at least one cause and one symptom"));
+            }
+            if let Some(both) = d.cause.iter().find(|c| d.symptoms.contains(c)) {
+                return Err(format!("{at}: \"{both}\" cannot be its own symptom"));
+            }
+            if d.window.is_zero() {
+                return Err(format!("{at}: window must be above 0"));
+            }
+        }
         if self.flap_cycles < 2 {
             return Err("tickets.flap_cycles must be at least 2".into());
         }

@@ -121,6 +121,9 @@ pub enum Kind {
     /// A higher rung of the problem raised, or the highest cleared while a
     /// lower one stands: severity and priority moved.
     SeverityChanged,
+    /// A fault on the same desk linked to this ticket as a symptom of its
+    /// cause (or one that stopped being a symptom).
+    Symptom,
 }
 
 crate::text_enum!(Kind {
@@ -140,6 +143,7 @@ crate::text_enum!(Kind {
     StatusChanged => "status_changed",
     Resolved => "resolved",
     SeverityChanged => "severity_changed",
+    Symptom => "symptom",
 });
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,7 +24,7 @@
 //! - a maintenance window suppresses new tickets for the endpoints it
 //!   covers, and says so.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -33,6 +33,7 @@ use vitals_proto::ticket_rules::{Membership, Priority, TicketRules};
 use vitals_proto::tickets::{Entry, Incident, Kind, Status, Ticket};
 
 mod storm;
+mod symptoms;
 #[cfg(test)]
 mod tests;
 
@@ -79,6 +80,14 @@ pub struct Engine {
     checks: HashMap<String, CheckInfo>,
     /// What the collector knows of each endpoint from its snapshots.
     facts: HashMap<String, Facts>,
+    /// Every ticket of each endpoint, for the rules that look across a
+    /// desk's tickets (symptoms and their causes).
+    by_endpoint: HashMap<String, BTreeSet<u64>>,
+    /// Faults raised now as symptoms of another ticket, by (endpoint,
+    /// check, subject): they have no ticket of their own.
+    symptoms: HashMap<Key, symptoms::Symptom>,
+    /// The dependency rules in force (the policy's, or the shipped ones).
+    depends: Vec<vitals_proto::ticket_rules::Dependency>,
 }
 
 /// What the engine knows of a check from the policy.
@@ -126,6 +135,7 @@ pub struct Facts {
 impl Engine {
     pub fn new(rules: TicketRules) -> Self {
         Engine {
+            depends: rules.dependencies().into_owned(),
             rules,
             next_ticket: 1,
             next_incident: 1,
@@ -201,6 +211,9 @@ impl Engine {
                 if self.latest.get(&key) == Some(&id) {
                     self.latest.remove(&key);
                 }
+                if let Some(ids) = self.by_endpoint.get_mut(&t.endpoint) {
+                    ids.remove(&id);
+                }
             }
         }
         self.incidents.retain(|_, i| i.resolved_ms.is_none());
@@ -221,6 +234,7 @@ impl Engine {
     }
 
     pub fn set_rules(&mut self, rules: TicketRules) {
+        self.depends = rules.dependencies().into_owned();
         self.rules = rules;
     }
 
@@ -258,6 +272,13 @@ impl Engine {
             .collect();
         // `tickets` is ordered by id, so the newest of each key came last.
         self.latest = latest;
+        self.by_endpoint.clear();
+        for t in self.tickets.values() {
+            self.by_endpoint
+                .entry(t.endpoint.clone())
+                .or_default()
+                .insert(t.id);
+        }
     }
 
     /// Whether the rules group or place endpoints by what their snapshots
@@ -333,8 +354,30 @@ impl Engine {
     pub fn on_fault(&mut self, endpoint: &str, e: &FaultEvent, now_ms: i64) -> Vec<Entry> {
         let key = self.key(endpoint, &e.check_id, &e.subject);
         match e.state {
-            FaultState::Raised => self.raised(key, e, now_ms),
-            FaultState::Cleared => self.cleared(&key, e, now_ms),
+            FaultState::Raised => {
+                if let Some(linked) = self.as_symptom(endpoint, e, now_ms) {
+                    return linked;
+                }
+                let mut out = self.raised(key.clone(), e, now_ms);
+                if let Some(&id) = self.latest.get(&key) {
+                    out.extend(self.fold_symptoms(id, e, now_ms));
+                }
+                out
+            }
+            FaultState::Cleared => {
+                if let Some(done) = self.symptom_cleared(endpoint, e, now_ms) {
+                    return done;
+                }
+                let mut out = self.cleared(&key, e, now_ms);
+                if let Some(id) = out
+                    .iter()
+                    .find(|x| x.kind == Kind::FaultCleared)
+                    .and_then(|x| x.ticket)
+                {
+                    out.extend(self.release_symptoms(id, now_ms));
+                }
+                out
+            }
         }
     }
 
@@ -466,6 +509,10 @@ impl Engine {
             },
         );
         self.latest.insert(key.clone(), id);
+        self.by_endpoint
+            .entry(key.endpoint.clone())
+            .or_default()
+            .insert(id);
         id
     }
 

@@ -701,3 +701,142 @@ fn rungs_of_one_ladder_on_one_subject_are_one_ticket_whose_severity_follows_the_
     assert_eq!(kinds(&raise(&mut e, "ws-1", 43 * MIN)), vec![Opened]);
     assert_eq!(e.tickets().count(), 3);
 }
+
+/// A fault of `check` on `subject`, raised or cleared.
+fn on(
+    e: &mut Engine,
+    ep: &str,
+    check: &str,
+    subject: &str,
+    state: FaultState,
+    at: i64,
+) -> Vec<Kind> {
+    let mut f = fault(check, state, Severity::Critical);
+    f.subject = subject.into();
+    kinds(&e.on_fault(ep, &f, at))
+}
+
+#[test]
+fn symptoms_follow_their_cause_on_one_desk() {
+    use FaultState::{Cleared, Raised};
+    use Kind::*;
+    // The shipped rule: with the gateway unreachable, DNS and key services
+    // failing on that desk are symptoms.
+    let mut e = Engine::new(rules());
+    let gw = "10.0.0.1";
+    assert_eq!(
+        on(&mut e, "ws-1", "gateway_unreachable", gw, Raised, 0),
+        vec![Opened]
+    );
+    assert_eq!(
+        on(&mut e, "ws-1", "dns_failing", "erp", Raised, MIN),
+        vec![Symptom]
+    );
+    assert_eq!(
+        on(
+            &mut e,
+            "ws-1",
+            "service_unreachable",
+            "erp (10.0.0.9:443)",
+            Raised,
+            MIN
+        ),
+        vec![Symptom]
+    );
+    // Another desk's DNS is its own problem.
+    assert_eq!(
+        on(&mut e, "ws-2", "dns_failing", "erp", Raised, MIN),
+        vec![Opened]
+    );
+    assert_eq!(e.tickets().count(), 2);
+    assert_eq!(
+        e.tickets().filter(|t| t.endpoint == "ws-1").count(),
+        1,
+        "the desk has only its cause's ticket"
+    );
+    // A symptom clearing is said on the cause.
+    assert_eq!(
+        on(&mut e, "ws-1", "dns_failing", "erp", Cleared, 2 * MIN),
+        vec![Symptom]
+    );
+    // The cause clears: the service still down stands on its own.
+    assert_eq!(
+        on(&mut e, "ws-1", "gateway_unreachable", gw, Cleared, 3 * MIN),
+        vec![FaultCleared, Symptom, Opened]
+    );
+    let own = e
+        .tickets()
+        .find(|t| t.check_id == "service_unreachable")
+        .unwrap();
+    assert_eq!(
+        (own.endpoint.as_str(), own.subject.as_str()),
+        ("ws-1", "erp (10.0.0.9:443)")
+    );
+    assert_eq!(e.tickets().count(), 3);
+}
+
+#[test]
+fn a_symptom_that_reported_first_is_folded_under_its_cause() {
+    use FaultState::{Cleared, Raised};
+    use Kind::*;
+    let mut e = Engine::new(rules());
+    // DNS's probe ran first: it has a ticket already.
+    assert_eq!(
+        on(&mut e, "ws-1", "dns_failing", "erp", Raised, 0),
+        vec![Opened]
+    );
+    // A specialist already works this one: it is left alone.
+    assert_eq!(
+        on(&mut e, "ws-1", "dns_failing", "files", Raised, 0),
+        vec![Opened]
+    );
+    e.act(2, "ana", Action::Comment("looking".into()), MIN)
+        .unwrap();
+    // The gateway's probe reports a minute later: the cause.
+    assert_eq!(
+        on(
+            &mut e,
+            "ws-1",
+            "gateway_unreachable",
+            "10.0.0.1",
+            Raised,
+            MIN
+        ),
+        vec![Opened, Symptom, Symptom]
+    );
+    assert_eq!(e.ticket(1).unwrap().status, Status::Resolved);
+    assert!(
+        e.ticket(2).unwrap().status.is_open(),
+        "a worked ticket stays"
+    );
+    // The cause clears while DNS is still failing: its ticket reopens.
+    assert_eq!(
+        on(
+            &mut e,
+            "ws-1",
+            "gateway_unreachable",
+            "10.0.0.1",
+            Cleared,
+            2 * MIN
+        ),
+        vec![FaultCleared, Symptom, Reopened]
+    );
+    assert!(e.ticket(1).unwrap().status.is_open());
+    // Past the window, an older symptom ticket is not folded.
+    let mut late = Engine::new(rules());
+    assert_eq!(
+        on(&mut late, "ws-1", "dns_failing", "erp", Raised, 0),
+        vec![Opened]
+    );
+    assert_eq!(
+        on(
+            &mut late,
+            "ws-1",
+            "gateway_unreachable",
+            "10.0.0.1",
+            Raised,
+            6 * MIN
+        ),
+        vec![Opened]
+    );
+}

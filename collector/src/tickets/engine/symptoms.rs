@@ -1,0 +1,202 @@
+//! Symptoms and their causes on one desk (`[[tickets.depends]]`).
+//!
+//! With the gateway unreachable, a desk's DNS and key services fail too;
+//! a help desk wants the one cause, not three tickets. While a cause is
+//! raised, a symptom that raises is linked to the cause's ticket (a
+//! `symptom` timeline entry) and opens no ticket of its own. Probes run on
+//! their own intervals, so a symptom often reports first: when a cause
+//! raises, the symptom tickets its desk opened within the rule's window,
+//! and that nobody has touched yet, are folded under it (resolved, with
+//! the reason). When the cause clears, the symptoms still raised stand on
+//! their own: their tickets open, or reopen.
+//!
+//! Which symptoms are linked lives in memory, like storm windows: after a
+//! restart a symptom still raised waits for its next raise to be ticketed.
+
+use vitals_proto::domain::{FaultEvent, FaultState};
+use vitals_proto::tickets::{Entry, Kind, Status};
+
+use super::{Engine, Key, SYSTEM, entry};
+
+/// A fault raised now as a symptom of the `cause` ticket.
+#[derive(Debug, Clone)]
+pub(super) struct Symptom {
+    cause: u64,
+    event: FaultEvent,
+}
+
+impl Engine {
+    /// The ticket of a cause of `check` raised now on `endpoint`, if any.
+    fn active_cause(&self, endpoint: &str, check: &str) -> Option<u64> {
+        let ids = self.by_endpoint.get(endpoint)?;
+        self.depends
+            .iter()
+            .filter(|d| d.symptoms.iter().any(|s| s == check))
+            .find_map(|d| {
+                ids.iter().copied().find(|id| {
+                    self.tickets.get(id).is_some_and(|t| {
+                        t.status.is_open()
+                            && t.cleared_ms.is_none()
+                            && (t.rungs.keys().any(|r| d.cause.contains(r))
+                                || d.cause.contains(&t.check_id))
+                    })
+                })
+            })
+    }
+
+    /// A raise of a symptom while its cause stands: linked, no ticket.
+    pub(super) fn as_symptom(
+        &mut self,
+        endpoint: &str,
+        e: &FaultEvent,
+        now: i64,
+    ) -> Option<Vec<Entry>> {
+        let cause = self.active_cause(endpoint, &e.check_id)?;
+        self.symptoms.insert(
+            Key::new(endpoint, &e.check_id, &e.subject),
+            Symptom {
+                cause,
+                event: e.clone(),
+            },
+        );
+        Some(vec![entry(
+            cause,
+            now,
+            SYSTEM,
+            Kind::Symptom,
+            &format!("symptom: {} {}: {}", e.check_id, e.subject, e.evidence),
+        )])
+    }
+
+    /// A linked symptom clears: said on its cause's ticket.
+    pub(super) fn symptom_cleared(
+        &mut self,
+        endpoint: &str,
+        e: &FaultEvent,
+        now: i64,
+    ) -> Option<Vec<Entry>> {
+        let s = self
+            .symptoms
+            .remove(&Key::new(endpoint, &e.check_id, &e.subject))?;
+        Some(vec![entry(
+            s.cause,
+            now,
+            SYSTEM,
+            Kind::Symptom,
+            &format!("symptom cleared: {} {}", e.check_id, e.subject),
+        )])
+    }
+
+    /// After cause `e` raised on ticket `cause`: the desk's recent,
+    /// untouched symptom tickets are folded under it.
+    pub(super) fn fold_symptoms(&mut self, cause: u64, e: &FaultEvent, now: i64) -> Vec<Entry> {
+        let Some(endpoint) = self.tickets.get(&cause).map(|t| t.endpoint.clone()) else {
+            return Vec::new();
+        };
+        let deps: Vec<_> = self
+            .depends
+            .iter()
+            .filter(|d| d.cause.contains(&e.check_id))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for d in &deps {
+            let since = now - d.window.as_millis() as i64;
+            let ids: Vec<u64> = self
+                .by_endpoint
+                .get(&endpoint)
+                .map(|ids| ids.iter().copied().collect())
+                .unwrap_or_default();
+            for id in ids.into_iter().filter(|id| *id != cause) {
+                let Some(t) = self.tickets.get_mut(&id) else {
+                    continue;
+                };
+                let symptom = t.rungs.keys().any(|r| d.symptoms.contains(r))
+                    || (t.rungs.is_empty() && d.symptoms.contains(&t.check_id));
+                if !symptom
+                    || !t.status.is_open()
+                    || t.cleared_ms.is_some()
+                    || t.responded
+                    || t.opened_ms < since
+                {
+                    continue;
+                }
+                t.status = Status::Resolved;
+                t.resolved_ms = Some(now);
+                let rungs: Vec<(String, vitals_proto::domain::Severity)> = if t.rungs.is_empty() {
+                    vec![(t.check_id.clone(), t.severity)]
+                } else {
+                    t.rungs.iter().map(|(c, s)| (c.clone(), *s)).collect()
+                };
+                let (subject, value, evidence) = (t.subject.clone(), t.value, t.evidence.clone());
+                out.push(entry(
+                    id,
+                    now,
+                    SYSTEM,
+                    Kind::Symptom,
+                    &format!(
+                        "a symptom of ticket {cause} ({} {}); resolved here, followed there",
+                        e.check_id, e.subject
+                    ),
+                ));
+                for (check, severity) in rungs {
+                    out.push(entry(
+                        cause,
+                        now,
+                        SYSTEM,
+                        Kind::Symptom,
+                        &format!("symptom: {check} {subject}: {evidence}"),
+                    ));
+                    self.symptoms.insert(
+                        Key::new(&endpoint, &check, &subject),
+                        Symptom {
+                            cause,
+                            event: FaultEvent {
+                                check_id: check,
+                                subject: subject.clone(),
+                                state: FaultState::Raised,
+                                severity,
+                                value,
+                                evidence: evidence.clone(),
+                                at_ms: now,
+                            },
+                        },
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// The cause on ticket `cause` cleared: its symptoms still raised stand
+    /// on their own.
+    pub(super) fn release_symptoms(&mut self, cause: u64, now: i64) -> Vec<Entry> {
+        let freed: Vec<(Key, Symptom)> = {
+            let keys: Vec<Key> = self
+                .symptoms
+                .iter()
+                .filter(|(_, s)| s.cause == cause)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| self.symptoms.remove(&k).map(|s| (k, s)))
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (k, s) in freed {
+            out.push(entry(
+                cause,
+                now,
+                SYSTEM,
+                Kind::Symptom,
+                &format!(
+                    "the cause cleared; {} {} still raised stands on its own",
+                    s.event.check_id, s.event.subject
+                ),
+            ));
+            let key = self.key(&k.endpoint, &s.event.check_id, &s.event.subject);
+            out.extend(self.raised(key, &s.event, now));
+        }
+        out
+    }
+}
