@@ -90,6 +90,10 @@ impl Engine {
     /// After cause `e` raised on ticket `cause`: the desk's recent,
     /// untouched symptom tickets are folded under it.
     pub(super) fn fold_symptoms(&mut self, cause: u64, e: &FaultEvent, now: i64) -> Vec<Entry> {
+        // Most raises are no one's cause: leave before any work.
+        if !self.depends.iter().any(|d| d.cause.contains(&e.check_id)) {
+            return Vec::new();
+        }
         let Some(endpoint) = self.tickets.get(&cause).map(|t| t.endpoint.clone()) else {
             return Vec::new();
         };
