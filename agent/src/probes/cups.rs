@@ -186,20 +186,8 @@ pub fn parse_device(attrs: &IppAttributes) -> DeviceStatus {
         return DeviceStatus::default();
     };
     let get = |n: &str| g.get(n).map(|a| a.value());
-    let reasons = get("printer-state-reasons")
-        .map(strings)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r != "none")
-        .collect();
-    let state = get("printer-state")
-        .and_then(|v| ints(v).first().copied())
-        .and_then(|s| match s {
-            3 => Some("idle"),
-            4 => Some("processing"),
-            5 => Some("stopped"),
-            _ => None,
-        });
+    let reasons = state_reasons(get("printer-state-reasons"));
+    let state = printer_state(get("printer-state"));
     // IPP Everywhere printers describe supplies in `printer-supply`
     // (PWG 5100.13); older ones in the `marker-*` lists.
     let pwg = pwg_supplies(
@@ -356,6 +344,25 @@ fn check_status(r: &IppRequestResponse) -> Result<(), String> {
     }
 }
 
+/// `printer-state` as a word; `None` if absent or not one IPP knows.
+fn printer_state(v: Option<&IppValue>) -> Option<&'static str> {
+    match v.and_then(|v| ints(v).first().copied()) {
+        Some(3) => Some("idle"),
+        Some(4) => Some("processing"),
+        Some(5) => Some("stopped"),
+        _ => None,
+    }
+}
+
+/// `printer-state-reasons` without the placeholder `none`.
+fn state_reasons(v: Option<&IppValue>) -> Vec<String> {
+    v.map(strings)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r != "none")
+        .collect()
+}
+
 fn strings(v: &IppValue) -> Vec<String> {
     match v {
         IppValue::Array(a) => a.iter().map(ToString::to_string).collect(),
@@ -390,18 +397,8 @@ pub fn parse_printers(attrs: &IppAttributes) -> Vec<PrinterInfo> {
         .filter_map(|g| {
             let get = |n: &str| g.get(n).map(|a| a.value());
             let name = get("printer-name")?.to_string();
-            let state = match get("printer-state").and_then(|v| ints(v).first().copied()) {
-                Some(3) => "idle",
-                Some(4) => "processing",
-                Some(5) => "stopped",
-                _ => "unknown",
-            };
-            let reasons = get("printer-state-reasons")
-                .map(strings)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|r| r != "none")
-                .collect();
+            let state = printer_state(get("printer-state")).unwrap_or("unknown");
+            let reasons = state_reasons(get("printer-state-reasons"));
             let supplies = supplies(
                 get("marker-names").map(strings).unwrap_or_default(),
                 get("marker-levels").map(ints).unwrap_or_default(),
