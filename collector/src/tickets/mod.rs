@@ -534,14 +534,14 @@ impl Worker {
             awaiting_evidence = state.awaiting.len(),
             "ticket engine starting"
         );
-        let mut engine = Engine::restore(
+        let engine = Engine::restore(
             policy.tickets.clone(),
+            checks(policy),
             state.tickets,
             state.incidents,
             state.max_ticket,
             state.max_incident,
         );
-        engine.set_checks(checks(policy));
         Ok(Worker {
             store,
             engine,

@@ -207,7 +207,7 @@ async fn the_ticket_engine_resumes_exactly_where_it_stopped() {
     // One step: both events read, one ticket, cursor past both.
     let state = store.ticket_state().await.unwrap();
     assert_eq!(state.cursor, 0);
-    let mut engine = Engine::restore(TicketRules::default(), vec![], vec![], 0, 0);
+    let mut engine = Engine::restore(TicketRules::default(), HashMap::new(), vec![], vec![], 0, 0);
     let events = store.fault_events_after(state.cursor, 100).await.unwrap();
     assert_eq!(events.len(), 2);
     let mut entries = Vec::new();
@@ -288,6 +288,7 @@ async fn the_ticket_engine_resumes_exactly_where_it_stopped() {
     assert_eq!(open.len(), 1);
     let engine = Engine::restore(
         TicketRules::default(),
+        HashMap::new(),
         state.tickets,
         state.incidents,
         state.max_ticket,

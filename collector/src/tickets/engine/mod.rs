@@ -145,14 +145,18 @@ impl Engine {
 
     /// An engine resuming from stored state (see `Store::ticket_state`).
     /// Storm windows start afresh: raises before a restart are not counted.
+    /// `checks` as for [`Engine::set_checks`], given here so the tickets
+    /// are indexed by their problems once.
     pub fn restore(
         rules: TicketRules,
+        checks: HashMap<String, CheckInfo>,
         tickets: Vec<Ticket>,
         incidents: Vec<Incident>,
         max_ticket: u64,
         max_incident: u64,
     ) -> Self {
         let mut e = Engine::new(rules);
+        e.checks = checks;
         for t in tickets {
             e.tickets.insert(t.id, t);
         }
@@ -241,8 +245,15 @@ impl Engine {
     /// Check id to what the policy says of it: titles for the tickets opened from
     /// now on, measurements for grouping printer and DNS faults.
     pub fn set_checks(&mut self, checks: HashMap<String, CheckInfo>) {
+        // Only a change of ladders regroups the tickets.
+        let regroup = checks.len() != self.checks.len()
+            || checks
+                .iter()
+                .any(|(id, c)| self.checks.get(id).map(|o| &o.problem) != Some(&c.problem));
         self.checks = checks;
-        self.reindex();
+        if regroup {
+            self.reindex();
+        }
     }
 
     /// The problem `check` is a rung of: its ladder, or itself.
@@ -566,27 +577,23 @@ impl Engine {
     /// priority, check and title of its highest rung still raised, and says
     /// so when that changed.
     fn climb(&mut self, id: u64, check: &str, now: i64) -> Option<Entry> {
-        let member = {
+        // Most raises leave the severity where it is: decide that first,
+        // before any lookup of the endpoint's criticality.
+        let (top, severity, endpoint) = {
             let t = self.tickets.get(&id)?;
-            self.membership(&t.endpoint)
+            let (top, severity) = t.rungs.iter().max_by_key(|(_, s)| **s)?;
+            if *severity == t.severity {
+                return None;
+            }
+            (top.clone(), *severity, t.endpoint.clone())
         };
-        let criticality = self.rules.criticality_of(&member);
-        let (top, severity) = {
-            let t = self.tickets.get(&id)?;
-            t.rungs
-                .iter()
-                .max_by_key(|(_, s)| **s)
-                .map(|(c, s)| (c.clone(), *s))?
-        };
+        let criticality = self.rules.criticality_of(&self.membership(&endpoint));
         let title = self
             .checks
             .get(&top)
             .map(|c| c.title.clone())
             .filter(|t| !t.is_empty());
         let t = self.tickets.get_mut(&id)?;
-        if severity == t.severity {
-            return None;
-        }
         let priority = Priority::of(severity, criticality);
         let what = if severity > t.severity {
             format!("{check} raised")
