@@ -235,13 +235,7 @@ fn pwg_supplies(values: Vec<String>, names: Vec<String>) -> Vec<Supply> {
                     .map(|(_, value)| value)
             };
             let number = |key: &str| field(key).and_then(|n| n.parse::<i32>().ok());
-            // Negative levels and capacities are "unknown" or "some left".
-            let percent = match (number("level"), number("maxcapacity")) {
-                (Some(l), Some(m)) if l >= 0 && m > 0 => {
-                    Some((l as f32 * 100.0 / m as f32).min(100.0))
-                }
-                _ => None,
-            };
+            let percent = super::level_percent(number("level"), number("maxcapacity"));
             let kind = match field("class") {
                 Some("receptacleThatIsFilled") => SupplyKind::Waste,
                 Some("supplyThatIsConsumed") => SupplyKind::Consumed,

@@ -293,6 +293,16 @@ pub fn system_snapshot(window: Duration) -> Snapshot {
     s
 }
 
+/// A supply's level against its capacity, 0 to 100, as the Printer MIB
+/// and PWG 5100.13 give them; `None` where either is unknown (both use
+/// negative values for "unknown" and "some left").
+pub(crate) fn level_percent(level: Option<i32>, max: Option<i32>) -> Option<f32> {
+    match (level, max) {
+        (Some(l), Some(m)) if l >= 0 && m > 0 => Some((l as f32 * 100.0 / m as f32).min(100.0)),
+        _ => None,
+    }
+}
+
 pub(crate) fn probe_error(probe: ProbeKind, message: impl std::fmt::Display) -> ProbeError {
     ProbeError {
         probe: probe.as_str().to_owned(),

@@ -214,15 +214,7 @@ pub fn parse_printer(name: &str, address: &str, varbinds: &[VarBind]) -> Printer
     let supplies = descriptions
         .into_iter()
         .map(|(idx, name)| {
-            let level = value_at(9, &idx);
-            let max = value_at(8, &idx);
-            // Negative levels and capacities are "unknown" or "some left".
-            let percent = match (level, max) {
-                (Some(l), Some(m)) if l >= 0 && m > 0 => {
-                    Some((l as f32 * 100.0 / m as f32).min(100.0))
-                }
-                _ => None,
-            };
+            let percent = super::level_percent(value_at(9, &idx), value_at(8, &idx));
             // prtMarkerSuppliesClass: 3 is consumed (toner, ink), 4 is a
             // receptacle that fills (waste toner), whose level is the room left.
             let kind = match value_at(4, &idx) {
