@@ -12,14 +12,10 @@ use vitals_proto::wire::{self};
 use vitals_tests::scripted::*;
 use vitals_tests::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refusals_leave_the_collector_serving_others() {
-    let fleet = Fleet::new("refuse");
-    let collector = RunningCollector::start(fleet.collector_config()).await;
-    let good_agent = RunningAgent::start(fleet.agent_config("ws-good", collector.addr));
-    let admin = fleet.specialist_profile("root-admin", Role::Admin, collector.addr);
-    eventually(WAIT, "good agent online", || async {
-        list(&admin)
+/// Waits until the collector lists any endpoint online.
+async fn some_endpoint_online(admin: &vitals_collector::ctl::Profile, what: &str) {
+    eventually(WAIT, what, || async {
+        list(admin)
             .await
             .ok()?
             .iter()
@@ -27,6 +23,15 @@ async fn refusals_leave_the_collector_serving_others() {
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_leave_the_collector_serving_others() {
+    let fleet = Fleet::new("refuse");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let good_agent = RunningAgent::start(fleet.agent_config("ws-good", collector.addr));
+    let admin = fleet.specialist_profile("root-admin", Role::Admin, collector.addr);
+    some_endpoint_online(&admin, "good agent online").await;
 
     // 1. No client certificate at all.
     let no_cert = async {
@@ -155,15 +160,7 @@ async fn garbage_on_the_port_does_not_stall_the_collector() {
     );
     // A real agent still gets in.
     let agent = RunningAgent::start(fleet.agent_config("ws-after-noise", collector.addr));
-    eventually(WAIT, "agent online after garbage", || async {
-        list(&admin)
-            .await
-            .ok()?
-            .iter()
-            .any(|e| e.online)
-            .then_some(())
-    })
-    .await;
+    some_endpoint_online(&admin, "agent online after garbage").await;
     agent.stop().await;
     drop(held);
     collector.stop().await;
