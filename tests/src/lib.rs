@@ -21,6 +21,8 @@ use vitals_collector::pki::{self, Ca, Leaf, PkiPaths};
 use vitals_collector::{Collector, Listeners};
 use vitals_proto::identity::{Identity, Role};
 
+pub use port::Port;
+
 /// A data directory with a fleet CA, removed when dropped.
 pub struct Fleet {
     pub dir: PathBuf,
@@ -201,22 +203,25 @@ impl Drop for Fleet {
 pub struct RunningCollector {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    port: Port,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), vitals_collector::CollectorError>>,
 }
 
 impl RunningCollector {
     pub async fn start(config: CollectorConfig) -> Self {
-        let grpc = TcpListener::bind(config.listen).await.expect("bind grpc");
-        Self::start_on(config, grpc).await
+        let port = Port::at(config.listen);
+        Self::start_on(config, port).await
     }
 
-    /// Starts on an already bound listener (to restart on the same port).
-    pub async fn start_on(config: CollectorConfig, grpc: TcpListener) -> Self {
+    /// Starts on a held port: a fresh one, or the one an earlier
+    /// collector's [`RunningCollector::stop`] handed back.
+    pub async fn start_on(config: CollectorConfig, port: Port) -> Self {
         let metrics = TcpListener::bind(config.metrics.listen)
             .await
             .expect("bind metrics");
-        let addr = grpc.local_addr().expect("addr");
+        let grpc = port.listen();
+        let addr = port.addr();
         let metrics_addr = metrics.local_addr().expect("addr");
         let collector = Collector::open(config).await.expect("collector opens");
         let (stop, stopped) = oneshot::channel();
@@ -232,13 +237,15 @@ impl RunningCollector {
         RunningCollector {
             addr,
             metrics_addr,
+            port,
             stop: Some(stop),
             task,
         }
     }
 
-    /// Shuts down gracefully and waits for it.
-    pub async fn stop(mut self) {
+    /// Shuts down gracefully and waits for it; the port stays held until
+    /// the returned [`Port`] is dropped, so a collector can start on it again.
+    pub async fn stop(mut self) -> Port {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -247,6 +254,7 @@ impl RunningCollector {
             .expect("collector stops within 20s")
             .expect("collector task");
         result.expect("collector ends cleanly");
+        self.port
     }
 
     /// The Prometheus text from /metrics, fetched over plain HTTP/1.1.
@@ -466,6 +474,7 @@ pub use vitals_proto::identity::Role as SpecialistRole;
 pub mod components;
 pub mod links;
 pub mod loadgen;
+pub mod port;
 pub mod proxy;
 pub mod scripted;
 

@@ -170,12 +170,11 @@ async fn agent_reconnects_and_resends_after_collector_restart() {
         (d.committed_seq >= 2).then_some(d.committed_seq)
     })
     .await;
-    collector.stop().await;
+    let port = collector.stop().await;
 
     // Down for a few snapshot intervals: the agent keeps sampling.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
-    let collector = RunningCollector::start_on(config, listener).await;
+    let collector = RunningCollector::start_on(config, port).await;
     let detail = eventually(WAIT, "agent back with its backlog", || async {
         let d = detail(&admin, "ws-roamer").await?;
         (d.summary.online && d.committed_seq >= first + 3).then_some(d)

@@ -250,7 +250,8 @@ async fn links_through_a_stalling_resetting_black_holing_proxy_lose_nothing() {
 async fn a_damaged_outbox_is_quarantined_and_the_agent_goes_on() {
     let fleet = Fleet::new("damaged");
     // No collector yet: the events wait in the outbox on disk.
-    let addr = nothing_listening().await;
+    let port = Port::reserve();
+    let addr = port.addr();
     let id = "ws-damaged";
     let config = fleet.agent_config(id, addr);
     let first = LinkAgent::start(id, config.clone());
@@ -273,8 +274,7 @@ async fn a_damaged_outbox_is_quarantined_and_the_agent_goes_on() {
     bytes[at + 8 + 12] ^= 0x10;
     std::fs::write(&journal, &bytes).expect("write");
 
-    let collector =
-        RunningCollector::start_on(fleet.collector_config(), bind_again(addr).await).await;
+    let collector = RunningCollector::start_on(fleet.collector_config(), port).await;
     let second = LinkAgent::start(id, config.clone());
     // It goes on: new events after the damage are delivered too.
     send_next(std::slice::from_ref(&second), &mut n, 2).await;
@@ -302,18 +302,6 @@ async fn a_damaged_outbox_is_quarantined_and_the_agent_goes_on() {
         .collect();
     values.sort_unstable();
     assert_eq!(values, vec![1, 2, 3, 4, 5, 7, 8], "all but the damaged one");
-}
-
-/// A loopback address where no collector listens yet.
-async fn nothing_listening() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    listener.local_addr().expect("addr")
-}
-
-async fn bind_again(addr: SocketAddr) -> tokio::net::TcpListener {
-    tokio::net::TcpListener::bind(addr).await.expect("rebind")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,7 +482,8 @@ async fn a_critical_endpoint_gone_silent_gets_an_offline_ticket_that_clears_when
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_dropped_from_a_full_outbox_are_counted_and_reported() {
     let fleet = Fleet::new("dropped");
-    let addr = nothing_listening().await;
+    let port = Port::reserve();
+    let addr = port.addr();
     let id = "ws-small";
     let mut config = fleet.agent_config(id, addr);
     config.link.outbox_max_messages = 3;
@@ -520,8 +509,7 @@ async fn snapshots_dropped_from_a_full_outbox_are_counted_and_reported() {
         (3, 8)
     );
 
-    let collector =
-        RunningCollector::start_on(fleet.collector_config(), bind_again(addr).await).await;
+    let collector = RunningCollector::start_on(fleet.collector_config(), port).await;
     drained(std::slice::from_ref(&agent), Duration::from_secs(20)).await;
     let metrics = collector.scrape().await;
     assert!(
@@ -530,9 +518,8 @@ async fn snapshots_dropped_from_a_full_outbox_are_counted_and_reported() {
     );
     // Told once: the next session's hello reports nothing new.
     let sessions = agent.status.borrow().sessions;
-    collector.stop().await;
-    let collector =
-        RunningCollector::start_on(fleet.collector_config(), bind_again(addr).await).await;
+    let port = collector.stop().await;
+    let collector = RunningCollector::start_on(fleet.collector_config(), port).await;
     eventually(Duration::from_secs(20), "reconnected", || async {
         (agent.status.borrow().sessions > sessions).then_some(())
     })
@@ -574,9 +561,9 @@ async fn a_ticket_waiting_for_its_evidence_still_gets_it_after_a_collector_resta
             .next()
     })
     .await;
-    collector.stop().await;
+    let port = collector.stop().await;
 
-    let collector = RunningCollector::start_on(config, bind_again(addr).await).await;
+    let collector = RunningCollector::start_on(config, port).await;
     let mut snapshot = vitals_proto::domain::Snapshot::default();
     snapshot.host.hostname = "after-the-restart".into();
     snapshot.taken_at_ms = vitals_proto::now_ms();
@@ -632,12 +619,8 @@ async fn a_lost_sequence_file_beside_a_kept_outbox_doubles_nothing() {
 async fn an_agent_restarted_with_a_full_outbox_delivers_all_of_it() {
     let fleet = Fleet::new("outbox");
     // A collector that is not there yet: the agent queues its snapshots.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
-    let config = fleet.agent_config("ws-outbox", addr);
+    let port = Port::reserve();
+    let config = fleet.agent_config("ws-outbox", port.addr());
     let first = RunningAgent::start(config.clone());
     tokio::time::sleep(Duration::from_secs(4)).await;
     first.stop().await;
@@ -649,8 +632,7 @@ async fn an_agent_restarted_with_a_full_outbox_delivers_all_of_it() {
     let restarted_at = vitals_proto::now_ms();
 
     // The collector comes up, and a new agent process with the same state.
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
-    let collector = RunningCollector::start_on(fleet.collector_config(), listener).await;
+    let collector = RunningCollector::start_on(fleet.collector_config(), port).await;
     let second = RunningAgent::start(config);
     let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
     let before = eventually(WAIT, "the first process's snapshots stored", || async {

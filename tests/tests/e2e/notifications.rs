@@ -122,9 +122,8 @@ async fn webhooks_are_signed_and_delivered_exactly_once_across_a_restart() {
 
     // A restart while that post waits for its retry: it is delivered
     // after, once; nothing is sent twice, nothing is lost.
-    collector.stop().await;
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
-    let collector = RunningCollector::start_on(config, listener).await;
+    let port = collector.stop().await;
+    let collector = RunningCollector::start_on(config, port).await;
     let mut got = vec![next_post(&mut posts).await];
     assert_eq!(
         got[0].0["x-vitals-delivery"], refused.0["x-vitals-delivery"],
