@@ -19,6 +19,8 @@ pub struct Measure {
     pub value: f64,
     /// Context for the evidence (reasons, names, errors); may be empty.
     pub detail: String,
+    /// What the subject is reached through (see `FaultEvent::via`).
+    pub via: String,
 }
 
 fn m(measurement: &'static str, subject: impl Into<String>, value: f64) -> Measure {
@@ -27,6 +29,7 @@ fn m(measurement: &'static str, subject: impl Into<String>, value: f64) -> Measu
         subject: subject.into(),
         value,
         detail: String::new(),
+        via: String::new(),
     }
 }
 
@@ -164,8 +167,15 @@ pub fn measurements(s: &Snapshot) -> Vec<Measure> {
             out.push(m("gateway.rtt_ms", g.address.clone(), f64::from(rtt)));
         }
     }
+    // Every name is asked of the system resolver: one way in for all.
+    let resolvers = if s.network.resolvers.is_empty() {
+        String::new()
+    } else {
+        format!("resolver {}", s.network.resolvers.join(", "))
+    };
     for d in &s.network.dns {
         let mut x = m("dns.failed", d.name.clone(), flag(!d.ok));
+        x.via = resolvers.clone();
         x.detail = if d.ok {
             d.addresses.join(", ")
         } else {
@@ -173,13 +183,16 @@ pub fn measurements(s: &Snapshot) -> Vec<Measure> {
         };
         out.push(x);
         if d.ok {
-            out.push(m("dns.resolve_ms", d.name.clone(), f64::from(d.millis)));
+            let mut x = m("dns.resolve_ms", d.name.clone(), f64::from(d.millis));
+            x.via = resolvers.clone();
+            out.push(x);
         }
     }
     for c in &s.network.services {
         let subject = format!("{} ({})", c.name, c.address);
         let mut x = m("service.unreachable", subject.clone(), flag(!c.ok));
         x.detail = c.error.clone();
+        x.via = service_via(s, &c.address);
         out.push(x);
         if let Some(ms) = c.connect_ms {
             out.push(m("service.connect_ms", subject, f64::from(ms)));
@@ -203,6 +216,32 @@ pub fn measurements(s: &Snapshot) -> Vec<Measure> {
         ));
     }
     out
+}
+
+/// What a key service at `address` (host:port) is reached through: the
+/// default gateway, unless the host is on one of this desk's own networks.
+/// A name is taken to be behind the gateway, as most services are.
+fn service_via(s: &Snapshot, address: &str) -> String {
+    let Some(gateway) = &s.network.gateway else {
+        return String::new();
+    };
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        let local = s
+            .interfaces
+            .iter()
+            .flat_map(|i| &i.addresses)
+            .filter_map(|a| a.parse::<ipnet::IpNet>().ok())
+            .any(|net| net.contains(&ip));
+        if local || ip.is_loopback() {
+            return String::new();
+        }
+    }
+    format!("gateway {}", gateway.address)
 }
 
 fn printer_measures(p: &PrinterInfo, out: &mut Vec<Measure>) {
@@ -385,11 +424,10 @@ impl Checks {
                     Some(State::Raised) => {
                         if check.clears(value) {
                             self.state.remove(&key);
-                            events.push(event(
+                            events.push(measured_event(
                                 check,
-                                subject,
+                                &x,
                                 FaultState::Cleared,
-                                value,
                                 now_ms,
                                 with_detail(format!(
                                     "{subject}: {} back to {} (clears past {})",
@@ -411,11 +449,10 @@ impl Checks {
                         let held = now_ms - since >= check.hold.as_millis() as i64;
                         if ignore_hold || held {
                             self.state.insert(key, State::Raised);
-                            events.push(event(
+                            events.push(measured_event(
                                 check,
-                                subject,
+                                &x,
                                 FaultState::Raised,
-                                value,
                                 now_ms,
                                 with_detail(format!(
                                     "{subject}: {} at {} (raises at {}, held {}s)",
@@ -495,6 +532,21 @@ fn event(
         value,
         evidence,
         at_ms,
+        via: String::new(),
+    }
+}
+
+/// [`event`] for a measured subject, with what it is reached through.
+fn measured_event(
+    check: &Check,
+    x: &Measure,
+    state: FaultState,
+    at_ms: i64,
+    evidence: String,
+) -> FaultEvent {
+    FaultEvent {
+        via: x.via.clone(),
+        ..event(check, &x.subject, state, x.value, at_ms, evidence)
     }
 }
 
@@ -518,6 +570,7 @@ mod tests {
                 hold: Duration::from_secs(hold_secs),
                 severity: Severity::Warning,
                 ladder: None,
+                ticket_per: Default::default(),
             }],
             tickets: Default::default(),
         }
@@ -793,6 +846,27 @@ mod tests {
                 "smart_pending_sectors",
                 "wifi_weak",
             ]
+        );
+        // What each network subject is reached through.
+        let via = |s: &Snapshot, check: &str| -> Vec<String> {
+            Checks::evaluate_once(Policy::default_policy(), s)
+                .into_iter()
+                .filter(|e| e.check_id == check)
+                .map(|e| e.via)
+                .collect()
+        };
+        assert_eq!(via(&s, "dns_failing"), vec!["resolver 192.0.2.53"]);
+        assert_eq!(via(&s, "service_unreachable"), vec!["gateway 192.0.2.1"]);
+        assert_eq!(via(&s, "disk_nearly_full"), Vec::<String>::new());
+        // A service on the desk's own network is not behind the gateway.
+        let mut local = s.clone();
+        local.network.services[0].address = "192.0.2.80:443".into();
+        local.interfaces[0].addresses = vec!["192.0.2.10/24".into()];
+        assert_eq!(via(&local, "service_unreachable"), vec![""]);
+        local.network.services[0].address = "[2001:db8::80]:443".into();
+        assert_eq!(
+            via(&local, "service_unreachable"),
+            vec!["gateway 192.0.2.1"]
         );
     }
 

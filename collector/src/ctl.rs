@@ -485,6 +485,10 @@ pub fn ticket_text(view: &TicketView, now_ms: i64) -> String {
         timestamp(t.response_due_ms),
         timestamp(t.resolve_due_ms)
     );
+    if !t.members.is_empty() {
+        let names: Vec<&str> = t.members.keys().map(String::as_str).collect();
+        let _ = writeln!(out, "Failing    {}", names.join(", "));
+    }
     let _ = writeln!(out, "Evidence   {}", t.evidence);
     let rows: Vec<Vec<String>> = timeline
         .iter()

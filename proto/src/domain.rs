@@ -426,6 +426,12 @@ pub struct FaultEvent {
     pub evidence: String,
     /// Agent wall clock at the change, ms since the Unix epoch.
     pub at_ms: i64,
+    /// What the subject is reached through, where the agent knows it: the
+    /// resolver a DNS name was asked of ("resolver 10.0.0.53"), the
+    /// gateway in front of a key service. Subjects failing through the
+    /// same way in share a cause; empty when nothing is shared.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub via: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

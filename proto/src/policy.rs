@@ -215,6 +215,33 @@ pub struct Check {
     /// `gateway_unreachable` on `gateway.loss_percent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ladder: Option<String>,
+    /// What one ticket of this check on one desk covers: each subject on
+    /// its own, or every subject reached the same way (the DNS names asked
+    /// of one resolver, the services behind one gateway), listed on it.
+    #[serde(default, skip_serializing_if = "TicketPer::is_subject")]
+    pub ticket_per: TicketPer,
+}
+
+/// See [`Check::ticket_per`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TicketPer {
+    #[default]
+    Subject,
+    Via,
+}
+
+impl TicketPer {
+    pub fn is_subject(&self) -> bool {
+        *self == TicketPer::Subject
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TicketPer::Subject => "subject",
+            TicketPer::Via => "via",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,6 +402,24 @@ impl Policy {
                     ),
                 ));
             }
+            // The rungs of one problem are one ticket: they must agree on
+            // what that ticket covers.
+            if let Some(other) = self
+                .checks
+                .iter()
+                .find(|o| o.problem() == c.problem() && o.ticket_per != c.ticket_per)
+            {
+                return Err(invalid(
+                    &c.id,
+                    format!(
+                        "ticket_per \"{}\" differs from \"{}\" of {}, a rung of the same problem \"{}\"",
+                        c.ticket_per.as_str(),
+                        other.ticket_per.as_str(),
+                        other.id,
+                        c.problem()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -422,6 +467,26 @@ mod tests {
             ))
             .contains("check \"d\": defined twice")
         );
+        assert!(
+            check(&format!(
+                "{base}raise = 9.0\nclear = 8.0\nticket_per = \"resolver\"\n"
+            ))
+            .contains("policy.toml:8: unknown variant \"resolver\"")
+        );
+        // Two rungs of one ladder that disagree on what a ticket covers.
+        let rung = |id: &str, per: &str| {
+            format!(
+                "[[check]]\nid = \"{id}\"\nmeasurement = \"dns.failed\"\ndirection = \"above\"\n\
+                 severity = \"warning\"\nraise = 1.0\nclear = 0.5\nticket_per = \"{per}\"\n"
+            )
+        };
+        assert!(
+            check(&format!("{}{}", rung("a", "via"), rung("b", "subject"))).contains(
+                "check \"a\": ticket_per \"via\" differs from \"subject\" of b, a rung of the same problem \"dns.failed\""
+            )
+        );
+        let p = Policy::parse(&format!("{}{}", rung("a", "via"), rung("b", "via")), "p").unwrap();
+        assert_eq!(p.checks[1].ticket_per, TicketPer::Via);
     }
 
     #[test]

@@ -78,6 +78,20 @@ pub struct Ticket {
     /// ticket's severity is the highest rung's.
     #[serde(default)]
     pub rungs: std::collections::BTreeMap<String, Severity>,
+    /// For a ticket of a check with `ticket_per = "via"` (its subject is
+    /// then the shared way in, "resolver 10.0.0.53"): the subjects raised
+    /// on it now, each with its own rungs and evidence. Empty otherwise.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub members: std::collections::BTreeMap<String, Member>,
+}
+
+/// One subject of a ticket that covers several (see [`Ticket::members`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its checks raised now, with their severities.
+    pub rungs: std::collections::BTreeMap<String, Severity>,
+    /// The evidence of its latest raise.
+    pub evidence: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +138,8 @@ pub enum Kind {
     /// A fault on the same desk linked to this ticket as a symptom of its
     /// cause (or one that stopped being a symptom).
     Symptom,
+    /// One of the subjects a ticket covers is well again; others are not.
+    SubjectCleared,
 }
 
 crate::text_enum!(Kind {
@@ -144,6 +160,7 @@ crate::text_enum!(Kind {
     Resolved => "resolved",
     SeverityChanged => "severity_changed",
     Symptom => "symptom",
+    SubjectCleared => "subject_cleared",
 });
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

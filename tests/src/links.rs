@@ -41,6 +41,7 @@ pub fn numbered_event(n: u64) -> Outgoing {
         value: n as f64,
         evidence: format!("event {n}"),
         at_ms: vitals_proto::now_ms(),
+        via: String::new(),
     })
 }
 

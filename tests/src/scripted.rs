@@ -97,6 +97,7 @@ pub fn fault_msg(seq: u64, state: wire::FaultState, value: f64) -> wire::AgentMe
             value,
             evidence: format!("/srv at {value}%"),
             at_ms: vitals_proto::now_ms(),
+            via: String::new(),
         })),
     }
 }

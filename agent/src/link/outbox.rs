@@ -505,6 +505,7 @@ mod tests {
             value: n as f64,
             evidence: format!("event {n}"),
             at_ms: 0,
+            via: String::new(),
         })
     }
 

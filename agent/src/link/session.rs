@@ -156,6 +156,7 @@ impl Link {
             value: held as f64,
             evidence,
             at_ms: vitals_proto::now_ms(),
+            via: String::new(),
         };
         self.enqueue(Outgoing::Fault(event), in_session)
     }

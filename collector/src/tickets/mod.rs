@@ -146,7 +146,9 @@ fn checks(p: &Policy) -> HashMap<String, CheckInfo> {
         .iter()
         .map(|(id, title)| ((*id).to_owned(), CheckInfo::new(title, "")))
         .chain(p.checks.iter().map(|c| {
-            let info = CheckInfo::new(&c.title, &c.measurement).rung_of(c.problem());
+            let info = CheckInfo::new(&c.title, &c.measurement)
+                .rung_of(c.problem())
+                .by_via(!c.ticket_per.is_subject());
             (c.id.clone(), info)
         }))
         .collect()
@@ -445,6 +447,7 @@ impl Worker {
                         silent_ms / 60_000
                     ),
                     at_ms: now,
+                    via: String::new(),
                 };
                 let out = self.engine.on_fault(id, &event, now);
                 for o in &out {
@@ -468,6 +471,7 @@ impl Worker {
                     value: 0.0,
                     evidence: "the agent is connected again".into(),
                     at_ms: now,
+                    via: String::new(),
                 };
                 entries.extend(self.engine.on_fault(id, &event, now));
             }

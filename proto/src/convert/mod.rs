@@ -270,6 +270,7 @@ impl TryFrom<w::FaultEvent> for d::FaultEvent {
             value: e.value,
             evidence: e.evidence,
             at_ms: e.at_ms,
+            via: e.via,
         })
     }
 }
@@ -287,6 +288,7 @@ impl From<d::FaultEvent> for w::FaultEvent {
             value: e.value,
             evidence: e.evidence,
             at_ms: e.at_ms,
+            via: e.via,
         }
     }
 }
@@ -334,6 +336,7 @@ impl From<&crate::policy::Policy> for w::Policy {
                     severity: severity_to_wire(c.severity) as i32,
                     title: c.title.clone(),
                     ladder: c.ladder.clone().unwrap_or_default(),
+                    ticket_per: c.ticket_per.as_str().to_owned(),
                 })
                 .collect(),
         }
@@ -368,6 +371,11 @@ impl From<w::Policy> for crate::policy::Policy {
                         hold: std::time::Duration::from_millis(c.hold_ms),
                         severity: severity_from_wire(c.severity),
                         ladder: Some(c.ladder).filter(|l| !l.is_empty()),
+                        ticket_per: if c.ticket_per == "via" {
+                            crate::policy::TicketPer::Via
+                        } else {
+                            crate::policy::TicketPer::Subject
+                        },
                     })
                 })
                 .collect(),
@@ -401,6 +409,7 @@ impl From<&crate::tickets::Ticket> for w::Ticket {
             evidence: t.evidence.clone(),
             response_due_ms: t.response_due_ms,
             resolve_due_ms: t.resolve_due_ms,
+            members: t.members.keys().cloned().collect(),
         }
     }
 }
@@ -439,6 +448,12 @@ impl From<w::Ticket> for crate::tickets::Ticket {
             resolve_breached: false,
             raises: Default::default(),
             rungs: Default::default(),
+            // What a client is told of each subject is its name.
+            members: t
+                .members
+                .into_iter()
+                .map(|m| (m, Default::default()))
+                .collect(),
         }
     }
 }

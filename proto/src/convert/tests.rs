@@ -178,6 +178,7 @@ fn fault_events_round_trip_and_bad_ones_are_refused() {
         value: 97.5,
         evidence: "/ is 97.5% full".into(),
         at_ms: 42,
+        via: String::new(),
     };
     let back: d::FaultEvent = w::FaultEvent::from(e.clone()).try_into().unwrap();
     assert_eq!(back, e);
@@ -233,6 +234,11 @@ fn tickets_and_entries_round_trip() {
         resolve_breached: false,
         raises: Default::default(),
         rungs: Default::default(),
+        members: [
+            ("erp.city.test".to_owned(), Default::default()),
+            ("files.city.test".to_owned(), Default::default()),
+        ]
+        .into(),
     };
     let back: Ticket = w::Ticket::from(&t).into();
     assert_eq!(back, t);

@@ -150,6 +150,7 @@ fn message(n: u64, snapshot: &vitals_proto::domain::Snapshot) -> Outgoing {
             value: 96.0,
             evidence: "/ at 96%".into(),
             at_ms: vitals_proto::now_ms(),
+            via: String::new(),
         })
     } else {
         Outgoing::Snapshot(Box::new(snapshot.clone()))

@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
                 value: 97.0,
                 evidence: format!("{check} on ws-{e:05}"),
                 at_ms: vitals_proto::now_ms(),
+                via: String::new(),
             }),
         });
         if batch.len() == 1024 {

@@ -96,6 +96,7 @@ fn backlog_fault() -> Outgoing {
         value: 97.0,
         evidence: "/ at 97% during the collector outage".into(),
         at_ms: vitals_proto::now_ms(),
+        via: String::new(),
     })
 }
 

@@ -88,6 +88,7 @@ impl SimAgent {
                 value: if raised { 97.0 } else { 80.0 },
                 evidence: format!("simulated by the load generator on {} (seq {seq})", self.id),
                 at_ms: vitals_proto::now_ms(),
+                via: String::new(),
             })),
         }
     }

@@ -370,6 +370,7 @@ async fn desks_behind_one_dead_print_server_make_one_incident() {
                 value: 1.0,
                 evidence: format!("{queue}: unreachable"),
                 at_ms: vitals_proto::now_ms(),
+                via: String::new(),
             })),
         };
         for m in [

@@ -86,7 +86,8 @@ impl EndpointStore for SqliteStore {
         let id = id.to_owned();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT seq, received_ms, at_ms, check_id, state, severity, subject, value, evidence
+                "SELECT seq, received_ms, at_ms, check_id, state, severity, subject, value, evidence,
+                        via
                  FROM fault_events WHERE endpoint_id = ?1 ORDER BY seq DESC LIMIT ?2",
             )?;
             let mut rows = stmt.query(params![id, limit])?;

@@ -77,8 +77,8 @@ impl IngestStore for SqliteStore {
                 )?;
                 let mut fault = tx.prepare_cached(
                     "INSERT OR IGNORE INTO fault_events (endpoint_id, seq, received_ms, at_ms,
-                         check_id, subject, state, severity, value, evidence)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                         check_id, subject, state, severity, value, evidence, via)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
                 let mut committed = tx.prepare_cached(
                     "UPDATE endpoints SET committed_seq = ?2, last_seen_ms = MAX(last_seen_ms, ?3)
@@ -145,7 +145,8 @@ impl IngestStore for SqliteStore {
                                 e.state.as_str(),
                                 e.severity.as_str(),
                                 e.value,
-                                e.evidence
+                                e.evidence,
+                                e.via
                             ])?;
                             continue;
                         }

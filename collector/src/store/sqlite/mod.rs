@@ -67,6 +67,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         6,
         include_str!("../../../migrations/sqlite/0006_ticket_awaiting.sql"),
     ),
+    (
+        7,
+        include_str!("../../../migrations/sqlite/0007_fault_via.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -244,6 +248,7 @@ fn fault_from_row(endpoint: &str, r: &rusqlite::Row<'_>) -> Result<FaultRecord, 
             subject: r.get(6)?,
             value: r.get(7)?,
             evidence: r.get(8)?,
+            via: r.get(9)?,
         },
     })
 }

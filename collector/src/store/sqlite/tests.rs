@@ -194,6 +194,7 @@ async fn the_ticket_engine_resumes_exactly_where_it_stopped() {
             value: 97.0,
             evidence: "/ at 97%".into(),
             at_ms: 1000,
+            via: String::new(),
         }),
     };
     store

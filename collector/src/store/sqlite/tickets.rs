@@ -13,16 +13,16 @@ impl TicketStore for SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT seq, received_ms, at_ms, check_id, state, severity, subject, value, evidence,
-                        id, endpoint_id
+                        via, id, endpoint_id
                  FROM fault_events WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
             let mut rows = stmt.query(params![after, limit])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                let endpoint: String = row.get(10)?;
+                let endpoint: String = row.get(11)?;
                 let record = fault_from_row(&endpoint, row)?;
                 out.push(StoredFault {
-                    id: row.get(9)?,
+                    id: row.get(10)?,
                     endpoint,
                     event: record.event,
                 });

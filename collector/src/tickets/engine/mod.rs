@@ -9,8 +9,11 @@
 //! is `storm.rs`.
 //!
 //! Rules (from `policy.toml`'s `[tickets]`):
-//! - one open ticket per (endpoint, check, subject); a re-raised fault
-//!   updates it (count, last seen, latest value and evidence);
+//! - one open ticket per (endpoint, problem, subject); a re-raised fault
+//!   updates it (count, last seen, latest value and evidence). The rungs
+//!   of one ladder are one problem. A check with `ticket_per = "via"` has
+//!   one ticket per way in instead (`members.rs`): the DNS names asked of
+//!   one resolver fail for one cause, and the ticket lists them;
 //! - a cleared fault resolves its ticket after the quiet period; a fault
 //!   back within the reopen window reopens that ticket;
 //! - `flap_cycles` raises within `flap_window` mark a ticket flapping: it
@@ -32,6 +35,7 @@ use vitals_proto::domain::{FaultEvent, FaultState};
 use vitals_proto::ticket_rules::{Membership, Priority, TicketRules};
 use vitals_proto::tickets::{Entry, Incident, Kind, Status, Ticket};
 
+mod members;
 mod storm;
 mod symptoms;
 #[cfg(test)]
@@ -102,6 +106,9 @@ pub struct CheckInfo {
     /// subject share one ticket (`gateway_lossy` and `gateway_unreachable`
     /// on one gateway). Empty: the check is a problem of its own.
     pub problem: String,
+    /// One ticket covers every subject reached the same way (the fault
+    /// event's `via`), listing them, instead of one per subject.
+    pub by_via: bool,
 }
 
 impl CheckInfo {
@@ -111,7 +118,14 @@ impl CheckInfo {
             title: title.to_owned(),
             measurement: measurement.to_owned(),
             problem: String::new(),
+            by_via: false,
         }
+    }
+
+    /// A check whose subjects reached one way share a ticket.
+    pub fn by_via(mut self, by_via: bool) -> Self {
+        self.by_via = by_via;
+        self
     }
 
     /// A check that is a rung of `problem`.
@@ -334,6 +348,7 @@ impl Engine {
             value: 0.0,
             evidence: description.to_owned(),
             at_ms: now,
+            via: String::new(),
         };
         let member = self.membership(endpoint);
         let id = self.open(&key, &event, &member, now);
@@ -363,7 +378,7 @@ impl Engine {
 
     /// Applies one fault event from `endpoint`.
     pub fn on_fault(&mut self, endpoint: &str, e: &FaultEvent, now_ms: i64) -> Vec<Entry> {
-        let key = self.key(endpoint, &e.check_id, &e.subject);
+        let key = self.event_key(endpoint, e);
         match e.state {
             FaultState::Raised => {
                 if let Some(linked) = self.as_symptom(endpoint, e, now_ms) {
@@ -378,6 +393,9 @@ impl Engine {
             FaultState::Cleared => {
                 if let Some(done) = self.symptom_cleared(endpoint, e, now_ms) {
                     return done;
+                }
+                if let Some(partly) = self.leave(&key, e, now_ms) {
+                    return partly;
                 }
                 let mut out = self.cleared(&key, e, now_ms);
                 if let Some(id) = out
@@ -427,6 +445,7 @@ impl Engine {
                 t.value = e.value;
                 t.evidence = e.evidence.clone();
                 t.rungs.clear();
+                t.members.clear();
                 t.rungs.insert(e.check_id.clone(), e.severity);
                 let id = t.id;
                 out.push(entry(
@@ -469,6 +488,9 @@ impl Engine {
         let Some(&id) = self.latest.get(&key) else {
             return out;
         };
+        if key.subject != e.subject {
+            self.join(id, e);
+        }
         if cycle {
             self.flap(id, now, &mut out);
         }
@@ -517,6 +539,7 @@ impl Engine {
                 resolve_breached: false,
                 raises: VecDeque::new(),
                 rungs: BTreeMap::from([(e.check_id.clone(), e.severity)]),
+                members: BTreeMap::new(),
             },
         );
         self.latest.insert(key.clone(), id);

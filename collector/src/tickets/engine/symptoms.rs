@@ -18,6 +18,15 @@ use vitals_proto::tickets::{Entry, Kind, Status};
 
 use super::{Engine, Key, SYSTEM, entry};
 
+/// One fault a folded ticket held.
+struct Fault {
+    check: String,
+    severity: vitals_proto::domain::Severity,
+    subject: String,
+    evidence: String,
+    via: String,
+}
+
 /// A fault raised now as a symptom of the `cause` ticket.
 #[derive(Debug, Clone)]
 pub(super) struct Symptom {
@@ -127,12 +136,40 @@ impl Engine {
                 }
                 t.status = Status::Resolved;
                 t.resolved_ms = Some(now);
-                let rungs: Vec<(String, vitals_proto::domain::Severity)> = if t.rungs.is_empty() {
-                    vec![(t.check_id.clone(), t.severity)]
+                // Each subject it covers, with its rungs, is a symptom; a
+                // ticket of many subjects reached one way brings them all.
+                let (value, via) = (t.value, t.subject.clone());
+                let faults: Vec<Fault> = if t.members.is_empty() {
+                    let rungs = if t.rungs.is_empty() {
+                        vec![(t.check_id.clone(), t.severity)]
+                    } else {
+                        t.rungs.iter().map(|(c, s)| (c.clone(), *s)).collect()
+                    };
+                    rungs
+                        .into_iter()
+                        .map(|(check, severity)| Fault {
+                            check,
+                            severity,
+                            subject: t.subject.clone(),
+                            evidence: t.evidence.clone(),
+                            via: String::new(),
+                        })
+                        .collect()
                 } else {
-                    t.rungs.iter().map(|(c, s)| (c.clone(), *s)).collect()
+                    std::mem::take(&mut t.members)
+                        .into_iter()
+                        .flat_map(|(subject, m)| {
+                            let via = via.clone();
+                            m.rungs.into_iter().map(move |(check, severity)| Fault {
+                                check,
+                                severity,
+                                subject: subject.clone(),
+                                evidence: m.evidence.clone(),
+                                via: via.clone(),
+                            })
+                        })
+                        .collect()
                 };
-                let (subject, value, evidence) = (t.subject.clone(), t.value, t.evidence.clone());
                 out.push(entry(
                     id,
                     now,
@@ -143,26 +180,27 @@ impl Engine {
                         e.check_id, e.subject
                     ),
                 ));
-                for (check, severity) in rungs {
+                for f in faults {
                     out.push(entry(
                         cause,
                         now,
                         SYSTEM,
                         Kind::Symptom,
-                        &format!("symptom: {check} {subject}: {evidence}"),
+                        &format!("symptom: {} {}: {}", f.check, f.subject, f.evidence),
                     ));
                     self.symptoms.insert(
-                        Key::new(&endpoint, &check, &subject),
+                        Key::new(&endpoint, &f.check, &f.subject),
                         Symptom {
                             cause,
                             event: FaultEvent {
-                                check_id: check,
-                                subject: subject.clone(),
+                                check_id: f.check,
+                                subject: f.subject,
                                 state: FaultState::Raised,
-                                severity,
+                                severity: f.severity,
                                 value,
-                                evidence: evidence.clone(),
+                                evidence: f.evidence,
                                 at_ms: now,
+                                via: f.via,
                             },
                         },
                     );
@@ -198,7 +236,7 @@ impl Engine {
                     s.event.check_id, s.event.subject
                 ),
             ));
-            let key = self.key(&k.endpoint, &s.event.check_id, &s.event.subject);
+            let key = self.event_key(&k.endpoint, &s.event);
             out.extend(self.raised(key, &s.event, now));
         }
         out

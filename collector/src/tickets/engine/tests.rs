@@ -30,6 +30,7 @@ fn fault(check: &str, state: FaultState, severity: Severity) -> FaultEvent {
         value: 97.0,
         evidence: format!("{check} evidence"),
         at_ms: 0,
+        via: String::new(),
     }
 }
 
@@ -839,4 +840,163 @@ fn a_symptom_that_reported_first_is_folded_under_its_cause() {
         ),
         vec![Opened]
     );
+}
+
+/// The shipped DNS ladder, one ticket per resolver.
+fn dns_checks(e: &mut Engine) {
+    e.set_checks(HashMap::from([
+        (
+            "dns_failing".to_owned(),
+            CheckInfo::new("DNS not resolving", "dns.failed")
+                .rung_of("dns")
+                .by_via(true),
+        ),
+        (
+            "dns_slow".to_owned(),
+            CheckInfo::new("DNS slow", "dns.resolve_ms")
+                .rung_of("dns")
+                .by_via(true),
+        ),
+    ]));
+}
+
+/// A DNS fault on `name` asked of `via`.
+fn dns(
+    e: &mut Engine,
+    check: &str,
+    name: &str,
+    via: &str,
+    state: FaultState,
+    at: i64,
+) -> Vec<Kind> {
+    let severity = if check == "dns_slow" {
+        Severity::Info
+    } else {
+        Severity::Critical
+    };
+    let mut f = fault(check, state, severity);
+    f.subject = name.into();
+    f.via = via.into();
+    f.evidence = format!("{name} does not resolve through {via}");
+    kinds(&e.on_fault("ws-1", &f, at))
+}
+
+#[test]
+fn names_failing_through_one_resolver_are_one_ticket_listing_them() {
+    use FaultState::{Cleared, Raised};
+    use Kind::*;
+    let r = "resolver 10.0.0.53";
+    let mut e = Engine::new(rules());
+    dns_checks(&mut e);
+    // Each row: the event, then the entries it makes.
+    type DnsRow<'a> = (&'a str, &'a str, &'a str, FaultState, &'a [Kind]);
+    let table: &[DnsRow] = &[
+        ("dns_failing", "erp", r, Raised, &[Opened]),
+        ("dns_failing", "files", r, Raised, &[FaultRaised]),
+        // Another resolver is another way in: its own ticket.
+        (
+            "dns_failing",
+            "intra",
+            "resolver 10.9.9.9",
+            Raised,
+            &[Opened],
+        ),
+        // One name well again, the other not: the ticket stands.
+        ("dns_failing", "erp", r, Cleared, &[SubjectCleared]),
+        // The last one lower on the ladder: it eases.
+        ("dns_slow", "erp", r, Raised, &[FaultRaised]),
+        ("dns_failing", "files", r, Cleared, &[SeverityChanged]),
+        // A clear reported with another way in still finds its ticket.
+        ("dns_slow", "erp", "", Cleared, &[FaultCleared]),
+    ];
+    for (i, (check, name, via, state, expected)) in table.iter().enumerate() {
+        let at = i as i64 * MIN;
+        let got = dns(&mut e, check, name, via, *state, at);
+        assert_eq!(got, expected.to_vec(), "row {i}: {check} {name} {state:?}");
+        if i == 1 {
+            let t = e.ticket(1).unwrap();
+            assert_eq!(t.subject, r);
+            assert_eq!(t.members.keys().collect::<Vec<_>>(), vec!["erp", "files"]);
+            assert_eq!(
+                t.evidence,
+                "2 subjects reached through resolver 10.0.0.53 are failing: \
+                 erp does not resolve through resolver 10.0.0.53. \
+                 files does not resolve through resolver 10.0.0.53."
+            );
+        }
+        if i == 4 {
+            let t = e.ticket(1).unwrap();
+            assert_eq!(t.severity, Severity::Critical, "files still fails");
+            assert_eq!(
+                t.members["erp"].rungs.keys().collect::<Vec<_>>(),
+                vec!["dns_slow"]
+            );
+        }
+    }
+    let t = e.ticket(1).unwrap();
+    assert!(t.cleared_ms.is_some() && t.members.is_empty());
+    assert_eq!(e.tickets().count(), 2);
+    // Back after it resolved: the same ticket reopens, for the names failing now.
+    e.tick(30 * MIN);
+    assert_eq!(
+        dns(&mut e, "dns_failing", "files", r, Raised, 31 * MIN),
+        vec![Reopened, SeverityChanged]
+    );
+    assert_eq!(
+        e.ticket(1).unwrap().members.keys().collect::<Vec<_>>(),
+        vec!["files"]
+    );
+    // Without a way in (an older agent), each name is its own ticket.
+    assert_eq!(
+        dns(&mut e, "dns_failing", "mail", "", Raised, 32 * MIN),
+        vec![Opened]
+    );
+    assert_eq!(e.tickets().last().unwrap().subject, "mail");
+}
+
+#[test]
+fn names_of_one_resolver_fold_under_the_gateway_and_come_back_together() {
+    use FaultState::{Cleared, Raised};
+    use Kind::*;
+    let r = "resolver 10.0.0.53";
+    let mut e = Engine::new(rules());
+    dns_checks(&mut e);
+    assert_eq!(
+        dns(&mut e, "dns_failing", "erp", r, Raised, 0),
+        vec![Opened]
+    );
+    assert_eq!(
+        dns(&mut e, "dns_failing", "files", r, Raised, 0),
+        vec![FaultRaised]
+    );
+    // The gateway's probe reports: the one DNS ticket folds, both names
+    // become symptoms of the gateway's ticket.
+    assert_eq!(
+        on(
+            &mut e,
+            "ws-1",
+            "gateway_unreachable",
+            "10.0.0.1",
+            Raised,
+            MIN
+        ),
+        vec![Opened, Symptom, Symptom, Symptom]
+    );
+    assert_eq!(e.ticket(1).unwrap().status, Status::Resolved);
+    // The gateway is back, DNS still fails: one ticket again, both names on it.
+    assert_eq!(
+        on(
+            &mut e,
+            "ws-1",
+            "gateway_unreachable",
+            "10.0.0.1",
+            Cleared,
+            2 * MIN
+        ),
+        vec![FaultCleared, Symptom, Reopened, Symptom, FaultRaised]
+    );
+    let t = e.ticket(1).unwrap();
+    assert!(t.status.is_open());
+    assert_eq!(t.members.keys().collect::<Vec<_>>(), vec!["erp", "files"]);
+    assert_eq!(e.tickets().count(), 2);
 }
