@@ -61,7 +61,7 @@ pub struct TicketRules {
 /// On one desk, while a `cause` is raised, a raised `symptom` is linked to
 /// the cause's ticket instead of opening its own; a symptom's ticket opened
 /// up to `window` before the cause is folded under it too. When the cause
-/// clears, the symptoms still raised stand on their own.
+/// clears, the symptoms still raised `settle` later stand on their own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dependency {
@@ -69,6 +69,12 @@ pub struct Dependency {
     pub symptoms: Vec<String>,
     #[serde(default = "depends_window", with = "humantime_serde")]
     pub window: Duration,
+    /// After the cause clears, how long a symptom still raised waits before
+    /// it stands on its own: symptoms clear a probe or two after their
+    /// cause, and a DNS name that resolves again ten seconds after the
+    /// gateway came back was never a problem of its own.
+    #[serde(default = "depends_settle", with = "humantime_serde")]
+    pub settle: Duration,
 }
 
 impl Dependency {
@@ -83,12 +89,17 @@ impl Dependency {
                 "service_unreachable".into(),
             ],
             window: depends_window(),
+            settle: depends_settle(),
         }]
     }
 }
 
 fn depends_window() -> Duration {
     Duration::from_secs(5 * 60)
+}
+
+fn depends_settle() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `[tickets.offline]`: an endpoint with no session for `after` raises

@@ -652,7 +652,7 @@ impl Engine {
     /// Time passing: auto-resolve after the quiet period, SLA escalation,
     /// incidents resolving with their tickets.
     pub fn tick(&mut self, now: i64) -> Vec<Entry> {
-        let mut out = Vec::new();
+        let mut out = self.settle_symptoms(now);
         let quiet = self.rules.quiet_period.as_millis() as i64;
         let flap_window = self.rules.flap_window.as_millis() as i64;
         for t in self.tickets.values_mut().filter(|t| t.status.is_open()) {

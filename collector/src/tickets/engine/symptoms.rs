@@ -7,8 +7,11 @@
 //! their own intervals, so a symptom often reports first: when a cause
 //! raises, the symptom tickets its desk opened within the rule's window,
 //! and that nobody has touched yet, are folded under it (resolved, with
-//! the reason). When the cause clears, the symptoms still raised stand on
-//! their own: their tickets open, or reopen.
+//! the reason). When the cause clears, its symptoms settle: those still
+//! raised when the rule's `settle` time has run stand on their own (their
+//! tickets open, or reopen), those that clear meanwhile were only symptoms.
+//! Symptoms clear a probe or two after their cause; without the wait,
+//! every recovery would open and resolve a ticket per symptom.
 //!
 //! Which symptoms are linked lives in memory, like storm windows: after a
 //! restart a symptom still raised waits for its next raise to be ticketed.
@@ -32,6 +35,8 @@ struct Fault {
 pub(super) struct Symptom {
     cause: u64,
     event: FaultEvent,
+    /// Set once the cause cleared: when it stands on its own if still raised.
+    settles_at: Option<i64>,
 }
 
 impl Engine {
@@ -66,6 +71,7 @@ impl Engine {
             Symptom {
                 cause,
                 event: e.clone(),
+                settles_at: None,
             },
         );
         Some(vec![entry(
@@ -202,6 +208,7 @@ impl Engine {
                                 at_ms: now,
                                 via: f.via,
                             },
+                            settles_at: None,
                         },
                     );
                 }
@@ -210,32 +217,64 @@ impl Engine {
         out
     }
 
-    /// The cause on ticket `cause` cleared: its symptoms still raised stand
-    /// on their own.
+    /// The cause on ticket `cause` cleared: its symptoms start to settle.
     pub(super) fn release_symptoms(&mut self, cause: u64, now: i64) -> Vec<Entry> {
-        let freed: Vec<(Key, Symptom)> = {
-            let keys: Vec<Key> = self
-                .symptoms
-                .iter()
-                .filter(|(_, s)| s.cause == cause)
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| self.symptoms.remove(&k).map(|s| (k, s)))
-                .collect()
-        };
         let mut out = Vec::new();
-        for (k, s) in freed {
+        let mut due_now = false;
+        for s in self
+            .symptoms
+            .values_mut()
+            .filter(|s| s.cause == cause && s.settles_at.is_none())
+        {
+            let settle = self
+                .depends
+                .iter()
+                .filter(|d| d.symptoms.contains(&s.event.check_id))
+                .map(|d| d.settle)
+                .max()
+                .unwrap_or_default();
+            s.settles_at = Some(now + settle.as_millis() as i64);
+            due_now |= settle.is_zero();
             out.push(entry(
                 cause,
                 now,
                 SYSTEM,
                 Kind::Symptom,
                 &format!(
-                    "the cause cleared; {} {} still raised stands on its own",
-                    s.event.check_id, s.event.subject
+                    "the cause cleared; {} {} still raised stands on its own unless it clears within {}",
+                    s.event.check_id,
+                    s.event.subject,
+                    humantime::format_duration(settle)
                 ),
             ));
+        }
+        if due_now {
+            out.extend(self.settle_symptoms(now));
+        }
+        out
+    }
+
+    /// Symptoms whose cause cleared `settle` ago and that are still raised:
+    /// linked again if another cause stands now, else on their own.
+    pub(super) fn settle_symptoms(&mut self, now: i64) -> Vec<Entry> {
+        if self.symptoms.values().all(|s| s.settles_at.is_none()) {
+            return Vec::new();
+        }
+        let due: Vec<Key> = self
+            .symptoms
+            .iter()
+            .filter(|(_, s)| s.settles_at.is_some_and(|at| at <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for k in due {
+            let Some(s) = self.symptoms.remove(&k) else {
+                continue;
+            };
+            if let Some(linked) = self.as_symptom(&k.endpoint, &s.event, now) {
+                out.extend(linked);
+                continue;
+            }
             let key = self.event_key(&k.endpoint, &s.event);
             out.extend(self.raised(key, &s.event, now));
         }
