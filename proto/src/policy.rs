@@ -180,7 +180,8 @@ pub fn probe_of(measurement: &str) -> Option<ProbeKind> {
         .map(|(_, p, _)| *p)
 }
 
-const DEFAULT: &str = include_str!("../default-policy.toml");
+/// The shipped policy's text (`proto/default-policy.toml`).
+pub const DEFAULT: &str = include_str!("../default-policy.toml");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -564,18 +564,30 @@ impl Snmpd {
 pub struct DeskNamespace {
     pub name: String,
     pub gateway: String,
+    /// An address on the host that the desk reaches through its gateway
+    /// (not on the desk's own network): where its key services listen.
+    pub behind: String,
     host_if: String,
     dir: PathBuf,
     _dnsmasq: Daemon,
 }
 
 impl DeskNamespace {
-    pub fn start(dir: &Path, tag: &str, hosts: &[(&str, &str)]) -> Result<DeskNamespace, String> {
+    /// A desk on 10.231.`subnet`.2/24 behind gateway 10.231.`subnet`.1;
+    /// namespaces started side by side need subnets of their own.
+    pub fn start(
+        dir: &Path,
+        tag: &str,
+        subnet: u8,
+        hosts: &[(&str, &str)],
+    ) -> Result<DeskNamespace, String> {
         require(&["ip", "nft", "dnsmasq"])?;
         let name = format!("vt-{tag}");
         let host_if = format!("vth-{tag}");
         let desk_if = format!("vtd-{tag}");
-        let gateway = "10.231.7.1".to_owned();
+        let gateway = format!("10.231.{subnet}.1");
+        let behind = format!("10.232.{subnet}.1");
+        let desk = format!("10.231.{subnet}.2/24");
         let dir = dir.join("netns");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         // Leftovers of an interrupted run.
@@ -589,12 +601,16 @@ impl DeskNamespace {
                 ],
             )
             && sh("ip", &["link", "set", &desk_if, "netns", &name])
-            && sh("ip", &["addr", "add", "10.231.7.1/24", "dev", &host_if])
-            && sh("ip", &["link", "set", &host_if, "up"])
             && sh(
                 "ip",
-                &["-n", &name, "addr", "add", "10.231.7.2/24", "dev", &desk_if],
+                &["addr", "add", &format!("{gateway}/24"), "dev", &host_if],
             )
+            && sh(
+                "ip",
+                &["addr", "add", &format!("{behind}/32"), "dev", &host_if],
+            )
+            && sh("ip", &["link", "set", &host_if, "up"])
+            && sh("ip", &["-n", &name, "addr", "add", &desk, "dev", &desk_if])
             && sh("ip", &["-n", &name, "link", "set", &desk_if, "up"])
             && sh("ip", &["-n", &name, "link", "set", "lo", "up"])
             && sh(
@@ -637,6 +653,7 @@ impl DeskNamespace {
         let ns = DeskNamespace {
             name,
             gateway,
+            behind,
             host_if,
             dir,
             _dnsmasq: dnsmasq,

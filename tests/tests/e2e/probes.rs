@@ -333,7 +333,7 @@ async fn snmp_printer_jam_and_empty_toner_raise_and_clear() {
 }
 
 /// The agent binary, built by `cargo test --workspace`; built here if not.
-fn agent_binary() -> PathBuf {
+pub(crate) fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let bin = exe
         .parent()
@@ -406,7 +406,7 @@ fn dns_gateway_loss_and_key_service_faults_in_a_namespace() {
         ("10.231.7.10", "erp.city.test"),
         ("10.231.7.11", "files.city.test"),
     ];
-    let ns = match DeskNamespace::start(&fleet.dir, "e2e", &hosts) {
+    let ns = match DeskNamespace::start(&fleet.dir, "e2e", 7, &hosts) {
         Ok(ns) => ns,
         Err(why) => return skip(TEST, &why),
     };
