@@ -330,6 +330,125 @@ fn printer_measures(p: &PrinterInfo, out: &mut Vec<Measure>) {
     }
 }
 
+/// What a measured value says, in one sentence for people: what is wrong
+/// and where ("Disk / is 97 % full."), with the context that is left over
+/// (the printer's state and reasons) as a second part, or empty.
+pub fn finding(x: &Measure) -> (String, String) {
+    let s = &x.subject;
+    let v = number(x.value);
+    let d = x.detail.as_str();
+    let via = |prefix: &str| {
+        if x.via.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}{}", x.via)
+        }
+    };
+    let or = |d: &str, alt: &str| {
+        if d.is_empty() {
+            alt.to_owned()
+        } else {
+            d.to_owned()
+        }
+    };
+    let yes = x.value >= 0.5;
+    let mut rest = String::new();
+    let sentence = match x.measurement {
+        "cpu.usage_percent" => format!("The CPU is {v} % busy"),
+        "cpu.busiest_core_percent" => {
+            format!("The busiest CPU core ({}) is {v} % busy", or(d, "?"))
+        }
+        "memory.used_percent" => format!("Memory is {v} % in use"),
+        "swap.used_percent" => format!("Swap is {v} % in use"),
+        "disk.used_percent" => format!("Disk {s} is {v} % full"),
+        "disk.inodes_used_percent" => format!("File system {s} has used {v} % of its inodes"),
+        "temperature.celsius" if d.is_empty() => format!("{s} is at {v} °C"),
+        "temperature.celsius" => format!("{s} is at {v} °C ({d})"),
+        "battery.health_percent" => {
+            format!("Battery {s} holds {v} % of its design capacity")
+        }
+        "smart.failing" if yes => format!("Disk {} fails its own SMART health check", or(d, s)),
+        "smart.failing" => format!("Disk {} passes its own SMART health check", or(d, s)),
+        "smart.reallocated_sectors" => format!("Disk {} has reallocated {v} sectors", or(d, s)),
+        "smart.pending_sectors" => format!("Disk {} has {v} sectors it cannot read", or(d, s)),
+        "smart.media_errors" => format!("Disk {} reports {v} media errors", or(d, s)),
+        "os.reboot_pending_days" if d.is_empty() => {
+            format!("A reboot has been pending for {v} days")
+        }
+        "os.reboot_pending_days" => format!("A reboot has been pending for {v} days ({d})"),
+        "os.failed_services" if d.is_empty() => format!("{v} system services have failed"),
+        "os.failed_services" => format!("{v} system services have failed: {d}"),
+        "os.clock_offset_seconds" if d.is_empty() => {
+            format!("The clock is {v} s out of step with the collector's")
+        }
+        "os.clock_offset_seconds" => format!("The clock is out of step: {d}"),
+        "gateway.loss_percent" if d.is_empty() => {
+            format!("The default gateway {s} lost {v} % of its probes")
+        }
+        "gateway.loss_percent" => format!("The default gateway {s} lost {v} % of its probes: {d}"),
+        "gateway.rtt_ms" => format!("The default gateway {s} answers in {v} ms"),
+        "dns.failed" if yes => format!(
+            "{s} does not resolve{}: {}",
+            via(" through "),
+            or(d, "no answer")
+        ),
+        "dns.failed" => format!("{s} resolves{}", via(" through ")),
+        "dns.resolve_ms" => format!("{s} takes {v} ms to resolve{}", via(" through ")),
+        "service.unreachable" if yes => format!(
+            "Key service {s} cannot be reached{}: {}",
+            via(" behind "),
+            or(d, "no connection")
+        ),
+        "service.unreachable" => format!("Key service {s} can be reached"),
+        "service.connect_ms" => format!("Key service {s} takes {v} ms to connect"),
+        "interface.link_down" if yes => format!("Network interface {s} has lost its link"),
+        "interface.link_down" => format!("Network interface {s} has its link"),
+        "interface.errors_per_min" => {
+            format!("Network interface {s} has {v} errors and drops a minute")
+        }
+        "wifi.signal_dbm" => format!("The Wi-Fi signal on {s} is {v} dBm"),
+        "printer.lowest_supply_percent" => {
+            // The detail says which cartridge, on which printer, who says
+            // so; then the printer's state.
+            match d.split_once("; ") {
+                Some((what, state)) => {
+                    rest = format!("Reported: {state}.");
+                    what.to_owned()
+                }
+                None => d.to_owned(),
+            }
+        }
+        m if m.starts_with("printer.") => {
+            if !d.is_empty() {
+                rest = format!("Reported: {d}.");
+            }
+            let what = match (m, yes) {
+                ("printer.offline", true) => "is offline",
+                ("printer.stopped", true) => "is stopped",
+                ("printer.jammed", true) => "is jammed",
+                ("printer.media_empty", true) => "is out of paper",
+                ("printer.toner_empty", true) => "is out of toner or ink",
+                ("printer.toner_low", true) => "is low on toner or ink",
+                ("printer.door_open", true) => "has a cover or door open",
+                ("printer.service_requested", true) => "asks for service",
+                ("printer.oldest_job_minutes", _) => {
+                    return (
+                        format!("Printer {s} has had a job waiting for {v} minutes"),
+                        rest,
+                    );
+                }
+                _ => "is well",
+            };
+            format!("Printer {s} {what}")
+        }
+        other => {
+            rest = d.to_owned();
+            format!("{s}: {other} is {v}")
+        }
+    };
+    (sentence, rest)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
     /// Past the raise level since this time (ms), waiting out the hold.
@@ -404,12 +523,16 @@ impl Checks {
         let mut events = Vec::new();
         let mut measured = std::collections::HashSet::new();
         for x in measurements(snapshot) {
-            let (subject, value) = (&x.subject, x.value);
-            let with_detail = |text: String| {
-                if x.detail.is_empty() {
-                    text
+            let value = x.value;
+            let (sentence, rest) = finding(&x);
+            // The finding, the check's levels, then what is left of the
+            // context: "Disk / is 97 % full (disk.used_percent raises at
+            // 95, held 60s)."
+            let with_detail = |levels: String| {
+                if rest.is_empty() {
+                    format!("{sentence} ({levels}).")
                 } else {
-                    format!("{text}; {}", x.detail)
+                    format!("{sentence} ({levels}). {rest}")
                 }
             };
             for check in policy
@@ -417,7 +540,7 @@ impl Checks {
                 .iter()
                 .filter(|c| c.measurement == x.measurement)
             {
-                let key = (check.id.clone(), subject.clone());
+                let key = (check.id.clone(), x.subject.clone());
                 measured.insert(key.clone());
                 let state = self.state.get(&key).copied();
                 match state {
@@ -430,10 +553,9 @@ impl Checks {
                                 FaultState::Cleared,
                                 now_ms,
                                 with_detail(format!(
-                                    "{subject}: {} back to {} (clears past {})",
-                                    check.measurement,
-                                    number(value),
-                                    number(check.clear)
+                                    "back past {}, where {} clears",
+                                    number(check.clear),
+                                    check.measurement
                                 )),
                             ));
                         }
@@ -455,9 +577,8 @@ impl Checks {
                                 FaultState::Raised,
                                 now_ms,
                                 with_detail(format!(
-                                    "{subject}: {} at {} (raises at {}, held {}s)",
+                                    "{} raises at {}, held {}s",
                                     check.measurement,
-                                    number(value),
                                     number(check.raise),
                                     (now_ms - since) / 1000
                                 )),
@@ -653,11 +774,14 @@ mod tests {
         assert_eq!(e.subject, "/srv");
         assert_eq!(e.value, 97.0);
         assert_eq!(e.at_ms, 5_000);
-        assert!(
-            e.evidence
-                .contains("/srv: disk.used_percent at 97 (raises at 95"),
-            "{}",
-            e.evidence
+        assert_eq!(
+            e.evidence,
+            "Disk /srv is 97 % full (disk.used_percent raises at 95, held 0s)."
+        );
+        let back = c.evaluate(&disk(80), 9_000).pop().unwrap();
+        assert_eq!(
+            back.evidence,
+            "Disk /srv is 80 % full (back past 90, where disk.used_percent clears)."
         );
     }
 
@@ -847,6 +971,39 @@ mod tests {
                 "wifi_weak",
             ]
         );
+        // Each finding is one sentence saying what is wrong and where.
+        let said: HashMap<String, String> = Checks::evaluate_once(Policy::default_policy(), &s)
+            .into_iter()
+            .map(|e| (e.check_id, e.evidence))
+            .collect();
+        let starts = |check: &str, text: &str| {
+            assert!(said[check].starts_with(text), "{check}: {}", said[check]);
+        };
+        starts(
+            "dns_failing",
+            "erp.city.example does not resolve through resolver 192.0.2.53: no answer within 2s (",
+        );
+        starts(
+            "service_unreachable",
+            "Key service erp (erp.city.example:443) cannot be reached behind gateway 192.0.2.1: no connection (",
+        );
+        starts(
+            "gateway_unreachable",
+            "The default gateway 192.0.2.1 lost 100 % of its probes: 0 of 4  probes answered via  (",
+        );
+        starts(
+            "smart_failing",
+            "Disk /dev/sda fails its own SMART health check (",
+        );
+        starts("link_down", "Network interface eth0 has lost its link (");
+        starts(
+            "failed_services",
+            "1 system services have failed: cups.service (",
+        );
+        starts("wifi_weak", "The Wi-Fi signal on wlan0 is -85 dBm (");
+        for (check, text) in &said {
+            assert!(text.ends_with('.'), "{check}: {text}");
+        }
         // What each network subject is reached through.
         let via = |s: &Snapshot, check: &str| -> Vec<String> {
             Checks::evaluate_once(Policy::default_policy(), s)
