@@ -220,6 +220,7 @@ async fn snmp_printer_jam_and_empty_toner_raise_and_clear() {
     let agent = RunningAgent::start(config);
     let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
     let id = "ws-snmp";
+    let seen = watch_entries(&viewer).await;
 
     let printer = eventually(SLOW, "the network printer read", || async {
         let s = latest(&viewer, id).await?;
@@ -318,6 +319,22 @@ async fn snmp_printer_jam_and_empty_toner_raise_and_clear() {
     })
     .await;
     assert_eq!(tickets.len(), 1, "{tickets:?}");
+    let on_stream = eventually(WAIT, "the ticket on the stream", || async {
+        seen.lock()
+            .expect("entries")
+            .iter()
+            .find(|(t, e)| {
+                *t >= at
+                    && e.ticket == Some(tickets[0].id)
+                    && ["opened", "reopened", "fault_raised"].contains(&e.kind.as_str())
+            })
+            .map(|(t, _)| *t)
+    })
+    .await;
+    eprintln!(
+        "printer_supply_low over SNMP at 3 %: level set to the ticket on WatchTickets {} ms (network printer probe every 1 s)",
+        on_stream - at
+    );
     let fixed_at = vitals_proto::now_ms();
     snmpd.set(&printer_mib(3, "00 00", 12_500));
     eventually(SLOW, "printer_supply_low cleared", || async {
@@ -330,6 +347,29 @@ async fn snmp_printer_jam_and_empty_toner_raise_and_clear() {
     .await;
     agent.stop().await;
     collector.stop().await;
+}
+
+/// A specialist's `WatchTickets` stream, collected as it arrives: (when,
+/// in ms since the epoch; the entry).
+pub(crate) async fn watch_entries(
+    viewer: &Profile,
+) -> std::sync::Arc<std::sync::Mutex<Vec<(i64, vitals_proto::wire::TicketEntry)>>> {
+    let mut stream = Client::connect(viewer)
+        .await
+        .expect("viewer")
+        .watch_tickets()
+        .await
+        .expect("watch");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = seen.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(e)) = stream.message().await {
+            into.lock()
+                .expect("entries")
+                .push((vitals_proto::now_ms(), e));
+        }
+    });
+    seen
 }
 
 /// The agent binary, built by `cargo test --workspace`; built here if not.
@@ -668,6 +708,15 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
     let agent = RunningAgent::start(agent_config);
     let viewer = fleet.specialist_profile("ana", Role::Viewer, collector.addr);
     let id = "ws-device";
+    // What a specialist's queue sees, with when it arrived.
+    let seen = watch_entries(&viewer).await;
+    let arrived = |ticket: u64, kinds: &[&str]| {
+        seen.lock()
+            .expect("entries")
+            .iter()
+            .find(|(_, e)| e.ticket == Some(ticket) && kinds.contains(&e.kind.as_str()))
+            .map(|(at, _)| *at)
+    };
 
     // The queue's supplies come from the printer: its toner and its waste
     // tank, told apart.
@@ -770,6 +819,14 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         let open = tickets(ladder).await.unwrap_or(open);
         assert_eq!(open.len(), 1, "one ticket for the problem: {open:?}");
+        let on_stream = eventually(WAIT, "the ticket on the stream", || async {
+            arrived(open[0].id, &["opened", "reopened"])
+        })
+        .await;
+        eprintln!(
+            "{check} with no job: condition to the ticket on WatchTickets {} ms",
+            on_stream - at
+        );
         let fixed_at = vitals_proto::now_ms();
         set(back);
         wait_fault(&viewer, id, check, "Frontdesk", FaultState::Cleared).await;
@@ -778,9 +835,14 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
             (t.len() == 1 && !t[0].status.is_open()).then_some(t)
         })
         .await;
+        let on_stream = eventually(WAIT, "auto-resolved on the stream", || async {
+            arrived(resolved[0].id, &["auto_resolved"])
+        })
+        .await;
         eprintln!(
-            "{check}: fix to auto-resolve {} ms (quiet period 1 s)",
-            resolved[0].resolved_ms.unwrap_or_default() - fixed_at
+            "{check}: fix to auto-resolve {} ms, on WatchTickets {} ms (quiet period 1 s)",
+            resolved[0].resolved_ms.unwrap_or_default() - fixed_at,
+            on_stream - fixed_at
         );
     }
     // A cartridge at 5 %: one low-supply ticket that names it.
@@ -821,6 +883,23 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
         lows.iter().filter(|t| t.status.is_open()).count(),
         1,
         "{lows:?}"
+    );
+    let low_ticket = lows.iter().find(|t| t.status.is_open()).expect("open").id;
+    let on_stream = eventually(WAIT, "the low-supply ticket on the stream", || async {
+        seen.lock()
+            .expect("entries")
+            .iter()
+            .find(|(t, e)| {
+                *t >= at
+                    && e.ticket == Some(low_ticket)
+                    && ["opened", "reopened", "fault_raised"].contains(&e.kind.as_str())
+            })
+            .map(|(t, _)| *t)
+    })
+    .await;
+    eprintln!(
+        "printer_supply_low with no job: condition to the ticket on WatchTickets {} ms",
+        on_stream - at
     );
     let fixed_at = vitals_proto::now_ms();
     cups.set_toner(100);
