@@ -301,31 +301,46 @@ fn printer_measures(p: &PrinterInfo, out: &mut Vec<Measure>) {
         s.kind != vitals_proto::domain::SupplyKind::Waste
             && !s.name.to_ascii_lowercase().contains("waste")
     };
-    if let Some((supply, lowest)) = p
-        .supplies
-        .iter()
-        .filter(consumed)
-        .filter_map(|s| s.percent.map(|l| (s, l)))
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-    {
-        // The cartridge to order, where, and who says so.
-        let by = if crate::probes::snmp::is_network(&p.source) || p.address.starts_with("ipp") {
-            "the printer"
-        } else {
-            "the print queue"
-        };
-        let mut x = m(
-            "printer.lowest_supply_percent",
-            p.name.clone(),
-            f64::from(lowest),
-        );
-        x.detail = format!(
+    // The cartridge to order, where, and who says so.
+    let by = if crate::probes::snmp::is_network(&p.source) || p.address.starts_with("ipp") {
+        "the printer"
+    } else {
+        "the print queue"
+    };
+    let said = |supply: &vitals_proto::domain::Supply, level: f32| {
+        format!(
             "{} on {} ({}) at {} %, reported by {by}; {detail}",
             supply.name,
             p.name,
             p.address,
-            number(f64::from(lowest))
+            number(f64::from(level))
+        )
+    };
+    let levels: Vec<(&vitals_proto::domain::Supply, f32)> = p
+        .supplies
+        .iter()
+        .filter(consumed)
+        .filter_map(|s| s.percent.map(|l| (s, l)))
+        .collect();
+    // Each supply on its own, reached through its printer: two cartridges
+    // low are one printer's ticket listing both.
+    for (supply, level) in &levels {
+        let mut x = m(
+            "printer.supply_percent",
+            format!("{}: {}", p.name, supply.name),
+            f64::from(*level),
         );
+        x.detail = said(supply, *level);
+        x.via = p.name.clone();
+        out.push(x);
+    }
+    if let Some((supply, lowest)) = levels.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
+        let mut x = m(
+            "printer.lowest_supply_percent",
+            p.name.clone(),
+            f64::from(*lowest),
+        );
+        x.detail = said(supply, *lowest);
         out.push(x);
     }
 }
@@ -407,7 +422,7 @@ pub fn finding(x: &Measure) -> (String, String) {
             format!("Network interface {s} has {v} errors and drops a minute")
         }
         "wifi.signal_dbm" => format!("The Wi-Fi signal on {s} is {v} dBm"),
-        "printer.lowest_supply_percent" => {
+        "printer.lowest_supply_percent" | "printer.supply_percent" => {
             // The detail says which cartridge, on which printer, who says
             // so; then the printer's state.
             match d.split_once("; ") {
@@ -863,6 +878,60 @@ mod tests {
         for (state, reasons, expected) in cases {
             assert_eq!(&f(state, reasons), expected, "{state} {reasons:?}");
         }
+    }
+
+    #[test]
+    fn each_supply_is_judged_on_its_own_through_its_printer() {
+        use vitals_proto::domain::{Supply, SupplyKind};
+        let mut s = printer("idle", &[]);
+        let supply = |name: &str, percent: f32, kind| Supply {
+            name: name.into(),
+            percent: Some(percent),
+            kind,
+        };
+        s.printers[0].address = "ipp://10.20.5.31/ipp/print".into();
+        s.printers[0].supplies = vec![
+            supply("Cyan Toner", 3.0, SupplyKind::Consumed),
+            supply("Magenta Toner", 0.0, SupplyKind::Consumed),
+            supply("Black Toner", 60.0, SupplyKind::Unknown),
+            // Nearly empty waste is good news, and full of it is not toner.
+            supply("Waste Toner Box", 1.0, SupplyKind::Waste),
+            supply("waste ink pad", 2.0, SupplyKind::Unknown),
+        ];
+        let events = Checks::evaluate_once(Policy::default_policy(), &s);
+        let mut got: Vec<(&str, &str, &str)> = events
+            .iter()
+            .map(|e| (e.check_id.as_str(), e.subject.as_str(), e.via.as_str()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "printer_supply_empty",
+                    "Dispatch: Magenta Toner",
+                    "Dispatch"
+                ),
+                ("printer_supply_low", "Dispatch: Cyan Toner", "Dispatch"),
+                ("printer_supply_low", "Dispatch: Magenta Toner", "Dispatch"),
+            ]
+        );
+        let cyan = events
+            .iter()
+            .find(|e| e.subject == "Dispatch: Cyan Toner")
+            .unwrap();
+        assert!(
+            cyan.evidence.starts_with(
+                "Cyan Toner on Dispatch (ipp://10.20.5.31/ipp/print) at 3 %, reported by the printer (printer.supply_percent raises at 10"
+            ),
+            "{}",
+            cyan.evidence
+        );
+        assert!(
+            cyan.evidence.ends_with("Reported: state idle."),
+            "{}",
+            cyan.evidence
+        );
     }
 
     #[test]

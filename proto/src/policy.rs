@@ -130,6 +130,11 @@ pub const MEASUREMENTS: &[(&str, ProbeKind, &str)] = &[
         "level of the emptiest supply",
     ),
     (
+        "printer.supply_percent",
+        P::Printers,
+        "level of each toner or ink supply (not waste), per printer and supply",
+    ),
+    (
         "gateway.loss_percent",
         P::Network,
         "default gateway probes unanswered, percent",

@@ -27,14 +27,21 @@ const QUIET: &str = "3s";
 /// How long a drill step may take before the test fails.
 const STEP: Duration = Duration::from_secs(20);
 
-/// The shipped policy with every hold at zero (the drills test ticketing,
-/// not patience), a short quiet period, and the shipped symptom rule with
-/// a short settle time.
+/// The shipped policy with the network checks' holds at zero (the drills
+/// test ticketing, not patience; the other checks keep theirs, so a busy
+/// machine is not a fault here), a short quiet period, and the shipped
+/// symptom rule with a short settle time.
 fn drill_policy() -> String {
+    let mut network = false;
     let checks: String = vitals_proto::policy::DEFAULT
         .lines()
         .map(|l| {
-            if l.starts_with("hold = ") {
+            if l.starts_with("measurement = ") {
+                network = ["\"gateway.", "\"dns.", "\"service."]
+                    .iter()
+                    .any(|m| l.contains(m));
+            }
+            if l.starts_with("hold = ") && network {
                 "hold = \"0s\"\n".to_owned()
             } else {
                 format!("{l}\n")
@@ -269,7 +276,8 @@ async fn network_drills_make_one_right_ticket_each() {
     };
     let gw = desk.ns.gateway.clone();
     let resolver = format!("resolver {gw}");
-    assert!(desk.open().await.is_empty(), "a healthy desk has no ticket");
+    let open = desk.open().await;
+    assert!(open.is_empty(), "a healthy desk has no ticket: {open:?}");
 
     // 1. The DNS server stops answering: both names fail through the one
     //    resolver, and that is one ticket listing them.

@@ -670,13 +670,13 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
         "[tickets]\nquiet_period = \"1s\"\n\
          [[check]]\nid = \"printer_toner_empty\"\ntitle = \"Printer toner or ink empty\"\n\
          measurement = \"printer.toner_empty\"\ndirection = \"above\"\nraise = 1.0\nclear = 0.5\n\
-         severity = \"warning\"\nladder = \"printer_toner\"\n\
+         severity = \"warning\"\nladder = \"printer_toner\"\nticket_per = \"via\"\n\
          [[check]]\nid = \"printer_supply_low\"\ntitle = \"Printer supply running low\"\n\
-         measurement = \"printer.lowest_supply_percent\"\ndirection = \"below\"\nraise = 10.0\n\
-         clear = 15.0\nseverity = \"info\"\nladder = \"printer_toner\"\n\
+         measurement = \"printer.supply_percent\"\ndirection = \"below\"\nraise = 10.0\n\
+         clear = 15.0\nseverity = \"info\"\nladder = \"printer_toner\"\nticket_per = \"via\"\n\
          [[check]]\nid = \"printer_supply_empty\"\ntitle = \"Printer supply empty\"\n\
-         measurement = \"printer.lowest_supply_percent\"\ndirection = \"below\"\nraise = 0.0\n\
-         clear = 5.0\nseverity = \"warning\"\nladder = \"printer_toner\"\n\
+         measurement = \"printer.supply_percent\"\ndirection = \"below\"\nraise = 0.0\n\
+         clear = 5.0\nseverity = \"warning\"\nladder = \"printer_toner\"\nticket_per = \"via\"\n\
          [[check]]\nid = \"printer_out_of_paper\"\ntitle = \"Printer out of paper\"\n\
          measurement = \"printer.media_empty\"\ndirection = \"above\"\nraise = 1.0\nclear = 0.5\n\
          severity = \"warning\"\n",
@@ -851,7 +851,7 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
     // (The 0 % drill above raised this check too: wait for a new raise.)
     let low = eventually(SLOW, "printer_supply_low raised at 5 %", || async {
         faults_of(&viewer, id).await?.into_iter().find(|f| {
-            f.event.subject == "Frontdesk"
+            f.event.via == "Frontdesk"
                 && f.event.check_id == "printer_supply_low"
                 && f.event.state == FaultState::Raised
                 && f.event.at_ms >= at
@@ -905,7 +905,7 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
     cups.set_toner(100);
     eventually(SLOW, "printer_supply_low cleared", || async {
         faults_of(&viewer, id).await?.into_iter().find(|f| {
-            f.event.subject == "Frontdesk"
+            f.event.via == "Frontdesk"
                 && f.event.check_id == "printer_supply_low"
                 && f.event.state == FaultState::Cleared
                 && f.event.at_ms >= fixed_at
@@ -923,7 +923,10 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
     ] {
         let n = all
             .iter()
-            .filter(|f| f.event.check_id == check && f.event.subject == "Frontdesk")
+            .filter(|f| {
+                f.event.check_id == check
+                    && (f.event.subject == "Frontdesk" || f.event.via == "Frontdesk")
+            })
             .count();
         assert_eq!(n, times, "{check}: {all:?}");
     }

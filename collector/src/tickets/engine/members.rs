@@ -121,11 +121,7 @@ fn evidence_of(t: &Ticket) -> String {
                     }
                 })
                 .collect();
-            format!(
-                "{n} subjects reached through {} are failing: {}",
-                t.subject,
-                each.join(" ")
-            )
+            format!("{}: {n} failing together. {}", t.subject, each.join(" "))
         }
     }
 }

@@ -923,7 +923,7 @@ fn names_failing_through_one_resolver_are_one_ticket_listing_them() {
             assert_eq!(t.members.keys().collect::<Vec<_>>(), vec!["erp", "files"]);
             assert_eq!(
                 t.evidence,
-                "2 subjects reached through resolver 10.0.0.53 are failing: \
+                "resolver 10.0.0.53: 2 failing together. \
                  erp does not resolve through resolver 10.0.0.53. \
                  files does not resolve through resolver 10.0.0.53."
             );
