@@ -77,7 +77,13 @@ async fn main() -> anyhow::Result<()> {
                 value: 97.0,
                 evidence: format!("{check} on ws-{e:05}"),
                 at_ms: vitals_proto::now_ms(),
-                via: String::new(),
+                // DNS is one ticket per resolver in the shipped policy:
+                // its events take the way-in path.
+                via: if check == "dns_failing" {
+                    "resolver 10.0.0.53".into()
+                } else {
+                    String::new()
+                },
             }),
         });
         if batch.len() == 1024 {
