@@ -50,6 +50,9 @@ const DEVICE_ATTRIBUTES: &[&str] = &[
     "marker-types",
     "printer-supply",
     "printer-supply-description",
+    "marker-low-levels",
+    "marker-high-levels",
+    "printer-alert",
 ];
 /// How long one device may take to answer; devices are asked at once.
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -196,20 +199,105 @@ pub fn parse_device(attrs: &IppAttributes) -> DeviceStatus {
             .map(strings)
             .unwrap_or_default(),
     );
-    let supplies = if pwg.is_empty() {
-        supplies(
-            get("marker-names").map(strings).unwrap_or_default(),
-            get("marker-levels").map(ints).unwrap_or_default(),
-            get("marker-types").map(strings).unwrap_or_default(),
-        )
-    } else {
-        pwg
-    };
+    let markers = supplies(
+        get("marker-names").map(strings).unwrap_or_default(),
+        get("marker-levels").map(ints).unwrap_or_default(),
+        get("marker-types").map(strings).unwrap_or_default(),
+    );
+    let mut reasons = reasons;
+    // The printer's own thresholds: a cartridge at or under its low level
+    // is low, a waste container at or over its high level nearly full,
+    // whether or not the printer also says so in its reasons.
+    let low = get("marker-low-levels").map(ints).unwrap_or_default();
+    let high = get("marker-high-levels").map(ints).unwrap_or_default();
+    for (i, m) in markers.iter().enumerate() {
+        let Some(level) = m.percent else { continue };
+        let past = |limits: &[i32], above: bool| {
+            limits
+                .get(i)
+                .filter(|l| (1..=100).contains(*l))
+                .is_some_and(|l| {
+                    if above {
+                        level >= *l as f32
+                    } else {
+                        level <= *l as f32
+                    }
+                })
+        };
+        if m.kind == SupplyKind::Waste {
+            if past(&high, true) {
+                add_reason(&mut reasons, "marker-waste-almost-full", "report");
+            }
+        } else if past(&low, false) {
+            add_reason(&mut reasons, "marker-supply-low", "report");
+        }
+    }
+    // PWG 5100.9 alerts (`code=jam;severity=critical;…`), where a printer
+    // keeps its conditions there rather than in its reasons.
+    for alert in get("printer-alert").map(octets).unwrap_or_default() {
+        let field = |key: &str| {
+            alert
+                .split(';')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_owned())
+        };
+        let Some(reason) = field("code").and_then(|c| reason_of_alert(&c)) else {
+            continue;
+        };
+        let suffix = match field("severity").as_deref() {
+            Some("critical") => "error",
+            Some("warning") => "warning",
+            _ => "report",
+        };
+        add_reason(&mut reasons, &reason, suffix);
+    }
+    let supplies = if pwg.is_empty() { markers } else { pwg };
     DeviceStatus {
         state,
         reasons,
         supplies,
     }
+}
+
+/// Adds `reason` with its severity suffix unless the printer already says
+/// it (with any suffix).
+fn add_reason(reasons: &mut Vec<String>, reason: &str, suffix: &str) {
+    if !reasons.iter().any(|r| r.starts_with(reason)) {
+        reasons.push(format!("{reason}-{suffix}"));
+    }
+}
+
+/// The `printer-state-reasons` keyword for a PWG 5100.9 alert code
+/// (`markerSupplyEmpty` is `marker-supply-empty`); `None` for the codes
+/// that are no condition of the printer (`other`, `unknown`).
+fn reason_of_alert(code: &str) -> Option<String> {
+    let named = match code {
+        "other" | "unknown" | "" => return None,
+        "jam" | "mediaJam" | "inputMediaJam" | "outputMediaJam" => "media-jam",
+        "inputMediaSupplyEmpty" | "mediaEmpty" => "media-empty",
+        "inputMediaSupplyLow" | "mediaLow" => "media-low",
+        "markerSupplyAlmostEmpty" => "marker-supply-low",
+        "markerTonerEmpty" => "toner-empty",
+        "markerTonerAlmostEmpty" => "toner-low",
+        _ => "",
+    };
+    if !named.is_empty() {
+        return Some(named.to_owned());
+    }
+    // camelCase to the keywords' kebab-case.
+    let mut out = String::new();
+    for c in code.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('-');
+            out.push(c.to_ascii_lowercase());
+        } else if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else {
+            return None;
+        }
+    }
+    Some(out)
 }
 
 fn octets(v: &IppValue) -> Vec<String> {
@@ -550,6 +638,80 @@ mod tests {
             list(levels.iter().map(|l| IppValue::Integer(*l)).collect()),
         );
         a
+    }
+
+    #[test]
+    fn the_printer_s_thresholds_and_alerts_are_conditions_too() {
+        use ipp::attribute::IppAttribute;
+        let with = |mut a: IppAttributes, name: &str, value: IppValue| {
+            a.add(
+                DelimiterTag::PrinterAttributes,
+                IppAttribute::with_name(name, value).unwrap(),
+            );
+            a
+        };
+        let ints = |v: &[i32]| IppValue::Array(v.iter().map(|l| IppValue::Integer(*l)).collect());
+        // Waste at 95 of a high level 90; toner at 8 of a low level 10; no
+        // reason given by the printer for either.
+        let a = with(
+            device_answer(&["none"], &[95, 8]),
+            "marker-low-levels",
+            ints(&[0, 10]),
+        );
+        let a = with(a, "marker-high-levels", ints(&[90, 100]));
+        let d = parse_device(&a);
+        assert_eq!(
+            d.reasons,
+            vec![
+                "marker-waste-almost-full-report",
+                "marker-supply-low-report"
+            ]
+        );
+        // At 12 the toner is not low yet; a reason the printer gave itself
+        // is not said twice.
+        let a = with(
+            device_answer(&["marker-supply-low-warning"], &[10, 12]),
+            "marker-low-levels",
+            ints(&[0, 15]),
+        );
+        assert_eq!(parse_device(&a).reasons, vec!["marker-supply-low-warning"]);
+        let a = with(
+            device_answer(&["none"], &[10, 12]),
+            "marker-low-levels",
+            ints(&[0, 10]),
+        );
+        assert!(parse_device(&a).reasons.is_empty());
+        // Alerts, as PWG 5100.9 writes them.
+        let alerts = IppValue::Array(
+            [
+                "code=jam;severity=critical;group=mediaPath;",
+                "code=markerSupplyEmpty;severity=warning;index=2;",
+                "code=coverOpen;group=cover;",
+                "code=other;severity=critical;",
+                "code=bad code;",
+            ]
+            .iter()
+            .map(|s| IppValue::OctetString(s.as_bytes().to_vec().into()))
+            .collect(),
+        );
+        let a = with(
+            device_answer(&["media-jam-error"], &[10, 50]),
+            "printer-alert",
+            alerts,
+        );
+        assert_eq!(
+            parse_device(&a).reasons,
+            vec![
+                "media-jam-error",
+                "marker-supply-empty-warning",
+                "cover-open-report"
+            ]
+        );
+        assert_eq!(
+            reason_of_alert("inputMediaSupplyEmpty").as_deref(),
+            Some("media-empty")
+        );
+        assert_eq!(reason_of_alert("doorOpen").as_deref(), Some("door-open"));
     }
 
     #[test]
