@@ -134,8 +134,23 @@ impl Drop for Daemon {
     }
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, for a daemon (or a collector process) to
+/// bind after this returns. It is picked below the kernel's ephemeral
+/// range, so no outgoing connection or `bind(0)` of a test running beside
+/// it takes the port in the meantime, or while a daemon restarts on it.
 pub fn free_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 12_000 {
+        for _ in 0..200 {
+            let port = fastrand::u16(10_000..ephemeral_low);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
