@@ -673,7 +673,10 @@ mod tests {
         let (dirs, visited, complete) = biggest_dirs(&root, 2).unwrap();
         let names: Vec<(&str, u64)> = dirs
             .iter()
-            .map(|d| (d.path.rsplit('/').next().unwrap(), d.bytes))
+            .map(|d| {
+                let name = std::path::Path::new(&d.path).file_name().unwrap();
+                (name.to_str().unwrap(), d.bytes)
+            })
             .collect();
         assert_eq!(names, vec![("big", 300_000), ("medium", 100_000)]);
         assert!(complete && visited >= 4, "{visited}");

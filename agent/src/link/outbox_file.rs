@@ -376,7 +376,22 @@ impl OutboxFile {
             }
             let f = out.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
+            drop(f);
+            // Windows refuses to replace a file that is open: our handles
+            // move to the new copy first (Rust opens files with delete
+            // sharing, so the copy may be renamed while open), and the
+            // rename makes that copy the outbox file under them.
+            let (file, reader) = (
+                OpenOptions::new().append(true).open(&tmp)?,
+                File::open(&tmp)?,
+            );
+            self.file = file;
+            self.reader = reader;
+            if let Err(e) = std::fs::rename(&tmp, &self.path) {
+                self.file = OpenOptions::new().append(true).open(&self.path)?;
+                self.reader = File::open(&self.path)?;
+                return Err(e);
+            }
             Ok(at)
         })();
         let size = match written {
