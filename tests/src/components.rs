@@ -676,6 +676,7 @@ impl DeskNamespace {
         std::thread::sleep(Duration::from_millis(300));
         ns.nft("add table inet vitals_test")?;
         ns.nft("add chain inet vitals_test out { type filter hook output priority 0 ; }")?;
+        ns.nft("add chain inet vitals_test in { type filter hook input priority 0 ; }")?;
         Ok(ns)
     }
 
@@ -707,8 +708,17 @@ impl DeskNamespace {
             .expect("nft rule");
     }
 
+    /// Drops every incoming packet the rule text matches, as a lossy
+    /// link would: what was sent goes unanswered (a drop on the way out
+    /// fails the send at once instead, with "operation not permitted").
+    pub fn drop_incoming(&self, matches: &str) {
+        self.nft(&format!("add rule inet vitals_test in {matches} drop"))
+            .expect("nft rule");
+    }
+
     pub fn clear(&self) {
         self.nft("flush chain inet vitals_test out")
+            .and_then(|()| self.nft("flush chain inet vitals_test in"))
             .expect("nft flush");
     }
 

@@ -159,21 +159,23 @@ impl Probe for NetworkProbe {
             Vec::new()
         });
         let timeout = self.settings.timeout;
+        // Names, services and the gateway at once: a broken network costs
+        // one round of timeouts, not three.
         let dns = futures_all(
             self.settings
                 .dns
-                .iter()
-                .map(|n| resolve(n.clone(), timeout)),
-        )
-        .await;
+                .clone()
+                .into_iter()
+                .map(|n| resolve(n, timeout)),
+        );
         let services = futures_all(
             self.settings
                 .services
-                .iter()
-                .map(|s| connect(s.name.clone(), s.address.clone(), timeout)),
-        )
-        .await;
-        let gateway = self.gateway().await;
+                .clone()
+                .into_iter()
+                .map(|s| connect(s.name, s.address, timeout)),
+        );
+        let (dns, services, gateway) = tokio::join!(dns, services, self.gateway());
         let wifi = match std::fs::read_to_string("/proc/net/wireless") {
             Ok(text) => parse_wireless(&text),
             Err(_) => Vec::new(),
@@ -322,79 +324,163 @@ async fn connect(name: String, address: String, timeout: Duration) -> ServiceChe
     check
 }
 
-/// `count` echo requests to the gateway, ICMP where this process may send
-/// it (an unprivileged datagram socket, or a raw one as root), otherwise
-/// TCP connects: a refused connection proves the gateway answers too.
+/// `count` probes of the gateway: ICMP echo requests where this process
+/// may send them (an unprivileged datagram socket, or a raw one as root),
+/// otherwise TCP connects (a refused connection proves the gateway answers
+/// too). Every ICMP probe lost is checked over TCP before it is believed:
+/// a gateway that filters echo requests, or an ICMP receive path that is
+/// broken on this system, is not an unreachable gateway (see [`settle`]).
 async fn ping_series(address: IpAddr, interface: String, count: u32, timeout: Duration) -> Gateway {
-    let mut rtts = Vec::new();
-    let method;
+    let icmp = icmp_series(address, count, timeout).await;
+    let all_lost = matches!(&icmp, Ok(r) if !r.is_empty() && r.iter().all(Option::is_none));
+    // ICMP unusable: TCP measures in its place. Every echo lost: a few
+    // connects tell whether the gateway is there at all.
+    let tcp = match (&icmp, all_lost) {
+        (Err(_), _) => Some(tcp_series(address, count, SPACING, timeout).await),
+        // One hop away, a gateway that is there answers a connect in
+        // milliseconds; every echo is already lost, so do not wait long.
+        (Ok(_), true) => Some(
+            tcp_series(
+                address,
+                count.min(CROSS_CHECKS),
+                Duration::ZERO,
+                timeout.min(CROSS_CHECK_TIMEOUT),
+            )
+            .await,
+        ),
+        _ => None,
+    };
+    if let Err(e) = &icmp {
+        tracing::debug!(%address, error = %e, "echo requests cannot be used here; measuring over TCP");
+    }
+    let (method, rtts) = settle(icmp, tcp);
+    if method == "tcp (icmp lost)" {
+        tracing::warn!(
+            %address,
+            "no echo request to the gateway was answered, but it answers TCP: \
+             measured over TCP (echo filtered, or ICMP broken on this system)"
+        );
+    }
+    let sent = rtts.len() as u32;
+    let received = rtts.iter().filter(|r| r.is_some()).count() as u32;
+    let answered: Vec<Duration> = rtts.iter().flatten().copied().collect();
+    Gateway {
+        address: address.to_string(),
+        interface,
+        method: method.into(),
+        sent,
+        received,
+        loss_percent: if sent == 0 {
+            0.0
+        } else {
+            (sent - received) as f32 * 100.0 / sent as f32
+        },
+        rtt_ms: (!answered.is_empty()).then(|| {
+            answered.iter().map(Duration::as_secs_f32).sum::<f32>() * 1000.0 / answered.len() as f32
+        }),
+    }
+}
+
+/// Connects made at once to check a gateway that answered no echo request.
+const CROSS_CHECKS: u32 = 3;
+/// How long a cross-check connect may take.
+const CROSS_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+/// Between the probes of a series.
+const SPACING: Duration = Duration::from_millis(100);
+
+/// Which series measures the gateway: ICMP's, unless it could not be sent
+/// (then TCP's), or lost every probe while TCP got an answer (then TCP's:
+/// the gateway is there). Only when both lose everything is it unreachable.
+fn settle(
+    icmp: Result<Vec<Option<Duration>>, String>,
+    tcp: Option<Vec<Option<Duration>>>,
+) -> (&'static str, Vec<Option<Duration>>) {
+    match (icmp, tcp) {
+        (Err(_), Some(tcp)) => ("tcp", tcp),
+        (Ok(icmp), Some(tcp)) if tcp.iter().any(Option::is_some) => {
+            if icmp.iter().any(Option::is_some) {
+                ("icmp", icmp)
+            } else {
+                ("tcp (icmp lost)", tcp)
+            }
+        }
+        (Ok(icmp), _) => ("icmp", icmp),
+        (Err(_), None) => ("tcp", Vec::new()),
+    }
+}
+
+/// Round trips of `count` echo requests sent 100 ms apart and awaited
+/// together, so a lossy link costs one timeout, not one per lost probe.
+/// `Err` when ICMP cannot be used here at all; a probe that could not be
+/// sent (rather than went unanswered) makes the series unusable too.
+async fn icmp_series(
+    address: IpAddr,
+    count: u32,
+    timeout: Duration,
+) -> Result<Vec<Option<Duration>>, String> {
     let config = match address {
         IpAddr::V4(_) => surge_ping::Config::default(),
         IpAddr::V6(_) => surge_ping::Config::builder()
             .kind(surge_ping::ICMP::V6)
             .build(),
     };
-    // Probes leave 100 ms apart and are awaited together, so a lossy
-    // link costs one timeout, not one per lost probe.
-    match surge_ping::Client::new(&config) {
-        Ok(client) => {
-            method = "icmp";
-            let ident = surge_ping::PingIdentifier(fastrand::u16(..));
-            let mut set = tokio::task::JoinSet::new();
-            for seq in 0..count {
-                let client = client.clone();
-                set.spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(100) * seq).await;
-                    let mut pinger = client.pinger(address, ident).await;
-                    pinger.timeout(timeout);
-                    pinger
-                        .ping(surge_ping::PingSequence(seq as u16), &[0; 16])
-                        .await
-                        .ok()
-                        .map(|(_, rtt)| rtt)
-                });
+    let client = surge_ping::Client::new(&config).map_err(|e| e.to_string())?;
+    let ident = surge_ping::PingIdentifier(fastrand::u16(..));
+    let mut set = tokio::task::JoinSet::new();
+    for seq in 0..count {
+        let client = client.clone();
+        set.spawn(async move {
+            tokio::time::sleep(SPACING * seq).await;
+            let mut pinger = client.pinger(address, ident).await;
+            pinger.timeout(timeout);
+            match pinger
+                .ping(surge_ping::PingSequence(seq as u16), &[0; 16])
+                .await
+            {
+                Ok((_, rtt)) => Ok(Some(rtt)),
+                Err(surge_ping::SurgeError::Timeout { .. }) => Ok(None),
+                Err(e) => Err(e.to_string()),
             }
-            while let Some(done) = set.join_next().await {
-                rtts.extend(done.ok().flatten());
-            }
-        }
-        Err(_) => {
-            method = "tcp";
-            let mut set = tokio::task::JoinSet::new();
-            for seq in 0..count {
-                set.spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(100) * seq).await;
-                    let started = Instant::now();
-                    match tokio::time::timeout(timeout, TcpStream::connect((address, 80))).await {
-                        Ok(Ok(_)) => Some(started.elapsed()),
-                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                            Some(started.elapsed())
-                        }
-                        _ => None,
-                    }
-                });
-            }
-            while let Some(done) = set.join_next().await {
-                rtts.extend(done.ok().flatten());
-            }
+        });
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(Ok(r)) => out.push(r),
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(format!("an echo request task failed: {e}")),
         }
     }
-    let received = rtts.len() as u32;
-    Gateway {
-        address: address.to_string(),
-        interface,
-        method: method.into(),
-        sent: count,
-        received,
-        loss_percent: if count == 0 {
-            0.0
-        } else {
-            (count - received) as f32 * 100.0 / count as f32
-        },
-        rtt_ms: (!rtts.is_empty()).then(|| {
-            rtts.iter().map(Duration::as_secs_f32).sum::<f32>() * 1000.0 / rtts.len() as f32
-        }),
+    Ok(out)
+}
+
+/// Round trips of `count` TCP connects to port 80, `spacing` apart; a
+/// refused connection is an answer.
+async fn tcp_series(
+    address: IpAddr,
+    count: u32,
+    spacing: Duration,
+    timeout: Duration,
+) -> Vec<Option<Duration>> {
+    let mut set = tokio::task::JoinSet::new();
+    for seq in 0..count {
+        set.spawn(async move {
+            tokio::time::sleep(spacing * seq).await;
+            let started = Instant::now();
+            match tokio::time::timeout(timeout, TcpStream::connect((address, 80))).await {
+                Ok(Ok(_)) => Some(started.elapsed()),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    Some(started.elapsed())
+                }
+                _ => None,
+            }
+        });
     }
+    let mut out = Vec::with_capacity(count as usize);
+    while let Some(done) = set.join_next().await {
+        out.push(done.ok().flatten());
+    }
+    out
 }
 
 /// Link state and drop counters from `/sys/class/net` (Linux); elsewhere
@@ -486,6 +572,32 @@ mod tests {
         assert!(local.ok, "{local:?}");
         let missing = resolve("no-such-host.invalid".into(), t).await;
         assert!(!missing.ok && !missing.error.is_empty(), "{missing:?}");
+    }
+
+    #[test]
+    fn lost_echoes_are_believed_only_if_tcp_gets_no_answer_either() {
+        let ms = |v: &[Option<u64>]| -> Vec<Option<Duration>> {
+            v.iter().map(|x| x.map(Duration::from_millis)).collect()
+        };
+        let lost = ms(&[None, None, None]);
+        // Every echo lost while the gateway answers TCP (echo filtered, or
+        // a broken ICMP receive path): measured over TCP, not 100 % loss.
+        let (method, r) = settle(Ok(lost.clone()), Some(ms(&[Some(1), Some(2), None])));
+        assert_eq!(method, "tcp (icmp lost)");
+        assert_eq!(r.iter().filter(|x| x.is_some()).count(), 2);
+        // Both lose everything: unreachable, by ICMP's count.
+        let (method, r) = settle(Ok(lost.clone()), Some(lost.clone()));
+        assert_eq!((method, r.len()), ("icmp", 3));
+        assert!(r.iter().all(Option::is_none));
+        // Some echoes answered: ICMP's loss stands.
+        let half = ms(&[Some(1), None, Some(1), None]);
+        assert_eq!(settle(Ok(half.clone()), None), ("icmp", half));
+        // ICMP unusable here: TCP.
+        let tcp = ms(&[Some(3), Some(3)]);
+        assert_eq!(
+            settle(Err("no socket".into()), Some(tcp.clone())),
+            ("tcp", tcp)
+        );
     }
 
     #[tokio::test]

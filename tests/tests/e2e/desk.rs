@@ -142,12 +142,13 @@ impl Desk {
         pred: impl Fn(&wire::TicketEntry) -> bool,
     ) -> (Instant, wire::TicketEntry) {
         let deadline = tokio::time::Instant::now() + STEP;
+        let mut passed = Vec::new();
         loop {
             match tokio::time::timeout_at(deadline, self.entries.recv()).await {
                 Ok(Some((at, e))) if pred(&e) => return (at, e),
-                Ok(Some(_)) => {}
+                Ok(Some((_, e))) => passed.push(e),
                 Ok(None) => panic!("the ticket stream ended waiting for {what}"),
-                Err(_) => panic!("no {what} within {STEP:?}"),
+                Err(_) => panic!("no {what} within {STEP:?}; the stream had {passed:?}"),
             }
         }
     }
@@ -322,10 +323,11 @@ async fn network_drills_make_one_right_ticket_each() {
 
     // 2. Half the gateway's echo requests lost, then all, then a third:
     //    one ticket whose severity and priority rise and fall back.
-    let echo = format!("ip daddr {gw} icmp type echo-request");
+    // Replies lost on their way back, as on a lossy link.
+    let echo = format!("ip saddr {gw} icmp type echo-reply");
     let broke = Instant::now();
     desk.ns
-        .drop_matching(&format!("{echo} numgen inc mod 2 == 0"));
+        .drop_incoming(&format!("{echo} numgen inc mod 2 == 0"));
     let (at, gateway) = desk.opened("the gateway ticket", &["gateway_lossy"]).await;
     eprintln!("drill gateway: 50 % loss → ticket {} ms", ms(broke, at));
     let lossy = desk.ticket(gateway).await.ticket;
@@ -335,7 +337,10 @@ async fn network_drills_make_one_right_ticket_each() {
     );
     desk.ns.clear();
     let worse = Instant::now();
-    desk.ns.drop_matching(&echo);
+    // All of it: echo and the TCP cross-check alike.
+    desk.ns.drop_incoming(&echo);
+    desk.ns
+        .drop_incoming(&format!("ip saddr {gw} tcp sport 80"));
     let (at, up) = desk
         .next("severity up", on(gateway, "severity_changed"))
         .await;
@@ -359,7 +364,7 @@ async fn network_drills_make_one_right_ticket_each() {
     desk.ns.clear();
     let better = Instant::now();
     desk.ns
-        .drop_matching(&format!("{echo} numgen inc mod 10 < 3"));
+        .drop_incoming(&format!("{echo} numgen inc mod 10 < 3"));
     let (at, down) = desk
         .next("severity down", on(gateway, "severity_changed"))
         .await;
@@ -393,7 +398,9 @@ async fn network_drills_make_one_right_ticket_each() {
     // 3. The gateway unreachable while DNS and both key services fail too:
     //    one ticket, the others linked to it as symptoms.
     let broke = Instant::now();
-    desk.ns.drop_matching(&echo);
+    desk.ns.drop_incoming(&echo);
+    desk.ns
+        .drop_incoming(&format!("ip saddr {gw} tcp sport 80"));
     desk.ns.drop_matching("udp dport 53");
     desk.ns.drop_matching("tcp dport 53");
     desk.ns

@@ -490,8 +490,30 @@ fn dns_gateway_loss_and_key_service_faults_in_a_namespace() {
     ns.clear();
     assert_eq!(network_faults(&once_in(&ns, &config).1), vec![], "DNS back");
 
-    // The gateway stops answering echo requests.
-    ns.drop_matching(&format!("ip daddr {} icmp type echo-request", ns.gateway));
+    // The gateway stops answering echo requests but still answers TCP:
+    // it is there (echo filtered), measured over TCP, no fault.
+    let gw = &ns.gateway;
+    ns.drop_incoming(&format!("ip saddr {gw} icmp type echo-reply"));
+    let (snap, faults) = once_in(&ns, &config);
+    assert_eq!(network_faults(&faults), vec![], "{snap}");
+    assert_eq!(
+        snap["network"]["gateway"]["method"], "tcp (icmp lost)",
+        "{snap}"
+    );
+    assert_eq!(snap["network"]["gateway"]["received"], 3, "{snap}");
+    assert_eq!(snap["network"]["gateway"]["loss_percent"], 0.0, "{snap}");
+    // Echo requests refused on the way out (a local firewall): ICMP cannot
+    // be used, TCP measures, no fault either.
+    ns.clear();
+    ns.drop_matching(&format!("ip daddr {gw} icmp type echo-request"));
+    let (snap, faults) = once_in(&ns, &config);
+    assert_eq!(network_faults(&faults), vec![], "{snap}");
+    assert_eq!(snap["network"]["gateway"]["method"], "tcp", "{snap}");
+    ns.clear();
+
+    // Nothing answers at all: unreachable.
+    ns.drop_incoming(&format!("ip saddr {gw} icmp type echo-reply"));
+    ns.drop_incoming(&format!("ip saddr {gw} tcp sport 80"));
     let (snap, faults) = once_in(&ns, &config);
     assert_eq!(
         network_faults(&faults),
@@ -505,8 +527,8 @@ fn dns_gateway_loss_and_key_service_faults_in_a_namespace() {
     ns.clear();
 
     // Half the echo requests lost: lossy, not unreachable.
-    ns.drop_matching(&format!(
-        "ip daddr {} icmp type echo-request numgen random mod 100 < 50",
+    ns.drop_incoming(&format!(
+        "ip saddr {} icmp type echo-reply numgen random mod 100 < 50",
         ns.gateway
     ));
     let (snap, faults) = once_in(&ns, &config);
