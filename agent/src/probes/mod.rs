@@ -16,6 +16,7 @@ pub mod os;
 pub mod sensors;
 pub mod smart;
 pub mod snmp;
+pub mod spooler;
 pub mod system;
 
 use std::collections::BTreeMap;
