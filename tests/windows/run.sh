@@ -4,7 +4,8 @@
 # a network namespace of its own so nothing leaves the machine:
 #   - the agent's unit tests, run under Wine;
 #   - `vitals-agent.exe once --json`: a Windows snapshot, and no fault the
-#     machine does not have.
+#     machine does not have;
+#   - a pending-reboot marker set in the registry is reported, and clears.
 #
 #   tests/windows/run.sh            build and test
 #   tests/windows/run.sh --build    build only
@@ -102,4 +103,24 @@ if false:
 if problems:
     sys.exit("windows: " + "; ".join(problems))
 PY
+echo "windows: a pending reboot marked in the registry, then cleared"
+wu='HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\WindowsUpdate\Auto Update\RebootRequired'
+reboot_state() {
+    in_namespace "wine '$out/vitals-agent.exe' once --json --config agent.toml" \
+        | python3 -c 'import json,sys; o=json.load(sys.stdin)["snapshot"]["os"]; print(o["reboot_required"], "|", "; ".join(o["reboot_reasons"]))'
+}
+in_namespace "wine reg add '$wu' /f >/dev/null 2>&1"
+marked=$(reboot_state)
+echo "windows: marked: $marked"
+case "$marked" in
+    "True | "*"Windows Update"*) ;;
+    *) echo "windows: the Windows Update marker was not reported" >&2; exit 1 ;;
+esac
+in_namespace "wine reg delete '$wu' /f >/dev/null 2>&1"
+cleared=$(reboot_state)
+echo "windows: cleared: $cleared"
+case "$cleared" in
+    "False | "*) ;;
+    *) echo "windows: the pending reboot did not clear" >&2; exit 1 ;;
+esac
 echo "windows: passed"

@@ -40,6 +40,8 @@ impl Probe for OsProbe {
             ..Default::default()
         };
         pending_reboot(&self.run_dir, &mut os);
+        #[cfg(windows)]
+        apply_reboot_markers(&windows::reboot_markers(), &mut os);
         match failed_services().await {
             Ok(list) => {
                 os.services_checked = true;
@@ -81,6 +83,94 @@ fn pending_reboot(run_dir: &Path, os: &mut OsHealth) {
         reasons.push("reboot-required marker present".into());
     }
     os.reboot_reasons = reasons;
+}
+
+/// A reason a reboot is pending, and since when where that is known
+/// (seconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebootMarker {
+    pub reason: String,
+    pub since_secs: Option<u64>,
+}
+
+/// Markers found (Windows keeps several) join what is already known: the
+/// reboot is pending since the earliest of them.
+pub fn apply_reboot_markers(markers: &[RebootMarker], os: &mut OsHealth) {
+    if markers.is_empty() {
+        return;
+    }
+    os.reboot_required = true;
+    os.reboot_required_since_secs = os
+        .reboot_required_since_secs
+        .into_iter()
+        .chain(markers.iter().filter_map(|m| m.since_secs))
+        .min();
+    for m in markers {
+        if !os.reboot_reasons.contains(&m.reason) {
+            os.reboot_reasons.push(m.reason.clone());
+        }
+    }
+}
+
+/// A Windows `FILETIME` (100 ns steps since 1601) as seconds since the
+/// Unix epoch; `None` before 1970.
+pub fn filetime_secs(low: u32, high: u32) -> Option<u64> {
+    const EPOCH_DIFF_SECS: u64 = 11_644_473_600;
+    let ticks = (u64::from(high) << 32) | u64::from(low);
+    (ticks / 10_000_000).checked_sub(EPOCH_DIFF_SECS)
+}
+
+/// The registry's pending-reboot markers.
+#[cfg(windows)]
+mod windows {
+    use super::{RebootMarker, filetime_secs};
+    use winreg::RegKey;
+    use winreg::enums::HKEY_LOCAL_MACHINE;
+
+    const KEYS: &[(&str, &str)] = &[
+        (
+            r"SOFTWARE\Microsoft\Windows\CurrentVersion\Component Based Servicing\RebootPending",
+            "Component Based Servicing: an update is waiting for a restart",
+        ),
+        (
+            r"SOFTWARE\Microsoft\Windows\CurrentVersion\WindowsUpdate\Auto Update\RebootRequired",
+            "Windows Update: a restart is required",
+        ),
+    ];
+    const SESSION_MANAGER: &str = r"SYSTEM\CurrentControlSet\Control\Session Manager";
+
+    /// Each marker key present, since its last write; and files the
+    /// session manager is to replace at the next start.
+    pub fn reboot_markers() -> Vec<RebootMarker> {
+        let hklm = RegKey::predef(HKEY_LOCAL_MACHINE);
+        let mut out = Vec::new();
+        for (path, reason) in KEYS {
+            if let Ok(key) = hklm.open_subkey(path) {
+                let since_secs = key.query_info().ok().and_then(|i| {
+                    filetime_secs(
+                        i.last_write_time.dwLowDateTime,
+                        i.last_write_time.dwHighDateTime,
+                    )
+                });
+                out.push(RebootMarker {
+                    reason: (*reason).to_owned(),
+                    since_secs,
+                });
+            }
+        }
+        if let Ok(key) = hklm.open_subkey(SESSION_MANAGER)
+            && let Ok(v) = key.get_raw_value("PendingFileRenameOperations")
+            && v.bytes.iter().any(|b| *b != 0)
+        {
+            out.push(RebootMarker {
+                reason: "files waiting to be replaced at the next start \
+                         (PendingFileRenameOperations)"
+                    .into(),
+                since_secs: None,
+            });
+        }
+        out
+    }
 }
 
 /// Failed units, from `systemctl list-units --state=failed --output=json`.
@@ -233,6 +323,38 @@ mod tests {
         assert_eq!(parse_failed_units("[]").unwrap(), Vec::<String>::new());
         assert!(parse_failed_units("UNIT LOAD ACTIVE").is_err());
         assert!(parse_failed_units("{}").is_err());
+    }
+
+    #[test]
+    fn windows_markers_join_and_the_earliest_counts() {
+        // 2026-11-30T12:00:00Z as a FILETIME.
+        let ft: u64 = (1_796_040_000 + 11_644_473_600) * 10_000_000;
+        assert_eq!(
+            filetime_secs(ft as u32, (ft >> 32) as u32),
+            Some(1_796_040_000)
+        );
+        assert_eq!(filetime_secs(0, 0), None, "1601 is before the epoch");
+        let mut os = OsHealth::default();
+        apply_reboot_markers(&[], &mut os);
+        assert!(!os.reboot_required);
+        let wu = RebootMarker {
+            reason: "Windows Update: a restart is required".into(),
+            since_secs: Some(1_796_040_000),
+        };
+        let renames = RebootMarker {
+            reason: "files waiting to be replaced at the next start".into(),
+            since_secs: None,
+        };
+        let cbs = RebootMarker {
+            reason: "Component Based Servicing".into(),
+            since_secs: Some(1_795_000_000),
+        };
+        apply_reboot_markers(&[wu.clone(), renames.clone()], &mut os);
+        assert!(os.reboot_required);
+        assert_eq!(os.reboot_required_since_secs, Some(1_796_040_000));
+        apply_reboot_markers(&[cbs, wu], &mut os);
+        assert_eq!(os.reboot_required_since_secs, Some(1_795_000_000));
+        assert_eq!(os.reboot_reasons.len(), 3, "{:?}", os.reboot_reasons);
     }
 
     #[tokio::test]
