@@ -320,15 +320,7 @@ async fn snmp_printer_jam_and_empty_toner_raise_and_clear() {
     .await;
     assert_eq!(tickets.len(), 1, "{tickets:?}");
     let on_stream = eventually(WAIT, "the ticket on the stream", || async {
-        seen.lock()
-            .expect("entries")
-            .iter()
-            .find(|(t, e)| {
-                *t >= at
-                    && e.ticket == Some(tickets[0].id)
-                    && ["opened", "reopened", "fault_raised"].contains(&e.kind.as_str())
-            })
-            .map(|(t, _)| *t)
+        seen.arrival(tickets[0].id, RAISED, at)
     })
     .await;
     eprintln!(
@@ -349,11 +341,31 @@ async fn snmp_printer_jam_and_empty_toner_raise_and_clear() {
     collector.stop().await;
 }
 
+/// Timeline kinds that mean a fault reached a ticket.
+const RAISED: &[&str] = &["opened", "reopened", "fault_raised"];
+
 /// A specialist's `WatchTickets` stream, collected as it arrives: (when,
 /// in ms since the epoch; the entry).
-pub(crate) async fn watch_entries(
-    viewer: &Profile,
-) -> std::sync::Arc<std::sync::Mutex<Vec<(i64, vitals_proto::wire::TicketEntry)>>> {
+pub(crate) struct Seen(
+    std::sync::Arc<std::sync::Mutex<Vec<(i64, vitals_proto::wire::TicketEntry)>>>,
+);
+
+impl Seen {
+    /// When the first entry of `ticket` of one of `kinds` arrived, at or
+    /// after `since` (ms since the epoch).
+    pub(crate) fn arrival(&self, ticket: u64, kinds: &[&str], since: i64) -> Option<i64> {
+        self.0
+            .lock()
+            .expect("entries")
+            .iter()
+            .find(|(at, e)| {
+                *at >= since && e.ticket == Some(ticket) && kinds.contains(&e.kind.as_str())
+            })
+            .map(|(at, _)| *at)
+    }
+}
+
+pub(crate) async fn watch_entries(viewer: &Profile) -> Seen {
     let mut stream = Client::connect(viewer)
         .await
         .expect("viewer")
@@ -369,7 +381,7 @@ pub(crate) async fn watch_entries(
                 .push((vitals_proto::now_ms(), e));
         }
     });
-    seen
+    Seen(seen)
 }
 
 /// The agent binary, built by `cargo test --workspace`; built here if not.
@@ -732,13 +744,7 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
     let id = "ws-device";
     // What a specialist's queue sees, with when it arrived.
     let seen = watch_entries(&viewer).await;
-    let arrived = |ticket: u64, kinds: &[&str]| {
-        seen.lock()
-            .expect("entries")
-            .iter()
-            .find(|(_, e)| e.ticket == Some(ticket) && kinds.contains(&e.kind.as_str()))
-            .map(|(at, _)| *at)
-    };
+    let arrived = |ticket: u64, kinds: &[&str]| seen.arrival(ticket, kinds, i64::MIN);
 
     // The queue's supplies come from the printer: its toner and its waste
     // tank, told apart.
@@ -908,15 +914,7 @@ async fn the_printer_itself_reports_toner_and_paper_out_with_no_job_sent() {
     );
     let low_ticket = lows.iter().find(|t| t.status.is_open()).expect("open").id;
     let on_stream = eventually(WAIT, "the low-supply ticket on the stream", || async {
-        seen.lock()
-            .expect("entries")
-            .iter()
-            .find(|(t, e)| {
-                *t >= at
-                    && e.ticket == Some(low_ticket)
-                    && ["opened", "reopened", "fault_raised"].contains(&e.kind.as_str())
-            })
-            .map(|(t, _)| *t)
+        seen.arrival(low_ticket, RAISED, at)
     })
     .await;
     eprintln!(
