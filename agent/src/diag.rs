@@ -616,7 +616,86 @@ async fn os(clock: watch::Receiver<Option<i64>>, progress: &Progress) -> Result<
     })
 }
 
+/// The last 50 critical and error entries of the System event log.
+#[cfg(windows)]
+async fn critical_log() -> Result<Vec<String>, String> {
+    let entries = tokio::task::spawn_blocking(|| crate::win32::eventlog::critical_entries(50));
+    let entries = tokio::time::timeout(Duration::from_secs(10), entries)
+        .await
+        .map_err(|_| "the event log did not answer within 10s".to_owned())?
+        .map_err(|e| format!("event log reader: {e}"))??;
+    Ok(entries.iter().map(EventEntry::line).collect())
+}
+
+/// One event log entry, as the System log's XML gives it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventEntry {
+    /// `TimeCreated/@SystemTime`, ISO 8601 UTC.
+    pub time: String,
+    /// 1 critical, 2 error, 3 warning, 4 information.
+    pub level: u8,
+    pub provider: String,
+    pub event_id: u32,
+    /// The publisher's message, where it could be formatted.
+    pub message: String,
+}
+
+impl EventEntry {
+    pub fn line(&self) -> String {
+        let level = match self.level {
+            1 => "critical",
+            2 => "error",
+            3 => "warning",
+            _ => "information",
+        };
+        let time = self
+            .time
+            .split('.')
+            .next()
+            .unwrap_or(&self.time)
+            .trim_end_matches('Z');
+        let mut line = format!("{time} {level} {} {}", self.provider, self.event_id);
+        if !self.message.is_empty() {
+            line.push_str(": ");
+            line.push_str(&self.message);
+        }
+        line
+    }
+}
+
+/// The fields of an event's XML (`EvtRender` with `EvtRenderEventXml`)
+/// the log lines show; `None` when it is not an event.
+pub fn parse_event_xml(xml: &str) -> Option<EventEntry> {
+    let system = xml.split("<System>").nth(1)?.split("</System>").next()?;
+    let attr = |element: &str, name: &str| -> Option<String> {
+        let start = system.find(&format!("<{element} "))?;
+        let rest = &system[start..];
+        let rest = &rest[..rest.find('>')?];
+        let key = format!("{name}='");
+        let (quote, at) = match rest.find(&key) {
+            Some(at) => ('\'', at + key.len()),
+            None => ('"', rest.find(&format!("{name}=\""))? + name.len() + 2),
+        };
+        let value = &rest[at..];
+        Some(value[..value.find(quote)?].to_owned())
+    };
+    let text = |element: &str| -> Option<String> {
+        let open = system.find(&format!("<{element}"))?;
+        let rest = &system[open..];
+        let rest = &rest[rest.find('>')? + 1..];
+        Some(rest[..rest.find('<')?].trim().to_owned())
+    };
+    Some(EventEntry {
+        time: attr("TimeCreated", "SystemTime").unwrap_or_default(),
+        level: text("Level").and_then(|l| l.parse().ok()).unwrap_or(0),
+        provider: attr("Provider", "Name")?,
+        event_id: text("EventID").and_then(|l| l.parse().ok()).unwrap_or(0),
+        message: String::new(),
+    })
+}
+
 /// The last 50 journal entries at priority critical or worse.
+#[cfg(not(windows))]
 async fn critical_log() -> Result<Vec<String>, String> {
     let out = tokio::process::Command::new("journalctl")
         .args([
@@ -656,6 +735,38 @@ fn snapshot_report(s: &Snapshot) -> Report {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn system_log_entries_from_their_xml() {
+        // Recorded from a workstation's System log (EvtRenderEventXml).
+        let xml = "<Event xmlns='http://schemas.microsoft.com/win/2004/08/events/event'><System>\
+            <Provider Name='Service Control Manager' Guid='{555908d1-a6d7-4695-8e1e-26931d2012f4}' \
+            EventSourceName='Service Control Manager'/><EventID Qualifiers='49152'>7031</EventID>\
+            <Version>0</Version><Level>2</Level><Task>0</Task><Opcode>0</Opcode>\
+            <Keywords>0x8080000000000000</Keywords><TimeCreated SystemTime='2026-11-30T14:02:11.5283651Z'/>\
+            <EventRecordID>48213</EventRecordID><Channel>System</Channel><Computer>WS-0412</Computer>\
+            </System><EventData><Data Name='param1'>Print Spooler</Data></EventData></Event>";
+        let mut e = parse_event_xml(xml).expect("an event");
+        assert_eq!(
+            (e.time.as_str(), e.level, e.provider.as_str(), e.event_id),
+            (
+                "2026-11-30T14:02:11.5283651Z",
+                2,
+                "Service Control Manager",
+                7031
+            )
+        );
+        e.message = "The Print Spooler service terminated unexpectedly.".into();
+        assert_eq!(
+            e.line(),
+            "2026-11-30T14:02:11 error Service Control Manager 7031: The Print Spooler service terminated unexpectedly."
+        );
+        let double = r#"<Event><System><Provider Name="disk"/><EventID>7</EventID><Level>1</Level><TimeCreated SystemTime="2026-11-30T01:00:00.000Z"/></System></Event>"#;
+        let e = parse_event_xml(double).expect("an event");
+        assert_eq!((e.provider.as_str(), e.event_id, e.level), ("disk", 7, 1));
+        assert_eq!(e.line(), "2026-11-30T01:00:00 critical disk 7");
+        assert_eq!(parse_event_xml("<Events/>"), None);
+    }
 
     #[test]
     fn biggest_directories_are_found_and_bounded() {

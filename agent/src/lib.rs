@@ -10,6 +10,8 @@
 //! - [`diag`] runs the diagnostics a specialist asks for through the link.
 //! - [`seq`] is the sequence counter, monotonic across restarts.
 //! - [`config`] is `agent.toml`.
+//! - `win32` (Windows only) holds the Win32 calls behind the Windows
+//!   readers and service: the one module allowed unsafe code.
 //!
 //! [`run`] wires them: each probe runs on its own interval under its own
 //! timeout; the sample loop judges the policy after every reading (fault
@@ -20,8 +22,13 @@ pub mod checks;
 pub mod config;
 pub mod diag;
 pub mod link;
+pub mod logging;
+pub mod paths;
 pub mod probes;
 pub mod seq;
+#[cfg(windows)]
+#[allow(unsafe_code)]
+pub mod win32;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -44,14 +44,62 @@ enum Command {
         #[arg(long, env = "VITALS_AGENT_CONFIG", default_value = default_config())]
         config: PathBuf,
     },
+    /// Write this desk's configuration: the file from the shipped skeleton
+    /// if there is none, the collector's address, and the CA, certificate
+    /// and key copied beside it. What is not given is left as it is.
+    Configure {
+        #[arg(long, env = "VITALS_AGENT_CONFIG", default_value = default_config())]
+        config: PathBuf,
+        /// The collector, https://HOST:PORT.
+        #[arg(long)]
+        collector: Option<String>,
+        /// The fleet CA (PEM), copied to pki/ca.pem beside the configuration.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// This desk's certificate (PEM), copied to pki/agent.pem.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// This desk's private key (PEM), copied to pki/agent.key, readable
+        /// by the agent's account (Windows: SYSTEM and Administrators) only.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// The Windows service: register, remove, start, stop, or show it.
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
 }
 
+#[derive(Subcommand)]
+enum ServiceAction {
+    /// Register with the Service Control Manager (automatic start,
+    /// restarted on failure); an existing registration is updated.
+    Install {
+        #[arg(long, env = "VITALS_AGENT_CONFIG", default_value = default_config())]
+        config: PathBuf,
+        /// Run as this account instead of LocalSystem.
+        #[arg(long)]
+        account: Option<String>,
+        /// The account's password.
+        #[arg(long, requires = "account")]
+        password: Option<String>,
+    },
+    /// Stop the service if it runs, and remove it.
+    Uninstall,
+    /// Start the service and wait until it runs.
+    Start,
+    /// Stop the service and wait until it has delivered what it held.
+    Stop,
+    /// Print the service's state.
+    Status,
+}
+
+static DEFAULT_CONFIG: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| vitals_agent::paths::default_config().display().to_string());
+
 fn default_config() -> &'static str {
-    if cfg!(windows) {
-        r"C:\ProgramData\Vitals\agent.toml"
-    } else {
-        "/etc/vitals/agent.toml"
-    }
+    DEFAULT_CONFIG.as_str()
 }
 
 fn main() -> ExitCode {
@@ -73,6 +121,163 @@ fn main() -> ExitCode {
             config,
             exit_on_stdin_eof,
         } => run(config, exit_on_stdin_eof),
+        Command::Configure {
+            config,
+            collector,
+            ca,
+            cert,
+            key,
+        } => {
+            let files = vitals_agent::paths::DeskFiles { ca, cert, key };
+            match vitals_agent::paths::configure(&config, SKELETON, collector.as_deref(), &files) {
+                Ok(done) => {
+                    for line in done {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Service { action } => service(action),
+    }
+}
+
+/// The configuration a fresh Windows desk starts from.
+const SKELETON: &str = include_str!("../../deploy/windows/agent.toml");
+
+#[cfg(not(windows))]
+fn service(_action: ServiceAction) -> ExitCode {
+    eprintln!(
+        "error: `vitals-agent service` manages the Windows service; on Linux install \
+         deploy/systemd/vitals-agent.service (see the README)"
+    );
+    ExitCode::from(2)
+}
+
+#[cfg(windows)]
+fn service(action: ServiceAction) -> ExitCode {
+    use vitals_agent::win32::service as svc;
+    let result = match action {
+        ServiceAction::Install {
+            config,
+            account,
+            password,
+        } => (|| {
+            let config =
+                std::path::absolute(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+            let (agent, _) =
+                load(&config).map_err(|_| "the configuration is not usable".to_owned())?;
+            vitals_agent::paths::protect(&agent)?;
+            let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
+            svc::install(
+                &exe,
+                &config,
+                account.map(|name| svc::Account { name, password }),
+            )?;
+            Ok(format!(
+                "{} installed (automatic start, restarted on failure): {} run --config {}\n\
+                 start it with: vitals-agent service start",
+                svc::NAME,
+                exe.display(),
+                config.display()
+            ))
+        })(),
+        ServiceAction::Uninstall => svc::uninstall().map(|removed| {
+            if removed {
+                format!("{} stopped and removed", svc::NAME)
+            } else {
+                format!("{} is not installed", svc::NAME)
+            }
+        }),
+        ServiceAction::Start => svc::start().map(|()| format!("{} running", svc::NAME)),
+        ServiceAction::Stop => svc::stop().map(|()| format!("{} stopped", svc::NAME)),
+        ServiceAction::Status => svc::state().map(|s| format!("{} {s}", svc::NAME)),
+    };
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The configuration the service was registered with.
+#[cfg(windows)]
+static SERVICE_CONFIG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The agent as the Service Control Manager runs it: logs to a rotating
+/// file beside the configuration and warnings to the event log; stops
+/// when the SCM asks, after delivering what it holds.
+#[cfg(windows)]
+fn service_body(stop: vitals_proto::shutdown::Shutdown, stopping: &dyn Fn()) -> u32 {
+    use tracing_subscriber::layer::SubscriberExt;
+    let Some(config_path) = SERVICE_CONFIG.get() else {
+        return 2;
+    };
+    let logs = vitals_agent::paths::log_file(config_path);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let file = vitals_agent::logging::RotatingFile::open(&logs, 10 << 20, 5).ok();
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(file.map(|f| {
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::sync::Arc::new(f))
+        }))
+        .with(vitals_agent::logging::EventLogLayer::open());
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    let config = match AgentConfig::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return 2;
+        }
+    };
+    if let Err(e) = vitals_agent::check_tls_files(&config) {
+        tracing::error!("{e}");
+        return 2;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start runtime: {e}");
+            return 1;
+        }
+    };
+    tracing::info!(config = %config_path.display(), "started by the Service Control Manager");
+    let mut asked = stop.clone();
+    let result = runtime.block_on(async move {
+        let agent = vitals_agent::run(config, stop);
+        tokio::pin!(agent);
+        tokio::select! {
+            r = &mut agent => return r,
+            () = asked.requested() => {}
+        }
+        tracing::info!("the Service Control Manager asked to stop");
+        stopping();
+        agent.await
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            0
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "agent stopped");
+            1
+        }
     }
 }
 
@@ -165,6 +370,20 @@ fn once(json: bool, config: Option<PathBuf>, policy: Option<PathBuf>) -> ExitCod
 }
 
 fn run(config_path: PathBuf, exit_on_stdin_eof: bool) -> ExitCode {
+    #[cfg(windows)]
+    {
+        let _ =
+            SERVICE_CONFIG.set(std::path::absolute(&config_path).unwrap_or(config_path.clone()));
+        match vitals_agent::win32::service::dispatch(service_body) {
+            Ok(Some(code)) => return ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            // Started from a console: run in it.
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     init_tracing();
     let (config, _) = match load(&config_path) {
         Ok(x) => x,

@@ -3,15 +3,19 @@
 # (the standard library built from source) and tests it under Wine, inside
 # a network namespace of its own so nothing leaves the machine:
 #   - the agent's unit tests, run under Wine;
-#   - `vitals-agent.exe once --json`: a Windows snapshot, and no fault the
-#     machine does not have;
-#   - a pending-reboot marker set in the registry is reported, and clears.
+#   - `vitals-agent.exe once --json`: a Windows snapshot with drives,
+#     adapters, the SCM's services and a printer queue the test created
+#     (Wine's spooler lists a private CUPS scheduler's queues), and no
+#     fault the machine does not have;
+#   - a pending-reboot marker set in the registry is reported, and clears;
+#   - the agent as a Windows service (tests/windows/service.sh).
 #
 #   tests/windows/run.sh            build and test
 #   tests/windows/run.sh --build    build only
 #
 # Needs root (for the namespace) and the Debian packages rustc-web,
-# cargo-web, rust-web-src, gcc-mingw-w64-x86-64, wine and wine64.
+# cargo-web, rust-web-src, gcc-mingw-w64-x86-64, wine and wine64, and CUPS
+# (cups-daemon, cups-client).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -69,9 +73,54 @@ smart = { enabled = false }
 [printers]
 cups = ""
 TOML
-# Loopback only: the namespace has no other interface.
+# A private CUPS scheduler with one queue: Wine's print spooler lists the
+# scheduler's queues, so the agent must report it as a spooler printer.
+cups=$work/cups
+mkdir -p "$cups"/{spool,cache,state,tmp,log}
+chmod 1777 "$cups/tmp"
+cups_port=10631
+cat > "$cups/cupsd.conf" <<CONF
+Listen 127.0.0.1:$cups_port
+LogLevel warn
+WebInterface No
+Browsing Off
+DefaultAuthType None
+<Location />
+  Order allow,deny
+  Allow all
+</Location>
+<Location /admin>
+  Order allow,deny
+  Allow all
+</Location>
+<Policy default>
+  <Limit All>
+    Order deny,allow
+  </Limit>
+</Policy>
+CONF
+cat > "$cups/cups-files.conf" <<CONF
+ServerRoot $cups
+RequestRoot $cups/spool
+CacheDir $cups/cache
+StateDir $cups/state
+TempDir $cups/tmp
+AccessLog $cups/log/access_log
+ErrorLog $cups/log/error_log
+PageLog $cups/log/page_log
+User lp
+Group lp
+Sandboxing Relaxed
+CONF
+export CUPS_SERVER=127.0.0.1:$cups_port
+# Loopback only: the namespace has no other interface. Each step starts
+# the scheduler in its namespace and stops it after.
 in_namespace() {
-    unshare -n sh -c "ip link set lo up && cd '$work' && $1"
+    unshare -n sh -c "ip link set lo up && cd '$work' &&
+        { cupsd -f -c '$cups/cupsd.conf' -s '$cups/cups-files.conf' & cupsd=\$!; } &&
+        for i in \$(seq 100); do lpstat -r 2>/dev/null | grep -q 'scheduler is running' && break; sleep 0.1; done &&
+        lpadmin -p WineFrontDesk -E -v ipp://127.0.0.1:10999/ipp/print &&
+        { $1; status=\$?; kill \$cupsd; wait \$cupsd 2>/dev/null; exit \$status; }"
 }
 in_namespace "wineboot -i >/dev/null 2>&1 || true"
 
@@ -86,9 +135,13 @@ d = json.load(open(sys.argv[1]))
 s = d["snapshot"]
 faults = [(f["check_id"], f["subject"]) for f in d["faults"]]
 print("windows: os", s["host"].get("os_name"), "| cores", s["cpu"].get("logical_cores"),
-      "| memory", s["memory"].get("total_bytes"), "| disks", len(s["disks"]),
-      "| interfaces", len(s["interfaces"]), "| printers", len(s["printers"]))
-for e in s["probe_errors"]:
+      "| memory", s["memory"].get("total_bytes"),
+      "| disks", [d["mount_point"] for d in s["disks"]],
+      "| interfaces", [i["name"] for i in s["interfaces"]],
+      "| printers", [(p["name"], p["source"], p["state"]) for p in s["printers"]],
+      "| services checked", s["os"].get("services_checked"),
+      "| failed services", s["os"].get("failed_services"))
+for e in s.get("probe_errors", []):
     print("windows: probe error:", e["probe"], e["message"])
 print("windows: faults", faults)
 problems = []
@@ -96,6 +149,16 @@ if s["host"].get("os_name") != "Windows":
     problems.append("the OS is not Windows")
 if not s["cpu"].get("logical_cores") or not s["memory"].get("total_bytes"):
     problems.append("no CPU cores or memory")
+if not any(d["mount_point"] == "C:\\" and d["total_bytes"] > 0 for d in s["disks"]):
+    problems.append("no C: drive with a size")
+if not any("127.0.0.1/8" in i["addresses"] for i in s["interfaces"]):
+    problems.append("no loopback adapter with its address")
+if not any(p["name"] == "WineFrontDesk" and p["source"] == "spooler" for p in s["printers"]):
+    problems.append("the queue the test created is not among the spooler's printers")
+if not s["os"].get("services_checked"):
+    problems.append("the Service Control Manager was not read")
+if s.get("probe_errors"):
+    problems.append("probe errors")
 # Nothing listens at the placeholder collector; no other fault is real.
 false = [f for f in faults if f != ("service_unreachable", "collector (localhost:1)")]
 if false:
@@ -123,4 +186,8 @@ case "$cleared" in
     "False | "*) ;;
     *) echo "windows: the pending reboot did not clear" >&2; exit 1 ;;
 esac
+echo "windows: the agent as a Windows service, streaming to a collector on loopback"
+cargo build --locked -q -p vitals-collector --bin vitals-collector --bin vitalsctl
+mkdir -p "$work/service"
+in_namespace "bash '$root/tests/windows/service.sh' '$out/vitals-agent.exe' '$root/target/debug' '$work/service'"
 echo "windows: passed"

@@ -464,6 +464,27 @@ impl Link {
                 }
             }
         }
+        // Stopping cleanly (a service stop, a shutdown): what the sampler
+        // had already handed over joins the outbox, and what the outbox
+        // holds goes out before the stream closes, within the close time.
+        while let Ok(outgoing) = snapshots.try_recv() {
+            self.absorb(outgoing, true).map_err(|e| late(e.into()))?;
+        }
+        let flushed = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while self.outbox.has_next() {
+                let Ok(permit) = tx.reserve().await else {
+                    return Ok(());
+                };
+                if let Some(m) = self.outbox.next(&mut self.seq)? {
+                    permit.send(m);
+                }
+            }
+            Ok::<(), SeqError>(())
+        })
+        .await;
+        if let Ok(Err(e)) = flushed {
+            return Err(late(e.into()));
+        }
         // Close our side, then give the collector a moment to acknowledge
         // what it is committing.
         drop(tx);

@@ -13,6 +13,7 @@
 pub mod cups;
 pub mod network;
 pub mod os;
+pub mod scm;
 pub mod sensors;
 pub mod smart;
 pub mod snmp;
@@ -121,7 +122,10 @@ pub fn build(config: &ProbeSettings, clock_offset: watch::Receiver<Option<i64>>)
         Box::new(sensors::SensorsProbe::new()),
         Box::new(smart::SmartProbe::new(config.smart.smartctl.clone())),
         Box::new(os::OsProbe::new(clock_offset)),
+        #[cfg(not(windows))]
         Box::new(cups::CupsProbe::new(config.printers.cups.clone())),
+        #[cfg(windows)]
+        Box::new(spooler::SpoolerProbe),
         Box::new(snmp::SnmpProbe::new(config.printers.network.clone())),
         Box::new(network::NetworkProbe::new(config.network.clone())),
     ];

@@ -41,6 +41,30 @@ impl NetworkProbe {
     }
 
     fn interfaces(&mut self) -> Result<Vec<InterfaceInfo>, String> {
+        let mut list = self.read_interfaces()?;
+        self.judge(&mut list);
+        Ok(list)
+    }
+
+    /// On Windows the IP helper, which also gives the operational state
+    /// and discards (sysinfo does not); sysinfo if the IP helper fails.
+    #[cfg(windows)]
+    fn read_interfaces(&mut self) -> Result<Vec<InterfaceInfo>, String> {
+        match crate::win32::adapters::read() {
+            Ok(a) => Ok(a.interfaces),
+            Err(e) => match self.sysinfo_interfaces() {
+                Ok(list) if !list.is_empty() => Ok(list),
+                _ => Err(e),
+            },
+        }
+    }
+
+    #[cfg(not(windows))]
+    fn read_interfaces(&mut self) -> Result<Vec<InterfaceInfo>, String> {
+        self.sysinfo_interfaces()
+    }
+
+    fn sysinfo_interfaces(&mut self) -> Result<Vec<InterfaceInfo>, String> {
         let networks = match &mut self.networks {
             Some(n) => {
                 n.refresh(true);
@@ -50,8 +74,7 @@ impl NetworkProbe {
                 Networks::new_with_refreshed_list().map_err(|e| format!("interfaces: {e}"))?,
             ),
         };
-        let now = Instant::now();
-        let mut list: Vec<InterfaceInfo> = networks
+        Ok(networks
             .iter()
             .map(|(name, n)| {
                 let name = name.to_string_lossy().into_owned();
@@ -79,8 +102,13 @@ impl NetworkProbe {
                     name,
                 }
             })
-            .collect();
-        for i in &mut list {
+            .collect())
+    }
+
+    /// Error and drop rates since the previous reading, and links lost.
+    fn judge(&mut self, list: &mut [InterfaceInfo]) {
+        let now = Instant::now();
+        for i in list.iter_mut() {
             let errors = i.rx_errors + i.tx_errors;
             let drops = i.rx_dropped + i.tx_dropped;
             if let Some((e0, d0, t0)) = self.previous.get(&i.name) {
@@ -99,7 +127,6 @@ impl NetworkProbe {
             i.link_lost = down && self.were_up.contains(&i.name);
         }
         list.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(list)
     }
 
     async fn gateway(&mut self) -> Option<Gateway> {
@@ -176,10 +203,7 @@ impl Probe for NetworkProbe {
                 .map(|s| connect(s.name, s.address, timeout)),
         );
         let (dns, services, gateway) = tokio::join!(dns, services, self.gateway());
-        let wifi = match std::fs::read_to_string("/proc/net/wireless") {
-            Ok(text) => parse_wireless(&text),
-            Err(_) => Vec::new(),
-        };
+        let wifi = wifi();
         Reading {
             section: Some(Section::Network {
                 interfaces,
@@ -215,9 +239,30 @@ fn resolvers() -> Vec<String> {
     system
 }
 
-#[cfg(not(unix))]
+/// The DNS servers of the adapters that are up, in order.
+#[cfg(windows)]
+fn resolvers() -> Vec<String> {
+    crate::win32::adapters::read()
+        .map(|a| a.resolvers)
+        .unwrap_or_default()
+}
+
+#[cfg(not(any(unix, windows)))]
 fn resolvers() -> Vec<String> {
     Vec::new()
+}
+
+#[cfg(not(windows))]
+fn wifi() -> Vec<WifiInfo> {
+    match std::fs::read_to_string("/proc/net/wireless") {
+        Ok(text) => parse_wireless(&text),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(windows)]
+fn wifi() -> Vec<WifiInfo> {
+    crate::win32::wlan::signals()
 }
 
 /// The `nameserver` addresses of a resolv.conf, in order.
@@ -504,6 +549,50 @@ impl LinuxLink {
     }
 }
 
+/// The address in a Windows `SOCKADDR` (family, then `SOCKADDR_IN` or
+/// `SOCKADDR_IN6` layout), as the IP helper returns it.
+pub fn sockaddr_ip(bytes: &[u8]) -> Option<IpAddr> {
+    const AF_INET: u16 = 2;
+    const AF_INET6: u16 = 23;
+    let family = u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]);
+    match family {
+        AF_INET => {
+            let b: [u8; 4] = bytes.get(4..8)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        AF_INET6 => {
+            let b: [u8; 16] = bytes.get(8..24)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
+/// `IF_OPER_STATUS` (ifdef.h) in the words Linux's operstate uses.
+pub fn oper_state_text(code: i32) -> &'static str {
+    match code {
+        1 => "up",
+        2 => "down",
+        3 => "testing",
+        5 => "dormant",
+        6 => "notpresent",
+        7 => "lowerlayerdown",
+        _ => "unknown",
+    }
+}
+
+/// A hardware address as `aa:bb:cc:dd:ee:ff`; empty when there is none.
+pub fn mac_text(bytes: &[u8]) -> String {
+    if bytes.iter().all(|b| *b == 0) {
+        return String::new();
+    }
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Wi-Fi interfaces from Linux's `/proc/net/wireless`.
 pub fn parse_wireless(text: &str) -> Vec<WifiInfo> {
     text.lines()
@@ -527,6 +616,31 @@ pub fn parse_wireless(text: &str) -> Vec<WifiInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_adapter_words() {
+        // A SOCKADDR_IN for 10.20.5.31 and a SOCKADDR_IN6 for fe80::1, as
+        // GetAdaptersAddresses lays them out.
+        let v4 = [2u8, 0, 0, 0, 10, 20, 5, 31, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(sockaddr_ip(&v4), Some("10.20.5.31".parse().expect("ip")));
+        let mut v6 = [0u8; 28];
+        v6[0] = 23;
+        v6[8] = 0xfe;
+        v6[9] = 0x80;
+        v6[23] = 1;
+        assert_eq!(sockaddr_ip(&v6), Some("fe80::1".parse().expect("ip")));
+        assert_eq!(sockaddr_ip(&[2, 0, 0]), None, "too short");
+        assert_eq!(sockaddr_ip(&[17, 0, 0, 0, 1, 2, 3, 4]), None, "not IP");
+        assert_eq!(oper_state_text(1), "up");
+        assert_eq!(oper_state_text(7), "lowerlayerdown");
+        assert_eq!(oper_state_text(99), "unknown");
+        assert_eq!(
+            mac_text(&[0x00, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e]),
+            "00:1a:2b:3c:4d:5e"
+        );
+        assert_eq!(mac_text(&[0; 6]), "");
+        assert_eq!(mac_text(&[]), "");
+    }
 
     #[test]
     fn wireless_from_proc() {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(not(windows))]
 use tokio::process::Command;
 use tokio::sync::watch;
 use vitals_proto::domain::{OsHealth, ProbeError, ProbeKind, UserSession};
@@ -120,6 +121,43 @@ pub fn filetime_secs(low: u32, high: u32) -> Option<u64> {
     (ticks / 10_000_000).checked_sub(EPOCH_DIFF_SECS)
 }
 
+/// A Windows terminal-services session as a [`UserSession`]: the console
+/// or a remote one (its client's name as the host); `None` for a session
+/// with nobody logged in (the services session, an idle listener).
+pub fn wts_session(
+    station: &str,
+    user: &str,
+    domain: &str,
+    client: &str,
+    logon: i64,
+) -> Option<UserSession> {
+    if user.is_empty() {
+        return None;
+    }
+    let console = station.eq_ignore_ascii_case("console");
+    Some(UserSession {
+        user: if domain.is_empty() {
+            user.to_owned()
+        } else {
+            format!("{domain}\\{user}")
+        },
+        terminal: if console {
+            "console".into()
+        } else {
+            station.to_owned()
+        },
+        host: if console {
+            String::new()
+        } else {
+            client.to_owned()
+        },
+        login_secs: u64::try_from(logon)
+            .ok()
+            .and_then(|t| filetime_secs(t as u32, (t >> 32) as u32))
+            .unwrap_or(0),
+    })
+}
+
 /// The registry's pending-reboot markers.
 #[cfg(windows)]
 mod windows {
@@ -174,10 +212,8 @@ mod windows {
 }
 
 /// Failed units, from `systemctl list-units --state=failed --output=json`.
+#[cfg(not(windows))]
 async fn failed_services() -> Result<Vec<String>, String> {
-    if cfg!(windows) {
-        return Err("the Service Control Manager is not read yet on Windows".into());
-    }
     let out = Command::new("systemctl")
         .args([
             "list-units",
@@ -203,6 +239,16 @@ async fn failed_services() -> Result<Vec<String>, String> {
     parse_failed_units(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// Automatic-start services that are stopped with an error, from the
+/// Service Control Manager (see `scm::failed` for what counts).
+#[cfg(windows)]
+async fn failed_services() -> Result<Vec<String>, String> {
+    let stopped = tokio::task::spawn_blocking(crate::win32::services::stopped)
+        .await
+        .map_err(|e| format!("the SCM reader stopped: {e}"))??;
+    Ok(super::scm::failed(&stopped))
+}
+
 /// The unit names in systemctl's JSON unit list.
 pub fn parse_failed_units(text: &str) -> Result<Vec<String>, String> {
     let v: serde_json::Value =
@@ -219,10 +265,16 @@ pub fn parse_failed_units(text: &str) -> Result<Vec<String>, String> {
     Ok(units)
 }
 
+#[cfg(windows)]
+fn users(_run_dir: &Path, errors: &mut Vec<ProbeError>) -> Vec<UserSession> {
+    crate::win32::sessions::users().unwrap_or_else(|e| {
+        errors.push(probe_error(KIND, e));
+        Vec::new()
+    })
+}
+
+#[cfg(not(windows))]
 fn users(run_dir: &Path, errors: &mut Vec<ProbeError>) -> Vec<UserSession> {
-    if cfg!(windows) {
-        return Vec::new();
-    }
     let path = run_dir.join("utmp");
     match std::fs::read(&path) {
         Ok(bytes) => parse_utmp(&bytes),
@@ -323,6 +375,37 @@ mod tests {
         assert_eq!(parse_failed_units("[]").unwrap(), Vec::<String>::new());
         assert!(parse_failed_units("UNIT LOAD ACTIVE").is_err());
         assert!(parse_failed_units("{}").is_err());
+    }
+
+    #[test]
+    fn terminal_services_sessions_console_and_remote() {
+        // 2026-12-01T08:00:00Z as a FILETIME.
+        let logon = (1_796_112_000i64 + 11_644_473_600) * 10_000_000;
+        let console = wts_session("Console", "ana", "CITY", "", logon).expect("a user");
+        assert_eq!(
+            (
+                console.user.as_str(),
+                console.terminal.as_str(),
+                console.host.as_str()
+            ),
+            ("CITY\\ana", "console", "")
+        );
+        assert_eq!(console.login_secs, 1_796_112_000);
+        let remote =
+            wts_session("RDP-Tcp#3", "helpdesk", "", "HD-LAPTOP-07", logon).expect("a user");
+        assert_eq!(
+            (
+                remote.user.as_str(),
+                remote.terminal.as_str(),
+                remote.host.as_str()
+            ),
+            ("helpdesk", "RDP-Tcp#3", "HD-LAPTOP-07")
+        );
+        assert_eq!(
+            wts_session("Services", "", "", "", 0),
+            None,
+            "nobody logged in"
+        );
     }
 
     #[test]

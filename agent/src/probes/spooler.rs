@@ -3,10 +3,10 @@
 //! become the same [`PrinterInfo`] a CUPS queue gives (state, IPP reason
 //! keywords with severity suffixes, job counts), so one policy judges both.
 //!
-//! This part is plain decoding and compiles everywhere, so it is tested on
+//! The decoding is plain code that compiles everywhere, so it is tested on
 //! every platform with recorded status words; the calls that read the
-//! spooler (`EnumPrintersW` level 2, `EnumJobsW`) belong to the Windows
-//! build.
+//! spooler (`EnumPrintersW` level 2, `EnumJobsW`) are in `win32::spooler`,
+//! and `SpoolerProbe` is the Windows printers probe.
 
 use vitals_proto::domain::PrinterInfo;
 
@@ -161,6 +161,64 @@ pub fn printer_info(
     }
 }
 
+/// A `SYSTEMTIME` in UTC (how `JOB_INFO_1` gives a job's submission) as
+/// ms since the Unix epoch.
+pub fn systemtime_ms(
+    year: u16,
+    month: u16,
+    day: u16,
+    hour: u16,
+    minute: u16,
+    second: u16,
+    ms: u16,
+) -> i64 {
+    // Days from 1970-01-01 to the date (Howard Hinnant's civil calendar).
+    let (y, m) = if month <= 2 {
+        (i64::from(year) - 1, i64::from(month) + 9)
+    } else {
+        (i64::from(year), i64::from(month) - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + i64::from(hour)) * 60 + i64::from(minute)) * 60_000
+        + i64::from(second) * 1000
+        + i64::from(ms)
+}
+
+/// The local printers on Windows: the spooler's, read through
+/// `EnumPrintersW` (in place of CUPS, which Windows does not have).
+#[cfg(windows)]
+pub struct SpoolerProbe;
+
+#[cfg(windows)]
+#[async_trait::async_trait]
+impl super::Probe for SpoolerProbe {
+    fn kind(&self) -> vitals_proto::domain::ProbeKind {
+        vitals_proto::domain::ProbeKind::Printers
+    }
+
+    async fn run(&mut self) -> super::Reading {
+        let now = vitals_proto::now_ms();
+        match tokio::task::spawn_blocking(move || crate::win32::spooler::printers(now)).await {
+            Ok(Ok(list)) => super::Reading::ok(super::Section::Queues(list)),
+            Ok(Err(e)) => super::Reading {
+                section: None,
+                errors: vec![super::probe_error(self.kind(), e)],
+            },
+            Err(e) => super::Reading {
+                section: None,
+                errors: vec![super::probe_error(
+                    self.kind(),
+                    format!("the spooler reader stopped: {e}"),
+                )],
+            },
+        }
+    }
+}
+
 /// The print server behind a printer, for storm grouping: the server of a
 /// connected printer, or the host of a standard TCP/IP port
 /// (`IP_10.20.5.31`, `10.20.5.31_1`), else `None`.
@@ -219,6 +277,16 @@ mod tests {
             );
             assert_eq!(p.source, "spooler");
         }
+    }
+
+    #[test]
+    fn job_submission_times() {
+        assert_eq!(systemtime_ms(1970, 1, 1, 0, 0, 0, 0), 0);
+        assert_eq!(systemtime_ms(2026, 12, 1, 8, 0, 0, 0), 1_796_112_000_000);
+        assert_eq!(
+            systemtime_ms(2024, 2, 29, 23, 59, 59, 999),
+            1_709_251_199_999
+        );
     }
 
     #[test]

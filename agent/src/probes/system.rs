@@ -122,6 +122,15 @@ impl Readers {
                 })
                 .collect();
         }
+        #[cfg(windows)]
+        if part.disks.is_empty() {
+            // sysinfo found none (it reads volumes through calls some
+            // systems refuse): the drive letters themselves.
+            match crate::win32::disks::drives() {
+                Ok(d) => part.disks = d,
+                Err(e) => errors.push(probe_error(KIND, e)),
+            }
+        }
         (part, errors)
     }
 }
