@@ -55,14 +55,14 @@ enum Command {
         collector: Option<String>,
         /// The fleet CA (PEM), copied to pki/ca.pem beside the configuration.
         #[arg(long)]
-        ca: Option<PathBuf>,
+        ca: Option<String>,
         /// This desk's certificate (PEM), copied to pki/agent.pem.
         #[arg(long)]
-        cert: Option<PathBuf>,
+        cert: Option<String>,
         /// This desk's private key (PEM), copied to pki/agent.key, readable
         /// by the agent's account (Windows: SYSTEM and Administrators) only.
         #[arg(long)]
-        key: Option<PathBuf>,
+        key: Option<String>,
     },
     /// The Windows service: register, remove, start, stop, or show it.
     Service {
@@ -128,7 +128,14 @@ fn main() -> ExitCode {
             cert,
             key,
         } => {
-            let files = vitals_agent::paths::DeskFiles { ca, cert, key };
+            // Empty means not given (an installer passes its unset
+            // properties so).
+            let path = |p: Option<String>| p.filter(|p| !p.is_empty()).map(PathBuf::from);
+            let files = vitals_agent::paths::DeskFiles {
+                ca: path(ca),
+                cert: path(cert),
+                key: path(key),
+            };
             match vitals_agent::paths::configure(&config, SKELETON, collector.as_deref(), &files) {
                 Ok(done) => {
                     for line in done {
@@ -235,17 +242,6 @@ fn service_body(stop: vitals_proto::shutdown::Shutdown, stopping: &dyn Fn()) -> 
         }))
         .with(vitals_agent::logging::EventLogLayer::open());
     let _ = tracing::subscriber::set_global_default(subscriber);
-    let config = match AgentConfig::load(config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e}");
-            return 2;
-        }
-    };
-    if let Err(e) = vitals_agent::check_tls_files(&config) {
-        tracing::error!("{e}");
-        return 2;
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -259,6 +255,31 @@ fn service_body(stop: vitals_proto::shutdown::Shutdown, stopping: &dyn Fn()) -> 
     tracing::info!(config = %config_path.display(), "started by the Service Control Manager");
     let mut asked = stop.clone();
     let result = runtime.block_on(async move {
+        // A desk installed before its certificate arrived waits for it,
+        // saying so once per change, instead of failing and restarting.
+        let mut said = String::new();
+        let config = loop {
+            let ready = AgentConfig::load(config_path)
+                .map_err(|e| e.to_string())
+                .and_then(|c| {
+                    vitals_agent::check_tls_files(&c)
+                        .map(|_| c)
+                        .map_err(|e| e.to_string())
+                });
+            match ready {
+                Ok(c) => break c,
+                Err(e) => {
+                    if e != said {
+                        tracing::error!("not connecting yet, checking again every 30 s: {e}");
+                        said = e;
+                    }
+                    tokio::select! {
+                        () = asked.requested() => return Ok(()),
+                        () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+                    }
+                }
+            }
+        };
         let agent = vitals_agent::run(config, stop);
         tokio::pin!(agent);
         tokio::select! {

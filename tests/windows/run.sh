@@ -24,9 +24,9 @@ target_dir=${VITALS_WINDOWS_TARGET_DIR:-$root/target/windows}
 triple=x86_64-pc-windows-gnu
 out=$target_dir/$triple/debug
 
-for tool in /usr/bin/rustc /usr/bin/cargo x86_64-w64-mingw32-gcc wine unshare python3; do
+for tool in /usr/bin/rustc /usr/bin/cargo x86_64-w64-mingw32-gcc wine unshare python3 wixl msiinfo msiextract cupsd lpadmin; do
     command -v "$tool" >/dev/null || {
-        echo "windows: $tool not found (apt-get install rustc-web cargo-web rust-web-src gcc-mingw-w64-x86-64 wine wine64)" >&2
+        echo "windows: $tool not found (apt-get install rustc-web cargo-web rust-web-src gcc-mingw-w64-x86-64 wine wine64 wixl msitools cups-daemon cups-client)" >&2
         exit 1
     }
 done
@@ -123,6 +123,9 @@ in_namespace() {
         { $1; status=\$?; kill \$cupsd; wait \$cupsd 2>/dev/null; exit \$status; }"
 }
 in_namespace "wineboot -i >/dev/null 2>&1 || true"
+# The stand-ins into the prefix's system folder too, for the agent the
+# installer puts under Program Files (this test prefix only).
+cp "$out/bcryptprimitives.dll" "$out/pdh.dll" "$WINEPREFIX/drive_c/windows/system32/"
 
 echo "windows: the agent's unit tests under Wine"
 in_namespace "wine '$tests_exe' --test-threads 2"

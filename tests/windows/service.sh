@@ -11,6 +11,7 @@
 # with its own service database, and clients alternate between them.
 set -euo pipefail
 exe=$1 bin=$2 work=$3
+root=$(cd "$(dirname "$0")/../.." && pwd)
 data=$work/collector
 port=17443
 "$bin/vitals-collector" pki init --data-dir "$data" --host localhost > /dev/null
@@ -84,3 +85,56 @@ grep -q "link closed unacknowledged=0" "$log" || {
 }
 agent service uninstall | grep -q "removed"
 echo "windows: service passed"
+
+echo "windows: the installer, built with wixl"
+stage=$work/msi
+mkdir -p "$stage"
+cp "$exe" "$root/deploy/windows/agent.toml" "$root/deploy/windows/vitals-agent.wxs" "$stage/"
+for version in 0.1.0 0.1.1; do
+    (cd "$stage" && wixl -a x64 -D Version=$version -o vitals-agent-$version.msi vitals-agent.wxs)
+done
+msi=$stage/vitals-agent-0.1.0.msi
+msiinfo export "$msi" ServiceInstall | grep -q "VitalsAgent.*LocalSystem.*run --config"
+msiinfo export "$msi" CustomAction | grep -q "configure --config"
+files=$(msiextract -l "$msi")
+echo "$files" | grep -qx "Vitals/vitals-agent.exe"
+echo "$files" | grep -qx "Vitals/agent.toml.example"
+
+echo "windows: msiexec /i on a fresh desk, with the collector and the desk's files as properties"
+rm -rf "$config"
+connected() { grep -c "connected collector=" "$config/logs/agent.log" 2> /dev/null || echo 0; }
+wait_connected() {
+    for _ in $(seq 60); do
+        [ "$(connected)" -ge "$1" ] && return 0
+        sleep 1
+    done
+    echo "windows: the installed service did not connect ($1)" >&2
+    cat "$config/logs/agent.log" >&2 || true
+    return 1
+}
+wine msiexec /i "Z:$msi" /qn COLLECTOR="https://localhost:$port" CA="Z:$pki/ca.pem" \
+    CERT="Z:$pki/agents/ws-wine.pem" KEY="Z:$pki/agents/ws-wine.key"
+[ -f "$WINEPREFIX/drive_c/Program Files/Vitals/vitals-agent.exe" ]
+agent service status | grep -q running
+wait_connected 1
+grep -q "^collector = \"https://localhost:$port\"" "$config/agent.toml"
+
+echo "windows: msiexec /i of a newer version upgrades in place, keeping configuration and state"
+echo "# set by hand at this desk" >> "$config/agent.toml"
+[ -d "$config/state" ]
+wine msiexec /i "Z:$stage/vitals-agent-0.1.1.msi" /qn
+agent service status | grep -q running
+wait_connected 2
+grep -q "^# set by hand at this desk" "$config/agent.toml"
+grep -q "^collector = \"https://localhost:$port\"" "$config/agent.toml"
+[ -f "$config/pki/agent.key" ] && [ -d "$config/state" ]
+
+echo "windows: msiexec /x removes the program and the service, and leaves the desk's files"
+wine msiexec /x "Z:$stage/vitals-agent-0.1.1.msi" /qn
+if agent service status > /dev/null 2>&1; then
+    echo "windows: the service is still registered after /x" >&2
+    exit 1
+fi
+[ ! -e "$WINEPREFIX/drive_c/Program Files/Vitals/vitals-agent.exe" ]
+[ -f "$config/agent.toml" ] && [ -f "$config/pki/agent.key" ]
+echo "windows: installer passed"
