@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Builds the Windows agent on this Linux machine with Debian's compiler
 # (the standard library built from source) and tests it under Wine, inside
-# a network namespace of its own so nothing leaves the machine:
-#   - the agent's unit tests, run under Wine;
+# network namespaces of its own so nothing leaves the machine:
+#   - the agent's unit tests and command-line tests, run under Wine;
 #   - `vitals-agent.exe once --json`: a Windows snapshot with drives,
 #     adapters, the SCM's services and a printer queue the test created
-#     (Wine's spooler lists a private CUPS scheduler's queues), and no
-#     fault the machine does not have;
+#     (Wine's spooler lists a private CUPS scheduler's queues), the
+#     gateway measured, and no fault the machine does not have;
 #   - a pending-reboot marker set in the registry is reported, and clears;
-#   - the agent as a Windows service (tests/windows/service.sh).
+#   - the agent as a Windows service and its installer
+#     (tests/windows/service.sh).
 #
 #   tests/windows/run.sh            build and test
 #   tests/windows/run.sh --build    build only
 #
-# Needs root (for the namespace) and the Debian packages rustc-web,
-# cargo-web, rust-web-src, gcc-mingw-w64-x86-64, wine and wine64, and CUPS
-# (cups-daemon, cups-client).
+# Needs root (for the namespaces) and the Debian packages rustc-web,
+# cargo-web, rust-web-src, gcc-mingw-w64-x86-64, wine, wine64, wixl and
+# msitools, and CUPS (cups-daemon, cups-client).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -24,7 +25,7 @@ target_dir=${VITALS_WINDOWS_TARGET_DIR:-$root/target/windows}
 triple=x86_64-pc-windows-gnu
 out=$target_dir/$triple/debug
 
-for tool in /usr/bin/rustc /usr/bin/cargo x86_64-w64-mingw32-gcc wine unshare python3 wixl msiinfo msiextract cupsd lpadmin; do
+for tool in /usr/bin/rustc /usr/bin/cargo x86_64-w64-mingw32-gcc wine ip python3 wixl msiinfo msiextract cupsd lpadmin; do
     command -v "$tool" >/dev/null || {
         echo "windows: $tool not found (apt-get install rustc-web cargo-web rust-web-src gcc-mingw-w64-x86-64 wine wine64 wixl msitools cups-daemon cups-client)" >&2
         exit 1
@@ -41,12 +42,15 @@ windows_cargo() {
 started=$(date +%s)
 echo "windows: building vitals-agent.exe and its unit tests for $triple"
 windows_cargo build --bin vitals-agent
-tests_exe=$(windows_cargo test --lib --no-run --message-format=json \
+test_exes=$(windows_cargo test --lib --test cli --no-run --message-format=json \
     | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"]:
-        print(m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["kind"][0], m["executable"])')
+tests_exe=$(echo "$test_exes" | awk '$1 == "lib" { print $2 }')
+cli_exe=$(echo "$test_exes" | awk '$1 == "test" { print $2 }')
+[ -n "$tests_exe" ] && [ -n "$cli_exe" ] || { echo "windows: test executables not found" >&2; exit 1; }
 echo "windows: built in $(( $(date +%s) - started )) s"
 
 # Stand-ins for what Wine 8.0 lacks (test scaffolding, never shipped):
@@ -59,7 +63,25 @@ done
 [ "${1:-}" = --build ] && exit 0
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# Wine runs in a network namespace of its own with a veth link to a
+# gateway namespace (10.250.0.1, which answers pings and refuses TCP):
+# the agent's gateway probe is exercised, and nothing leaves the machine.
+desk=vitals-wdesk-$$ gw=vitals-wgw-$$
+cleanup() {
+    ip netns del "$desk" 2> /dev/null || true
+    ip netns del "$gw" 2> /dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+ip netns add "$desk"
+ip netns add "$gw"
+ip link add vwgw0 netns "$gw" type veth peer name vwdesk0 netns "$desk"
+ip -n "$gw" addr add 10.250.0.1/24 dev vwgw0
+ip -n "$desk" addr add 10.250.0.2/24 dev vwdesk0
+for ns in "$gw" "$desk"; do ip -n "$ns" link set lo up; done
+ip -n "$gw" link set vwgw0 up
+ip -n "$desk" link set vwdesk0 up
+ip -n "$desk" route add default via 10.250.0.1
 export WINEPREFIX=$work/prefix WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml=;pdh=n,b"
 cat > "$work/agent.toml" <<TOML
 collector = "https://localhost:1"
@@ -113,10 +135,10 @@ Group lp
 Sandboxing Relaxed
 CONF
 export CUPS_SERVER=127.0.0.1:$cups_port
-# Loopback only: the namespace has no other interface. Each step starts
-# the scheduler in its namespace and stops it after.
+# Each step starts the scheduler in the desk's namespace and stops it
+# after.
 in_namespace() {
-    unshare -n sh -c "ip link set lo up && cd '$work' &&
+    ip netns exec "$desk" sh -c "cd '$work' &&
         { cupsd -f -c '$cups/cupsd.conf' -s '$cups/cups-files.conf' & cupsd=\$!; } &&
         for i in \$(seq 100); do lpstat -r 2>/dev/null | grep -q 'scheduler is running' && break; sleep 0.1; done &&
         lpadmin -p WineFrontDesk -E -v ipp://127.0.0.1:10999/ipp/print &&
@@ -129,6 +151,9 @@ cp "$out/bcryptprimitives.dll" "$out/pdh.dll" "$WINEPREFIX/drive_c/windows/syste
 
 echo "windows: the agent's unit tests under Wine"
 in_namespace "wine '$tests_exe' --test-threads 2"
+
+echo "windows: the agent's command-line tests under Wine"
+in_namespace "wine '$cli_exe' --test-threads 2"
 
 echo "windows: vitals-agent.exe once --json under Wine"
 in_namespace "wine '$out/vitals-agent.exe' once --json --config agent.toml" > "$work/once.json"
@@ -158,6 +183,10 @@ if not any("127.0.0.1/8" in i["addresses"] for i in s["interfaces"]):
     problems.append("no loopback adapter with its address")
 if not any(p["name"] == "WineFrontDesk" and p["source"] == "spooler" for p in s["printers"]):
     problems.append("the queue the test created is not among the spooler's printers")
+gw = s["network"].get("gateway") or {}
+print("windows: gateway", gw)
+if gw.get("address") != "10.250.0.1" or not gw.get("received"):
+    problems.append("the gateway was not measured")
 if not s["os"].get("services_checked"):
     problems.append("the Service Control Manager was not read")
 if s.get("probe_errors"):

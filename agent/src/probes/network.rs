@@ -140,7 +140,14 @@ impl NetworkProbe {
                 .first()
                 .map(|a| IpAddr::V4(*a))
                 .or_else(|| gw.ipv6.first().map(|a| IpAddr::V6(*a)))?;
-            Some((addr, i.name.clone()))
+            // Windows names adapters by GUID; the interfaces list uses
+            // the name people see ("Ethernet", "Wi-Fi").
+            let name = if cfg!(windows) {
+                i.friendly_name.clone().unwrap_or_else(|| i.name.clone())
+            } else {
+                i.name.clone()
+            };
+            Some((addr, name))
         });
         let (address, interface) = match found {
             Some(g) => {
@@ -463,13 +470,21 @@ async fn icmp_series(
     count: u32,
     timeout: Duration,
 ) -> Result<Vec<Option<Duration>>, String> {
-    let config = match address {
-        IpAddr::V4(_) => surge_ping::Config::default(),
-        IpAddr::V6(_) => surge_ping::Config::builder()
-            .kind(surge_ping::ICMP::V6)
-            .build(),
+    // Bound explicitly: the client's receiver asks the socket for its own
+    // address on every reply and panics where an unbound ICMP socket has
+    // none (Wine), which would lose every echo silently.
+    let (kind, any) = match address {
+        IpAddr::V4(_) => (surge_ping::ICMP::V4, IpAddr::from([0u8; 4])),
+        IpAddr::V6(_) => (surge_ping::ICMP::V6, IpAddr::from([0u16; 8])),
     };
+    let config = surge_ping::Config::builder()
+        .kind(kind)
+        .bind(SocketAddr::new(any, 0))
+        .build();
     let client = surge_ping::Client::new(&config).map_err(|e| e.to_string())?;
+    if let Err(e) = client.get_socket().local_addr() {
+        return Err(format!("the ICMP socket has no local address: {e}"));
+    }
     let ident = surge_ping::PingIdentifier(fastrand::u16(..));
     let mut set = tokio::task::JoinSet::new();
     for seq in 0..count {
