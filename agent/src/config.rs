@@ -206,7 +206,16 @@ impl Default for SmartSettings {
     }
 }
 
+/// `smartctl` on the PATH; on Windows, where smartmontools' installer
+/// does not add itself to the PATH, its install folder first.
 fn default_smartctl() -> PathBuf {
+    if cfg!(windows) {
+        let base = std::env::var_os("ProgramFiles").unwrap_or_else(|| r"C:\Program Files".into());
+        let installed = PathBuf::from(base).join(r"smartmontools\bin\smartctl.exe");
+        if installed.exists() {
+            return installed;
+        }
+    }
     PathBuf::from("smartctl")
 }
 

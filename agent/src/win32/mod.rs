@@ -86,3 +86,70 @@ pub fn last_error() -> io::Error {
 pub fn error(code: u32) -> io::Error {
     io::Error::from_raw_os_error(code as i32)
 }
+
+/// The readers against the system they run on (under Wine in CI): each
+/// call succeeds and returns what every Windows has.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_scm_lists_stopped_services_with_their_start_types() {
+        let stopped = super::services::stopped().expect("the SCM is readable");
+        assert!(!stopped.is_empty(), "some service is always stopped");
+        assert!(
+            stopped
+                .iter()
+                .all(|s| !s.name.is_empty() && s.state == crate::probes::scm::state::STOPPED),
+            "{stopped:?}"
+        );
+    }
+
+    #[test]
+    fn the_system_drive_and_the_loopback_adapter_are_found() {
+        let drives = super::disks::drives().expect("drives");
+        assert!(
+            drives
+                .iter()
+                .any(|d| d.mount_point.eq_ignore_ascii_case("C:\\") && d.total_bytes > 0),
+            "{drives:?}"
+        );
+        let adapters = super::adapters::read().expect("adapters");
+        assert!(
+            adapters
+                .interfaces
+                .iter()
+                .any(|i| i.addresses.iter().any(|a| a == "127.0.0.1/8")),
+            "{:?}",
+            adapters.interfaces
+        );
+    }
+
+    #[test]
+    fn spooler_and_sessions_answer() {
+        super::spooler::printers(vitals_proto::now_ms()).expect("the spooler answers");
+        super::sessions::users().expect("sessions are listed");
+        // No WLAN service or adapter is an empty list, never a failure.
+        let _ = super::wlan::signals();
+    }
+
+    #[test]
+    fn a_file_is_restricted_to_system_and_administrators() {
+        let path = std::env::temp_dir().join(format!("vitals-acl-{}.key", std::process::id()));
+        std::fs::write(&path, "secret").expect("write");
+        let r = super::acl::restrict_to_admins(&path);
+        let _ = std::fs::remove_file(&path);
+        r.expect("the DACL is set");
+        let missing = std::env::temp_dir().join("vitals-acl-missing.key");
+        let e = super::acl::restrict_to_admins(&missing).expect_err("no such file");
+        assert!(e.contains("vitals-acl-missing.key"), "{e}");
+    }
+
+    #[test]
+    fn the_system_log_query_runs_or_says_why_not() {
+        match super::eventlog::critical_entries(5) {
+            Ok(entries) => {
+                assert!(entries.len() <= 5 && entries.iter().all(|e| !e.provider.is_empty()))
+            }
+            Err(e) => assert!(e.starts_with("event log: EvtQuery:"), "{e}"),
+        }
+    }
+}
