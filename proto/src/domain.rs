@@ -300,6 +300,21 @@ pub struct PrinterInfo {
 }
 
 impl PrinterInfo {
+    /// The network host behind a printer the Windows spooler lists, from
+    /// its address: the print server of a connected printer
+    /// (`\\ps01\IP_10.20.5.31`), or the host of a standard TCP/IP port
+    /// (`IP_10.20.5.31`, `10.20.5.31_1`); `None` for a local port (`USB001`,
+    /// `LPT1:`, `PORTPROMPT:`).
+    pub fn spooler_host(address: &str) -> Option<String> {
+        if let Some(unc) = address.strip_prefix("\\\\") {
+            let server = unc.split('\\').next().unwrap_or("");
+            return (!server.is_empty()).then(|| server.to_ascii_lowercase());
+        }
+        let host = address.strip_prefix("IP_").unwrap_or(address);
+        let host = host.split('_').next().unwrap_or(host);
+        host.parse::<std::net::IpAddr>().ok().map(|a| a.to_string())
+    }
+
     /// Whether any reason starts with `prefix` ("media-empty" matches
     /// "media-empty-error" and "media-empty-warning" too).
     pub fn has_reason(&self, prefix: &str) -> bool {

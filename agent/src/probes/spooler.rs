@@ -219,18 +219,6 @@ impl super::Probe for SpoolerProbe {
     }
 }
 
-/// The print server behind a printer, for storm grouping: the server of a
-/// connected printer, or the host of a standard TCP/IP port
-/// (`IP_10.20.5.31`, `10.20.5.31_1`), else `None`.
-pub fn host_of(port: &str, server: &str) -> Option<String> {
-    if !server.is_empty() {
-        return Some(server.trim_start_matches('\\').to_owned());
-    }
-    let host = port.strip_prefix("IP_").unwrap_or(port);
-    let host = host.split('_').next().unwrap_or(host);
-    host.parse::<std::net::IpAddr>().ok().map(|a| a.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,13 +307,16 @@ mod tests {
         assert_eq!(p.oldest_job_age_secs, Some(45 * 60));
         assert_eq!(p.reasons, vec!["offline-report", "other-warning"]);
         assert_eq!(p.address, "\\\\ps01\\IP_10.20.5.31");
-        assert_eq!(
-            host_of("IP_10.20.5.31", "\\\\ps01").as_deref(),
-            Some("ps01")
-        );
-        assert_eq!(host_of("IP_10.20.5.31", "").as_deref(), Some("10.20.5.31"));
-        assert_eq!(host_of("10.20.5.32_1", "").as_deref(), Some("10.20.5.32"));
-        assert_eq!(host_of("USB001", ""), None);
+        // The print server behind it, as the collector's storm grouping
+        // reads it from the address.
+        let host = |port: &str, server: &str| {
+            PrinterInfo::spooler_host(&printer_info("P", 0, 0, port, server, &[], NOW).address)
+        };
+        assert_eq!(host("IP_10.20.5.31", "\\\\PS01").as_deref(), Some("ps01"));
+        assert_eq!(host("IP_10.20.5.31", "").as_deref(), Some("10.20.5.31"));
+        assert_eq!(host("10.20.5.32_1", "").as_deref(), Some("10.20.5.32"));
+        assert_eq!(host("USB001", ""), None);
+        assert_eq!(host("LPT1:", ""), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use vitals_proto::shutdown::Shutdown;
 
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
-use vitals_proto::domain::{FaultState, Severity, Snapshot};
+use vitals_proto::domain::{FaultState, PrinterInfo, Severity, Snapshot};
 use vitals_proto::policy::Policy;
 use vitals_proto::tickets::{Entry, Kind};
 
@@ -171,7 +171,14 @@ pub fn facts_of(s: &Snapshot) -> Facts {
     let print_servers = s
         .printers
         .iter()
-        .filter_map(|p| Some((p.name.clone(), host_of(&p.address)?)))
+        .filter_map(|p| {
+            let host = if p.source == "spooler" {
+                PrinterInfo::spooler_host(&p.address)
+            } else {
+                host_of(&p.address)
+            };
+            Some((p.name.clone(), host?))
+        })
         .collect();
     Facts {
         addresses,
@@ -650,6 +657,40 @@ pub async fn supervise(
 mod tests {
     use super::*;
     use vitals_proto::domain::{InterfaceInfo, PrinterInfo};
+
+    #[test]
+    fn windows_printers_group_by_their_print_server_not_their_port() {
+        let printer = |name: &str, address: &str| PrinterInfo {
+            name: name.into(),
+            source: "spooler".into(),
+            address: address.into(),
+            ..Default::default()
+        };
+        let s = Snapshot {
+            printers: vec![
+                printer("Hall A", "\\\\PS01\\IP_10.20.5.31"),
+                printer("Desk", "IP_10.20.5.40"),
+                printer("Label", "USB001"),
+                printer("Old", "LPT1:"),
+            ],
+            ..Default::default()
+        };
+        let f = facts_of(&s);
+        assert_eq!(
+            f.print_servers.get("Hall A").map(String::as_str),
+            Some("ps01")
+        );
+        assert_eq!(
+            f.print_servers.get("Desk").map(String::as_str),
+            Some("10.20.5.40")
+        );
+        assert_eq!(
+            f.print_servers.get("Label"),
+            None,
+            "a USB port is no print server"
+        );
+        assert_eq!(f.print_servers.get("Old"), None);
+    }
 
     #[test]
     fn print_server_hosts_from_device_uris_and_addresses() {
