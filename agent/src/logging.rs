@@ -107,7 +107,7 @@ pub struct EventLogLayer(crate::win32::eventlog::EventSource);
 #[cfg(windows)]
 impl EventLogLayer {
     pub fn open() -> Option<Self> {
-        crate::win32::eventlog::EventSource::open("Vitals Agent").map(EventLogLayer)
+        crate::win32::eventlog::EventSource::open(crate::win32::eventlog::SOURCE).map(EventLogLayer)
     }
 }
 

@@ -52,6 +52,9 @@ agent configure --collector "https://localhost:$port" --ca "Z:$pki/ca.pem" \
     --cert "Z:$pki/agents/ws-wine.pem" --key "Z:$pki/agents/ws-wine.key"
 agent service install
 config=$WINEPREFIX/drive_c/ProgramData/Vitals
+source_key='HKLM\SYSTEM\CurrentControlSet\Services\EventLog\Application\Vitals Agent'
+event_source() { wine reg query "$source_key" /v EventMessageFile 2> /dev/null | tr -d '\r' | grep -i "vitals-agent.exe"; }
+event_source > /dev/null || { echo "windows: the event source was not registered" >&2; exit 1; }
 grep -q "^collector = \"https://localhost:$port\"" "$config/agent.toml"
 
 echo "windows: start it; its snapshot must reach the collector"
@@ -84,6 +87,10 @@ grep -q "link closed unacknowledged=0" "$log" || {
     exit 1
 }
 agent service uninstall | grep -q "removed"
+if event_source > /dev/null; then
+    echo "windows: the event source outlived the service" >&2
+    exit 1
+fi
 echo "windows: service passed"
 
 echo "windows: the installer, built with wixl"
@@ -116,6 +123,10 @@ wine msiexec /i "Z:$msi" /qn COLLECTOR="https://localhost:$port" CA="Z:$pki/ca.p
     CERT="Z:$pki/agents/ws-wine.pem" KEY="Z:$pki/agents/ws-wine.key"
 [ -f "$WINEPREFIX/drive_c/Program Files/Vitals/vitals-agent.exe" ]
 agent service status | grep -q running
+event_source | grep -qi 'Program Files.Vitals.vitals-agent.exe' || {
+    echo "windows: the installer did not register the event source" >&2
+    exit 1
+}
 wait_connected 1
 grep -q "^collector = \"https://localhost:$port\"" "$config/agent.toml"
 
@@ -136,5 +147,9 @@ if agent service status > /dev/null 2>&1; then
     exit 1
 fi
 [ ! -e "$WINEPREFIX/drive_c/Program Files/Vitals/vitals-agent.exe" ]
+if event_source > /dev/null; then
+    echo "windows: the event source outlived the uninstall" >&2
+    exit 1
+fi
 [ -f "$config/agent.toml" ] && [ -f "$config/pki/agent.key" ]
 echo "windows: installer passed"

@@ -160,6 +160,61 @@ pub fn critical_entries(n: usize) -> Result<Vec<EventEntry>, String> {
     Ok(out)
 }
 
+/// The event source's name in the Application log.
+pub const SOURCE: &str = "Vitals Agent";
+/// Where Windows looks up an event source's message file.
+const SOURCE_KEY: &str = r"SYSTEM\CurrentControlSet\Services\EventLog\Application\Vitals Agent";
+/// The one message in the program's message table: "%1".
+const MESSAGE_ID: u32 = 1;
+
+/// Registers the event source with this program as its message file, so
+/// the event log shows the agent's entries as written.
+pub fn register_source(exe: &std::path::Path) -> Result<(), String> {
+    use winreg::RegKey;
+    use winreg::enums::HKEY_LOCAL_MACHINE;
+    let (key, _) = RegKey::predef(HKEY_LOCAL_MACHINE)
+        .create_subkey(SOURCE_KEY)
+        .map_err(|e| format!("cannot register the event source: {e}"))?;
+    key.set_value("EventMessageFile", &exe.display().to_string())
+        .and_then(|()| key.set_value("TypesSupported", &7u32))
+        .map_err(|e| format!("cannot register the event source: {e}"))
+}
+
+/// Removes the event source's registration; absent is fine.
+pub fn unregister_source() {
+    use winreg::RegKey;
+    use winreg::enums::HKEY_LOCAL_MACHINE;
+    let _ = RegKey::predef(HKEY_LOCAL_MACHINE).delete_subkey_all(SOURCE_KEY);
+}
+
+/// This program's message `MESSAGE_ID` formatted with `text`: what the
+/// event viewer shows for an entry the agent wrote.
+pub fn own_message(text: &str) -> Option<String> {
+    use windows_sys::Win32::System::Diagnostics::Debug::{
+        FORMAT_MESSAGE_ARGUMENT_ARRAY, FORMAT_MESSAGE_FROM_HMODULE, FormatMessageW,
+    };
+    use windows_sys::Win32::System::LibraryLoader::GetModuleHandleW;
+    // SAFETY: a null name asks for the calling process's own module.
+    let module = unsafe { GetModuleHandleW(null()) };
+    let arg = wide(text);
+    let args = [arg.as_ptr() as usize];
+    let mut buf = vec![0u16; text.len() + 64];
+    // SAFETY: the module is ours; `args` holds one pointer to a
+    // NUL-terminated string for %1; `buf` is writable for its length.
+    let n = unsafe {
+        FormatMessageW(
+            FORMAT_MESSAGE_FROM_HMODULE | FORMAT_MESSAGE_ARGUMENT_ARRAY,
+            module.cast_const().cast(),
+            MESSAGE_ID,
+            0,
+            buf.as_mut_ptr(),
+            buf.len() as u32,
+            args.as_ptr().cast(),
+        )
+    };
+    (n > 0).then(|| String::from_utf16_lossy(&buf[..n as usize]))
+}
+
 /// The agent's event source in the Application log.
 pub struct EventSource(HANDLE);
 

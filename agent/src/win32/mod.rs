@@ -144,6 +144,15 @@ mod tests {
     }
 
     #[test]
+    fn the_event_log_shows_the_agents_text_as_written() {
+        // The message table build.rs puts into every binary: "%1".
+        assert_eq!(
+            super::eventlog::own_message("link closed unacknowledged=0").as_deref(),
+            Some("link closed unacknowledged=0\r\n")
+        );
+    }
+
+    #[test]
     fn the_system_log_query_runs_or_says_why_not() {
         match super::eventlog::critical_entries(5) {
             Ok(entries) => {

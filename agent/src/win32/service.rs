@@ -141,8 +141,9 @@ fn manager(access: ServiceManagerAccess) -> Result<ServiceManager, String> {
     })
 }
 
-/// Registers the service (automatic start, restarted on failure), or
-/// updates its registration in place when it exists: an upgrade keeps it.
+/// Registers the service (automatic start, restarted on failure) and its
+/// event source, or updates them in place when they exist: an upgrade
+/// keeps them.
 pub fn install(exe: &Path, config: &Path, account: Option<Account>) -> Result<(), String> {
     let scm = manager(ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE)?;
     let info = ServiceInfo {
@@ -190,7 +191,7 @@ pub fn install(exe: &Path, config: &Path, account: Option<Account>) -> Result<()
         .map_err(|e| format!("cannot set the service's restart on failure: {}", text(e)))?;
     // An exit with an error counts as a failure too, not only a crash.
     let _ = service.set_failure_actions_on_non_crash_failures(true);
-    Ok(())
+    super::eventlog::register_source(exe)
 }
 
 /// Stops the service if it runs, then removes it.
@@ -206,6 +207,7 @@ pub fn uninstall() -> Result<bool, String> {
     service
         .delete()
         .map_err(|e| format!("cannot remove the service: {}", text(e)))?;
+    super::eventlog::unregister_source();
     Ok(true)
 }
 
