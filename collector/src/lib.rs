@@ -16,6 +16,7 @@
 //! [`Collector::serve`] then runs until the shutdown future completes.
 
 pub mod config;
+pub mod console;
 pub mod ctl;
 pub mod gateway;
 pub mod ingest;

@@ -54,6 +54,53 @@ enum Command {
     /// Manage the fleet's certificates.
     #[command(subcommand)]
     Pki(PkiCmd),
+    /// Manage the web console's local accounts (in the collector's database).
+    Users {
+        #[arg(
+            long,
+            env = "VITALS_COLLECTOR_CONFIG",
+            default_value = "/etc/vitals/collector.toml"
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: UsersCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCmd {
+    /// Add an account; prints its one-time password, to be changed at the
+    /// first login.
+    Add {
+        name: String,
+        /// viewer, specialist or admin.
+        #[arg(long)]
+        role: String,
+        /// A site it is limited to (repeat for more); none: every site.
+        #[arg(long = "site")]
+        sites: Vec<String>,
+    },
+    /// List the accounts.
+    List,
+    /// Disable an account (`--enable` to undo).
+    Disable {
+        name: String,
+        #[arg(long)]
+        enable: bool,
+    },
+    /// Give an account a new one-time password.
+    ResetPassword { name: String },
+    /// Change an account's role, and its sites when given.
+    SetRole {
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long = "site")]
+        sites: Vec<String>,
+        /// Remove every site limit.
+        #[arg(long, conflicts_with = "sites")]
+        all_sites: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +139,10 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Pki(cmd) => pki_command(cmd),
+        Command::Users { config, action } => with_runtime(async move {
+            let c = load(&config)?;
+            users_command(&c, action).await.map_err(fail(2))
+        }),
         Command::Run { config } => with_runtime(async move {
             let config = load(&config)?;
             let collector = Collector::open(config.clone()).await.map_err(fail(2))?;
@@ -129,6 +180,106 @@ fn main() -> ExitCode {
             })
         }),
     }
+}
+
+async fn users_command(config: &CollectorConfig, action: UsersCmd) -> Result<(), String> {
+    use vitals_collector::console::accounts::Accounts;
+    let role = |r: &str| {
+        r.parse::<vitals_proto::identity::Role>()
+            .map_err(|_| format!("--role {r}: one of viewer, specialist, admin"))
+    };
+    let store = vitals_collector::store::open(
+        &config.storage_url(),
+        config.storage.history_per_endpoint,
+        config.storage.history_interval,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let accounts = Accounts::new(store);
+    let scope = |sites: &[String]| {
+        if sites.is_empty() {
+            "all sites".to_owned()
+        } else {
+            sites.join(", ")
+        }
+    };
+    match action {
+        UsersCmd::Add {
+            name,
+            role: r,
+            sites,
+        } => {
+            let r = role(&r)?;
+            let password = accounts
+                .add(&name, r, sites.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("added {name} ({r}, {})", scope(&sites));
+            println!("one-time password: {password}");
+            println!("it must be changed at the first login");
+        }
+        UsersCmd::List => {
+            let list = accounts.list().await.map_err(|e| e.to_string())?;
+            if list.is_empty() {
+                println!("No accounts.");
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<11} {:<9} {:<10} SITES",
+                "NAME", "ROLE", "STATE", "PASSWORD"
+            );
+            for a in list {
+                println!(
+                    "{:<24} {:<11} {:<9} {:<10} {}",
+                    a.name,
+                    a.role.as_str(),
+                    if a.disabled { "disabled" } else { "active" },
+                    if a.must_change_password {
+                        "one-time"
+                    } else {
+                        "set"
+                    },
+                    scope(&a.sites)
+                );
+            }
+        }
+        UsersCmd::Disable { name, enable } => {
+            accounts
+                .set_disabled(&name, !enable)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{name} {}", if enable { "enabled" } else { "disabled" });
+        }
+        UsersCmd::ResetPassword { name } => {
+            let password = accounts
+                .reset_password(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("one-time password for {name}: {password}");
+            println!("it must be changed at the next login");
+        }
+        UsersCmd::SetRole {
+            name,
+            role: r,
+            sites,
+            all_sites,
+        } => {
+            let r = role(&r)?;
+            let sites = if all_sites {
+                Some(Vec::new())
+            } else if sites.is_empty() {
+                None
+            } else {
+                Some(sites)
+            };
+            let a = accounts
+                .set_role(&name, r, sites)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{name}: {} ({})", a.role, scope(&a.sites));
+        }
+    }
+    Ok(())
 }
 
 fn load(path: &std::path::Path) -> Result<CollectorConfig, ExitCode> {

@@ -404,3 +404,78 @@ fn quickstart_shows_this_machine_and_stops_cleanly() {
     signal(&qs, "-TERM");
     assert!(wait_exit(&mut qs, 20).success());
 }
+
+#[test]
+fn users_commands_manage_console_accounts() {
+    let d = dir("users");
+    let config = d.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = {:?}\n", d.join("data").display().to_string()),
+    )
+    .expect("write");
+    std::fs::create_dir_all(d.join("data")).expect("data dir");
+    let users = |args: &[&str]| {
+        let out = collector()
+            .arg("users")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = users(&["list"]);
+    assert_eq!((code, out.trim()), (Some(0), "No accounts."));
+
+    let (code, out, err) = users(&["add", "ana", "--role", "specialist", "--site", "dispatch"]);
+    assert_eq!(code, Some(0), "{err}");
+    let password = out
+        .lines()
+        .find_map(|l| l.strip_prefix("one-time password: "))
+        .expect("a one-time password is printed");
+    assert_eq!(password.len(), 23, "{out}");
+
+    let (code, _, err) = users(&["add", "ana", "--role", "admin"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("an account named \"ana\" exists already"),
+        "{err}"
+    );
+    let (code, _, err) = users(&["add", "bob", "--role", "boss"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--role boss"), "{err}");
+
+    assert_eq!(users(&["disable", "ana"]).0, Some(0));
+    assert_eq!(
+        users(&["set-role", "ana", "--role", "admin", "--all-sites"]).0,
+        Some(0)
+    );
+    let (_, out, _) = users(&["list"]);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("ana "))
+        .expect("ana is listed");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cols,
+        ["ana", "admin", "disabled", "one-time", "all", "sites"],
+        "{out}"
+    );
+    assert!(!out.contains(password), "passwords are never listed");
+
+    let (code, out, _) = users(&["reset-password", "ana"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        !out.contains(password),
+        "a reset gives a new one-time password"
+    );
+    let (code, _, err) = users(&["reset-password", "nobody"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no account named \"nobody\""), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}

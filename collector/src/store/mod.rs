@@ -51,6 +51,8 @@ pub enum StoreError {
     },
     #[error("stored ticket or incident {id} is not valid: {what}")]
     CorruptTicket { id: i64, what: String },
+    #[error("stored console account {name:?} is not valid: {what}")]
+    CorruptAccount { name: String, what: String },
     #[error("unsupported storage url \"{0}\": this build stores in SQLite (sqlite://PATH)")]
     UnsupportedUrl(String),
     #[error("storage worker stopped: {0}")]
@@ -88,7 +90,14 @@ pub enum RecordBody {
 /// Everything the collector stores, as the questions each part of it asks.
 /// A backend implements each concern's trait; [`Store`] is all of them.
 pub trait Store:
-    SessionStore + IngestStore + EndpointStore + TicketStore + OutboxStore + AuditStore + 'static
+    SessionStore
+    + IngestStore
+    + EndpointStore
+    + TicketStore
+    + OutboxStore
+    + AuditStore
+    + AccountStore
+    + 'static
 {
 }
 
@@ -99,6 +108,7 @@ impl<T> Store for T where
         + TicketStore
         + OutboxStore
         + AuditStore
+        + AccountStore
         + 'static
 {
 }
@@ -181,6 +191,38 @@ pub trait OutboxStore: Send + Sync {
 
     /// Records the outcome of one delivery attempt.
     async fn delivery_outcome(&self, id: i64, outcome: DeliveryOutcome) -> Result<(), StoreError>;
+}
+
+/// A local account of the web console.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    pub name: String,
+    pub role: vitals_proto::identity::Role,
+    /// The sites it may see; empty: all.
+    pub sites: Vec<String>,
+    /// argon2id, as a PHC string.
+    pub password_hash: String,
+    /// A one-time password: it must be changed at the next login.
+    pub must_change_password: bool,
+    pub disabled: bool,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// The console's local accounts.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Adds an account; `false` if one of that name exists (nothing changes).
+    async fn create_account(&self, account: Account) -> Result<bool, StoreError>;
+
+    async fn account(&self, name: &str) -> Result<Option<Account>, StoreError>;
+
+    /// Every account, by name.
+    async fn accounts(&self) -> Result<Vec<Account>, StoreError>;
+
+    /// Replaces an account's role, sites, hash and flags; `false` if there
+    /// is no such account.
+    async fn update_account(&self, account: Account) -> Result<bool, StoreError>;
 }
 
 /// The audit log of diagnostics: append-only.

@@ -15,6 +15,7 @@
 //! `ingest.rs` (sessions and the commit), `endpoints.rs`, `tickets.rs`,
 //! `outbox.rs` (notification deliveries), `audit.rs`.
 
+mod accounts;
 mod audit;
 mod endpoints;
 mod ingest;
@@ -38,9 +39,9 @@ use vitals_proto::identity::EndpointId;
 use vitals_proto::tickets::{Entry, Ticket, TicketDetail};
 
 use super::{
-    AuditStore, Delivery, DeliveryOutcome, EndpointStore, IngestStore, OutboxStore, Record,
-    RecordBody, SessionOpen, SessionStore, StoreError, StoredFault, TicketFilter, TicketState,
-    TicketStep, TicketStore,
+    Account, AccountStore, AuditStore, Delivery, DeliveryOutcome, EndpointStore, IngestStore,
+    OutboxStore, Record, RecordBody, SessionOpen, SessionStore, StoreError, StoredFault,
+    TicketFilter, TicketState, TicketStep, TicketStore,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the
@@ -70,6 +71,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (
         7,
         include_str!("../../../migrations/sqlite/0007_fault_via.sql"),
+    ),
+    (
+        8,
+        include_str!("../../../migrations/sqlite/0008_console_accounts.sql"),
     ),
 ];
 
