@@ -259,15 +259,8 @@ fn service_body(stop: vitals_proto::shutdown::Shutdown, stopping: &dyn Fn()) -> 
         // saying so once per change, instead of failing and restarting.
         let mut said = String::new();
         let config = loop {
-            let ready = AgentConfig::load(config_path)
-                .map_err(|e| e.to_string())
-                .and_then(|c| {
-                    vitals_agent::check_tls_files(&c)
-                        .map(|_| c)
-                        .map_err(|e| e.to_string())
-                });
-            match ready {
-                Ok(c) => break c,
+            match ready(config_path) {
+                Ok((c, _)) => break c,
                 Err(e) => {
                     if e != said {
                         tracing::error!("not connecting yet, checking again every 30 s: {e}");
@@ -302,26 +295,28 @@ fn service_body(stop: vitals_proto::shutdown::Shutdown, stopping: &dyn Fn()) -> 
     }
 }
 
-fn load(path: &std::path::Path) -> Result<(AgentConfig, String), ExitCode> {
-    let config = AgentConfig::load(path).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(2)
-    })?;
+/// The configuration and the files it names, checked; the endpoint ID
+/// from the certificate.
+fn ready(path: &std::path::Path) -> Result<(AgentConfig, String), String> {
+    let config = AgentConfig::load(path).map_err(|e| e.to_string())?;
     for (what, p) in [
         ("tls.ca", &config.tls.ca),
         ("tls.cert", &config.tls.cert),
         ("tls.key", &config.tls.key),
     ] {
         if let Err(e) = std::fs::metadata(p) {
-            eprintln!("error: {}: {what}: {}: {e}", path.display(), p.display());
-            return Err(ExitCode::from(2));
+            return Err(format!("{}: {what}: {}: {e}", path.display(), p.display()));
         }
     }
-    let id = vitals_agent::check_tls_files(&config).map_err(|e| {
+    let id = vitals_agent::check_tls_files(&config).map_err(|e| e.to_string())?;
+    Ok((config, id.to_string()))
+}
+
+fn load(path: &std::path::Path) -> Result<(AgentConfig, String), ExitCode> {
+    ready(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
-    })?;
-    Ok((config, id.to_string()))
+    })
 }
 
 fn once(json: bool, config: Option<PathBuf>, policy: Option<PathBuf>) -> ExitCode {

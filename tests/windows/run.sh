@@ -159,7 +159,8 @@ echo "windows: vitals-agent.exe once --json under Wine"
 in_namespace "wine '$out/vitals-agent.exe' once --json --config agent.toml" > "$work/once.json"
 # The native agent on the same machine, in the same namespace: a fault it
 # raises too (a host disk that is really nearly full) is the machine's.
-cargo build --locked -q -p vitals-agent --bin vitals-agent
+# (and the collector and vitalsctl for the service test below, in one build).
+cargo build --locked -q -p vitals-agent -p vitals-collector --bin vitals-agent --bin vitals-collector --bin vitalsctl
 in_namespace "'$root/target/debug/vitals-agent' once --json --config agent.toml" > "$work/native.json"
 python3 - "$work/once.json" "$work/native.json" <<'PY'
 import json, sys
@@ -228,7 +229,6 @@ case "$cleared" in
     *) echo "windows: the pending reboot did not clear" >&2; exit 1 ;;
 esac
 echo "windows: the agent as a Windows service, streaming to a collector on loopback"
-cargo build --locked -q -p vitals-collector --bin vitals-collector --bin vitalsctl
 mkdir -p "$work/service"
 in_namespace "bash '$root/tests/windows/service.sh' '$out/vitals-agent.exe' '$root/target/debug' '$work/service'"
 echo "windows: passed"

@@ -27,6 +27,10 @@ pub struct NetworkProbe {
     were_up: HashSet<String>,
     /// The last default gateway seen, so losing the route is a finding.
     last_gateway: Option<(IpAddr, String)>,
+    /// The DNS servers from this run's adapter read (Windows keeps them
+    /// per adapter), so the IP helper is asked once a run.
+    #[cfg(windows)]
+    adapter_resolvers: Vec<String>,
 }
 
 impl NetworkProbe {
@@ -37,6 +41,8 @@ impl NetworkProbe {
             previous: HashMap::new(),
             were_up: HashSet::new(),
             last_gateway: None,
+            #[cfg(windows)]
+            adapter_resolvers: Vec::new(),
         }
     }
 
@@ -50,8 +56,12 @@ impl NetworkProbe {
     /// and discards (sysinfo does not); sysinfo if the IP helper fails.
     #[cfg(windows)]
     fn read_interfaces(&mut self) -> Result<Vec<InterfaceInfo>, String> {
+        self.adapter_resolvers.clear();
         match crate::win32::adapters::read() {
-            Ok(a) => Ok(a.interfaces),
+            Ok(a) => {
+                self.adapter_resolvers = a.resolvers;
+                Ok(a.interfaces)
+            }
             Err(e) => match self.sysinfo_interfaces() {
                 Ok(list) if !list.is_empty() => Ok(list),
                 _ => Err(e),
@@ -127,6 +137,18 @@ impl NetworkProbe {
             i.link_lost = down && self.were_up.contains(&i.name);
         }
         list.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    /// The DNS servers of the adapters that are up, in order, as this
+    /// run's interface read found them.
+    #[cfg(windows)]
+    fn resolvers(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.adapter_resolvers)
+    }
+
+    #[cfg(not(windows))]
+    fn resolvers(&mut self) -> Vec<String> {
+        resolvers()
     }
 
     async fn gateway(&mut self) -> Option<Gateway> {
@@ -219,7 +241,7 @@ impl Probe for NetworkProbe {
                     dns,
                     services,
                     wifi,
-                    resolvers: resolvers(),
+                    resolvers: self.resolvers(),
                 },
             }),
             errors,
@@ -244,14 +266,6 @@ fn resolvers() -> Vec<String> {
         }
     }
     system
-}
-
-/// The DNS servers of the adapters that are up, in order.
-#[cfg(windows)]
-fn resolvers() -> Vec<String> {
-    crate::win32::adapters::read()
-        .map(|a| a.resolvers)
-        .unwrap_or_default()
 }
 
 #[cfg(not(any(unix, windows)))]

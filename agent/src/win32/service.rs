@@ -260,10 +260,20 @@ fn stop_and_wait(service: &windows_service::service::Service) -> Result<(), Stri
     service
         .stop()
         .map_err(|e| format!("cannot stop the service: {}", text(e)))?;
-    match wait_for(service, ServiceState::Stopped, Duration::from_secs(30))? {
-        ServiceState::Stopped => Ok(()),
+    reach(service, ServiceState::Stopped, "stop")
+}
+
+/// Waits up to 30 s for the service to reach `want`, saying where it is
+/// if it does not.
+fn reach(
+    service: &windows_service::service::Service,
+    want: ServiceState,
+    verb: &str,
+) -> Result<(), String> {
+    match wait_for(service, want, Duration::from_secs(30))? {
+        state if state == want => Ok(()),
         other => Err(format!(
-            "the service did not stop within 30 s (it is {})",
+            "the service did not {verb} within 30 s (it is {})",
             state_text(other)
         )),
     }
@@ -278,13 +288,7 @@ pub fn start() -> Result<(), String> {
         Err(e) if os_code(&e) == Some(ALREADY_RUNNING) => return Ok(()),
         Err(e) => return Err(format!("cannot start the service: {}", text(e))),
     }
-    match wait_for(service, ServiceState::Running, Duration::from_secs(30))? {
-        ServiceState::Running => Ok(()),
-        other => Err(format!(
-            "the service did not start within 30 s (it is {})",
-            state_text(other)
-        )),
-    }
+    reach(service, ServiceState::Running, "start")
 }
 
 /// Stops the service and waits until it has (its outbox flushed).

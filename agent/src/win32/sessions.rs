@@ -13,12 +13,18 @@ use windows_sys::Win32::System::RemoteDesktop::{
 use super::{last_error, string_at};
 use crate::probes::os::wts_session;
 
-/// One WTS_INFO_CLASS value of a session as text; empty where unknown.
-fn text(session: u32, class: WTS_INFO_CLASS) -> String {
+/// One WTS_INFO_CLASS value of a session, read from the buffer the call
+/// allocates (`read` gets its pointer and length) and freed after; `None`
+/// where the call fails.
+fn query<T>(
+    session: u32,
+    class: WTS_INFO_CLASS,
+    read: impl FnOnce(*const u8, usize) -> T,
+) -> Option<T> {
     let mut p = null_mut();
     let mut bytes = 0;
     // SAFETY: the server handle is the local one; on success `p` is a
-    // NUL-terminated string the call allocated, freed below.
+    // buffer of `bytes` bytes the call allocated, freed below.
     if unsafe {
         WTSQuerySessionInformationW(
             WTS_CURRENT_SERVER_HANDLE,
@@ -29,41 +35,31 @@ fn text(session: u32, class: WTS_INFO_CLASS) -> String {
         )
     } == 0
     {
-        return String::new();
+        return None;
     }
-    // SAFETY: `p` is the string just returned.
-    let s = unsafe { string_at(p) };
+    let value = read(p.cast_const().cast(), bytes as usize);
     // SAFETY: `p` came from WTSQuerySessionInformationW.
     unsafe { WTSFreeMemory(p.cast()) };
-    s
+    Some(value)
+}
+
+/// A text-valued class (user, domain, client name); empty where unknown.
+fn text(session: u32, class: WTS_INFO_CLASS) -> String {
+    // SAFETY: text classes return a NUL-terminated UTF-16 string.
+    query(session, class, |p, _| unsafe { string_at(p.cast()) }).unwrap_or_default()
 }
 
 /// The logon time of a session (a FILETIME), 0 where unknown.
 fn logon_time(session: u32) -> i64 {
-    let mut p = null_mut();
-    let mut bytes = 0;
-    // SAFETY: as in `text`; WTSSessionInfo returns one WTSINFOW.
-    if unsafe {
-        WTSQuerySessionInformationW(
-            WTS_CURRENT_SERVER_HANDLE,
-            session,
-            WTSSessionInfo,
-            &mut p,
-            &mut bytes,
-        )
-    } == 0
-    {
-        return 0;
-    }
-    let t = if bytes as usize >= std::mem::size_of::<WTSINFOW>() {
-        // SAFETY: the buffer is at least one WTSINFOW long.
-        unsafe { (*(p as *const WTSINFOW)).LogonTime }
-    } else {
-        0
-    };
-    // SAFETY: `p` came from WTSQuerySessionInformationW.
-    unsafe { WTSFreeMemory(p.cast()) };
-    t
+    query(session, WTSSessionInfo, |p, bytes| {
+        if bytes >= std::mem::size_of::<WTSINFOW>() {
+            // SAFETY: the buffer holds at least one WTSINFOW.
+            unsafe { (*(p as *const WTSINFOW)).LogonTime }
+        } else {
+            0
+        }
+    })
+    .unwrap_or(0)
 }
 
 /// Everyone with an active or disconnected session.

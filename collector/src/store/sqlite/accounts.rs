@@ -31,6 +31,11 @@ fn with_role((mut a, role): (Account, String)) -> Result<Account, StoreError> {
     Ok(a)
 }
 
+/// The sites column: a JSON list of names.
+fn sites_json(sites: &[String]) -> String {
+    serde_json::to_string(sites).unwrap_or_else(|_| "[]".into())
+}
+
 const COLUMNS: &str =
     "name, role, sites, password_hash, must_change, disabled, created_ms, updated_ms";
 
@@ -45,7 +50,7 @@ impl AccountStore for SqliteStore {
                 params![
                     a.name,
                     a.role.as_str(),
-                    serde_json::to_string(&a.sites).unwrap_or_else(|_| "[]".into()),
+                    sites_json(&a.sites),
                     a.password_hash,
                     a.must_change_password,
                     a.disabled,
@@ -90,7 +95,7 @@ impl AccountStore for SqliteStore {
                 params![
                     a.name,
                     a.role.as_str(),
-                    serde_json::to_string(&a.sites).unwrap_or_else(|_| "[]".into()),
+                    sites_json(&a.sites),
                     a.password_hash,
                     a.must_change_password,
                     a.disabled,
