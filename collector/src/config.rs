@@ -34,6 +34,48 @@ pub struct CollectorConfig {
     pub webhooks: Vec<Webhook>,
     /// Ticket e-mail over SMTP.
     pub email: Option<Email>,
+    /// The specialists' web console; not served when absent.
+    pub console: Option<ConsoleConfig>,
+}
+
+/// `[console]`: where the web console listens, and how browsers reach it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub listen: SocketAddr,
+    /// The browser-facing certificate and key (PEM; a city's own CA for
+    /// browsers, not the fleet CA). Without them the console speaks plain
+    /// HTTP, which is allowed only on a loopback address.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// A session ends after this long without a request.
+    #[serde(default = "default_console_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Failed logins per account, and per source address, before logins
+    /// pause for `login_lockout`.
+    #[serde(default = "default_login_attempts")]
+    pub login_attempts: u32,
+    #[serde(default = "default_login_lockout", with = "humantime_serde")]
+    pub login_lockout: Duration,
+}
+
+impl ConsoleConfig {
+    /// Whether browsers reach it over TLS.
+    pub fn tls(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
+fn default_console_idle() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+
+fn default_login_attempts() -> u32 {
+    5
+}
+
+fn default_login_lockout() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 /// `[email]`: ticket events of chosen priorities mailed to the help desk,
@@ -242,6 +284,7 @@ impl CollectorConfig {
             metrics: MetricsConfig::default(),
             webhooks: Vec::new(),
             email: None,
+            console: None,
         }
     }
 
@@ -261,6 +304,11 @@ impl CollectorConfig {
         }
         if let Some(e) = &mut config.email {
             for p in [&mut e.password_file, &mut e.ca].into_iter().flatten() {
+                *p = config_file::resolve(path, p);
+            }
+        }
+        if let Some(c) = &mut config.console {
+            for p in [&mut c.cert, &mut c.key].into_iter().flatten() {
                 *p = config_file::resolve(path, p);
             }
         }
@@ -290,6 +338,23 @@ impl CollectorConfig {
                 humantime::format_duration(a.idle_timeout),
                 humantime::format_duration(a.heartbeat_interval)
             )));
+        }
+        if let Some(c) = &self.console {
+            if c.cert.is_some() != c.key.is_some() {
+                return Err(invalid("console: cert and key go together".into()));
+            }
+            if !c.tls() && !c.listen.ip().is_loopback() {
+                return Err(invalid(format!(
+                    "console: listen = \"{}\" is not a loopback address, so the console needs \
+                     cert and key (browsers would send passwords in the clear)",
+                    c.listen
+                )));
+            }
+            if c.idle_timeout < Duration::from_secs(60) || c.login_attempts == 0 {
+                return Err(invalid(
+                    "console: idle_timeout is at least 1m and login_attempts at least 1".into(),
+                ));
+            }
         }
         if let Some(e) = &self.email {
             if e.server.trim().is_empty() {
@@ -404,6 +469,50 @@ mod tests {
         assert_eq!(c.listen.port(), 7443);
         assert!(c.metrics.listen.ip().is_loopback());
         assert_eq!(c.ca_path(), c.data_dir.join("pki/ca.pem"));
+    }
+
+    #[test]
+    fn the_console_speaks_plain_http_only_on_loopback() {
+        let c = CollectorConfig::load(&write(
+            "con-lo",
+            "data_dir = \".\"\n[console]\nlisten = \"127.0.0.1:8443\"\n",
+        ))
+        .unwrap();
+        let console = c.console.expect("a console");
+        assert!(!console.tls());
+        assert_eq!(console.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(
+            (console.login_attempts, console.login_lockout.as_secs()),
+            (5, 900)
+        );
+        let err = CollectorConfig::load(&write(
+            "con-any",
+            "data_dir = \".\"\n[console]\nlisten = \"0.0.0.0:8443\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("not a loopback address, so the console needs cert and key"),
+            "{err}"
+        );
+        let c = CollectorConfig::load(&write(
+            "con-tls",
+            "data_dir = \".\"\n[console]\nlisten = \"0.0.0.0:8443\"\ncert = \"web.pem\"\nkey = \"web.key\"\n",
+        ))
+        .unwrap();
+        let console = c.console.expect("a console");
+        assert!(console.tls());
+        assert_eq!(
+            console.cert.as_deref(),
+            Some(c.data_dir.join("web.pem").as_path())
+        );
+        let err = CollectorConfig::load(&write(
+            "con-half",
+            "data_dir = \".\"\n[console]\nlisten = \"127.0.0.1:8443\"\ncert = \"web.pem\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cert and key go together"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! The specialists' web console. This part: its local accounts (argon2id
-//! passwords, one-time passwords, the rules a password must meet) and the
-//! operator's `vitals-collector users` commands that manage them.
+//! The specialists' web console. So far: its local accounts (`accounts`:
+//! argon2id passwords, one-time passwords, the rules a password must meet,
+//! managed by `vitals-collector users`) and its sign-in state (`sessions`:
+//! session and CSRF tokens, idle expiry, login throttling). The pages and
+//! the listener that use them come next.
 
 pub mod accounts;
+pub mod sessions;
