@@ -113,6 +113,8 @@ pub async fn shutdown_signal() {
 pub struct Listeners {
     pub grpc: TcpListener,
     pub metrics: Option<TcpListener>,
+    /// The web console, when `[console]` is configured.
+    pub console: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -129,7 +131,15 @@ impl Listeners {
         } else {
             None
         };
-        Ok(Listeners { grpc, metrics })
+        let console = match &config.console {
+            Some(c) => Some(bind(c.listen).await?),
+            None => None,
+        };
+        Ok(Listeners {
+            grpc,
+            metrics,
+            console,
+        })
     }
 }
 
@@ -141,6 +151,8 @@ pub struct Collector {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     policy: Arc<vitals_proto::policy::Policy>,
+    /// The console's browser-facing TLS, when it has a certificate.
+    console_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Collector {
@@ -159,6 +171,10 @@ impl Collector {
             None => vitals_proto::policy::Policy::default_policy(),
         };
         let tls = tls::server_config(&config.ca_path(), &config.cert_path(), &config.key_path())?;
+        let console_tls = match config.console.as_ref().map(|c| (&c.cert, &c.key)) {
+            Some((Some(cert), Some(key))) => Some(tls::browser_config(cert, key)?),
+            _ => None,
+        };
         let store = store::open(
             &config.storage_url(),
             config.storage.history_per_endpoint,
@@ -173,11 +189,17 @@ impl Collector {
             store,
             metrics: Arc::new(Metrics::new()),
             policy: Arc::new(policy),
+            console_tls,
         })
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
         self.metrics.clone()
+    }
+
+    /// The web console's accounts in this collector's database.
+    pub fn accounts(&self) -> console::accounts::Accounts {
+        console::accounts::Accounts::new(self.store.clone())
     }
 
     /// Serves until `shutdown` completes, then stops accepting, ends agent
@@ -194,6 +216,7 @@ impl Collector {
             store,
             metrics,
             policy,
+            console_tls,
         } = self;
         let (trigger, stop) = vitals_proto::shutdown::channel();
         let stopped = || {
@@ -296,10 +319,27 @@ impl Collector {
             stop.clone(),
             relay.clone(),
         );
-        let specialist = SpecialistApi::new(
-            SpecialistService::new(store.clone(), desk, kb, relay),
-            stop.clone(),
-        );
+        let service = SpecialistService::new(store.clone(), desk, kb, relay);
+        if let (Some(listener), Some(c)) = (listeners.console, &config.console) {
+            let console = Arc::new(console::Console::new(
+                service.clone(),
+                console::accounts::Accounts::new(store.clone()),
+                c,
+                stop.clone(),
+            ));
+            let scheme = if console_tls.is_some() { "https" } else { "http" };
+            match listener.local_addr() {
+                Ok(a) => info!(url = %format!("{scheme}://{a}/"), "web console"),
+                Err(error) => warn!(%error, "web console address"),
+            }
+            let stopped = stopped();
+            tokio::spawn(async move {
+                if let Err(error) = console::serve(console, listener, console_tls, stopped).await {
+                    warn!(%error, "web console stopped");
+                }
+            });
+        }
+        let specialist = SpecialistApi::new(service, stop.clone());
         drop(ingest);
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))

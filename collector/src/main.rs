@@ -47,6 +47,9 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics_listen: SocketAddr,
+        /// The web console (plain HTTP, so only a loopback address).
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        console_listen: SocketAddr,
         /// Do not send echo probes to this machine's default gateway.
         #[arg(long)]
         no_gateway_probe: bool,
@@ -162,6 +165,7 @@ fn main() -> ExitCode {
             data_dir,
             listen,
             metrics_listen,
+            console_listen,
             no_gateway_probe,
         } => with_runtime(async move {
             quickstart::run(
@@ -169,6 +173,7 @@ fn main() -> ExitCode {
                     data_dir,
                     listen,
                     metrics_listen,
+                    console_listen,
                     probe_gateway: !no_gateway_probe,
                 },
                 shutdown_signal(),

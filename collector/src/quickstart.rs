@@ -26,11 +26,14 @@ use crate::{Collector, Listeners};
 /// Certificates with fewer days left than this are re-issued at start.
 const RENEW_DAYS: i64 = 14;
 const SPECIALIST: &str = "quickstart-admin";
+/// The console's first account.
+const CONSOLE_ADMIN: &str = "admin";
 
 pub struct Options {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
+    pub console_listen: SocketAddr,
     /// Whether the agent sends echo probes to the default gateway.
     pub probe_gateway: bool,
 }
@@ -53,12 +56,20 @@ pub async fn run(
     let agent_bin = agent_binary().await?;
     let config = CollectorConfig::load(&config_path)?;
     let collector = Collector::open(config.clone()).await?;
+    let password = first_admin(&collector.accounts()).await?;
     let listeners = Listeners::bind(&config).await.map_err(|e| {
         anyhow::anyhow!(
-            "{e}; is another collector running? choose other ports with --listen and --metrics-listen"
+            "{e}; is another collector running? choose other ports with --listen, \
+             --metrics-listen and --console-listen"
         )
     })?;
     let addr = listeners.grpc.local_addr()?;
+    let console_addr = listeners
+        .console
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?
+        .unwrap_or(opts.console_listen);
     let metrics_addr = listeners
         .metrics
         .as_ref()
@@ -73,7 +84,15 @@ pub async fn run(
 
     let log_path = data_dir.join("agent/agent.log");
     let mut agent = start_agent(&agent_bin, &data_dir.join("agent/agent.toml"), &log_path)?;
-    print_banner(&data_dir, addr, metrics_addr, &endpoint, &log_path);
+    print_banner(&Banner {
+        data_dir: &data_dir,
+        listen: addr,
+        metrics: metrics_addr,
+        console: console_addr,
+        password: password.as_deref(),
+        endpoint: &endpoint,
+        log: &log_path,
+    });
 
     // Child::wait closes the child's stdin, which is the agent's signal to
     // stop; hold it here until we mean it.
@@ -92,6 +111,24 @@ pub async fn run(
     let _ = stop_tx.send(());
     server.await.context("collector task failed")??;
     Ok(())
+}
+
+/// Makes sure the console has its first admin. Returns a one-time password
+/// to print when there is one to give: a new account, or one whose
+/// one-time password was never used (so a new one replaces it).
+async fn first_admin(
+    accounts: &crate::console::accounts::Accounts,
+) -> anyhow::Result<Option<String>> {
+    let list = accounts.list().await?;
+    match list.iter().find(|a| a.name == CONSOLE_ADMIN) {
+        None if list.is_empty() => Ok(Some(
+            accounts.add(CONSOLE_ADMIN, Role::Admin, vec![]).await?,
+        )),
+        Some(a) if a.must_change_password && !a.disabled => {
+            Ok(Some(accounts.reset_password(CONSOLE_ADMIN).await?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// An endpoint ID for this machine from its host name.
@@ -161,8 +198,10 @@ fn write_collector_config(data_dir: &Path, opts: &Options) -> anyhow::Result<Pat
          heartbeat_interval = \"15s\"\n\
          idle_timeout = \"45s\"\n\n\
          [metrics]\n\
+         listen = \"{}\"\n\n\
+         [console]\n\
          listen = \"{}\"\n",
-        opts.listen, opts.metrics_listen
+        opts.listen, opts.metrics_listen, opts.console_listen
     );
     write(&path, text)?;
     Ok(path)
@@ -301,13 +340,26 @@ async fn stop_agent(agent: &mut Child) {
     }
 }
 
-fn print_banner(
-    data_dir: &Path,
+struct Banner<'a> {
+    data_dir: &'a Path,
     listen: SocketAddr,
     metrics: SocketAddr,
-    endpoint: &EndpointId,
-    log: &Path,
-) {
+    console: SocketAddr,
+    password: Option<&'a str>,
+    endpoint: &'a EndpointId,
+    log: &'a Path,
+}
+
+fn print_banner(b: &Banner<'_>) {
+    let Banner {
+        data_dir,
+        listen,
+        metrics,
+        console,
+        password,
+        endpoint,
+        log,
+    } = *b;
     let shown = |p: &Path| {
         std::env::current_dir()
             .ok()
@@ -349,6 +401,7 @@ fn print_banner(
     use std::io::Write;
     let banner = format!(
         "\nVitals quickstart is running.\n\
+         \n  console    http://{console}/  {signin}\
          \n  collector  https://{listen}  (mTLS, TLS 1.3)\
          \n  metrics    http://{metrics}/metrics\
          \n  agent      endpoint \"{endpoint}\", log {log}\
@@ -359,6 +412,17 @@ fn print_banner(
          \n\nCtrl-C stops everything.\n",
         log = shown(log),
         data = shown(data_dir),
+        signin = match password {
+            Some(p) => format!(
+                "sign in as \"{CONSOLE_ADMIN}\" with the one-time password {p}\
+                 \n             (you choose your own at the first sign-in)"
+            ),
+            None => format!(
+                "sign in as \"{CONSOLE_ADMIN}\"; a forgotten password: \
+                 vitals-collector users --config {} reset-password {CONSOLE_ADMIN}",
+                shown(&data_dir.join("collector.toml"))
+            ),
+        },
     );
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());

@@ -25,6 +25,21 @@ use crate::tickets::engine::Action;
 use crate::tickets::kb::KnowledgeBase;
 use crate::tickets::{DeskError, TicketDesk};
 
+/// How a ticket change reads in the audit log: its kind and what was
+/// asked (long texts cut, the timeline keeps them whole).
+fn action_audit(a: &Action) -> (&'static str, BTreeMap<String, String>) {
+    let short = |t: &str| t.chars().take(200).collect::<String>();
+    let (kind, param) = match a {
+        Action::Assign(who) => ("ticket.assign", Some(("to", who.clone()))),
+        Action::Comment(t) => ("ticket.comment", Some(("text", short(t)))),
+        Action::Status(s) => ("ticket.status", Some(("status", s.as_str().to_owned()))),
+        Action::Resolve(t) => ("ticket.resolve", Some(("notes", short(t)))),
+        Action::Escalate => ("ticket.escalate", None),
+        Action::Reopen(t) => ("ticket.reopen", Some(("reason", short(t)))),
+    };
+    (kind, param.map(|(k, v)| (k.to_owned(), v)).into_iter().collect())
+}
+
 /// Default and largest number of history entries per request.
 const HISTORY_DEFAULT: u32 = 50;
 const HISTORY_MAX: u32 = 1000;
@@ -130,7 +145,8 @@ impl SpecialistService {
         }
     }
 
-    fn require(caller: &Caller, needs: Role) -> Result<(), ServiceError> {
+    /// The one role check: whether `caller` may do what needs `needs`.
+    pub fn authorize(caller: &Caller, needs: Role) -> Result<(), ServiceError> {
         if caller.role.allows(needs) {
             Ok(())
         } else {
@@ -147,7 +163,7 @@ impl SpecialistService {
         caller: &Caller,
         online_only: bool,
     ) -> Result<Vec<EndpointSummary>, ServiceError> {
-        Self::require(caller, Role::Viewer)?;
+        Self::authorize(caller, Role::Viewer)?;
         Ok(self.store.list_endpoints(online_only).await?)
     }
 
@@ -156,7 +172,7 @@ impl SpecialistService {
         caller: &Caller,
         id: &str,
     ) -> Result<EndpointDetail, ServiceError> {
-        Self::require(caller, Role::Viewer)?;
+        Self::authorize(caller, Role::Viewer)?;
         if id.is_empty() {
             return Err(ServiceError::InvalidArgument(
                 "endpoint_id is required".into(),
@@ -194,13 +210,13 @@ impl SpecialistService {
         caller: &Caller,
         mut filter: TicketFilter,
     ) -> Result<Vec<Ticket>, ServiceError> {
-        Self::require(caller, Role::Viewer)?;
+        Self::authorize(caller, Role::Viewer)?;
         filter.limit = page_size(filter.limit);
         Ok(self.store.tickets(filter).await?)
     }
 
     pub async fn ticket(&self, caller: &Caller, id: u64) -> Result<TicketDetail, ServiceError> {
-        Self::require(caller, Role::Viewer)?;
+        Self::authorize(caller, Role::Viewer)?;
         let mut d = self
             .store
             .ticket(id)
@@ -217,7 +233,7 @@ impl SpecialistService {
         id: u64,
         action: Action,
     ) -> Result<TicketDetail, ServiceError> {
-        Self::require(caller, Role::Specialist)?;
+        Self::authorize(caller, Role::Specialist)?;
         match &action {
             Action::Assign(who) if who.trim().is_empty() => {
                 return Err(ServiceError::InvalidArgument("assign to whom?".into()));
@@ -238,8 +254,60 @@ impl SpecialistService {
             }
             _ => {}
         }
-        self.desk.act(id, &caller.name, action).await?;
+        let (kind, params) = action_audit(&action);
+        let done = self.desk.act(id, &caller.name, action).await;
+        let (outcome, detail) = match &done {
+            Ok(()) => ("ok", String::new()),
+            Err(e) => ("failed", e.to_string()),
+        };
+        let endpoint = match self.store.ticket(id).await {
+            Ok(Some(d)) => d.ticket.endpoint,
+            _ => String::new(),
+        };
+        self.record(caller, kind, &endpoint, params, Some(id), outcome, &detail)
+            .await;
+        done?;
         self.ticket(caller, id).await
+    }
+
+    /// Appends a line to the audit log for something a person did that is
+    /// not a diagnostic (a ticket change, a sign-in, an account change).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record(
+        &self,
+        caller: &Caller,
+        kind: &str,
+        endpoint: &str,
+        params: BTreeMap<String, String>,
+        ticket: Option<u64>,
+        outcome: &str,
+        detail: &str,
+    ) {
+        let entry = AuditEntry {
+            at_ms: vitals_proto::now_ms(),
+            who: caller.name.clone(),
+            role: caller.role.as_str().to_owned(),
+            endpoint_id: endpoint.to_owned(),
+            kind: kind.to_owned(),
+            params,
+            ticket,
+            outcome: outcome.to_owned(),
+            detail: detail.to_owned(),
+            ..Default::default()
+        };
+        if let Err(error) = self.store.audit_append(entry).await {
+            tracing::error!(%error, "cannot write the audit log");
+        }
+    }
+
+    /// Open tickets per priority and per endpoint, for the queue's and the
+    /// fleet's counts.
+    pub async fn open_ticket_counts(
+        &self,
+        caller: &Caller,
+    ) -> Result<crate::store::OpenCounts, ServiceError> {
+        Self::authorize(caller, Role::Viewer)?;
+        Ok(self.store.open_ticket_counts().await?)
     }
 
     /// A ticket opened by hand against a known endpoint.
@@ -251,7 +319,7 @@ impl SpecialistService {
         severity: Severity,
         description: &str,
     ) -> Result<TicketDetail, ServiceError> {
-        Self::require(caller, Role::Specialist)?;
+        Self::authorize(caller, Role::Specialist)?;
         if title.trim().is_empty() {
             return Err(ServiceError::InvalidArgument(
                 "a ticket needs a title".into(),
@@ -267,7 +335,7 @@ impl SpecialistService {
 
     /// Every ticket change from now on.
     pub fn watch(&self, caller: &Caller) -> Result<broadcast::Receiver<Entry>, ServiceError> {
-        Self::require(caller, Role::Viewer)?;
+        Self::authorize(caller, Role::Viewer)?;
         Ok(self.desk.watch())
     }
 
@@ -321,7 +389,7 @@ impl SpecialistService {
         r: &DiagRequest,
         deadline: Duration,
     ) -> Result<crate::relay::Running, ServiceError> {
-        Self::require(caller, Role::Specialist)?;
+        Self::authorize(caller, Role::Specialist)?;
         Diagnostic::parse(&r.kind, &r.params).map_err(ServiceError::InvalidArgument)?;
         if r.deadline > MAX_DEADLINE {
             return Err(ServiceError::InvalidArgument(format!(
@@ -451,7 +519,7 @@ impl SpecialistService {
         caller: &Caller,
         filter: AuditFilter,
     ) -> Result<Vec<AuditEntry>, ServiceError> {
-        Self::require(caller, Role::Viewer)?;
+        Self::authorize(caller, Role::Viewer)?;
         Ok(self.store.audit(filter).await?)
     }
 }

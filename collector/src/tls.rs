@@ -117,6 +117,23 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The web console's configuration for browsers: the city's own
+/// certificate, no client certificate asked, TLS 1.2 or 1.3, HTTP/1.1.
+pub fn browser_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = read_certs(cert)?;
+    let key_der = read_key(key)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| TlsError::File {
+            path: key.to_path_buf(),
+            message: format!("key does not match {}: {e}", cert.display()),
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// What the gRPC services know about the peer of a connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {

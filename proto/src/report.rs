@@ -63,15 +63,28 @@ fn duration(secs: u64) -> String {
 
 /// Every probe's findings in `s`, as text.
 pub fn snapshot_text(s: &Snapshot, now_ms: i64) -> String {
-    let mut out = String::new();
+    snapshot_sections(s, now_ms)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect()
+}
+
+/// The findings in `s` by area ("System", "Hardware", "Printers",
+/// "Network", "Problems"), each as text; areas with nothing to say are
+/// left out. [`snapshot_text`] is these in order.
+pub fn snapshot_sections(s: &Snapshot, now_ms: i64) -> Vec<(&'static str, String)> {
+    let mut system = String::new();
     let h = &s.host;
-    let _ = writeln!(out, "Host       {}", h.hostname);
+    let _ = writeln!(system, "Host       {}", h.hostname);
     let _ = writeln!(
-        out,
+        system,
         "OS         {} {} (kernel {}, {})",
         h.os_name, h.os_version, h.kernel_version, h.arch
     );
-    let _ = writeln!(out, "Uptime     {}", duration(h.uptime_secs));
+    let _ = writeln!(system, "Uptime     {}", duration(h.uptime_secs));
+    os_lines(s, now_ms, &mut system);
+
+    let mut hw = String::new();
     let c = &s.cpu;
     let load = c
         .load_average
@@ -85,13 +98,13 @@ pub fn snapshot_text(s: &Snapshot, now_ms: i64) -> String {
         .map(|b| format!(", busiest core {b:.0}%"))
         .unwrap_or_default();
     let _ = writeln!(
-        out,
+        hw,
         "CPU        {:.1}% of {} cores{busiest}{load}  {}",
         c.usage_percent, c.logical_cores, c.brand
     );
     let m = &s.memory;
     let _ = writeln!(
-        out,
+        hw,
         "Memory     {:.1} of {:.1} GiB used ({:.0}%), swap {:.1} of {:.1} GiB",
         gib(m.used_bytes),
         gib(m.total_bytes),
@@ -99,8 +112,7 @@ pub fn snapshot_text(s: &Snapshot, now_ms: i64) -> String {
         gib(m.swap_used_bytes),
         gib(m.swap_total_bytes)
     );
-    os_lines(s, now_ms, &mut out);
-    hardware_lines(s, &mut out);
+    hardware_lines(s, &mut hw);
     if !s.disks.is_empty() {
         let rows: Vec<Vec<String>> = s
             .disks
@@ -119,17 +131,27 @@ pub fn snapshot_text(s: &Snapshot, now_ms: i64) -> String {
             })
             .collect();
         let _ = write!(
-            out,
+            hw,
             "\n{}",
             table(&["MOUNT", "FS", "SIZE", "FREE", "USED", "INODES"], &rows)
         );
     }
-    printers(s, &mut out);
-    network(s, &mut out);
+    let mut problems = String::new();
     for e in &s.probe_errors {
-        let _ = writeln!(out, "Problem    {}: {}", e.probe, e.message);
+        let _ = writeln!(problems, "Problem    {}: {}", e.probe, e.message);
     }
-    out
+    let mut p = String::new();
+    printers(s, &mut p);
+    [
+        ("System", system),
+        ("Hardware", hw),
+        ("Printers", p),
+        ("Network", network_text(s)),
+        ("Problems", problems),
+    ]
+    .into_iter()
+    .filter(|(_, t)| !t.is_empty())
+    .collect()
 }
 
 /// The network part of `s` (interfaces, gateway, DNS, services, Wi-Fi).

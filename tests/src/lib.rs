@@ -203,6 +203,8 @@ impl Drop for Fleet {
 pub struct RunningCollector {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The web console's address, when the config has `[console]`.
+    pub console_addr: Option<SocketAddr>,
     port: Port,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), vitals_collector::CollectorError>>,
@@ -223,12 +225,18 @@ impl RunningCollector {
         let grpc = port.listen();
         let addr = port.addr();
         let metrics_addr = metrics.local_addr().expect("addr");
+        let console = match &config.console {
+            Some(c) => Some(TcpListener::bind(c.listen).await.expect("bind console")),
+            None => None,
+        };
+        let console_addr = console.as_ref().map(|l| l.local_addr().expect("addr"));
         let collector = Collector::open(config).await.expect("collector opens");
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(collector.serve(
             Listeners {
                 grpc,
                 metrics: Some(metrics),
+                console,
             },
             async {
                 let _ = stopped.await;
@@ -237,6 +245,7 @@ impl RunningCollector {
         RunningCollector {
             addr,
             metrics_addr,
+            console_addr,
             port,
             stop: Some(stop),
             task,

@@ -102,6 +102,14 @@ impl Sessions {
         None
     }
 
+    /// Whether a session is live, without counting this as activity (a
+    /// page left open with a live stream is still idle).
+    pub fn exists(&self, id: &str, now: Instant) -> bool {
+        self.live()
+            .get(id)
+            .is_some_and(|e| now.duration_since(e.last_seen) < self.idle)
+    }
+
     /// Changes a live session in place (after a password change, say).
     pub fn update(&self, id: &str, f: impl FnOnce(&mut Session)) -> bool {
         match self.live().get_mut(id) {

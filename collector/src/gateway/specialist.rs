@@ -144,6 +144,7 @@ impl Specialist for SpecialistApi {
             status: given(&r.status),
             priority: given(&r.priority).map(|p| p.to_lowercase()),
             assignee: given(&r.assignee),
+            unassigned: false,
             limit: r.limit,
         };
         let tickets = self

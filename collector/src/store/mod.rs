@@ -176,6 +176,8 @@ pub trait TicketStore: Send + Sync {
 
     /// Tickets matching `filter`, most urgent and newest first.
     async fn tickets(&self, filter: TicketFilter) -> Result<Vec<Ticket>, StoreError>;
+    /// How many tickets are open, per priority and per endpoint.
+    async fn open_ticket_counts(&self) -> Result<OpenCounts, StoreError>;
 
     /// One ticket with its timeline (oldest entry first) and the snapshot
     /// kept when it was raised; `knowledge` is left for the caller.
@@ -303,7 +305,16 @@ pub struct TicketFilter {
     /// "p1" to "p4".
     pub priority: Option<String>,
     pub assignee: Option<String>,
+    /// Only tickets nobody is assigned to.
+    pub unassigned: bool,
     pub limit: u32,
+}
+
+/// Open tickets counted per priority ("p1".."p4") and per endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenCounts {
+    pub by_priority: std::collections::BTreeMap<String, u64>,
+    pub by_endpoint: std::collections::HashMap<String, u64>,
 }
 
 /// Opens the store a URL names. `sqlite://PATH` (or a bare path) is SQLite.

@@ -196,6 +196,7 @@ impl TicketStore for SqliteStore {
                    AND (?5 IS NULL OR status = ?5)
                    AND (?6 IS NULL OR priority = ?6)
                    AND (?7 IS NULL OR assignee = ?7)
+                   AND (?9 = 0 OR assignee IS NULL)
                  ORDER BY priority, id DESC LIMIT ?8",
             )?;
             let mut rows = stmt.query(params![
@@ -207,12 +208,31 @@ impl TicketStore for SqliteStore {
                 filter.priority,
                 filter.assignee,
                 filter.limit.max(1),
+                filter.unassigned,
             ])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 out.push(parse_body(row.get(0)?, &row.get::<_, String>(1)?)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn open_ticket_counts(&self) -> Result<crate::store::OpenCounts, StoreError> {
+        self.read(|c| {
+            let mut counts = crate::store::OpenCounts::default();
+            let mut stmt = c.prepare_cached(
+                "SELECT priority, endpoint_id, COUNT(*) FROM tickets
+                 WHERE status NOT IN ('resolved', 'closed') GROUP BY priority, endpoint_id",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let n = r.get::<_, i64>(2)? as u64;
+                *counts.by_priority.entry(r.get(0)?).or_default() += n;
+                *counts.by_endpoint.entry(r.get(1)?).or_default() += n;
+            }
+            Ok(counts)
         })
         .await
     }
