@@ -62,7 +62,7 @@ pub fn require(programs: &[&str]) -> Result<(), String> {
     }
 }
 
-fn find(program: &str) -> Option<PathBuf> {
+pub fn find(program: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     path.split(':')
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
@@ -739,6 +739,40 @@ impl Drop for DeskNamespace {
             .args(["link", "del", &self.host_if])
             .output();
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
+    }
+}
+
+/// What the console's browser scenarios need: Node, the system Chromium,
+/// and `playwright-core` and `axe-core` installed next to the scenarios
+/// (`npm ci` in `tests/console`, which `.ci/run` does).
+pub struct BrowserKit {
+    pub node: PathBuf,
+    pub chromium: PathBuf,
+    /// `tests/console`.
+    pub dir: PathBuf,
+}
+
+impl BrowserKit {
+    pub fn find() -> Result<Self, String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("console");
+        let node = find("node").ok_or("node not installed (Debian package nodejs)")?;
+        let chromium = std::env::var_os("CHROMIUM")
+            .map(PathBuf::from)
+            .or_else(|| find("chromium"))
+            .ok_or("chromium not installed (Debian package chromium)")?;
+        for module in ["playwright-core", "axe-core"] {
+            if !dir.join("node_modules").join(module).is_dir() {
+                return Err(format!(
+                    "{module} not installed (npm ci --prefix {})",
+                    dir.display()
+                ));
+            }
+        }
+        Ok(BrowserKit {
+            node,
+            chromium,
+            dir,
+        })
     }
 }
 

@@ -162,6 +162,9 @@ pub fn draw(series: &Series, history: &[HistoryEntry], from_ms: i64, to_ms: i64)
     } else {
         nice_ceiling(hi)
     };
+    // From the first reading in the period: a desk that joined an hour
+    // ago gets an hour across the chart, not a sliver at its right edge.
+    let from_ms = points.first().map_or(from_ms, |p| p.0.max(from_ms));
     let span = (to_ms - from_ms).max(1) as f64;
     let x = |t: i64| LEFT + (t - from_ms) as f64 / span * (W - LEFT - RIGHT);
     let y = |v: f64| TOP + (1.0 - (v / top).clamp(0.0, 1.0)) * (H - TOP - BOTTOM);

@@ -195,8 +195,12 @@ async fn run(c: AppState, user: User, r: DiagRequest, tx: mpsc::Sender<Step>) {
                     ok: result.ok,
                     heading: if result.ok {
                         format!(
-                            "{kind} on {endpoint}: done in {:.1} s{}",
-                            elapsed_ms as f64 / 1000.0,
+                            "{kind} on {endpoint}: done in {}{}",
+                            if elapsed_ms < 1000 {
+                                format!("{elapsed_ms} ms")
+                            } else {
+                                format!("{:.1} s", elapsed_ms as f64 / 1000.0)
+                            },
                             if r.ticket.is_some() { ", attached to the ticket" } else { "" }
                         )
                     } else {
@@ -298,7 +302,7 @@ pub async fn run_events(
                 Step::Done(view) => {
                     let body = view.render().unwrap_or_else(|e| e.to_string());
                     let _ = tx.send(Ok(Event::default().event("result").data(body))).await;
-                    let _ = tx.send(Ok(Event::default().event("end").data(""))).await;
+                    let _ = tx.send(Ok(Event::default().event("end").data("done"))).await;
                     return;
                 }
             };

@@ -1,0 +1,158 @@
+//! The web console in a real browser: the system Chromium, driven by
+//! `tests/console/scenarios.mjs` (playwright-core), against a collector
+//! with its console on loopback and a real agent whose loop-mounted disk
+//! the test fills and empties when the script asks. axe-core checks every
+//! page; screenshots of each page at desktop and phone width land in
+//! `target/console-screenshots`.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use vitals_collector::config::ConsoleConfig;
+use vitals_collector::console::accounts::Accounts;
+use vitals_proto::identity::Role;
+use vitals_tests::components::{BrowserKit, LoopDisk, skip};
+use vitals_tests::*;
+
+/// Failed sign-ins before the lockout, in this test.
+const LOGIN_ATTEMPTS: u32 = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn specialists_work_the_queue_in_a_real_browser() {
+    const TEST: &str = "specialists_work_the_queue_in_a_real_browser";
+    let kit = match BrowserKit::find() {
+        Ok(k) => k,
+        Err(why) => return skip(TEST, &why),
+    };
+    let fleet = Fleet::new("console");
+    let disk = match LoopDisk::new(&fleet.dir) {
+        Ok(d) => d,
+        Err(why) => return skip(TEST, &why),
+    };
+    let mut config = with_policy(
+        &fleet,
+        "[tickets]\nquiet_period = \"1s\"\n\
+         [[check]]\nid = \"disk_nearly_full\"\ntitle = \"Disk nearly full\"\n\
+         measurement = \"disk.used_percent\"\n\
+         direction = \"above\"\nraise = 95.0\nclear = 90.0\nhold = \"0s\"\nseverity = \"warning\"\n",
+    );
+    config.console = Some(ConsoleConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        cert: None,
+        key: None,
+        idle_timeout: Duration::from_secs(600),
+        login_attempts: LOGIN_ATTEMPTS,
+        login_lockout: Duration::from_secs(900),
+    });
+
+    // The accounts, made the way `vitals-collector users add` makes them:
+    // ana is the first admin with a one-time password; the others have
+    // chosen theirs.
+    let mut passwords = BTreeMap::new();
+    {
+        let store = vitals_collector::store::open(&config.storage_url(), 10, Duration::ZERO)
+            .await
+            .expect("store");
+        let accounts = Accounts::new(store);
+        let once = accounts.add("ana", Role::Admin, vec![]).await.expect("ana");
+        passwords.insert("ana", once);
+        for (name, role) in [
+            ("sam", Role::Specialist),
+            ("vic", Role::Viewer),
+            ("lock", Role::Specialist),
+        ] {
+            accounts.add(name, role, vec![]).await.expect("add");
+            let chosen = format!("{name} chose a good password");
+            accounts.set_password(name, &chosen).await.expect("set");
+            passwords.insert(name, chosen);
+        }
+    }
+
+    let collector = RunningCollector::start(config).await;
+    let console = collector.console_addr.expect("console listening");
+    let agent = RunningAgent::start(fleet.agent_config("ws-disk", collector.addr));
+    let viewer = fleet.specialist_profile("watcher", Role::Viewer, collector.addr);
+    eventually(WAIT, "the agent's first snapshot", || async {
+        let mut c = vitals_collector::ctl::Client::connect(&viewer).await.ok()?;
+        c.endpoint("ws-disk").await.ok()?.latest
+    })
+    .await;
+
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/console-screenshots");
+    let mut child = tokio::process::Command::new(&kit.node)
+        .arg(kit.dir.join("scenarios.mjs"))
+        .env("CONSOLE_URL", format!("http://{console}"))
+        .env(
+            "CONSOLE_ACCOUNTS",
+            serde_json::to_string(&passwords).expect("json"),
+        )
+        .env("CHROMIUM", &kit.chromium)
+        .env("SCREENSHOTS", &shots)
+        .env("DIAG_TARGET", collector.addr.to_string())
+        .env("ENDPOINT", "ws-disk")
+        .env("LOGIN_ATTEMPTS", LOGIN_ATTEMPTS.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut result = None;
+    let run = async {
+        while let Some(line) = out.next_line().await.expect("read") {
+            println!("browser: {line}");
+            match line.strip_prefix("STEP ") {
+                Some("fill") => disk.fill_to(97.0),
+                Some("empty") => disk.empty(),
+                Some(other) => panic!("unknown step {other}"),
+                None => {
+                    if let Some(r) = line.strip_prefix("RESULT ") {
+                        result = Some(r.to_owned());
+                    }
+                    continue;
+                }
+            }
+            stdin.write_all(b"OK\n").await.expect("answer");
+        }
+        child.wait().await.expect("wait")
+    };
+    let status = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("the browser scenarios finish within 5 minutes");
+    assert!(status.success(), "browser scenarios failed ({status})");
+    let result: serde_json::Value =
+        serde_json::from_str(&result.expect("a RESULT line")).expect("result json");
+    // Every page the scenarios visited was checked, and photographed.
+    let checked: Vec<&str> = result["axe"]
+        .as_array()
+        .expect("axe list")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for page in [
+        "login", "password", "queue", "ticket", "endpoint", "fleet", "audit", "admin",
+    ] {
+        assert!(checked.contains(&page), "axe on {page}: {checked:?}");
+    }
+    for name in ["queue", "ticket", "endpoint", "fleet", "audit", "admin", "login"] {
+        for width in ["desktop", "phone"] {
+            let f = shots.join(format!("{name}-{width}.png"));
+            assert!(
+                std::fs::metadata(&f).is_ok_and(|m| m.len() > 5_000),
+                "{} written",
+                f.display()
+            );
+        }
+    }
+    println!(
+        "console: fault to queue {} ms, diagnostic {} ms",
+        result["raise_to_queue_ms"], result["diagnostic_ms"]
+    );
+    agent.stop().await;
+    collector.stop().await;
+    drop(disk);
+}
