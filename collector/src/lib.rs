@@ -3,7 +3,8 @@
 //! Layers run one way (nothing below imports what stands above it):
 //!
 //! ```text
-//! gateway (the gRPC edge: agent sessions, the Specialist service)
+//! gateway (the gRPC edge: agent sessions, the Specialist service),
+//! console (the web console: the same Specialist service in a browser)
 //!   -> ingest, service (specialist service layer), relay (diagnostics)
 //!     -> sessions (live agent sessions), tickets, store, pki, policy, tls, metrics
 //! ```
@@ -327,7 +328,11 @@ impl Collector {
                 c,
                 stop.clone(),
             ));
-            let scheme = if console_tls.is_some() { "https" } else { "http" };
+            let scheme = if console_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             match listener.local_addr() {
                 Ok(a) => info!(url = %format!("{scheme}://{a}/"), "web console"),
                 Err(error) => warn!(%error, "web console address"),

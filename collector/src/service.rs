@@ -1,5 +1,5 @@
 //! The specialist service layer: what a specialist may ask, with the role
-//! check in one place. The gRPC edge and, later, the web console call this;
+//! check in one place. The gRPC edge and the web console call this;
 //! neither talks to storage directly.
 
 use std::sync::Arc;
@@ -37,7 +37,10 @@ fn action_audit(a: &Action) -> (&'static str, BTreeMap<String, String>) {
         Action::Escalate => ("ticket.escalate", None),
         Action::Reopen(t) => ("ticket.reopen", Some(("reason", short(t)))),
     };
-    (kind, param.map(|(k, v)| (k.to_owned(), v)).into_iter().collect())
+    (
+        kind,
+        param.map(|(k, v)| (k.to_owned(), v)).into_iter().collect(),
+    )
 }
 
 /// Default and largest number of history entries per request.

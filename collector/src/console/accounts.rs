@@ -71,6 +71,24 @@ pub fn password_rules(name: &str, password: &str) -> Result<(), AccountError> {
     Ok(())
 }
 
+/// Password hashes computed at once. Each argon2id run takes 19 MiB and
+/// tens of milliseconds of a core: a burst of sign-ins (or a flood of
+/// guesses) queues here instead of taking the collector's memory and CPU.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Runs a hash or a verification on a blocking thread, two at most at once.
+async fn hashing<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AccountError> {
+    let _permit = HASHING
+        .acquire()
+        .await
+        .map_err(|e| AccountError::Hash(e.to_string()))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AccountError::Hash(e.to_string()))
+}
+
 /// An argon2id hash of `password` with a fresh random salt.
 pub fn hash(password: &str) -> Result<String, AccountError> {
     let salt = SaltString::generate(&mut OsRng);
@@ -136,6 +154,10 @@ impl Accounts {
             return Err(AccountError::BadName(name.to_owned()));
         }
         let password = one_time_password();
+        let hashed = {
+            let p = password.clone();
+            hashing(move || hash(&p)).await??
+        };
         let now = vitals_proto::now_ms();
         let created = self
             .store
@@ -143,7 +165,7 @@ impl Accounts {
                 name: name.to_owned(),
                 role,
                 sites,
-                password_hash: hash(&password)?,
+                password_hash: hashed,
                 must_change_password: true,
                 disabled: false,
                 created_ms: now,
@@ -207,7 +229,10 @@ impl Accounts {
     /// A new one-time password for an account, which is returned.
     pub async fn reset_password(&self, name: &str) -> Result<String, AccountError> {
         let password = one_time_password();
-        let hashed = hash(&password)?;
+        let hashed = {
+            let p = password.clone();
+            hashing(move || hash(&p)).await??
+        };
         self.change(name, |a| {
             a.password_hash = hashed;
             a.must_change_password = true;
@@ -220,7 +245,10 @@ impl Accounts {
     /// The account's own new password, replacing a one-time one too.
     pub async fn set_password(&self, name: &str, password: &str) -> Result<Account, AccountError> {
         password_rules(name, password)?;
-        let hashed = hash(password)?;
+        let hashed = {
+            let p = password.to_owned();
+            hashing(move || hash(&p)).await??
+        };
         self.change(name, |a| {
             a.password_hash = hashed;
             a.must_change_password = false;
@@ -235,15 +263,14 @@ impl Accounts {
         let account = self.store.account(name).await?;
         let stored = account.as_ref().map(|a| a.password_hash.clone());
         let password = password.to_owned();
-        let matched = tokio::task::spawn_blocking(move || match stored {
+        let matched = hashing(move || match stored {
             Some(h) => verify(&password, &h),
             None => {
                 let _ = hash(&password);
                 false
             }
         })
-        .await
-        .map_err(|e| AccountError::Hash(e.to_string()))?;
+        .await?;
         Ok(match account {
             Some(a) if matched && a.disabled => Check::Disabled,
             Some(a) if matched => Check::Ok(a),

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use askama::Template;
+use axum::Form;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use serde::Deserialize;
 use tracing::info;
 use vitals_proto::identity::Role;
@@ -134,7 +134,10 @@ fn to_login(parts: &Parts) -> Response {
             .headers
             .get("hx-current-url")
             .and_then(|v| v.to_str().ok())
-            .and_then(|u| u.find("://").and_then(|i| u[i + 3..].find('/').map(|j| &u[i + 3 + j..])))
+            .and_then(|u| {
+                u.find("://")
+                    .and_then(|i| u[i + 3..].find('/').map(|j| &u[i + 3 + j..]))
+            })
             .unwrap_or("/");
         let mut r = (StatusCode::UNAUTHORIZED, "signed out").into_response();
         if let Ok(v) = HeaderValue::from_str(&format!("/login?next={}", percent(back))) {
@@ -357,20 +360,17 @@ pub async fn login(
         Check::Ok(a) => a,
         Check::Disabled | Check::Wrong => {
             let (why, text) = if checked == Check::Disabled {
-                ("disabled", "This account is disabled. Ask an administrator.")
+                (
+                    "disabled",
+                    "This account is disabled. Ask an administrator.",
+                )
             } else {
                 ("wrong name or password", "Wrong name or password.")
             };
             c.throttle.failed(&name, peer.ip(), now);
             info!(account = %name, %peer, why, "console sign-in refused");
             c.audit(&who, "console.login", from, "refused", why).await;
-            return login_form(
-                &c,
-                &f.next,
-                &name,
-                text.into(),
-                StatusCode::UNAUTHORIZED,
-            );
+            return login_form(&c, &f.next, &name, text.into(), StatusCode::UNAUTHORIZED);
         }
     };
     c.throttle.succeeded(&name);
@@ -413,8 +413,10 @@ pub async fn logout(State(c): State<AppState>, user: User, Form(f): Form<CsrfFor
     }
     c.sessions.end(&user.id);
     let mut r = Redirect::to("/login").into_response();
-    r.headers_mut()
-        .append(header::SET_COOKIE, c.cookie(c.session_cookie(), "", Some(0)));
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        c.cookie(c.session_cookie(), "", Some(0)),
+    );
     r
 }
 
@@ -483,8 +485,14 @@ pub async fn change_password(
         Err(AccountError::WeakPassword(m)) => return refuse(format!("{m}.")),
         Err(e) => return PageError::from(e).into_response(),
     };
-    c.audit(&user.caller(), "account.password", BTreeMap::new(), "ok", "")
-        .await;
+    c.audit(
+        &user.caller(),
+        "account.password",
+        BTreeMap::new(),
+        "ok",
+        "",
+    )
+    .await;
     // Every other session of the account ends; this browser gets a new one.
     c.sessions.end_account(&name);
     let id = c.sessions.start(

@@ -48,9 +48,7 @@ pub const SERIES: &[Series] = &[
         title: "Fullest disk",
         unit: "%",
         percent: true,
-        value: |h| {
-            (!h.snapshot.disks.is_empty()).then(|| h.snapshot.fullest_disk_percent() as f64)
-        },
+        value: |h| (!h.snapshot.disks.is_empty()).then(|| h.snapshot.fullest_disk_percent() as f64),
     },
     Series {
         title: "Gateway latency",
@@ -241,7 +239,12 @@ mod tests {
 
     #[test]
     fn a_chart_plots_the_period_and_says_it_in_words() {
-        let h = vec![entry(500, 90.0), entry(1000, 10.0), entry(2000, 30.0), entry(3000, 20.0)];
+        let h = vec![
+            entry(500, 90.0),
+            entry(1000, 10.0),
+            entry(2000, 30.0),
+            entry(3000, 20.0),
+        ];
         let c = draw(&SERIES[0], &h, 1000, 3000);
         assert_eq!(
             c.summary,

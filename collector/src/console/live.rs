@@ -41,16 +41,17 @@ enum Step {
     Done(RunView),
 }
 
+/// A run waiting for its page: whose it is, since when, its steps.
+type Waiting = (String, Instant, mpsc::Receiver<Step>);
+
 /// Runs started and not yet watched.
 #[derive(Default)]
 pub struct Runs {
-    waiting: Mutex<HashMap<String, (String, Instant, mpsc::Receiver<Step>)>>,
+    waiting: Mutex<HashMap<String, Waiting>>,
 }
 
 impl Runs {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant, mpsc::Receiver<Step>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -109,9 +110,10 @@ pub struct DiagForm {
 
 impl DiagForm {
     fn request(&self, endpoint: &str) -> Result<DiagRequest, PageError> {
-        let kind: DiagKind = self.kind.parse().map_err(|_| {
-            PageError::BadRequest(format!("unknown diagnostic \"{}\"", self.kind))
-        })?;
+        let kind: DiagKind = self
+            .kind
+            .parse()
+            .map_err(|_| PageError::BadRequest(format!("unknown diagnostic \"{}\"", self.kind)))?;
         let given = [
             ("names", &self.names),
             ("targets", &self.targets),
@@ -127,13 +129,13 @@ impl DiagForm {
             .filter(|(k, v)| kind.params().contains(k) && !v.trim().is_empty())
             .map(|(k, v)| ((*k).to_owned(), v.trim().to_owned()))
             .collect();
-        let ticket = match self.ticket.trim() {
-            "" => None,
-            t => Some(
-                t.parse()
-                    .map_err(|_| PageError::BadRequest(format!("ticket \"{t}\" is not a number")))?,
-            ),
-        };
+        let ticket =
+            match self.ticket.trim() {
+                "" => None,
+                t => Some(t.parse().map_err(|_| {
+                    PageError::BadRequest(format!("ticket \"{t}\" is not a number"))
+                })?),
+            };
         Ok(DiagRequest {
             endpoint: endpoint.to_owned(),
             kind: kind.as_str().to_owned(),
@@ -201,7 +203,11 @@ async fn run(c: AppState, user: User, r: DiagRequest, tx: mpsc::Sender<Step>) {
                             } else {
                                 format!("{:.1} s", elapsed_ms as f64 / 1000.0)
                             },
-                            if r.ticket.is_some() { ", attached to the ticket" } else { "" }
+                            if r.ticket.is_some() {
+                                ", attached to the ticket"
+                            } else {
+                                ""
+                            }
                         )
                     } else {
                         format!("{kind} on {endpoint} failed: {}", result.error)
@@ -301,8 +307,12 @@ pub async fn run_events(
                 Step::Progress(line) => Event::default().event("progress").data(line),
                 Step::Done(view) => {
                     let body = view.render().unwrap_or_else(|e| e.to_string());
-                    let _ = tx.send(Ok(Event::default().event("result").data(body))).await;
-                    let _ = tx.send(Ok(Event::default().event("end").data("done"))).await;
+                    let _ = tx
+                        .send(Ok(Event::default().event("result").data(body)))
+                        .await;
+                    let _ = tx
+                        .send(Ok(Event::default().event("end").data("done")))
+                        .await;
                     return;
                 }
             };

@@ -113,6 +113,7 @@ impl Console {
             .layer(axum::middleware::map_response(move |r: Response| {
                 security_headers(r, tls)
             }))
+            .layer(tower_http::compression::CompressionLayer::new())
             .with_state(self)
     }
 }
@@ -230,7 +231,11 @@ pub async fn serve(
             };
             let _ = tcp.set_nodelay(true);
             let Some(acceptor) = acceptor.clone() else {
-                if tx.send((Box::new(tcp) as Box<dyn Conn>, remote)).await.is_err() {
+                if tx
+                    .send((Box::new(tcp) as Box<dyn Conn>, remote))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 continue;

@@ -74,20 +74,22 @@ impl QueueQuery {
     fn filter(&self, me: &str) -> Result<TicketFilter, PageError> {
         let status = self.status.trim();
         if !matches!(status, "" | "open" | "all") && status.parse::<Status>().is_err() {
-            return Err(PageError::BadRequest(format!("unknown status \"{status}\"")));
+            return Err(PageError::BadRequest(format!(
+                "unknown status \"{status}\""
+            )));
         }
         if let Some(p) = given(&self.priority)
             && p.parse::<Priority>().is_err()
         {
             return Err(PageError::BadRequest(format!("unknown priority \"{p}\"")));
         }
-        let incident = match given(&self.incident) {
-            Some(i) => Some(
-                i.parse()
-                    .map_err(|_| PageError::BadRequest(format!("incident \"{i}\" is not a number")))?,
-            ),
-            None => None,
-        };
+        let incident =
+            match given(&self.incident) {
+                Some(i) => Some(i.parse().map_err(|_| {
+                    PageError::BadRequest(format!("incident \"{i}\" is not a number"))
+                })?),
+                None => None,
+            };
         Ok(TicketFilter {
             open_only: matches!(status, "" | "open"),
             endpoint: given(&self.endpoint),
@@ -164,7 +166,12 @@ async fn queue_rows_of(c: &AppState, user: &User, q: &QueueQuery) -> Result<Queu
     }
     let counts: Vec<(&'static str, u64)> = Priority::ALL
         .iter()
-        .map(|p| (p.as_str(), counts.by_priority.get(p.as_str()).copied().unwrap_or(0)))
+        .map(|p| {
+            (
+                p.as_str(),
+                counts.by_priority.get(p.as_str()).copied().unwrap_or(0),
+            )
+        })
         .collect();
     Ok(QueueRows {
         total: counts.iter().map(|c| c.1).sum(),
@@ -187,7 +194,11 @@ pub async fn queue(State(c): State<AppState>, user: User, Query(q): Query<QueueQ
     }))
 }
 
-pub async fn queue_rows(State(c): State<AppState>, user: User, Query(q): Query<QueueQuery>) -> Page {
+pub async fn queue_rows(
+    State(c): State<AppState>,
+    user: User,
+    Query(q): Query<QueueQuery>,
+) -> Page {
     Ok(html(queue_rows_of(&c, &user, &q).await?))
 }
 
@@ -436,7 +447,11 @@ pub async fn fleet(State(c): State<AppState>, user: User, Query(q): Query<FleetQ
         .collect();
     let link = |sort: &str, page: usize| {
         let mut parts = vec![];
-        for (k, v) in [("q", q.q.as_str()), ("state", &q.state), ("check", &q.check)] {
+        for (k, v) in [
+            ("q", q.q.as_str()),
+            ("state", &q.state),
+            ("check", &q.check),
+        ] {
             if !v.is_empty() {
                 parts.push(format!("{k}={}", urlencode(v)));
             }
@@ -465,7 +480,14 @@ pub async fn fleet(State(c): State<AppState>, user: User, Query(q): Query<FleetQ
         SortLink {
             key: k,
             label,
-            href: link(&if here && !desc { format!("-{k}") } else { k.to_owned() }, 1),
+            href: link(
+                &if here && !desc {
+                    format!("-{k}")
+                } else {
+                    k.to_owned()
+                },
+                1,
+            ),
             aria: match (here, desc) {
                 (false, _) => "none",
                 (true, false) => "ascending",
@@ -482,8 +504,16 @@ pub async fn fleet(State(c): State<AppState>, user: User, Query(q): Query<FleetQ
         online,
         first: if total == 0 { 0 } else { start + 1 },
         last: (start + FLEET_ROWS).min(total),
-        prev: if page > 1 { link(&q.sort, page - 1) } else { String::new() },
-        next: if page < pages { link(&q.sort, page + 1) } else { String::new() },
+        prev: if page > 1 {
+            link(&q.sort, page - 1)
+        } else {
+            String::new()
+        },
+        next: if page < pages {
+            link(&q.sort, page + 1)
+        } else {
+            String::new()
+        },
         q,
     }))
 }
@@ -564,7 +594,11 @@ pub async fn endpoint_page(
             .map(|l| snapshot_sections(l, now))
             .unwrap_or_default(),
         open: open.iter().map(|t| QueueRow::new(t, now)).collect(),
-        recent: recent.iter().take(10).map(|t| QueueRow::new(t, now)).collect(),
+        recent: recent
+            .iter()
+            .take(10)
+            .map(|t| QueueRow::new(t, now))
+            .collect(),
         week,
         charts: charts::SERIES
             .iter()

@@ -143,11 +143,7 @@ pub struct FleetRow {
 impl FleetRow {
     pub fn new(e: &EndpointSummary, tickets: usize, now_ms: i64) -> Self {
         let pct = |v: f32, seen: bool| {
-            if seen {
-                format!("{v:.0}%")
-            } else {
-                "-".into()
-            }
+            if seen { format!("{v:.0}%") } else { "-".into() }
         };
         let seen = e.latest_snapshot_ms > 0;
         FleetRow {

@@ -80,8 +80,8 @@ async fn specialists_work_the_queue_in_a_real_browser() {
     })
     .await;
 
-    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/console-screenshots");
+    let shots =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
     let mut child = tokio::process::Command::new(&kit.node)
         .arg(kit.dir.join("scenarios.mjs"))
         .env("CONSOLE_URL", format!("http://{console}"))
@@ -138,7 +138,9 @@ async fn specialists_work_the_queue_in_a_real_browser() {
     ] {
         assert!(checked.contains(&page), "axe on {page}: {checked:?}");
     }
-    for name in ["queue", "ticket", "endpoint", "fleet", "audit", "admin", "login"] {
+    for name in [
+        "queue", "ticket", "endpoint", "fleet", "audit", "admin", "login",
+    ] {
         for width in ["desktop", "phone"] {
             let f = shots.join(format!("{name}-{width}.png"));
             assert!(
