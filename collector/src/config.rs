@@ -57,6 +57,10 @@ pub struct ConsoleConfig {
     pub login_attempts: u32,
     #[serde(default = "default_login_lockout", with = "humantime_serde")]
     pub login_lockout: Duration,
+    /// Every local account must have a second factor (TOTP): one without
+    /// is sent to enroll right after its password.
+    #[serde(default)]
+    pub require_totp: bool,
 }
 
 impl ConsoleConfig {

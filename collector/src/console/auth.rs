@@ -163,9 +163,33 @@ impl FromRequestParts<AppState> for User {
         let Some(session) = c.sessions.get(id, Instant::now()) else {
             return Err(to_login(parts));
         };
+        // A session part-way through signing in reaches only the page of
+        // its next step (and sign-out).
         let path = parts.uri.path();
-        if session.must_change_password && path != "/account/password" && path != "/logout" {
-            return Err(Redirect::to("/account/password").into_response());
+        let next_step = if session.second_factor_due {
+            Some("/login/totp")
+        } else if session.must_change_password {
+            Some("/account/password")
+        } else if session.enroll_due {
+            Some("/account/totp")
+        } else {
+            None
+        };
+        if let Some(step) = next_step
+            && path != step
+            && path != "/logout"
+        {
+            let back = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let back = if parts.method == axum::http::Method::GET {
+                back
+            } else {
+                "/"
+            };
+            return Err(Redirect::to(&format!("{step}?next={}", percent(back))).into_response());
         }
         Ok(User {
             id: id.to_owned(),
@@ -374,12 +398,16 @@ pub async fn login(
         }
     };
     c.throttle.succeeded(&name);
+    let second = account.totp_secret.is_some();
     let session = Session {
         account: account.name.clone(),
         role: account.role,
         sites: account.sites.clone(),
         csrf: sessions::token(),
         must_change_password: account.must_change_password,
+        second_factor_due: second,
+        enroll_due: c.require_totp && !second,
+        pending_totp: None,
     };
     let previous = cookie(&headers, c.session_cookie());
     let id = c.sessions.start(previous, session, now);
@@ -387,12 +415,20 @@ pub async fn login(
         name: account.name.clone(),
         role: account.role,
     };
-    info!(account = %account.name, %peer, "console sign-in");
-    c.audit(&caller, "console.login", from, "ok", "").await;
-    let to = if account.must_change_password {
-        format!("/account/password?next={}", percent(safe_next(&f.next)))
+    let next = percent(safe_next(&f.next));
+    let to = if second {
+        // Signed in only once the code is right; audited then.
+        format!("/login/totp?next={next}")
     } else {
-        safe_next(&f.next).to_owned()
+        info!(account = %account.name, %peer, "console sign-in");
+        c.audit(&caller, "console.login", from, "ok", "").await;
+        if account.must_change_password {
+            format!("/account/password?next={next}")
+        } else if c.require_totp {
+            format!("/account/totp?next={next}")
+        } else {
+            safe_next(&f.next).to_owned()
+        }
     };
     let mut r = Redirect::to(&to).into_response();
     let h = r.headers_mut();
@@ -498,11 +534,14 @@ pub async fn change_password(
     let id = c.sessions.start(
         None,
         Session {
+            enroll_due: c.require_totp && account.totp_secret.is_none(),
             account: account.name,
             role: account.role,
             sites: account.sites,
             csrf: sessions::token(),
             must_change_password: false,
+            second_factor_due: false,
+            pending_totp: None,
         },
         Instant::now(),
     );
@@ -510,6 +549,270 @@ pub async fn change_password(
     r.headers_mut()
         .append(header::SET_COOKIE, c.cookie(c.session_cookie(), &id, None));
     r
+}
+
+#[derive(Template)]
+#[template(path = "totp_login.html")]
+struct TotpLoginPage {
+    csrf: String,
+    next: String,
+    error: String,
+}
+
+fn totp_form(user: &User, next: &str, error: String, status: StatusCode) -> Response {
+    let page = TotpLoginPage {
+        csrf: user.session.csrf.clone(),
+        next: safe_next(next).to_owned(),
+        error,
+    };
+    (status, super::pages::html(page)).into_response()
+}
+
+pub async fn totp_page(user: User, Query(q): Query<NextQuery>) -> Response {
+    if !user.session.second_factor_due {
+        return Redirect::to(safe_next(&q.next)).into_response();
+    }
+    totp_form(&user, &q.next, String::new(), StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+pub struct CodeForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    next: String,
+    /// For the enrollment page: start, confirm, disable.
+    #[serde(default)]
+    op: String,
+}
+
+fn now_secs() -> u64 {
+    (vitals_proto::now_ms() / 1000).max(0) as u64
+}
+
+impl Console {
+    /// Checks a second factor for `name`: a current TOTP code not used
+    /// before, or one of its recovery codes (used up). Returns how, or why not.
+    async fn second_factor(&self, name: &str, code: &str) -> Result<&'static str, &'static str> {
+        let account = self
+            .accounts
+            .get(name)
+            .await
+            .map_err(|_| "no such account")?;
+        let Some(secret) = &account.totp_secret else {
+            return Err("no second factor enrolled");
+        };
+        let digits = code.chars().filter(|c| !c.is_whitespace()).count() == 6
+            && code
+                .chars()
+                .all(|c| c.is_ascii_digit() || c.is_whitespace());
+        if digits {
+            return match super::totp::check(secret, name, code, now_secs()) {
+                Some(step) if self.replays.fresh(name, step) => Ok("totp"),
+                Some(_) => Err("that code was used already; wait for the next one"),
+                None => Err("wrong code"),
+            };
+        }
+        match self.accounts.use_recovery_code(name, code).await {
+            Ok(true) => Ok("recovery code"),
+            _ => Err("wrong code"),
+        }
+    }
+}
+
+pub async fn totp_login(
+    State(c): State<AppState>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    user: User,
+    Form(f): Form<CodeForm>,
+) -> Response {
+    if let Err(e) = user.check_csrf(&f.csrf) {
+        return e.into_response();
+    }
+    if !user.session.second_factor_due {
+        return Redirect::to(safe_next(&f.next)).into_response();
+    }
+    let name = user.session.account.clone();
+    let now = Instant::now();
+    let caller = user.caller();
+    let from: BTreeMap<String, String> = [("from".to_owned(), peer.ip().to_string())].into();
+    if let Some(wait) = c.throttle.wait(&name, peer.ip(), now) {
+        let minutes = wait.as_secs().div_ceil(60);
+        c.audit(&caller, "console.login", from, "refused", "throttled")
+            .await;
+        return totp_form(
+            &user,
+            &f.next,
+            format!("Too many failed sign-ins. Try again in {minutes} minute(s)."),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    match c.second_factor(&name, &f.code).await {
+        Ok(how) => {
+            c.throttle.succeeded(&name);
+            let mut session = user.session.clone();
+            session.second_factor_due = false;
+            session.csrf = sessions::token();
+            // A new id once fully signed in, as at every sign-in.
+            let id = c.sessions.start(Some(&user.id), session.clone(), now);
+            let mut params = from;
+            params.insert("factor".into(), how.into());
+            info!(account = %name, %peer, factor = how, "console sign-in");
+            c.audit(&caller, "console.login", params, "ok", "").await;
+            let to = if session.must_change_password {
+                format!("/account/password?next={}", percent(safe_next(&f.next)))
+            } else {
+                safe_next(&f.next).to_owned()
+            };
+            let mut r = Redirect::to(&to).into_response();
+            r.headers_mut()
+                .append(header::SET_COOKIE, c.cookie(c.session_cookie(), &id, None));
+            r
+        }
+        Err(why) => {
+            c.throttle.failed(&name, peer.ip(), now);
+            info!(account = %name, %peer, why, "console second factor refused");
+            c.audit(&caller, "console.login", from, "refused", why)
+                .await;
+            let text = if why.starts_with("that code") {
+                "That code was used already. Wait for the next one."
+            } else {
+                "Wrong code."
+            };
+            totp_form(&user, &f.next, text.into(), StatusCode::UNAUTHORIZED)
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "account_totp.html")]
+struct EnrollPage {
+    chrome: super::view::Chrome,
+    enrolled: bool,
+    required: bool,
+    /// Being enrolled: the secret as text and as a QR code.
+    secret: String,
+    qr: String,
+    /// Shown once, right after enrollment.
+    recovery: Vec<String>,
+    left: usize,
+    next: String,
+    error: String,
+}
+
+async fn enroll_form(
+    c: &Console,
+    user: &User,
+    next: &str,
+    recovery: Vec<String>,
+    error: String,
+    status: StatusCode,
+) -> Response {
+    let name = &user.session.account;
+    let account = match c.accounts.get(name).await {
+        Ok(a) => a,
+        Err(e) => return PageError::from(e).into_response(),
+    };
+    let secret = c
+        .sessions
+        .get(&user.id, Instant::now())
+        .and_then(|s| s.pending_totp)
+        .unwrap_or_default();
+    let qr = if secret.is_empty() {
+        String::new()
+    } else {
+        super::totp::qr_svg(&super::totp::url(&secret, name))
+    };
+    let page = EnrollPage {
+        chrome: super::view::Chrome::new(&user.session, "account"),
+        enrolled: account.totp_secret.is_some(),
+        required: c.require_totp,
+        secret,
+        qr,
+        recovery,
+        left: account.recovery_codes.len(),
+        next: safe_next(next).to_owned(),
+        error,
+    };
+    let mut r = (status, super::pages::html(page)).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+pub async fn enroll_page(
+    State(c): State<AppState>,
+    user: User,
+    Query(q): Query<NextQuery>,
+) -> Response {
+    enroll_form(&c, &user, &q.next, vec![], String::new(), StatusCode::OK).await
+}
+
+pub async fn enroll(State(c): State<AppState>, user: User, Form(f): Form<CodeForm>) -> Response {
+    if let Err(e) = user.check_csrf(&f.csrf) {
+        return e.into_response();
+    }
+    let name = user.session.account.clone();
+    let caller = user.caller();
+    let refuse = |msg: &str| msg.to_owned();
+    let op: BTreeMap<String, String> = [("op".to_owned(), f.op.clone())].into();
+    match f.op.as_str() {
+        "start" => {
+            let secret = super::totp::new_secret();
+            c.sessions
+                .update(&user.id, |s| s.pending_totp = Some(secret));
+            Redirect::to(&format!(
+                "/account/totp?next={}",
+                percent(safe_next(&f.next))
+            ))
+            .into_response()
+        }
+        "confirm" => {
+            let Some(secret) = c
+                .sessions
+                .get(&user.id, Instant::now())
+                .and_then(|s| s.pending_totp)
+            else {
+                return Redirect::to("/account/totp").into_response();
+            };
+            let step = super::totp::check(&secret, &name, &f.code, now_secs());
+            if !step.is_some_and(|s| c.replays.fresh(&name, s)) {
+                let msg =
+                    refuse("That code is not right. Check the app's clock and try the next code.");
+                return enroll_form(&c, &user, &f.next, vec![], msg, StatusCode::BAD_REQUEST).await;
+            }
+            let (codes, hashes) = super::totp::recovery_codes();
+            if let Err(e) = c.accounts.set_totp(&name, Some((secret, hashes))).await {
+                return PageError::from(e).into_response();
+            }
+            c.sessions.update(&user.id, |s| {
+                s.pending_totp = None;
+                s.enroll_due = false;
+            });
+            c.audit(&caller, "account.totp", op, "ok", "enrolled").await;
+            enroll_form(&c, &user, &f.next, codes, String::new(), StatusCode::OK).await
+        }
+        "disable" => {
+            if c.require_totp {
+                let msg =
+                    refuse("A second factor is required here; it can be replaced, not removed.");
+                return enroll_form(&c, &user, &f.next, vec![], msg, StatusCode::BAD_REQUEST).await;
+            }
+            if let Err(why) = c.second_factor(&name, &f.code).await {
+                c.audit(&caller, "account.totp", op, "refused", why).await;
+                let msg = refuse("That code is not right.");
+                return enroll_form(&c, &user, &f.next, vec![], msg, StatusCode::BAD_REQUEST).await;
+            }
+            if let Err(e) = c.accounts.set_totp(&name, None).await {
+                return PageError::from(e).into_response();
+            }
+            c.audit(&caller, "account.totp", op, "ok", "removed").await;
+            Redirect::to("/account/totp").into_response()
+        }
+        other => PageError::BadRequest(format!("unknown change \"{other}\"")).into_response(),
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ mod charts;
 mod live;
 mod pages;
 pub mod sessions;
+pub mod totp;
 mod view;
 
 use std::net::SocketAddr;
@@ -59,6 +60,10 @@ pub struct Console {
     tls: bool,
     /// Live streams end when the collector stops.
     stop: vitals_proto::shutdown::Shutdown,
+    /// Every account needs a second factor.
+    require_totp: bool,
+    /// The last TOTP step each account used.
+    replays: totp::Replays,
 }
 
 type AppState = Arc<Console>;
@@ -78,6 +83,8 @@ impl Console {
             runs: live::Runs::default(),
             tls: config.tls(),
             stop,
+            require_totp: config.require_totp,
+            replays: totp::Replays::default(),
         }
     }
 
@@ -104,6 +111,8 @@ impl Console {
             .route("/admin/users/{name}", post(pages::admin_change))
             .route("/login", get(auth::login_page).post(auth::login))
             .route("/logout", post(auth::logout))
+            .route("/login/totp", get(auth::totp_page).post(auth::totp_login))
+            .route("/account/totp", get(auth::enroll_page).post(auth::enroll))
             .route(
                 "/account/password",
                 get(auth::password_page).post(auth::change_password),

@@ -695,6 +695,7 @@ struct AccountRow {
     sites: String,
     disabled: bool,
     must_change: bool,
+    totp: bool,
     updated: String,
 }
 
@@ -720,6 +721,7 @@ async fn admin_page(c: &AppState, user: &User, issued: Option<(String, String)>)
             sites: a.sites.join(", "),
             disabled: a.disabled,
             must_change: a.must_change_password,
+            totp: a.totp_secret.is_some(),
             updated: view::at(a.updated_ms),
             name: a.name,
         })
@@ -827,6 +829,9 @@ pub async fn admin_change(
                 .map(|_| None)
         }
         "reset" => c.accounts.reset_password(&name).await.map(Some),
+        // A lost phone: the account signs in with its password alone
+        // (and enrolls again where a second factor is required).
+        "totp-reset" => c.accounts.set_totp(&name, None).await.map(|_| None),
         other => return Err(PageError::BadRequest(format!("unknown change \"{other}\""))),
     };
     let kind = format!("account.{}", f.op);

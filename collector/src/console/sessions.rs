@@ -39,6 +39,14 @@ pub struct Session {
     /// Signed in with a one-time password: only the change-password page
     /// is open until it is replaced.
     pub must_change_password: bool,
+    /// The password was right; the second factor is still to come. Only
+    /// the code page is open.
+    pub second_factor_due: bool,
+    /// Second factors are required and this account has none yet: only
+    /// the enrollment page is open.
+    pub enroll_due: bool,
+    /// A TOTP secret being enrolled, until its first code confirms it.
+    pub pending_totp: Option<String>,
 }
 
 struct Entry {
@@ -216,6 +224,9 @@ mod tests {
             sites: vec![],
             csrf: token(),
             must_change_password: false,
+            second_factor_due: false,
+            enroll_due: false,
+            pending_totp: None,
         }
     }
 

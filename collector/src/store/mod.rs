@@ -209,6 +209,10 @@ pub struct Account {
     pub disabled: bool,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// The TOTP secret (base32), once a second factor is enrolled.
+    pub totp_secret: Option<String>,
+    /// SHA-256 hashes of the recovery codes not used yet.
+    pub recovery_codes: Vec<String>,
 }
 
 /// The console's local accounts.

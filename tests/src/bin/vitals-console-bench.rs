@@ -31,7 +31,10 @@ use vitals_proto::identity::{EndpointId, Role};
 use vitals_tests::loadgen::procstat::Sampler;
 
 #[derive(Parser)]
-#[command(name = "vitals-console-bench", about = "The web console on a city-sized database")]
+#[command(
+    name = "vitals-console-bench",
+    about = "The web console on a city-sized database"
+)]
 struct Args {
     #[arg(long, default_value_t = 20_000)]
     endpoints: u64,
@@ -73,8 +76,18 @@ fn snapshot(i: u64, at_ms: i64) -> Snapshot {
         taken_at_ms: at_ms,
         host: HostInfo {
             hostname: format!("desk-{i:05}.city.local"),
-            os_name: if i % 3 == 0 { "Windows" } else { "Debian GNU/Linux" }.into(),
-            os_version: if i % 3 == 0 { "11 (26100)" } else { "12" }.into(),
+            os_name: if i.is_multiple_of(3) {
+                "Windows"
+            } else {
+                "Debian GNU/Linux"
+            }
+            .into(),
+            os_version: if i.is_multiple_of(3) {
+                "11 (26100)"
+            } else {
+                "12"
+            }
+            .into(),
             kernel_version: "6.1.0".into(),
             arch: "x86_64".into(),
             uptime_secs: 3600 * (i % 200),
@@ -136,7 +149,12 @@ async fn seed(args: &Args, data: &Path) -> anyhow::Result<()> {
             .open_session(&SessionOpen {
                 endpoint: id.clone(),
                 agent_version: "0.1.0".into(),
-                platform: if i % 3 == 0 { "windows" } else { "linux" }.into(),
+                platform: if i.is_multiple_of(3) {
+                    "windows"
+                } else {
+                    "linux"
+                }
+                .into(),
                 at_ms: now - 86_400_000,
             })
             .await?;
@@ -169,7 +187,7 @@ async fn seed(args: &Args, data: &Path) -> anyhow::Result<()> {
                 check_id: check.into(),
                 subject: subject.into(),
                 state: FaultState::Raised,
-                severity: if n % 10 == 0 {
+                severity: if n.is_multiple_of(10) {
                     Severity::Critical
                 } else {
                     Severity::Warning
@@ -224,7 +242,11 @@ fn spawn_collector(args: &Args, data: &Path) -> anyhow::Result<Collector> {
         ),
     )?;
     let exe = std::env::current_exe()?.with_file_name("vitals-collector");
-    anyhow::ensure!(exe.exists(), "{} not found; build the workspace first", exe.display());
+    anyhow::ensure!(
+        exe.exists(),
+        "{} not found; build the workspace first",
+        exe.display()
+    );
     let log = std::fs::File::create(data.join("collector.log"))?;
     Ok(Collector(
         Command::new(exe)
@@ -266,14 +288,21 @@ impl Browser {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let page = http.get(format!("{base}/login")).send().await?;
-        let login = set_cookie(&page, "vitals_login").ok_or_else(|| anyhow::anyhow!("no login cookie"))?;
+        let login =
+            set_cookie(&page, "vitals_login").ok_or_else(|| anyhow::anyhow!("no login cookie"))?;
         let html = page.text().await?;
         let token = field(&html, "token").ok_or_else(|| anyhow::anyhow!("no token"))?;
         let r = http
             .post(format!("{base}/login"))
             .header(reqwest::header::COOKIE, &login)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(format!("name={ACCOUNT}&password={}&token={token}&next=/", PASSWORD.replace(' ', "+")))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(format!(
+                "name={ACCOUNT}&password={}&token={token}&next=/",
+                PASSWORD.replace(' ', "+")
+            ))
             .send()
             .await?;
         let cookie = set_cookie(&r, "vitals_session")
@@ -303,7 +332,11 @@ impl Browser {
         let r = req.send().await?;
         anyhow::ensure!(r.status().is_success(), "{path}: {}", r.status());
         let body = r.bytes().await?;
-        Ok((t.elapsed(), body.len(), String::from_utf8_lossy(&body).into_owned()))
+        Ok((
+            t.elapsed(),
+            body.len(),
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
     }
 }
 
@@ -339,10 +372,17 @@ async fn main() -> anyhow::Result<()> {
         if html.contains(&want) {
             break;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(300), "tickets not ready");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "tickets not ready"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    println!("collector ready with {} open tickets in {:.1} s", args.tickets, started.elapsed().as_secs_f64());
+    println!(
+        "collector ready with {} open tickets in {:.1} s",
+        args.tickets,
+        started.elapsed().as_secs_f64()
+    );
 
     let (_, _, queue) = browser.get("/").await?;
     let ticket = queue
@@ -360,11 +400,18 @@ async fn main() -> anyhow::Result<()> {
         ("fleet, last page", format!("/fleet?page={last_page}")),
         ("fleet, search", "/fleet?q=ws-1234".to_owned()),
         ("fleet, by CPU desc", "/fleet?sort=-cpu".to_owned()),
-        ("endpoint (a day of history)", "/endpoints/ws-00004".to_owned()),
+        (
+            "endpoint (a day of history)",
+            "/endpoints/ws-00004".to_owned(),
+        ),
         ("ticket", format!("/tickets/{ticket}")),
     ];
     let (mut assets, mut assets_gz) = (0, 0);
-    for a in ["/static/console.css", "/static/htmx.min.js", "/static/console.js"] {
+    for a in [
+        "/static/console.css",
+        "/static/htmx.min.js",
+        "/static/console.js",
+    ] {
         assets += browser.fetch(a, false).await?.1;
         assets_gz += browser.fetch(a, true).await?.1;
     }
@@ -375,7 +422,13 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "\n{:<30} {:>7} {:>7} {:>7} {:>9} {:>9} {:>13}",
-        "page (gzip, as browsers ask)", "p50 ms", "p99 ms", "max ms", "HTML KB", "gzip KB", "+assets gz KB"
+        "page (gzip, as browsers ask)",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "HTML KB",
+        "gzip KB",
+        "+assets gz KB"
     );
     for (name, path) in &pages {
         let mut times = Vec::with_capacity(args.requests);
@@ -455,7 +508,9 @@ async fn browser_latency(b: &Browser, base: &str, ticket: &str) -> anyhow::Resul
         }
     }
     let (_, _, html) = b.get(&format!("/tickets/{ticket}")).await?;
-    let csrf = field(&html, "csrf").ok_or_else(|| anyhow::anyhow!("no csrf"))?.to_owned();
+    let csrf = field(&html, "csrf")
+        .ok_or_else(|| anyhow::anyhow!("no csrf"))?
+        .to_owned();
     let mut delays = Vec::new();
     let mut dom: HashMap<usize, i64> = HashMap::new();
     for n in 0..20usize {
@@ -465,7 +520,10 @@ async fn browser_latency(b: &Browser, base: &str, ticket: &str) -> anyhow::Resul
             .http
             .post(format!("{base}/tickets/{ticket}/act"))
             .header(reqwest::header::COOKIE, &b.cookie)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
             .body(format!("csrf={csrf}&action=assign&text={who}"))
             .send()
             .await?;

@@ -45,6 +45,7 @@ async fn specialists_work_the_queue_in_a_real_browser() {
         idle_timeout: Duration::from_secs(600),
         login_attempts: LOGIN_ATTEMPTS,
         login_lockout: Duration::from_secs(900),
+        require_totp: false,
     });
 
     // The accounts, made the way `vitals-collector users add` makes them:
@@ -134,7 +135,16 @@ async fn specialists_work_the_queue_in_a_real_browser() {
         .filter_map(|v| v.as_str())
         .collect();
     for page in [
-        "login", "password", "queue", "ticket", "endpoint", "fleet", "audit", "admin",
+        "login",
+        "password",
+        "two-step enrollment",
+        "second factor",
+        "queue",
+        "ticket",
+        "endpoint",
+        "fleet",
+        "audit",
+        "admin",
     ] {
         assert!(checked.contains(&page), "axe on {page}: {checked:?}");
     }

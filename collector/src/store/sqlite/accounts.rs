@@ -16,6 +16,8 @@ fn account_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Account, String)> {
             disabled: r.get(5)?,
             created_ms: r.get(6)?,
             updated_ms: r.get(7)?,
+            totp_secret: r.get(8)?,
+            recovery_codes: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
         },
         role,
     ))
@@ -31,13 +33,13 @@ fn with_role((mut a, role): (Account, String)) -> Result<Account, StoreError> {
     Ok(a)
 }
 
-/// The sites column: a JSON list of names.
-fn sites_json(sites: &[String]) -> String {
-    serde_json::to_string(sites).unwrap_or_else(|_| "[]".into())
+/// The sites and recovery codes columns: JSON lists of strings.
+fn sites_json(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
 }
 
-const COLUMNS: &str =
-    "name, role, sites, password_hash, must_change, disabled, created_ms, updated_ms";
+const COLUMNS: &str = "name, role, sites, password_hash, must_change, disabled, created_ms, \
+     updated_ms, totp_secret, recovery_codes";
 
 #[async_trait]
 impl AccountStore for SqliteStore {
@@ -45,8 +47,8 @@ impl AccountStore for SqliteStore {
         self.write(move |c| {
             let n = c.execute(
                 "INSERT INTO console_accounts (name, role, sites, password_hash, must_change,
-                    disabled, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (name) DO NOTHING",
+                    disabled, created_ms, updated_ms, totp_secret, recovery_codes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (name) DO NOTHING",
                 params![
                     a.name,
                     a.role.as_str(),
@@ -56,6 +58,8 @@ impl AccountStore for SqliteStore {
                     a.disabled,
                     a.created_ms,
                     a.updated_ms,
+                    a.totp_secret,
+                    sites_json(&a.recovery_codes),
                 ],
             )?;
             Ok(n == 1)
@@ -90,7 +94,8 @@ impl AccountStore for SqliteStore {
         self.write(move |c| {
             let n = c.execute(
                 "UPDATE console_accounts SET role = ?2, sites = ?3, password_hash = ?4,
-                    must_change = ?5, disabled = ?6, updated_ms = ?7
+                    must_change = ?5, disabled = ?6, updated_ms = ?7, totp_secret = ?8,
+                    recovery_codes = ?9
                  WHERE name = ?1",
                 params![
                     a.name,
@@ -100,6 +105,8 @@ impl AccountStore for SqliteStore {
                     a.must_change_password,
                     a.disabled,
                     a.updated_ms,
+                    a.totp_secret,
+                    sites_json(&a.recovery_codes),
                 ],
             )?;
             Ok(n == 1)

@@ -76,6 +76,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         8,
         include_str!("../../../migrations/sqlite/0008_console_accounts.sql"),
     ),
+    (
+        9,
+        include_str!("../../../migrations/sqlite/0009_console_totp.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
