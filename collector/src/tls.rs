@@ -103,33 +103,42 @@ pub fn server_config(
     }
     let verifier =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
-    let chain = read_certs(cert)?;
-    let key_der = read_key(key)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key_der)
+    let mut config = with_cert(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier),
+        cert,
+        key,
+    )?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Finishes a server configuration with the certificate chain and key in
+/// these files; a key that does not belong to the certificate is named.
+fn with_cert(
+    builder: rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>,
+    cert: &Path,
+    key: &Path,
+) -> Result<rustls::ServerConfig, TlsError> {
+    builder
+        .with_single_cert(read_certs(cert)?, read_key(key)?)
         .map_err(|e| TlsError::File {
             path: key.to_path_buf(),
             message: format!("key does not match {}: {e}", cert.display()),
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+        })
 }
 
 /// The web console's configuration for browsers: the city's own
 /// certificate, no client certificate asked, TLS 1.2 or 1.3, HTTP/1.1.
 pub fn browser_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = read_certs(cert)?;
-    let key_der = read_key(key)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| TlsError::File {
-            path: key.to_path_buf(),
-            message: format!("key does not match {}: {e}", cert.display()),
-        })?;
+    let mut config = with_cert(
+        rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth(),
+        cert,
+        key,
+    )?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

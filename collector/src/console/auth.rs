@@ -46,6 +46,20 @@ impl Console {
         HeaderValue::from_str(&c).expect("cookie text is ASCII")
     }
 
+    /// If sign-ins for `name` from `peer` are paused (too many failures),
+    /// audits the refusal and says for how long.
+    async fn paused(&self, who: &Caller, name: &str, peer: std::net::SocketAddr) -> Option<String> {
+        let wait = self.throttle.wait(name, peer.ip(), Instant::now())?;
+        let minutes = wait.as_secs().div_ceil(60);
+        let from = [("from".to_owned(), peer.ip().to_string())].into();
+        self.audit(who, "console.login", from, "refused", "throttled")
+            .await;
+        Some(format!(
+            "Too many failed sign-ins. Try again in {minutes} minute{}.",
+            if minutes == 1 { "" } else { "s" }
+        ))
+    }
+
     /// Appends an audit line for a console action of `who`.
     pub(super) async fn audit(
         &self,
@@ -361,20 +375,8 @@ pub async fn login(
         role: Role::Viewer,
     };
     let from: BTreeMap<String, String> = [("from".to_owned(), peer.ip().to_string())].into();
-    if let Some(wait) = c.throttle.wait(&name, peer.ip(), now) {
-        let minutes = wait.as_secs().div_ceil(60);
-        c.audit(&who, "console.login", from, "refused", "throttled")
-            .await;
-        return login_form(
-            &c,
-            &f.next,
-            &name,
-            format!(
-                "Too many failed sign-ins. Try again in {minutes} minute{}.",
-                if minutes == 1 { "" } else { "s" }
-            ),
-            StatusCode::TOO_MANY_REQUESTS,
-        );
+    if let Some(why) = c.paused(&who, &name, peer).await {
+        return login_form(&c, &f.next, &name, why, StatusCode::TOO_MANY_REQUESTS);
     }
     let checked = match c.accounts.check(&name, &f.password).await {
         Ok(x) => x,
@@ -638,16 +640,8 @@ pub async fn totp_login(
     let now = Instant::now();
     let caller = user.caller();
     let from: BTreeMap<String, String> = [("from".to_owned(), peer.ip().to_string())].into();
-    if let Some(wait) = c.throttle.wait(&name, peer.ip(), now) {
-        let minutes = wait.as_secs().div_ceil(60);
-        c.audit(&caller, "console.login", from, "refused", "throttled")
-            .await;
-        return totp_form(
-            &user,
-            &f.next,
-            format!("Too many failed sign-ins. Try again in {minutes} minute(s)."),
-            StatusCode::TOO_MANY_REQUESTS,
-        );
+    if let Some(why) = c.paused(&caller, &name, peer).await {
+        return totp_form(&user, &f.next, why, StatusCode::TOO_MANY_REQUESTS);
     }
     match c.second_factor(&name, &f.code).await {
         Ok(how) => {

@@ -353,13 +353,19 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let data = args.data_dir.clone();
     seed(&args, &data).await?;
-    let collector = spawn_collector(&args, &data)?;
+    let mut collector = spawn_collector(&args, &data)?;
     let base = format!("http://{}", args.console);
     let started = Instant::now();
     let browser = loop {
         match Browser::sign_in(&base).await {
             Ok(b) => break b,
             Err(_) if started.elapsed() < Duration::from_secs(60) => {
+                if let Some(status) = collector.0.try_wait()? {
+                    anyhow::bail!(
+                        "the collector exited ({status}); see {}",
+                        data.join("collector.log").display()
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await
             }
             Err(e) => return Err(e),
@@ -393,6 +399,8 @@ async fn main() -> anyhow::Result<()> {
         .to_owned();
     let last_page = args.endpoints.div_ceil(50);
     let pages = [
+        // The HTTP stack, sessions and compression alone: the baseline.
+        ("baseline: a static file", "/static/console.js".to_owned()),
         ("queue", "/".to_owned()),
         ("queue live fragment", "/queue/rows".to_owned()),
         ("queue, p1 only", "/?priority=p1".to_owned()),

@@ -168,3 +168,77 @@ async fn specialists_work_the_queue_in_a_real_browser() {
     collector.stop().await;
     drop(disk);
 }
+
+/// With a certificate and key the console speaks only TLS: the login page
+/// over HTTPS with the city's CA, cookies `Secure` under the `__Host-`
+/// name, HSTS; plain HTTP on the same port gets no page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_speaks_tls_with_its_own_certificate() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let fleet = Fleet::new("console-tls");
+    // A browser-facing certificate from another CA than the fleet's, as a
+    // city's own would be.
+    let city = vitals_collector::pki::init(
+        &fleet.dir.join("city"),
+        &["localhost".into(), "127.0.0.1".into()],
+    )
+    .expect("city CA");
+    let cert = fleet.dir.join("city/console.pem");
+    let key = fleet.dir.join("city/console.key");
+    city.issue_server(&["localhost".into(), "127.0.0.1".into()], 30)
+        .expect("issue")
+        .write(&cert, &key)
+        .expect("write");
+    let mut config = fleet.collector_config();
+    config.console = Some(ConsoleConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        cert: Some(cert),
+        key: Some(key),
+        idle_timeout: Duration::from_secs(600),
+        login_attempts: 5,
+        login_lockout: Duration::from_secs(900),
+        require_totp: false,
+    });
+    let collector = RunningCollector::start(config).await;
+    let console = collector.console_addr.expect("console");
+    let ca = std::fs::read(fleet.dir.join("city/pki/ca.pem")).expect("city CA file");
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).expect("pem")])
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = client
+        .get(format!("https://localhost:{}/", console.port()))
+        .send()
+        .await
+        .expect("https");
+    assert_eq!(r.status(), 303, "signed out: to the login page");
+    let r = client
+        .get(format!("https://localhost:{}/login", console.port()))
+        .send()
+        .await
+        .expect("https login");
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["strict-transport-security"], "max-age=31536000");
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    let cookie = h["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(r.text().await.expect("body").contains("Sign in to Vitals"));
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/login", console.port()))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP on the TLS port: {plain:?}");
+    collector.stop().await;
+}
