@@ -61,6 +61,55 @@ pub struct ConsoleConfig {
     /// is sent to enroll right after its password.
     #[serde(default)]
     pub require_totp: bool,
+    /// Single sign-on with the city's OpenID Connect provider.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// `[console.oidc]`: the city's sign-in service.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer URL; discovery is at
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    /// The client secret, read at start; without it the console is a
+    /// public client (PKCE alone).
+    pub client_secret_file: Option<PathBuf>,
+    /// This console's `/oidc/callback` as the provider has it registered.
+    pub redirect_url: String,
+    /// The sign-in button's words.
+    #[serde(default = "default_oidc_label")]
+    pub label: String,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// The claim that names the person (the subject when absent).
+    #[serde(default = "default_name_claim")]
+    pub name_claim: String,
+    /// The claim (a string or a list, such as groups) mapped to a role.
+    pub role_claim: String,
+    /// Claim values and the role each gives; the highest wins, none: no entry.
+    pub roles: std::collections::BTreeMap<String, vitals_proto::identity::Role>,
+    /// The claim listing the sites a person may see (all when absent).
+    pub site_claim: Option<String>,
+    /// When set, only these local accounts may sign in with a password
+    /// (the break-glass admins); everyone else uses single sign-on.
+    #[serde(default)]
+    pub break_glass: Vec<String>,
+    /// An extra root certificate for a provider behind the city's own CA.
+    pub ca: Option<PathBuf>,
+}
+
+fn default_oidc_label() -> String {
+    "Sign in with the city's account".into()
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into()]
+}
+
+fn default_name_claim() -> String {
+    "preferred_username".into()
 }
 
 impl ConsoleConfig {
@@ -315,6 +364,11 @@ impl CollectorConfig {
             for p in [&mut c.cert, &mut c.key].into_iter().flatten() {
                 *p = config_file::resolve(path, p);
             }
+            if let Some(o) = &mut c.oidc {
+                for p in [&mut o.client_secret_file, &mut o.ca].into_iter().flatten() {
+                    *p = config_file::resolve(path, p);
+                }
+            }
         }
         config.validate(&path.display().to_string())?;
         Ok(config)
@@ -358,6 +412,19 @@ impl CollectorConfig {
                 return Err(invalid(
                     "console: idle_timeout is at least 1m and login_attempts at least 1".into(),
                 ));
+            }
+            if let Some(o) = &c.oidc {
+                if o.roles.is_empty() {
+                    return Err(invalid(
+                        "console.oidc: roles maps no claim value to a role, so nobody could sign in"
+                            .into(),
+                    ));
+                }
+                if !o.scopes.iter().any(|s| s == "openid") {
+                    return Err(invalid(
+                        "console.oidc: scopes must include \"openid\"".into(),
+                    ));
+                }
             }
         }
         if let Some(e) = &self.email {
@@ -473,6 +540,50 @@ mod tests {
         assert_eq!(c.listen.port(), 7443);
         assert!(c.metrics.listen.ip().is_loopback());
         assert_eq!(c.ca_path(), c.data_dir.join("pki/ca.pem"));
+    }
+
+    #[test]
+    fn single_sign_on_is_read_with_its_role_map_and_checked() {
+        let c = CollectorConfig::load(&write(
+            "con-oidc",
+            "data_dir = \".\"\n[console]\nlisten = \"127.0.0.1:8443\"\n\
+             [console.oidc]\nissuer = \"https://sso.city.example\"\nclient_id = \"vitals\"\n\
+             client_secret_file = \"oidc-secret\"\n\
+             redirect_url = \"https://vitals.city.example/oidc/callback\"\n\
+             role_claim = \"groups\"\nroles = { helpdesk = \"specialist\", leads = \"admin\" }\n",
+        ))
+        .unwrap();
+        let o = c.console.and_then(|c| c.oidc).expect("oidc");
+        assert_eq!(o.roles["leads"], vitals_proto::identity::Role::Admin);
+        assert_eq!(
+            (o.name_claim.as_str(), o.scopes.len()),
+            ("preferred_username", 2)
+        );
+        assert_eq!(
+            o.client_secret_file.as_deref(),
+            Some(c.data_dir.join("oidc-secret").as_path())
+        );
+        for (name, extra, expect) in [
+            ("oidc-norole", "roles = {}\n", "roles maps no claim value"),
+            ("oidc-badrole", "roles = { x = \"boss\" }\n", "boss"),
+            (
+                "oidc-typo",
+                "roles = { x = \"admin\" }\nrole_clam = \"g\"\n",
+                "role_clam",
+            ),
+        ] {
+            let err = CollectorConfig::load(&write(
+                name,
+                &format!(
+                    "data_dir = \".\"\n[console]\nlisten = \"127.0.0.1:8443\"\n[console.oidc]\n\
+                     issuer = \"https://sso\"\nclient_id = \"v\"\nredirect_url = \"https://v/cb\"\n\
+                     role_claim = \"groups\"\n{extra}"
+                ),
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(expect), "{name}: {err}");
+        }
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub enum CollectorError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Email(#[from] tickets::email::MailerError),
+    #[error(transparent)]
+    Oidc(#[from] console::oidc::OidcError),
 }
 
 /// Raises the soft open-files limit to the hard limit: each agent stream
@@ -154,6 +156,8 @@ pub struct Collector {
     policy: Arc<vitals_proto::policy::Policy>,
     /// The console's browser-facing TLS, when it has a certificate.
     console_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The console's single sign-on, when configured.
+    oidc: Option<Arc<console::oidc::Oidc>>,
 }
 
 impl Collector {
@@ -176,6 +180,10 @@ impl Collector {
             Some((Some(cert), Some(key))) => Some(tls::browser_config(cert, key)?),
             _ => None,
         };
+        let oidc = match config.console.as_ref().and_then(|c| c.oidc.as_ref()) {
+            Some(o) => Some(Arc::new(console::oidc::Oidc::new(o)?)),
+            None => None,
+        };
         let store = store::open(
             &config.storage_url(),
             config.storage.history_per_endpoint,
@@ -191,6 +199,7 @@ impl Collector {
             metrics: Arc::new(Metrics::new()),
             policy: Arc::new(policy),
             console_tls,
+            oidc,
         })
     }
 
@@ -218,6 +227,7 @@ impl Collector {
             metrics,
             policy,
             console_tls,
+            oidc,
         } = self;
         let (trigger, stop) = vitals_proto::shutdown::channel();
         let stopped = || {
@@ -326,6 +336,7 @@ impl Collector {
                 service.clone(),
                 console::accounts::Accounts::new(store.clone()),
                 c,
+                oidc,
                 stop.clone(),
             ));
             let scheme = if console_tls.is_some() {

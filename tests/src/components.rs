@@ -760,7 +760,7 @@ impl BrowserKit {
             .map(PathBuf::from)
             .or_else(|| find("chromium"))
             .ok_or("chromium not installed (Debian package chromium)")?;
-        for module in ["playwright-core", "axe-core"] {
+        for module in ["playwright-core", "axe-core", "oidc-provider"] {
             if !dir.join("node_modules").join(module).is_dir() {
                 return Err(format!(
                     "{module} not installed (npm ci --prefix {})",

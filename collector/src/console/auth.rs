@@ -217,6 +217,7 @@ impl FromRequestParts<AppState> for User {
 pub enum PageError {
     Service(ServiceError),
     Account(AccountError),
+    Oidc(super::oidc::OidcError),
     Csrf,
     BadRequest(String),
 }
@@ -278,6 +279,16 @@ impl IntoResponse for PageError {
                 ),
                 _ => (StatusCode::BAD_REQUEST, "Cannot do that", e.to_string()),
             },
+            PageError::Oidc(e) => {
+                use super::oidc::OidcError as O;
+                let status = match &e {
+                    O::Unreachable(_) => StatusCode::BAD_GATEWAY,
+                    O::NoRole(_) => StatusCode::FORBIDDEN,
+                    O::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    O::Invalid(_) | O::State => StatusCode::BAD_REQUEST,
+                };
+                (status, "Sign-in failed", e.to_string())
+            }
             PageError::Csrf => (
                 StatusCode::FORBIDDEN,
                 "Request refused",
@@ -303,6 +314,10 @@ struct LoginPage {
     next: String,
     name: String,
     error: String,
+    /// The single sign-on button's words; empty without it.
+    sso: String,
+    /// Local sign-in is only for the break-glass accounts.
+    break_glass: bool,
 }
 
 #[derive(Deserialize)]
@@ -318,6 +333,12 @@ fn login_form(c: &Console, next: &str, name: &str, error: String, status: Status
         next: safe_next(next).to_owned(),
         name: name.to_owned(),
         error,
+        sso: c
+            .oidc
+            .as_ref()
+            .map(|o| o.label().to_owned())
+            .unwrap_or_default(),
+        break_glass: c.oidc.as_ref().is_some_and(|o| !o.allows_local("")),
     };
     let mut r = (status, super::pages::html(page)).into_response();
     r.headers_mut().append(
@@ -378,6 +399,20 @@ pub async fn login(
     if let Some(why) = c.paused(&who, &name, peer).await {
         return login_form(&c, &f.next, &name, why, StatusCode::TOO_MANY_REQUESTS);
     }
+    if let Some(o) = &c.oidc
+        && !o.allows_local(&name)
+    {
+        c.audit(
+            &who,
+            "console.login",
+            from,
+            "refused",
+            "local sign-in is for break-glass accounts",
+        )
+        .await;
+        let text = format!("Sign in with \"{}\" instead.", o.label());
+        return login_form(&c, &f.next, &name, text, StatusCode::FORBIDDEN);
+    }
     let checked = match c.accounts.check(&name, &f.password).await {
         Ok(x) => x,
         Err(e) => return PageError::from(e).into_response(),
@@ -410,6 +445,7 @@ pub async fn login(
         second_factor_due: second,
         enroll_due: c.require_totp && !second,
         pending_totp: None,
+        sso: false,
     };
     let previous = cookie(&headers, c.session_cookie());
     let id = c.sessions.start(previous, session, now);
@@ -479,7 +515,24 @@ fn password_form(user: &User, next: &str, error: String, status: StatusCode) -> 
     (status, super::pages::html(page)).into_response()
 }
 
+/// Refuses the local password and second-factor pages to a person signed
+/// in through the city's service.
+fn local_only(user: &User) -> Result<(), PageError> {
+    if user.session.sso {
+        Err(PageError::BadRequest(
+            "You signed in with the city's sign-in service; your password and second factor \
+             are managed there."
+                .into(),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 pub async fn password_page(user: User, Query(q): Query<NextQuery>) -> Response {
+    if let Err(e) = local_only(&user) {
+        return e.into_response();
+    }
     password_form(&user, &q.next, String::new(), StatusCode::OK)
 }
 
@@ -502,7 +555,7 @@ pub async fn change_password(
     user: User,
     Form(f): Form<PasswordForm>,
 ) -> Response {
-    if let Err(e) = user.check_csrf(&f.csrf) {
+    if let Err(e) = user.check_csrf(&f.csrf).and_then(|()| local_only(&user)) {
         return e.into_response();
     }
     let name = user.session.account.clone();
@@ -544,12 +597,139 @@ pub async fn change_password(
             must_change_password: false,
             second_factor_due: false,
             pending_totp: None,
+            sso: false,
         },
         Instant::now(),
     );
     let mut r = Redirect::to(safe_next(&f.next)).into_response();
     r.headers_mut()
         .append(header::SET_COOKIE, c.cookie(c.session_cookie(), &id, None));
+    r
+}
+
+/// The cookie that binds a single sign-on to the browser that started it.
+/// `Lax`, since the provider's answer arrives as a cross-site navigation.
+const OIDC_COOKIE: &str = "vitals_oidc";
+
+pub async fn oidc_start(State(c): State<AppState>, Query(q): Query<NextQuery>) -> Response {
+    let Some(oidc) = &c.oidc else {
+        return PageError::Service(ServiceError::NotFound(
+            "single sign-on is not set up".into(),
+        ))
+        .into_response();
+    };
+    match oidc.start(safe_next(&q.next)).await {
+        Ok((url, state)) => {
+            let mut r = Redirect::to(&url).into_response();
+            let mut cookie =
+                format!("{OIDC_COOKIE}={state}; Path=/oidc; HttpOnly; SameSite=Lax; Max-Age=600");
+            if c.tls {
+                cookie.push_str("; Secure");
+            }
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                r.headers_mut().append(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(e) => PageError::Oidc(e).into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct CallbackQuery {
+    code: String,
+    state: String,
+    error: String,
+    error_description: String,
+}
+
+#[derive(Template)]
+#[template(path = "signed_in.html")]
+struct SignedIn {
+    next: String,
+}
+
+pub async fn oidc_callback(
+    State(c): State<AppState>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let Some(oidc) = &c.oidc else {
+        return PageError::Service(ServiceError::NotFound(
+            "single sign-on is not set up".into(),
+        ))
+        .into_response();
+    };
+    let from: BTreeMap<String, String> = [
+        ("from".to_owned(), peer.ip().to_string()),
+        ("factor".to_owned(), "oidc".to_owned()),
+    ]
+    .into();
+    let unknown = Caller {
+        name: "(single sign-on)".into(),
+        role: Role::Viewer,
+    };
+    if !q.error.is_empty() {
+        let why = format!(
+            "the sign-in service said {}: {}",
+            q.error, q.error_description
+        );
+        c.audit(&unknown, "console.login", from, "refused", &why)
+            .await;
+        return PageError::BadRequest(why).into_response();
+    }
+    let bound = cookie(&headers, OIDC_COOKIE).unwrap_or("");
+    let (person, next) = match oidc.finish(&q.state, bound, &q.code).await {
+        Ok(x) => x,
+        Err(e) => {
+            let who = match &e {
+                super::oidc::OidcError::NoRole(m) => Caller {
+                    name: m.split(' ').next().unwrap_or("").to_owned(),
+                    role: Role::Viewer,
+                },
+                _ => unknown,
+            };
+            info!(%peer, error = %e, "single sign-on refused");
+            c.audit(&who, "console.login", from, "refused", &e.to_string())
+                .await;
+            return PageError::Oidc(e).into_response();
+        }
+    };
+    let session = Session {
+        account: person.name.clone(),
+        role: person.role,
+        sites: person.sites.clone(),
+        csrf: sessions::token(),
+        must_change_password: false,
+        second_factor_due: false,
+        enroll_due: false,
+        pending_totp: None,
+        sso: true,
+    };
+    let id = c.sessions.start(
+        cookie(&headers, c.session_cookie()),
+        session,
+        Instant::now(),
+    );
+    let caller = Caller {
+        name: person.name.clone(),
+        role: person.role,
+    };
+    info!(account = %person.name, role = %person.role, %peer, "console sign-in (single sign-on)");
+    c.audit(&caller, "console.login", from, "ok", "").await;
+    // A page that moves on by itself: the redirect from the provider is a
+    // cross-site navigation, which would not carry the new SameSite=Strict
+    // cookie; the next one, from this page, does.
+    let mut r = super::pages::html(SignedIn {
+        next: safe_next(&next).to_owned(),
+    });
+    let h = r.headers_mut();
+    h.append(header::SET_COOKIE, c.cookie(c.session_cookie(), &id, None));
+    if let Ok(v) = HeaderValue::from_str(&format!("{OIDC_COOKIE}=; Path=/oidc; Max-Age=0")) {
+        h.append(header::SET_COOKIE, v);
+    }
     r
 }
 
@@ -741,11 +921,14 @@ pub async fn enroll_page(
     user: User,
     Query(q): Query<NextQuery>,
 ) -> Response {
+    if let Err(e) = local_only(&user) {
+        return e.into_response();
+    }
     enroll_form(&c, &user, &q.next, vec![], String::new(), StatusCode::OK).await
 }
 
 pub async fn enroll(State(c): State<AppState>, user: User, Form(f): Form<CodeForm>) -> Response {
-    if let Err(e) = user.check_csrf(&f.csrf) {
+    if let Err(e) = user.check_csrf(&f.csrf).and_then(|()| local_only(&user)) {
         return e.into_response();
     }
     let name = user.session.account.clone();

@@ -20,6 +20,7 @@ pub mod accounts;
 mod auth;
 mod charts;
 mod live;
+pub mod oidc;
 mod pages;
 pub mod sessions;
 pub mod totp;
@@ -64,6 +65,8 @@ pub struct Console {
     require_totp: bool,
     /// The last TOTP step each account used.
     replays: totp::Replays,
+    /// Single sign-on, when configured.
+    oidc: Option<Arc<oidc::Oidc>>,
 }
 
 type AppState = Arc<Console>;
@@ -73,6 +76,7 @@ impl Console {
         service: SpecialistService,
         accounts: Accounts,
         config: &ConsoleConfig,
+        oidc: Option<Arc<oidc::Oidc>>,
         stop: vitals_proto::shutdown::Shutdown,
     ) -> Self {
         Console {
@@ -85,6 +89,7 @@ impl Console {
             stop,
             require_totp: config.require_totp,
             replays: totp::Replays::default(),
+            oidc,
         }
     }
 
@@ -112,6 +117,8 @@ impl Console {
             .route("/login", get(auth::login_page).post(auth::login))
             .route("/logout", post(auth::logout))
             .route("/login/totp", get(auth::totp_page).post(auth::totp_login))
+            .route("/oidc/start", get(auth::oidc_start))
+            .route("/oidc/callback", get(auth::oidc_callback))
             .route("/account/totp", get(auth::enroll_page).post(auth::enroll))
             .route(
                 "/account/password",

@@ -47,6 +47,9 @@ pub struct Session {
     pub enroll_due: bool,
     /// A TOTP secret being enrolled, until its first code confirms it.
     pub pending_totp: Option<String>,
+    /// Signed in through the city's sign-in service: no local password or
+    /// second factor here.
+    pub sso: bool,
 }
 
 struct Entry {
@@ -227,6 +230,7 @@ mod tests {
             second_factor_due: false,
             enroll_due: false,
             pending_totp: None,
+            sso: false,
         }
     }
 

@@ -46,6 +46,7 @@ async fn specialists_work_the_queue_in_a_real_browser() {
         login_attempts: LOGIN_ATTEMPTS,
         login_lockout: Duration::from_secs(900),
         require_totp: false,
+        oidc: None,
     });
 
     // The accounts, made the way `vitals-collector users add` makes them:
@@ -198,6 +199,7 @@ async fn the_console_speaks_tls_with_its_own_certificate() {
         login_attempts: 5,
         login_lockout: Duration::from_secs(900),
         require_totp: false,
+        oidc: None,
     });
     let collector = RunningCollector::start(config).await;
     let console = collector.console_addr.expect("console");
@@ -241,4 +243,117 @@ async fn the_console_speaks_tls_with_its_own_certificate() {
         .await;
     assert!(plain.is_err(), "plain HTTP on the TLS port: {plain:?}");
     collector.stop().await;
+}
+
+/// A free loopback port, for an address that must be known before the
+/// server that will use it starts (the provider needs the console's
+/// callback URL, the console the provider's).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Single sign-on against a real OpenID Connect provider (npm
+/// `oidc-provider`, started here): a specialist and an admin mapped from
+/// the directory's groups, a person with no Vitals group refused with the
+/// reason, a forged answer refused, local sign-in kept to the break-glass
+/// account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_sign_on_against_a_real_openid_provider() {
+    const TEST: &str = "single_sign_on_against_a_real_openid_provider";
+    let kit = match BrowserKit::find() {
+        Ok(k) => k,
+        Err(why) => return skip(TEST, &why),
+    };
+    let fleet = Fleet::new("console-sso");
+    let (console_port, idp_port) = (free_port(), free_port());
+    let callback = format!("http://127.0.0.1:{console_port}/oidc/callback");
+    let secret = "a client secret of the city's provider";
+    let secret_file = fleet.dir.join("oidc-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).expect("secret file");
+    let mut idp = tokio::process::Command::new(&kit.node)
+        .arg(kit.dir.join("oidc-provider.mjs"))
+        .args([&idp_port.to_string(), &callback, secret])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs the provider");
+    let mut idp_out = BufReader::new(idp.stdout.take().expect("stdout")).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(l) = idp_out.next_line().await.expect("read") {
+            if l == "READY" {
+                return;
+            }
+        }
+        panic!("the provider exited before it was ready");
+    })
+    .await
+    .expect("the provider starts within 20 s");
+
+    let mut config = fleet.collector_config();
+    config.console = Some(ConsoleConfig {
+        listen: format!("127.0.0.1:{console_port}").parse().expect("addr"),
+        cert: None,
+        key: None,
+        idle_timeout: Duration::from_secs(600),
+        login_attempts: 5,
+        login_lockout: Duration::from_secs(900),
+        require_totp: false,
+        oidc: Some(vitals_collector::config::OidcConfig {
+            issuer: format!("http://127.0.0.1:{idp_port}"),
+            client_id: "vitals-console".into(),
+            client_secret_file: Some(secret_file),
+            redirect_url: callback,
+            label: "City account".into(),
+            scopes: vec!["openid".into(), "profile".into()],
+            name_claim: "preferred_username".into(),
+            role_claim: "vitals_role".into(),
+            roles: vitals_collector::console::oidc::role_map(&[
+                ("helpdesk", Role::Specialist),
+                ("it-admins", Role::Admin),
+            ]),
+            site_claim: Some("vitals_sites".into()),
+            break_glass: vec!["admin".into()],
+            ca: None,
+        }),
+    });
+    let mut passwords = BTreeMap::new();
+    {
+        let store = vitals_collector::store::open(&config.storage_url(), 10, Duration::ZERO)
+            .await
+            .expect("store");
+        let accounts = Accounts::new(store);
+        for (name, role) in [("admin", Role::Admin), ("sam", Role::Specialist)] {
+            accounts.add(name, role, vec![]).await.expect("add");
+            let chosen = format!("{name} chose a good password");
+            accounts.set_password(name, &chosen).await.expect("set");
+            passwords.insert(name, chosen);
+        }
+    }
+    let collector = RunningCollector::start(config).await;
+    let shots =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
+    let out = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::process::Command::new(&kit.node)
+            .arg(kit.dir.join("sso.mjs"))
+            .env("CONSOLE_URL", format!("http://127.0.0.1:{console_port}"))
+            .env("CHROMIUM", &kit.chromium)
+            .env("SCREENSHOTS", &shots)
+            .env("ADMIN_PASSWORD", &passwords["admin"])
+            .env("SAM_PASSWORD", &passwords["sam"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the scenarios finish within 3 minutes")
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "single sign-on scenarios failed");
+    assert!(stdout.contains("RESULT "), "{stdout}");
+    collector.stop().await;
+    let _ = idp.kill().await;
 }
