@@ -329,6 +329,8 @@ fn quickstart_shows_this_machine_and_stops_cleanly() {
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--console-listen",
+            "127.0.0.1:0",
             "--no-gateway-probe",
             "--data-dir",
         ])
@@ -343,16 +345,54 @@ fn quickstart_shows_this_machine_and_stops_cleanly() {
         let mut child = c.spawn().expect("start quickstart");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = std::io::BufReader::new(stdout).lines();
-        let banner = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find(|l| l.contains("collector  https://"))
-            .expect("banner names the collector");
+        let mut banner = String::new();
+        for l in lines.by_ref().map_while(Result::ok) {
+            banner.push_str(&l);
+            banner.push('\n');
+            if l.contains("collector  https://") {
+                break;
+            }
+        }
         (child, banner)
+    };
+    // The console's address and the first admin's one-time password.
+    let console_of = |banner: &str| {
+        let line = banner
+            .lines()
+            .find(|l| l.contains("console    http://"))
+            .unwrap_or_else(|| panic!("banner names the console: {banner}"));
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .expect("console address")
+            .to_owned();
+        let password = line
+            .split("one-time password ")
+            .nth(1)
+            .map(|p| p.trim().to_owned());
+        (addr, password)
+    };
+    let login_page = |addr: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).expect("console port");
+        s.write_all(b"GET /login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
     };
 
     let (mut qs, banner) = start();
     assert!(banner.contains("https://127.0.0.1:"), "{banner}");
+    let (console, first_password) = console_of(&banner);
+    let first_password = first_password.expect("a one-time password for admin");
+    assert_eq!(first_password.len(), 23, "{first_password}");
+    let page = login_page(&console);
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("Sign in to Vitals"),
+        "{page}"
+    );
     let profile = data.join("vitalsctl.toml");
     let list = || {
         let out = vitalsctl()
@@ -390,8 +430,14 @@ fn quickstart_shows_this_machine_and_stops_cleanly() {
         "a log file must not carry colour codes:\n{log}"
     );
 
-    // A second start re-uses the PKI and the database.
-    let (mut qs, _) = start();
+    // A second start re-uses the PKI and the database; the admin never
+    // signed in, so a new one-time password replaces the first.
+    let (mut qs, banner) = start();
+    let (_, again) = console_of(&banner);
+    assert!(
+        again.as_ref().is_some_and(|p| *p != first_password),
+        "{banner}"
+    );
     let l = eventually(60, "this machine online again", || {
         let l = list()?;
         (l.len() == 1 && l[0]["online"] == true).then_some(l)
