@@ -323,14 +323,15 @@ impl Collector {
             stop.clone(),
         ));
         let relay = Arc::new(relay::Relay::new(sessions));
+        let service =
+            SpecialistService::new(store.clone(), desk, kb, relay.clone(), policy.clone());
         let gateway = AgentGatewayApi::new(
             ingest.clone(),
             config.agents.clone(),
             policy,
             stop.clone(),
-            relay.clone(),
+            relay,
         );
-        let service = SpecialistService::new(store.clone(), desk, kb, relay);
         if let (Some(listener), Some(c)) = (listeners.console, &config.console) {
             let console = Arc::new(console::Console::new(
                 service.clone(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use vitals_proto::domain::{EndpointDetail, EndpointSummary, FaultRecord, HistoryEntry};
 use vitals_proto::identity::Role;
+use vitals_proto::ticket_rules::Membership;
 
 use tokio::sync::broadcast;
 use vitals_proto::domain::Severity;
@@ -55,11 +56,26 @@ fn page_size(limit: u32) -> u32 {
     }
 }
 
-/// The specialist making a request, as their certificate says.
+/// The specialist making a request, as their certificate or console
+/// account says.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// The sites whose endpoints they may see; empty: all (certificates
+    /// are not scoped).
+    pub sites: Vec<String>,
+}
+
+impl Caller {
+    /// A caller who sees every site.
+    pub fn everywhere(name: impl Into<String>, role: Role) -> Self {
+        Caller {
+            name: name.into(),
+            role,
+            sites: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +88,9 @@ pub enum ServiceError {
     },
     #[error("{0}")]
     NotFound(String),
+    /// The endpoint is outside the caller's sites.
+    #[error("{0}")]
+    OutOfScope(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error(transparent)]
@@ -104,6 +123,9 @@ pub struct SpecialistService {
     desk: TicketDesk,
     kb: KnowledgeBase,
     relay: Arc<Relay>,
+    /// The running policy: its `[[tickets.site]]` and `[[tickets.tag]]`
+    /// place endpoints, for site scoping and the fleet's filters.
+    policy: tokio::sync::watch::Receiver<Arc<vitals_proto::policy::Policy>>,
 }
 
 /// A specialist's diagnostic request.
@@ -139,13 +161,68 @@ impl SpecialistService {
         desk: TicketDesk,
         kb: KnowledgeBase,
         relay: Arc<Relay>,
+        policy: tokio::sync::watch::Receiver<Arc<vitals_proto::policy::Policy>>,
     ) -> Self {
         SpecialistService {
             store,
             desk,
             kb,
             relay,
+            policy,
         }
+    }
+
+    /// The sites and tags an endpoint is in, by the running policy.
+    pub fn membership(&self, e: &EndpointSummary) -> Membership {
+        let addresses: Vec<std::net::IpAddr> =
+            e.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        self.policy
+            .borrow()
+            .tickets
+            .membership(&e.endpoint_id, &addresses)
+    }
+
+    /// Whether `caller` may see an endpoint in these sites.
+    fn sees(caller: &Caller, m: &Membership) -> bool {
+        caller.sites.is_empty() || m.sites.iter().any(|s| caller.sites.contains(s))
+    }
+
+    /// The endpoints `caller` may see, each with its sites and tags.
+    pub async fn fleet(
+        &self,
+        caller: &Caller,
+        online_only: bool,
+    ) -> Result<Vec<(EndpointSummary, Membership)>, ServiceError> {
+        Self::authorize(caller, Role::Viewer)?;
+        Ok(self
+            .store
+            .list_endpoints(online_only)
+            .await?
+            .into_iter()
+            .map(|e| {
+                let m = self.membership(&e);
+                (e, m)
+            })
+            .filter(|(_, m)| Self::sees(caller, m))
+            .collect())
+    }
+
+    /// The IDs of the endpoints a site-scoped caller may see; `None` for a
+    /// caller who sees all.
+    async fn scope(
+        &self,
+        caller: &Caller,
+    ) -> Result<Option<std::collections::HashSet<String>>, ServiceError> {
+        if caller.sites.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.fleet(caller, false)
+                .await?
+                .into_iter()
+                .map(|(e, _)| e.endpoint_id)
+                .collect(),
+        ))
     }
 
     /// The one role check: whether `caller` may do what needs `needs`.
@@ -166,8 +243,12 @@ impl SpecialistService {
         caller: &Caller,
         online_only: bool,
     ) -> Result<Vec<EndpointSummary>, ServiceError> {
-        Self::authorize(caller, Role::Viewer)?;
-        Ok(self.store.list_endpoints(online_only).await?)
+        Ok(self
+            .fleet(caller, online_only)
+            .await?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
     }
 
     pub async fn endpoint(
@@ -181,10 +262,18 @@ impl SpecialistService {
                 "endpoint_id is required".into(),
             ));
         }
-        self.store
+        let d = self
+            .store
             .endpoint(id)
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("no endpoint \"{id}\"")))
+            .ok_or_else(|| ServiceError::NotFound(format!("no endpoint \"{id}\"")))?;
+        if !Self::sees(caller, &self.membership(&d.summary)) {
+            return Err(ServiceError::OutOfScope(format!(
+                "{id} is not in your sites ({})",
+                caller.sites.join(", ")
+            )));
+        }
+        Ok(d)
     }
 
     pub async fn history(
@@ -214,8 +303,16 @@ impl SpecialistService {
         mut filter: TicketFilter,
     ) -> Result<Vec<Ticket>, ServiceError> {
         Self::authorize(caller, Role::Viewer)?;
-        filter.limit = page_size(filter.limit);
-        Ok(self.store.tickets(filter).await?)
+        let limit = page_size(filter.limit);
+        let Some(seen) = self.scope(caller).await? else {
+            filter.limit = limit;
+            return Ok(self.store.tickets(filter).await?);
+        };
+        filter.limit = u32::MAX;
+        let mut all = self.store.tickets(filter).await?;
+        all.retain(|t| seen.contains(&t.endpoint));
+        all.truncate(limit as usize);
+        Ok(all)
     }
 
     pub async fn ticket(&self, caller: &Caller, id: u64) -> Result<TicketDetail, ServiceError> {
@@ -225,6 +322,10 @@ impl SpecialistService {
             .ticket(id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no ticket {id}")))?;
+        if !caller.sites.is_empty() {
+            // Its endpoint's scope is the ticket's.
+            self.endpoint(caller, &d.ticket.endpoint).await?;
+        }
         d.knowledge = self.kb.article(&d.ticket.check_id);
         Ok(d)
     }
@@ -237,6 +338,8 @@ impl SpecialistService {
         action: Action,
     ) -> Result<TicketDetail, ServiceError> {
         Self::authorize(caller, Role::Specialist)?;
+        // Exists, and is within the caller's sites.
+        self.ticket(caller, id).await?;
         match &action {
             Action::Assign(who) if who.trim().is_empty() => {
                 return Err(ServiceError::InvalidArgument("assign to whom?".into()));
@@ -310,7 +413,26 @@ impl SpecialistService {
         caller: &Caller,
     ) -> Result<crate::store::OpenCounts, ServiceError> {
         Self::authorize(caller, Role::Viewer)?;
-        Ok(self.store.open_ticket_counts().await?)
+        if caller.sites.is_empty() {
+            return Ok(self.store.open_ticket_counts().await?);
+        }
+        let mut counts = crate::store::OpenCounts::default();
+        let seen = self.scope(caller).await?.unwrap_or_default();
+        let open = TicketFilter {
+            open_only: true,
+            limit: u32::MAX,
+            ..Default::default()
+        };
+        for t in self.store.tickets(open).await? {
+            if seen.contains(&t.endpoint) {
+                *counts
+                    .by_priority
+                    .entry(t.priority.as_str().to_owned())
+                    .or_default() += 1;
+                *counts.by_endpoint.entry(t.endpoint).or_default() += 1;
+            }
+        }
+        Ok(counts)
     }
 
     /// A ticket opened by hand against a known endpoint.
@@ -523,6 +645,21 @@ impl SpecialistService {
         filter: AuditFilter,
     ) -> Result<Vec<AuditEntry>, ServiceError> {
         Self::authorize(caller, Role::Viewer)?;
-        Ok(self.store.audit(filter).await?)
+        let Some(seen) = self.scope(caller).await? else {
+            return Ok(self.store.audit(filter).await?);
+        };
+        // A site-scoped caller reads what was done to its endpoints, and
+        // its own sign-ins and changes.
+        let limit = page_size(filter.limit) as usize;
+        let mut all = self
+            .store
+            .audit(AuditFilter {
+                limit: u32::MAX,
+                ..filter
+            })
+            .await?;
+        all.retain(|e| seen.contains(&e.endpoint_id) || e.who == caller.name);
+        all.truncate(limit);
+        Ok(all)
     }
 }

@@ -409,6 +409,21 @@ pub struct WifiInfo {
 }
 
 impl Snapshot {
+    /// The endpoint's own networks from its interfaces (`10.1.2.3/24`; a
+    /// bare address as a host network), loopback left out.
+    pub fn networks(&self) -> Vec<ipnet::IpNet> {
+        self.interfaces
+            .iter()
+            .flat_map(|i| &i.addresses)
+            .filter_map(|a| {
+                a.parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| a.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+            })
+            .filter(|n| !n.addr().is_loopback())
+            .collect()
+    }
+
     /// The use of the fullest disk, 0 to 100 (0 with no disks).
     pub fn fullest_disk_percent(&self) -> f32 {
         self.disks
@@ -497,6 +512,9 @@ pub struct EndpointSummary {
     pub fullest_disk_percent: f32,
     /// 0 until the first snapshot arrives.
     pub latest_snapshot_ms: i64,
+    /// IP addresses from the latest snapshot, loopback left out.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// One endpoint in full.

@@ -481,6 +481,7 @@ pub fn expired_window() -> (time::OffsetDateTime, time::OffsetDateTime) {
 /// Role shorthand for tests.
 pub use vitals_proto::identity::Role as SpecialistRole;
 pub mod components;
+pub mod console_client;
 pub mod links;
 pub mod loadgen;
 pub mod port;

@@ -114,6 +114,7 @@ impl User {
         Caller {
             name: self.session.account.clone(),
             role: self.session.role,
+            sites: self.session.sites.clone(),
         }
     }
 
@@ -250,6 +251,9 @@ impl IntoResponse for PageError {
                     (StatusCode::FORBIDDEN, "Not allowed", e.to_string())
                 }
                 ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "Not found", e.to_string()),
+                ServiceError::OutOfScope(_) => {
+                    (StatusCode::FORBIDDEN, "Not in your sites", e.to_string())
+                }
                 ServiceError::InvalidArgument(_) => {
                     (StatusCode::BAD_REQUEST, "Cannot do that", e.to_string())
                 }
@@ -391,10 +395,7 @@ pub async fn login(
     }
     let name = f.name.trim().to_owned();
     let now = Instant::now();
-    let who = Caller {
-        name: name.clone(),
-        role: Role::Viewer,
-    };
+    let who = Caller::everywhere(name.clone(), Role::Viewer);
     let from: BTreeMap<String, String> = [("from".to_owned(), peer.ip().to_string())].into();
     if let Some(why) = c.paused(&who, &name, peer).await {
         return login_form(&c, &f.next, &name, why, StatusCode::TOO_MANY_REQUESTS);
@@ -452,6 +453,7 @@ pub async fn login(
     let caller = Caller {
         name: account.name.clone(),
         role: account.role,
+        sites: account.sites.clone(),
     };
     let next = percent(safe_next(&f.next));
     let to = if second {
@@ -667,10 +669,7 @@ pub async fn oidc_callback(
         ("factor".to_owned(), "oidc".to_owned()),
     ]
     .into();
-    let unknown = Caller {
-        name: "(single sign-on)".into(),
-        role: Role::Viewer,
-    };
+    let unknown = Caller::everywhere("(single sign-on)", Role::Viewer);
     if !q.error.is_empty() {
         let why = format!(
             "the sign-in service said {}: {}",
@@ -685,10 +684,9 @@ pub async fn oidc_callback(
         Ok(x) => x,
         Err(e) => {
             let who = match &e {
-                super::oidc::OidcError::NoRole(m) => Caller {
-                    name: m.split(' ').next().unwrap_or("").to_owned(),
-                    role: Role::Viewer,
-                },
+                super::oidc::OidcError::NoRole(m) => {
+                    Caller::everywhere(m.split(' ').next().unwrap_or(""), Role::Viewer)
+                }
                 _ => unknown,
             };
             info!(%peer, error = %e, "single sign-on refused");
@@ -716,6 +714,7 @@ pub async fn oidc_callback(
     let caller = Caller {
         name: person.name.clone(),
         role: person.role,
+        sites: person.sites.clone(),
     };
     info!(account = %person.name, role = %person.role, %peer, "console sign-in (single sign-on)");
     c.audit(&caller, "console.login", from, "ok", "").await;

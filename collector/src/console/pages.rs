@@ -68,6 +68,8 @@ pub struct QueueQuery {
     pub status: String,
     pub endpoint: String,
     pub incident: String,
+    /// Tickets of endpoints in this site.
+    pub site: String,
 }
 
 impl QueueQuery {
@@ -112,6 +114,7 @@ impl QueueQuery {
             ("status", &self.status),
             ("endpoint", &self.endpoint),
             ("incident", &self.incident),
+            ("site", &self.site),
         ];
         pairs
             .iter()
@@ -153,7 +156,25 @@ struct QueuePage {
 
 async fn queue_rows_of(c: &AppState, user: &User, q: &QueueQuery) -> Result<QueueRows, PageError> {
     let caller = user.caller();
-    let mut tickets: Vec<Ticket> = c.service.tickets(&caller, q.filter(&caller.name)?).await?;
+    let mut filter = q.filter(&caller.name)?;
+    let site = q.site.trim();
+    if !site.is_empty() {
+        // The site's tickets are found among the most urgent thousand.
+        filter.limit = 1000;
+    }
+    let mut tickets: Vec<Ticket> = c.service.tickets(&caller, filter).await?;
+    if !site.is_empty() {
+        let here: std::collections::HashSet<String> = c
+            .service
+            .fleet(&caller, false)
+            .await?
+            .into_iter()
+            .filter(|(_, m)| m.sites.iter().any(|s| s == site))
+            .map(|(e, _)| e.endpoint_id)
+            .collect();
+        tickets.retain(|t| here.contains(&t.endpoint));
+        tickets.truncate(QUEUE_ROWS as usize);
+    }
     // Within a priority, the ticket closest to missing its SLA first.
     tickets.sort_by_key(|t| (t.priority, t.resolve_due_ms, t.id));
     let counts = c.service.open_ticket_counts(&caller).await?;
@@ -348,6 +369,10 @@ pub struct FleetQuery {
     pub state: String,
     /// Endpoints with an open ticket of this check.
     pub check: String,
+    /// In this site, with this tag (the policy's `[[tickets.site]]` and
+    /// `[[tickets.tag]]`).
+    pub site: String,
+    pub tag: String,
     /// id, host, state, cpu, memory, disk, seen, tickets; "-" in front: descending.
     pub sort: String,
     pub page: usize,
@@ -378,7 +403,7 @@ struct FleetPage {
 
 pub async fn fleet(State(c): State<AppState>, user: User, Query(q): Query<FleetQuery>) -> Page {
     let caller = user.caller();
-    let mut list = c.service.list_endpoints(&caller, false).await?;
+    let mut list = c.service.fleet(&caller, false).await?;
     let counts = c.service.open_ticket_counts(&caller).await?;
     let open = |id: &str| counts.by_endpoint.get(id).copied().unwrap_or(0);
     let needle = q.q.trim().to_lowercase();
@@ -401,8 +426,9 @@ pub async fn fleet(State(c): State<AppState>, user: User, Query(q): Query<FleetQ
         ),
         None => None,
     };
-    let online = list.iter().filter(|e| e.online).count();
-    list.retain(|e| {
+    let online = list.iter().filter(|(e, _)| e.online).count();
+    let (site, tag) = (q.site.trim(), q.tag.trim());
+    list.retain(|(e, m)| {
         (needle.is_empty()
             || e.endpoint_id.to_lowercase().contains(&needle)
             || e.hostname.to_lowercase().contains(&needle))
@@ -411,6 +437,8 @@ pub async fn fleet(State(c): State<AppState>, user: User, Query(q): Query<FleetQ
                 "offline" => !e.online,
                 _ => true,
             }
+            && (site.is_empty() || m.sites.iter().any(|s| s == site))
+            && (tag.is_empty() || m.tags.iter().any(|t| t == tag))
             && with_check
                 .as_ref()
                 .is_none_or(|s| s.contains(&e.endpoint_id))
@@ -422,14 +450,15 @@ pub async fn fleet(State(c): State<AppState>, user: User, Query(q): Query<FleetQ
     let key = if key.is_empty() { "id" } else { key };
     let f = |v: f32| (v * 100.0) as i64;
     match key {
-        "host" => list.sort_by(|a, b| a.hostname.cmp(&b.hostname)),
-        "state" => list.sort_by_key(|e| !e.online),
-        "cpu" => list.sort_by_key(|e| f(e.cpu_usage_percent)),
-        "memory" => list.sort_by_key(|e| f(e.memory_used_percent)),
-        "disk" => list.sort_by_key(|e| f(e.fullest_disk_percent)),
-        "seen" => list.sort_by_key(|e| e.last_seen_ms),
-        "tickets" => list.sort_by_key(|e| open(&e.endpoint_id)),
-        _ => list.sort_by(|a, b| a.endpoint_id.cmp(&b.endpoint_id)),
+        "host" => list.sort_by(|a, b| a.0.hostname.cmp(&b.0.hostname)),
+        "state" => list.sort_by_key(|(e, _)| !e.online),
+        "site" => list.sort_by(|a, b| a.1.sites.cmp(&b.1.sites)),
+        "cpu" => list.sort_by_key(|(e, _)| f(e.cpu_usage_percent)),
+        "memory" => list.sort_by_key(|(e, _)| f(e.memory_used_percent)),
+        "disk" => list.sort_by_key(|(e, _)| f(e.fullest_disk_percent)),
+        "seen" => list.sort_by_key(|(e, _)| e.last_seen_ms),
+        "tickets" => list.sort_by_key(|(e, _)| open(&e.endpoint_id)),
+        _ => list.sort_by(|a, b| a.0.endpoint_id.cmp(&b.0.endpoint_id)),
     }
     if desc {
         list.reverse();
@@ -443,7 +472,7 @@ pub async fn fleet(State(c): State<AppState>, user: User, Query(q): Query<FleetQ
         .iter()
         .skip(start)
         .take(FLEET_ROWS)
-        .map(|e| FleetRow::new(e, open(&e.endpoint_id) as usize, now))
+        .map(|(e, m)| FleetRow::new(e, m, open(&e.endpoint_id) as usize, now))
         .collect();
     let link = |sort: &str, page: usize| {
         let mut parts = vec![];
@@ -468,6 +497,7 @@ pub async fn fleet(State(c): State<AppState>, user: User, Query(q): Query<FleetQ
         ("id", "Endpoint"),
         ("host", "Host"),
         ("state", "State"),
+        ("site", "Sites"),
         ("cpu", "CPU"),
         ("memory", "Memory"),
         ("disk", "Fullest disk"),

@@ -4,6 +4,7 @@
 use vitals_proto::domain::EndpointSummary;
 use vitals_proto::identity::Role;
 use vitals_proto::report::ago;
+use vitals_proto::ticket_rules::Membership;
 use vitals_proto::tickets::Ticket;
 
 use super::sessions::Session;
@@ -138,10 +139,12 @@ pub struct FleetRow {
     pub disk: String,
     pub seen: String,
     pub tickets: usize,
+    pub sites: Vec<String>,
+    pub tags: Vec<String>,
 }
 
 impl FleetRow {
-    pub fn new(e: &EndpointSummary, tickets: usize, now_ms: i64) -> Self {
+    pub fn new(e: &EndpointSummary, m: &Membership, tickets: usize, now_ms: i64) -> Self {
         let pct = |v: f32, seen: bool| {
             if seen { format!("{v:.0}%") } else { "-".into() }
         };
@@ -156,6 +159,8 @@ impl FleetRow {
             disk: pct(e.fullest_disk_percent, seen),
             seen: ago(e.last_seen_ms, now_ms),
             tickets,
+            sites: m.sites.clone(),
+            tags: m.tags.clone(),
         }
     }
 }

@@ -28,10 +28,7 @@ impl SpecialistApi {
 /// is refused whatever it asks.
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     match super::identity(request)? {
-        Identity::Specialist { name, role } => Ok(Caller {
-            name: name.clone(),
-            role: *role,
-        }),
+        Identity::Specialist { name, role } => Ok(Caller::everywhere(name.clone(), *role)),
         Identity::Endpoint(id) => Err(Status::permission_denied(format!(
             "endpoint {id} holds an agent certificate; the Specialist API needs a specialist certificate"
         ))),
@@ -50,6 +47,7 @@ fn given(s: &str) -> Option<String> {
 fn status(e: ServiceError) -> Status {
     match e {
         ServiceError::Forbidden { .. } => Status::permission_denied(e.to_string()),
+        ServiceError::OutOfScope(m) => Status::permission_denied(m),
         ServiceError::NotFound(m) => Status::not_found(m),
         ServiceError::InvalidArgument(m) => Status::invalid_argument(m),
         ServiceError::Unavailable(m) => Status::unavailable(m),

@@ -157,17 +157,7 @@ fn checks(p: &Policy) -> HashMap<String, CheckInfo> {
 /// What a snapshot says about where the endpoint sits, for storm
 /// grouping and sites by subnet.
 pub fn facts_of(s: &Snapshot) -> Facts {
-    let addresses = s
-        .interfaces
-        .iter()
-        .flat_map(|i| &i.addresses)
-        .filter_map(|a| {
-            a.parse::<ipnet::IpNet>()
-                .ok()
-                .or_else(|| a.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
-        })
-        .filter(|n| !n.addr().is_loopback())
-        .collect();
+    let addresses = s.networks();
     let print_servers = s
         .printers
         .iter()

@@ -201,6 +201,7 @@ mirror!(EndpointSummary {
     memory_used_percent,
     fullest_disk_percent,
     latest_snapshot_ms,
+    addresses,
 });
 
 impl From<d::EndpointDetail> for w::EndpointDetail {

@@ -28,6 +28,7 @@ use vitals_proto::domain::{
     CpuInfo, DiskInfo, FaultEvent, FaultState, Gateway, HostInfo, MemoryInfo, Severity, Snapshot,
 };
 use vitals_proto::identity::{EndpointId, Role};
+use vitals_tests::console_client::{ConsoleClient as Browser, field};
 use vitals_tests::loadgen::procstat::Sampler;
 
 #[derive(Parser)]
@@ -259,87 +260,6 @@ fn spawn_collector(args: &Args, data: &Path) -> anyhow::Result<Collector> {
     ))
 }
 
-/// A signed-in console session over plain HTTP/1.1.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    cookie: String,
-}
-
-fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get_all(reqwest::header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned)
-}
-
-fn field<'a>(html: &'a str, name: &str) -> Option<&'a str> {
-    let at = html.find(&format!("name=\"{name}\" value=\""))?;
-    let rest = &html[at + name.len() + 15..];
-    rest.split('"').next()
-}
-
-impl Browser {
-    async fn sign_in(base: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        let page = http.get(format!("{base}/login")).send().await?;
-        let login =
-            set_cookie(&page, "vitals_login").ok_or_else(|| anyhow::anyhow!("no login cookie"))?;
-        let html = page.text().await?;
-        let token = field(&html, "token").ok_or_else(|| anyhow::anyhow!("no token"))?;
-        let r = http
-            .post(format!("{base}/login"))
-            .header(reqwest::header::COOKIE, &login)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(format!(
-                "name={ACCOUNT}&password={}&token={token}&next=/",
-                PASSWORD.replace(' ', "+")
-            ))
-            .send()
-            .await?;
-        let cookie = set_cookie(&r, "vitals_session")
-            .ok_or_else(|| anyhow::anyhow!("sign-in refused: {}", r.status()))?;
-        Ok(Browser {
-            http,
-            base: base.to_owned(),
-            cookie,
-        })
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<(Duration, usize, String)> {
-        self.fetch(path, false).await
-    }
-
-    /// With `gzip`, asks for a compressed answer as browsers do; the size
-    /// is then what travels.
-    async fn fetch(&self, path: &str, gzip: bool) -> anyhow::Result<(Duration, usize, String)> {
-        let t = Instant::now();
-        let mut req = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header(reqwest::header::COOKIE, &self.cookie);
-        if gzip {
-            req = req.header(reqwest::header::ACCEPT_ENCODING, "gzip");
-        }
-        let r = req.send().await?;
-        anyhow::ensure!(r.status().is_success(), "{path}: {}", r.status());
-        let body = r.bytes().await?;
-        Ok((
-            t.elapsed(),
-            body.len(),
-            String::from_utf8_lossy(&body).into_owned(),
-        ))
-    }
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
@@ -348,16 +268,13 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    // reqwest is built without a TLS provider of its own; the console here
-    // is plain HTTP, but the client still wants one installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let data = args.data_dir.clone();
     seed(&args, &data).await?;
     let mut collector = spawn_collector(&args, &data)?;
     let base = format!("http://{}", args.console);
     let started = Instant::now();
     let browser = loop {
-        match Browser::sign_in(&base).await {
+        match Browser::sign_in(&base, ACCOUNT, PASSWORD).await {
             Ok(b) => break b,
             Err(_) if started.elapsed() < Duration::from_secs(60) => {
                 if let Some(status) = collector.0.try_wait()? {
@@ -477,7 +394,7 @@ async fn main() -> anyhow::Result<()> {
     rest("no console session").await;
     let mut streams = Vec::new();
     for _ in 0..args.sessions {
-        let b = Browser::sign_in(&base).await?;
+        let b = Browser::sign_in(&base, ACCOUNT, PASSWORD).await?;
         let r = b
             .http
             .get(format!("{base}/events/tickets"))

@@ -357,3 +357,96 @@ async fn single_sign_on_against_a_real_openid_provider() {
     collector.stop().await;
     let _ = idp.kill().await;
 }
+
+/// A specialist scoped to a site (the policy's `[[tickets.site]]`) sees
+/// that site's desks and nothing else: not in the fleet, not by URL, and
+/// cannot run a diagnostic elsewhere; an admin sees all, and the fleet
+/// filters by site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_scoped_specialist_sees_only_that_site() {
+    use vitals_tests::console_client::{ConsoleClient, field};
+    let fleet = Fleet::new("console-sites");
+    let mut config = with_policy(
+        &fleet,
+        "[[tickets.site]]\nname = \"dispatch\"\nendpoints = [\"disp-*\"]\n",
+    );
+    config.console = Some(ConsoleConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        cert: None,
+        key: None,
+        idle_timeout: Duration::from_secs(600),
+        login_attempts: 5,
+        login_lockout: Duration::from_secs(900),
+        require_totp: false,
+        oidc: None,
+    });
+    {
+        let store = vitals_collector::store::open(&config.storage_url(), 10, Duration::ZERO)
+            .await
+            .expect("store");
+        let accounts = Accounts::new(store);
+        for (name, role, sites) in [
+            ("dee", Role::Specialist, vec!["dispatch".to_owned()]),
+            ("ana", Role::Admin, vec![]),
+        ] {
+            accounts.add(name, role, sites).await.expect("add");
+            accounts
+                .set_password(name, &format!("{name} chose a good password"))
+                .await
+                .expect("set");
+        }
+    }
+    let collector = RunningCollector::start(config).await;
+    let base = format!("http://{}", collector.console_addr.expect("console"));
+    let agents = [
+        RunningAgent::start(fleet.agent_config("disp-1", collector.addr)),
+        RunningAgent::start(fleet.agent_config("ws-2", collector.addr)),
+    ];
+    let dee = ConsoleClient::sign_in(&base, "dee", "dee chose a good password")
+        .await
+        .expect("dee signs in");
+    let ana = ConsoleClient::sign_in(&base, "ana", "ana chose a good password")
+        .await
+        .expect("ana signs in");
+    let page = eventually(WAIT, "both desks in the admin's fleet", || async {
+        let (_, _, html) = ana.get("/fleet").await.ok()?;
+        (html.contains(">disp-1<") && html.contains(">ws-2<")).then_some(html)
+    })
+    .await;
+    assert!(page.contains(">dispatch<"), "the site is shown: {page}");
+    let (_, _, only) = ana.get("/fleet?site=dispatch").await.expect("filtered");
+    assert!(only.contains(">disp-1<") && !only.contains(">ws-2<"));
+
+    let (_, _, mine) = dee.get("/fleet").await.expect("dee's fleet");
+    assert!(mine.contains(">disp-1<"), "{mine}");
+    assert!(!mine.contains("ws-2"), "another site's desk listed: {mine}");
+    let (status, body) = dee.status_of("/endpoints/ws-2").await.expect("page");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("ws-2 is not in your sites (dispatch)"),
+        "{body}"
+    );
+    assert_eq!(
+        dee.status_of("/endpoints/disp-1").await.expect("page").0,
+        200
+    );
+    let (_, _, html) = dee.get("/endpoints/disp-1").await.expect("page");
+    let csrf = field(&html, "csrf").expect("csrf").to_owned();
+    let (status, body) = dee
+        .post(
+            "/endpoints/ws-2/diagnose",
+            &[("csrf", &csrf), ("kind", "os")],
+        )
+        .await
+        .expect("post");
+    assert_eq!(status, 403, "{body}");
+    let (_, _, audit) = ana.get("/audit?who=dee").await.expect("audit");
+    assert!(
+        audit.contains("ws-2") && audit.contains("refused"),
+        "the refused run is audited: {audit}"
+    );
+    for a in agents {
+        a.stop().await;
+    }
+    collector.stop().await;
+}

@@ -30,10 +30,10 @@ impl EndpointStore for SqliteStore {
                 .query_row(&sql, [&id], |r| {
                     Ok((
                         summary_from_row(r)?,
-                        r.get::<_, i64>(12)?,
-                        r.get::<_, i64>(13)? as u64,
-                        r.get::<_, Option<String>>(14)?,
-                        r.get::<_, i64>(15)? as u64,
+                        r.get::<_, i64>(13)?,
+                        r.get::<_, i64>(14)? as u64,
+                        r.get::<_, Option<String>>(15)?,
+                        r.get::<_, i64>(16)? as u64,
                     ))
                 })
                 .optional()?;

@@ -88,7 +88,8 @@ impl IngestStore for SqliteStore {
                     "UPDATE endpoints SET last_seen_ms = MAX(last_seen_ms, ?3),
                          hostname = ?4, os = ?5, cpu_usage_percent = ?6,
                          memory_used_percent = ?7, fullest_disk_percent = ?8,
-                         latest_snapshot_ms = ?9, latest_snapshot = ?10, last_history_ms = ?11
+                         latest_snapshot_ms = ?9, latest_snapshot = ?10, last_history_ms = ?11,
+                         addresses = ?12
                      WHERE id = ?1",
                 )?;
                 let mut prune = tx.prepare_cached(
@@ -190,6 +191,13 @@ impl IngestStore for SqliteStore {
                         s.taken_at_ms,
                         json(s),
                         st.last_history_ms,
+                        serde_json::to_string(
+                            &s.networks()
+                                .iter()
+                                .map(|n| n.addr().to_string())
+                                .collect::<Vec<_>>()
+                        )
+                        .unwrap_or_else(|_| "[]".into()),
                     ])?;
                     if st.history_grew {
                         prune.execute(params![id, limit])?;

@@ -80,6 +80,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         9,
         include_str!("../../../migrations/sqlite/0009_console_totp.sql"),
     ),
+    (
+        10,
+        include_str!("../../../migrations/sqlite/0010_endpoint_addresses.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -186,7 +190,8 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 }
 
 const SUMMARY_COLUMNS: &str = "id, hostname, platform, os, online, first_seen_ms, last_seen_ms, \
-     agent_version, cpu_usage_percent, memory_used_percent, fullest_disk_percent, latest_snapshot_ms";
+     agent_version, cpu_usage_percent, memory_used_percent, fullest_disk_percent, latest_snapshot_ms, \
+     addresses";
 
 fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointSummary> {
     Ok(EndpointSummary {
@@ -202,6 +207,7 @@ fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointSummary> 
         memory_used_percent: r.get::<_, f64>(9)? as f32,
         fullest_disk_percent: r.get::<_, f64>(10)? as f32,
         latest_snapshot_ms: r.get(11)?,
+        addresses: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
     })
 }
 
