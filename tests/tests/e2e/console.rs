@@ -19,6 +19,50 @@ use vitals_tests::*;
 /// Failed sign-ins before the lockout, in this test.
 const LOGIN_ATTEMPTS: u32 = 3;
 
+/// The console on `listen` in plain HTTP (loopback), sessions of ten
+/// minutes, `attempts` failed sign-ins before the lockout.
+fn console_on(listen: &str, attempts: u32) -> ConsoleConfig {
+    ConsoleConfig {
+        listen: listen.parse().expect("addr"),
+        cert: None,
+        key: None,
+        idle_timeout: Duration::from_secs(600),
+        login_attempts: attempts,
+        login_lockout: Duration::from_secs(900),
+        require_totp: false,
+        oidc: None,
+    }
+}
+
+/// Accounts made the way `vitals-collector users add` makes them, in the
+/// database of `config`, each with a password of its own choosing
+/// (returned by name) except those listed in `one_time`, which keep the
+/// one-time password they were given.
+async fn accounts(
+    config: &vitals_collector::config::CollectorConfig,
+    list: &[(&'static str, Role, &[&str])],
+    one_time: &[&str],
+) -> BTreeMap<&'static str, String> {
+    let store = vitals_collector::store::open(&config.storage_url(), 10, Duration::ZERO)
+        .await
+        .expect("store");
+    let accounts = Accounts::new(store);
+    let mut passwords = BTreeMap::new();
+    for (name, role, sites) in list {
+        let sites = sites.iter().map(|s| (*s).to_owned()).collect();
+        let once = accounts.add(name, *role, sites).await.expect("add");
+        let password = if one_time.contains(name) {
+            once
+        } else {
+            let chosen = format!("{name} chose a good password");
+            accounts.set_password(name, &chosen).await.expect("set");
+            chosen
+        };
+        passwords.insert(*name, password);
+    }
+    passwords
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn specialists_work_the_queue_in_a_real_browser() {
     const TEST: &str = "specialists_work_the_queue_in_a_real_browser";
@@ -38,39 +82,20 @@ async fn specialists_work_the_queue_in_a_real_browser() {
          measurement = \"disk.used_percent\"\n\
          direction = \"above\"\nraise = 95.0\nclear = 90.0\nhold = \"0s\"\nseverity = \"warning\"\n",
     );
-    config.console = Some(ConsoleConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        cert: None,
-        key: None,
-        idle_timeout: Duration::from_secs(600),
-        login_attempts: LOGIN_ATTEMPTS,
-        login_lockout: Duration::from_secs(900),
-        require_totp: false,
-        oidc: None,
-    });
-
-    // The accounts, made the way `vitals-collector users add` makes them:
+    config.console = Some(console_on("127.0.0.1:0", LOGIN_ATTEMPTS));
     // ana is the first admin with a one-time password; the others have
     // chosen theirs.
-    let mut passwords = BTreeMap::new();
-    {
-        let store = vitals_collector::store::open(&config.storage_url(), 10, Duration::ZERO)
-            .await
-            .expect("store");
-        let accounts = Accounts::new(store);
-        let once = accounts.add("ana", Role::Admin, vec![]).await.expect("ana");
-        passwords.insert("ana", once);
-        for (name, role) in [
-            ("sam", Role::Specialist),
-            ("vic", Role::Viewer),
-            ("lock", Role::Specialist),
-        ] {
-            accounts.add(name, role, vec![]).await.expect("add");
-            let chosen = format!("{name} chose a good password");
-            accounts.set_password(name, &chosen).await.expect("set");
-            passwords.insert(name, chosen);
-        }
-    }
+    let passwords = accounts(
+        &config,
+        &[
+            ("ana", Role::Admin, &[]),
+            ("sam", Role::Specialist, &[]),
+            ("vic", Role::Viewer, &[]),
+            ("lock", Role::Specialist, &[]),
+        ],
+        &["ana"],
+    )
+    .await;
 
     let collector = RunningCollector::start(config).await;
     let console = collector.console_addr.expect("console listening");
@@ -192,14 +217,9 @@ async fn the_console_speaks_tls_with_its_own_certificate() {
         .expect("write");
     let mut config = fleet.collector_config();
     config.console = Some(ConsoleConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
         cert: Some(cert),
         key: Some(key),
-        idle_timeout: Duration::from_secs(600),
-        login_attempts: 5,
-        login_lockout: Duration::from_secs(900),
-        require_totp: false,
-        oidc: None,
+        ..console_on("127.0.0.1:0", 5)
     });
     let collector = RunningCollector::start(config).await;
     let console = collector.console_addr.expect("console");
@@ -294,13 +314,6 @@ async fn single_sign_on_against_a_real_openid_provider() {
 
     let mut config = fleet.collector_config();
     config.console = Some(ConsoleConfig {
-        listen: format!("127.0.0.1:{console_port}").parse().expect("addr"),
-        cert: None,
-        key: None,
-        idle_timeout: Duration::from_secs(600),
-        login_attempts: 5,
-        login_lockout: Duration::from_secs(900),
-        require_totp: false,
         oidc: Some(vitals_collector::config::OidcConfig {
             issuer: format!("http://127.0.0.1:{idp_port}"),
             client_id: "vitals-console".into(),
@@ -318,20 +331,14 @@ async fn single_sign_on_against_a_real_openid_provider() {
             break_glass: vec!["admin".into()],
             ca: None,
         }),
+        ..console_on(&format!("127.0.0.1:{console_port}"), 5)
     });
-    let mut passwords = BTreeMap::new();
-    {
-        let store = vitals_collector::store::open(&config.storage_url(), 10, Duration::ZERO)
-            .await
-            .expect("store");
-        let accounts = Accounts::new(store);
-        for (name, role) in [("admin", Role::Admin), ("sam", Role::Specialist)] {
-            accounts.add(name, role, vec![]).await.expect("add");
-            let chosen = format!("{name} chose a good password");
-            accounts.set_password(name, &chosen).await.expect("set");
-            passwords.insert(name, chosen);
-        }
-    }
+    let passwords = accounts(
+        &config,
+        &[("admin", Role::Admin, &[]), ("sam", Role::Specialist, &[])],
+        &[],
+    )
+    .await;
     let collector = RunningCollector::start(config).await;
     let shots =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
@@ -370,32 +377,16 @@ async fn a_site_scoped_specialist_sees_only_that_site() {
         &fleet,
         "[[tickets.site]]\nname = \"dispatch\"\nendpoints = [\"disp-*\"]\n",
     );
-    config.console = Some(ConsoleConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        cert: None,
-        key: None,
-        idle_timeout: Duration::from_secs(600),
-        login_attempts: 5,
-        login_lockout: Duration::from_secs(900),
-        require_totp: false,
-        oidc: None,
-    });
-    {
-        let store = vitals_collector::store::open(&config.storage_url(), 10, Duration::ZERO)
-            .await
-            .expect("store");
-        let accounts = Accounts::new(store);
-        for (name, role, sites) in [
-            ("dee", Role::Specialist, vec!["dispatch".to_owned()]),
-            ("ana", Role::Admin, vec![]),
-        ] {
-            accounts.add(name, role, sites).await.expect("add");
-            accounts
-                .set_password(name, &format!("{name} chose a good password"))
-                .await
-                .expect("set");
-        }
-    }
+    config.console = Some(console_on("127.0.0.1:0", 5));
+    accounts(
+        &config,
+        &[
+            ("dee", Role::Specialist, &["dispatch"]),
+            ("ana", Role::Admin, &[]),
+        ],
+        &[],
+    )
+    .await;
     let collector = RunningCollector::start(config).await;
     let base = format!("http://{}", collector.console_addr.expect("console"));
     let agents = [
