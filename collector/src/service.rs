@@ -44,6 +44,14 @@ fn action_audit(a: &Action) -> (&'static str, BTreeMap<String, String>) {
     )
 }
 
+/// The sites and tags `policy` puts an endpoint in, by its ID and stored
+/// addresses.
+fn membership(policy: &vitals_proto::policy::Policy, e: &EndpointSummary) -> Membership {
+    let addresses: Vec<std::net::IpAddr> =
+        e.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+    policy.tickets.membership(&e.endpoint_id, &addresses)
+}
+
 /// Default and largest number of history entries per request.
 const HISTORY_DEFAULT: u32 = 50;
 const HISTORY_MAX: u32 = 1000;
@@ -174,12 +182,7 @@ impl SpecialistService {
 
     /// The sites and tags an endpoint is in, by the running policy.
     pub fn membership(&self, e: &EndpointSummary) -> Membership {
-        let addresses: Vec<std::net::IpAddr> =
-            e.addresses.iter().filter_map(|a| a.parse().ok()).collect();
-        self.policy
-            .borrow()
-            .tickets
-            .membership(&e.endpoint_id, &addresses)
+        membership(&self.policy.borrow(), e)
     }
 
     /// Whether `caller` may see an endpoint in these sites.
@@ -194,13 +197,12 @@ impl SpecialistService {
         online_only: bool,
     ) -> Result<Vec<(EndpointSummary, Membership)>, ServiceError> {
         Self::authorize(caller, Role::Viewer)?;
-        Ok(self
-            .store
-            .list_endpoints(online_only)
-            .await?
+        let list = self.store.list_endpoints(online_only).await?;
+        let policy = self.policy.borrow().clone();
+        Ok(list
             .into_iter()
             .map(|e| {
-                let m = self.membership(&e);
+                let m = membership(&policy, &e);
                 (e, m)
             })
             .filter(|(_, m)| Self::sees(caller, m))
@@ -243,6 +245,10 @@ impl SpecialistService {
         caller: &Caller,
         online_only: bool,
     ) -> Result<Vec<EndpointSummary>, ServiceError> {
+        if caller.sites.is_empty() {
+            Self::authorize(caller, Role::Viewer)?;
+            return Ok(self.store.list_endpoints(online_only).await?);
+        }
         Ok(self
             .fleet(caller, online_only)
             .await?
@@ -339,7 +345,7 @@ impl SpecialistService {
     ) -> Result<TicketDetail, ServiceError> {
         Self::authorize(caller, Role::Specialist)?;
         // Exists, and is within the caller's sites.
-        self.ticket(caller, id).await?;
+        let before = self.ticket(caller, id).await?.ticket;
         match &action {
             Action::Assign(who) if who.trim().is_empty() => {
                 return Err(ServiceError::InvalidArgument("assign to whom?".into()));
@@ -349,14 +355,11 @@ impl SpecialistService {
                     "a comment or resolution needs text".into(),
                 ));
             }
-            Action::Reopen(_) => {
-                let t = self.ticket(caller, id).await?.ticket;
-                if t.status.is_open() {
-                    return Err(ServiceError::InvalidArgument(format!(
-                        "ticket {id} is {}; only a resolved or closed ticket can be reopened",
-                        t.status.as_str()
-                    )));
-                }
+            Action::Reopen(_) if before.status.is_open() => {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "ticket {id} is {}; only a resolved or closed ticket can be reopened",
+                    before.status.as_str()
+                )));
             }
             _ => {}
         }
@@ -366,12 +369,16 @@ impl SpecialistService {
             Ok(()) => ("ok", String::new()),
             Err(e) => ("failed", e.to_string()),
         };
-        let endpoint = match self.store.ticket(id).await {
-            Ok(Some(d)) => d.ticket.endpoint,
-            _ => String::new(),
-        };
-        self.record(caller, kind, &endpoint, params, Some(id), outcome, &detail)
-            .await;
+        self.record(
+            caller,
+            kind,
+            &before.endpoint,
+            params,
+            Some(id),
+            outcome,
+            &detail,
+        )
+        .await;
         done?;
         self.ticket(caller, id).await
     }

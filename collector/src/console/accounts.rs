@@ -120,6 +120,12 @@ async fn hashing<T: Send + 'static>(
     rx.await.map_err(|e| AccountError::Hash(e.to_string()))
 }
 
+/// [`hash`] on the password threads.
+async fn hash_off(password: &str) -> Result<String, AccountError> {
+    let p = password.to_owned();
+    hashing(move || hash(&p)).await?
+}
+
 /// An argon2id hash of `password` with a fresh random salt.
 pub fn hash(password: &str) -> Result<String, AccountError> {
     let salt = SaltString::generate(&mut OsRng);
@@ -185,10 +191,7 @@ impl Accounts {
             return Err(AccountError::BadName(name.to_owned()));
         }
         let password = one_time_password();
-        let hashed = {
-            let p = password.clone();
-            hashing(move || hash(&p)).await??
-        };
+        let hashed = hash_off(&password).await?;
         let now = vitals_proto::now_ms();
         let created = self
             .store
@@ -269,10 +272,7 @@ impl Accounts {
     /// A new one-time password for an account, which is returned.
     pub async fn reset_password(&self, name: &str) -> Result<String, AccountError> {
         let password = one_time_password();
-        let hashed = {
-            let p = password.clone();
-            hashing(move || hash(&p)).await??
-        };
+        let hashed = hash_off(&password).await?;
         self.change(name, |a| {
             a.password_hash = hashed;
             a.must_change_password = true;
@@ -285,10 +285,7 @@ impl Accounts {
     /// The account's own new password, replacing a one-time one too.
     pub async fn set_password(&self, name: &str, password: &str) -> Result<Account, AccountError> {
         password_rules(name, password)?;
-        let hashed = {
-            let p = password.to_owned();
-            hashing(move || hash(&p)).await??
-        };
+        let hashed = hash_off(password).await?;
         self.change(name, |a| {
             a.password_hash = hashed;
             a.must_change_password = false;

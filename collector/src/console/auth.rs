@@ -21,6 +21,7 @@ use vitals_proto::identity::Role;
 
 use super::accounts::{AccountError, Check};
 use super::sessions::{self, Session};
+use super::view::query_value;
 use super::{AppState, Console, Peer};
 use crate::service::{Caller, ServiceError};
 
@@ -51,8 +52,7 @@ impl Console {
     async fn paused(&self, who: &Caller, name: &str, peer: std::net::SocketAddr) -> Option<String> {
         let wait = self.throttle.wait(name, peer.ip(), Instant::now())?;
         let minutes = wait.as_secs().div_ceil(60);
-        let from = [("from".to_owned(), peer.ip().to_string())].into();
-        self.audit(who, "console.login", from, "refused", "throttled")
+        self.audit(who, "console.login", origin(peer), "refused", "throttled")
             .await;
         Some(format!(
             "Too many failed sign-ins. Try again in {minutes} minute{}.",
@@ -87,6 +87,11 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// The audit parameters of a sign-in attempt: where it came from.
+fn origin(peer: std::net::SocketAddr) -> BTreeMap<String, String> {
+    [("from".to_owned(), peer.ip().to_string())].into()
+}
+
 /// Where to go after signing in: only a path on this site.
 fn safe_next(next: &str) -> &str {
     if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
@@ -94,12 +99,6 @@ fn safe_next(next: &str) -> &str {
     } else {
         "/"
     }
-}
-
-fn percent(s: &str) -> String {
-    askama::filters::urlencode_strict(s)
-        .map(|e| e.to_string())
-        .unwrap_or_default()
 }
 
 /// A signed-in person, with their session.
@@ -155,7 +154,7 @@ fn to_login(parts: &Parts) -> Response {
             })
             .unwrap_or("/");
         let mut r = (StatusCode::UNAUTHORIZED, "signed out").into_response();
-        if let Ok(v) = HeaderValue::from_str(&format!("/login?next={}", percent(back))) {
+        if let Ok(v) = HeaderValue::from_str(&format!("/login?next={}", query_value(back))) {
             r.headers_mut().insert("hx-redirect", v);
         }
         return r;
@@ -165,7 +164,7 @@ fn to_login(parts: &Parts) -> Response {
     } else {
         "/"
     };
-    Redirect::to(&format!("/login?next={}", percent(next))).into_response()
+    Redirect::to(&format!("/login?next={}", query_value(next))).into_response()
 }
 
 impl FromRequestParts<AppState> for User {
@@ -204,7 +203,7 @@ impl FromRequestParts<AppState> for User {
             } else {
                 "/"
             };
-            return Err(Redirect::to(&format!("{step}?next={}", percent(back))).into_response());
+            return Err(Redirect::to(&format!("{step}?next={}", query_value(back))).into_response());
         }
         Ok(User {
             id: id.to_owned(),
@@ -396,7 +395,7 @@ pub async fn login(
     let name = f.name.trim().to_owned();
     let now = Instant::now();
     let who = Caller::everywhere(name.clone(), Role::Viewer);
-    let from: BTreeMap<String, String> = [("from".to_owned(), peer.ip().to_string())].into();
+    let from = origin(peer);
     if let Some(why) = c.paused(&who, &name, peer).await {
         return login_form(&c, &f.next, &name, why, StatusCode::TOO_MANY_REQUESTS);
     }
@@ -455,7 +454,7 @@ pub async fn login(
         role: account.role,
         sites: account.sites.clone(),
     };
-    let next = percent(safe_next(&f.next));
+    let next = query_value(safe_next(&f.next));
     let to = if second {
         // Signed in only once the code is right; audited then.
         format!("/login/totp?next={next}")
@@ -609,16 +608,20 @@ pub async fn change_password(
     r
 }
 
+fn no_sso() -> Response {
+    PageError::Service(ServiceError::NotFound(
+        "single sign-on is not set up".into(),
+    ))
+    .into_response()
+}
+
 /// The cookie that binds a single sign-on to the browser that started it.
 /// `Lax`, since the provider's answer arrives as a cross-site navigation.
 const OIDC_COOKIE: &str = "vitals_oidc";
 
 pub async fn oidc_start(State(c): State<AppState>, Query(q): Query<NextQuery>) -> Response {
     let Some(oidc) = &c.oidc else {
-        return PageError::Service(ServiceError::NotFound(
-            "single sign-on is not set up".into(),
-        ))
-        .into_response();
+        return no_sso();
     };
     match oidc.start(safe_next(&q.next)).await {
         Ok((url, state)) => {
@@ -659,16 +662,10 @@ pub async fn oidc_callback(
     Query(q): Query<CallbackQuery>,
 ) -> Response {
     let Some(oidc) = &c.oidc else {
-        return PageError::Service(ServiceError::NotFound(
-            "single sign-on is not set up".into(),
-        ))
-        .into_response();
+        return no_sso();
     };
-    let from: BTreeMap<String, String> = [
-        ("from".to_owned(), peer.ip().to_string()),
-        ("factor".to_owned(), "oidc".to_owned()),
-    ]
-    .into();
+    let mut from = origin(peer);
+    from.insert("factor".to_owned(), "oidc".to_owned());
     let unknown = Caller::everywhere("(single sign-on)", Role::Viewer);
     if !q.error.is_empty() {
         let why = format!(
@@ -818,7 +815,7 @@ pub async fn totp_login(
     let name = user.session.account.clone();
     let now = Instant::now();
     let caller = user.caller();
-    let from: BTreeMap<String, String> = [("from".to_owned(), peer.ip().to_string())].into();
+    let from = origin(peer);
     if let Some(why) = c.paused(&caller, &name, peer).await {
         return totp_form(&user, &f.next, why, StatusCode::TOO_MANY_REQUESTS);
     }
@@ -835,7 +832,7 @@ pub async fn totp_login(
             info!(account = %name, %peer, factor = how, "console sign-in");
             c.audit(&caller, "console.login", params, "ok", "").await;
             let to = if session.must_change_password {
-                format!("/account/password?next={}", percent(safe_next(&f.next)))
+                format!("/account/password?next={}", query_value(safe_next(&f.next)))
             } else {
                 safe_next(&f.next).to_owned()
             };
@@ -941,7 +938,7 @@ pub async fn enroll(State(c): State<AppState>, user: User, Form(f): Form<CodeFor
                 .update(&user.id, |s| s.pending_totp = Some(secret));
             Redirect::to(&format!(
                 "/account/totp?next={}",
-                percent(safe_next(&f.next))
+                query_value(safe_next(&f.next))
             ))
             .into_response()
         }

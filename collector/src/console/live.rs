@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -324,17 +324,9 @@ pub async fn run_events(
     Ok(sse(rx))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-pub struct NoQuery {}
-
 /// Every ticket change, as an event `ticket` carrying the ticket's id, for
 /// as long as the session lasts.
-pub async fn ticket_events(
-    State(c): State<AppState>,
-    user: User,
-    Query(_): Query<NoQuery>,
-) -> Result<Response, PageError> {
+pub async fn ticket_events(State(c): State<AppState>, user: User) -> Result<Response, PageError> {
     let mut watch = c.service.watch(&user.caller())?;
     let (tx, rx) = mpsc::channel(64);
     let mut stop = c.stop.clone();

@@ -93,11 +93,6 @@ impl Console {
         }
     }
 
-    /// Signed-in sessions now.
-    pub fn session_count(&self) -> usize {
-        self.sessions.count()
-    }
-
     pub fn router(self: Arc<Self>) -> Router {
         let tls = self.tls;
         Router::new()

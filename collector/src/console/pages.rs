@@ -20,7 +20,7 @@ use vitals_proto::tickets::{Status, Ticket};
 use super::AppState;
 use super::auth::{PageError, User};
 use super::charts::{self, Chart};
-use super::view::{self, Chrome, FleetRow, QueueRow};
+use super::view::{self, Chrome, FleetRow, QueueRow, query_value};
 use crate::service::SpecialistService;
 use crate::store::{AuditFilter, TicketFilter};
 use crate::tickets::engine::Action;
@@ -119,16 +119,10 @@ impl QueueQuery {
         pairs
             .iter()
             .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .map(|(k, v)| format!("{k}={}", query_value(v)))
             .collect::<Vec<_>>()
             .join("&")
     }
-}
-
-fn urlencode(s: &str) -> String {
-    askama::filters::urlencode_strict(s)
-        .map(|e| e.to_string())
-        .unwrap_or_default()
 }
 
 /// The live part of the queue: counts per priority and the rows.
@@ -482,11 +476,11 @@ pub async fn fleet(State(c): State<AppState>, user: User, Query(q): Query<FleetQ
             ("check", &q.check),
         ] {
             if !v.is_empty() {
-                parts.push(format!("{k}={}", urlencode(v)));
+                parts.push(format!("{k}={}", query_value(v)));
             }
         }
         if !sort.is_empty() {
-            parts.push(format!("sort={}", urlencode(sort)));
+            parts.push(format!("sort={}", query_value(sort)));
         }
         if page > 1 {
             parts.push(format!("page={page}"));

@@ -38,6 +38,13 @@ impl Chrome {
     }
 }
 
+/// A value for a URL's query string.
+pub fn query_value(s: &str) -> String {
+    askama::filters::urlencode_strict(s)
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
 /// An RFC 3339 time in UTC, to the second; "-" when unset.
 pub fn at(ms: i64) -> String {
     if ms <= 0 {

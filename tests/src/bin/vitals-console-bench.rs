@@ -15,7 +15,6 @@
 //!   then with `--sessions` signed-in sessions holding the queue's live
 //!   stream open.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -437,10 +436,8 @@ async fn browser_latency(b: &Browser, base: &str, ticket: &str) -> anyhow::Resul
         .ok_or_else(|| anyhow::anyhow!("no csrf"))?
         .to_owned();
     let mut delays = Vec::new();
-    let mut dom: HashMap<usize, i64> = HashMap::new();
     for n in 0..20usize {
         let who = if n % 2 == 0 { "ana" } else { "sam" };
-        let sent = vitals_proto::now_ms();
         let r = b
             .http
             .post(format!("{base}/tickets/{ticket}/act"))
@@ -459,9 +456,7 @@ async fn browser_latency(b: &Browser, base: &str, ticket: &str) -> anyhow::Resul
             .map_err(|_| anyhow::anyhow!("no DOM update within 5 s"))??
             .unwrap_or_default();
         let at: i64 = line.strip_prefix("DOM ").unwrap_or("0").parse()?;
-        dom.insert(n, at);
         delays.push(Duration::from_millis((at - committed).max(0) as u64));
-        let _ = sent;
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     delays.sort();

@@ -34,7 +34,7 @@ fn with_role((mut a, role): (Account, String)) -> Result<Account, StoreError> {
 }
 
 /// The sites and recovery codes columns: JSON lists of strings.
-fn sites_json(list: &[String]) -> String {
+fn json_list(list: &[String]) -> String {
     serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
 }
 
@@ -52,14 +52,14 @@ impl AccountStore for SqliteStore {
                 params![
                     a.name,
                     a.role.as_str(),
-                    sites_json(&a.sites),
+                    json_list(&a.sites),
                     a.password_hash,
                     a.must_change_password,
                     a.disabled,
                     a.created_ms,
                     a.updated_ms,
                     a.totp_secret,
-                    sites_json(&a.recovery_codes),
+                    json_list(&a.recovery_codes),
                 ],
             )?;
             Ok(n == 1)
@@ -100,13 +100,13 @@ impl AccountStore for SqliteStore {
                 params![
                     a.name,
                     a.role.as_str(),
-                    sites_json(&a.sites),
+                    json_list(&a.sites),
                     a.password_hash,
                     a.must_change_password,
                     a.disabled,
                     a.updated_ms,
                     a.totp_secret,
-                    sites_json(&a.recovery_codes),
+                    json_list(&a.recovery_codes),
                 ],
             )?;
             Ok(n == 1)
