@@ -7,6 +7,7 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "vitals/v1/snapshot.proto",
+        "vitals/v1/enrollment.proto",
         "vitals/v1/agent.proto",
         "vitals/v1/specialist.proto",
     ];

@@ -20,6 +20,10 @@ pub struct AgentConfig {
     pub server_name: Option<String>,
     /// Folder for the agent's own state (sequence counter; later the outbox).
     pub state_dir: PathBuf,
+    /// This machine's fingerprint for telling cloned images apart; the OS
+    /// install's own ID (`/etc/machine-id`, MachineGuid) when absent. Set
+    /// it only where that ID is not unique per machine.
+    pub machine_id: Option<String>,
     pub tls: TlsFiles,
     #[serde(default)]
     pub link: LinkSettings,

@@ -9,6 +9,7 @@
 //!   acknowledged.
 //! - [`diag`] runs the diagnostics a specialist asks for through the link.
 //! - [`seq`] is the sequence counter, monotonic across restarts.
+//! - [`enrollment`] joins the fleet with a token (the key made here).
 //! - [`config`] is `agent.toml`.
 //! - `win32` (Windows only) holds the Win32 calls behind the Windows
 //!   readers and service: the one module allowed unsafe code.
@@ -21,6 +22,7 @@
 pub mod checks;
 pub mod config;
 pub mod diag;
+pub mod enrollment;
 pub mod link;
 pub mod logging;
 pub mod paths;

@@ -63,6 +63,35 @@ enum Command {
         /// by the agent's account (Windows: SYSTEM and Administrators) only.
         #[arg(long)]
         key: Option<String>,
+        /// An enrollment token, kept in enroll.token beside the
+        /// configuration (readable by the agent's account only): the
+        /// service enrolls with it at its first start.
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Join the fleet with an enrollment token: the key is made here and
+    /// never leaves the desk; the collector signs a certificate for it.
+    Enroll {
+        #[arg(long, env = "VITALS_AGENT_CONFIG", default_value = default_config())]
+        config: PathBuf,
+        /// The collector, https://HOST:PORT (the configuration's when not given).
+        #[arg(long)]
+        collector: Option<String>,
+        /// The token from `vitals-collector tokens create`.
+        #[arg(long, env = "VITALS_ENROLL_TOKEN")]
+        token: String,
+        /// The endpoint ID to ask for; the host name, normalised, when not given.
+        #[arg(long)]
+        id: Option<String>,
+        /// The fleet CA's fingerprint, sha256:<hex>, for a token without one.
+        #[arg(long)]
+        ca_hash: Option<String>,
+        /// The fleet CA as a file, instead of a fingerprint.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Enroll again although this desk holds a valid certificate.
+        #[arg(long)]
+        force: bool,
     },
     /// The Windows service: register, remove, start, stop, or show it.
     Service {
@@ -127,6 +156,7 @@ fn main() -> ExitCode {
             ca,
             cert,
             key,
+            token,
         } => {
             // Empty means not given (an installer passes its unset
             // properties so).
@@ -136,7 +166,56 @@ fn main() -> ExitCode {
                 cert: path(cert),
                 key: path(key),
             };
-            match vitals_agent::paths::configure(&config, SKELETON, collector.as_deref(), &files) {
+            let configured =
+                vitals_agent::paths::configure(&config, SKELETON, collector.as_deref(), &files)
+                    .and_then(|mut done| {
+                        if let Some(t) = token.filter(|t| !t.trim().is_empty()) {
+                            done.push(vitals_agent::paths::keep_token(&config, t.trim())?);
+                        }
+                        Ok(done)
+                    });
+            match configured {
+                Ok(done) => {
+                    for line in done {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Enroll {
+            config,
+            collector,
+            token,
+            id,
+            ca_hash,
+            ca,
+            force,
+        } => {
+            let opts = vitals_agent::enrollment::EnrollOptions {
+                config,
+                collector,
+                token,
+                id,
+                ca_hash,
+                ca,
+                force,
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(vitals_agent::enrollment::enroll_desk(&opts, SKELETON)) {
                 Ok(done) => {
                     for line in done {
                         println!("{line}");
@@ -255,6 +334,18 @@ fn service_body(stop: vitals_proto::shutdown::Shutdown, stopping: &dyn Fn()) -> 
     tracing::info!(config = %config_path.display(), "started by the Service Control Manager");
     let mut asked = stop.clone();
     let result = runtime.block_on(async move {
+        // Installed with a token: enroll first (retrying while the
+        // collector cannot be reached).
+        if vitals_agent::enrollment::token_file(config_path).exists() {
+            tokio::select! {
+                r = vitals_agent::enrollment::enroll_pending(config_path, SKELETON) => {
+                    if let Err(e) = r {
+                        tracing::error!("enrollment: {e}");
+                    }
+                }
+                () = asked.requested() => return Ok(()),
+            }
+        }
         // A desk installed before its certificate arrived waits for it,
         // saying so once per change, instead of failing and restarting.
         let mut said = String::new();
@@ -401,6 +492,9 @@ fn run(config_path: PathBuf, exit_on_stdin_eof: bool) -> ExitCode {
         }
     }
     init_tracing();
+    if let Err(code) = enroll_first(&config_path) {
+        return code;
+    }
     let (config, _) = match load(&config_path) {
         Ok(x) => x,
         Err(code) => return code,
@@ -432,6 +526,30 @@ fn run(config_path: PathBuf, exit_on_stdin_eof: bool) -> ExitCode {
             }
         }
     })
+}
+
+/// A desk's first start with a token left by its installer: enroll.
+fn enroll_first(config_path: &std::path::Path) -> Result<(), ExitCode> {
+    if !vitals_agent::enrollment::token_file(config_path).exists() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start runtime: {e}");
+            ExitCode::FAILURE
+        })?;
+    runtime
+        .block_on(vitals_agent::enrollment::enroll_pending(
+            config_path,
+            SKELETON,
+        ))
+        .map(|_| ())
+        .map_err(|e| {
+            tracing::error!("enrollment: {e}");
+            ExitCode::from(2)
+        })
 }
 
 async fn wait_for_stop(exit_on_stdin_eof: bool) {

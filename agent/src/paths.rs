@@ -173,6 +173,24 @@ pub fn protect(config: &AgentConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// Keeps an enrollment token beside the configuration, readable by the
+/// agent's account only, for the service's first start.
+pub fn keep_token(config: &Path, token: &str) -> Result<String, String> {
+    let path = crate::enrollment::token_file(config);
+    replace(&path, format!("{token}\n").as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    restrict(&path)?;
+    Ok(format!(
+        "{}: the enrollment token, used at the service's first start",
+        path.display()
+    ))
+}
+
+/// Makes a private key readable by the agent's account only.
+pub fn restrict_key(path: &Path) -> Result<(), String> {
+    restrict(path)
+}
+
 #[cfg(windows)]
 fn restrict(path: &Path) -> Result<(), String> {
     crate::win32::acl::restrict_to_admins(path)

@@ -36,6 +36,60 @@ pub struct CollectorConfig {
     pub email: Option<Email>,
     /// The specialists' web console; not served when absent.
     pub console: Option<ConsoleConfig>,
+    /// Lifetimes of the certificates the collector signs, enrollment.
+    #[serde(default)]
+    pub certificates: CertificateSettings,
+}
+
+/// `[certificates]`: what enrollment and renewal sign.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSettings {
+    /// An enrolled or renewed desk's certificate lasts this long; the agent
+    /// renews it over its stream at two thirds of it.
+    #[serde(default = "default_cert_lifetime", with = "humantime_serde")]
+    pub agent_lifetime: Duration,
+    /// The same for a specialist renewing with `vitalsctl`.
+    #[serde(default = "default_cert_lifetime", with = "humantime_serde")]
+    pub specialist_lifetime: Duration,
+    /// A desk whose certificate expired while it was away may still renew
+    /// for this long after expiry, by proving it holds the old key.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub renewal_grace: Duration,
+    /// Enrollment calls per second from one source address, and the burst
+    /// allowed above it.
+    #[serde(default = "default_enroll_rate")]
+    pub enroll_rate: f64,
+    #[serde(default = "default_enroll_burst")]
+    pub enroll_burst: u32,
+}
+
+fn default_cert_lifetime() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(90 * 86_400)
+}
+
+fn default_enroll_rate() -> f64 {
+    5.0
+}
+
+fn default_enroll_burst() -> u32 {
+    50
+}
+
+impl Default for CertificateSettings {
+    fn default() -> Self {
+        CertificateSettings {
+            agent_lifetime: default_cert_lifetime(),
+            specialist_lifetime: default_cert_lifetime(),
+            renewal_grace: default_grace(),
+            enroll_rate: default_enroll_rate(),
+            enroll_burst: default_enroll_burst(),
+        }
+    }
 }
 
 /// `[console]`: where the web console listens, and how browsers reach it.
@@ -338,6 +392,7 @@ impl CollectorConfig {
             webhooks: Vec::new(),
             email: None,
             console: None,
+            certificates: CertificateSettings::default(),
         }
     }
 
@@ -396,6 +451,20 @@ impl CollectorConfig {
                 humantime::format_duration(a.idle_timeout),
                 humantime::format_duration(a.heartbeat_interval)
             )));
+        }
+        let certs = &self.certificates;
+        for (name, lifetime) in [
+            ("agent_lifetime", certs.agent_lifetime),
+            ("specialist_lifetime", certs.specialist_lifetime),
+        ] {
+            if lifetime < Duration::from_secs(3) {
+                return Err(invalid(format!("certificates.{name} must be at least 3s")));
+            }
+        }
+        if !(certs.enroll_rate > 0.0) || certs.enroll_burst == 0 {
+            return Err(invalid(
+                "certificates.enroll_rate and enroll_burst must be above 0".into(),
+            ));
         }
         if let Some(c) = &self.console {
             if c.cert.is_some() != c.key.is_some() {
@@ -512,6 +581,16 @@ impl CollectorConfig {
             .clone()
             .unwrap_or_else(|| PkiPaths::new(&self.data_dir).server_key())
     }
+    /// The gRPC port's TLS files.
+    pub fn server_files(&self) -> crate::tls::ServerFiles {
+        crate::tls::ServerFiles {
+            ca: self.ca_path(),
+            ca_next: Some(PkiPaths::new(&self.data_dir).ca_next_cert()),
+            cert: self.cert_path(),
+            key: self.key_path(),
+        }
+    }
+
     pub fn storage_url(&self) -> String {
         self.storage
             .url

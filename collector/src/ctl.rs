@@ -206,6 +206,84 @@ impl Client {
 }
 
 impl Client {
+    /// Revokes an endpoint (admin).
+    pub async fn revoke_endpoint(
+        &mut self,
+        id: &str,
+        reason: &str,
+    ) -> Result<EndpointDetail, CtlError> {
+        let r = self
+            .inner
+            .revoke_endpoint(wire::RevokeEndpointRequest {
+                endpoint_id: id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?;
+        Ok(r.into_inner().into())
+    }
+
+    /// Binds an endpoint to one machine, resolving a cloned-image flag.
+    pub async fn bind_endpoint(
+        &mut self,
+        id: &str,
+        machine: &str,
+    ) -> Result<EndpointDetail, CtlError> {
+        let r = self
+            .inner
+            .bind_endpoint(wire::BindEndpointRequest {
+                endpoint_id: id.to_owned(),
+                machine_id: machine.to_owned(),
+            })
+            .await?;
+        Ok(r.into_inner().into())
+    }
+
+    /// A new certificate for a new key made here; the profile's certificate
+    /// and key files are replaced (key first, each whole). Returns the new
+    /// certificate's expiry.
+    pub async fn renew_own(&mut self, p: &Profile) -> Result<i64, CtlError> {
+        let (Some(cert), Some(key)) = (&p.cert, &p.key) else {
+            return Err(CtlError::Settings(
+                "no certificate and key files to renew".into(),
+            ));
+        };
+        let key_pair = rcgen::KeyPair::generate().map_err(|e| CtlError::Failed(e.to_string()))?;
+        let csr_pem = rcgen::CertificateParams::default()
+            .serialize_request(&key_pair)
+            .and_then(|c| c.pem())
+            .map_err(|e| CtlError::Failed(e.to_string()))?;
+        let issued = self
+            .inner
+            .renew_certificate(wire::RenewCertificate { csr_pem })
+            .await?
+            .into_inner();
+        let write = |path: &Path, text: &str| {
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".new");
+            let tmp = PathBuf::from(tmp);
+            let io = |source| CtlError::File {
+                what: "renewed file",
+                path: path.display().to_string(),
+                source,
+            };
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            use std::io::Write;
+            let mut f = options.open(&tmp).map_err(io)?;
+            f.write_all(text.as_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+            std::fs::rename(&tmp, path).map_err(io)
+        };
+        write(key, &key_pair.serialize_pem())?;
+        write(cert, &issued.certificate_pem)?;
+        Ok(issued.not_after_ms)
+    }
+
     pub async fn faults(&mut self, id: &str, limit: u32) -> Result<Vec<FaultRecord>, CtlError> {
         let r = self
             .inner
@@ -559,7 +637,7 @@ pub fn endpoints_table(list: &[EndpointSummary], now_ms: i64) -> String {
             vec![
                 e.endpoint_id.clone(),
                 e.hostname.clone(),
-                if e.online { "online" } else { "offline" }.to_owned(),
+                endpoint_state(e).to_owned(),
                 e.os.clone(),
                 format!("{:.0}%", e.cpu_usage_percent),
                 format!("{:.0}%", e.memory_used_percent),
@@ -584,6 +662,19 @@ pub fn endpoints_table(list: &[EndpointSummary], now_ms: i64) -> String {
 }
 
 /// One endpoint, in sections a specialist reads top to bottom.
+/// An endpoint's state in one word: revoked and a cloned image come first.
+pub fn endpoint_state(e: &EndpointSummary) -> &'static str {
+    if e.revoked_ms > 0 {
+        "revoked"
+    } else if !e.clone_machine_id.is_empty() {
+        "cloned?"
+    } else if e.online {
+        "online"
+    } else {
+        "offline"
+    }
+}
+
 pub fn endpoint_text(d: &EndpointDetail, now_ms: i64) -> String {
     use std::fmt::Write;
     let s = &d.summary;
@@ -596,6 +687,40 @@ pub fn endpoint_text(d: &EndpointDetail, now_ms: i64) -> String {
         timestamp(d.state_since_ms),
         ago(d.state_since_ms, now_ms)
     );
+    if s.revoked_ms > 0 {
+        let _ = writeln!(
+            out,
+            "Revoked    {}: {} (it must enroll again)",
+            timestamp(s.revoked_ms),
+            s.revoke_reason
+        );
+    }
+    if !s.machine_id.is_empty() {
+        let _ = writeln!(out, "Machine    {}", s.machine_id);
+    }
+    if !s.clone_machine_id.is_empty() {
+        let _ = writeln!(
+            out,
+            "Cloned?    machine {} presented this identity too and is refused",
+            s.clone_machine_id
+        );
+    }
+    if !s.enrolled_site.is_empty() || !s.enrolled_tags.is_empty() {
+        let _ = writeln!(
+            out,
+            "Enrolled   site {}, tags {}",
+            if s.enrolled_site.is_empty() {
+                "-"
+            } else {
+                &s.enrolled_site
+            },
+            if s.enrolled_tags.is_empty() {
+                "-".to_owned()
+            } else {
+                s.enrolled_tags.join(", ")
+            }
+        );
+    }
     let _ = writeln!(out, "Agent      {} on {}", s.agent_version, s.platform);
     let _ = writeln!(
         out,

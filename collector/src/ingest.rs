@@ -21,7 +21,7 @@ use vitals_proto::identity::EndpointId;
 
 use crate::metrics::Metrics;
 use crate::sessions::{Attached, Sessions};
-use crate::store::{Record, RecordBody, SessionOpen, Store, StoreError};
+use crate::store::{Admission, Record, RecordBody, SessionOpen, Store, StoreError};
 
 /// Most messages in one storage transaction.
 const MAX_BATCH: usize = 1024;
@@ -109,16 +109,22 @@ impl Ingest {
         &self.metrics
     }
 
-    /// Records a session in storage and attaches it to the registry (a
-    /// newer session of an endpoint replaces the older). Returns the
-    /// session and the highest committed sequence of the endpoint.
-    pub async fn open_session(&self, open: SessionOpen) -> Result<(Attached, u64), StoreError> {
-        let committed = self.store.open_session(&open).await?;
+    /// Records a session in storage and, if the store admits it, attaches
+    /// it to the registry (a newer session of an endpoint replaces the
+    /// older). Returns the session, if attached, and the store's answer.
+    pub async fn open_session(
+        &self,
+        open: SessionOpen,
+    ) -> Result<(Option<Attached>, Admission), StoreError> {
+        let admission = self.store.open_session(&open).await?;
+        if !matches!(admission, Admission::Admitted(_)) {
+            return Ok((None, admission));
+        }
         let (session, replaced) = self.sessions.attach(&open.endpoint);
         if !replaced {
             self.metrics.connected_agents.inc();
         }
-        Ok((session, committed))
+        Ok((Some(session), admission))
     }
 
     /// Ends a session. The endpoint goes offline only if no newer session

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod console;
 pub mod ctl;
+pub mod enrollment;
 pub mod gateway;
 pub mod ingest;
 pub mod metrics;
@@ -42,6 +43,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 use vitals_proto::wire::agent_gateway_server::AgentGatewayServer;
+use vitals_proto::wire::enrollment_server::EnrollmentServer;
 use vitals_proto::wire::specialist_server::SpecialistServer;
 
 use crate::config::CollectorConfig;
@@ -86,6 +88,8 @@ pub enum CollectorError {
     Email(#[from] tickets::email::MailerError),
     #[error(transparent)]
     Oidc(#[from] console::oidc::OidcError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
 }
 
 /// Raises the soft open-files limit to the hard limit: each agent stream
@@ -150,7 +154,9 @@ impl Listeners {
 /// and ready.
 pub struct Collector {
     config: CollectorConfig,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<tls::ServerTls>,
+    /// Revocations in force, checked at every handshake.
+    revoked: Arc<enrollment::revocation::Revoked>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     policy: Arc<vitals_proto::policy::Policy>,
@@ -175,7 +181,8 @@ impl Collector {
             Some(path) => vitals_proto::policy::Policy::load(path)?,
             None => vitals_proto::policy::Policy::default_policy(),
         };
-        let tls = tls::server_config(&config.ca_path(), &config.cert_path(), &config.key_path())?;
+        let revoked = Arc::new(enrollment::revocation::Revoked::default());
+        let tls = Arc::new(tls::ServerTls::new(config.server_files(), revoked.clone())?);
         let console_tls = match config.console.as_ref().map(|c| (&c.cert, &c.key)) {
             Some((Some(cert), Some(key))) => Some(tls::browser_config(cert, key)?),
             _ => None,
@@ -192,9 +199,11 @@ impl Collector {
         .await?;
         // No session survives a restart.
         store.mark_all_offline(vitals_proto::now_ms()).await?;
+        revoked.load(&store.revocations().await?);
         Ok(Collector {
             config,
             tls,
+            revoked,
             store,
             metrics: Arc::new(Metrics::new()),
             policy: Arc::new(policy),
@@ -223,6 +232,7 @@ impl Collector {
         let Collector {
             config,
             tls,
+            revoked,
             store,
             metrics,
             policy,
@@ -281,7 +291,13 @@ impl Collector {
                 addr: config.listen,
                 source,
             })?;
-        let incoming = tls::accept_loop(listeners.grpc, tls, metrics.clone(), stop.clone());
+        let incoming = tls::accept_loop(
+            listeners.grpc,
+            tls.config.clone(),
+            metrics.clone(),
+            stop.clone(),
+        );
+        tls.clone().watch(stop.clone());
         info!(version = %policy.version, checks = policy.checks.len(), "fault policy");
         // The watcher lives as long as the server; without a policy file the
         // shipped default never changes.
@@ -322,16 +338,51 @@ impl Collector {
             outbound,
             stop.clone(),
         ));
+        let enrollment = Arc::new(
+            enrollment::Enrollment::open(
+                store.clone(),
+                &pki::PkiPaths::new(&config.data_dir),
+                tls.files.trust_files(),
+                config.certificates.clone(),
+                sessions.clone(),
+                revoked,
+            )
+            .await?,
+        );
+        enrollment.clone().refresh(stop.clone());
         let relay = Arc::new(relay::Relay::new(sessions));
-        let service =
-            SpecialistService::new(store.clone(), desk, kb, relay.clone(), policy.clone());
+        let service = SpecialistService::new(
+            store.clone(),
+            desk.clone(),
+            kb,
+            relay.clone(),
+            policy.clone(),
+            enrollment.clone(),
+        );
         let gateway = AgentGatewayApi::new(
             ingest.clone(),
             config.agents.clone(),
             policy,
             stop.clone(),
-            relay,
+            gateway::agent::AgentWiring {
+                relay,
+                enrollment: enrollment.clone(),
+                desk,
+            },
         );
+        // Clients without a fleet certificate reach this server only.
+        let enroll_server = tonic::transport::Server::builder()
+            .timeout(Duration::from_secs(15))
+            .add_service(
+                EnrollmentServer::new(gateway::enrollment::EnrollmentApi::new(enrollment))
+                    .max_decoding_message_size(gateway::enrollment::MAX_MESSAGE),
+            )
+            .serve_with_incoming_shutdown(ReceiverStream::new(incoming.anonymous), stopped());
+        tokio::spawn(async move {
+            if let Err(error) = enroll_server.await {
+                warn!(%error, "enrollment server stopped");
+            }
+        });
         if let (Some(listener), Some(c)) = (listeners.console, &config.console) {
             let console = Arc::new(console::Console::new(
                 service.clone(),
@@ -366,7 +417,7 @@ impl Collector {
             .add_service(reflection_v1alpha)
             .add_service(AgentGatewayServer::new(gateway))
             .add_service(SpecialistServer::new(specialist))
-            .serve_with_incoming_shutdown(ReceiverStream::new(incoming), stopped());
+            .serve_with_incoming_shutdown(ReceiverStream::new(incoming.verified), stopped());
         let mut server = tokio::spawn(server);
         info!(%addr, "collector serving (mTLS, TLS 1.3)");
 

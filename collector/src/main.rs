@@ -68,6 +68,47 @@ enum Command {
         #[command(subcommand)]
         action: UsersCmd,
     },
+    /// Manage enrollment tokens (in the collector's database): what lets a
+    /// desk join the fleet.
+    Tokens {
+        #[arg(
+            long,
+            env = "VITALS_COLLECTOR_CONFIG",
+            default_value = "/etc/vitals/collector.toml"
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: TokensCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Create a token and print it (the only time its secret is shown).
+    Create {
+        /// How many desks it may enroll; 0: any number (an image rollout).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it stays valid.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        expires: std::time::Duration,
+        /// The site the desks it enrolls are placed in.
+        #[arg(long)]
+        site: Option<String>,
+        /// A tag for the desks it enrolls (repeat for more).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Only endpoint IDs matching this (`*` wildcards), such as 'disp-*'.
+        #[arg(long)]
+        id_pattern: Option<String>,
+        /// May take over the ID of a desk already enrolled (a reinstall).
+        #[arg(long)]
+        reenroll: bool,
+    },
+    /// List the tokens: uses left, expiry, last use and by whom.
+    List,
+    /// Revoke a token by its ID (the part before the first dot).
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -124,6 +165,18 @@ enum PkiCmd {
         #[arg(long, default_value_t = pki::AGENT_DAYS)]
         days: i64,
     },
+    /// Replace the collector's server certificate (same names unless
+    /// --host is given). A running collector picks it up within seconds;
+    /// agents keep their streams.
+    RotateServer {
+        #[arg(long, env = "VITALS_DATA_DIR", default_value = "vitals-data")]
+        data_dir: PathBuf,
+        /// Host names and IP addresses; the current certificate's when absent.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        #[arg(long, default_value_t = pki::SERVER_DAYS)]
+        days: i64,
+    },
     /// Issue a specialist certificate with a role.
     IssueSpecialist {
         name: String,
@@ -145,6 +198,10 @@ fn main() -> ExitCode {
         Command::Users { config, action } => with_runtime(async move {
             let c = load(&config)?;
             users_command(&c, action).await.map_err(fail(2))
+        }),
+        Command::Tokens { config, action } => with_runtime(async move {
+            let c = load(&config)?;
+            tokens_command(&c, action).await.map_err(fail(2))
         }),
         Command::Run { config } => with_runtime(async move {
             let config = load(&config)?;
@@ -321,6 +378,20 @@ fn pki_command(cmd: PkiCmd) -> ExitCode {
                     hosts.join(", ")
                 ))
             }
+            PkiCmd::RotateServer {
+                data_dir,
+                hosts,
+                days,
+            } => {
+                let paths = PkiPaths::new(&data_dir);
+                let hosts = pki::rotate_server(&paths, &hosts, days)?;
+                Ok(format!(
+                    "collector certificate {} replaced (for {}, valid {days} days); a running \
+                     collector uses it from its next handshake",
+                    paths.server_cert().display(),
+                    hosts.join(", ")
+                ))
+            }
             PkiCmd::IssueAgent { id, data_dir, days } => {
                 issue(&data_dir, Identity::Endpoint(id.parse()?), days)
             }
@@ -350,6 +421,144 @@ fn pki_command(cmd: PkiCmd) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn tokens_command(config: &CollectorConfig, action: TokensCmd) -> Result<(), String> {
+    use vitals_collector::store::EnrollToken;
+    let store = vitals_collector::store::open(
+        &config.storage_url(),
+        config.storage.history_per_endpoint,
+        config.storage.history_interval,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let now = vitals_proto::now_ms();
+    let when = |ms: i64| {
+        if ms == 0 {
+            "-".to_owned()
+        } else {
+            vitals_proto::rfc3339_seconds(ms)
+        }
+    };
+    match action {
+        TokensCmd::Create {
+            uses,
+            expires,
+            site,
+            tags,
+            id_pattern,
+            reenroll,
+        } => {
+            let ca =
+                vitals_collector::tls::read_certs(&config.ca_path()).map_err(|e| e.to_string())?;
+            let fingerprint = pki::fingerprint(ca[0].as_ref());
+            let stored = EnrollToken {
+                max_uses: uses,
+                expires_ms: now + expires.as_millis() as i64,
+                site: site.unwrap_or_default(),
+                tags,
+                id_pattern: id_pattern.unwrap_or_default(),
+                reenroll,
+                created_ms: now,
+                created_by: std::env::var("USER").unwrap_or_else(|_| "vitals-collector".into()),
+                ..Default::default()
+            };
+            let token = vitals_collector::enrollment::Enrollment::create_token(
+                store.as_ref(),
+                fingerprint,
+                stored.clone(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            println!("{token}");
+            eprintln!(
+                "token {}: {}, valid until {}{}{}{}",
+                token.id,
+                if uses == 0 {
+                    "any number of desks".to_owned()
+                } else {
+                    format!("{uses} desk(s)")
+                },
+                when(stored.expires_ms),
+                if stored.site.is_empty() {
+                    String::new()
+                } else {
+                    format!(", site {}", stored.site)
+                },
+                if stored.tags.is_empty() {
+                    String::new()
+                } else {
+                    format!(", tags {}", stored.tags.join(", "))
+                },
+                if stored.id_pattern.is_empty() {
+                    String::new()
+                } else {
+                    format!(", IDs {}", stored.id_pattern)
+                },
+            );
+            eprintln!(
+                "on a desk: vitals-agent enroll --collector https://HOST:PORT --token {token}"
+            );
+            eprintln!("the fleet CA: sha256:{}", pki::hex(&fingerprint));
+        }
+        TokensCmd::List => {
+            let list = store.tokens().await.map_err(|e| e.to_string())?;
+            if list.is_empty() {
+                println!("No tokens.");
+                return Ok(());
+            }
+            println!(
+                "{:<9} {:<8} {:<9} {:<20} {:<12} {:<16} {:<20} LAST USED BY",
+                "ID", "STATE", "USES", "EXPIRES", "SITE", "IDS", "LAST USED"
+            );
+            for t in list {
+                let state = if t.revoked_ms > 0 {
+                    "revoked"
+                } else if t.expires_ms <= now {
+                    "expired"
+                } else if t.max_uses > 0 && t.used >= t.max_uses {
+                    "used up"
+                } else {
+                    "active"
+                };
+                let uses = if t.max_uses == 0 {
+                    format!("{}/any", t.used)
+                } else {
+                    format!("{}/{}", t.used, t.max_uses)
+                };
+                println!(
+                    "{:<9} {:<8} {:<9} {:<20} {:<12} {:<16} {:<20} {}",
+                    t.id,
+                    state,
+                    uses,
+                    when(t.expires_ms),
+                    if t.site.is_empty() { "-" } else { &t.site },
+                    if t.id_pattern.is_empty() {
+                        "any"
+                    } else {
+                        &t.id_pattern
+                    },
+                    when(t.last_used_ms),
+                    if t.last_used_by.is_empty() {
+                        "-"
+                    } else {
+                        &t.last_used_by
+                    },
+                );
+            }
+        }
+        TokensCmd::Revoke { id } => {
+            if !store
+                .revoke_token(&id, now)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return Err(format!("no token {id}"));
+            }
+            println!("token {id} revoked: it enrolls no more desks");
+        }
+    }
+    Ok(())
 }
 
 fn issue(

@@ -15,8 +15,9 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams,
+    CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 use vitals_proto::identity::Identity;
@@ -45,6 +46,8 @@ pub enum PkiError {
     AlreadyExists(PathBuf),
     #[error("invalid identity: {0}")]
     Identity(#[from] vitals_proto::identity::IdentityError),
+    #[error("the system's random source failed")]
+    Random,
 }
 
 /// Where the PKI files of a data directory live.
@@ -64,6 +67,13 @@ impl PkiPaths {
     }
     pub fn ca_key(&self) -> PathBuf {
         self.dir.join("ca.key")
+    }
+    /// During a CA rollover, the next CA (trusted, not yet signing).
+    pub fn ca_next_cert(&self) -> PathBuf {
+        self.dir.join("ca-next.pem")
+    }
+    pub fn ca_next_key(&self) -> PathBuf {
+        self.dir.join("ca-next.key")
     }
     pub fn server_cert(&self) -> PathBuf {
         self.dir.join("collector.pem")
@@ -90,6 +100,98 @@ impl PkiPaths {
 pub struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
+    /// The certificate's serial, hex, as the CRL lists it.
+    pub serial: String,
+    pub not_after_ms: i64,
+}
+
+/// A certificate signed for a key the collector never saw.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub cert_pem: String,
+    pub serial: String,
+    pub not_after_ms: i64,
+}
+
+/// Why a certificate signing request was not signed.
+#[derive(Debug, thiserror::Error)]
+pub enum CsrError {
+    #[error("not a valid certificate signing request: {0}")]
+    Invalid(String),
+    #[error("key type {0} is not accepted: use ECDSA P-256 or Ed25519")]
+    KeyType(String),
+    #[error("the request asks for {asked} but the certificate would be for {issued}")]
+    OtherIdentity { asked: String, issued: String },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// What revocation and renewal read from a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    pub serial: String,
+    pub not_before_ms: i64,
+    pub not_after_ms: i64,
+}
+
+impl CertFacts {
+    /// Reads a certificate (DER); `None` if it does not parse.
+    pub fn of(der: &[u8]) -> Option<CertFacts> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let validity = cert.validity();
+        Some(CertFacts {
+            serial: hex(trim_zeros(cert.raw_serial())),
+            not_before_ms: validity.not_before.timestamp() * 1000,
+            not_after_ms: validity.not_after.timestamp() * 1000,
+        })
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn trim_zeros(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// SHA-256 of a certificate's DER: the CA fingerprint an enrollment token
+/// carries.
+pub fn fingerprint(der: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(der).into()
+}
+
+/// A fresh random serial: 16 bytes, positive, no leading zero byte, so its
+/// hex reads the same in the certificate, the CRL and the database.
+fn new_serial() -> Result<(SerialNumber, String), PkiError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| PkiError::Random)?;
+    bytes[0] = (bytes[0] & 0x7f).max(1);
+    Ok((SerialNumber::from_slice(&bytes), hex(&bytes)))
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 impl Leaf {
@@ -161,6 +263,97 @@ impl Ca {
         &self.cert_pem
     }
 
+    /// The CA certificate's SHA-256 fingerprint.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let der = x509_parser::pem::parse_x509_pem(self.cert_pem.as_bytes())
+            .map(|(_, p)| p.contents)
+            .unwrap_or_default();
+        fingerprint(&der)
+    }
+
+    /// Signs a request for a key made elsewhere (a desk, a specialist's
+    /// laptop) as a client certificate for `identity`, whatever else the
+    /// request asks for: only the key is taken from it. The request's
+    /// signature must hold, its key must be ECDSA P-256 or Ed25519, and any
+    /// identity it names must be `identity`.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        lifetime: std::time::Duration,
+    ) -> Result<Signed, CsrError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CsrError::Invalid(e.to_string()))?;
+        let alg = csr.public_key.algorithm();
+        if alg != &rcgen::PKCS_ECDSA_P256_SHA256 && alg != &rcgen::PKCS_ED25519 {
+            return Err(CsrError::KeyType(format!("{alg:?}")));
+        }
+        let asked: Vec<&str> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .filter_map(|s| match s {
+                SanType::URI(u) => Some(u.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !asked.is_empty() {
+            let wanted = identity.san_uris();
+            if asked.iter().any(|u| !wanted.iter().any(|w| w == u)) {
+                return Err(CsrError::OtherIdentity {
+                    asked: asked.join(", "),
+                    issued: identity.to_string(),
+                });
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        let lifetime = Duration::try_from(lifetime).unwrap_or(Duration::days(7));
+        let mut params = client_params(identity)?;
+        let (serial, serial_hex) = new_serial().map_err(|_| CsrError::Invalid("random".into()))?;
+        params.serial_number = Some(serial);
+        params.not_before = now - Duration::minutes(5);
+        params.not_after = now + lifetime;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let signed = CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        }
+        .signed_by(&self.issuer)?;
+        Ok(Signed {
+            cert_pem: signed.pem(),
+            serial: serial_hex,
+            not_after_ms: ms(now + lifetime),
+        })
+    }
+
+    /// The revocation list of these serials (hex) with when they were
+    /// revoked, valid for a day.
+    pub fn crl_pem(&self, revoked: &[(String, i64)], number: u64) -> Result<String, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let revoked_certs = revoked
+            .iter()
+            .filter_map(|(serial, at_ms)| {
+                Some(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&unhex(serial)?),
+                    revocation_time: OffsetDateTime::from_unix_timestamp(at_ms / 1000).ok()?,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect();
+        let crl = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + Duration::days(1),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)?;
+        Ok(crl.pem()?)
+    }
+
     /// A server certificate for the collector, naming each host (DNS name or
     /// IP address).
     pub fn issue_server(&self, hosts: &[String], days: i64) -> Result<Leaf, PkiError> {
@@ -182,17 +375,7 @@ impl Ca {
         identity: &Identity,
         validity: (OffsetDateTime, OffsetDateTime),
     ) -> Result<Leaf, PkiError> {
-        let mut params = CertificateParams::default();
-        let common_name = match identity {
-            Identity::Endpoint(id) => id.to_string(),
-            Identity::Specialist { name, .. } => name.clone(),
-        };
-        params.distinguished_name = name(&common_name);
-        for uri in identity.san_uris() {
-            params.subject_alt_names.push(SanType::URI(uri.try_into()?));
-        }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params, validity)
+        self.sign(client_params(identity)?, validity)
     }
 
     fn sign(
@@ -200,6 +383,8 @@ impl Ca {
         mut params: CertificateParams,
         (not_before, not_after): (OffsetDateTime, OffsetDateTime),
     ) -> Result<Leaf, PkiError> {
+        let (serial, serial_hex) = new_serial()?;
+        params.serial_number = Some(serial);
         params.not_before = not_before;
         params.not_after = not_after;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -209,8 +394,25 @@ impl Ca {
         Ok(Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial: serial_hex,
+            not_after_ms: ms(not_after),
         })
     }
+}
+
+/// A client certificate's names: its identity as common name and URI SANs.
+fn client_params(identity: &Identity) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::default();
+    let common_name = match identity {
+        Identity::Endpoint(id) => id.to_string(),
+        Identity::Specialist { name, .. } => name.clone(),
+    };
+    params.distinguished_name = name(&common_name);
+    for uri in identity.san_uris() {
+        params.subject_alt_names.push(SanType::URI(uri.try_into()?));
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
 }
 
 /// Creates the fleet CA and the collector's server certificate in a data
@@ -225,6 +427,71 @@ pub fn init(data_dir: &Path, hosts: &[String]) -> Result<Ca, PkiError> {
     ca.issue_server(hosts, SERVER_DAYS)?
         .write(&paths.server_cert(), &paths.server_key())?;
     Ok(ca)
+}
+
+/// The DNS names and IP addresses a server certificate is for.
+pub fn server_hosts(cert: &Path) -> Result<Vec<String>, PkiError> {
+    let pem = read(cert)?;
+    let parse_err = |message: String| PkiError::Parse {
+        path: cert.to_path_buf(),
+        message,
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| parse_err(format!("not PEM: {e}")))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| parse_err(format!("not a certificate: {e}")))?;
+    let mut hosts = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => hosts.push((*d).to_owned()),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                    4 => {
+                        hosts.push(std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string())
+                    }
+                    16 => {
+                        let b: [u8; 16] = (*ip).try_into().unwrap_or([0; 16]);
+                        hosts.push(std::net::Ipv6Addr::from(b).to_string())
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Ok(hosts)
+}
+
+/// Replaces the collector's server certificate and key, signed by the
+/// fleet CA, for `hosts` (the current certificate's names when empty).
+/// The key is written first, then the certificate, each whole.
+pub fn rotate_server(
+    paths: &PkiPaths,
+    hosts: &[String],
+    days: i64,
+) -> Result<Vec<String>, PkiError> {
+    let ca = Ca::load(paths)?;
+    let hosts = if hosts.is_empty() {
+        server_hosts(&paths.server_cert())?
+    } else {
+        hosts.to_vec()
+    };
+    let leaf = ca.issue_server(&hosts, days)?;
+    let (cert, key) = (paths.server_cert(), paths.server_key());
+    let (cert_new, key_new) = (
+        cert.with_extension("pem.new"),
+        key.with_extension("key.new"),
+    );
+    write_file(&key_new, leaf.key_pem.as_bytes(), true)?;
+    write_file(&cert_new, leaf.cert_pem.as_bytes(), false)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PkiError::Io { path, source }
+    };
+    std::fs::rename(&key_new, &key).map_err(io(&key))?;
+    std::fs::rename(&cert_new, &cert).map_err(io(&cert))?;
+    Ok(hosts)
 }
 
 /// Days of validity left on the first certificate of a PEM file, or `None`

@@ -49,7 +49,18 @@ fn action_audit(a: &Action) -> (&'static str, BTreeMap<String, String>) {
 fn membership(policy: &vitals_proto::policy::Policy, e: &EndpointSummary) -> Membership {
     let addresses: Vec<std::net::IpAddr> =
         e.addresses.iter().filter_map(|a| a.parse().ok()).collect();
-    policy.tickets.membership(&e.endpoint_id, &addresses)
+    let mut m = policy.tickets.membership(&e.endpoint_id, &addresses);
+    // What its enrollment token gave it, beside the policy's own.
+    let add = |list: &mut Vec<String>, name: &String| {
+        if !name.is_empty() && !list.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            list.push(name.clone());
+        }
+    };
+    add(&mut m.sites, &e.enrolled_site);
+    for t in &e.enrolled_tags {
+        add(&mut m.tags, t);
+    }
+    m
 }
 
 /// Default and largest number of history entries per request.
@@ -134,6 +145,8 @@ pub struct SpecialistService {
     /// The running policy: its `[[tickets.site]]` and `[[tickets.tag]]`
     /// place endpoints, for site scoping and the fleet's filters.
     policy: tokio::sync::watch::Receiver<Arc<vitals_proto::policy::Policy>>,
+    /// Revocation and certificate renewal.
+    enrollment: Arc<crate::enrollment::Enrollment>,
 }
 
 /// A specialist's diagnostic request.
@@ -170,6 +183,7 @@ impl SpecialistService {
         kb: KnowledgeBase,
         relay: Arc<Relay>,
         policy: tokio::sync::watch::Receiver<Arc<vitals_proto::policy::Policy>>,
+        enrollment: Arc<crate::enrollment::Enrollment>,
     ) -> Self {
         SpecialistService {
             store,
@@ -177,7 +191,112 @@ impl SpecialistService {
             kb,
             relay,
             policy,
+            enrollment,
         }
+    }
+
+    /// Why a client certificate is refused now, if it is (revoked since
+    /// its connection's handshake).
+    pub fn certificate_refusal(
+        &self,
+        identity: &vitals_proto::identity::Identity,
+        cert: &crate::pki::CertFacts,
+    ) -> Option<String> {
+        self.enrollment
+            .revoked
+            .refusal(identity, cert)
+            .map(|why| format!("{why}: this certificate is no longer accepted"))
+    }
+
+    /// Revokes an endpoint (admin): its stream is cut, its certificates
+    /// refused from the next handshake on; it must enroll again. Audited.
+    pub async fn revoke_endpoint(
+        &self,
+        caller: &Caller,
+        id: &str,
+        reason: &str,
+    ) -> Result<EndpointDetail, ServiceError> {
+        Self::authorize(caller, Role::Admin)?;
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(ServiceError::InvalidArgument(
+                "a reason is required (it is shown with the endpoint and in the audit log)".into(),
+            ));
+        }
+        let detail = self.endpoint(caller, id).await?;
+        let endpoint: vitals_proto::identity::EndpointId =
+            id.parse()
+                .map_err(|e: vitals_proto::identity::IdentityError| {
+                    ServiceError::InvalidArgument(e.to_string())
+                })?;
+        let reason: String = reason.chars().take(500).collect();
+        let params = BTreeMap::from([("reason".to_owned(), reason.clone())]);
+        if detail.summary.revoked_ms > 0 {
+            self.record(
+                caller,
+                "endpoint.revoke",
+                id,
+                params,
+                None,
+                "refused",
+                "already revoked",
+            )
+            .await;
+            return Err(ServiceError::InvalidArgument(format!(
+                "{id} is already revoked; it must enroll again"
+            )));
+        }
+        self.enrollment.revoke_endpoint(&endpoint, &reason).await?;
+        self.record(caller, "endpoint.revoke", id, params, None, "ok", "")
+            .await;
+        Ok(self.endpoint(caller, id).await?)
+    }
+
+    /// Resolves a cloned-image flag (admin): the endpoint's identity is
+    /// bound to `machine` from now on. Audited.
+    pub async fn bind_endpoint(
+        &self,
+        caller: &Caller,
+        id: &str,
+        machine: &str,
+    ) -> Result<EndpointDetail, ServiceError> {
+        Self::authorize(caller, Role::Admin)?;
+        let detail = self.endpoint(caller, id).await?;
+        let machine = machine.trim();
+        let known = [&detail.summary.machine_id, &detail.summary.clone_machine_id];
+        if machine.is_empty() || !known.iter().any(|m| m.as_str() == machine) {
+            return Err(ServiceError::InvalidArgument(format!(
+                "machine must be one of the two seen: {} (bound) or {} (refused)",
+                detail.summary.machine_id,
+                if detail.summary.clone_machine_id.is_empty() {
+                    "none"
+                } else {
+                    &detail.summary.clone_machine_id
+                }
+            )));
+        }
+        self.store.bind_machine(id, machine).await?;
+        let params = BTreeMap::from([("machine".to_owned(), machine.to_owned())]);
+        self.record(caller, "endpoint.bind", id, params, None, "ok", "")
+            .await;
+        Ok(self.endpoint(caller, id).await?)
+    }
+
+    /// A new certificate for the caller's own new key (any role): same
+    /// name and role, the configured lifetime. Audited by enrollment.
+    pub async fn renew_certificate(
+        &self,
+        identity: &vitals_proto::identity::Identity,
+        current: &crate::pki::CertFacts,
+        csr_pem: &str,
+    ) -> Result<crate::enrollment::Issued, ServiceError> {
+        self.enrollment
+            .renew(identity, current, csr_pem)
+            .await
+            .map_err(|e| match e {
+                crate::enrollment::EnrollError::Store(s) => ServiceError::Store(s),
+                other => ServiceError::InvalidArgument(other.to_string()),
+            })
     }
 
     /// The sites and tags an endpoint is in, by the running policy.

@@ -22,6 +22,8 @@ use vitals_proto::identity::EndpointId;
 pub enum Command {
     Run(DiagnosticRequest),
     Cancel(u64),
+    /// End the session now, telling the agent why (it was revoked).
+    Close(String),
 }
 
 /// Commands waiting for a session before the relay feels backpressure.
@@ -108,6 +110,24 @@ impl Sessions {
             },
             had_old,
         )
+    }
+
+    /// Ends the endpoint's live session now, if it has one, telling the
+    /// agent why. True if there was one.
+    pub fn cut(&self, endpoint: &EndpointId, reason: &str) -> bool {
+        let inner = self.lock();
+        let Some(live) = inner.live.get(endpoint) else {
+            return false;
+        };
+        if live
+            .commands
+            .try_send(Command::Close(reason.to_owned()))
+            .is_err()
+        {
+            // Its queue is full of diagnostics: end it as if replaced.
+            live.replaced.notify_one();
+        }
+        true
     }
 
     /// The session ends. True if it was still the endpoint's live one

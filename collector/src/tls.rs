@@ -86,33 +86,194 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-/// The server configuration: TLS 1.3 only, HTTP/2 only, and a client
-/// certificate chaining to the fleet CA required on every connection.
-pub fn server_config(
-    ca: &Path,
-    cert: &Path,
-    key: &Path,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = provider();
-    let mut roots = RootCertStore::empty();
-    for c in read_certs(ca)? {
-        roots.add(c).map_err(|e| TlsError::File {
-            path: ca.to_path_buf(),
-            message: format!("not a usable CA certificate: {e}"),
-        })?;
-    }
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
-    let mut config = with_cert(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier),
-        cert,
-        key,
-    )?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+/// The files the gRPC port's TLS is made of.
+#[derive(Debug, Clone)]
+pub struct ServerFiles {
+    /// The CAs client certificates may chain to (the signing CA first).
+    pub ca: PathBuf,
+    /// During a CA rollover: the next CA, trusted beside the current one.
+    pub ca_next: Option<PathBuf>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
+
+impl ServerFiles {
+    /// Every CA certificate trusted for clients, the signing CA first.
+    pub fn trusted(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let mut certs = read_certs(&self.ca)?;
+        if let Some(next) = self.ca_next.as_ref().filter(|p| p.exists()) {
+            certs.extend(read_certs(next)?);
+        }
+        Ok(certs)
+    }
+
+    fn verifier(
+        &self,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for c in self.trusted()? {
+            roots.add(c).map_err(|e| TlsError::File {
+                path: self.ca.clone(),
+                message: format!("not a usable CA certificate: {e}"),
+            })?;
+        }
+        Ok(
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .allow_unauthenticated()
+                .build()?,
+        )
+    }
+
+    /// The server's certificate chain, its CA appended so a desk enrolling
+    /// with a CA fingerprint can find the CA it pins, and its key.
+    fn certified(
+        &self,
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        let mut chain = read_certs(&self.cert)?;
+        if let Some(ca) = read_certs(&self.ca)?.into_iter().next()
+            && !chain.contains(&ca)
+        {
+            chain.push(ca);
+        }
+        let key = rustls::sign::CertifiedKey::from_der(chain, read_key(&self.key)?, provider)
+            .map_err(|e| TlsError::File {
+                path: self.key.clone(),
+                message: format!("key does not match {}: {e}", self.cert.display()),
+            })?;
+        Ok(Arc::new(key))
+    }
+
+    /// The files holding the CAs clients are told to trust.
+    pub fn trust_files(&self) -> Vec<PathBuf> {
+        std::iter::once(self.ca.clone())
+            .chain(self.ca_next.clone())
+            .collect()
+    }
+
+    /// Modification times of the files, to notice a rotation.
+    fn stamp(&self) -> Vec<Option<std::time::SystemTime>> {
+        [
+            Some(&self.ca),
+            self.ca_next.as_ref(),
+            Some(&self.cert),
+            Some(&self.key),
+        ]
+        .into_iter()
+        .map(|p| {
+            p.and_then(|p| std::fs::metadata(p).ok())
+                .and_then(|m| m.modified().ok())
+        })
+        .collect()
+    }
+}
+
+/// The server certificate, replaceable while serving.
+#[derive(Debug)]
+pub struct ServerCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ServerCert {
+    /// The certificate in use (its chain's leaf first).
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// The gRPC port's TLS, with the parts that change while it serves: the
+/// server certificate (`pki rotate-server`) and the trusted CAs (a CA
+/// rollover). Revocation is checked on every client certificate.
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub cert: Arc<ServerCert>,
+    pub verifier: Arc<crate::enrollment::revocation::FleetVerifier>,
+    pub files: ServerFiles,
+}
+
+impl ServerTls {
+    /// TLS 1.3 only, HTTP/2 only; a client certificate chaining to the
+    /// fleet's CAs, or none (such a client reaches enrollment only).
+    pub fn new(
+        files: ServerFiles,
+        revoked: Arc<crate::enrollment::revocation::Revoked>,
+    ) -> Result<Self, TlsError> {
+        let provider = provider();
+        let verifier = Arc::new(crate::enrollment::revocation::FleetVerifier::new(
+            files.verifier(&provider)?,
+            revoked,
+        ));
+        let cert = Arc::new(ServerCert {
+            current: std::sync::RwLock::new(files.certified(&provider)?),
+        });
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier.clone())
+            .with_cert_resolver(cert.clone());
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(ServerTls {
+            config: Arc::new(config),
+            cert,
+            verifier,
+            files,
+        })
+    }
+
+    /// Reads the files again: a new server certificate is used from the
+    /// next handshake on, new trusted CAs likewise. On an error nothing
+    /// changes.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let provider = provider();
+        let certified = self.files.certified(&provider)?;
+        let verifier = self.files.verifier(&provider)?;
+        *self.cert.current.write().unwrap_or_else(|p| p.into_inner()) = certified;
+        self.verifier.replace(verifier);
+        Ok(())
+    }
+
+    /// Watches the files and reloads when they change, until shutdown.
+    pub fn watch(self: Arc<Self>, mut stop: vitals_proto::shutdown::Shutdown) {
+        tokio::spawn(async move {
+            let mut seen = self.files.stamp();
+            loop {
+                tokio::select! {
+                    () = stop.requested() => return,
+                    () = tokio::time::sleep(RELOAD_CHECK) => {}
+                }
+                let now = self.files.stamp();
+                if now == seen {
+                    continue;
+                }
+                // Let a writer finish the pair (certificate, key).
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                seen = self.files.stamp();
+                match self.reload() {
+                    Ok(()) => tracing::info!(
+                        cert = %self.files.cert.display(),
+                        "server certificate and trusted CAs reloaded"
+                    ),
+                    Err(error) => warn!(%error, "not reloaded; the previous certificate stays"),
+                }
+            }
+        });
+    }
+}
+
+/// How often the TLS files are looked at for a change.
+const RELOAD_CHECK: Duration = Duration::from_secs(2);
 
 /// Finishes a server configuration with the certificate chain and key in
 /// these files; a key that does not belong to the certificate is named.
@@ -148,12 +309,95 @@ pub fn browser_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfi
 pub struct ConnInfo {
     pub identity: Identity,
     pub remote: SocketAddr,
+    /// The client certificate's serial and validity.
+    pub cert: crate::pki::CertFacts,
 }
 
-/// A verified TLS connection carrying its peer's identity.
+/// A TLS connection carrying its peer's identity, or none for a client
+/// that presented no certificate (served enrollment only).
 pub struct VerifiedConn {
     stream: TlsStream<TcpStream>,
     info: ConnInfo,
+}
+
+/// A client without a fleet certificate: it reaches only enrollment.
+pub struct AnonymousConn {
+    stream: TlsStream<TcpStream>,
+    remote: SocketAddr,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// What the enrollment service knows about its caller.
+#[derive(Debug, Clone, Copy)]
+pub struct AnonymousInfo {
+    pub remote: SocketAddr,
+}
+
+impl Connected for AnonymousConn {
+    type ConnectInfo = AnonymousInfo;
+    fn connect_info(&self) -> AnonymousInfo {
+        AnonymousInfo {
+            remote: self.remote,
+        }
+    }
+}
+
+macro_rules! tls_stream_io {
+    ($t:ty) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                Pin::new(&mut self.stream).poll_read(cx, buf)
+            }
+        }
+
+        impl AsyncWrite for $t {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<std::io::Result<usize>> {
+                Pin::new(&mut self.stream).poll_write(cx, buf)
+            }
+            fn poll_flush(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                Pin::new(&mut self.stream).poll_flush(cx)
+            }
+            fn poll_shutdown(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                Pin::new(&mut self.stream).poll_shutdown(cx)
+            }
+            fn poll_write_vectored(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> Poll<std::io::Result<usize>> {
+                Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+            }
+            fn is_write_vectored(&self) -> bool {
+                self.stream.is_write_vectored()
+            }
+        }
+    };
+}
+
+tls_stream_io!(VerifiedConn);
+tls_stream_io!(AnonymousConn);
+
+/// Clients without a certificate connected at once (enrolling desks).
+const MAX_ANONYMOUS: usize = 1024;
+
+/// The two kinds of connection the accept loop hands on.
+pub struct Incoming {
+    pub verified: mpsc::Receiver<Result<VerifiedConn, std::io::Error>>,
+    pub anonymous: mpsc::Receiver<Result<AnonymousConn, std::io::Error>>,
 }
 
 impl Connected for VerifiedConn {
@@ -163,52 +407,19 @@ impl Connected for VerifiedConn {
     }
 }
 
-impl AsyncRead for VerifiedConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for VerifiedConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-}
-
 /// Accepts TCP connections, runs each handshake in its own task under a
-/// deadline, and sends verified connections to the returned channel. Stops
-/// accepting once shutdown is requested.
+/// deadline, and sends verified connections, and those of clients without
+/// a certificate, to their channels. Stops accepting once shutdown is
+/// requested.
 pub fn accept_loop(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     metrics: Arc<Metrics>,
     mut stop: vitals_proto::shutdown::Shutdown,
-) -> mpsc::Receiver<Result<VerifiedConn, std::io::Error>> {
+) -> Incoming {
     let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
+    let (anon_tx, anon_rx) = mpsc::channel(64);
+    let anonymous_slots = Arc::new(Semaphore::new(MAX_ANONYMOUS));
     let acceptor = TlsAcceptor::from(config);
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
@@ -233,13 +444,29 @@ pub fn accept_loop(
             };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let anon_tx = anon_tx.clone();
+            let anonymous_slots = anonymous_slots.clone();
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 match handshake(&acceptor, tcp, remote).await {
-                    Ok(conn) => {
+                    Ok(Handshaken::Verified(conn)) => {
                         metrics.handshakes.inc();
                         let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Handshaken::Anonymous(stream)) => {
+                        let Ok(slot) = anonymous_slots.try_acquire_owned() else {
+                            metrics.handshake_failed("anonymous_full");
+                            debug!(%remote, "too many clients without a certificate; dropped");
+                            return;
+                        };
+                        metrics.handshakes.inc();
+                        let conn = AnonymousConn {
+                            stream,
+                            remote,
+                            _slot: slot,
+                        };
+                        let _ = anon_tx.send(Ok(conn)).await;
                     }
                     Err(reason) => {
                         metrics.handshake_failed(reason.kind());
@@ -249,7 +476,15 @@ pub fn accept_loop(
             });
         }
     });
-    rx
+    Incoming {
+        verified: rx,
+        anonymous: anon_rx,
+    }
+}
+
+enum Handshaken {
+    Verified(VerifiedConn),
+    Anonymous(TlsStream<TcpStream>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -258,8 +493,6 @@ enum HandshakeError {
     Timeout,
     #[error("tls: {0}")]
     Tls(std::io::Error),
-    #[error("no client certificate")]
-    NoCertificate,
     #[error("certificate identity: {0}")]
     Identity(vitals_proto::identity::IdentityError),
 }
@@ -269,7 +502,6 @@ impl HandshakeError {
         match self {
             HandshakeError::Timeout => "timeout",
             HandshakeError::Tls(_) => "tls",
-            HandshakeError::NoCertificate => "no_certificate",
             HandshakeError::Identity(_) => "identity",
         }
     }
@@ -279,20 +511,30 @@ async fn handshake(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
-) -> Result<VerifiedConn, HandshakeError> {
+) -> Result<Handshaken, HandshakeError> {
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| HandshakeError::Timeout)?
         .map_err(HandshakeError::Tls)?;
-    let leaf = stream
+    let Some(leaf) = stream
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .ok_or(HandshakeError::NoCertificate)?;
+    else {
+        return Ok(Handshaken::Anonymous(stream));
+    };
     let identity = Identity::from_cert_der(leaf).map_err(HandshakeError::Identity)?;
-    Ok(VerifiedConn {
+    // The verifier parsed it already; a certificate it accepted parses.
+    let cert = crate::pki::CertFacts::of(leaf).ok_or(HandshakeError::Identity(
+        vitals_proto::identity::IdentityError::NoIdentity,
+    ))?;
+    Ok(Handshaken::Verified(VerifiedConn {
         stream,
-        info: ConnInfo { identity, remote },
-    })
+        info: ConnInfo {
+            identity,
+            remote,
+            cert,
+        },
+    }))
 }

@@ -515,6 +515,24 @@ pub struct EndpointSummary {
     /// IP addresses from the latest snapshot, loopback left out.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// The site its enrollment token placed it in (besides the policy's).
+    #[serde(default)]
+    pub enrolled_site: String,
+    /// The tags its enrollment token gave it.
+    #[serde(default)]
+    pub enrolled_tags: Vec<String>,
+    /// The machine its certificate is bound to (empty: not yet known).
+    #[serde(default)]
+    pub machine_id: String,
+    /// A second machine that presented its identity and was refused: a
+    /// cloned image, until an admin resolves it.
+    #[serde(default)]
+    pub clone_machine_id: String,
+    /// When it was revoked (0: never); it must enroll again.
+    #[serde(default)]
+    pub revoked_ms: i64,
+    #[serde(default)]
+    pub revoke_reason: String,
 }
 
 /// One endpoint in full.

@@ -56,6 +56,29 @@ impl FromStr for EndpointId {
     }
 }
 
+impl EndpointId {
+    /// The endpoint ID a host name gives: lower case, every character an
+    /// ID may not hold replaced by `-`, at most 64 characters.
+    pub fn from_hostname(host: &str) -> Result<Self, IdentityError> {
+        let mut id: String = host
+            .trim()
+            .trim_end_matches('.')
+            .chars()
+            .map(|c| {
+                let c = c.to_ascii_lowercase();
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        id = id.trim_start_matches(['.', '_', '-']).to_owned();
+        id.truncate(64);
+        id.parse()
+    }
+}
+
 /// Checks a name used as an endpoint ID or a specialist name.
 fn validate_name(s: &str) -> Result<(), &'static str> {
     if s.is_empty() || s.len() > 64 {

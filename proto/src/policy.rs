@@ -22,6 +22,14 @@ pub const BUILTIN_CHECKS: &[(&str, &str)] = &[
         "Agent cannot keep its outbox on disk",
     ),
     ("endpoint_offline", "Endpoint offline"),
+    (
+        "endpoint_cloned",
+        "Two machines present one endpoint's identity (cloned image?)",
+    ),
+    (
+        "collector_certificate_expiring",
+        "A collector certificate expires soon",
+    ),
 ];
 
 /// The measurements checks can name, each with the probe that takes it

@@ -93,6 +93,7 @@ impl Fleet {
             collector: format!("https://{collector}"),
             server_name: Some("localhost".into()),
             state_dir: self.dir.join(format!("agents/{id}")),
+            machine_id: None,
             tls: TlsFiles {
                 ca: self.paths().ca_cert(),
                 cert,

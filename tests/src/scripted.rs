@@ -27,6 +27,7 @@ pub async fn open_session(
             platform: "test/none".into(),
             last_assigned_seq: 0,
             dropped_snapshots: 0,
+            machine_id: String::new(),
         })),
     })
     .await

@@ -27,6 +27,8 @@
 //! between zero and min(max, min * 2^attempt), so a fleet that lost its
 //! collector at the same instant does not come back at the same instant.
 
+pub mod credentials;
+pub mod enroll;
 mod outbox;
 pub mod outbox_file;
 mod session;
@@ -66,6 +68,10 @@ pub enum LinkError {
     Protocol(&'static str),
     #[error(transparent)]
     Seq(#[from] SeqError),
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialError),
+    #[error("certificate renewal: {0}")]
+    Renewal(String),
 }
 
 /// A message for the collector.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 use vitals_proto::domain::FaultEvent;
 use vitals_proto::identity::EndpointId;
@@ -15,6 +15,7 @@ use vitals_proto::shutdown::Shutdown;
 use vitals_proto::wire::agent_gateway_client::AgentGatewayClient;
 use vitals_proto::wire::{self, agent_message, collector_message};
 
+use super::credentials::{Credentials, NewKey};
 use super::{FromCollector, LinkError, LinkStatus, OUTBOX_CHECK, Outbox, Outgoing, backoff};
 use crate::config::AgentConfig;
 use crate::seq::{SeqCounter, SeqError};
@@ -42,7 +43,15 @@ struct SessionEnd {
 pub struct Link {
     endpoint_id: EndpointId,
     config: AgentConfig,
-    tls: ClientTlsConfig,
+    /// CA, certificate and key: replaced by renewals while running.
+    credentials: Credentials,
+    /// This machine's fingerprint, sent in every hello.
+    machine_id: String,
+    /// A renewal asked for on the current session: the new key waits here
+    /// for its certificate.
+    renewing: Option<NewKey>,
+    /// When to ask (again) for a new certificate.
+    renew_at: std::time::Instant,
     seq: SeqCounter,
     outbox: Outbox,
     welcomed_once: bool,
@@ -77,20 +86,8 @@ impl Link {
             policy,
             clock_offset,
         } = from_collector;
-        let read = |what, path: &std::path::Path| {
-            std::fs::read(path).map_err(|source| LinkError::File {
-                what,
-                path: path.display().to_string(),
-                source,
-            })
-        };
-        let ca = read("CA certificate", &config.tls.ca)?;
-        let cert = read("certificate", &config.tls.cert)?;
-        let key = read("key", &config.tls.key)?;
-        let tls = ClientTlsConfig::new()
-            .domain_name(config.server_name())
-            .ca_certificate(Certificate::from_pem(ca))
-            .identity(Identity::from_pem(cert, key));
+        let credentials = Credentials::load(&config)?;
+        let machine_id = super::credentials::machine_id(&config);
         let mut seq = SeqCounter::open(&config.state_dir)?;
         let outbox = Outbox::open(
             &config.state_dir,
@@ -101,11 +98,14 @@ impl Link {
         // lost beside a kept outbox file: the file's numbers are never
         // handed out again, and a collector that has them is not ahead.
         seq.resume_after(outbox.max_seq())?;
-        Ok(Link {
+        let mut link = Link {
             endpoint_id,
             outbox,
             config,
-            tls,
+            credentials,
+            machine_id,
+            renewing: None,
+            renew_at: std::time::Instant::now(),
             seq,
             welcomed_once: false,
             interval,
@@ -116,7 +116,108 @@ impl Link {
             outbox_fault: false,
             outbox_retry: std::time::Instant::now(),
             dropped_reported: 0,
-        })
+        };
+        link.schedule_renewal();
+        Ok(link)
+    }
+
+    /// Plans the next renewal at two thirds of the certificate's lifetime.
+    fn schedule_renewal(&mut self) {
+        let now = vitals_proto::now_ms();
+        let at = self.credentials.validity().map_or(now, |v| v.renew_at_ms());
+        self.renew_at =
+            std::time::Instant::now() + Duration::from_millis(at.saturating_sub(now).max(0) as u64);
+    }
+
+    /// A renewal was refused or went unanswered: ask again after a tenth
+    /// of the lifetime (at least a second, at most an hour).
+    fn retry_renewal(&mut self) {
+        let lifetime = self
+            .credentials
+            .validity()
+            .map_or(Duration::from_secs(3600), |v| v.lifetime());
+        let wait = (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        self.renew_at = std::time::Instant::now() + wait;
+    }
+
+    /// Asks for a certificate for a fresh key on the open session.
+    fn renewal_request(&mut self) -> Option<wire::AgentMessage> {
+        let identity = vitals_proto::identity::Identity::Endpoint(self.endpoint_id.clone());
+        match NewKey::generate(&identity) {
+            Ok(new) => {
+                let csr_pem = new.csr_pem.clone();
+                self.renewing = Some(new);
+                self.retry_renewal();
+                debug!("asking for a new certificate");
+                Some(wire::AgentMessage {
+                    seq: 0,
+                    body: Some(agent_message::Body::RenewCertificate(
+                        wire::RenewCertificate { csr_pem },
+                    )),
+                })
+            }
+            Err(error) => {
+                warn!(%error, "cannot make a key for renewal");
+                self.retry_renewal();
+                None
+            }
+        }
+    }
+
+    /// The collector's answer to a renewal.
+    fn renewed(&mut self, answer: wire::CertificateRenewal) {
+        let Some(new) = self.renewing.take() else {
+            return;
+        };
+        match answer.body {
+            Some(wire::certificate_renewal::Body::Issued(issued)) => {
+                match self.credentials.replace(&new.key, &issued.certificate_pem) {
+                    Ok(()) => {
+                        info!(
+                            valid_until = %vitals_proto::rfc3339_seconds(issued.not_after_ms),
+                            "certificate renewed; the next connection uses it"
+                        );
+                        if let Err(error) = self.credentials.trust(&issued.trust_bundle_pem) {
+                            warn!(%error, "trust bundle not taken");
+                        }
+                        self.schedule_renewal();
+                    }
+                    Err(error) => warn!(%error, "renewed certificate not taken"),
+                }
+            }
+            Some(wire::certificate_renewal::Body::Refused(why)) => {
+                warn!(reason = %why, "the collector refused to renew the certificate");
+            }
+            None => {}
+        }
+    }
+
+    /// Before connecting: a certificate that expired while the desk was
+    /// away is renewed with proof of its key, within the grace window.
+    async fn renew_if_expired(&mut self) -> Result<(), LinkError> {
+        let expired = self
+            .credentials
+            .validity()
+            .is_some_and(|v| v.expired(vitals_proto::now_ms()));
+        if !expired {
+            return Ok(());
+        }
+        warn!("the certificate expired; renewing it with proof of the old key");
+        let not_after = super::enroll::renew_expired(
+            &self.config.collector,
+            &self.config.server_name(),
+            &mut self.credentials,
+            &self.endpoint_id,
+            &self.machine_id,
+        )
+        .await
+        .map_err(|e| LinkError::Renewal(e.to_string()))?;
+        info!(
+            valid_until = %vitals_proto::rfc3339_seconds(not_after),
+            "expired certificate renewed"
+        );
+        self.schedule_renewal();
+        Ok(())
     }
 
     /// Raises the outbox fault when the file failed, tries the file
@@ -299,7 +400,7 @@ impl Link {
     async fn channel(&self) -> Result<Channel, LinkError> {
         Endpoint::from_shared(self.config.collector.clone())
             .map_err(LinkError::Connect)?
-            .tls_config(self.tls.clone())
+            .tls_config(self.credentials.tls(&self.config.server_name()))
             .map_err(LinkError::Tls)?
             .connect_timeout(self.config.link.connect_timeout)
             .http2_keep_alive_interval(self.config.link.keepalive_interval)
@@ -311,7 +412,8 @@ impl Link {
     }
 
     /// Opens a stream: connection, TLS, hello, and the collector's welcome.
-    async fn open(&self) -> Result<Opened, LinkError> {
+    async fn open(&mut self) -> Result<Opened, LinkError> {
+        self.renew_if_expired().await?;
         let channel = self.channel().await?;
         let mut client = AgentGatewayClient::new(channel);
         let (tx, rx) = mpsc::channel::<wire::AgentMessage>(64);
@@ -323,6 +425,7 @@ impl Link {
                 platform: format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
                 last_assigned_seq: self.seq.last(),
                 dropped_snapshots: self.outbox.dropped - self.dropped_reported,
+                machine_id: self.machine_id.clone(),
             })),
         };
         let _ = tx.send(hello).await;
@@ -403,8 +506,24 @@ impl Link {
         let mut heartbeat = tokio::time::interval(heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
+        // A renewal asked on an earlier session died with it.
+        if self.renewing.take().is_some() {
+            self.renew_at = std::time::Instant::now();
+        }
         loop {
+            let renew = tokio::time::sleep_until(self.renew_at.into());
             tokio::select! {
+                () = renew, if self.renewing.is_none() => {
+                    if let Some(m) = self.renewal_request()
+                        && tx.send(m).await.is_err()
+                    {
+                        return Err(late(LinkError::Closed));
+                    }
+                }
+                () = tokio::time::sleep_until(self.renew_at.into()), if self.renewing.is_some() => {
+                    // No answer in time: forget it and ask again.
+                    self.renewing = None;
+                }
                 () = shutdown.requested() => break,
                 Some(outgoing) = snapshots.recv() => {
                     self.absorb(outgoing, true).map_err(|e| late(e.into()))?;
@@ -452,6 +571,9 @@ impl Link {
                         if let Some((runner, _)) = &self.diagnostics {
                             runner.cancel(c.id);
                         }
+                    }
+                    Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Certificate(c)) })) => {
+                        self.renewed(c);
                     }
                     Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Policy(p)) })) => {
                         let policy = Policy::from(p);
@@ -519,6 +641,11 @@ impl Link {
             self.outbox.renumber(&mut self.seq)?;
         } else {
             self.outbox.ack(w.committed_seq);
+        }
+        match self.credentials.trust(&w.trust_bundle_pem) {
+            Ok(true) => info!("the collector's trust bundle replaced the CA file"),
+            Ok(false) => {}
+            Err(error) => warn!(%error, "trust bundle not taken"),
         }
         if let Some(p) = &w.policy {
             let policy = Policy::from(p.clone());

@@ -55,6 +55,9 @@ enum Command {
     /// Who ran which diagnostic where.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// This specialist's own certificate.
+    #[command(subcommand)]
+    Cert(CertCmd),
 }
 
 #[derive(Subcommand)]
@@ -178,6 +181,28 @@ enum EndpointsCmd {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Revoke an endpoint (admin): its stream is cut now and every
+    /// certificate it holds refused; it must enroll again.
+    Revoke {
+        id: String,
+        /// Why (shown with the endpoint and in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resolve a cloned-image flag (admin): bind the endpoint to this
+    /// machine; the other is refused.
+    Bind {
+        id: String,
+        #[arg(long)]
+        machine: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Renew this specialist's own certificate: a new key made here, the
+    /// profile's certificate and key files replaced.
+    Renew,
 }
 
 fn main() -> ExitCode {
@@ -223,7 +248,8 @@ fn settings(cli: &Cli) -> Result<Profile, CtlError> {
 }
 
 async fn run(cli: Cli) -> Result<(), CtlError> {
-    let mut client = Client::connect(&settings(&cli)?).await?;
+    let profile = settings(&cli)?;
+    let mut client = Client::connect(&profile).await?;
     let now = vitals_proto::now_ms();
     let json = cli.output == Output::Json;
     match cli.command {
@@ -315,6 +341,29 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             } else {
                 print!("{}", ctl::audit_table(&entries));
             }
+        }
+        Command::Endpoints(EndpointsCmd::Revoke { id, reason }) => {
+            let detail = client.revoke_endpoint(&id, &reason).await?;
+            if json {
+                print_json(&detail);
+            } else {
+                println!("{id} revoked: its stream is cut and it must enroll again");
+            }
+        }
+        Command::Endpoints(EndpointsCmd::Bind { id, machine }) => {
+            let detail = client.bind_endpoint(&id, &machine).await?;
+            if json {
+                print_json(&detail);
+            } else {
+                println!("{id} is bound to machine {machine}; any other is refused");
+            }
+        }
+        Command::Cert(CertCmd::Renew) => {
+            let not_after = client.renew_own(&profile).await?;
+            println!(
+                "certificate renewed, valid until {}",
+                vitals_proto::rfc3339_seconds(not_after)
+            );
         }
         Command::Endpoints(EndpointsCmd::Show { id, history }) => {
             let detail = client.endpoint(&id).await?;

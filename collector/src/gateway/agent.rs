@@ -31,10 +31,12 @@ use vitals_proto::wire::{self, agent_message, collector_message};
 use vitals_proto::{VERSION, now_ms};
 
 use crate::config::AgentSettings;
+use crate::enrollment::Enrollment;
 use crate::ingest::{AckSink, Ingest};
 use crate::relay::Relay;
 use crate::sessions::{Attached, Command};
-use crate::store::{RecordBody, SessionOpen};
+use crate::store::{Admission, RecordBody, SessionOpen};
+use crate::tickets::TicketDesk;
 
 /// How long a new stream may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +54,17 @@ pub struct AgentGatewayApi {
     shutdown: Shutdown,
     /// Diagnostics relayed down agent streams.
     relay: std::sync::Arc<Relay>,
+    /// Certificate renewal on the stream, the trust bundle in the welcome.
+    enrollment: std::sync::Arc<Enrollment>,
+    /// Where a cloned image is reported.
+    desk: TicketDesk,
+}
+
+/// What an agent session is wired to besides ingest.
+pub struct AgentWiring {
+    pub relay: std::sync::Arc<Relay>,
+    pub enrollment: std::sync::Arc<Enrollment>,
+    pub desk: TicketDesk,
 }
 
 impl AgentGatewayApi {
@@ -60,14 +73,43 @@ impl AgentGatewayApi {
         settings: AgentSettings,
         policy: crate::policy::PolicyWatch,
         shutdown: Shutdown,
-        relay: std::sync::Arc<Relay>,
+        wiring: AgentWiring,
     ) -> Self {
         AgentGatewayApi {
             ingest,
             settings,
             policy,
             shutdown,
-            relay,
+            relay: wiring.relay,
+            enrollment: wiring.enrollment,
+            desk: wiring.desk,
+        }
+    }
+
+    /// A second machine presented this endpoint's identity: flag it and
+    /// open a ticket for the admins (once per new machine).
+    async fn cloned(&self, endpoint: &EndpointId, bound: &str, newcomer: &str, newly: bool) {
+        warn!(%endpoint, bound, newcomer, "endpoint identity presented by a second machine; refused");
+        if !newly {
+            return;
+        }
+        let event = vitals_proto::domain::FaultEvent {
+            check_id: "endpoint_cloned".into(),
+            subject: String::new(),
+            state: vitals_proto::domain::FaultState::Raised,
+            severity: vitals_proto::domain::Severity::Critical,
+            value: 2.0,
+            evidence: format!(
+                "the identity of {endpoint} is bound to machine {bound} and was presented by \
+                 machine {newcomer} too (a cloned disk image?); the newcomer is refused. Keep \
+                 one with `vitalsctl endpoints bind {endpoint} --machine ID`, or revoke it and \
+                 enroll each machine on its own"
+            ),
+            at_ms: now_ms(),
+            via: String::new(),
+        };
+        if let Err(error) = self.desk.raise(endpoint.as_str(), event).await {
+            warn!(%endpoint, %error, "cannot open the cloned-image ticket");
         }
     }
 }
@@ -84,7 +126,8 @@ impl AgentGateway for AgentGatewayApi {
         &self,
         request: Request<Streaming<wire::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let endpoint = match super::identity(&request)? {
+        let conn = super::conn(&request)?.clone();
+        let endpoint = match &conn.identity {
             Identity::Endpoint(id) => id.clone(),
             other => {
                 return Err(Status::permission_denied(format!(
@@ -92,6 +135,10 @@ impl AgentGateway for AgentGatewayApi {
                 )));
             }
         };
+        // Revoked between its handshake and now.
+        if let Some(why) = self.enrollment.revoked.refusal(&conn.identity, &conn.cert) {
+            return Err(Status::permission_denied(format!("{why}: enroll again")));
+        }
         let mut inbound = request.into_inner();
         let first = timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -118,12 +165,38 @@ impl AgentGateway for AgentGatewayApi {
                 agent_version: hello.agent_version.clone(),
                 platform: hello.platform.clone(),
                 at_ms: now_ms(),
+                machine_id: hello.machine_id.chars().take(128).collect(),
             })
             .await
             .map_err(|error| {
                 warn!(%endpoint, %error, "cannot open session");
                 Status::unavailable("collector storage unavailable")
             })?;
+        let (attached, committed) = match (attached, committed) {
+            (Some(attached), Admission::Admitted(committed)) => (attached, committed),
+            (_, Admission::Revoked { reason }) => {
+                return Err(Status::permission_denied(format!(
+                    "endpoint {endpoint} was revoked ({reason}): enroll again"
+                )));
+            }
+            (
+                _,
+                Admission::OtherMachine {
+                    bound,
+                    newly_flagged,
+                },
+            ) => {
+                self.cloned(&endpoint, &bound, &hello.machine_id, newly_flagged)
+                    .await;
+                return Err(Status::permission_denied(format!(
+                    "endpoint {endpoint} belongs to another machine; this one is refused until an \
+                     admin resolves it (a cloned image must enroll on its own)"
+                )));
+            }
+            (None, Admission::Admitted(_)) => {
+                return Err(Status::internal("session admitted but not attached"));
+            }
+        };
         info!(
             %endpoint,
             agent_version = %hello.agent_version,
@@ -150,6 +223,7 @@ impl AgentGateway for AgentGatewayApi {
             collector_version: VERSION.to_owned(),
             policy: Some(wire::Policy::from(self.policy.borrow().as_ref())),
             collector_time_ms: vitals_proto::now_ms(),
+            trust_bundle_pem: self.enrollment.trust_bundle(),
         }));
         // The channel is empty, so this cannot wait.
         let _ = tx.send(Ok(welcome)).await;
@@ -163,6 +237,8 @@ impl AgentGateway for AgentGatewayApi {
             idle_timeout: self.settings.idle_timeout,
             shutdown: self.shutdown.clone(),
             policy: self.policy.clone(),
+            enrollment: self.enrollment.clone(),
+            cert: conn.cert,
         };
         tokio::spawn(session.run(inbound, committed));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -181,6 +257,9 @@ struct Session {
     idle_timeout: Duration,
     shutdown: Shutdown,
     policy: crate::policy::PolicyWatch,
+    enrollment: std::sync::Arc<Enrollment>,
+    /// The certificate this session was opened with.
+    cert: crate::pki::CertFacts,
 }
 
 /// Why a session loop ended.
@@ -219,6 +298,10 @@ impl Session {
                         Command::Run(r) => collector_message::Body::Diagnostic(r.into()),
                         Command::Cancel(id) => {
                             collector_message::Body::CancelDiagnostic(wire::DiagnosticCancel { id })
+                        }
+                        Command::Close(reason) => {
+                            info!(endpoint = %self.endpoint, %reason, "session cut");
+                            break End::Refuse(Status::permission_denied(reason));
                         }
                     };
                     if self.tx.send(Ok(message(body))).await.is_err() {
@@ -368,6 +451,28 @@ impl Session {
             Some(agent_message::Body::Hello(_)) => {
                 metrics.error("protocol");
                 Err(End::Refuse(Status::invalid_argument("hello sent twice")))
+            }
+            Some(agent_message::Body::RenewCertificate(r)) => {
+                metrics.message("renew_certificate");
+                let identity = Identity::Endpoint(self.endpoint.clone());
+                let body = match self
+                    .enrollment
+                    .renew(&identity, &self.cert, &r.csr_pem)
+                    .await
+                {
+                    Ok(issued) => {
+                        info!(endpoint = %self.endpoint, not_after = %vitals_proto::rfc3339_seconds(issued.not_after_ms), "certificate renewed");
+                        wire::certificate_renewal::Body::Issued(issued.into())
+                    }
+                    Err(e) => wire::certificate_renewal::Body::Refused(e.to_string()),
+                };
+                let msg = message(collector_message::Body::Certificate(
+                    wire::CertificateRenewal { body: Some(body) },
+                ));
+                if self.tx.send(Ok(msg)).await.is_err() {
+                    return Err(End::Gone);
+                }
+                Ok(())
             }
             None => {
                 // A message kind from a newer agent. It cannot be stored, and

@@ -24,14 +24,21 @@ impl SpecialistApi {
     }
 }
 
-/// Only specialist certificates may call this service; an agent certificate
-/// is refused whatever it asks.
-fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
-    match super::identity(request)? {
-        Identity::Specialist { name, role } => Ok(Caller::everywhere(name.clone(), *role)),
-        Identity::Endpoint(id) => Err(Status::permission_denied(format!(
-            "endpoint {id} holds an agent certificate; the Specialist API needs a specialist certificate"
-        ))),
+impl SpecialistApi {
+    /// Only specialist certificates may call this service; an agent
+    /// certificate is refused whatever it asks, and so is a certificate
+    /// revoked since its connection's handshake.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let conn = super::conn(request)?;
+        if let Some(why) = self.service.certificate_refusal(&conn.identity, &conn.cert) {
+            return Err(Status::permission_denied(why));
+        }
+        match &conn.identity {
+            Identity::Specialist { name, role } => Ok(Caller::everywhere(name.clone(), *role)),
+            Identity::Endpoint(id) => Err(Status::permission_denied(format!(
+                "endpoint {id} holds an agent certificate; the Specialist API needs a specialist certificate"
+            ))),
+        }
     }
 }
 
@@ -67,7 +74,7 @@ impl Specialist for SpecialistApi {
         &self,
         request: Request<wire::ListEndpointsRequest>,
     ) -> Result<Response<wire::ListEndpointsResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let list = self
             .service
             .list_endpoints(&caller, request.get_ref().online_only)
@@ -82,7 +89,7 @@ impl Specialist for SpecialistApi {
         &self,
         request: Request<wire::GetEndpointRequest>,
     ) -> Result<Response<wire::EndpointDetail>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let detail = self
             .service
             .endpoint(&caller, &request.get_ref().endpoint_id)
@@ -95,7 +102,7 @@ impl Specialist for SpecialistApi {
         &self,
         request: Request<wire::EndpointHistoryRequest>,
     ) -> Result<Response<wire::EndpointHistoryResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let r = request.get_ref();
         let entries = self
             .service
@@ -111,7 +118,7 @@ impl Specialist for SpecialistApi {
         &self,
         request: Request<wire::EndpointFaultsRequest>,
     ) -> Result<Response<wire::EndpointFaultsResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let r = request.get_ref();
         let faults = self
             .service
@@ -127,7 +134,7 @@ impl Specialist for SpecialistApi {
         &self,
         request: Request<wire::ListTicketsRequest>,
     ) -> Result<Response<wire::ListTicketsResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let r = request.into_inner();
         if let Some(s) = given(&r.status)
             && s.parse::<TicketStatus>().is_err()
@@ -159,7 +166,7 @@ impl Specialist for SpecialistApi {
         &self,
         request: Request<wire::GetTicketRequest>,
     ) -> Result<Response<wire::TicketDetail>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let d = self
             .service
             .ticket(&caller, request.get_ref().id)
@@ -173,7 +180,7 @@ impl Specialist for SpecialistApi {
         request: Request<wire::UpdateTicketRequest>,
     ) -> Result<Response<wire::TicketDetail>, Status> {
         use wire::update_ticket_request::Action as A;
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let r = request.into_inner();
         let action = match r.action {
             Some(A::Assign(to)) => Action::Assign(to),
@@ -199,7 +206,7 @@ impl Specialist for SpecialistApi {
         &self,
         request: Request<wire::OpenTicketRequest>,
     ) -> Result<Response<wire::TicketDetail>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let r = request.into_inner();
         let severity = match r.severity {
             0 => vitals_proto::domain::Severity::Warning,
@@ -221,7 +228,7 @@ impl Specialist for SpecialistApi {
         &self,
         request: Request<wire::WatchTicketsRequest>,
     ) -> Result<Response<Self::WatchTicketsStream>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let mut rx = self.service.watch(&caller).map_err(status)?;
         let mut stop = self.stop.clone();
         let (tx, out) = tokio::sync::mpsc::channel(64);
@@ -263,7 +270,7 @@ impl Specialist for SpecialistApi {
     ) -> Result<Response<Self::RunDiagnosticStream>, Status> {
         use crate::service::{DiagEvent, DiagRequest};
         use wire::diagnostic_event::Body;
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let r = request.into_inner();
         let mut events = self
             .service
@@ -308,7 +315,7 @@ impl Specialist for SpecialistApi {
         &self,
         request: Request<wire::ListAuditRequest>,
     ) -> Result<Response<wire::ListAuditResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = self.caller(&request)?;
         let r = request.into_inner();
         let entries = self
             .service
@@ -326,5 +333,48 @@ impl Specialist for SpecialistApi {
         Ok(Response::new(wire::ListAuditResponse {
             entries: entries.into_iter().map(Into::into).collect(),
         }))
+    }
+
+    async fn revoke_endpoint(
+        &self,
+        request: Request<wire::RevokeEndpointRequest>,
+    ) -> Result<Response<wire::EndpointDetail>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let d = self
+            .service
+            .revoke_endpoint(&caller, &r.endpoint_id, &r.reason)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(d.into()))
+    }
+
+    async fn bind_endpoint(
+        &self,
+        request: Request<wire::BindEndpointRequest>,
+    ) -> Result<Response<wire::EndpointDetail>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let d = self
+            .service
+            .bind_endpoint(&caller, &r.endpoint_id, &r.machine_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(d.into()))
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<wire::RenewCertificate>,
+    ) -> Result<Response<wire::IssuedCertificate>, Status> {
+        self.caller(&request)?;
+        let conn = super::conn(&request)?.clone();
+        let r = request.into_inner();
+        let issued = self
+            .service
+            .renew_certificate(&conn.identity, &conn.cert, &r.csr_pem)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(issued.into()))
     }
 }

@@ -70,6 +70,24 @@ pub struct SessionOpen {
     pub agent_version: String,
     pub platform: String,
     pub at_ms: i64,
+    /// The machine's fingerprint from the hello; empty from older agents.
+    pub machine_id: String,
+}
+
+/// Whether a session may open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Yes; the highest sequence committed for the endpoint.
+    Admitted(u64),
+    /// The endpoint was revoked: it must enroll again.
+    Revoked { reason: String },
+    /// The identity is bound to another machine: a cloned image. The
+    /// newcomer is recorded on the endpoint and refused.
+    OtherMachine {
+        bound: String,
+        /// The flag is new with this attempt (so the admins are told once).
+        newly_flagged: bool,
+    },
 }
 
 /// An agent message to commit.
@@ -97,6 +115,7 @@ pub trait Store:
     + OutboxStore
     + AuditStore
     + AccountStore
+    + EnrollStore
     + 'static
 {
 }
@@ -109,6 +128,7 @@ impl<T> Store for T where
         + OutboxStore
         + AuditStore
         + AccountStore
+        + EnrollStore
         + 'static
 {
 }
@@ -117,8 +137,11 @@ impl<T> Store for T where
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// Records that an endpoint's session began (creating the endpoint on
-    /// first contact) and returns the highest sequence committed for it.
-    async fn open_session(&self, open: &SessionOpen) -> Result<u64, StoreError>;
+    /// first contact, binding it to the hello's machine if it has none)
+    /// and returns the highest sequence committed for it; or refuses it,
+    /// changing nothing but the clone flag, when the endpoint is revoked or
+    /// bound to another machine.
+    async fn open_session(&self, open: &SessionOpen) -> Result<Admission, StoreError>;
 
     /// Records that an endpoint's session ended.
     async fn close_session(&self, endpoint: &EndpointId, at_ms: i64) -> Result<(), StoreError>;
@@ -193,6 +216,120 @@ pub trait OutboxStore: Send + Sync {
 
     /// Records the outcome of one delivery attempt.
     async fn delivery_outcome(&self, id: i64, outcome: DeliveryOutcome) -> Result<(), StoreError>;
+}
+
+/// An enrollment token as stored: its secret only as a hash.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnrollToken {
+    /// The public half, shown in lists and the audit log.
+    pub id: String,
+    /// SHA-256 of the secret half, hex.
+    pub secret_hash: String,
+    /// 0: any number of uses.
+    pub max_uses: u32,
+    pub used: u32,
+    pub expires_ms: i64,
+    pub site: String,
+    pub tags: Vec<String>,
+    /// Endpoint IDs it may enroll (`*` wildcards); empty: any.
+    pub id_pattern: String,
+    /// May take over the ID of an endpoint already enrolled.
+    pub reenroll: bool,
+    pub created_ms: i64,
+    pub created_by: String,
+    pub last_used_ms: i64,
+    pub last_used_by: String,
+    /// 0: not revoked.
+    pub revoked_ms: i64,
+}
+
+/// A certificate the collector signed, by serial.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IssuedCert {
+    /// Hex, lower case, as the CRL lists it.
+    pub serial: String,
+    /// `endpoint` or `specialist`.
+    pub kind: String,
+    /// The endpoint ID or the specialist's name.
+    pub subject: String,
+    pub issued_ms: i64,
+    pub not_after_ms: i64,
+    /// enroll, renew, renew_expired, issue.
+    pub via: String,
+    pub revoked_ms: i64,
+    pub revoke_reason: String,
+}
+
+/// A desk joining with a token, applied in one transaction.
+#[derive(Debug, Clone)]
+pub struct NewEnrollment {
+    pub token_id: String,
+    pub endpoint: EndpointId,
+    pub hostname: String,
+    pub machine_id: String,
+    pub certificate: IssuedCert,
+    pub at_ms: i64,
+}
+
+/// Why a token did not enroll a desk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    #[error("unknown enrollment token")]
+    Unknown,
+    #[error("the enrollment token was revoked")]
+    Revoked,
+    #[error("the enrollment token expired")]
+    Expired,
+    #[error("the enrollment token has no uses left")]
+    UsedUp,
+    #[error(
+        "endpoint {0} is already enrolled; revoke it first, or use a token that allows re-enrolling"
+    )]
+    Clash(String),
+}
+
+/// Every revocation in force: what handshakes are checked against.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Revocations {
+    /// Revoked certificate serials with when and why, for the CRL.
+    pub serials: Vec<(String, i64, String)>,
+    /// Revoked endpoints with when: any certificate naming them that was
+    /// issued before is refused (certificates made by hand included).
+    pub endpoints: Vec<(String, i64)>,
+}
+
+/// Enrollment tokens, signed certificates and revocation.
+#[async_trait]
+pub trait EnrollStore: Send + Sync {
+    async fn create_token(&self, token: EnrollToken) -> Result<(), StoreError>;
+    /// Every token, newest first.
+    async fn tokens(&self) -> Result<Vec<EnrollToken>, StoreError>;
+    async fn token(&self, id: &str) -> Result<Option<EnrollToken>, StoreError>;
+    /// Revokes a token; false if there is none by that id.
+    async fn revoke_token(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
+    /// Uses the token once and enrolls the endpoint with its certificate,
+    /// site and tags, bound to its machine, in one transaction; refused
+    /// (nothing changed) if the token is not usable at `at_ms` or the ID
+    /// belongs to an enrolled endpoint the token may not take over.
+    async fn enroll(&self, e: NewEnrollment) -> Result<Result<(), TokenRefusal>, StoreError>;
+    /// Records a certificate signed outside enrollment (renewal, by hand).
+    async fn record_certificate(&self, cert: IssuedCert) -> Result<(), StoreError>;
+    async fn certificate(&self, serial: &str) -> Result<Option<IssuedCert>, StoreError>;
+    /// Revokes an endpoint and every certificate recorded for it; returns
+    /// false if no such endpoint was ever seen or enrolled.
+    async fn revoke_endpoint(&self, id: &str, reason: &str, at_ms: i64)
+    -> Result<bool, StoreError>;
+    /// Revokes every certificate of a specialist; returns how many.
+    async fn revoke_specialist(
+        &self,
+        name: &str,
+        reason: &str,
+        at_ms: i64,
+    ) -> Result<u64, StoreError>;
+    /// Binds an endpoint to a machine and clears its clone flag.
+    async fn bind_machine(&self, id: &str, machine_id: &str) -> Result<bool, StoreError>;
+    /// Every revocation in force.
+    async fn revocations(&self) -> Result<Revocations, StoreError>;
 }
 
 /// A local account of the web console.

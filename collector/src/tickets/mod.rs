@@ -16,7 +16,7 @@ use vitals_proto::shutdown::Shutdown;
 
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tracing::{info, warn};
-use vitals_proto::domain::{FaultState, PrinterInfo, Severity, Snapshot};
+use vitals_proto::domain::{FaultEvent, FaultState, PrinterInfo, Severity, Snapshot};
 use vitals_proto::policy::Policy;
 use vitals_proto::tickets::{Entry, Kind};
 
@@ -54,6 +54,13 @@ enum Command {
         description: String,
         who: String,
         reply: oneshot::Sender<Result<u64, DeskError>>,
+    },
+    /// A fault the collector itself saw (a cloned image, a certificate
+    /// about to expire), applied like an agent's.
+    Raise {
+        endpoint: String,
+        event: FaultEvent,
+        reply: oneshot::Sender<Result<(), DeskError>>,
     },
 }
 
@@ -107,6 +114,22 @@ impl TicketDesk {
                 severity,
                 description: description.to_owned(),
                 who: who.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| DeskError::Stopped)?;
+        rx.await.map_err(|_| DeskError::Stopped)?
+    }
+
+    /// Applies a fault the collector itself saw, as if the endpoint had
+    /// reported it: the usual ticket rules (one ticket per check and
+    /// subject, priority, SLA, notifications) hold.
+    pub async fn raise(&self, endpoint: &str, event: FaultEvent) -> Result<(), DeskError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Raise {
+                endpoint: endpoint.to_owned(),
+                event,
                 reply,
             })
             .await
@@ -512,6 +535,16 @@ impl Worker {
                     Err(e) => Err(StoreError::Shared(e.clone()).into()),
                 };
                 let _ = reply.send(answer);
+                done.map_err(StoreError::Shared)
+            }
+            Command::Raise {
+                endpoint,
+                event,
+                reply,
+            } => {
+                let entries = self.engine.on_fault(&endpoint, &event, now);
+                let done = self.persist(entries, now).await.map_err(Arc::new);
+                let _ = reply.send(done.clone().map_err(|e| StoreError::Shared(e).into()));
                 done.map_err(StoreError::Shared)
             }
         }

@@ -202,6 +202,12 @@ mirror!(EndpointSummary {
     fullest_disk_percent,
     latest_snapshot_ms,
     addresses,
+    enrolled_site,
+    enrolled_tags,
+    machine_id,
+    clone_machine_id,
+    revoked_ms,
+    revoke_reason,
 });
 
 impl From<d::EndpointDetail> for w::EndpointDetail {

@@ -156,6 +156,7 @@ async fn seed(args: &Args, data: &Path) -> anyhow::Result<()> {
                 }
                 .into(),
                 at_ms: now - 86_400_000,
+                machine_id: String::new(),
             })
             .await?;
         // A day of readings, one per 10 minutes, for the first 20 desks; one

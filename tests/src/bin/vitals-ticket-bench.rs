@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
                 agent_version: "bench".into(),
                 platform: "bench".into(),
                 at_ms: 0,
+                machine_id: String::new(),
             })
             .await?;
     }

@@ -42,6 +42,7 @@ impl AgentGateway for Echo {
                             collector_version: "echo".into(),
                             policy: None,
                             collector_time_ms: vitals_proto::now_ms(),
+                            trust_bundle_pem: String::new(),
                         }))
                     }
                     Some(agent_message::Body::Snapshot(_)) => {
@@ -66,9 +67,15 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let p = PkiPaths::new(data_dir);
-    let config = tls::server_config(&p.ca_cert(), &p.server_cert(), &p.server_key())?;
+    let files = tls::ServerFiles {
+        ca: p.ca_cert(),
+        ca_next: None,
+        cert: p.server_cert(),
+        key: p.server_key(),
+    };
+    let config = tls::ServerTls::new(files, Default::default())?.config;
     let (_trigger, stop) = vitals_proto::shutdown::channel();
-    let incoming = tls::accept_loop(listener, config, Arc::new(Metrics::new()), stop);
+    let incoming = tls::accept_loop(listener, config, Arc::new(Metrics::new()), stop).verified;
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .add_service(AgentGatewayServer::new(Echo))

@@ -141,6 +141,7 @@ pub async fn run(
                 collector: format!("https://{}", plan.target),
                 server_name: Some("localhost".into()),
                 state_dir: state_root.join(&id),
+                machine_id: None,
                 tls: TlsFiles {
                     ca: ca.clone(),
                     cert,

@@ -122,6 +122,7 @@ impl SimAgent {
                 platform: "loadgen/sim".into(),
                 last_assigned_seq: *seq,
                 dropped_snapshots: 0,
+                machine_id: String::new(),
             })),
         };
         tx.send(hello).await.map_err(|_| "send")?;

@@ -30,10 +30,10 @@ impl EndpointStore for SqliteStore {
                 .query_row(&sql, [&id], |r| {
                     Ok((
                         summary_from_row(r)?,
-                        r.get::<_, i64>(13)?,
-                        r.get::<_, i64>(14)? as u64,
-                        r.get::<_, Option<String>>(15)?,
-                        r.get::<_, i64>(16)? as u64,
+                        r.get::<_, i64>(SUMMARY_LEN)?,
+                        r.get::<_, i64>(SUMMARY_LEN + 1)? as u64,
+                        r.get::<_, Option<String>>(SUMMARY_LEN + 2)?,
+                        r.get::<_, i64>(SUMMARY_LEN + 3)? as u64,
                     ))
                 })
                 .optional()?;

@@ -6,9 +6,32 @@ use super::*;
 
 #[async_trait]
 impl SessionStore for SqliteStore {
-    async fn open_session(&self, open: &SessionOpen) -> Result<u64, StoreError> {
+    async fn open_session(&self, open: &SessionOpen) -> Result<Admission, StoreError> {
         let open = open.clone();
         self.write(move |c| {
+            let known: Option<(i64, String, String, String)> = c
+                .query_row(
+                    "SELECT revoked_ms, revoke_reason, machine_id, clone_machine_id
+                     FROM endpoints WHERE id = ?1",
+                    [open.endpoint.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .optional()?;
+            if let Some((revoked_ms, reason, bound, flagged)) = known {
+                if revoked_ms > 0 {
+                    return Ok(Admission::Revoked { reason });
+                }
+                if !bound.is_empty() && !open.machine_id.is_empty() && bound != open.machine_id {
+                    c.execute(
+                        "UPDATE endpoints SET clone_machine_id = ?2 WHERE id = ?1",
+                        params![open.endpoint.as_str(), open.machine_id],
+                    )?;
+                    return Ok(Admission::OtherMachine {
+                        bound,
+                        newly_flagged: flagged != open.machine_id,
+                    });
+                }
+            }
             c.execute(
                 "INSERT INTO endpoints (id, platform, agent_version, online, first_seen_ms, \
                      last_seen_ms, state_since_ms)
@@ -22,12 +45,18 @@ impl SessionStore for SqliteStore {
                     open.at_ms
                 ],
             )?;
+            if !open.machine_id.is_empty() {
+                c.execute(
+                    "UPDATE endpoints SET machine_id = ?2 WHERE id = ?1 AND machine_id = ''",
+                    params![open.endpoint.as_str(), open.machine_id],
+                )?;
+            }
             let seq: i64 = c.query_row(
                 "SELECT committed_seq FROM endpoints WHERE id = ?1",
                 [open.endpoint.as_str()],
                 |r| r.get(0),
             )?;
-            Ok(seq as u64)
+            Ok(Admission::Admitted(seq as u64))
         })
         .await
     }

@@ -13,11 +13,13 @@
 //!
 //! One file per concern, each implementing that concern's storage trait:
 //! `ingest.rs` (sessions and the commit), `endpoints.rs`, `tickets.rs`,
-//! `outbox.rs` (notification deliveries), `audit.rs`.
+//! `outbox.rs` (notification deliveries), `audit.rs`, `accounts.rs`,
+//! `enroll.rs` (tokens, certificates, revocation).
 
 mod accounts;
 mod audit;
 mod endpoints;
+mod enroll;
 mod ingest;
 mod outbox;
 #[cfg(test)]
@@ -39,9 +41,10 @@ use vitals_proto::identity::EndpointId;
 use vitals_proto::tickets::{Entry, Ticket, TicketDetail};
 
 use super::{
-    Account, AccountStore, AuditStore, Delivery, DeliveryOutcome, EndpointStore, IngestStore,
-    OutboxStore, Record, RecordBody, SessionOpen, SessionStore, StoreError, StoredFault,
-    TicketFilter, TicketState, TicketStep, TicketStore,
+    Account, AccountStore, Admission, AuditStore, Delivery, DeliveryOutcome, EndpointStore,
+    EnrollStore, EnrollToken, IngestStore, IssuedCert, NewEnrollment, OutboxStore, Record,
+    RecordBody, Revocations, SessionOpen, SessionStore, StoreError, StoredFault, TicketFilter,
+    TicketState, TicketStep, TicketStore, TokenRefusal,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the
@@ -83,6 +86,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (
         10,
         include_str!("../../../migrations/sqlite/0010_endpoint_addresses.sql"),
+    ),
+    (
+        11,
+        include_str!("../../../migrations/sqlite/0011_enrollment.sql"),
     ),
 ];
 
@@ -191,7 +198,10 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 
 const SUMMARY_COLUMNS: &str = "id, hostname, platform, os, online, first_seen_ms, last_seen_ms, \
      agent_version, cpu_usage_percent, memory_used_percent, fullest_disk_percent, latest_snapshot_ms, \
-     addresses";
+     addresses, enrolled_site, enrolled_tags, machine_id, clone_machine_id, revoked_ms, revoke_reason";
+/// How many columns [`SUMMARY_COLUMNS`] names: what follows it in a query
+/// starts at this index.
+const SUMMARY_LEN: usize = 19;
 
 fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointSummary> {
     Ok(EndpointSummary {
@@ -208,6 +218,12 @@ fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointSummary> 
         fullest_disk_percent: r.get::<_, f64>(10)? as f32,
         latest_snapshot_ms: r.get(11)?,
         addresses: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
+        enrolled_site: r.get(13)?,
+        enrolled_tags: serde_json::from_str(&r.get::<_, String>(14)?).unwrap_or_default(),
+        machine_id: r.get(15)?,
+        clone_machine_id: r.get(16)?,
+        revoked_ms: r.get(17)?,
+        revoke_reason: r.get(18)?,
     })
 }
 

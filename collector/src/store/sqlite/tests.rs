@@ -24,6 +24,7 @@ fn session(id: &EndpointId) -> SessionOpen {
         agent_version: String::new(),
         platform: String::new(),
         at_ms: 1,
+        machine_id: String::new(),
     }
 }
 
@@ -50,8 +51,12 @@ async fn commits_are_idempotent_and_history_is_bounded() {
         agent_version: "0.1.0".into(),
         platform: "linux/x86_64".into(),
         at_ms: 5,
+        machine_id: String::new(),
     };
-    assert_eq!(store.open_session(&open).await.unwrap(), 0);
+    assert_eq!(
+        store.open_session(&open).await.unwrap(),
+        Admission::Admitted(0)
+    );
     let batch: Vec<_> = (1..=5).map(|s| record(&id, s, s as f32)).collect();
     store.commit(batch.clone()).await.unwrap();
     // A replay of the same sequences changes nothing.
@@ -74,7 +79,10 @@ async fn commits_are_idempotent_and_history_is_bounded() {
     store.commit(vec![record(&id, 2, 99.0)]).await.unwrap();
     let detail = store.endpoint("ws-1").await.unwrap().unwrap();
     assert_eq!(detail.summary.cpu_usage_percent, 5.0);
-    assert_eq!(store.open_session(&open).await.unwrap(), 5);
+    assert_eq!(
+        store.open_session(&open).await.unwrap(),
+        Admission::Admitted(5)
+    );
     store.close_session(&id, 50).await.unwrap();
     assert!(store.list_endpoints(true).await.unwrap().is_empty());
     assert_eq!(store.list_endpoints(false).await.unwrap().len(), 1);

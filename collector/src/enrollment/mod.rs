@@ -1,0 +1,602 @@
+//! Joining and leaving the fleet: enrollment tokens, certificates signed
+//! for keys made on the desks, renewal, revocation and the CRL.
+//!
+//! The collector never sees a desk's private key: a desk sends a signing
+//! request, and the certificate it gets names the endpoint ID the
+//! collector chose (from the request and the token's pattern), whatever
+//! else the request asked for. Every attempt, accepted or refused, is in
+//! the audit log with its reason.
+
+pub mod revocation;
+pub mod token;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+use vitals_proto::identity::{EndpointId, Identity};
+
+use crate::config::CertificateSettings;
+use crate::pki::{Ca, CertFacts, CsrError, PkiPaths};
+use crate::sessions::Sessions;
+use crate::store::{EnrollToken, IssuedCert, NewEnrollment, Store, StoreError, TokenRefusal};
+use revocation::Revoked;
+use token::Token;
+
+/// The domain text renewal proofs are made over, before the CSR's PEM.
+pub const RENEW_PROOF_PREFIX: &[u8] = b"vitals-renew-v1\n";
+
+/// How often revocations are read again from the store, for changes made
+/// by another process (`pki revoke-specialist`).
+const REFRESH: Duration = Duration::from_secs(5);
+
+/// A certificate handed to a desk or a specialist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issued {
+    pub endpoint_id: String,
+    pub cert_pem: String,
+    pub trust_bundle_pem: String,
+    pub not_after_ms: i64,
+    pub site: String,
+    pub tags: Vec<String>,
+}
+
+/// A desk's enrollment request.
+#[derive(Debug, Clone, Default)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub csr_pem: String,
+    pub endpoint_id: String,
+    pub hostname: String,
+    pub machine_id: String,
+}
+
+/// A renewal of an expired certificate.
+#[derive(Debug, Clone, Default)]
+pub struct RenewExpiredRequest {
+    pub cert_pem: String,
+    pub csr_pem: String,
+    pub signature: Vec<u8>,
+    pub machine_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("{0}")]
+    Token(#[from] TokenRefusal),
+    #[error("{0}")]
+    BadToken(#[from] token::TokenError),
+    #[error("{0}")]
+    Csr(#[from] CsrError),
+    #[error("endpoint ID {id:?} is not allowed by this token (it enrolls {pattern:?})")]
+    Pattern { id: String, pattern: String },
+    #[error("{0}")]
+    BadId(#[from] vitals_proto::identity::IdentityError),
+    #[error("too many enrollment attempts from this address; wait and try again")]
+    RateLimited,
+    #[error("{0}")]
+    Refused(String),
+    #[error("this collector holds no CA key, so it cannot sign certificates")]
+    NoCa,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl EnrollError {
+    /// The audit log's outcome word.
+    fn outcome(&self) -> &'static str {
+        match self {
+            EnrollError::Store(_) | EnrollError::NoCa => "failed",
+            _ => "refused",
+        }
+    }
+}
+
+/// Calls allowed per source address: a token bucket each.
+struct PerSource {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl PerSource {
+    fn allow(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > 50_000 {
+            let (rate, burst) = (self.rate, self.burst);
+            buckets.retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = buckets.entry(ip).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The fleet's certificate authority at work.
+pub struct Enrollment {
+    store: Arc<dyn Store>,
+    ca: Option<Ca>,
+    /// The CA certificates clients are told to trust.
+    trust: Vec<PathBuf>,
+    crl_path: PathBuf,
+    settings: CertificateSettings,
+    pub revoked: Arc<Revoked>,
+    sessions: Arc<Sessions>,
+    limiter: PerSource,
+}
+
+impl Enrollment {
+    /// Loads the CA (if this collector holds its key) and the revocations
+    /// in force, and writes the CRL.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        paths: &PkiPaths,
+        trust: Vec<PathBuf>,
+        settings: CertificateSettings,
+        sessions: Arc<Sessions>,
+        revoked: Arc<Revoked>,
+    ) -> Result<Self, crate::CollectorError> {
+        let ca = if paths.ca_key().exists() {
+            Some(Ca::load(paths)?)
+        } else {
+            None
+        };
+        revoked.load(&store.revocations().await?);
+        let limiter = PerSource {
+            rate: settings.enroll_rate,
+            burst: f64::from(settings.enroll_burst),
+            buckets: Mutex::new(HashMap::new()),
+        };
+        let enrollment = Enrollment {
+            store,
+            ca,
+            trust,
+            crl_path: paths.dir.join("crl.pem"),
+            settings,
+            revoked,
+            sessions,
+            limiter,
+        };
+        enrollment.write_crl().await;
+        Ok(enrollment)
+    }
+
+    /// Every CA certificate a client should trust for the collector, PEM.
+    pub fn trust_bundle(&self) -> String {
+        self.trust
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    /// The CRL as last written, PEM.
+    pub fn crl(&self) -> Option<String> {
+        std::fs::read_to_string(&self.crl_path).ok()
+    }
+
+    fn ca(&self) -> Result<&Ca, EnrollError> {
+        self.ca.as_ref().ok_or(EnrollError::NoCa)
+    }
+
+    async fn audit(
+        &self,
+        who: String,
+        kind: &str,
+        endpoint: &str,
+        params: BTreeMap<String, String>,
+        outcome: &str,
+        detail: &str,
+    ) {
+        let entry = vitals_proto::diag::AuditEntry {
+            at_ms: vitals_proto::now_ms(),
+            who,
+            role: String::new(),
+            endpoint_id: endpoint.to_owned(),
+            kind: kind.to_owned(),
+            params,
+            outcome: outcome.to_owned(),
+            detail: detail.to_owned(),
+            ..Default::default()
+        };
+        if let Err(error) = self.store.audit_append(entry).await {
+            tracing::error!(%error, "cannot write the audit log");
+        }
+    }
+
+    /// A desk joins with a token. Audited whatever the outcome.
+    pub async fn enroll(&self, req: EnrollRequest, source: IpAddr) -> Result<Issued, EnrollError> {
+        let token_id = req
+            .token
+            .split('.')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(16)
+            .collect::<String>();
+        let mut params = BTreeMap::from([("token".to_owned(), token_id)]);
+        if !req.hostname.is_empty() {
+            params.insert("hostname".into(), req.hostname.chars().take(64).collect());
+        }
+        if !req.machine_id.is_empty() {
+            params.insert("machine".into(), req.machine_id.chars().take(64).collect());
+        }
+        let asked = if req.endpoint_id.is_empty() {
+            req.hostname.clone()
+        } else {
+            req.endpoint_id.clone()
+        };
+        let outcome = if self.limiter.allow(source.to_canonical()) {
+            self.try_enroll(req).await
+        } else {
+            Err(EnrollError::RateLimited)
+        };
+        let endpoint = match &outcome {
+            Ok(issued) => issued.endpoint_id.clone(),
+            Err(_) => asked.chars().take(64).collect(),
+        };
+        let who = format!("enroll@{}", source.to_canonical());
+        match &outcome {
+            Ok(issued) => {
+                info!(endpoint = %issued.endpoint_id, %source, "desk enrolled");
+                self.audit(who, "enroll", &endpoint, params, "ok", "").await;
+            }
+            Err(e) => {
+                warn!(%source, asked = %endpoint, reason = %e, "enrollment refused");
+                self.audit(
+                    who,
+                    "enroll",
+                    &endpoint,
+                    params,
+                    e.outcome(),
+                    &e.to_string(),
+                )
+                .await;
+            }
+        }
+        outcome
+    }
+
+    async fn try_enroll(&self, req: EnrollRequest) -> Result<Issued, EnrollError> {
+        let token = Token::parse(&req.token)?;
+        let stored = self
+            .store
+            .token(&token.id)
+            .await?
+            .filter(|t| token::same_hash(&t.secret_hash, &token.secret_hash()))
+            .ok_or(TokenRefusal::Unknown)?;
+        let endpoint = if req.endpoint_id.is_empty() {
+            EndpointId::from_hostname(&req.hostname)?
+        } else {
+            req.endpoint_id.parse()?
+        };
+        if !stored.id_pattern.is_empty()
+            && !vitals_proto::ticket_rules::wildcard(&stored.id_pattern, endpoint.as_str())
+        {
+            return Err(EnrollError::Pattern {
+                id: endpoint.to_string(),
+                pattern: stored.id_pattern,
+            });
+        }
+        let identity = Identity::Endpoint(endpoint.clone());
+        let signed = self
+            .ca()?
+            .sign_csr(&req.csr_pem, &identity, self.settings.agent_lifetime)?;
+        let now = vitals_proto::now_ms();
+        self.store
+            .enroll(NewEnrollment {
+                token_id: stored.id.clone(),
+                endpoint: endpoint.clone(),
+                hostname: req.hostname.chars().take(255).collect(),
+                machine_id: req.machine_id.chars().take(128).collect(),
+                certificate: IssuedCert {
+                    serial: signed.serial.clone(),
+                    kind: "endpoint".into(),
+                    subject: endpoint.to_string(),
+                    issued_ms: now,
+                    not_after_ms: signed.not_after_ms,
+                    via: "enroll".into(),
+                    ..Default::default()
+                },
+                at_ms: now,
+            })
+            .await??;
+        self.revoked.reinstate_endpoint(endpoint.as_str());
+        Ok(Issued {
+            endpoint_id: endpoint.to_string(),
+            cert_pem: signed.cert_pem,
+            trust_bundle_pem: self.trust_bundle(),
+            not_after_ms: signed.not_after_ms,
+            site: stored.site,
+            tags: stored.tags,
+        })
+    }
+
+    /// A new certificate for a client that holds a valid one (an agent on
+    /// its stream, a specialist): same identity, fresh key. Audited.
+    pub async fn renew(
+        &self,
+        identity: &Identity,
+        current: &CertFacts,
+        csr_pem: &str,
+    ) -> Result<Issued, EnrollError> {
+        let outcome = self.try_renew(identity, current, csr_pem, "renew").await;
+        self.audit_renewal(identity, "renew", &outcome, BTreeMap::new())
+            .await;
+        outcome
+    }
+
+    async fn try_renew(
+        &self,
+        identity: &Identity,
+        current: &CertFacts,
+        csr_pem: &str,
+        via: &str,
+    ) -> Result<Issued, EnrollError> {
+        if let Some(why) = self.revoked.refusal(identity, current) {
+            return Err(EnrollError::Refused(format!("{why}: enroll again")));
+        }
+        let (kind, subject, lifetime) = match identity {
+            Identity::Endpoint(id) => ("endpoint", id.to_string(), self.settings.agent_lifetime),
+            Identity::Specialist { name, .. } => (
+                "specialist",
+                name.clone(),
+                self.settings.specialist_lifetime,
+            ),
+        };
+        let signed = self.ca()?.sign_csr(csr_pem, identity, lifetime)?;
+        self.store
+            .record_certificate(IssuedCert {
+                serial: signed.serial.clone(),
+                kind: kind.into(),
+                subject: subject.clone(),
+                issued_ms: vitals_proto::now_ms(),
+                not_after_ms: signed.not_after_ms,
+                via: via.into(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(Issued {
+            endpoint_id: match identity {
+                Identity::Endpoint(_) => subject,
+                Identity::Specialist { .. } => String::new(),
+            },
+            cert_pem: signed.cert_pem,
+            trust_bundle_pem: self.trust_bundle(),
+            not_after_ms: signed.not_after_ms,
+            site: String::new(),
+            tags: Vec::new(),
+        })
+    }
+
+    async fn audit_renewal(
+        &self,
+        identity: &Identity,
+        kind: &str,
+        outcome: &Result<Issued, EnrollError>,
+        params: BTreeMap<String, String>,
+    ) {
+        let (who, endpoint) = match identity {
+            Identity::Endpoint(id) => (id.to_string(), id.to_string()),
+            Identity::Specialist { name, .. } => (name.clone(), String::new()),
+        };
+        match outcome {
+            Ok(_) => self.audit(who, kind, &endpoint, params, "ok", "").await,
+            Err(e) => {
+                warn!(%identity, reason = %e, "certificate renewal refused");
+                self.audit(who, kind, &endpoint, params, e.outcome(), &e.to_string())
+                    .await;
+            }
+        }
+    }
+
+    /// A desk whose certificate expired while it was away: it proves it
+    /// holds the old key, and the old certificate must be one of ours,
+    /// never revoked, and expired less than the grace window ago.
+    pub async fn renew_expired(
+        &self,
+        req: RenewExpiredRequest,
+        source: IpAddr,
+    ) -> Result<Issued, EnrollError> {
+        let params = BTreeMap::from([("from".to_owned(), source.to_canonical().to_string())]);
+        if !self.limiter.allow(source.to_canonical()) {
+            let e = EnrollError::RateLimited;
+            self.audit(
+                format!("enroll@{}", source.to_canonical()),
+                "renew_expired",
+                "",
+                params,
+                e.outcome(),
+                &e.to_string(),
+            )
+            .await;
+            return Err(e);
+        }
+        let (identity, facts) = match self.check_expired(&req) {
+            Ok(checked) => checked,
+            Err(e) => {
+                warn!(%source, reason = %e, "renewal of an expired certificate refused");
+                self.audit(
+                    format!("enroll@{}", source.to_canonical()),
+                    "renew_expired",
+                    "",
+                    params,
+                    "refused",
+                    &e,
+                )
+                .await;
+                return Err(EnrollError::Refused(e));
+            }
+        };
+        let outcome = match self.store.certificate(&facts.serial).await {
+            Err(e) => Err(e.into()),
+            Ok(Some(c)) if c.revoked_ms > 0 => Err(EnrollError::Refused(
+                "certificate revoked: enroll again".into(),
+            )),
+            Ok(_) => {
+                let grace_end = facts.not_after_ms + self.settings.renewal_grace.as_millis() as i64;
+                if vitals_proto::now_ms() > grace_end {
+                    Err(EnrollError::Refused(format!(
+                        "the certificate expired on {}, past the {} grace window: enroll again",
+                        vitals_proto::rfc3339_seconds(facts.not_after_ms),
+                        humantime::format_duration(self.settings.renewal_grace)
+                    )))
+                } else {
+                    self.try_renew(&identity, &facts, &req.csr_pem, "renew_expired")
+                        .await
+                }
+            }
+        };
+        self.audit_renewal(&identity, "renew_expired", &outcome, params)
+            .await;
+        outcome
+    }
+
+    /// The expired certificate is ours (signed by the CA, whatever its
+    /// dates), names an endpoint, and the proof is its key's signature.
+    fn check_expired(&self, req: &RenewExpiredRequest) -> Result<(Identity, CertFacts), String> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(req.cert_pem.as_bytes())
+            .map_err(|_| "the old certificate is not PEM".to_owned())?;
+        let der = pem.contents;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|_| "the old certificate does not parse".to_owned())?;
+        let ca = self.ca().map_err(|e| e.to_string())?;
+        let ca_pem = ca.cert_pem().to_owned();
+        let trusted = std::iter::once(ca_pem)
+            .chain(
+                self.trust
+                    .iter()
+                    .filter_map(|p| std::fs::read_to_string(p).ok()),
+            )
+            .any(|pem| {
+                x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+                    .filter_map(Result::ok)
+                    .any(|p| {
+                        p.parse_x509()
+                            .is_ok_and(|ca| cert.verify_signature(Some(ca.public_key())).is_ok())
+                    })
+            });
+        if !trusted {
+            return Err("the old certificate was not signed by this fleet's CA".into());
+        }
+        let identity = Identity::from_cert_der(&der).map_err(|e| e.to_string())?;
+        if !matches!(identity, Identity::Endpoint(_)) {
+            return Err("only desk certificates renew this way".into());
+        }
+        let facts = CertFacts::of(&der).ok_or("the old certificate does not parse")?;
+        let spki = cert.public_key();
+        let key = spki.subject_public_key.data.as_ref();
+        let mut message = RENEW_PROOF_PREFIX.to_vec();
+        message.extend_from_slice(req.csr_pem.as_bytes());
+        let alg: &dyn ring::signature::VerificationAlgorithm =
+            match spki.algorithm.algorithm.to_id_string().as_str() {
+                "1.2.840.10045.2.1" => &ring::signature::ECDSA_P256_SHA256_ASN1,
+                "1.3.101.112" => &ring::signature::ED25519,
+                other => return Err(format!("the old key's type {other} is not accepted")),
+            };
+        ring::signature::UnparsedPublicKey::new(alg, key)
+            .verify(&message, &req.signature)
+            .map_err(|_| "the proof is not the old key's signature".to_owned())?;
+        Ok((identity, facts))
+    }
+
+    /// Revokes an endpoint: refused at every later handshake, its live
+    /// stream cut now, the CRL rewritten. False if it was never seen.
+    pub async fn revoke_endpoint(&self, id: &EndpointId, reason: &str) -> Result<bool, StoreError> {
+        let now = vitals_proto::now_ms();
+        if !self.store.revoke_endpoint(id.as_str(), reason, now).await? {
+            return Ok(false);
+        }
+        self.revoked.revoke_endpoint(id.as_str(), now);
+        for (serial, _, _) in self.store.revocations().await?.serials {
+            self.revoked.revoke_serial(&serial);
+        }
+        self.sessions
+            .cut(id, &format!("endpoint revoked: {reason}"));
+        self.write_crl().await;
+        Ok(true)
+    }
+
+    /// Creates a token; returns it whole (the only time its secret is
+    /// seen) with what was stored.
+    pub async fn create_token(
+        store: &dyn Store,
+        ca_fingerprint: [u8; 32],
+        mut stored: EnrollToken,
+    ) -> Result<Token, crate::CollectorError> {
+        let token = Token::generate(ca_fingerprint)?;
+        stored.id = token.id.clone();
+        stored.secret_hash = token.secret_hash();
+        store.create_token(stored).await?;
+        Ok(token)
+    }
+
+    /// Rewrites `pki/crl.pem` from the revocations in the store.
+    pub async fn write_crl(&self) {
+        let Some(ca) = &self.ca else { return };
+        let revocations = match self.store.revocations().await {
+            Ok(r) => r,
+            Err(error) => {
+                warn!(%error, "cannot read revocations for the CRL");
+                return;
+            }
+        };
+        let serials: Vec<(String, i64)> = revocations
+            .serials
+            .iter()
+            .map(|(s, at, _)| (s.clone(), *at))
+            .collect();
+        let number = vitals_proto::now_ms().max(1) as u64;
+        match ca.crl_pem(&serials, number) {
+            Ok(pem) => {
+                let tmp = self.crl_path.with_extension("pem.tmp");
+                if let Err(error) =
+                    std::fs::write(&tmp, pem).and_then(|()| std::fs::rename(&tmp, &self.crl_path))
+                {
+                    warn!(%error, path = %self.crl_path.display(), "cannot write the CRL");
+                }
+            }
+            Err(error) => warn!(%error, "cannot sign the CRL"),
+        }
+    }
+
+    /// Reads revocations again now and then (another process may have
+    /// revoked), cutting live streams of newly revoked endpoints.
+    pub fn refresh(self: Arc<Self>, mut stop: vitals_proto::shutdown::Shutdown) {
+        tokio::spawn(async move {
+            let mut known = self.store.revocations().await.unwrap_or_default();
+            loop {
+                tokio::select! {
+                    () = stop.requested() => return,
+                    () = tokio::time::sleep(REFRESH) => {}
+                }
+                let Ok(now) = self.store.revocations().await else {
+                    continue;
+                };
+                if now == known {
+                    continue;
+                }
+                self.revoked.load(&now);
+                for (id, _) in &now.endpoints {
+                    if !known.endpoints.iter().any(|(k, _)| k == id)
+                        && let Ok(id) = id.parse::<EndpointId>()
+                    {
+                        self.sessions.cut(&id, "endpoint revoked");
+                    }
+                }
+                self.write_crl().await;
+                known = now;
+            }
+        });
+    }
+}
