@@ -350,6 +350,11 @@ impl Collector {
             .await?,
         );
         enrollment.clone().refresh(stop.clone());
+        enrollment::watch_expiry(
+            [tls.files.cert.clone(), tls.files.ca.clone()].into(),
+            desk.clone(),
+            stop.clone(),
+        );
         let relay = Arc::new(relay::Relay::new(sessions));
         let service = SpecialistService::new(
             store.clone(),

@@ -33,6 +33,93 @@ pub const RENEW_PROOF_PREFIX: &[u8] = b"vitals-renew-v1\n";
 /// by another process (`pki revoke-specialist`).
 const REFRESH: Duration = Duration::from_secs(5);
 
+/// A collector certificate expiring within this raises a ticket.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+/// How often the collector's own certificates are looked at.
+const EXPIRY_CHECK: Duration = Duration::from_secs(6 * 3600);
+/// The endpoint the collector's own tickets are filed under.
+pub const COLLECTOR_ENDPOINT: &str = "collector";
+
+/// Raises `collector_certificate_expiring` (one ticket per file) while a
+/// collector-side certificate has less than [`EXPIRY_WARNING`] left, and
+/// clears it once a replacement is there. Checked at start and every six
+/// hours.
+pub fn watch_expiry(
+    files: Vec<PathBuf>,
+    desk: crate::tickets::TicketDesk,
+    mut stop: vitals_proto::shutdown::Shutdown,
+) {
+    use vitals_proto::domain::{FaultEvent, FaultState, Severity};
+    tokio::spawn(async move {
+        let mut raised: HashMap<PathBuf, bool> = HashMap::new();
+        loop {
+            let now = vitals_proto::now_ms();
+            for file in &files {
+                let Some(not_after) = std::fs::read(file)
+                    .ok()
+                    .and_then(|pem| {
+                        x509_parser::pem::Pem::iter_from_buffer(&pem)
+                            .filter_map(Result::ok)
+                            .filter_map(|p| {
+                                p.parse_x509()
+                                    .ok()
+                                    .map(|c| c.validity().not_after.timestamp() * 1000)
+                            })
+                            .min()
+                    })
+                else {
+                    continue;
+                };
+                let left_ms = not_after - now;
+                let due = left_ms < EXPIRY_WARNING.as_millis() as i64;
+                // The first look always says (a clear after a restart
+                // resolves a ticket raised before it), then only changes.
+                if raised.get(file) == Some(&due) {
+                    continue;
+                }
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let event = FaultEvent {
+                    check_id: "collector_certificate_expiring".into(),
+                    subject: name.clone(),
+                    state: if due { FaultState::Raised } else { FaultState::Cleared },
+                    severity: Severity::Warning,
+                    value: (left_ms / 86_400_000) as f64,
+                    evidence: if due {
+                        format!(
+                            "{} expires on {} ({} days left)",
+                            file.display(),
+                            vitals_proto::rfc3339_seconds(not_after),
+                            left_ms / 86_400_000
+                        )
+                    } else {
+                        format!("{} is valid until {}", file.display(), vitals_proto::rfc3339_seconds(not_after))
+                    },
+                    at_ms: now,
+                    via: String::new(),
+                };
+                match desk.raise(COLLECTOR_ENDPOINT, event).await {
+                    Ok(()) if due => {
+                        warn!(file = %file.display(), days_left = left_ms / 86_400_000, "collector certificate expires soon");
+                    }
+                    Ok(()) => {}
+                    Err(error) => {
+                        warn!(%error, "cannot raise the certificate expiry ticket");
+                        continue;
+                    }
+                }
+                raised.insert(file.clone(), due);
+            }
+            tokio::select! {
+                () = stop.requested() => return,
+                () = tokio::time::sleep(EXPIRY_CHECK) => {}
+            }
+        }
+    });
+}
+
 /// A certificate handed to a desk or a specialist.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Issued {

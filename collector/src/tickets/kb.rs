@@ -27,6 +27,14 @@ const SHIPPED: &[(&str, &str)] = &[
         include_str!("../../kb/endpoint_offline.md"),
     ),
     (
+        "endpoint_cloned",
+        include_str!("../../kb/endpoint_cloned.md"),
+    ),
+    (
+        "collector_certificate_expiring",
+        include_str!("../../kb/collector_certificate_expiring.md"),
+    ),
+    (
         "failed_services",
         include_str!("../../kb/failed_services.md"),
     ),
