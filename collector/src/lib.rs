@@ -297,7 +297,6 @@ impl Collector {
             metrics.clone(),
             stop.clone(),
         );
-        tls.clone().watch(stop.clone());
         info!(version = %policy.version, checks = policy.checks.len(), "fault policy");
         // The watcher lives as long as the server; without a policy file the
         // shipped default never changes.
@@ -350,6 +349,12 @@ impl Collector {
             .await?,
         );
         enrollment.clone().refresh(stop.clone());
+        {
+            let enrollment = enrollment.clone();
+            tls.clone()
+                .watch(stop.clone(), move || enrollment.reload_ca());
+        }
+        enrollment.audit_refused_handshakes(stop.clone());
         enrollment::watch_expiry(
             [tls.files.cert.clone(), tls.files.ca.clone()].into(),
             desk.clone(),

@@ -177,6 +177,17 @@ enum PkiCmd {
         #[arg(long, default_value_t = pki::SERVER_DAYS)]
         days: i64,
     },
+    /// Roll the fleet CA over in three steps, each a command: `start` makes
+    /// the next CA and trusts it beside the current one (agents receive
+    /// both); `finish` makes it the signer and re-issues the server
+    /// certificate; `retire`, once every desk renewed (a certificate
+    /// lifetime later), stops trusting the old one.
+    RolloverCa {
+        #[arg(value_parser = ["start", "finish", "retire"])]
+        step: String,
+        #[arg(long, env = "VITALS_DATA_DIR", default_value = "vitals-data")]
+        data_dir: PathBuf,
+    },
     /// Issue a specialist certificate with a role.
     IssueSpecialist {
         name: String,
@@ -391,6 +402,30 @@ fn pki_command(cmd: PkiCmd) -> ExitCode {
                     paths.server_cert().display(),
                     hosts.join(", ")
                 ))
+            }
+            PkiCmd::RolloverCa { step, data_dir } => {
+                let paths = PkiPaths::new(&data_dir);
+                Ok(match step.as_str() {
+                    "start" => {
+                        pki::rollover_start(&paths)?;
+                        format!(
+                            "next CA {} made and trusted; agents receive it in their welcome and \
+                             renewals. Then: pki rollover-ca finish",
+                            paths.ca_next_cert().display()
+                        )
+                    }
+                    "finish" => {
+                        pki::rollover_finish(&paths)?;
+                        "the new CA signs from now on and the server certificate was re-issued by \
+                         it; the old CA stays trusted. After one agent certificate lifetime: pki \
+                         rollover-ca retire"
+                            .to_owned()
+                    }
+                    _ => {
+                        pki::rollover_retire(&paths)?;
+                        "the old CA is no longer trusted".to_owned()
+                    }
+                })
             }
             PkiCmd::IssueAgent { id, data_dir, days } => {
                 issue(&data_dir, Identity::Endpoint(id.parse()?), days)

@@ -311,7 +311,9 @@ impl Ca {
         let mut params = client_params(identity)?;
         let (serial, serial_hex) = new_serial().map_err(|_| CsrError::Invalid("random".into()))?;
         params.serial_number = Some(serial);
-        params.not_before = now - Duration::minutes(5);
+        // Back-dated for clocks a little behind ours, by at most a tenth
+        // of the lifetime, so "two thirds in" stays two thirds of it.
+        params.not_before = now - (lifetime / 10i32).min(Duration::minutes(5));
         params.not_after = now + lifetime;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.use_authority_key_identifier_extension = true;
@@ -478,20 +480,109 @@ pub fn rotate_server(
         hosts.to_vec()
     };
     let leaf = ca.issue_server(&hosts, days)?;
-    let (cert, key) = (paths.server_cert(), paths.server_key());
-    let (cert_new, key_new) = (
-        cert.with_extension("pem.new"),
-        key.with_extension("key.new"),
-    );
-    write_file(&key_new, leaf.key_pem.as_bytes(), true)?;
-    write_file(&cert_new, leaf.cert_pem.as_bytes(), false)?;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| PkiError::Io { path, source }
-    };
-    std::fs::rename(&key_new, &key).map_err(io(&key))?;
-    std::fs::rename(&cert_new, &cert).map_err(io(&cert))?;
+    replace_file(&paths.server_key(), leaf.key_pem.as_bytes(), true)?;
+    replace_file(&paths.server_cert(), leaf.cert_pem.as_bytes(), false)?;
     Ok(hosts)
+}
+
+/// Writes a file whole: beside it first, then renamed over it, so a reader
+/// (the running collector) never sees half of it.
+fn replace_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    write_file(&tmp, bytes, private)?;
+    std::fs::rename(&tmp, path).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The first PEM block of a text (the signing CA of `ca.pem`).
+fn first_pem(text: &str) -> &str {
+    const END: &str = "-----END CERTIFICATE-----";
+    match text.find(END) {
+        Some(i) => &text[..i + END.len()],
+        None => text,
+    }
+}
+
+/// Where a CA rollover stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloverStep {
+    /// A next CA exists and is trusted beside the current one; agents
+    /// receive both in their welcome and renewals. Nothing is signed by it.
+    Started,
+    /// The next CA signs (the server certificate and every new client
+    /// certificate); the old one is still trusted.
+    Finished,
+    /// Only the new CA is trusted.
+    Retired,
+}
+
+/// Step one of a CA rollover: a next CA, trusted from now on.
+pub fn rollover_start(paths: &PkiPaths) -> Result<(), PkiError> {
+    if paths.ca_next_key().exists() {
+        return Err(PkiError::Parse {
+            path: paths.ca_next_key(),
+            message: "a rollover is already under way: finish it first".into(),
+        });
+    }
+    let next = Ca::generate(CA_DAYS)?;
+    replace_file(
+        &paths.ca_next_key(),
+        next.issuer.key().serialize_pem().as_bytes(),
+        true,
+    )?;
+    replace_file(&paths.ca_next_cert(), next.cert_pem.as_bytes(), false)
+}
+
+/// Step two: the next CA signs from now on (the server certificate is
+/// re-issued by it); the old one stays trusted for the certificates it
+/// signed, until `rollover_retire`. The old key is kept aside.
+pub fn rollover_finish(paths: &PkiPaths) -> Result<(), PkiError> {
+    let next_cert = read(&paths.ca_next_cert())?;
+    let next_key = read(&paths.ca_next_key())?;
+    let old_cert = read(&paths.ca_cert())?;
+    let old_key = read(&paths.ca_key())?;
+    let stamp = OffsetDateTime::now_utc().unix_timestamp();
+    replace_file(
+        &paths.dir.join(format!("ca-retired-{stamp}.key")),
+        old_key.as_bytes(),
+        true,
+    )?;
+    let bundle = format!(
+        "{}
+{}
+",
+        first_pem(&next_cert).trim(),
+        first_pem(&old_cert).trim()
+    );
+    replace_file(&paths.ca_key(), next_key.as_bytes(), true)?;
+    replace_file(&paths.ca_cert(), bundle.as_bytes(), false)?;
+    for p in [paths.ca_next_cert(), paths.ca_next_key()] {
+        std::fs::remove_file(&p).map_err(|source| PkiError::Io { path: p, source })?;
+    }
+    rotate_server(paths, &[], SERVER_DAYS)?;
+    Ok(())
+}
+
+/// Step three: only the new CA is trusted; certificates the old one signed
+/// are refused from the next handshake on.
+pub fn rollover_retire(paths: &PkiPaths) -> Result<(), PkiError> {
+    let bundle = read(&paths.ca_cert())?;
+    let first = format!(
+        "{}
+",
+        first_pem(&bundle).trim()
+    );
+    if first.trim() == bundle.trim() {
+        return Err(PkiError::Parse {
+            path: paths.ca_cert(),
+            message: "only one CA is trusted: nothing to retire".into(),
+        });
+    }
+    replace_file(&paths.ca_cert(), first.as_bytes(), false)
 }
 
 /// Days of validity left on the first certificate of a PEM file, or `None`

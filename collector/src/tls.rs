@@ -125,17 +125,18 @@ impl ServerFiles {
         )
     }
 
-    /// The server's certificate chain, its CA appended so a desk enrolling
-    /// with a CA fingerprint can find the CA it pins, and its key.
+    /// The server's certificate chain with every trusted CA appended, so a
+    /// desk enrolling with a CA fingerprint (of the current CA, or of the
+    /// old or next one during a rollover) finds the CA it pins; and its key.
     fn certified(
         &self,
         provider: &rustls::crypto::CryptoProvider,
     ) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
         let mut chain = read_certs(&self.cert)?;
-        if let Some(ca) = read_certs(&self.ca)?.into_iter().next()
-            && !chain.contains(&ca)
-        {
-            chain.push(ca);
+        for ca in self.trusted()? {
+            if !chain.contains(&ca) {
+                chain.push(ca);
+            }
         }
         let key = rustls::sign::CertifiedKey::from_der(chain, read_key(&self.key)?, provider)
             .map_err(|e| TlsError::File {
@@ -244,8 +245,13 @@ impl ServerTls {
         Ok(())
     }
 
-    /// Watches the files and reloads when they change, until shutdown.
-    pub fn watch(self: Arc<Self>, mut stop: vitals_proto::shutdown::Shutdown) {
+    /// Watches the files and reloads when they change, until shutdown;
+    /// `then` runs after each reload.
+    pub fn watch(
+        self: Arc<Self>,
+        mut stop: vitals_proto::shutdown::Shutdown,
+        then: impl Fn() + Send + 'static,
+    ) {
         tokio::spawn(async move {
             let mut seen = self.files.stamp();
             loop {
@@ -261,10 +267,13 @@ impl ServerTls {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 seen = self.files.stamp();
                 match self.reload() {
-                    Ok(()) => tracing::info!(
-                        cert = %self.files.cert.display(),
-                        "server certificate and trusted CAs reloaded"
-                    ),
+                    Ok(()) => {
+                        tracing::info!(
+                            cert = %self.files.cert.display(),
+                            "server certificate and trusted CAs reloaded"
+                        );
+                        then();
+                    }
                     Err(error) => warn!(%error, "not reloaded; the previous certificate stays"),
                 }
             }

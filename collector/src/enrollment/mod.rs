@@ -55,19 +55,16 @@ pub fn watch_expiry(
         loop {
             let now = vitals_proto::now_ms();
             for file in &files {
-                let Some(not_after) = std::fs::read(file)
-                    .ok()
-                    .and_then(|pem| {
-                        x509_parser::pem::Pem::iter_from_buffer(&pem)
-                            .filter_map(Result::ok)
-                            .filter_map(|p| {
-                                p.parse_x509()
-                                    .ok()
-                                    .map(|c| c.validity().not_after.timestamp() * 1000)
-                            })
-                            .min()
-                    })
-                else {
+                let Some(not_after) = std::fs::read(file).ok().and_then(|pem| {
+                    x509_parser::pem::Pem::iter_from_buffer(&pem)
+                        .filter_map(Result::ok)
+                        .filter_map(|p| {
+                            p.parse_x509()
+                                .ok()
+                                .map(|c| c.validity().not_after.timestamp() * 1000)
+                        })
+                        .min()
+                }) else {
                     continue;
                 };
                 let left_ms = not_after - now;
@@ -84,7 +81,11 @@ pub fn watch_expiry(
                 let event = FaultEvent {
                     check_id: "collector_certificate_expiring".into(),
                     subject: name.clone(),
-                    state: if due { FaultState::Raised } else { FaultState::Cleared },
+                    state: if due {
+                        FaultState::Raised
+                    } else {
+                        FaultState::Cleared
+                    },
                     severity: Severity::Warning,
                     value: (left_ms / 86_400_000) as f64,
                     evidence: if due {
@@ -95,7 +96,11 @@ pub fn watch_expiry(
                             left_ms / 86_400_000
                         )
                     } else {
-                        format!("{} is valid until {}", file.display(), vitals_proto::rfc3339_seconds(not_after))
+                        format!(
+                            "{} is valid until {}",
+                            file.display(),
+                            vitals_proto::rfc3339_seconds(not_after)
+                        )
                     },
                     at_ms: now,
                     via: String::new(),
@@ -212,7 +217,9 @@ impl PerSource {
 /// The fleet's certificate authority at work.
 pub struct Enrollment {
     store: Arc<dyn Store>,
-    ca: Option<Ca>,
+    /// The signing CA; replaced when a CA rollover finishes.
+    ca: std::sync::RwLock<Option<Arc<Ca>>>,
+    pki: PkiPaths,
     /// The CA certificates clients are told to trust.
     trust: Vec<PathBuf>,
     crl_path: PathBuf,
@@ -234,7 +241,7 @@ impl Enrollment {
         revoked: Arc<Revoked>,
     ) -> Result<Self, crate::CollectorError> {
         let ca = if paths.ca_key().exists() {
-            Some(Ca::load(paths)?)
+            Some(Arc::new(Ca::load(paths)?))
         } else {
             None
         };
@@ -246,7 +253,8 @@ impl Enrollment {
         };
         let enrollment = Enrollment {
             store,
-            ca,
+            ca: std::sync::RwLock::new(ca),
+            pki: paths.clone(),
             trust,
             crl_path: paths.dir.join("crl.pem"),
             settings,
@@ -256,6 +264,62 @@ impl Enrollment {
         };
         enrollment.write_crl().await;
         Ok(enrollment)
+    }
+
+    /// Logs and audits handshakes refused for revocation, at most once a
+    /// minute per identity (a revoked desk retries forever).
+    pub fn audit_refused_handshakes(self: &Arc<Self>, mut stop: vitals_proto::shutdown::Shutdown) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<revocation::Refused>(256);
+        self.revoked.report_to(tx);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut last: HashMap<String, Instant> = HashMap::new();
+            loop {
+                let r = tokio::select! {
+                    () = stop.requested() => return,
+                    r = rx.recv() => match r { Some(r) => r, None => return },
+                };
+                let now = Instant::now();
+                if last
+                    .get(&r.identity)
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+                {
+                    continue;
+                }
+                last.insert(r.identity.clone(), now);
+                if last.len() > 10_000 {
+                    last.retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+                }
+                warn!(identity = %r.identity, reason = r.reason, "handshake refused");
+                me.audit(
+                    r.identity,
+                    "handshake",
+                    &r.endpoint,
+                    BTreeMap::new(),
+                    "refused",
+                    r.reason,
+                )
+                .await;
+            }
+        });
+    }
+
+    /// Audits a session the collector refused (revoked, a cloned image).
+    pub async fn audit_session_refused(&self, endpoint: &EndpointId, machine: &str, detail: &str) {
+        let params = if machine.is_empty() {
+            BTreeMap::new()
+        } else {
+            BTreeMap::from([("machine".to_owned(), machine.to_owned())])
+        };
+        self.audit(
+            endpoint.to_string(),
+            "session",
+            endpoint.as_str(),
+            params,
+            "refused",
+            detail,
+        )
+        .await;
     }
 
     /// Every CA certificate a client should trust for the collector, PEM.
@@ -272,8 +336,31 @@ impl Enrollment {
         std::fs::read_to_string(&self.crl_path).ok()
     }
 
-    fn ca(&self) -> Result<&Ca, EnrollError> {
-        self.ca.as_ref().ok_or(EnrollError::NoCa)
+    fn ca(&self) -> Result<Arc<Ca>, EnrollError> {
+        self.ca
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(EnrollError::NoCa)
+    }
+
+    /// Loads the signing CA again (a CA rollover finished); on an error
+    /// the one in use stays.
+    pub fn reload_ca(&self) {
+        if !self.pki.ca_key().exists() {
+            return;
+        }
+        match Ca::load(&self.pki) {
+            Ok(ca) => {
+                let fresh = Arc::new(ca);
+                let mut current = self.ca.write().unwrap_or_else(|p| p.into_inner());
+                if current.as_ref().map(|c| c.cert_pem()) != Some(fresh.cert_pem()) {
+                    info!("the signing CA changed");
+                    *current = Some(fresh);
+                }
+            }
+            Err(error) => warn!(%error, "signing CA not reloaded"),
+        }
     }
 
     async fn audit(
@@ -630,7 +717,7 @@ impl Enrollment {
 
     /// Rewrites `pki/crl.pem` from the revocations in the store.
     pub async fn write_crl(&self) {
-        let Some(ca) = &self.ca else { return };
+        let Ok(ca) = self.ca() else { return };
         let revocations = match self.store.revocations().await {
             Ok(r) => r,
             Err(error) => {

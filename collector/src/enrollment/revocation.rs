@@ -26,10 +26,20 @@ struct Sets {
     endpoints: HashMap<String, i64>,
 }
 
+/// A handshake refused for revocation: who, and why.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub identity: String,
+    pub endpoint: String,
+    pub reason: &'static str,
+}
+
 /// The revocations every handshake is checked against.
 #[derive(Default)]
 pub struct Revoked {
     sets: RwLock<Sets>,
+    /// Where refused handshakes are told, for the log and the audit.
+    notices: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Refused>>>,
 }
 
 impl Revoked {
@@ -79,13 +89,32 @@ impl Revoked {
         None
     }
 
+    /// Refused handshakes are sent here from now on.
+    pub fn report_to(&self, tx: tokio::sync::mpsc::Sender<Refused>) {
+        *self.notices.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
     /// Whether a certificate (DER) is refused.
     pub fn refuses(&self, der: &[u8]) -> bool {
-        match (Identity::from_cert_der(der), CertFacts::of(der)) {
-            (Ok(identity), Some(facts)) => self.refusal(&identity, &facts).is_some(),
+        let (Ok(identity), Some(facts)) = (Identity::from_cert_der(der), CertFacts::of(der)) else {
             // Not ours to judge: the handshake refuses it for what it is.
-            _ => false,
+            return false;
+        };
+        let Some(reason) = self.refusal(&identity, &facts) else {
+            return false;
+        };
+        if let Some(tx) = &*self.notices.lock().unwrap_or_else(|p| p.into_inner()) {
+            let endpoint = match &identity {
+                Identity::Endpoint(id) => id.to_string(),
+                Identity::Specialist { .. } => String::new(),
+            };
+            let _ = tx.try_send(Refused {
+                identity: identity.to_string(),
+                endpoint,
+                reason,
+            });
         }
+        true
     }
 }
 

@@ -175,9 +175,11 @@ impl AgentGateway for AgentGatewayApi {
         let (attached, committed) = match (attached, committed) {
             (Some(attached), Admission::Admitted(committed)) => (attached, committed),
             (_, Admission::Revoked { reason }) => {
-                return Err(Status::permission_denied(format!(
-                    "endpoint {endpoint} was revoked ({reason}): enroll again"
-                )));
+                let why = format!("endpoint {endpoint} was revoked ({reason}): enroll again");
+                self.enrollment
+                    .audit_session_refused(&endpoint, &hello.machine_id, &why)
+                    .await;
+                return Err(Status::permission_denied(why));
             }
             (
                 _,
@@ -188,10 +190,14 @@ impl AgentGateway for AgentGatewayApi {
             ) => {
                 self.cloned(&endpoint, &bound, &hello.machine_id, newly_flagged)
                     .await;
-                return Err(Status::permission_denied(format!(
+                let why = format!(
                     "endpoint {endpoint} belongs to another machine; this one is refused until an \
                      admin resolves it (a cloned image must enroll on its own)"
-                )));
+                );
+                self.enrollment
+                    .audit_session_refused(&endpoint, &hello.machine_id, &why)
+                    .await;
+                return Err(Status::permission_denied(why));
             }
             (None, Admission::Admitted(_)) => {
                 return Err(Status::internal("session admitted but not attached"));

@@ -6,6 +6,7 @@
 mod console;
 mod desk;
 mod diagnostics;
+mod enrollment;
 mod ingest;
 mod nothing_lost;
 mod notifications;

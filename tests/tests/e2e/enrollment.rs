@@ -1,0 +1,631 @@
+//! Joining and leaving the fleet: enrollment with tokens (the key made on
+//! the desk, the CA trusted by the token's fingerprint), renewal over the
+//! stream and after expiry within the grace window, revocation cutting the
+//! stream and refusing every later handshake, cloned images refused. Every
+//! refusal is checked in the audit log too.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vitals_agent::config::AgentConfig;
+use vitals_agent::enrollment::{EnrollOptions, enroll_desk};
+use vitals_collector::store::{EnrollToken, Store};
+use vitals_proto::identity::Role;
+use vitals_proto::wire;
+use vitals_proto::wire::enrollment_client::EnrollmentClient;
+use vitals_tests::links::{LinkAgent, numbered_event};
+use vitals_tests::*;
+
+/// The configuration a fresh desk starts from: the collector on loopback,
+/// its files beside the configuration.
+fn skeleton(addr: SocketAddr) -> String {
+    format!(
+        "collector = \"https://{addr}\"\nserver_name = \"localhost\"\nstate_dir = \"state\"\n\
+         [tls]\nca = \"pki/ca.pem\"\ncert = \"pki/agent.pem\"\nkey = \"pki/agent.key\"\n"
+    )
+}
+
+/// Enrolls a fresh desk folder with a token; returns its config path.
+async fn enroll(
+    fleet: &Fleet,
+    desk: &str,
+    addr: SocketAddr,
+    token: &str,
+    id: &str,
+) -> Result<PathBuf, String> {
+    let dir = fleet.dir.join("desks").join(desk);
+    std::fs::create_dir_all(&dir).expect("desk dir");
+    let config = dir.join("agent.toml");
+    let opts = EnrollOptions {
+        config: config.clone(),
+        token: token.to_owned(),
+        id: Some(id.to_owned()),
+        ..Default::default()
+    };
+    enroll_desk(&opts, &skeleton(addr))
+        .await
+        .map(|_| config)
+        .map_err(|e| e.to_string())
+}
+
+/// The enrolled desk's configuration with the test's fast link and probes.
+fn desk_config(fleet: &Fleet, path: &Path, addr: SocketAddr, machine: &str) -> AgentConfig {
+    let enrolled = AgentConfig::load(path).expect("enrolled config loads");
+    let mut c = fleet.agent_config("scratch", addr);
+    c.tls = enrolled.tls;
+    c.state_dir = enrolled.state_dir;
+    c.machine_id = Some(machine.to_owned());
+    c
+}
+
+async fn store_of(fleet: &Fleet) -> Arc<dyn Store> {
+    let c = fleet.collector_config();
+    vitals_collector::store::open(&c.storage_url(), 10, Duration::ZERO)
+        .await
+        .expect("store")
+}
+
+/// Creates a token as `vitals-collector tokens create` does.
+async fn token(store: &dyn Store, fleet: &Fleet, t: EnrollToken) -> String {
+    let fp = vitals_collector::pki::fingerprint(
+        vitals_collector::tls::read_certs(&fleet.paths().ca_cert()).expect("ca")[0].as_ref(),
+    );
+    let t = EnrollToken {
+        expires_ms: if t.expires_ms == 0 {
+            vitals_proto::now_ms() + 3_600_000
+        } else {
+            t.expires_ms
+        },
+        created_ms: vitals_proto::now_ms(),
+        created_by: "test".into(),
+        ..t
+    };
+    vitals_collector::enrollment::Enrollment::create_token(store, fp, t)
+        .await
+        .expect("token")
+        .to_string()
+}
+
+async fn audit(
+    admin: &vitals_collector::ctl::Profile,
+    kind: &str,
+) -> Vec<vitals_proto::diag::AuditEntry> {
+    let mut c = vitals_collector::ctl::Client::connect(admin)
+        .await
+        .expect("admin");
+    c.audit("", "", kind, 500).await.expect("audit")
+}
+
+fn serial(cert: &Path) -> String {
+    let pem = std::fs::read(cert).expect("cert");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).expect("pem");
+    vitals_collector::pki::CertFacts::of(&pem.contents)
+        .expect("facts")
+        .serial
+}
+
+fn not_after_ms(cert: &Path) -> i64 {
+    let pem = std::fs::read(cert).expect("cert");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).expect("pem");
+    vitals_collector::pki::CertFacts::of(&pem.contents)
+        .expect("facts")
+        .not_after_ms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_desk_enrolls_with_a_token_and_every_refusal_says_why() {
+    let fleet = Fleet::new("enroll");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let addr = collector.addr;
+    let admin = fleet.specialist_profile("root", Role::Admin, addr);
+    let store = store_of(&fleet).await;
+
+    // A single-use token for the north dispatch desks.
+    let once = token(
+        store.as_ref(),
+        &fleet,
+        EnrollToken {
+            max_uses: 1,
+            site: "north".into(),
+            tags: vec!["dispatch".into()],
+            id_pattern: "disp-*".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let config = enroll(&fleet, "a", addr, &once, "disp-014")
+        .await
+        .expect("enrolls");
+    // The key was made here, readable by the agent's account only.
+    let desk = desk_config(&fleet, &config, addr, "machine-a");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&desk.tls.key)
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "key mode");
+    }
+    assert!(
+        std::fs::read_to_string(&desk.tls.ca)
+            .expect("ca")
+            .contains("BEGIN CERTIFICATE")
+    );
+    let agent = RunningAgent::start(desk);
+    let d = eventually(WAIT, "the enrolled desk online", || async {
+        detail(&admin, "disp-014")
+            .await
+            .filter(|d| d.summary.online)
+    })
+    .await;
+    assert_eq!(d.summary.enrolled_site, "north");
+    assert_eq!(d.summary.enrolled_tags, vec!["dispatch".to_owned()]);
+    assert_eq!(d.summary.machine_id, "machine-a");
+
+    // Refused, each with its reason.
+    let used = enroll(&fleet, "b", addr, &once, "disp-015")
+        .await
+        .expect_err("used up");
+    assert!(used.contains("no uses left"), "{used}");
+    let expired = token(
+        store.as_ref(),
+        &fleet,
+        EnrollToken {
+            max_uses: 5,
+            expires_ms: vitals_proto::now_ms() - 1000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let e = enroll(&fleet, "c", addr, &expired, "disp-016")
+        .await
+        .expect_err("expired");
+    assert!(e.contains("expired"), "{e}");
+    let many = token(
+        store.as_ref(),
+        &fleet,
+        EnrollToken {
+            max_uses: 0,
+            id_pattern: "disp-*".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let e = enroll(&fleet, "d", addr, &many, "fin-001")
+        .await
+        .expect_err("pattern");
+    assert!(e.contains("not allowed by this token"), "{e}");
+    let e = enroll(&fleet, "e", addr, &many, "disp-014")
+        .await
+        .expect_err("clash");
+    assert!(e.contains("already enrolled"), "{e}");
+    let id = many.split('.').next().expect("id").to_owned();
+    assert!(
+        store
+            .revoke_token(&id, vitals_proto::now_ms())
+            .await
+            .expect("revoke")
+    );
+    let e = enroll(&fleet, "f", addr, &many, "disp-017")
+        .await
+        .expect_err("revoked");
+    assert!(e.contains("revoked"), "{e}");
+
+    // Tampered requests straight at the service.
+    let fresh = token(
+        store.as_ref(),
+        &fleet,
+        EnrollToken {
+            max_uses: 0,
+            ..Default::default()
+        },
+    )
+    .await;
+    let credential = fresh.rsplit_once('.').expect("fingerprint").0.to_owned();
+    let mut client = EnrollmentClient::new(fleet.channel(addr, None).await.expect("channel"));
+    let csr_for = |uri: &str, alg: &'static rcgen::SignatureAlgorithm| {
+        let key = rcgen::KeyPair::generate_for(alg).expect("key");
+        let mut p = rcgen::CertificateParams::default();
+        p.subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().expect("uri")));
+        p.serialize_request(&key).expect("csr").pem().expect("pem")
+    };
+    let ask = |csr_pem: String, token: String, id: &str| wire::EnrollRequest {
+        token,
+        csr_pem,
+        endpoint_id: id.into(),
+        hostname: "test".into(),
+        machine_id: "m".into(),
+    };
+    let other_id = csr_for(
+        "urn:vitals:endpoint:ws-boss",
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let s = client
+        .enroll(ask(other_id, credential.clone(), "ws-9"))
+        .await
+        .expect_err("another ID in the CSR");
+    assert!(
+        s.message().contains("asks for urn:vitals:endpoint:ws-boss"),
+        "{s:?}"
+    );
+    let p384 = csr_for("urn:vitals:endpoint:ws-9", &rcgen::PKCS_ECDSA_P384_SHA384);
+    let s = client
+        .enroll(ask(p384, credential.clone(), "ws-9"))
+        .await
+        .expect_err("P-384 key");
+    assert!(s.message().contains("is not accepted"), "{s:?}");
+    let good = csr_for("urn:vitals:endpoint:ws-9", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let s = client
+        .enroll(ask(good.clone(), String::new(), "ws-9"))
+        .await
+        .expect_err("no token");
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    let s = client
+        .enroll(ask(good.clone(), "abc.def".into(), "ws-9"))
+        .await
+        .expect_err("garbage token");
+    assert!(s.message().contains("unknown enrollment token"), "{s:?}");
+    let s = client
+        .enroll(ask("junk".into(), credential.clone(), "ws-9"))
+        .await
+        .expect_err("junk CSR");
+    assert!(
+        s.message()
+            .contains("not a valid certificate signing request"),
+        "{s:?}"
+    );
+    let s = client
+        .enroll(ask("x".repeat(1 << 20), credential.clone(), "ws-9"))
+        .await
+        .expect_err("1 MB");
+    assert!(
+        matches!(
+            s.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{s:?}"
+    );
+    // A client without a certificate reaches nothing but enrollment.
+    let s = vitals_proto::wire::specialist_client::SpecialistClient::new(
+        fleet.channel(addr, None).await.expect("channel"),
+    )
+    .list_endpoints(wire::ListEndpointsRequest::default())
+    .await
+    .expect_err("anonymous specialist call");
+    assert_eq!(s.code(), tonic::Code::Unimplemented, "{s:?}");
+
+    // The collector is unaffected: the desk streams on, and a correct
+    // request still enrolls.
+    let issued = client
+        .enroll(ask(good, credential, "ws-9"))
+        .await
+        .expect("a correct request")
+        .into_inner();
+    assert_eq!(issued.endpoint_id, "ws-9");
+    assert!(
+        detail(&admin, "disp-014")
+            .await
+            .expect("desk")
+            .summary
+            .online
+    );
+
+    // Every attempt is in the audit log with its reason.
+    let entries = audit(&admin, "enroll").await;
+    let refused: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.outcome == "refused")
+        .map(|e| e.detail.as_str())
+        .collect();
+    for reason in [
+        "no uses left",
+        "expired",
+        "not allowed by this token",
+        "already enrolled",
+        "was revoked",
+        "asks for",
+        "is not accepted",
+        "unknown enrollment token",
+        "not a valid certificate signing request",
+    ] {
+        assert!(
+            refused.iter().any(|d| d.contains(reason)),
+            "no refusal saying {reason:?} in {refused:#?}"
+        );
+    }
+    assert_eq!(entries.iter().filter(|e| e.outcome == "ok").count(), 2);
+    agent.stop().await;
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_on_the_stream_and_after_expiry_within_the_grace_window() {
+    let fleet = Fleet::new("renew");
+    let mut config = fleet.collector_config();
+    config.certificates.agent_lifetime = Duration::from_secs(3);
+    config.certificates.renewal_grace = Duration::from_secs(4);
+    let collector = RunningCollector::start(config).await;
+    let addr = collector.addr;
+    let admin = fleet.specialist_profile("root", Role::Admin, addr);
+    let store = store_of(&fleet).await;
+    let t = token(
+        store.as_ref(),
+        &fleet,
+        EnrollToken {
+            max_uses: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let path = enroll(&fleet, "r", addr, &t, "ws-renew")
+        .await
+        .expect("enrolls");
+    let desk = desk_config(&fleet, &path, addr, "machine-r");
+    let cert = desk.tls.cert.clone();
+    let first = serial(&cert);
+
+    // Streaming numbered events while the certificate renews every ~2 s.
+    let link = LinkAgent::start("ws-renew", desk.clone());
+    let mut serials = vec![first.clone()];
+    let mut n = 0u64;
+    let started = Instant::now();
+    while serials.len() < 4 && started.elapsed() < Duration::from_secs(30) {
+        n += 1;
+        link.send(numbered_event(n)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = serial(&cert);
+        if serials.last() != Some(&now) {
+            serials.push(now);
+        }
+    }
+    assert!(
+        serials.len() >= 4,
+        "renewed only {} times",
+        serials.len() - 1
+    );
+    eventually(WAIT, "every event acknowledged", || async {
+        link.drained().then_some(())
+    })
+    .await;
+    link.stop().await;
+    let stored = eventually(WAIT, "every event stored", || async {
+        let mut c = vitals_collector::ctl::Client::connect(&admin).await.ok()?;
+        let f = c.faults("ws-renew", 1000).await.ok()?;
+        (f.len() as u64 >= n).then_some(f)
+    })
+    .await;
+    let mut values: Vec<u64> = stored.iter().map(|f| f.event.value as u64).collect();
+    values.sort_unstable();
+    assert_eq!(
+        values,
+        (1..=n).collect::<Vec<_>>(),
+        "each event exactly once"
+    );
+    let renewals = audit(&admin, "renew").await;
+    assert!(renewals.iter().filter(|e| e.outcome == "ok").count() >= 3);
+
+    // Away past expiry, back within the grace window: renewed by proof of
+    // the old key, then connected.
+    let expiry = not_after_ms(&cert);
+    tokio::time::sleep(Duration::from_millis(
+        (expiry - vitals_proto::now_ms() + 1000).max(0) as u64,
+    ))
+    .await;
+    let back = RunningAgent::start(desk.clone());
+    eventually(
+        Duration::from_secs(20),
+        "back online after expiry",
+        || async {
+            detail(&admin, "ws-renew")
+                .await
+                .filter(|d| d.summary.online)
+        },
+    )
+    .await;
+    back.stop().await;
+    let ok = audit(&admin, "renew_expired").await;
+    assert!(ok.iter().any(|e| e.outcome == "ok"), "{ok:#?}");
+
+    // Away past the grace window too: refused, it must enroll again.
+    let expiry = not_after_ms(&cert);
+    tokio::time::sleep(Duration::from_millis(
+        (expiry + 4000 - vitals_proto::now_ms() + 1000).max(0) as u64,
+    ))
+    .await;
+    let late = RunningAgent::start(desk);
+    let refused = eventually(
+        Duration::from_secs(20),
+        "renewal past grace refused",
+        || async {
+            audit(&admin, "renew_expired")
+                .await
+                .into_iter()
+                .find(|e| e.outcome == "refused")
+        },
+    )
+    .await;
+    assert!(refused.detail.contains("grace window"), "{refused:?}");
+    assert!(
+        !detail(&admin, "ws-renew")
+            .await
+            .expect("desk")
+            .summary
+            .online
+    );
+    late.stop().await;
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_desk_is_cut_within_a_second_and_refused_from_then_on() {
+    let fleet = Fleet::new("revoke");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let addr = collector.addr;
+    let admin = fleet.specialist_profile("root", Role::Admin, addr);
+    let store = store_of(&fleet).await;
+    let t = token(
+        store.as_ref(),
+        &fleet,
+        EnrollToken {
+            max_uses: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let path = enroll(&fleet, "lost", addr, &t, "ws-stolen")
+        .await
+        .expect("enrolls");
+    let desk = desk_config(&fleet, &path, addr, "machine-s");
+    let stolen = LinkAgent::start("ws-stolen", desk.clone());
+    let other = LinkAgent::start("ws-other", fleet.agent_config("ws-other", addr));
+    let mut status = stolen.status.clone();
+    eventually(WAIT, "both connected", || async {
+        (stolen.status.borrow().connected && other.status.borrow().connected).then_some(())
+    })
+    .await;
+
+    let mut client = vitals_collector::ctl::Client::connect(&admin)
+        .await
+        .expect("admin");
+    let asked = Instant::now();
+    let d = client
+        .revoke_endpoint("ws-stolen", "laptop stolen")
+        .await
+        .expect("revoke");
+    tokio::time::timeout(Duration::from_secs(1), status.wait_for(|s| !s.connected))
+        .await
+        .expect("the stream ends within a second")
+        .expect("status");
+    let cut = asked.elapsed();
+    assert!(cut < Duration::from_secs(1), "cut after {cut:?}");
+    assert!(d.summary.revoked_ms > 0 && d.summary.revoke_reason == "laptop stolen");
+
+    // Its reconnects are refused at the handshake, its renewal too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !stolen.status.borrow().connected,
+        "a revoked desk reconnected"
+    );
+    let refused = eventually(WAIT, "handshake refusal audited", || async {
+        audit(&admin, "handshake")
+            .await
+            .into_iter()
+            .find(|e| e.endpoint_id == "ws-stolen")
+    })
+    .await;
+    assert!(refused.detail.contains("revoked"), "{refused:?}");
+    let creds = vitals_agent::link::credentials::Credentials::load(&desk).expect("creds");
+    let mut c = creds.clone();
+    let e = vitals_agent::link::enroll::renew_expired(
+        &format!("https://{addr}"),
+        "localhost",
+        &mut c,
+        &"ws-stolen".parse().expect("id"),
+        "machine-s",
+    )
+    .await
+    .expect_err("renewal of a revoked certificate");
+    assert!(e.to_string().contains("revoked"), "{e}");
+    // A revoked desk cannot come back by itself; and the CRL lists it.
+    let crl = std::fs::read_to_string(fleet.paths().dir.join("crl.pem")).expect("crl");
+    let (_, der) = x509_parser::pem::parse_x509_pem(crl.as_bytes()).expect("pem");
+    let (_, list) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(&der.contents)
+            .expect("a CRL");
+    let want = serial(&desk.tls.cert);
+    assert!(
+        list.iter_revoked_certificates()
+            .any(|r| vitals_collector::pki::hex(r.raw_serial()).trim_start_matches("00") == want),
+        "CRL lacks {want}"
+    );
+    // Everyone else is unaffected.
+    other.send(numbered_event(1)).await;
+    eventually(WAIT, "the other desk still served", || async {
+        other.drained().then_some(())
+    })
+    .await;
+    let e = vitals_collector::ctl::Client::connect(&admin)
+        .await
+        .expect("admin")
+        .revoke_endpoint("ws-stolen", "again")
+        .await
+        .expect_err("twice");
+    assert!(e.to_string().contains("already revoked"), "{e}");
+    stolen.kill().await;
+    other.stop().await;
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloned_image_is_flagged_ticketed_and_the_newcomer_refused() {
+    let fleet = Fleet::new("clone");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let addr = collector.addr;
+    let admin = fleet.specialist_profile("root", Role::Admin, addr);
+    // Two machines from one image: the same certificate and key.
+    let mut original = fleet.agent_config("ws-image", addr);
+    original.machine_id = Some("machine-1".into());
+    let mut clone = original.clone();
+    clone.machine_id = Some("machine-2".into());
+    clone.state_dir = fleet.dir.join("agents/ws-image-clone");
+    let first = LinkAgent::start("ws-image", original);
+    eventually(WAIT, "the original connected", || async {
+        first.status.borrow().connected.then_some(())
+    })
+    .await;
+    let second = LinkAgent::start("ws-image", clone);
+    let d = eventually(WAIT, "the clone flagged", || async {
+        detail(&admin, "ws-image")
+            .await
+            .filter(|d| d.summary.clone_machine_id == "machine-2")
+    })
+    .await;
+    assert_eq!(d.summary.machine_id, "machine-1");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!second.status.borrow().connected, "the newcomer was let in");
+    assert!(
+        first.status.borrow().connected,
+        "the original lost its stream"
+    );
+    let mut c = vitals_collector::ctl::Client::connect(&admin)
+        .await
+        .expect("admin");
+    let ticket = eventually(WAIT, "a ticket for the admins", || {
+        let mut c = c.clone();
+        async move {
+            c.tickets(vitals_collector::ctl::TicketQuery {
+                endpoint: "ws-image".into(),
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_iter()
+            .find(|t| t.check_id == "endpoint_cloned")
+        }
+    })
+    .await;
+    assert!(ticket.title.contains("cloned"), "{ticket:?}");
+    let refusals = audit(&admin, "session").await;
+    assert!(
+        refusals.iter().any(|e| e.endpoint_id == "ws-image"
+            && e.params.get("machine").map(String::as_str) == Some("machine-2")),
+        "{refusals:#?}"
+    );
+    // The admin keeps the second machine: from then on it is the one let in.
+    c.bind_endpoint("ws-image", "machine-2")
+        .await
+        .expect("bind");
+    first.kill().await;
+    eventually(
+        Duration::from_secs(20),
+        "the bound machine connects",
+        || async { second.status.borrow().connected.then_some(()) },
+    )
+    .await;
+    second.stop().await;
+    collector.stop().await;
+}
