@@ -20,9 +20,10 @@ use vitals_tests::*;
 
 /// The configuration a fresh desk starts from: the collector on loopback,
 /// its files beside the configuration.
-fn skeleton(addr: SocketAddr) -> String {
+fn skeleton(addr: SocketAddr, machine: &str) -> String {
     format!(
         "collector = \"https://{addr}\"\nserver_name = \"localhost\"\nstate_dir = \"state\"\n\
+         machine_id = \"{machine}\"\n\
          [tls]\nca = \"pki/ca.pem\"\ncert = \"pki/agent.pem\"\nkey = \"pki/agent.key\"\n"
     )
 }
@@ -44,19 +45,19 @@ async fn enroll(
         id: Some(id.to_owned()),
         ..Default::default()
     };
-    enroll_desk(&opts, &skeleton(addr))
+    enroll_desk(&opts, &skeleton(addr, &format!("machine-{desk}")))
         .await
         .map(|_| config)
         .map_err(|e| e.to_string())
 }
 
 /// The enrolled desk's configuration with the test's fast link and probes.
-fn desk_config(fleet: &Fleet, path: &Path, addr: SocketAddr, machine: &str) -> AgentConfig {
+fn desk_config(fleet: &Fleet, path: &Path, addr: SocketAddr) -> AgentConfig {
     let enrolled = AgentConfig::load(path).expect("enrolled config loads");
     let mut c = fleet.agent_config("scratch", addr);
     c.tls = enrolled.tls;
     c.state_dir = enrolled.state_dir;
-    c.machine_id = Some(machine.to_owned());
+    c.machine_id = enrolled.machine_id;
     c
 }
 
@@ -139,7 +140,7 @@ async fn a_desk_enrolls_with_a_token_and_every_refusal_says_why() {
         .await
         .expect("enrolls");
     // The key was made here, readable by the agent's account only.
-    let desk = desk_config(&fleet, &config, addr, "machine-a");
+    let desk = desk_config(&fleet, &config, addr);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -364,7 +365,7 @@ async fn certificates_renew_on_the_stream_and_after_expiry_within_the_grace_wind
     let path = enroll(&fleet, "r", addr, &t, "ws-renew")
         .await
         .expect("enrolls");
-    let desk = desk_config(&fleet, &path, addr, "machine-r");
+    let desk = desk_config(&fleet, &path, addr);
     let cert = desk.tls.cert.clone();
     let first = serial(&cert);
 
@@ -479,7 +480,7 @@ async fn a_revoked_desk_is_cut_within_a_second_and_refused_from_then_on() {
     let path = enroll(&fleet, "lost", addr, &t, "ws-stolen")
         .await
         .expect("enrolls");
-    let desk = desk_config(&fleet, &path, addr, "machine-s");
+    let desk = desk_config(&fleet, &path, addr);
     let stolen = LinkAgent::start("ws-stolen", desk.clone());
     let other = LinkAgent::start("ws-other", fleet.agent_config("ws-other", addr));
     let mut status = stolen.status.clone();
@@ -525,7 +526,7 @@ async fn a_revoked_desk_is_cut_within_a_second_and_refused_from_then_on() {
         "localhost",
         &mut c,
         &"ws-stolen".parse().expect("id"),
-        "machine-s",
+        "machine-lost",
     )
     .await
     .expect_err("renewal of a revoked certificate");
@@ -533,9 +534,7 @@ async fn a_revoked_desk_is_cut_within_a_second_and_refused_from_then_on() {
     // A revoked desk cannot come back by itself; and the CRL lists it.
     let crl = std::fs::read_to_string(fleet.paths().dir.join("crl.pem")).expect("crl");
     let (_, der) = x509_parser::pem::parse_x509_pem(crl.as_bytes()).expect("pem");
-    let (_, list) =
-        x509_parser::revocation_list::CertificateRevocationList::from_der(&der.contents)
-            .expect("a CRL");
+    let (_, list) = x509_parser::parse_x509_crl(&der.contents).expect("a CRL");
     let want = serial(&desk.tls.cert);
     assert!(
         list.iter_revoked_certificates()
