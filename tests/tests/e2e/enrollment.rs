@@ -628,3 +628,236 @@ async fn a_cloned_image_is_flagged_ticketed_and_the_newcomer_refused() {
     second.stop().await;
     collector.stop().await;
 }
+
+/// The serial of the certificate a collector presents now.
+async fn served_serial(addr: SocketAddr) -> String {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    #[derive(Debug)]
+    struct Any;
+    impl ServerCertVerifier for Any {
+        fn verify_server_cert(
+            &self,
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &[rustls_pki_types::CertificateDer<'_>],
+            _: &rustls_pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("tls13")
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(Any))
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().expect("name"), tcp)
+        .await
+        .expect("handshake");
+    let leaf = &tls.get_ref().1.peer_certificates().expect("chain")[0];
+    vitals_collector::pki::CertFacts::of(leaf)
+        .expect("facts")
+        .serial
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_rotation_and_ca_rollover_keep_200_agents_without_a_restart() {
+    const AGENTS: usize = 200;
+    let fleet = Fleet::new("rollover");
+    let mut config = fleet.collector_config();
+    config.certificates.agent_lifetime = Duration::from_secs(8);
+    let collector = RunningCollector::start(config.clone()).await;
+    let addr = collector.addr;
+    let paths = fleet.paths();
+    // Desks with short-lived certificates and a CA file of their own.
+    let agents: Vec<LinkAgent> = (0..AGENTS)
+        .map(|i| {
+            let id = format!("ws-{i:03}");
+            let mut c = fleet.agent_config(&id, addr);
+            let leaf = fleet
+                .ca
+                .issue_client_valid(
+                    &vitals_proto::identity::Identity::Endpoint(id.parse().expect("id")),
+                    {
+                        let now = time::OffsetDateTime::now_utc();
+                        (
+                            now - time::Duration::seconds(1),
+                            now + time::Duration::seconds(8),
+                        )
+                    },
+                )
+                .expect("leaf");
+            leaf.write(&c.tls.cert, &c.tls.key).expect("write");
+            let ca = fleet.dir.join(format!("desk-ca/{id}.pem"));
+            std::fs::create_dir_all(ca.parent().expect("dir")).expect("dir");
+            std::fs::copy(&c.tls.ca, &ca).expect("ca copy");
+            c.tls.ca = ca;
+            LinkAgent::start(&id, c)
+        })
+        .collect();
+    let all_connected = || agents.iter().all(|a| a.status.borrow().connected);
+    eventually(Duration::from_secs(60), "200 agents connected", || async {
+        all_connected().then_some(())
+    })
+    .await;
+    let sessions = |agents: &[LinkAgent]| -> Vec<u64> {
+        agents.iter().map(|a| a.status.borrow().sessions).collect()
+    };
+    let mut n = 0u64;
+    let mut send_round = async |agents: &[LinkAgent]| {
+        n += 1;
+        for a in agents {
+            a.send(numbered_event(n)).await;
+        }
+    };
+    send_round(&agents).await;
+
+    // 1. The server certificate rotates: new handshakes get the new one,
+    // the streams stay up.
+    let before = sessions(&agents);
+    let old = served_serial(addr).await;
+    vitals_collector::pki::rotate_server(&paths, &[], 30).expect("rotate");
+    let new = serial(&paths.server_cert());
+    eventually(WAIT, "the new server certificate served", || async {
+        (served_serial(addr).await == new).then_some(())
+    })
+    .await;
+    assert_ne!(old, new);
+    send_round(&agents).await;
+    assert_eq!(sessions(&agents), before, "a rotation reconnected agents");
+    assert!(all_connected());
+
+    // 2. CA rollover, start: every desk learns the next CA through its
+    // renewals (certificates of 8 s renew every ~5 s).
+    vitals_collector::pki::rollover_start(&paths).expect("start");
+    let next = std::fs::read_to_string(paths.ca_next_cert()).expect("next");
+    eventually(
+        Duration::from_secs(30),
+        "every desk trusts the next CA",
+        || async {
+            (0..AGENTS)
+                .all(|i| {
+                    std::fs::read_to_string(fleet.dir.join(format!("desk-ca/ws-{i:03}.pem")))
+                        .is_ok_and(|t| t.contains(next.trim()))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    send_round(&agents).await;
+
+    // Finish: the new CA signs the server certificate and every renewal.
+    vitals_collector::pki::rollover_finish(&paths).expect("finish");
+    let new_ca = vitals_collector::tls::read_certs(&paths.ca_cert()).expect("ca")[0].clone();
+    let signed_by_new = |cert: &Path| {
+        let pem = std::fs::read(cert).expect("cert");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).expect("pem");
+        let (_, c) = x509_parser::parse_x509_certificate(&pem.contents).expect("x509");
+        let (_, ca) = x509_parser::parse_x509_certificate(new_ca.as_ref()).expect("ca");
+        c.verify_signature(Some(ca.public_key())).is_ok()
+    };
+    eventually(
+        WAIT,
+        "the server certificate signed by the new CA",
+        || async {
+            let s = served_serial(addr).await;
+            (s == serial(&paths.server_cert()) && signed_by_new(&paths.server_cert())).then_some(())
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "every desk renewed under the new CA",
+        || async {
+            (0..AGENTS)
+                .all(|i| {
+                    let id = vitals_proto::identity::Identity::Endpoint(
+                        format!("ws-{i:03}").parse().expect("id"),
+                    );
+                    signed_by_new(&paths.client(&id).0)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // New handshakes work for all: the collector restarts, the agents
+    // (never restarted) come back on their own to the new server
+    // certificate.
+    let port = collector.stop().await;
+    let collector = RunningCollector::start_on(config.clone(), port).await;
+    send_round(&agents).await;
+    eventually(
+        Duration::from_secs(60),
+        "200 back under the new CA",
+        || async { all_connected().then_some(()) },
+    )
+    .await;
+
+    // Retire the old CA: nothing the desks hold depends on it any more.
+    vitals_collector::pki::rollover_retire(&paths).expect("retire");
+    let port = collector.stop().await;
+    let collector = RunningCollector::start_on(config, port).await;
+    send_round(&agents).await;
+    eventually(
+        Duration::from_secs(60),
+        "200 back with the old CA retired",
+        || async { (all_connected() && agents.iter().all(|a| a.drained())).then_some(()) },
+    )
+    .await;
+
+    // None lost, none doubled (asked with a certificate of the new CA:
+    // one of the old is refused now).
+    let new_ca = vitals_collector::pki::Ca::load(&paths).expect("new CA");
+    let leaf = new_ca
+        .issue_client(
+            &vitals_proto::identity::Identity::specialist("root", Role::Admin).expect("id"),
+            1,
+        )
+        .expect("leaf");
+    let (cert, key) = fleet.write_leaf("root-new", &leaf);
+    let admin = fleet.profile(collector.addr, cert, key);
+    let stale = fleet.specialist_profile("stale", Role::Admin, collector.addr);
+    assert!(
+        list(&stale).await.is_err(),
+        "a certificate of the retired CA was served"
+    );
+    let mut c = vitals_collector::ctl::Client::connect(&admin)
+        .await
+        .expect("admin");
+    for a in &agents {
+        let f = c.faults(&a.id, 100).await.expect("faults");
+        let mut v: Vec<u64> = f.iter().map(|f| f.event.value as u64).collect();
+        v.sort_unstable();
+        assert_eq!(v, (1..=n).collect::<Vec<_>>(), "{}", a.id);
+    }
+    for a in agents {
+        a.stop().await;
+    }
+    collector.stop().await;
+}
