@@ -24,6 +24,10 @@ pub struct AgentConfig {
     /// install's own ID (`/etc/machine-id`, MachineGuid) when absent. Set
     /// it only where that ID is not unique per machine.
     pub machine_id: Option<String>,
+    /// An enrollment token left by an installer, used at the first start
+    /// when there is no certificate yet, then deleted; `enroll.token`
+    /// beside this file when absent.
+    pub enroll_token: Option<PathBuf>,
     pub tls: TlsFiles,
     #[serde(default)]
     pub link: LinkSettings,
@@ -489,6 +493,10 @@ impl AgentConfig {
         for p in [&mut c.tls.ca, &mut c.tls.cert, &mut c.tls.key] {
             *p = config_file::resolve(path, p);
         }
+        c.enroll_token = Some(match &c.enroll_token {
+            Some(p) => config_file::resolve(path, p),
+            None => path.parent().unwrap_or(Path::new(".")).join("enroll.token"),
+        });
         let invalid = |message: &str| ConfigError::Invalid {
             file: path.display().to_string(),
             message: message.to_owned(),

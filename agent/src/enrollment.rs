@@ -27,12 +27,18 @@ pub struct EnrollOptions {
     pub force: bool,
 }
 
-/// The token file an installer leaves beside the configuration.
+/// The token file an installer leaves: `enroll_token` in the
+/// configuration, or `enroll.token` beside it.
 pub fn token_file(config: &Path) -> PathBuf {
-    config
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("enroll.token")
+    AgentConfig::load(config)
+        .ok()
+        .and_then(|c| c.enroll_token)
+        .unwrap_or_else(|| {
+            config
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("enroll.token")
+        })
 }
 
 /// Why a desk did not enroll, and whether trying again later may help

@@ -6,7 +6,9 @@
 //! gateway (the gRPC edge: agent sessions, the Specialist service),
 //! console (the web console: the same Specialist service in a browser)
 //!   -> ingest, service (specialist service layer), relay (diagnostics)
-//!     -> sessions (live agent sessions), tickets, store, pki, policy, tls, metrics
+//!     -> enrollment (tokens, signing, renewal, revocation)
+//!     -> sessions (live agent sessions), tickets, store, pki, policy, tls,
+//!        revocation (what every handshake is checked against), metrics
 //! ```
 //!
 //! `ctl` (vitalsctl's client) stands outside these layers: it speaks the
@@ -27,6 +29,7 @@ pub mod pki;
 pub mod policy;
 pub mod quickstart;
 pub mod relay;
+pub mod revocation;
 pub mod service;
 pub mod sessions;
 pub mod store;
@@ -156,7 +159,7 @@ pub struct Collector {
     config: CollectorConfig,
     tls: Arc<tls::ServerTls>,
     /// Revocations in force, checked at every handshake.
-    revoked: Arc<enrollment::revocation::Revoked>,
+    revoked: Arc<revocation::Revoked>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     policy: Arc<vitals_proto::policy::Policy>,
@@ -181,7 +184,7 @@ impl Collector {
             Some(path) => vitals_proto::policy::Policy::load(path)?,
             None => vitals_proto::policy::Policy::default_policy(),
         };
-        let revoked = Arc::new(enrollment::revocation::Revoked::default());
+        let revoked = Arc::new(revocation::Revoked::default());
         let tls = Arc::new(tls::ServerTls::new(config.server_files(), revoked.clone())?);
         let console_tls = match config.console.as_ref().map(|c| (&c.cert, &c.key)) {
             Some((Some(cert), Some(key))) => Some(tls::browser_config(cert, key)?),
@@ -380,9 +383,12 @@ impl Collector {
                 desk,
             },
         );
-        // Clients without a fleet certificate reach this server only.
+        // Clients without a fleet certificate reach this server only:
+        // enrollment, and health checking (a container's probe, a load
+        // balancer's check).
         let enroll_server = tonic::transport::Server::builder()
             .timeout(Duration::from_secs(15))
+            .add_service(health_service.clone())
             .add_service(
                 EnrollmentServer::new(gateway::enrollment::EnrollmentApi::new(enrollment))
                     .max_decoding_message_size(gateway::enrollment::MAX_MESSAGE),

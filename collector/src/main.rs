@@ -54,6 +54,20 @@ enum Command {
         #[arg(long)]
         no_gateway_probe: bool,
     },
+    /// Ask a running collector's gRPC health service (no client
+    /// certificate needed); exit 0 when it is serving. For container and
+    /// load-balancer health checks.
+    Health {
+        #[arg(
+            long,
+            env = "VITALS_COLLECTOR_CONFIG",
+            default_value = "/etc/vitals/collector.toml"
+        )]
+        config: PathBuf,
+        /// The name on the collector's certificate to check.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+    },
     /// Manage the fleet's certificates.
     #[command(subcommand)]
     Pki(PkiCmd),
@@ -61,6 +75,7 @@ enum Command {
     Users {
         #[arg(
             long,
+            global = true,
             env = "VITALS_COLLECTOR_CONFIG",
             default_value = "/etc/vitals/collector.toml"
         )]
@@ -73,6 +88,7 @@ enum Command {
     Tokens {
         #[arg(
             long,
+            global = true,
             env = "VITALS_COLLECTOR_CONFIG",
             default_value = "/etc/vitals/collector.toml"
         )]
@@ -209,6 +225,13 @@ fn main() -> ExitCode {
         Command::Users { config, action } => with_runtime(async move {
             let c = load(&config)?;
             users_command(&c, action).await.map_err(fail(2))
+        }),
+        Command::Health {
+            config,
+            server_name,
+        } => with_runtime(async move {
+            let c = load(&config)?;
+            health(&c, &server_name).await.map_err(fail(1))
         }),
         Command::Tokens { config, action } => with_runtime(async move {
             let c = load(&config)?;
@@ -455,6 +478,40 @@ fn pki_command(cmd: PkiCmd) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+async fn health(config: &CollectorConfig, server_name: &str) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let ca = std::fs::read(config.ca_path())
+        .map_err(|e| format!("{}: {e}", config.ca_path().display()))?;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .domain_name(server_name)
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{addr}: {}", vitals_proto::error_chain(&e)))?;
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .map_err(|e| format!("{addr}: {}", e.message()))?
+        .into_inner()
+        .status();
+    if status == ServingStatus::Serving {
+        println!("{addr}: serving");
+        Ok(())
+    } else {
+        Err(format!("{addr}: {status:?}"))
     }
 }
 

@@ -652,6 +652,119 @@ mod tests {
         assert_eq!(Identity::from_cert_der(&pem.contents).unwrap(), id);
     }
 
+    fn csr(uri: Option<&str>, alg: &'static rcgen::SignatureAlgorithm) -> String {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut p = CertificateParams::default();
+        if let Some(u) = uri {
+            p.subject_alt_names
+                .push(SanType::URI(u.try_into().unwrap()));
+        }
+        p.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn a_request_is_signed_for_the_identity_the_collector_chose_and_only_that() {
+        let ca = Ca::generate(1).unwrap();
+        let id = Identity::Endpoint("disp-014".parse().unwrap());
+        let life = std::time::Duration::from_secs(7 * 86_400);
+        // No name asked for, or the same one: signed, the identity ours.
+        for uri in [None, Some("urn:vitals:endpoint:disp-014")] {
+            let s = ca
+                .sign_csr(&csr(uri, &rcgen::PKCS_ECDSA_P256_SHA256), &id, life)
+                .unwrap();
+            let (_, pem) = x509_parser::pem::parse_x509_pem(s.cert_pem.as_bytes()).unwrap();
+            assert_eq!(Identity::from_cert_der(&pem.contents).unwrap(), id);
+            let facts = CertFacts::of(&pem.contents).unwrap();
+            assert_eq!(facts.serial, s.serial);
+            assert_eq!(facts.not_after_ms / 1000, s.not_after_ms / 1000);
+            // Back-dated by at most five minutes.
+            assert!(s.not_after_ms - facts.not_before_ms <= life.as_millis() as i64 + 300_000);
+        }
+        // Ed25519 keys are fine too.
+        assert!(
+            ca.sign_csr(&csr(None, &rcgen::PKCS_ED25519), &id, life)
+                .is_ok()
+        );
+        // Another identity, a specialist role, another key type, junk: refused.
+        let other = csr(
+            Some("urn:vitals:endpoint:boss"),
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        );
+        assert!(matches!(
+            ca.sign_csr(&other, &id, life),
+            Err(CsrError::OtherIdentity { .. })
+        ));
+        let role = csr(
+            Some("urn:vitals:role:admin"),
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        );
+        assert!(matches!(
+            ca.sign_csr(&role, &id, life),
+            Err(CsrError::OtherIdentity { .. })
+        ));
+        let p384 = csr(None, &rcgen::PKCS_ECDSA_P384_SHA384);
+        assert!(matches!(
+            ca.sign_csr(&p384, &id, life),
+            Err(CsrError::KeyType(_))
+        ));
+        assert!(matches!(
+            ca.sign_csr("junk", &id, life),
+            Err(CsrError::Invalid(_))
+        ));
+        // A short lifetime is back-dated by a tenth of it.
+        let s = ca
+            .sign_csr(
+                &csr(None, &rcgen::PKCS_ECDSA_P256_SHA256),
+                &id,
+                std::time::Duration::from_secs(10),
+            )
+            .unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(s.cert_pem.as_bytes()).unwrap();
+        let f = CertFacts::of(&pem.contents).unwrap();
+        assert!(f.not_after_ms - f.not_before_ms <= 12_000, "{f:?}");
+    }
+
+    #[test]
+    fn the_crl_lists_revoked_serials_and_a_rollover_keeps_both_cas_until_retired() {
+        let ca = Ca::generate(1).unwrap();
+        let leaf = ca
+            .issue_client(&Identity::Endpoint("ws-1".parse().unwrap()), 1)
+            .unwrap();
+        let crl = ca
+            .crl_pem(&[(leaf.serial.clone(), 1_700_000_000_000)], 7)
+            .unwrap();
+        let (_, der) = x509_parser::pem::parse_x509_pem(crl.as_bytes()).unwrap();
+        let (_, list) = x509_parser::parse_x509_crl(&der.contents).unwrap();
+        let serials: Vec<String> = list
+            .iter_revoked_certificates()
+            .map(|r| hex(trim_zeros(r.raw_serial())))
+            .collect();
+        assert_eq!(serials, vec![leaf.serial]);
+
+        let dir = std::env::temp_dir().join(format!("vitals-rollover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        init(&dir, &["localhost".into()]).unwrap();
+        let paths = PkiPaths::new(&dir);
+        let old = read(&paths.ca_cert()).unwrap();
+        rollover_start(&paths).unwrap();
+        assert!(rollover_start(&paths).is_err(), "two rollovers at once");
+        let next = read(&paths.ca_next_cert()).unwrap();
+        rollover_finish(&paths).unwrap();
+        let bundle = read(&paths.ca_cert()).unwrap();
+        assert!(bundle.starts_with(next.trim()) && bundle.contains(old.trim()));
+        assert!(!paths.ca_next_cert().exists() && !paths.ca_next_key().exists());
+        // The new CA signs: the server certificate chains to it.
+        let signer = Ca::load(&paths).unwrap();
+        assert_eq!(signer.fingerprint(), {
+            let (_, p) = x509_parser::pem::parse_x509_pem(next.as_bytes()).unwrap();
+            fingerprint(&p.contents)
+        });
+        rollover_retire(&paths).unwrap();
+        assert_eq!(read(&paths.ca_cert()).unwrap().trim(), next.trim());
+        assert!(rollover_retire(&paths).is_err(), "nothing left to retire");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn init_refuses_to_replace_a_ca_and_keys_are_private() {
         let dir = std::env::temp_dir().join(format!("vitals-pki-{}", std::process::id()));

@@ -201,7 +201,7 @@ impl rustls::server::ResolvesServerCert for ServerCert {
 pub struct ServerTls {
     pub config: Arc<rustls::ServerConfig>,
     pub cert: Arc<ServerCert>,
-    pub verifier: Arc<crate::enrollment::revocation::FleetVerifier>,
+    pub verifier: Arc<crate::revocation::FleetVerifier>,
     pub files: ServerFiles,
 }
 
@@ -210,10 +210,10 @@ impl ServerTls {
     /// fleet's CAs, or none (such a client reaches enrollment only).
     pub fn new(
         files: ServerFiles,
-        revoked: Arc<crate::enrollment::revocation::Revoked>,
+        revoked: Arc<crate::revocation::Revoked>,
     ) -> Result<Self, TlsError> {
         let provider = provider();
-        let verifier = Arc::new(crate::enrollment::revocation::FleetVerifier::new(
+        let verifier = Arc::new(crate::revocation::FleetVerifier::new(
             files.verifier(&provider)?,
             revoked,
         ));

@@ -525,3 +525,136 @@ fn users_commands_manage_console_accounts() {
     assert!(err.contains("no account named \"nobody\""), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+#[cfg(unix)]
+fn tokens_health_and_server_rotation_from_the_command_line() {
+    let d = dir("tokens");
+    let data = d.join("data");
+    let port = free_port();
+    let config = d.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = \"data\"\nlisten = \"127.0.0.1:{port}\"\n[metrics]\nenabled = false\n"),
+    )
+    .expect("write");
+    let ok = |mut c: Command| {
+        let out = c.output().expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let mut init = collector();
+    init.args(["pki", "init", "--host", "localhost", "--data-dir"])
+        .arg(&data);
+    ok(init);
+
+    // A token: printed once on stdout, with how to use it on stderr.
+    let mut create = collector();
+    create
+        .args([
+            "tokens",
+            "create",
+            "--uses",
+            "3",
+            "--expires",
+            "2d",
+            "--site",
+            "north",
+        ])
+        .args(["--tag", "dispatch", "--id-pattern", "disp-*", "--config"])
+        .arg(&config);
+    let (token, said) = ok(create);
+    let token = token.trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    assert!(said.contains("vitals-agent enroll --collector"), "{said}");
+    assert!(said.contains("the fleet CA: sha256:"), "{said}");
+    let id = token.split('.').next().expect("id").to_owned();
+    let mut list = collector();
+    list.args(["tokens", "list", "--config"]).arg(&config);
+    let (table, _) = ok(list);
+    let row = table.lines().find(|l| l.starts_with(&id)).expect("listed");
+    assert!(
+        row.contains("active")
+            && row.contains("0/3")
+            && row.contains("north")
+            && row.contains("disp-*"),
+        "{row}"
+    );
+    // The secret is stored hashed: the database never holds it.
+    let db = std::fs::read(data.join("vitals.db")).expect("db");
+    let secret = token.split('.').nth(1).expect("secret");
+    assert!(
+        !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the secret is stored"
+    );
+    let mut revoke = collector();
+    revoke
+        .args(["tokens", "revoke", &id, "--config"])
+        .arg(&config);
+    ok(revoke);
+    let mut list = collector();
+    list.args(["tokens", "list", "--config"]).arg(&config);
+    let (table, _) = ok(list);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("revoked")),
+        "{table}"
+    );
+    let out = collector()
+        .args(["tokens", "revoke", "nosuch", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+
+    // The health check needs no client certificate.
+    let mut server = collector()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run");
+    let health = || {
+        collector()
+            .args(["health", "--config"])
+            .arg(&config)
+            .output()
+            .expect("health")
+    };
+    let out = eventually(20, "the collector healthy", || {
+        let out = health();
+        out.status.success().then_some(out)
+    });
+    assert!(String::from_utf8_lossy(&out.stdout).contains("serving"));
+
+    // The server certificate rotates with the same names.
+    let before = std::fs::read(data.join("pki/collector.pem")).expect("cert");
+    let mut rotate = collector();
+    rotate
+        .args(["pki", "rotate-server", "--data-dir"])
+        .arg(&data);
+    let (said, _) = ok(rotate);
+    assert!(said.contains("for localhost"), "{said}");
+    assert_ne!(
+        std::fs::read(data.join("pki/collector.pem")).expect("cert"),
+        before
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(health().status.success(), "not healthy after the rotation");
+    signal(&server, "-TERM");
+    assert!(wait_exit(&mut server, 30).success());
+    let out = health();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a stopped collector is not healthy"
+    );
+}

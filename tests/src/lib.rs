@@ -94,6 +94,7 @@ impl Fleet {
             server_name: Some("localhost".into()),
             state_dir: self.dir.join(format!("agents/{id}")),
             machine_id: None,
+            enroll_token: None,
             tls: TlsFiles {
                 ca: self.paths().ca_cert(),
                 cert,

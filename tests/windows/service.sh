@@ -152,4 +152,19 @@ if event_source > /dev/null; then
     exit 1
 fi
 [ -f "$config/agent.toml" ] && [ -f "$config/pki/agent.key" ]
+
+echo "windows: msiexec /i with TOKEN=: the service enrolls at its first start, its key made on the desk"
+rm -rf "$config"
+token=$("$bin/vitals-collector" tokens --config "$work/collector.toml" create --uses 1 --tag wine 2> /dev/null)
+wine msiexec /i "Z:$msi" /qn COLLECTOR="https://localhost:$port" TOKEN="$token"
+wait_connected 1
+grep -q "enrolled as" "$config/logs/agent.log" || {
+    echo "windows: the service did not say it enrolled" >&2
+    exit 1
+}
+[ -f "$config/pki/agent.key" ] && [ -f "$config/pki/agent.pem" ] && [ ! -e "$config/enroll.token" ]
+vitalsctl endpoints list | grep -q online
+enrolled=$(vitalsctl -o json endpoints list | python3 -c 'import json,sys; print(sum(1 for e in json.load(sys.stdin) if "wine" in e.get("enrolled_tags", [])))')
+[ "$enrolled" = 1 ] || { echo "windows: no endpoint enrolled with the token's tag" >&2; exit 1; }
+wine msiexec /x "Z:$msi" /qn
 echo "windows: installer passed"

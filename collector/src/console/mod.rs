@@ -103,6 +103,10 @@ impl Console {
             .route("/fleet", get(pages::fleet))
             .route("/endpoints/{id}", get(pages::endpoint))
             .route("/endpoints/{id}/diagnose", post(live::diagnose))
+            .route(
+                "/endpoints/{id}/credentials",
+                post(pages::endpoint_credentials),
+            )
             .route("/runs/{token}", get(live::run_events))
             .route("/events/tickets", get(live::ticket_events))
             .route("/audit", get(pages::audit))

@@ -570,6 +570,12 @@ pub struct EndpointPage {
     pub kinds: Vec<KindChoice>,
     /// A diagnostic run without JavaScript: its progress and result.
     pub run: Option<super::live::RunView>,
+    /// When and why it was revoked, if it was.
+    pub revoked: Option<(String, String)>,
+    pub machine: String,
+    /// A second machine refused with its identity (a cloned image).
+    pub clone_machine: String,
+    pub enrolled: String,
 }
 
 pub async fn endpoint_page(
@@ -630,7 +636,62 @@ pub async fn endpoint_page(
             .collect(),
         kinds: catalog(),
         run,
+        revoked: (s.revoked_ms > 0).then(|| (view::at(s.revoked_ms), s.revoke_reason.clone())),
+        machine: s.machine_id.clone(),
+        clone_machine: s.clone_machine_id.clone(),
+        enrolled: match (s.enrolled_site.is_empty(), s.enrolled_tags.is_empty()) {
+            (true, true) => String::new(),
+            _ => format!(
+                "site {}, tags {}",
+                if s.enrolled_site.is_empty() {
+                    "-"
+                } else {
+                    &s.enrolled_site
+                },
+                if s.enrolled_tags.is_empty() {
+                    "-".to_owned()
+                } else {
+                    s.enrolled_tags.join(", ")
+                }
+            ),
+        },
     })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CredentialForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    machine: String,
+}
+
+/// An admin revokes an endpoint, or keeps one machine of a cloned image.
+pub async fn endpoint_credentials(
+    State(c): State<AppState>,
+    user: User,
+    Path(id): Path<String>,
+    Form(f): Form<CredentialForm>,
+) -> Page {
+    user.check_csrf(&f.csrf)?;
+    match f.action.as_str() {
+        "revoke" => {
+            c.service
+                .revoke_endpoint(&user.caller(), &id, &f.reason)
+                .await?
+        }
+        "bind" => {
+            c.service
+                .bind_endpoint(&user.caller(), &id, &f.machine)
+                .await?
+        }
+        other => return Err(PageError::BadRequest(format!("unknown action \"{other}\""))),
+    };
+    Ok(Redirect::to(&format!("/endpoints/{}", view::query_value(&id))).into_response())
 }
 
 pub async fn endpoint(

@@ -7,7 +7,6 @@
 //! else the request asked for. Every attempt, accepted or refused, is in
 //! the audit log with its reason.
 
-pub mod revocation;
 pub mod token;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,9 +20,9 @@ use vitals_proto::identity::{EndpointId, Identity};
 
 use crate::config::CertificateSettings;
 use crate::pki::{Ca, CertFacts, CsrError, PkiPaths};
+use crate::revocation::{self, Revoked};
 use crate::sessions::Sessions;
 use crate::store::{EnrollToken, IssuedCert, NewEnrollment, Store, StoreError, TokenRefusal};
-use revocation::Revoked;
 use token::Token;
 
 /// The domain text renewal proofs are made over, before the CSR's PEM.

@@ -142,6 +142,7 @@ pub async fn run(
                 server_name: Some("localhost".into()),
                 state_dir: state_root.join(&id),
                 machine_id: None,
+                enroll_token: None,
                 tls: TlsFiles {
                     ca: ca.clone(),
                     cert,
