@@ -461,7 +461,7 @@ impl CollectorConfig {
                 return Err(invalid(format!("certificates.{name} must be at least 3s")));
             }
         }
-        if !(certs.enroll_rate > 0.0) || certs.enroll_burst == 0 {
+        if certs.enroll_rate.is_nan() || certs.enroll_rate <= 0.0 || certs.enroll_burst == 0 {
             return Err(invalid(
                 "certificates.enroll_rate and enroll_burst must be above 0".into(),
             ));

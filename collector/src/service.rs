@@ -249,7 +249,7 @@ impl SpecialistService {
         self.enrollment.revoke_endpoint(&endpoint, &reason).await?;
         self.record(caller, "endpoint.revoke", id, params, None, "ok", "")
             .await;
-        Ok(self.endpoint(caller, id).await?)
+        self.endpoint(caller, id).await
     }
 
     /// Resolves a cloned-image flag (admin): the endpoint's identity is
@@ -279,7 +279,7 @@ impl SpecialistService {
         let params = BTreeMap::from([("machine".to_owned(), machine.to_owned())]);
         self.record(caller, "endpoint.bind", id, params, None, "ok", "")
             .await;
-        Ok(self.endpoint(caller, id).await?)
+        self.endpoint(caller, id).await
     }
 
     /// A new certificate for the caller's own new key (any role): same
