@@ -96,11 +96,11 @@ pub fn configure(
     let dir = config.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| at(e, dir))?;
     let mut done = Vec::new();
-    let mut text = match std::fs::read_to_string(config) {
-        Ok(t) => t,
+    let (mut text, existing) = match std::fs::read_to_string(config) {
+        Ok(t) => (t.clone(), Some(t)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             done.push(format!("{}: written from the skeleton", config.display()));
-            skeleton.to_owned()
+            (skeleton.to_owned(), None)
         }
         Err(e) => return Err(at(e, config)),
     };
@@ -111,7 +111,10 @@ pub fn configure(
         text = set_collector(&text, url).map_err(|e| format!("{}: {e}", config.display()))?;
         done.push(format!("{}: collector = {url}", config.display()));
     }
-    replace(config, text.as_bytes()).map_err(|e| at(e, config))?;
+    // Unchanged: not rewritten (the agent's own account may not write it).
+    if existing.as_deref() != Some(text.as_str()) {
+        replace(config, text.as_bytes()).map_err(|e| at(e, config))?;
+    }
     let agent = AgentConfig::load(config).map_err(|e| e.to_string())?;
     for (what, from, to) in [
         ("CA", given(&files.ca), &agent.tls.ca),
