@@ -170,22 +170,13 @@ fn main() -> ExitCode {
                 vitals_agent::paths::configure(&config, SKELETON, collector.as_deref(), &files)
                     .and_then(|mut done| {
                         if let Some(t) = token.filter(|t| !t.trim().is_empty()) {
+                            // The files come from enrollment, not by hand.
+                            done.retain(|l| !l.starts_with("not connected yet"));
                             done.push(vitals_agent::paths::keep_token(&config, t.trim())?);
                         }
                         Ok(done)
                     });
-            match configured {
-                Ok(done) => {
-                    for line in done {
-                        println!("{line}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            }
+            report(configured)
         }
         Command::Enroll {
             config,
@@ -205,31 +196,42 @@ fn main() -> ExitCode {
                 ca,
                 force,
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
+            match runtime() {
+                Ok(rt) => {
+                    report(rt.block_on(vitals_agent::enrollment::enroll_desk(&opts, SKELETON)))
                 }
-            };
-            match runtime.block_on(vitals_agent::enrollment::enroll_desk(&opts, SKELETON)) {
-                Ok(done) => {
-                    for line in done {
-                        println!("{line}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
+                Err(code) => code,
             }
         }
         Command::Service { action } => service(action),
     }
+}
+
+/// Prints what a command did, line by line, or its error (exit 2).
+fn report<E: std::fmt::Display>(result: Result<Vec<String>, E>) -> ExitCode {
+    match result {
+        Ok(done) => {
+            for line in done {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The one-thread runtime the command line's network steps run on.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 /// The configuration a fresh Windows desk starts from.
@@ -533,14 +535,7 @@ fn enroll_first(config_path: &std::path::Path) -> Result<(), ExitCode> {
     if !vitals_agent::enrollment::token_file(config_path).exists() {
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("error: cannot start runtime: {e}");
-            ExitCode::FAILURE
-        })?;
-    runtime
+    runtime()?
         .block_on(vitals_agent::enrollment::enroll_pending(
             config_path,
             SKELETON,

@@ -705,21 +705,8 @@ pub fn endpoint_text(d: &EndpointDetail, now_ms: i64) -> String {
             s.clone_machine_id
         );
     }
-    if !s.enrolled_site.is_empty() || !s.enrolled_tags.is_empty() {
-        let _ = writeln!(
-            out,
-            "Enrolled   site {}, tags {}",
-            if s.enrolled_site.is_empty() {
-                "-"
-            } else {
-                &s.enrolled_site
-            },
-            if s.enrolled_tags.is_empty() {
-                "-".to_owned()
-            } else {
-                s.enrolled_tags.join(", ")
-            }
-        );
+    if let Some(text) = s.enrollment_text() {
+        let _ = writeln!(out, "Enrolled   {text}");
     }
     let _ = writeln!(out, "Agent      {} on {}", s.agent_version, s.platform);
     let _ = writeln!(

@@ -535,6 +535,27 @@ pub struct EndpointSummary {
     pub revoke_reason: String,
 }
 
+impl EndpointSummary {
+    /// What its enrollment token placed it in, as people read it
+    /// ("site north, tags dispatch, 24x7"); `None` if nothing.
+    pub fn enrollment_text(&self) -> Option<String> {
+        if self.enrolled_site.is_empty() && self.enrolled_tags.is_empty() {
+            return None;
+        }
+        let site = if self.enrolled_site.is_empty() {
+            "-"
+        } else {
+            &self.enrolled_site
+        };
+        let tags = if self.enrolled_tags.is_empty() {
+            "-".to_owned()
+        } else {
+            self.enrolled_tags.join(", ")
+        };
+        Some(format!("site {site}, tags {tags}"))
+    }
+}
+
 /// One endpoint in full.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointDetail {

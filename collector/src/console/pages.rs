@@ -639,22 +639,7 @@ pub async fn endpoint_page(
         revoked: (s.revoked_ms > 0).then(|| (view::at(s.revoked_ms), s.revoke_reason.clone())),
         machine: s.machine_id.clone(),
         clone_machine: s.clone_machine_id.clone(),
-        enrolled: match (s.enrolled_site.is_empty(), s.enrolled_tags.is_empty()) {
-            (true, true) => String::new(),
-            _ => format!(
-                "site {}, tags {}",
-                if s.enrolled_site.is_empty() {
-                    "-"
-                } else {
-                    &s.enrolled_site
-                },
-                if s.enrolled_tags.is_empty() {
-                    "-".to_owned()
-                } else {
-                    s.enrolled_tags.join(", ")
-                }
-            ),
-        },
+        enrolled: s.enrollment_text().unwrap_or_default(),
     })
 }
 

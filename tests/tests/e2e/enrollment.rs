@@ -68,6 +68,14 @@ async fn store_of(fleet: &Fleet) -> Arc<dyn Store> {
         .expect("store")
 }
 
+/// A token for this many desks, an hour long, no limits.
+fn uses(n: u32) -> EnrollToken {
+    EnrollToken {
+        max_uses: n,
+        ..Default::default()
+    }
+}
+
 /// Creates a token as `vitals-collector tokens create` does.
 async fn token(store: &dyn Store, fleet: &Fleet, t: EnrollToken) -> String {
     let fp = vitals_collector::pki::fingerprint(
@@ -353,15 +361,7 @@ async fn certificates_renew_on_the_stream_and_after_expiry_within_the_grace_wind
     let addr = collector.addr;
     let admin = fleet.specialist_profile("root", Role::Admin, addr);
     let store = store_of(&fleet).await;
-    let t = token(
-        store.as_ref(),
-        &fleet,
-        EnrollToken {
-            max_uses: 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    let t = token(store.as_ref(), &fleet, uses(1)).await;
     let path = enroll(&fleet, "r", addr, &t, "ws-renew")
         .await
         .expect("enrolls");
@@ -468,15 +468,7 @@ async fn a_revoked_desk_is_cut_within_a_second_and_refused_from_then_on() {
     let addr = collector.addr;
     let admin = fleet.specialist_profile("root", Role::Admin, addr);
     let store = store_of(&fleet).await;
-    let t = token(
-        store.as_ref(),
-        &fleet,
-        EnrollToken {
-            max_uses: 1,
-            ..Default::default()
-        },
-    )
-    .await;
+    let t = token(store.as_ref(), &fleet, uses(1)).await;
     let path = enroll(&fleet, "lost", addr, &t, "ws-stolen")
         .await
         .expect("enrolls");
