@@ -204,6 +204,20 @@ enum PkiCmd {
         #[arg(long, env = "VITALS_DATA_DIR", default_value = "vitals-data")]
         data_dir: PathBuf,
     },
+    /// Revoke a specialist: every certificate of theirs issued until now is
+    /// refused (a running collector notices within seconds). Endpoints are
+    /// revoked with `vitalsctl endpoints revoke`.
+    RevokeSpecialist {
+        name: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(
+            long,
+            env = "VITALS_COLLECTOR_CONFIG",
+            default_value = "/etc/vitals/collector.toml"
+        )]
+        config: PathBuf,
+    },
     /// Issue a specialist certificate with a role.
     IssueSpecialist {
         name: String,
@@ -221,6 +235,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
+        Command::Pki(PkiCmd::RevokeSpecialist {
+            name,
+            reason,
+            config,
+        }) => with_runtime(async move {
+            let c = load(&config)?;
+            revoke_specialist(&c, &name, &reason).await.map_err(fail(2))
+        }),
         Command::Pki(cmd) => pki_command(cmd),
         Command::Users { config, action } => with_runtime(async move {
             let c = load(&config)?;
@@ -450,6 +472,7 @@ fn pki_command(cmd: PkiCmd) -> ExitCode {
                     }
                 })
             }
+            PkiCmd::RevokeSpecialist { .. } => Err("handled above".into()),
             PkiCmd::IssueAgent { id, data_dir, days } => {
                 issue(&data_dir, Identity::Endpoint(id.parse()?), days)
             }
@@ -513,6 +536,41 @@ async fn health(config: &CollectorConfig, server_name: &str) -> Result<(), Strin
     } else {
         Err(format!("{addr}: {status:?}"))
     }
+}
+
+async fn revoke_specialist(config: &CollectorConfig, name: &str, reason: &str) -> Result<(), String> {
+    if reason.trim().is_empty() {
+        return Err("--reason must say why".into());
+    }
+    let store = vitals_collector::store::open(
+        &config.storage_url(),
+        config.storage.history_per_endpoint,
+        config.storage.history_interval,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let now = vitals_proto::now_ms();
+    let recorded = store
+        .revoke_specialist(name, reason.trim(), now)
+        .await
+        .map_err(|e| e.to_string())?;
+    store
+        .audit_append(vitals_proto::diag::AuditEntry {
+            at_ms: now,
+            who: std::env::var("USER").unwrap_or_else(|_| "vitals-collector".into()),
+            kind: "specialist.revoke".into(),
+            params: [("name".to_owned(), name.to_owned())].into(),
+            outcome: "ok".into(),
+            detail: reason.trim().to_owned(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "specialist {name} revoked ({recorded} renewed certificate(s) listed in the CRL); every \
+         certificate issued until now is refused"
+    );
+    Ok(())
 }
 
 async fn tokens_command(config: &CollectorConfig, action: TokensCmd) -> Result<(), String> {

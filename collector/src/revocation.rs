@@ -24,6 +24,7 @@ use crate::store::Revocations;
 struct Sets {
     serials: HashSet<String>,
     endpoints: HashMap<String, i64>,
+    specialists: HashMap<String, i64>,
 }
 
 /// A handshake refused for revocation: who, and why.
@@ -56,6 +57,7 @@ impl Revoked {
         let sets = Sets {
             serials: r.serials.iter().map(|(s, _, _)| s.clone()).collect(),
             endpoints: r.endpoints.iter().cloned().collect(),
+            specialists: r.specialists.iter().cloned().collect(),
         };
         *self.write() = sets;
     }
@@ -80,13 +82,16 @@ impl Revoked {
         if sets.serials.contains(&facts.serial) {
             return Some("certificate revoked");
         }
-        if let Identity::Endpoint(id) = identity
-            && let Some(at) = sets.endpoints.get(id.as_str())
-            && facts.not_before_ms <= *at
-        {
-            return Some("endpoint revoked");
+        let (revoked_at, what) = match identity {
+            Identity::Endpoint(id) => (sets.endpoints.get(id.as_str()), "endpoint revoked"),
+            Identity::Specialist { name, .. } => (sets.specialists.get(name), "specialist revoked"),
+        };
+        // A certificate issued after the revocation stands (a specialist
+        // given a new certificate; an endpoint enrolled anew).
+        match revoked_at {
+            Some(at) if facts.not_before_ms <= *at => Some(what),
+            _ => None,
         }
-        None
     }
 
     /// Refused handshakes are sent here from now on.

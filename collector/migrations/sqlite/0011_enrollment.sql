@@ -40,6 +40,15 @@ CREATE TABLE certificates (
 );
 CREATE INDEX certificates_subject ON certificates (kind, subject);
 
+-- Specialists revoked by name: every certificate of theirs issued before
+-- is refused, recorded here or not (made by hand with `pki
+-- issue-specialist`).
+CREATE TABLE revoked_specialists (
+    name       TEXT PRIMARY KEY,
+    revoked_ms INTEGER NOT NULL,
+    reason     TEXT NOT NULL
+);
+
 -- What the token placed the endpoint in (besides the policy's own sites
 -- and tags), the machine it is bound to, a refused second machine, and
 -- its revocation.

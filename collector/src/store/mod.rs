@@ -296,6 +296,8 @@ pub struct Revocations {
     /// Revoked endpoints with when: any certificate naming them that was
     /// issued before is refused (certificates made by hand included).
     pub endpoints: Vec<(String, i64)>,
+    /// Revoked specialists by name, the same way.
+    pub specialists: Vec<(String, i64)>,
 }
 
 /// Enrollment tokens, signed certificates and revocation.
@@ -319,7 +321,8 @@ pub trait EnrollStore: Send + Sync {
     /// false if no such endpoint was ever seen or enrolled.
     async fn revoke_endpoint(&self, id: &str, reason: &str, at_ms: i64)
     -> Result<bool, StoreError>;
-    /// Revokes every certificate of a specialist; returns how many.
+    /// Revokes a specialist: every certificate of theirs issued until now
+    /// (recorded or made by hand); returns how many recorded ones.
     async fn revoke_specialist(
         &self,
         name: &str,

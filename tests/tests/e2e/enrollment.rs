@@ -546,6 +546,20 @@ async fn a_revoked_desk_is_cut_within_a_second_and_refused_from_then_on() {
         .await
         .expect_err("twice");
     assert!(e.to_string().contains("already revoked"), "{e}");
+
+    // A specialist revoked by name (as `pki revoke-specialist` does, from
+    // another process): refused within the refresh, others unaffected.
+    let leaver = fleet.specialist_profile("leaver", Role::Specialist, addr);
+    assert!(list(&leaver).await.is_ok());
+    store
+        .revoke_specialist("leaver", "left the city", vitals_proto::now_ms())
+        .await
+        .expect("revoke specialist");
+    eventually(WAIT, "the revoked specialist refused", || async {
+        list(&leaver).await.is_err().then_some(())
+    })
+    .await;
+    assert!(list(&admin).await.is_ok(), "another specialist was refused");
     stolen.kill().await;
     other.stop().await;
     collector.stop().await;

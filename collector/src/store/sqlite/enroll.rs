@@ -250,11 +250,18 @@ impl EnrollStore for SqliteStore {
     ) -> Result<u64, StoreError> {
         let (name, reason) = (name.to_owned(), reason.to_owned());
         self.write(move |c| {
-            let n = c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO revoked_specialists (name, revoked_ms, reason) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET revoked_ms = ?2, reason = ?3",
+                params![name, at_ms, reason],
+            )?;
+            let n = tx.execute(
                 "UPDATE certificates SET revoked_ms = ?2, revoke_reason = ?3
                  WHERE kind = 'specialist' AND subject = ?1 AND revoked_ms = 0",
                 params![name, at_ms, reason],
             )?;
+            tx.commit()?;
             Ok(n as u64)
         })
         .await
@@ -287,7 +294,16 @@ impl EnrollStore for SqliteStore {
             let endpoints = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Revocations { serials, endpoints })
+            let mut stmt =
+                c.prepare_cached("SELECT name, revoked_ms FROM revoked_specialists ORDER BY name")?;
+            let specialists = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Revocations {
+                serials,
+                endpoints,
+                specialists,
+            })
         })
         .await
     }
