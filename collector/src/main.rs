@@ -538,7 +538,11 @@ async fn health(config: &CollectorConfig, server_name: &str) -> Result<(), Strin
     }
 }
 
-async fn revoke_specialist(config: &CollectorConfig, name: &str, reason: &str) -> Result<(), String> {
+async fn revoke_specialist(
+    config: &CollectorConfig,
+    name: &str,
+    reason: &str,
+) -> Result<(), String> {
     if reason.trim().is_empty() {
         return Err("--reason must say why".into());
     }

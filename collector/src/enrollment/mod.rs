@@ -773,3 +773,25 @@ impl Enrollment {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_source_gets_its_burst_then_its_rate() {
+        let limit = PerSource {
+            rate: 2.0,
+            burst: 3.0,
+            buckets: Mutex::new(HashMap::new()),
+        };
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!((0..3).all(|_| limit.allow(a)), "the burst");
+        assert!(!limit.allow(a), "past the burst");
+        assert!(limit.allow(b), "another address has its own bucket");
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(limit.allow(a), "refilled at the rate");
+        assert!(!limit.allow(a));
+    }
+}

@@ -436,6 +436,44 @@ async fn a_site_scoped_specialist_sees_only_that_site() {
         audit.contains("ws-2") && audit.contains("refused"),
         "the refused run is audited: {audit}"
     );
+
+    // Revocation from the endpoint page: a specialist may not, an admin may.
+    let (status, _) = dee
+        .post(
+            "/endpoints/disp-1/credentials",
+            &[("csrf", &csrf), ("action", "revoke"), ("reason", "lost")],
+        )
+        .await
+        .expect("post");
+    assert_eq!(status, 403, "a specialist revoked a desk");
+    assert!(
+        !html.contains("Revoke disp-1"),
+        "the form is offered to a specialist"
+    );
+    let (_, _, page) = ana.get("/endpoints/ws-2").await.expect("page");
+    assert!(page.contains("Revoke ws-2"), "no revoke form for the admin");
+    let csrf = field(&page, "csrf").expect("csrf").to_owned();
+    let (status, body) = ana
+        .post(
+            "/endpoints/ws-2/credentials",
+            &[
+                ("csrf", &csrf),
+                ("action", "revoke"),
+                ("reason", "laptop stolen"),
+            ],
+        )
+        .await
+        .expect("post");
+    assert!(status == 303 || status == 200, "{status}: {body}");
+    let page = eventually(WAIT, "ws-2 shown revoked and offline", || async {
+        let (_, _, page) = ana.get("/endpoints/ws-2").await.ok()?;
+        (page.contains("laptop stolen") && page.contains(">revoked<")).then_some(page)
+    })
+    .await;
+    assert!(
+        !page.contains("Revoke ws-2"),
+        "a revoked desk is offered revocation again"
+    );
     for a in agents {
         a.stop().await;
     }

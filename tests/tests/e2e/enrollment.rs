@@ -526,10 +526,10 @@ async fn a_revoked_desk_is_cut_within_a_second_and_refused_from_then_on() {
     // A revoked desk cannot come back by itself; and the CRL lists it.
     let crl = std::fs::read_to_string(fleet.paths().dir.join("crl.pem")).expect("crl");
     let (_, der) = x509_parser::pem::parse_x509_pem(crl.as_bytes()).expect("pem");
-    let (_, list) = x509_parser::parse_x509_crl(&der.contents).expect("a CRL");
+    let (_, crl) = x509_parser::parse_x509_crl(&der.contents).expect("a CRL");
     let want = serial(&desk.tls.cert);
     assert!(
-        list.iter_revoked_certificates()
+        crl.iter_revoked_certificates()
             .any(|r| vitals_collector::pki::hex(r.raw_serial()).trim_start_matches("00") == want),
         "CRL lacks {want}"
     );
@@ -550,7 +550,20 @@ async fn a_revoked_desk_is_cut_within_a_second_and_refused_from_then_on() {
     // A specialist revoked by name (as `pki revoke-specialist` does, from
     // another process): refused within the refresh, others unaffected.
     let leaver = fleet.specialist_profile("leaver", Role::Specialist, addr);
-    assert!(list(&leaver).await.is_ok());
+    // `vitalsctl cert renew` first: a new key made here, the files replaced,
+    // the new certificate served.
+    let before = serial(leaver.cert.as_ref().expect("cert"));
+    vitals_collector::ctl::Client::connect(&leaver)
+        .await
+        .expect("leaver")
+        .renew_own(&leaver)
+        .await
+        .expect("renew own");
+    assert_ne!(serial(leaver.cert.as_ref().expect("cert")), before);
+    assert!(
+        list(&leaver).await.is_ok(),
+        "the renewed certificate is served"
+    );
     store
         .revoke_specialist("leaver", "left the city", vitals_proto::now_ms())
         .await
@@ -865,5 +878,33 @@ async fn server_rotation_and_ca_rollover_keep_200_agents_without_a_restart() {
     for a in agents {
         a.stop().await;
     }
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_near_expiry_opens_a_ticket_for_the_admins() {
+    let fleet = Fleet::new("expiry");
+    vitals_collector::pki::rotate_server(&fleet.paths(), &[], 10).expect("a 10-day certificate");
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let admin = fleet.specialist_profile("root", Role::Admin, collector.addr);
+    let c = vitals_collector::ctl::Client::connect(&admin)
+        .await
+        .expect("admin");
+    let ticket = eventually(WAIT, "the expiry ticket", || {
+        let mut c = c.clone();
+        async move {
+            c.tickets(vitals_collector::ctl::TicketQuery {
+                endpoint: "collector".into(),
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_iter()
+            .find(|t| t.check_id == "collector_certificate_expiring")
+        }
+    })
+    .await;
+    assert_eq!(ticket.subject, "collector.pem", "{ticket:?}");
+    assert!(ticket.evidence.contains("days left"), "{ticket:?}");
     collector.stop().await;
 }
