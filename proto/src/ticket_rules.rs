@@ -470,6 +470,19 @@ impl TicketRules {
             || self.storms.iter().any(|s| s.by != StormBy::Site)
     }
 
+    /// Whether a rule picks endpoints by site or tag name (which an
+    /// enrollment token may give), so the engine must know each endpoint's.
+    pub fn selects_by_label(&self) -> bool {
+        self.criticality
+            .iter()
+            .any(|r| !r.site.is_empty() || !r.tag.is_empty())
+            || self
+                .maintenance
+                .iter()
+                .any(|w| !w.site.is_empty() || !w.tag.is_empty())
+            || self.storms.iter().any(|s| s.by == StormBy::Site)
+    }
+
     /// The criticality of an endpoint: the first matching rule, else normal.
     pub fn criticality_of(&self, m: &Membership) -> Criticality {
         self.criticality

@@ -197,6 +197,7 @@ pub fn facts_of(s: &Snapshot) -> Facts {
         addresses,
         resolvers: s.network.resolvers.clone(),
         print_servers,
+        ..Default::default()
     }
 }
 
@@ -361,9 +362,15 @@ impl Worker {
         if fresh {
             return Ok(());
         }
+        let Some(d) = self.store.endpoint(endpoint).await? else {
+            return Ok(());
+        };
+        let mut facts = d.latest.as_ref().map(facts_of).unwrap_or_default();
+        facts.enrolled_site = d.summary.enrolled_site.clone();
+        facts.enrolled_tags = d.summary.enrolled_tags.clone();
+        self.engine.set_facts(endpoint, facts);
         // No snapshot yet (a fault ahead of the first one): ask again next time.
-        if let Some(s) = self.store.endpoint(endpoint).await?.and_then(|d| d.latest) {
-            self.engine.set_facts(endpoint, facts_of(&s));
+        if d.latest.is_some() {
             self.facts_read.insert(endpoint.to_owned(), now);
         }
         Ok(())

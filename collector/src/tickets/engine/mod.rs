@@ -144,6 +144,10 @@ pub struct Facts {
     pub resolvers: Vec<String>,
     /// Print queue (or network printer) name to the host behind it.
     pub print_servers: HashMap<String, String>,
+    /// The site and tags its enrollment token gave it, beside the
+    /// policy's own.
+    pub enrolled_site: String,
+    pub enrolled_tags: Vec<String>,
 }
 
 impl Engine {
@@ -309,7 +313,7 @@ impl Engine {
     /// Whether the rules group or place endpoints by what their snapshots
     /// say; without that, facts are not worth reading.
     pub fn needs_facts(&self) -> bool {
-        self.rules.needs_facts()
+        self.rules.needs_facts() || self.rules.selects_by_label()
     }
 
     /// What `endpoint`'s latest snapshot says (see [`Facts`]).
@@ -319,12 +323,23 @@ impl Engine {
 
     /// The sites and tags `endpoint` belongs to.
     pub fn membership(&self, endpoint: &str) -> Membership {
-        let addresses: Vec<IpAddr> = self
-            .facts
-            .get(endpoint)
+        let facts = self.facts.get(endpoint);
+        let addresses: Vec<IpAddr> = facts
             .map(|f| f.addresses.iter().map(|n| n.addr()).collect())
             .unwrap_or_default();
-        self.rules.membership(endpoint, &addresses)
+        let mut m = self.rules.membership(endpoint, &addresses);
+        if let Some(f) = facts {
+            let add = |list: &mut Vec<String>, name: &String| {
+                if !name.is_empty() && !list.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                    list.push(name.clone());
+                }
+            };
+            add(&mut m.sites, &f.enrolled_site);
+            for t in &f.enrolled_tags {
+                add(&mut m.tags, t);
+            }
+        }
+        m
     }
 
     /// A ticket a specialist opens by hand against an endpoint. Its key is

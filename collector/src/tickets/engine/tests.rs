@@ -405,6 +405,27 @@ fn criticality_and_maintenance_by_site_and_tag() {
     assert!(out[0].text.contains("kiosk refresh"), "{}", out[0].text);
     raise(&mut e, "lobby-2", 61 * MIN);
     assert_eq!(e.ticket(3).unwrap().priority, Priority::P4);
+    // A desk its enrollment token put in the dispatch center (no address
+    // there, no pattern): critical too; one tagged kiosk by its token: low.
+    e.set_facts(
+        "ws-enrolled",
+        Facts {
+            enrolled_site: "dispatch-center".into(),
+            ..Default::default()
+        },
+    );
+    e.set_facts(
+        "ws-token-kiosk",
+        Facts {
+            enrolled_tags: vec!["Kiosk".into()],
+            ..Default::default()
+        },
+    );
+    assert!(e.needs_facts(), "rules by site need each endpoint's labels");
+    raise(&mut e, "ws-enrolled", 62 * MIN);
+    assert_eq!(e.ticket(4).unwrap().priority, Priority::P2);
+    raise(&mut e, "ws-token-kiosk", 62 * MIN);
+    assert_eq!(e.ticket(5).unwrap().priority, Priority::P4);
 }
 
 #[test]
