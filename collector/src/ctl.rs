@@ -258,26 +258,13 @@ impl Client {
             .await?
             .into_inner();
         let write = |path: &Path, text: &str| {
-            let mut tmp = path.as_os_str().to_owned();
-            tmp.push(".new");
-            let tmp = PathBuf::from(tmp);
-            let io = |source| CtlError::File {
-                what: "renewed file",
-                path: path.display().to_string(),
-                source,
-            };
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            use std::io::Write;
-            let mut f = options.open(&tmp).map_err(io)?;
-            f.write_all(text.as_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, path).map_err(io)
+            vitals_proto::files::replace(path, text.as_bytes(), true).map_err(|source| {
+                CtlError::File {
+                    what: "renewed file",
+                    path: path.display().to_string(),
+                    source,
+                }
+            })
         };
         write(key, &key_pair.serialize_pem())?;
         write(cert, &issued.certificate_pem)?;

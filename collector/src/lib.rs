@@ -354,8 +354,7 @@ impl Collector {
         enrollment.clone().refresh(stop.clone());
         {
             let enrollment = enrollment.clone();
-            tls.clone()
-                .watch(stop.clone(), move || enrollment.reload_ca());
+            tls.clone().watch(stop.clone(), move || enrollment.reload());
         }
         enrollment.audit_refused_handshakes(stop.clone());
         enrollment::watch_expiry(

@@ -488,11 +488,7 @@ pub fn rotate_server(
 /// Writes a file whole: beside it first, then renamed over it, so a reader
 /// (the running collector) never sees half of it.
 fn replace_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".new");
-    let tmp = PathBuf::from(tmp);
-    write_file(&tmp, bytes, private)?;
-    std::fs::rename(&tmp, path).map_err(|source| PkiError::Io {
+    vitals_proto::files::replace(path, bytes, private).map_err(|source| PkiError::Io {
         path: path.to_path_buf(),
         source,
     })
@@ -614,29 +610,13 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-/// Writes a file, creating its folder; private files get mode 0600 from the
-/// moment they exist, so a key is never readable by others even briefly.
+/// Writes a file, creating its folder; private files get mode 0600 from
+/// the moment they exist, so a key is never readable by others even briefly.
 fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), PkiError> {
-    use std::io::Write;
-    let io = |source| PkiError::Io {
+    vitals_proto::files::write_synced(path, bytes, private).map_err(|source| PkiError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut file = options.open(path).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)
+    })
 }
 
 #[cfg(test)]

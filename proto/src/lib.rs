@@ -14,6 +14,7 @@ pub mod config_file;
 pub mod convert;
 pub mod diag;
 pub mod domain;
+pub mod files;
 pub mod identity;
 pub mod policy;
 pub mod report;

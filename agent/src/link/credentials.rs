@@ -17,6 +17,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity};
 use vitals_proto::identity::{EndpointId, Identity};
 
 use crate::config::AgentConfig;
+use vitals_proto::files::beside;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -179,12 +180,6 @@ fn check_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<(), CredentialError> {
         .map_err(|_| CredentialError::Mismatch)
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(suffix);
-    PathBuf::from(p)
-}
-
 /// Writes a certificate and its key: both beside, then the key, then the
 /// certificate renamed into place.
 pub fn write_pair(
@@ -198,7 +193,7 @@ pub fn write_pair(
             std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
         }
     }
-    let (cert_new, key_new) = (with_suffix(cert, ".new"), with_suffix(key, ".new"));
+    let (cert_new, key_new) = (beside(cert), beside(key));
     write_synced(&key_new, key_pem.as_bytes(), true)?;
     write_synced(&cert_new, cert_pem.as_bytes(), false)?;
     std::fs::rename(&key_new, key).map_err(|e| file_err(key, e))?;
@@ -210,7 +205,7 @@ pub fn write_pair(
 /// A crash between the two renames: the key is new, its certificate still
 /// beside. Finish; or drop a half-written pair that never got renamed.
 fn finish_replacement(cert: &Path, key: &Path) {
-    let (cert_new, key_new) = (with_suffix(cert, ".new"), with_suffix(key, ".new"));
+    let (cert_new, key_new) = (beside(cert), beside(key));
     if !cert_new.exists() {
         let _ = std::fs::remove_file(&key_new);
         return;
@@ -236,27 +231,11 @@ fn finish_replacement(cert: &Path, key: &Path) {
 }
 
 fn replace_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), CredentialError> {
-    let tmp = with_suffix(path, ".new");
-    write_synced(&tmp, bytes, private)?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))
+    vitals_proto::files::replace(path, bytes, private).map_err(|e| file_err(path, e))
 }
 
-/// Writes a file and syncs it; a private one is readable by its owner only
-/// from the moment it exists (the ACL follows on Windows).
 fn write_synced(path: &Path, bytes: &[u8], private: bool) -> Result<(), CredentialError> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut file = options.open(path).map_err(|e| file_err(path, e))?;
-    file.write_all(bytes).map_err(|e| file_err(path, e))?;
-    file.sync_all().map_err(|e| file_err(path, e))
+    vitals_proto::files::write_synced(path, bytes, private).map_err(|e| file_err(path, e))
 }
 
 /// This machine's fingerprint for clone detection: the OS install's own
@@ -327,15 +306,15 @@ mod tests {
         let new = KeyPair::generate().unwrap();
         let new_cert = pair(&new);
         std::fs::write(&key, new.serialize_pem()).unwrap();
-        std::fs::write(with_suffix(&cert, ".new"), &new_cert).unwrap();
+        std::fs::write(beside(&cert), &new_cert).unwrap();
         finish_replacement(&cert, &key);
         assert_eq!(std::fs::read_to_string(&cert).unwrap(), new_cert);
         assert!(check_pair(new_cert.as_bytes(), new.serialize_pem().as_bytes()).is_ok());
         // Neither renamed: both leftovers go, the pair stands.
-        std::fs::write(with_suffix(&cert, ".new"), pair(&old)).unwrap();
-        std::fs::write(with_suffix(&key, ".new"), old.serialize_pem()).unwrap();
+        std::fs::write(beside(&cert), pair(&old)).unwrap();
+        std::fs::write(beside(&key), old.serialize_pem()).unwrap();
         finish_replacement(&cert, &key);
-        assert!(!with_suffix(&cert, ".new").exists() && !with_suffix(&key, ".new").exists());
+        assert!(!beside(&cert).exists() && !beside(&key).exists());
         assert_eq!(std::fs::read_to_string(&cert).unwrap(), new_cert);
         // A mismatched pair is refused.
         assert!(check_pair(new_cert.as_bytes(), old.serialize_pem().as_bytes()).is_err());

@@ -32,6 +32,14 @@ pub const RENEW_PROOF_PREFIX: &[u8] = b"vitals-renew-v1\n";
 /// by another process (`pki revoke-specialist`).
 const REFRESH: Duration = Duration::from_secs(5);
 
+/// The trusted CA files' contents, one after the other.
+fn read_bundle(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect()
+}
+
 /// A collector certificate expiring within this raises a ticket.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 /// How often the collector's own certificates are looked at.
@@ -219,8 +227,11 @@ pub struct Enrollment {
     /// The signing CA; replaced when a CA rollover finishes.
     ca: std::sync::RwLock<Option<Arc<Ca>>>,
     pki: PkiPaths,
-    /// The CA certificates clients are told to trust.
+    /// The files of the CA certificates clients are told to trust.
     trust: Vec<PathBuf>,
+    /// Their contents, read at start and again when the TLS files change
+    /// (not on every welcome).
+    bundle: std::sync::RwLock<Arc<str>>,
     crl_path: PathBuf,
     settings: CertificateSettings,
     pub revoked: Arc<Revoked>,
@@ -254,6 +265,7 @@ impl Enrollment {
             store,
             ca: std::sync::RwLock::new(ca),
             pki: paths.clone(),
+            bundle: std::sync::RwLock::new(read_bundle(&trust).into()),
             trust,
             crl_path: paths.dir.join("crl.pem"),
             settings,
@@ -323,16 +335,10 @@ impl Enrollment {
 
     /// Every CA certificate a client should trust for the collector, PEM.
     pub fn trust_bundle(&self) -> String {
-        self.trust
-            .iter()
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .collect::<Vec<_>>()
-            .join("")
-    }
-
-    /// The CRL as last written, PEM.
-    pub fn crl(&self) -> Option<String> {
-        std::fs::read_to_string(&self.crl_path).ok()
+        self.bundle
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .to_string()
     }
 
     fn ca(&self) -> Result<Arc<Ca>, EnrollError> {
@@ -343,9 +349,10 @@ impl Enrollment {
             .ok_or(EnrollError::NoCa)
     }
 
-    /// Loads the signing CA again (a CA rollover finished); on an error
-    /// the one in use stays.
-    pub fn reload_ca(&self) {
+    /// Reads the trust bundle and the signing CA again (the TLS files
+    /// changed: a rollover step); on an error the CA in use stays.
+    pub fn reload(&self) {
+        *self.bundle.write().unwrap_or_else(|p| p.into_inner()) = read_bundle(&self.trust).into();
         if !self.pki.ca_key().exists() {
             return;
         }
@@ -643,21 +650,13 @@ impl Enrollment {
         let der = pem.contents;
         let (_, cert) = x509_parser::parse_x509_certificate(&der)
             .map_err(|_| "the old certificate does not parse".to_owned())?;
-        let ca = self.ca().map_err(|e| e.to_string())?;
-        let ca_pem = ca.cert_pem().to_owned();
-        let trusted = std::iter::once(ca_pem)
-            .chain(
-                self.trust
-                    .iter()
-                    .filter_map(|p| std::fs::read_to_string(p).ok()),
-            )
-            .any(|pem| {
-                x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
-                    .filter_map(Result::ok)
-                    .any(|p| {
-                        p.parse_x509()
-                            .is_ok_and(|ca| cert.verify_signature(Some(ca.public_key())).is_ok())
-                    })
+        // The signing CA is the first of the bundle.
+        let bundle = self.trust_bundle();
+        let trusted = x509_parser::pem::Pem::iter_from_buffer(bundle.as_bytes())
+            .filter_map(Result::ok)
+            .any(|p| {
+                p.parse_x509()
+                    .is_ok_and(|ca| cert.verify_signature(Some(ca.public_key())).is_ok())
             });
         if !trusted {
             return Err("the old certificate was not signed by this fleet's CA".into());

@@ -68,6 +68,31 @@ async fn store_of(fleet: &Fleet) -> Arc<dyn Store> {
         .expect("store")
 }
 
+/// The ticket of `check` on `endpoint`, once it is there.
+async fn ticket_for(
+    admin: &vitals_collector::ctl::Profile,
+    endpoint: &str,
+    check: &str,
+) -> vitals_proto::tickets::Ticket {
+    let c = vitals_collector::ctl::Client::connect(admin)
+        .await
+        .expect("admin");
+    eventually(WAIT, &format!("a {check} ticket on {endpoint}"), || {
+        let mut c = c.clone();
+        async move {
+            c.tickets(vitals_collector::ctl::TicketQuery {
+                endpoint: endpoint.into(),
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_iter()
+            .find(|t| t.check_id == check)
+        }
+    })
+    .await
+}
+
 /// A token for this many desks, an hour long, no limits.
 fn uses(n: u32) -> EnrollToken {
     EnrollToken {
@@ -612,20 +637,7 @@ async fn a_cloned_image_is_flagged_ticketed_and_the_newcomer_refused() {
     let mut c = vitals_collector::ctl::Client::connect(&admin)
         .await
         .expect("admin");
-    let ticket = eventually(WAIT, "a ticket for the admins", || {
-        let mut c = c.clone();
-        async move {
-            c.tickets(vitals_collector::ctl::TicketQuery {
-                endpoint: "ws-image".into(),
-                ..Default::default()
-            })
-            .await
-            .ok()?
-            .into_iter()
-            .find(|t| t.check_id == "endpoint_cloned")
-        }
-    })
-    .await;
+    let ticket = ticket_for(&admin, "ws-image", "endpoint_cloned").await;
     assert!(ticket.title.contains("cloned"), "{ticket:?}");
     let refusals = audit(&admin, "session").await;
     assert!(
@@ -887,23 +899,7 @@ async fn a_server_certificate_near_expiry_opens_a_ticket_for_the_admins() {
     vitals_collector::pki::rotate_server(&fleet.paths(), &[], 10).expect("a 10-day certificate");
     let collector = RunningCollector::start(fleet.collector_config()).await;
     let admin = fleet.specialist_profile("root", Role::Admin, collector.addr);
-    let c = vitals_collector::ctl::Client::connect(&admin)
-        .await
-        .expect("admin");
-    let ticket = eventually(WAIT, "the expiry ticket", || {
-        let mut c = c.clone();
-        async move {
-            c.tickets(vitals_collector::ctl::TicketQuery {
-                endpoint: "collector".into(),
-                ..Default::default()
-            })
-            .await
-            .ok()?
-            .into_iter()
-            .find(|t| t.check_id == "collector_certificate_expiring")
-        }
-    })
-    .await;
+    let ticket = ticket_for(&admin, "collector", "collector_certificate_expiring").await;
     assert_eq!(ticket.subject, "collector.pem", "{ticket:?}");
     assert!(ticket.evidence.contains("days left"), "{ticket:?}");
     collector.stop().await;
