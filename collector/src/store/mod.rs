@@ -10,6 +10,7 @@
 
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -43,11 +44,11 @@ pub enum StoreError {
         seq: u64,
         what: String,
     },
-    #[error("stored snapshot of {endpoint} seq {seq} is not valid: {source}")]
+    #[error("stored snapshot of {endpoint} seq {seq} is not valid: {what}")]
     Corrupt {
         endpoint: String,
         seq: u64,
-        source: serde_json::Error,
+        what: String,
     },
     #[error("stored ticket or incident {id} is not valid: {what}")]
     CorruptTicket { id: i64, what: String },
@@ -177,6 +178,22 @@ pub trait EndpointStore: Send + Sync {
 
     /// Fault events of an endpoint, newest first, at most `limit`.
     async fn faults(&self, id: &str, limit: u32) -> Result<Vec<FaultRecord>, StoreError>;
+
+    /// When the latest snapshot of each of `ids` was taken (endpoints
+    /// without one are left out): one cheap read for many endpoints.
+    async fn snapshot_times(&self, ids: Vec<String>) -> Result<HashMap<String, i64>, StoreError>;
+
+    /// Every endpoint's id, whether it has a session and when it was last
+    /// seen: what the offline rule needs, without the summaries.
+    async fn presence(&self) -> Result<Vec<Presence>, StoreError>;
+}
+
+/// One endpoint's connection state, for the offline rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub endpoint_id: String,
+    pub online: bool,
+    pub last_seen_ms: i64,
 }
 
 /// The ticket engine's input, state and steps, and the specialists' reads.

@@ -36,6 +36,10 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 const FACTS_TTL: Duration = Duration::from_secs(300);
 /// How often endpoints are looked over for the offline rule.
 const OFFLINE_SCAN: Duration = Duration::from_secs(15);
+/// How often tickets waiting for a snapshot look for it.
+const EVIDENCE_POLL_MS: i64 = 500;
+/// How often the clock's rules (quiet periods, SLAs) run at most.
+const CLOCK_EVERY_MS: i64 = 250;
 /// The fault the collector raises for an endpoint that stopped reporting.
 pub const OFFLINE_CHECK: &str = "endpoint_offline";
 
@@ -251,6 +255,10 @@ struct Worker {
     started_ms: i64,
     /// When the offline rule was last applied.
     offline_scanned_ms: i64,
+    /// When tickets waiting for a snapshot last looked for it.
+    evidence_checked_ms: i64,
+    /// When the clock's rules last ran.
+    ticked_ms: i64,
 }
 
 impl Worker {
@@ -318,34 +326,51 @@ impl Worker {
     /// the snapshot of that sample). A ticket waits at most
     /// `SNAPSHOT_WAIT`, then takes what there is.
     async fn collect_snapshots(&mut self, now: i64) -> Result<Vec<Evidence>, StoreError> {
+        // A busy fleet can have thousands of tickets waiting for their
+        // next snapshot; looking for them on every step would make each
+        // step cost the size of that queue.
+        if self.awaiting.is_empty() || now - self.evidence_checked_ms < EVIDENCE_POLL_MS {
+            return Ok(Vec::new());
+        }
+        self.evidence_checked_ms = now;
+        let mut ids: Vec<String> = self.awaiting.iter().map(|a| a.endpoint.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // One cheap read for all of them: when each latest snapshot was
+        // taken. Only the endpoints that have what a ticket waits for are
+        // read in full, once each.
+        let taken = self.store.snapshot_times(ids).await?;
         let mut found = Vec::new();
         let mut still = Vec::new();
-        // One read per endpoint, however many of its tickets wait.
         let mut read: HashMap<String, Option<Snapshot>> = HashMap::new();
         for a in std::mem::take(&mut self.awaiting) {
+            let waited = now - a.since_ms >= SNAPSHOT_WAIT.as_millis() as i64;
+            let ready = taken.get(&a.endpoint).is_some_and(|t| *t >= a.fault_at_ms);
+            if !ready && !waited {
+                still.push(a);
+                continue;
+            }
             let latest = match read.get(&a.endpoint) {
                 Some(s) => s.clone(),
                 None => {
-                    let s = self
-                        .store
-                        .endpoint(&a.endpoint)
-                        .await?
-                        .and_then(|d| d.latest);
+                    let s = match taken.contains_key(&a.endpoint) {
+                        true => self
+                            .store
+                            .endpoint(&a.endpoint)
+                            .await?
+                            .and_then(|d| d.latest),
+                        false => None,
+                    };
                     read.insert(a.endpoint.clone(), s.clone());
                     s
                 }
             };
-            let waited = now - a.since_ms >= SNAPSHOT_WAIT.as_millis() as i64;
-            match latest {
-                Some(s) if s.taken_at_ms >= a.fault_at_ms || waited => {
-                    self.awaiting_done.push(a.ticket);
-                    found.push(Evidence {
-                        ticket: a.ticket,
-                        snapshot: s,
-                    });
-                }
-                _ if waited => self.awaiting_done.push(a.ticket),
-                _ => still.push(a),
+            self.awaiting_done.push(a.ticket);
+            if let Some(snapshot) = latest {
+                found.push(Evidence {
+                    ticket: a.ticket,
+                    snapshot,
+                });
             }
         }
         self.awaiting = still;
@@ -415,7 +440,13 @@ impl Worker {
             self.processed += 1;
         }
         entries.extend(self.offline(now).await?);
-        entries.extend(self.engine.tick(now));
+        // The clock's rules walk every open ticket; a busy step rate need
+        // not walk them more often than a few times a second.
+        let clock_due = now - self.ticked_ms >= CLOCK_EVERY_MS;
+        if clock_due {
+            self.ticked_ms = now;
+            entries.extend(self.engine.tick(now));
+        }
         if !entries.is_empty() || self.cursor != before {
             self.persist(entries, now).await?;
         } else if !self.awaiting.is_empty() {
@@ -433,7 +464,9 @@ impl Worker {
                     .await?;
             }
         }
-        self.engine.prune(now);
+        if clock_due {
+            self.engine.prune(now);
+        }
         Ok(full)
     }
 
@@ -449,7 +482,7 @@ impl Worker {
         }
         self.offline_scanned_ms = now;
         let mut entries = Vec::new();
-        for e in self.store.list_endpoints(false).await? {
+        for e in self.store.presence().await? {
             let id = &e.endpoint_id;
             let raised = self.engine.is_raised(id, OFFLINE_CHECK, "");
             let silent_ms = now - e.last_seen_ms.max(self.started_ms);
@@ -598,6 +631,8 @@ impl Worker {
             facts_read: HashMap::new(),
             started_ms: vitals_proto::now_ms(),
             offline_scanned_ms: 0,
+            evidence_checked_ms: 0,
+            ticked_ms: 0,
         })
     }
 }

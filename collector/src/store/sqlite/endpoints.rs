@@ -32,7 +32,7 @@ impl EndpointStore for SqliteStore {
                         summary_from_row(r)?,
                         r.get::<_, i64>(SUMMARY_LEN)?,
                         r.get::<_, i64>(SUMMARY_LEN + 1)? as u64,
-                        r.get::<_, Option<String>>(SUMMARY_LEN + 2)?,
+                        r.get::<_, Option<StoredSnapshot>>(SUMMARY_LEN + 2)?,
                         r.get::<_, i64>(SUMMARY_LEN + 3)? as u64,
                     ))
                 })
@@ -65,7 +65,7 @@ impl EndpointStore for SqliteStore {
                 Ok((
                     r.get::<_, i64>(0)? as u64,
                     r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
+                    r.get::<_, StoredSnapshot>(2)?,
                 ))
             })?;
             let mut out = Vec::new();
@@ -96,6 +96,38 @@ impl EndpointStore for SqliteStore {
                 out.push(fault_from_row(&id, row)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn snapshot_times(&self, ids: Vec<String>) -> Result<HashMap<String, i64>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT latest_snapshot_ms FROM endpoints
+                 WHERE id = ?1 AND latest_snapshot IS NOT NULL",
+            )?;
+            let mut out = HashMap::with_capacity(ids.len());
+            for id in ids {
+                if let Some(ms) = stmt.query_row([&id], |r| r.get::<_, i64>(0)).optional()? {
+                    out.insert(id, ms);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn presence(&self) -> Result<Vec<Presence>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached("SELECT id, online, last_seen_ms FROM endpoints")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Presence {
+                    endpoint_id: r.get(0)?,
+                    online: r.get(1)?,
+                    last_seen_ms: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }

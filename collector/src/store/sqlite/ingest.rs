@@ -193,7 +193,7 @@ impl IngestStore for SqliteStore {
                             r.seq as i64,
                             r.received_ms,
                             taken,
-                            json(snapshot)
+                            encode_snapshot(snapshot)
                         ])?;
                         st.last_history_ms = taken;
                         st.history_grew = true;
@@ -218,7 +218,7 @@ impl IngestStore for SqliteStore {
                         s.memory.used_percent() as f64,
                         s.fullest_disk_percent() as f64,
                         s.taken_at_ms,
-                        json(s),
+                        encode_snapshot(s),
                         st.last_history_ms,
                         serde_json::to_string(
                             &s.networks()

@@ -42,9 +42,9 @@ use vitals_proto::tickets::{Entry, Ticket, TicketDetail};
 
 use super::{
     Account, AccountStore, Admission, AuditStore, Delivery, DeliveryOutcome, EndpointStore,
-    EnrollStore, EnrollToken, IngestStore, IssuedCert, NewEnrollment, OutboxStore, Record,
-    RecordBody, Revocations, SessionOpen, SessionStore, StoreError, StoredFault, TicketFilter,
-    TicketState, TicketStep, TicketStore, TokenRefusal,
+    EnrollStore, EnrollToken, IngestStore, IssuedCert, NewEnrollment, OutboxStore, Presence,
+    Record, RecordBody, Revocations, SessionOpen, SessionStore, StoreError, StoredFault,
+    TicketFilter, TicketState, TicketStep, TicketStore, TokenRefusal,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the
@@ -227,18 +227,41 @@ fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EndpointSummary> 
     })
 }
 
-fn parse_snapshot(endpoint: &str, seq: u64, body: &str) -> Result<Snapshot, StoreError> {
-    serde_json::from_str(body).map_err(|source| StoreError::Corrupt {
-        endpoint: endpoint.to_owned(),
-        seq,
-        source,
-    })
+/// A stored snapshot: its `vitals.v1.Snapshot` protobuf encoding (a
+/// BLOB), or JSON of the domain type as older releases wrote it (TEXT).
+/// Both read back; new rows are always protobuf, about a third of the JSON.
+struct StoredSnapshot(Vec<u8>);
+
+impl rusqlite::types::FromSql for StoredSnapshot {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        match v {
+            rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => {
+                Ok(StoredSnapshot(b.to_vec()))
+            }
+            _ => Err(rusqlite::types::FromSqlError::InvalidType),
+        }
+    }
 }
 
-/// A snapshot as stored: JSON of the domain type. Serialising a plain
-/// struct of strings and numbers cannot fail.
-fn json(s: &Snapshot) -> String {
-    serde_json::to_string(s).unwrap_or_default()
+fn parse_snapshot(endpoint: &str, seq: u64, body: &StoredSnapshot) -> Result<Snapshot, StoreError> {
+    let corrupt = |what: String| StoreError::Corrupt {
+        endpoint: endpoint.to_owned(),
+        seq,
+        what,
+    };
+    let body = body.0.as_slice();
+    // A protobuf snapshot starts with a field tag, never with '{'.
+    if body.first() == Some(&b'{') {
+        return serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()));
+    }
+    <vitals_proto::wire::Snapshot as prost::Message>::decode(body)
+        .map(Snapshot::from)
+        .map_err(|e| corrupt(e.to_string()))
+}
+
+/// A snapshot as stored: its protobuf encoding.
+fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
+    prost::Message::encode_to_vec(&vitals_proto::wire::Snapshot::from(s.clone()))
 }
 
 fn body_json<T: serde::Serialize>(v: &T) -> String {

@@ -346,3 +346,66 @@ async fn the_ticket_engine_resumes_exactly_where_it_stopped() {
     assert!(store.due_deliveries(i64::MAX, 10).await.unwrap().is_empty());
     let _ = std::fs::remove_file(&path);
 }
+
+#[tokio::test]
+async fn snapshots_are_stored_as_protobuf_and_older_json_rows_still_read() {
+    let path = temp_db("encoding");
+    let store = SqliteStore::open(&path, 10, Duration::ZERO).await.unwrap();
+    let id: EndpointId = "ws-enc".parse().unwrap();
+    store.open_session(&session(&id)).await.unwrap();
+    store.commit(vec![record(&id, 1, 12.5)]).await.unwrap();
+    let (kind, len, first): (String, i64, Vec<u8>) = store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT typeof(body), length(body), body FROM snapshots WHERE endpoint_id = 'ws-enc'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(kind, "blob");
+    let as_json = serde_json::to_string(&store.history("ws-enc", 1).await.unwrap()[0].snapshot)
+        .unwrap()
+        .len() as i64;
+    assert!(len * 2 < as_json, "protobuf {len} bytes, JSON {as_json}");
+    assert_ne!(first.first(), Some(&b'{'));
+
+    // A row written by an older release, as JSON text, reads back.
+    let mut old = Snapshot::default();
+    old.host.hostname = "from-json".into();
+    old.taken_at_ms = 7;
+    let text = serde_json::to_string(&old).unwrap();
+    store
+        .write(move |c| {
+            c.execute(
+                "UPDATE endpoints SET latest_snapshot = ?1 WHERE id = 'ws-enc'",
+                [&text],
+            )?;
+            c.execute(
+                "UPDATE snapshots SET body = ?1 WHERE endpoint_id = 'ws-enc'",
+                [&text],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let detail = store.endpoint("ws-enc").await.unwrap().unwrap();
+    assert_eq!(detail.latest.unwrap().host.hostname, "from-json");
+    let history = store.history("ws-enc", 1).await.unwrap();
+    assert_eq!(history[0].snapshot, old);
+
+    // A damaged row is an error naming the endpoint, not a panic.
+    store
+        .write(|c| {
+            c.execute(
+                "UPDATE snapshots SET body = x'ffff' WHERE endpoint_id = 'ws-enc'",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let err = store.history("ws-enc", 1).await.unwrap_err().to_string();
+    assert!(err.contains("ws-enc"), "{err}");
+}

@@ -149,7 +149,7 @@ impl TicketStore for SqliteStore {
                     "INSERT INTO ticket_snapshots (ticket, at_ms, body) VALUES (?1, ?2, ?3)",
                 )?;
                 for crate::store::Evidence { ticket, snapshot } in &step.snapshots {
-                    put.execute(params![*ticket as i64, step.now_ms, json(snapshot)])?;
+                    put.execute(params![*ticket as i64, step.now_ms, encode_snapshot(snapshot)])?;
                 }
                 let mut put = tx.prepare_cached(
                     "INSERT INTO webhook_outbox (webhook, event, body, created_ms, next_attempt_ms)
@@ -268,7 +268,7 @@ impl TicketStore for SqliteStore {
                     text: r.get(4)?,
                 });
             }
-            let snapshot: Option<String> = c
+            let snapshot: Option<StoredSnapshot> = c
                 .query_row(
                     "SELECT body FROM ticket_snapshots WHERE ticket = ?1 ORDER BY at_ms DESC LIMIT 1",
                     params![id as i64],
