@@ -10,18 +10,28 @@
 //!
 //! Opening and closing a session are one call each here: storage records
 //! it, the registry ([`crate::sessions`]) attaches or detaches it, and the
-//! connected-agents gauge follows.
+//! connected-agents gauge follows. Session changes travel through the same
+//! queue as messages and are written in the same transactions, so a
+//! reconnect storm of thousands of agents costs a handful of commits, not
+//! one flushed transaction per session.
+//!
+//! The batcher is pipelined: while one transaction is being written and
+//! flushed, the next batch is already being gathered, so a slow flush
+//! delays only the messages in it and whatever arrives during it rides
+//! in the next one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, watch};
-use tracing::error;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tracing::{error, warn};
 use vitals_proto::identity::EndpointId;
 
 use crate::metrics::Metrics;
 use crate::sessions::{Attached, Sessions};
-use crate::store::{Admission, Record, RecordBody, SessionOpen, Store, StoreError};
+use crate::store::{
+    Admission, Batch, Record, RecordBody, SessionChange, SessionOpen, Store, StoreError,
+};
 
 /// Most messages in one storage transaction.
 const MAX_BATCH: usize = 1024;
@@ -63,15 +73,25 @@ impl AckSink {
     }
 }
 
-struct Item {
-    record: Record,
-    sink: Arc<AckSink>,
+/// What the batcher is handed.
+enum Item {
+    Record {
+        record: Record,
+        sink: Arc<AckSink>,
+    },
+    Open {
+        open: SessionOpen,
+        reply: oneshot::Sender<Result<Admission, Arc<StoreError>>>,
+    },
+    Close {
+        endpoint: EndpointId,
+        at_ms: i64,
+    },
 }
 
 #[derive(Clone)]
 pub struct Ingest {
     queue: mpsc::Sender<Item>,
-    store: Arc<dyn Store>,
     sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
 }
@@ -88,16 +108,10 @@ impl Ingest {
         faults_committed: Arc<Notify>,
     ) -> (Ingest, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(batcher(
-            rx,
-            store.clone(),
-            metrics.clone(),
-            faults_committed,
-        ));
+        let task = tokio::spawn(batcher(rx, store, metrics.clone(), faults_committed));
         (
             Ingest {
                 queue,
-                store,
                 sessions,
                 metrics,
             },
@@ -116,11 +130,20 @@ impl Ingest {
         &self,
         open: SessionOpen,
     ) -> Result<(Option<Attached>, Admission), StoreError> {
-        let admission = self.store.open_session(&open).await?;
+        let endpoint = open.endpoint.clone();
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Item::Open { open, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let admission = answer
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Shared)?;
         if !matches!(admission, Admission::Admitted(_)) {
             return Ok((None, admission));
         }
-        let (session, replaced) = self.sessions.attach(&open.endpoint);
+        let (session, replaced) = self.sessions.attach(&endpoint);
         if !replaced {
             self.metrics.connected_agents.inc();
         }
@@ -134,9 +157,13 @@ impl Ingest {
             return;
         }
         self.metrics.connected_agents.dec();
-        if let Err(error) = self.store.close_session(&session.endpoint, at_ms).await {
-            self.metrics.error("store");
-            error!(endpoint = %session.endpoint, %error, "cannot record session end");
+        let close = Item::Close {
+            endpoint: session.endpoint.clone(),
+            at_ms,
+        };
+        if self.queue.send(close).await.is_err() {
+            // Shutting down: the next start marks every endpoint offline.
+            warn!(endpoint = %session.endpoint, "session end not recorded: ingest closed");
         }
     }
 
@@ -151,7 +178,7 @@ impl Ingest {
         sink: Arc<AckSink>,
     ) -> Result<(), IngestClosed> {
         self.queue
-            .send(Item {
+            .send(Item::Record {
                 record: Record {
                     endpoint,
                     seq,
@@ -169,31 +196,97 @@ impl Ingest {
 #[error("ingest is shutting down")]
 pub struct IngestClosed;
 
+/// A gathered batch on its way to storage, with who to tell.
+struct Pending {
+    batch: Batch,
+    /// Each record's sequence and session, in record order.
+    sinks: Vec<(u64, Arc<AckSink>)>,
+    replies: Vec<oneshot::Sender<Result<Admission, Arc<StoreError>>>>,
+}
+
+impl Pending {
+    fn gather(items: &mut Vec<Item>) -> Pending {
+        let mut p = Pending {
+            batch: Batch::default(),
+            sinks: Vec::with_capacity(items.len()),
+            replies: Vec::new(),
+        };
+        for item in items.drain(..) {
+            match item {
+                Item::Record { record, sink } => {
+                    p.sinks.push((record.seq, sink));
+                    p.batch.records.push(record);
+                }
+                Item::Open { open, reply } => {
+                    p.batch.sessions.push(SessionChange::Open(open));
+                    p.replies.push(reply);
+                }
+                Item::Close { endpoint, at_ms } => {
+                    p.batch
+                        .sessions
+                        .push(SessionChange::Close { endpoint, at_ms });
+                }
+            }
+        }
+        p
+    }
+}
+
+/// Gathers batches while the committer writes the previous one: at most
+/// one batch waits between them, so a slow commit grows the next batch
+/// instead of a queue of small ones.
 async fn batcher(
     mut rx: mpsc::Receiver<Item>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     faults_committed: Arc<Notify>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (records, sinks): (Vec<_>, Vec<_>) =
-            batch.drain(..).map(|i| (i.record, i.sink)).unzip();
-        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
-        let count = records.len();
-        let has_faults = records
+    let (to_commit, pending) = mpsc::channel(1);
+    let committer = tokio::spawn(committer(pending, store, metrics, faults_committed));
+    let mut items = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut items, MAX_BATCH).await > 0 {
+        let p = Pending::gather(&mut items);
+        if to_commit.send(p).await.is_err() {
+            break;
+        }
+    }
+    drop(to_commit);
+    let _ = committer.await;
+}
+
+async fn committer(
+    mut pending: mpsc::Receiver<Pending>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    faults_committed: Arc<Notify>,
+) {
+    while let Some(Pending {
+        batch,
+        sinks,
+        replies,
+    }) = pending.recv().await
+    {
+        let count = batch.records.len();
+        let sessions = batch.sessions.len();
+        let has_faults = batch
+            .records
             .iter()
-            .any(|r| matches!(r.body, crate::store::RecordBody::Fault(_)));
+            .any(|r| matches!(r.body, RecordBody::Fault(_)));
         let started = Instant::now();
-        let result = store.commit(records).await;
+        let result = store.commit_batch(batch).await;
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.commit_batch_size.observe(count as f64);
+        metrics.commit_sessions.observe(sessions as f64);
         match result {
-            Ok(()) => {
-                for (seq, sink) in seqs.into_iter().zip(&sinks) {
-                    sink.advance(seq);
+            Ok(admissions) => {
+                for (seq, sink) in &sinks {
+                    sink.advance(*seq);
+                }
+                for (reply, admission) in replies.into_iter().zip(admissions) {
+                    // A session that gave up waiting is fine.
+                    let _ = reply.send(Ok(admission));
                 }
                 if has_faults {
                     faults_committed.notify_one();
@@ -201,9 +294,13 @@ async fn batcher(
             }
             Err(error) => {
                 metrics.error("commit");
-                error!(%error, messages = count, "commit failed; sessions will reset");
-                for sink in &sinks {
+                error!(%error, messages = count, sessions, "commit failed; sessions will reset");
+                for (_, sink) in &sinks {
                     sink.failed.notify_one();
+                }
+                let error = Arc::new(error);
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
                 }
                 // A failing disk should not be hammered in a tight loop.
                 tokio::time::sleep(Duration::from_millis(200)).await;

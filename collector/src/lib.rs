@@ -135,7 +135,11 @@ impl Listeners {
                 .await
                 .map_err(|source| CollectorError::Bind { addr, source })
         };
-        let grpc = bind(config.listen).await?;
+        let grpc =
+            bind_backlog(config.listen, ACCEPT_BACKLOG).map_err(|source| CollectorError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let metrics = if config.metrics.enabled {
             Some(bind(config.metrics.listen).await?)
         } else {
@@ -151,6 +155,25 @@ impl Listeners {
             console,
         })
     }
+}
+
+/// Connections the kernel holds for the agents' listener before they are
+/// accepted: a whole site reconnecting at once (a collector restart) must
+/// not find the queue full and wait out a SYN retry. The kernel caps it at
+/// `net.core.somaxconn` (4096 on current Linux).
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// A listener with an accept queue of `backlog` (the runtime's own `bind`
+/// asks for 1024).
+fn bind_backlog(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// A collector whose configuration, certificates and database are checked

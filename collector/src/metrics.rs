@@ -30,6 +30,8 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Messages per storage commit.
     pub commit_batch_size: Histogram,
+    /// Session opens and closes per storage commit.
+    pub commit_sessions: Histogram,
     /// Snapshots agents reported dropping from their outboxes for room.
     pub agent_dropped_snapshots: Counter,
 }
@@ -81,6 +83,12 @@ impl Metrics {
             "Messages per storage commit",
             commit_batch_size.clone(),
         );
+        let commit_sessions = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "commit_sessions",
+            "Session opens and closes written per storage commit",
+            commit_sessions.clone(),
+        );
         let agent_dropped_snapshots = Counter::default();
         registry.register(
             "agent_dropped_snapshots",
@@ -97,6 +105,7 @@ impl Metrics {
             errors,
             commit_seconds,
             commit_batch_size,
+            commit_sessions,
         }
     }
 

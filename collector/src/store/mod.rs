@@ -62,6 +62,8 @@ pub enum StoreError {
     /// and the ticket worker that ran it).
     #[error(transparent)]
     Shared(std::sync::Arc<StoreError>),
+    #[error("ingest is shutting down")]
+    Closed,
 }
 
 /// An agent's session began.
@@ -155,13 +157,41 @@ pub trait SessionStore: Send + Sync {
 /// The ingest commit: what makes an acknowledgement true.
 #[async_trait]
 pub trait IngestStore: Send + Sync {
-    /// Commits agent messages in one transaction. Records of one endpoint
-    /// come in sequence order; a record at or below the endpoint's committed
-    /// sequence is a replay and takes no effect. The newest snapshot becomes
-    /// the endpoint's latest; history keeps a downsampled, bounded series;
-    /// every fault event is kept. When this returns `Ok` every record is
-    /// durable and may be acknowledged.
-    async fn commit(&self, batch: Vec<Record>) -> Result<(), StoreError>;
+    /// Commits session changes and agent messages in one transaction: the
+    /// session changes first, in order, then the records. Records of one
+    /// endpoint come in sequence order; a record at or below the endpoint's
+    /// committed sequence is a replay and takes no effect. The newest
+    /// snapshot becomes the endpoint's latest; history keeps a downsampled,
+    /// bounded series; every fault event is kept. When this returns `Ok`
+    /// every record and session change is durable, and the answer holds one
+    /// admission per opened session, in order.
+    async fn commit_batch(&self, batch: Batch) -> Result<Vec<Admission>, StoreError>;
+
+    /// Commits agent messages alone (see [`IngestStore::commit_batch`]).
+    async fn commit(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        self.commit_batch(Batch {
+            sessions: Vec::new(),
+            records,
+        })
+        .await
+        .map(drop)
+    }
+}
+
+/// What one ingest transaction writes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub sessions: Vec<SessionChange>,
+    pub records: Vec<Record>,
+}
+
+/// A session beginning or ending, written with the ingest commit.
+#[derive(Debug, Clone)]
+pub enum SessionChange {
+    /// As [`SessionStore::open_session`]; its admission is in the answer.
+    Open(SessionOpen),
+    /// As [`SessionStore::close_session`].
+    Close { endpoint: EndpointId, at_ms: i64 },
 }
 
 /// What specialists read about endpoints.

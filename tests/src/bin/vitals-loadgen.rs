@@ -81,6 +81,10 @@ enum Cmd {
         /// Diagnostics in flight at once.
         #[arg(long, default_value_t = 1)]
         diag_concurrency: usize,
+        /// With --spawn none: the collector's metrics URL to read during the
+        /// run (a spawned collector serves them on the target port + 1).
+        #[arg(long)]
+        metrics_url: Option<String>,
     },
     /// Kill a collector process with SIGKILL under a fleet of agent links,
     /// start it again, and measure the reconnect storm and backlog drain.
@@ -201,6 +205,7 @@ fn main() -> anyhow::Result<()> {
             history_interval,
             diagnostics,
             diag_concurrency,
+            metrics_url,
         } => {
             anyhow::ensure!(
                 target.ip().is_loopback(),
@@ -236,6 +241,10 @@ fn main() -> anyhow::Result<()> {
                 id_prefix: prefix,
                 diagnostics,
                 diag_concurrency,
+                metrics_url: match spawn {
+                    Spawn::Collector => Some(format!("http://{}/metrics", metrics_addr(target))),
+                    _ => metrics_url,
+                },
             };
             let report = rt.block_on(loadgen::run(plan, pid));
             if let Some(child) = &mut server {
@@ -298,7 +307,9 @@ fn spawn_collector(
     std::fs::write(
         &config,
         format!(
-            "data_dir = \".\"\nlisten = \"{target}\"\n\n[metrics]\nenabled = false\n\n[storage]\n{}",
+            "data_dir = \".\"\nlisten = \"{target}\"\n\n[metrics]\nenabled = true\nlisten = \"{}\"\n\n\
+             [storage]\n{}",
+            metrics_addr(target),
             history_interval
                 .map(|h| format!("history_interval = \"{h}\"\n"))
                 .unwrap_or_default()
@@ -315,6 +326,11 @@ fn spawn_collector(
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?)
+}
+
+/// Where a spawned collector serves its metrics: the next port.
+fn metrics_addr(target: SocketAddr) -> SocketAddr {
+    SocketAddr::new(target.ip(), target.port().wrapping_add(1))
 }
 
 fn spawn_echo(data_dir: &Path, target: SocketAddr) -> anyhow::Result<Child> {

@@ -9,6 +9,7 @@ pub mod certs;
 pub mod echo;
 pub mod procstat;
 pub mod restart;
+pub mod scrape;
 pub mod sim;
 
 use std::collections::BTreeMap;
@@ -161,6 +162,8 @@ pub struct Plan {
     /// robin), `diag_concurrency` at a time.
     pub diagnostics: usize,
     pub diag_concurrency: usize,
+    /// The collector's `/metrics`, read every two seconds during the run.
+    pub metrics_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -190,6 +193,8 @@ pub struct Report {
     /// become a committed ticket change (seen on the WatchTickets stream).
     pub tickets: Option<TicketReport>,
     pub diagnostics: Option<DiagReport>,
+    /// What the collector's own metrics said over the run.
+    pub server_metrics: Option<scrape::ServerMetrics>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -227,6 +232,22 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
     let ca = std::fs::read(vitals_collector::pki::PkiPaths::new(&plan.data_dir).ca_cert())?;
     let stats = Arc::new(Stats::default());
     let sampler = server_pid.map(procstat::Sampler::start);
+    let (scrape_stop, scrape_stopped) = tokio::sync::oneshot::channel::<()>();
+    let scraper = plan.metrics_url.clone().map(|url| {
+        tokio::spawn(async move {
+            let mut s = scrape::Scraper::new(url);
+            let mut stopped = scrape_stopped;
+            loop {
+                s.sample().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = &mut stopped => break,
+                }
+            }
+            s.sample().await;
+            s.summary()
+        })
+    });
     let (storm_tx, storm_rx) = tokio::sync::watch::channel(0u64);
     let deadline = Instant::now() + plan.duration;
     let snapshot = Arc::new(sim::realistic_snapshot());
@@ -319,6 +340,11 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
         let _ = t.await;
     }
     let server = sampler.map(|s| s.stop());
+    let _ = scrape_stop.send(());
+    let server_metrics = match scraper {
+        Some(task) => task.await.ok(),
+        None => None,
+    };
     let tickets = match watcher {
         Some(task) => {
             // Give the last raises time to come through, then stop.
@@ -369,6 +395,7 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
         server,
         tickets,
         diagnostics,
+        server_metrics,
     })
 }
 
@@ -627,6 +654,9 @@ impl Report {
                     ),
                 ));
             }
+        }
+        if let Some(m) = &self.server_metrics {
+            rows.push(("collector /metrics", m.line()));
         }
         let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
         rows.iter()

@@ -283,11 +283,20 @@ async fn load_generator_drives_a_collector_through_a_storm() {
         id_prefix: "sim".into(),
         diagnostics: 40,
         diag_concurrency: 20,
+        metrics_url: Some(format!("http://{}/metrics", collector.metrics_addr)),
     };
     let report = vitals_tests::loadgen::run(plan, Some(std::process::id()))
         .await
         .expect("load run");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // The collector's own account of the run came with the report.
+    let m = report.server_metrics.as_ref().expect("metrics read");
+    assert!(m.scrapes >= 2, "{m:?}");
+    assert!(
+        m.connected_agents_max > 0.0 && m.connected_agents_max <= 20.0,
+        "{m:?}"
+    );
+    assert!(m.commits > 0.0 && m.sessions_per_commit_mean > 0.0, "{m:?}");
     assert_eq!(report.connected_max, 20);
     assert_eq!(
         report.handshakes, 40,

@@ -8,70 +8,12 @@ use super::*;
 impl SessionStore for SqliteStore {
     async fn open_session(&self, open: &SessionOpen) -> Result<Admission, StoreError> {
         let open = open.clone();
-        self.write(move |c| {
-            let known: Option<(i64, String, String, String)> = c
-                .query_row(
-                    "SELECT revoked_ms, revoke_reason, machine_id, clone_machine_id
-                     FROM endpoints WHERE id = ?1",
-                    [open.endpoint.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )
-                .optional()?;
-            if let Some((revoked_ms, reason, bound, flagged)) = known {
-                if revoked_ms > 0 {
-                    return Ok(Admission::Revoked { reason });
-                }
-                if !bound.is_empty() && !open.machine_id.is_empty() && bound != open.machine_id {
-                    c.execute(
-                        "UPDATE endpoints SET clone_machine_id = ?2 WHERE id = ?1",
-                        params![open.endpoint.as_str(), open.machine_id],
-                    )?;
-                    return Ok(Admission::OtherMachine {
-                        bound,
-                        newly_flagged: flagged != open.machine_id,
-                    });
-                }
-            }
-            c.execute(
-                "INSERT INTO endpoints (id, platform, agent_version, online, first_seen_ms, \
-                     last_seen_ms, state_since_ms)
-                 VALUES (?1, ?2, ?3, 1, ?4, ?4, ?4)
-                 ON CONFLICT (id) DO UPDATE SET platform = ?2, agent_version = ?3, online = 1,
-                     last_seen_ms = ?4, state_since_ms = ?4",
-                params![
-                    open.endpoint.as_str(),
-                    open.platform,
-                    open.agent_version,
-                    open.at_ms
-                ],
-            )?;
-            if !open.machine_id.is_empty() {
-                c.execute(
-                    "UPDATE endpoints SET machine_id = ?2 WHERE id = ?1 AND machine_id = ''",
-                    params![open.endpoint.as_str(), open.machine_id],
-                )?;
-            }
-            let seq: i64 = c.query_row(
-                "SELECT committed_seq FROM endpoints WHERE id = ?1",
-                [open.endpoint.as_str()],
-                |r| r.get(0),
-            )?;
-            Ok(Admission::Admitted(seq as u64))
-        })
-        .await
+        self.write(move |c| open_in(c, &open)).await
     }
 
     async fn close_session(&self, endpoint: &EndpointId, at_ms: i64) -> Result<(), StoreError> {
         let id = endpoint.to_string();
-        self.write(move |c| {
-            c.execute(
-                "UPDATE endpoints SET online = 0, last_seen_ms = MAX(last_seen_ms, ?2),
-                     state_since_ms = ?2 WHERE id = ?1",
-                params![id, at_ms],
-            )?;
-            Ok(())
-        })
-        .await
+        self.write(move |c| close_in(c, &id, at_ms)).await
     }
 
     async fn mark_all_offline(&self, at_ms: i64) -> Result<(), StoreError> {
@@ -86,16 +28,86 @@ impl SessionStore for SqliteStore {
     }
 }
 
+/// A session begins: see [`SessionStore::open_session`].
+fn open_in(c: &Connection, open: &SessionOpen) -> Result<Admission, StoreError> {
+    let mut known = c.prepare_cached(
+        "SELECT revoked_ms, revoke_reason, machine_id, clone_machine_id
+         FROM endpoints WHERE id = ?1",
+    )?;
+    let known: Option<(i64, String, String, String)> = known
+        .query_row([open.endpoint.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    if let Some((revoked_ms, reason, bound, flagged)) = known {
+        if revoked_ms > 0 {
+            return Ok(Admission::Revoked { reason });
+        }
+        if !bound.is_empty() && !open.machine_id.is_empty() && bound != open.machine_id {
+            c.prepare_cached("UPDATE endpoints SET clone_machine_id = ?2 WHERE id = ?1")?
+                .execute(params![open.endpoint.as_str(), open.machine_id])?;
+            return Ok(Admission::OtherMachine {
+                bound,
+                newly_flagged: flagged != open.machine_id,
+            });
+        }
+    }
+    c.prepare_cached(
+        "INSERT INTO endpoints (id, platform, agent_version, online, first_seen_ms, \
+             last_seen_ms, state_since_ms)
+         VALUES (?1, ?2, ?3, 1, ?4, ?4, ?4)
+         ON CONFLICT (id) DO UPDATE SET platform = ?2, agent_version = ?3, online = 1,
+             last_seen_ms = ?4, state_since_ms = ?4",
+    )?
+    .execute(params![
+        open.endpoint.as_str(),
+        open.platform,
+        open.agent_version,
+        open.at_ms
+    ])?;
+    if !open.machine_id.is_empty() {
+        c.prepare_cached("UPDATE endpoints SET machine_id = ?2 WHERE id = ?1 AND machine_id = ''")?
+            .execute(params![open.endpoint.as_str(), open.machine_id])?;
+    }
+    let seq: i64 = c
+        .prepare_cached("SELECT committed_seq FROM endpoints WHERE id = ?1")?
+        .query_row([open.endpoint.as_str()], |r| r.get(0))?;
+    Ok(Admission::Admitted(seq as u64))
+}
+
+/// A session ends: see [`SessionStore::close_session`].
+fn close_in(c: &Connection, id: &str, at_ms: i64) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE endpoints SET online = 0, last_seen_ms = MAX(last_seen_ms, ?2),
+             state_since_ms = ?2 WHERE id = ?1",
+    )?
+    .execute(params![id, at_ms])?;
+    Ok(())
+}
+
 #[async_trait]
 impl IngestStore for SqliteStore {
-    async fn commit(&self, batch: Vec<Record>) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
+    async fn commit_batch(&self, batch: Batch) -> Result<Vec<Admission>, StoreError> {
+        if batch.sessions.is_empty() && batch.records.is_empty() {
+            return Ok(Vec::new());
         }
         let limit = self.history_limit as i64;
         let interval = self.history_interval_ms;
         self.write(move |c| {
+            let Batch {
+                sessions,
+                records: batch,
+            } = batch;
             let tx = c.transaction()?;
+            let mut admissions = Vec::new();
+            for change in &sessions {
+                match change {
+                    SessionChange::Open(open) => admissions.push(open_in(&tx, open)?),
+                    SessionChange::Close { endpoint, at_ms } => {
+                        close_in(&tx, endpoint.as_str(), *at_ms)?
+                    }
+                }
+            }
             {
                 let mut state_of = tx.prepare_cached(
                     "SELECT committed_seq, last_history_ms FROM endpoints WHERE id = ?1",
@@ -234,7 +246,7 @@ impl IngestStore for SqliteStore {
                 }
             }
             tx.commit()?;
-            Ok(())
+            Ok(admissions)
         })
         .await
     }

@@ -1,0 +1,221 @@
+//! The collector's own `/metrics`, read during a run so a tail in the load
+//! generator's figures can be explained from the run that showed it:
+//! how long commits took, how many messages and sessions each carried,
+//! how many agents the collector counted.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// What the collector said about itself over a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerMetrics {
+    pub scrapes: u64,
+    pub connected_agents_max: f64,
+    pub commits: f64,
+    /// From the commit duration histogram: the bucket bounds holding the
+    /// median and the 99th percentile, and the mean.
+    pub commit_ms_p50: f64,
+    pub commit_ms_p99: f64,
+    pub commit_ms_mean: f64,
+    pub messages_per_commit_mean: f64,
+    pub messages_per_commit_p99: f64,
+    pub sessions_per_commit_mean: f64,
+    pub handshakes: f64,
+    pub handshake_failures: f64,
+    pub errors: BTreeMap<String, f64>,
+}
+
+impl ServerMetrics {
+    /// One line for the report table.
+    pub fn line(&self) -> String {
+        format!(
+            "{:.0} commits, {:.2} ms mean, p50 <= {} ms, p99 <= {} ms; {:.1} messages \
+             (p99 <= {}) and {:.2} sessions per commit; {:.0} agents max; errors {:?}",
+            self.commits,
+            self.commit_ms_mean,
+            self.commit_ms_p50,
+            self.commit_ms_p99,
+            self.messages_per_commit_mean,
+            self.messages_per_commit_p99,
+            self.sessions_per_commit_mean,
+            self.connected_agents_max,
+            self.errors
+        )
+    }
+}
+
+/// Reads a collector's `/metrics` at `url` now and then.
+pub struct Scraper {
+    url: String,
+    http: reqwest::Client,
+    seen: ServerMetrics,
+}
+
+impl Scraper {
+    pub fn new(url: String) -> Scraper {
+        Scraper {
+            url,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            seen: ServerMetrics::default(),
+        }
+    }
+
+    /// Reads the metrics once; a failed read is skipped (the collector may
+    /// be busy), and the counters keep their last values.
+    pub async fn sample(&mut self) {
+        let text = match self.http.get(&self.url).send().await {
+            Ok(r) => match r.text().await {
+                Ok(t) => t,
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        let m = parse(&text);
+        let connected = m.value("vitals_collector_connected_agents");
+        let max = self.seen.connected_agents_max.max(connected);
+        self.seen = m.summary();
+        self.seen.connected_agents_max = max;
+        self.seen.scrapes += 1;
+    }
+
+    pub fn summary(&self) -> ServerMetrics {
+        self.seen.clone()
+    }
+}
+
+/// Samples of one exposition: name with labels -> value.
+struct Exposition(BTreeMap<String, f64>);
+
+fn parse(text: &str) -> Exposition {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        if let Some((key, value)) = line.rsplit_once(' ')
+            && let Ok(v) = value.parse::<f64>()
+        {
+            out.insert(key.to_owned(), v);
+        }
+    }
+    Exposition(out)
+}
+
+impl Exposition {
+    fn value(&self, key: &str) -> f64 {
+        self.0.get(key).copied().unwrap_or(0.0)
+    }
+
+    /// Sum over every label set of a metric.
+    fn total(&self, name: &str) -> f64 {
+        self.labelled(name).values().sum()
+    }
+
+    /// A metric's values by its label text.
+    fn labelled(&self, name: &str) -> BTreeMap<String, f64> {
+        let prefix = format!("{name}{{");
+        self.0
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(&prefix)
+                    .map(|rest| (rest.trim_end_matches('}').to_owned(), *v))
+            })
+            .collect()
+    }
+
+    /// A histogram's buckets (upper bound, cumulative count), in order.
+    fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
+        let mut b: Vec<(f64, f64)> = self
+            .labelled(&format!("{name}_bucket"))
+            .into_iter()
+            .filter_map(|(labels, count)| {
+                let le = labels.strip_prefix("le=\"")?.trim_end_matches('"');
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((bound, count))
+            })
+            .collect();
+        b.sort_by(|x, y| x.0.total_cmp(&y.0));
+        b
+    }
+
+    /// The upper bound of the bucket holding quantile `q`.
+    fn quantile(&self, name: &str, q: f64) -> f64 {
+        let b = self.buckets(name);
+        let total = b.last().map(|x| x.1).unwrap_or(0.0);
+        if total == 0.0 {
+            return 0.0;
+        }
+        b.iter()
+            .find(|(_, count)| *count >= total * q)
+            .map(|x| x.0)
+            .unwrap_or(f64::INFINITY)
+    }
+
+    fn mean(&self, name: &str) -> f64 {
+        let count = self.value(&format!("{name}_count"));
+        if count == 0.0 {
+            0.0
+        } else {
+            self.value(&format!("{name}_sum")) / count
+        }
+    }
+
+    fn summary(&self) -> ServerMetrics {
+        let commit = "vitals_collector_commit_seconds";
+        let batch = "vitals_collector_commit_batch_size";
+        ServerMetrics {
+            scrapes: 0,
+            connected_agents_max: 0.0,
+            commits: self.value(&format!("{commit}_count")),
+            commit_ms_p50: self.quantile(commit, 0.5) * 1000.0,
+            commit_ms_p99: self.quantile(commit, 0.99) * 1000.0,
+            commit_ms_mean: self.mean(commit) * 1000.0,
+            messages_per_commit_mean: self.mean(batch),
+            messages_per_commit_p99: self.quantile(batch, 0.99),
+            sessions_per_commit_mean: self.mean("vitals_collector_commit_sessions"),
+            handshakes: self.value("vitals_collector_tls_handshakes_total"),
+            handshake_failures: self.total("vitals_collector_tls_handshake_failures_total"),
+            errors: self.labelled("vitals_collector_errors_total"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_recorded_exposition() {
+        let text = "# HELP vitals_collector_commit_seconds Duration of storage commits.\n\
+            # TYPE vitals_collector_commit_seconds histogram\n\
+            vitals_collector_commit_seconds_sum 0.5\n\
+            vitals_collector_commit_seconds_count 100\n\
+            vitals_collector_commit_seconds_bucket{le=\"0.001\"} 60\n\
+            vitals_collector_commit_seconds_bucket{le=\"0.002\"} 98\n\
+            vitals_collector_commit_seconds_bucket{le=\"0.004\"} 100\n\
+            vitals_collector_commit_seconds_bucket{le=\"+Inf\"} 100\n\
+            vitals_collector_connected_agents 42\n\
+            vitals_collector_errors_total{kind=\"commit\"} 2\n\
+            vitals_collector_tls_handshake_failures_total{reason=\"tls\"} 3\n\
+            vitals_collector_tls_handshake_failures_total{reason=\"timeout\"} 4\n\
+            # EOF\n";
+        let e = parse(text);
+        let s = e.summary();
+        assert_eq!(s.commits, 100.0);
+        assert_eq!(s.commit_ms_p50, 1.0);
+        assert_eq!(s.commit_ms_p99, 4.0);
+        assert_eq!(s.commit_ms_mean, 5.0);
+        assert_eq!(s.handshake_failures, 7.0);
+        assert_eq!(s.errors.get("kind=\"commit\""), Some(&2.0));
+        assert_eq!(e.value("vitals_collector_connected_agents"), 42.0);
+    }
+}
