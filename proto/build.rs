@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The generated `connect` helper would clash with the `Connect` RPC;
         // callers build their own TLS channel anyway.
         .build_transport(false)
+        // Small starting buffers per stream: see `src/codec.rs`.
+        .codec_path("crate::codec::LeanCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -62,6 +62,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// HTTP/2 pings on idle connections, so a dead peer is noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control windows for the agents' edge. Agent messages are
+/// small (a snapshot is about 2 KiB), so 64 KiB in flight per stream is
+/// still dozens of messages; the default 1 MiB would let each of 20,000
+/// agents park a megabyte in the collector whenever ingest pushes back.
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 128 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
@@ -450,6 +456,8 @@ impl Collector {
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)

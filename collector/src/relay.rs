@@ -120,7 +120,7 @@ impl Relay {
             params,
             timeout,
         };
-        if route.commands.send(Command::Run(request)).await.is_err() {
+        if route.commands.send(Command::Run(Box::new(request))).await.is_err() {
             self.lock().remove(&id);
             return None;
         }

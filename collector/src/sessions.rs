@@ -20,7 +20,8 @@ use vitals_proto::identity::EndpointId;
 /// What a session must send down its stream for the relay.
 #[derive(Debug)]
 pub enum Command {
-    Run(DiagnosticRequest),
+    /// Boxed: the command channel is allocated per session, 32 slots at a time.
+    Run(Box<DiagnosticRequest>),
     Cancel(u64),
     /// End the session now, telling the agent why (it was revoked).
     Close(String),

@@ -10,6 +10,7 @@
 //!   catalog; [`tickets`]: ticket types; [`report`]: a snapshot as text;
 //!   [`config_file`]: strict TOML with `file:line` errors.
 
+pub mod codec;
 pub mod config_file;
 pub mod convert;
 pub mod diag;

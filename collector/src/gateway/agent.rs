@@ -22,7 +22,6 @@ use vitals_proto::shutdown::Shutdown;
 
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, timeout};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use vitals_proto::identity::{EndpointId, Identity};
@@ -43,7 +42,23 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing session waits for its in-flight commits.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Outbound = mpsc::Sender<Result<wire::CollectorMessage, Status>>;
+/// What goes down an agent's stream. Boxed so the channel's slots (32 of
+/// them, allocated with the channel) stay small: one channel per agent.
+type Outbound = mpsc::Sender<Result<Box<wire::CollectorMessage>, Status>>;
+
+/// The receiving end of [`Outbound`], as the response stream.
+pub struct Outgoing(mpsc::Receiver<Result<Box<wire::CollectorMessage>, Status>>);
+
+impl tokio_stream::Stream for Outgoing {
+    type Item = Result<wire::CollectorMessage, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|m| m.map(|r| r.map(|b| *b)))
+    }
+}
 
 pub struct AgentGatewayApi {
     ingest: Ingest,
@@ -114,13 +129,13 @@ impl AgentGatewayApi {
     }
 }
 
-fn message(body: collector_message::Body) -> wire::CollectorMessage {
-    wire::CollectorMessage { body: Some(body) }
+fn message(body: collector_message::Body) -> Box<wire::CollectorMessage> {
+    Box::new(wire::CollectorMessage { body: Some(body) })
 }
 
 #[tonic::async_trait]
 impl AgentGateway for AgentGatewayApi {
-    type ConnectStream = ReceiverStream<Result<wire::CollectorMessage, Status>>;
+    type ConnectStream = Outgoing;
 
     async fn connect(
         &self,
@@ -247,7 +262,7 @@ impl AgentGateway for AgentGatewayApi {
             cert: conn.cert,
         };
         tokio::spawn(session.run(inbound, committed));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Outgoing(rx)))
     }
 }
 
@@ -301,7 +316,7 @@ impl Session {
                 )),
                 Some(c) = self.attached.commands.recv() => {
                     let body = match c {
-                        Command::Run(r) => collector_message::Body::Diagnostic(r.into()),
+                        Command::Run(r) => collector_message::Body::Diagnostic((*r).into()),
                         Command::Cancel(id) => {
                             collector_message::Body::CancelDiagnostic(wire::DiagnosticCancel { id })
                         }

@@ -642,8 +642,15 @@ impl Report {
                 ),
             ));
             rows.push((
+                "server CPU over the last minute",
+                format!("{:.1}% of one core", s.cpu_last_minute_percent),
+            ));
+            rows.push((
                 "server RSS max / end",
-                format!("{:.1} / {:.1} MiB", s.rss_max_mib, s.rss_end_mib),
+                format!(
+                    "{:.1} / {:.1} MiB (at the end {:.1} anonymous, {:.1} file-backed)",
+                    s.rss_max_mib, s.rss_end_mib, s.rss_anon_end_mib, s.rss_file_end_mib
+                ),
             ));
             if self.connected_max > 0 {
                 rows.push((

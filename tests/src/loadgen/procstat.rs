@@ -14,6 +14,13 @@ pub struct Summary {
     pub cpu_max_percent: f64,
     pub rss_max_mib: f64,
     pub rss_end_mib: f64,
+    /// At the end: anonymous memory (heap, stacks) and file-backed pages
+    /// (the binary, the memory-mapped database), which make up the RSS.
+    pub rss_anon_end_mib: f64,
+    pub rss_file_end_mib: f64,
+    /// Percent of one core over the last minute sampled: the steady state
+    /// after the ramp.
+    pub cpu_last_minute_percent: f64,
 }
 
 pub struct Sampler {
@@ -35,18 +42,24 @@ pub fn cpu_ticks(pid: &str, children: bool) -> Option<u64> {
         .sum::<Option<u64>>()
 }
 
-/// CPU ticks (user + system) and RSS in KiB of a process.
-fn read(pid: u32) -> Option<(u64, u64)> {
+/// CPU ticks (user + system) and RSS in KiB of a process: total,
+/// anonymous, file-backed.
+fn read(pid: u32) -> Option<(u64, [u64; 3])> {
     let ticks = cpu_ticks(&pid.to_string(), false)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((ticks, rss))
+    let kib = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((
+        ticks,
+        [kib("VmRSS:")?, kib("RssAnon:")?, kib("RssFile:").unwrap_or(0)],
+    ))
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ), 100 on Linux.
@@ -62,13 +75,18 @@ impl Sampler {
             };
             let t0 = Instant::now();
             let mut last = (first_ticks, Instant::now());
+            let mut minute = std::collections::VecDeque::from([(first_ticks, Instant::now())]);
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let Some((ticks, rss)) = read(pid) else {
+                let Some((ticks, [rss, anon, file])) = read(pid) else {
                     return;
                 };
                 let now = Instant::now();
+                minute.push_back((ticks, now));
+                while minute.len() > 61 {
+                    minute.pop_front();
+                }
                 let cpu = (ticks - last.0) as f64 / HZ / (now - last.1).as_secs_f64() * 100.0;
                 last = (ticks, now);
                 let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
@@ -79,6 +97,12 @@ impl Sampler {
                 let mib = rss as f64 / 1024.0;
                 g.rss_max_mib = g.rss_max_mib.max(mib);
                 g.rss_end_mib = mib;
+                g.rss_anon_end_mib = anon as f64 / 1024.0;
+                g.rss_file_end_mib = file as f64 / 1024.0;
+                if let Some((t, at)) = minute.front() {
+                    let span = (now - *at).as_secs_f64().max(0.001);
+                    g.cpu_last_minute_percent = (ticks - t) as f64 / HZ / span * 100.0;
+                }
             }
         });
         Sampler { state, task }

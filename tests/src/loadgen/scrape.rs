@@ -55,6 +55,9 @@ pub struct Scraper {
 
 impl Scraper {
     pub fn new(url: String) -> Scraper {
+        // The HTTP client's TLS needs a process-wide provider, even for
+        // plain HTTP.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Scraper {
             url,
             http: reqwest::Client::builder()
