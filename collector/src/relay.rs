@@ -120,7 +120,12 @@ impl Relay {
             params,
             timeout,
         };
-        if route.commands.send(Command::Run(Box::new(request))).await.is_err() {
+        if route
+            .commands
+            .send(Command::Run(Box::new(request)))
+            .await
+            .is_err()
+        {
             self.lock().remove(&id);
             return None;
         }

@@ -58,7 +58,11 @@ fn read(pid: u32) -> Option<(u64, [u64; 3])> {
     };
     Some((
         ticks,
-        [kib("VmRSS:")?, kib("RssAnon:")?, kib("RssFile:").unwrap_or(0)],
+        [
+            kib("VmRSS:")?,
+            kib("RssAnon:")?,
+            kib("RssFile:").unwrap_or(0),
+        ],
     ))
 }
 
