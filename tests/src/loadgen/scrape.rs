@@ -81,9 +81,10 @@ impl Scraper {
         let m = parse(&text);
         let connected = m.value("vitals_collector_connected_agents");
         let max = self.seen.connected_agents_max.max(connected);
+        let scrapes = self.seen.scrapes + 1;
         self.seen = m.summary();
         self.seen.connected_agents_max = max;
-        self.seen.scrapes += 1;
+        self.seen.scrapes = scrapes;
     }
 
     pub fn summary(&self) -> ServerMetrics {
