@@ -353,13 +353,13 @@ impl Worker {
             let latest = match read.get(&a.endpoint) {
                 Some(s) => s.clone(),
                 None => {
-                    let s = match taken.contains_key(&a.endpoint) {
-                        true => self
-                            .store
+                    let s = if taken.contains_key(&a.endpoint) {
+                        self.store
                             .endpoint(&a.endpoint)
                             .await?
-                            .and_then(|d| d.latest),
-                        false => None,
+                            .and_then(|d| d.latest)
+                    } else {
+                        None
                     };
                     read.insert(a.endpoint.clone(), s.clone());
                     s
