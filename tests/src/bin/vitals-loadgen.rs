@@ -110,6 +110,23 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// One slice of a `restart` fleet, steered by the `restart` command
+    /// through stdin and stdout (not for use by hand).
+    #[command(hide = true)]
+    RestartWorker {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        backlog: usize,
+    },
     /// Run a collector from its configuration file in this process, as
     /// `vitals-collector run` does (the end-to-end suite starts and kills it
     /// as a process of its own).
@@ -161,10 +178,26 @@ fn main() -> anyhow::Result<()> {
                 wait_for_port(target)?;
                 Ok(child)
             };
-            let (report, mut collector) = rt.block_on(loadgen::restart::run(&plan, spawn))?;
+            let exe = std::env::current_exe()?;
+            let (report, mut collector) = rt.block_on(loadgen::restart::run(&plan, &exe, spawn))?;
             stop(&mut collector);
             print_report(&report.table(), &report, json)
         }
+        Cmd::RestartWorker {
+            target,
+            data_dir,
+            prefix,
+            first,
+            count,
+            backlog,
+        } => rt.block_on(loadgen::restart::worker(loadgen::restart::WorkerPlan {
+            target,
+            data_dir,
+            prefix,
+            first,
+            count,
+            backlog_snapshots: backlog,
+        })),
         Cmd::Collector { config } => rt.block_on(async move {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(
