@@ -22,8 +22,7 @@ impl EndpointStore for SqliteStore {
         let id = id.to_owned();
         self.read(move |c| {
             let sql = format!(
-                "SELECT {SUMMARY_COLUMNS}, state_since_ms, committed_seq, latest_snapshot,
-                     (SELECT COUNT(*) FROM snapshots WHERE endpoint_id = endpoints.id)
+                "SELECT {SUMMARY_COLUMNS}, state_since_ms, committed_seq, latest_snapshot, history_len
                  FROM endpoints WHERE id = ?1"
             );
             let row = c

@@ -110,7 +110,8 @@ impl IngestStore for SqliteStore {
             }
             {
                 let mut state_of = tx.prepare_cached(
-                    "SELECT committed_seq, last_history_ms FROM endpoints WHERE id = ?1",
+                    "SELECT committed_seq, last_history_ms, history_len FROM endpoints
+                     WHERE id = ?1",
                 )?;
                 let mut insert = tx.prepare_cached(
                     "INSERT OR IGNORE INTO snapshots (endpoint_id, seq, received_ms, taken_ms, body)
@@ -130,21 +131,25 @@ impl IngestStore for SqliteStore {
                          hostname = ?4, os = ?5, cpu_usage_percent = ?6,
                          memory_used_percent = ?7, fullest_disk_percent = ?8,
                          latest_snapshot_ms = ?9, latest_snapshot = ?10, last_history_ms = ?11,
-                         addresses = ?12
+                         addresses = ?12, history_len = ?13
                      WHERE id = ?1",
                 )?;
+                // The oldest `?2` entries of an endpoint's history, found
+                // from the start of its range in the (endpoint, seq) index.
                 let mut prune = tx.prepare_cached(
-                    "DELETE FROM snapshots WHERE endpoint_id = ?1 AND seq <=
-                         (SELECT seq FROM snapshots WHERE endpoint_id = ?1
-                          ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                    "DELETE FROM snapshots WHERE id IN
+                         (SELECT id FROM snapshots WHERE endpoint_id = ?1
+                          ORDER BY seq LIMIT ?2)",
                 )?;
                 // Per endpoint: what is committed, the newest record of this
                 // batch, and whether history grew.
                 struct State<'a> {
                     committed: u64,
                     last_history_ms: i64,
-                    newest: Option<(&'a Record, &'a Snapshot)>,
-                    history_grew: bool,
+                    /// Entries in its history, counting this batch's.
+                    history_len: i64,
+                    /// With its encoding when the history took it.
+                    newest: Option<(&'a Record, &'a Snapshot, Option<Vec<u8>>)>,
                     /// Highest fresh sequence and its receive time.
                     advanced: Option<(u64, i64)>,
                 }
@@ -152,15 +157,17 @@ impl IngestStore for SqliteStore {
                 for r in &batch {
                     let id = r.endpoint.as_str();
                     if !states.contains_key(id) {
-                        let (committed, last_history_ms) = state_of
-                            .query_row([id], |row| Ok((row.get::<_, i64>(0)?, row.get(1)?)))?;
+                        let (committed, last_history_ms, history_len) = state_of
+                            .query_row([id], |row| {
+                                Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?))
+                            })?;
                         states.insert(
                             id,
                             State {
                                 committed: committed as u64,
                                 last_history_ms,
+                                history_len,
                                 newest: None,
-                                history_grew: false,
                                 advanced: None,
                             },
                         );
@@ -194,22 +201,20 @@ impl IngestStore for SqliteStore {
                         }
                         RecordBody::Snapshot(s) => s,
                     };
-                    st.newest = Some((r, snapshot));
                     let taken = snapshot.taken_at_ms;
+                    let mut encoded = None;
                     if interval == 0
                         || st.last_history_ms <= 0
                         || taken - st.last_history_ms >= interval
                     {
-                        insert.execute(params![
-                            id,
-                            r.seq as i64,
-                            r.received_ms,
-                            taken,
-                            encode_snapshot(snapshot)
-                        ])?;
+                        let body = encode_snapshot(snapshot);
+                        st.history_len +=
+                            insert.execute(params![id, r.seq as i64, r.received_ms, taken, body])?
+                                as i64;
                         st.last_history_ms = taken;
-                        st.history_grew = true;
+                        encoded = Some(body);
                     }
+                    st.newest = Some((r, snapshot, encoded));
                 }
                 // Only the newest snapshot of each endpoint is written as its
                 // latest state.
@@ -219,7 +224,13 @@ impl IngestStore for SqliteStore {
                     };
                     // Fault events alone move only the committed sequence.
                     committed.execute(params![id, seq as i64, received_ms])?;
-                    let Some((r, s)) = st.newest else { continue };
+                    let Some((r, s, encoded)) = st.newest else {
+                        continue;
+                    };
+                    let mut history_len = st.history_len;
+                    if history_len > limit {
+                        history_len -= prune.execute(params![id, history_len - limit])? as i64;
+                    }
                     latest.execute(params![
                         id,
                         r.seq as i64,
@@ -230,7 +241,7 @@ impl IngestStore for SqliteStore {
                         s.memory.used_percent() as f64,
                         s.fullest_disk_percent() as f64,
                         s.taken_at_ms,
-                        encode_snapshot(s),
+                        encoded.unwrap_or_else(|| encode_snapshot(s)),
                         st.last_history_ms,
                         serde_json::to_string(
                             &s.networks()
@@ -239,10 +250,8 @@ impl IngestStore for SqliteStore {
                                 .collect::<Vec<_>>()
                         )
                         .unwrap_or_else(|_| "[]".into()),
+                        history_len,
                     ])?;
-                    if st.history_grew {
-                        prune.execute(params![id, limit])?;
-                    }
                 }
             }
             tx.commit()?;

@@ -91,6 +91,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         11,
         include_str!("../../../migrations/sqlite/0011_enrollment.sql"),
     ),
+    (
+        12,
+        include_str!("../../../migrations/sqlite/0012_history_len.sql"),
+    ),
 ];
 
 pub struct SqliteStore {

@@ -116,6 +116,52 @@ async fn history_is_downsampled_but_latest_is_always_newest() {
     assert_eq!(d.summary.cpu_usage_percent, 25.0);
 }
 
+/// The history bound holds across batches of every size, by the kept count,
+/// and a database from before the count was kept gets it counted.
+#[tokio::test]
+async fn history_count_follows_inserts_prunes_and_the_migration() {
+    let path = temp_db("histlen");
+    let store = SqliteStore::open(&path, 4, Duration::ZERO).await.unwrap();
+    let id: EndpointId = "ws-h".parse().unwrap();
+    store.open_session(&session(&id)).await.unwrap();
+    let mut seq = 0;
+    for size in [1, 2, 3, 1, 7, 1, 1, 4, 9] {
+        let batch: Vec<_> = (0..size)
+            .map(|_| {
+                seq += 1;
+                record(&id, seq, 1.0)
+            })
+            .collect();
+        store.commit(batch).await.unwrap();
+        let kept: Vec<u64> = store
+            .history("ws-h", 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.seq)
+            .collect();
+        let expected: Vec<u64> = (seq.saturating_sub(3).max(1)..=seq).rev().collect();
+        assert_eq!(kept, expected, "after a batch of {size}");
+        let detail = store.endpoint("ws-h").await.unwrap().unwrap();
+        assert_eq!(detail.history_len, kept.len() as u64);
+    }
+    drop(store);
+    // As a database of schema 11 would be: no count column.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch("ALTER TABLE endpoints DROP COLUMN history_len; PRAGMA user_version = 11;")
+        .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path, 4, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        store.endpoint("ws-h").await.unwrap().unwrap().history_len,
+        4
+    );
+    store.commit(vec![record(&id, seq + 1, 1.0)]).await.unwrap();
+    let kept = store.history("ws-h", 100).await.unwrap();
+    assert_eq!(kept.len(), 4);
+    assert_eq!(kept[0].seq, seq + 1);
+}
+
 #[tokio::test]
 async fn survives_reopen_and_refuses_newer_schema() {
     let path = temp_db("reopen");
