@@ -20,13 +20,15 @@ impl EndpointStore for SqliteStore {
 
     async fn endpoint(&self, id: &str) -> Result<Option<EndpointDetail>, StoreError> {
         let id = id.to_owned();
+        let bound = self.history_limit;
         self.read(move |c| {
             let sql = format!(
-                "SELECT {SUMMARY_COLUMNS}, state_since_ms, committed_seq, latest_snapshot, history_len
+                "SELECT {SUMMARY_COLUMNS}, state_since_ms, committed_seq, latest_snapshot,
+                     MIN(history_len, ?2)
                  FROM endpoints WHERE id = ?1"
             );
             let row = c
-                .query_row(&sql, [&id], |r| {
+                .query_row(&sql, params![&id, bound], |r| {
                     Ok((
                         summary_from_row(r)?,
                         r.get::<_, i64>(SUMMARY_LEN)?,
@@ -55,6 +57,8 @@ impl EndpointStore for SqliteStore {
 
     async fn history(&self, id: &str, limit: u32) -> Result<Vec<HistoryEntry>, StoreError> {
         let id = id.to_owned();
+        // Not past the bound: the few entries beyond it await pruning.
+        let limit = limit.min(self.history_limit);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT seq, received_ms, body FROM snapshots WHERE endpoint_id = ?1

@@ -85,6 +85,15 @@ fn close_in(c: &Connection, id: &str, at_ms: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// How far an endpoint's history may run past its bound before it is pruned
+/// back to it: a 32nd of the bound. Each ingest commit touches the end of
+/// every endpoint's range it adds to; pruning as well on every commit would
+/// also touch the start of each range, doubling the pages it writes. The
+/// entries past the bound are never read: reads stop at the bound.
+pub(super) fn prune_slack(limit: i64) -> i64 {
+    (limit / 32).max(1)
+}
+
 #[async_trait]
 impl IngestStore for SqliteStore {
     async fn commit_batch(&self, batch: Batch) -> Result<Vec<Admission>, StoreError> {
@@ -228,7 +237,7 @@ impl IngestStore for SqliteStore {
                         continue;
                     };
                     let mut history_len = st.history_len;
-                    if history_len > limit {
+                    if history_len >= limit + prune_slack(limit) {
                         history_len -= prune.execute(params![id, history_len - limit])? as i64;
                     }
                     latest.execute(params![

@@ -162,6 +162,35 @@ async fn history_count_follows_inserts_prunes_and_the_migration() {
     assert_eq!(kept[0].seq, seq + 1);
 }
 
+/// A long history runs a little past its bound between prunes, but reads
+/// never see past the bound.
+#[tokio::test]
+async fn history_beyond_the_bound_is_never_read() {
+    let path = temp_db("slack");
+    let store = SqliteStore::open(&path, 64, Duration::ZERO).await.unwrap();
+    let id: EndpointId = "ws-s".parse().unwrap();
+    store.open_session(&session(&id)).await.unwrap();
+    let slack = ingest::prune_slack(64) as u64;
+    assert_eq!(slack, 2);
+    let conn = Connection::open(&path).unwrap();
+    let mut stored_max = 0;
+    for seq in 1..=200 {
+        store.commit(vec![record(&id, seq, 1.0)]).await.unwrap();
+        let stored = conn
+            .query_row("SELECT COUNT(*) FROM snapshots", [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64;
+        assert!(stored < 64 + slack, "{stored} stored after {seq}");
+        stored_max = stored_max.max(stored);
+        let kept = store.history("ws-s", 1000).await.unwrap();
+        assert_eq!(kept.len() as u64, seq.min(64));
+        assert_eq!(kept[0].seq, seq);
+        assert_eq!(kept.last().unwrap().seq, seq.saturating_sub(63).max(1));
+        let detail = store.endpoint("ws-s").await.unwrap().unwrap();
+        assert_eq!(detail.history_len, seq.min(64));
+    }
+    assert_eq!(stored_max, 64 + slack - 1);
+}
+
 #[tokio::test]
 async fn survives_reopen_and_refuses_newer_schema() {
     let path = temp_db("reopen");
