@@ -353,7 +353,12 @@ impl Session {
                     idle.as_mut().reset(Instant::now() + self.idle_timeout);
                     match next {
                         Ok(Some(msg)) => {
-                            if let Err(end) = self.handle(msg, &mut highest_seen, acked).await {
+                            // Boxed: handling one message (a store hand-off,
+                            // a certificate renewal) is a larger future than
+                            // the loop itself, and would otherwise be part of
+                            // every idle session's task.
+                            let handled = Box::pin(self.handle(msg, &mut highest_seen, acked));
+                            if let Err(end) = handled.await {
                                 break end;
                             }
                         }
@@ -381,7 +386,7 @@ impl Session {
             }
         }
         info!(endpoint = %self.endpoint, "agent disconnected");
-        self.ingest.close_session(&self.attached, now_ms()).await;
+        Box::pin(self.ingest.close_session(&self.attached, now_ms())).await;
     }
 
     async fn send_ack(&self, seq: u64) -> bool {
