@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+/// How long after the ramp the run counts as settled.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
 /// Counters shared by every simulated agent.
 #[derive(Default)]
 pub struct Stats {
@@ -35,6 +38,10 @@ pub struct Stats {
     pub raised_sent: AtomicU64,
     errors: std::sync::Mutex<BTreeMap<String, u64>>,
     latencies_us: std::sync::Mutex<Vec<u32>>,
+    settled_latencies_us: std::sync::Mutex<Vec<u32>>,
+    /// Set [`SETTLE`] after the ramp: latencies from then on are also
+    /// counted apart, free of the handshakes' load.
+    pub settled: std::sync::atomic::AtomicBool,
     /// Raised fault events not yet seen as ticket changes, by evidence
     /// text (unique per event), with when they were sent.
     raised: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
@@ -67,11 +74,15 @@ impl Stats {
 
     /// Adds a simulated agent's latencies at the end of its run (keeps the
     /// hot path free of a shared lock).
-    pub fn add_latencies(&self, mut l: Vec<u32>) {
+    pub fn add_latencies(&self, mut l: sim::Latencies) {
         self.latencies_us
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .append(&mut l);
+            .append(&mut l.all);
+        self.settled_latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(&mut l.settled);
     }
 
     /// Notes a raised fault event about to be sent.
@@ -103,6 +114,15 @@ impl Stats {
     fn latency_ms(&self) -> Percentiles {
         percentiles(
             self.latencies_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+
+    fn settled_latency_ms(&self) -> Percentiles {
+        percentiles(
+            self.settled_latencies_us
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
@@ -186,6 +206,8 @@ pub struct Report {
     pub acked_per_s: f64,
     /// From send to the ack covering it, snapshots and fault events alike.
     pub ack_latency_ms: Percentiles,
+    /// Only acks from [`SETTLE`] after the ramp on.
+    pub ack_latency_settled_ms: Percentiles,
     pub errors: BTreeMap<String, u64>,
     pub storm: Option<StormReport>,
     pub server: Option<procstat::Summary>,
@@ -289,6 +311,13 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
     }
     let ramp = started.elapsed();
     let handshakes_ramp = stats.handshakes.load(Ordering::Relaxed);
+    {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(SETTLE).await;
+            stats.settled.store(true, Ordering::Relaxed);
+        });
+    }
     eprintln!(
         "ramp: {} of {} agents connected in {:.1}s",
         stats.connected.load(Ordering::Relaxed),
@@ -390,6 +419,7 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
         faults_acked: stats.faults_acked.load(Ordering::Relaxed),
         acked_per_s: acked_in_window as f64 / measured.as_secs_f64().max(0.001),
         ack_latency_ms: stats.latency_ms(),
+        ack_latency_settled_ms: stats.settled_latency_ms(),
         errors: stats.errors(),
         storm,
         server,
@@ -587,6 +617,16 @@ impl Report {
                     self.ack_latency_ms.p99,
                     self.ack_latency_ms.max,
                     self.ack_latency_ms.samples
+                ),
+            ),
+            (
+                "  from 10 s after the ramp",
+                format!(
+                    "{:.1} / {:.1} / {:.1} ms ({} samples)",
+                    self.ack_latency_settled_ms.p50,
+                    self.ack_latency_settled_ms.p99,
+                    self.ack_latency_settled_ms.max,
+                    self.ack_latency_settled_ms.samples
                 ),
             ),
             ("errors", format!("{:?}", self.errors)),

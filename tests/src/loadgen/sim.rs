@@ -41,10 +41,27 @@ enum End {
     Storm,
 }
 
+/// One agent's ack latencies in microseconds: all of them, and those
+/// measured once the run had settled after the ramp.
+#[derive(Default)]
+pub struct Latencies {
+    pub all: Vec<u32>,
+    pub settled: Vec<u32>,
+}
+
+impl Latencies {
+    fn push(&mut self, us: u32, settled: bool) {
+        self.all.push(us);
+        if settled {
+            self.settled.push(us);
+        }
+    }
+}
+
 impl SimAgent {
     pub async fn run(mut self) {
         let mut seq = 0u64;
-        let mut latencies = Vec::new();
+        let mut latencies = Latencies::default();
         while Instant::now() < self.deadline {
             match self.session(&mut seq, &mut latencies).await {
                 Ok(End::Deadline) => break,
@@ -96,7 +113,7 @@ impl SimAgent {
     async fn session(
         &mut self,
         seq: &mut u64,
-        latencies: &mut Vec<u32>,
+        latencies: &mut Latencies,
     ) -> Result<End, &'static str> {
         let tls = ClientTlsConfig::new()
             .domain_name("localhost")
@@ -151,7 +168,7 @@ impl SimAgent {
     async fn stream(
         &mut self,
         seq: &mut u64,
-        latencies: &mut Vec<u32>,
+        latencies: &mut Latencies,
         tx: &mpsc::Sender<wire::AgentMessage>,
         inbound: &mut tonic::Streaming<wire::CollectorMessage>,
         welcome: &wire::Welcome,
@@ -233,7 +250,10 @@ impl SimAgent {
                         let mut n = 0;
                         while in_flight.front().is_some_and(|(s, _, _)| *s <= a.seq) {
                             if let Some((_, sent, is_fault)) = in_flight.pop_front() {
-                                latencies.push((now - sent).as_micros().min(u32::MAX as u128) as u32);
+                                latencies.push(
+                                    (now - sent).as_micros().min(u32::MAX as u128) as u32,
+                                    self.stats.settled.load(Ordering::Relaxed),
+                                );
                                 if is_fault {
                                     self.stats.faults_acked.fetch_add(1, Ordering::Relaxed);
                                 } else {
