@@ -112,22 +112,16 @@ impl Stats {
     }
 
     fn latency_ms(&self) -> Percentiles {
-        percentiles(
-            self.latencies_us
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        percentiles_of(&self.latencies_us)
     }
 
     fn settled_latency_ms(&self) -> Percentiles {
-        percentiles(
-            self.settled_latencies_us
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        percentiles_of(&self.settled_latencies_us)
     }
+}
+
+fn percentiles_of(l: &std::sync::Mutex<Vec<u32>>) -> Percentiles {
+    percentiles(l.lock().unwrap_or_else(|p| p.into_inner()).clone())
 }
 
 fn percentiles(mut l: Vec<u32>) -> Percentiles {
@@ -391,13 +385,7 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
             Some(TicketReport {
                 raised_sent: stats.raised_sent.load(Ordering::Relaxed),
                 unmatched: stats.raised.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
-                fault_to_ticket_ms: percentiles(
-                    stats
-                        .ticket_latencies_us
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone(),
-                ),
+                fault_to_ticket_ms: percentiles_of(&stats.ticket_latencies_us),
             })
         }
         None => None,

@@ -41,6 +41,12 @@ fn record(id: &EndpointId, seq: u64, cpu: f32) -> Record {
     }
 }
 
+/// The sequences an endpoint's history holds, newest first.
+async fn history_seqs(store: &SqliteStore, id: &str, limit: u32) -> Vec<u64> {
+    let history = store.history(id, limit).await.unwrap();
+    history.iter().map(|h| h.seq).collect()
+}
+
 #[tokio::test]
 async fn commits_are_idempotent_and_history_is_bounded() {
     let path = temp_db("idem");
@@ -67,14 +73,7 @@ async fn commits_are_idempotent_and_history_is_bounded() {
     assert_eq!(detail.summary.cpu_usage_percent, 5.0);
     assert_eq!(detail.summary.hostname, "host-ws-1");
     assert!(detail.summary.online);
-    let seqs: Vec<u64> = store
-        .history("ws-1", 10)
-        .await
-        .unwrap()
-        .iter()
-        .map(|h| h.seq)
-        .collect();
-    assert_eq!(seqs, vec![5, 4, 3]);
+    assert_eq!(history_seqs(&store, "ws-1", 10).await, vec![5, 4, 3]);
     // A late, older message does not roll the latest snapshot back.
     store.commit(vec![record(&id, 2, 99.0)]).await.unwrap();
     let detail = store.endpoint("ws-1").await.unwrap().unwrap();
@@ -133,13 +132,7 @@ async fn history_count_follows_inserts_prunes_and_the_migration() {
             })
             .collect();
         store.commit(batch).await.unwrap();
-        let kept: Vec<u64> = store
-            .history("ws-h", 100)
-            .await
-            .unwrap()
-            .iter()
-            .map(|h| h.seq)
-            .collect();
+        let kept = history_seqs(&store, "ws-h", 100).await;
         let expected: Vec<u64> = (seq.saturating_sub(3).max(1)..=seq).rev().collect();
         assert_eq!(kept, expected, "after a batch of {size}");
         let detail = store.endpoint("ws-h").await.unwrap().unwrap();
