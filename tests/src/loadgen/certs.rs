@@ -35,12 +35,22 @@ pub fn agent_files(
     prefix: &str,
     n: usize,
 ) -> anyhow::Result<Vec<(String, PathBuf, PathBuf)>> {
+    agent_files_in(data_dir, prefix, 0..n)
+}
+
+/// As [`agent_files`], for agents `<prefix>-<first>` up to the range's end.
+pub fn agent_files_in(
+    data_dir: &Path,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) -> anyhow::Result<Vec<(String, PathBuf, PathBuf)>> {
     let paths = PkiPaths::new(data_dir);
     let mut ca: Option<Ca> = None;
     let started = Instant::now();
     let mut minted = 0;
+    let n = range.len();
     let mut out = Vec::with_capacity(n);
-    for i in 0..n {
+    for i in range {
         let id = format!("{prefix}-{i:05}");
         let identity = Identity::Endpoint(id.parse()?);
         let (cert, key) = paths.client(&identity);

@@ -180,14 +180,17 @@ async fn wait_all(agents: &[LinkAgent], done: impl Fn(&LinkAgent) -> bool) {
 /// and, after `mark`, reporting a tally every [`REPORT_EVERY`].
 pub async fn worker(plan: WorkerPlan) -> anyhow::Result<()> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let files = certs::agent_files(&plan.data_dir, &plan.prefix, plan.first + plan.count)?;
+    let files = certs::agent_files_in(
+        &plan.data_dir,
+        &plan.prefix,
+        plan.first..plan.first + plan.count,
+    )?;
     let state_root = plan.data_dir.join("restart-state");
     let ca = vitals_collector::pki::PkiPaths::new(&plan.data_dir).ca_cert();
     let mut out = tokio::io::stdout();
     let t0 = Instant::now();
     let agents: Vec<LinkAgent> = files
         .into_iter()
-        .skip(plan.first)
         .map(|(id, cert, key)| {
             let config = AgentConfig {
                 collector: format!("https://{}", plan.target),
@@ -391,10 +394,10 @@ pub async fn run(
         w.reply("connected", plan.limit).await?;
     }
     let initial_connect_s = t0.elapsed().as_secs_f64();
+    let worker_count = workers.len();
     eprintln!(
-        "restart: {} agents in {} processes connected in {initial_connect_s:.1}s",
+        "restart: {} agents in {worker_count} processes connected in {initial_connect_s:.1}s",
         plan.agents,
-        workers.len()
     );
     all(&mut workers, "snapshots", "drained", plan.limit).await?;
 
@@ -462,7 +465,7 @@ pub async fn run(
     Ok((
         RestartReport {
             agents: plan.agents,
-            workers: plan.agents.div_ceil(AGENTS_PER_WORKER),
+            workers: worker_count,
             outage_s: plan.outage.as_secs_f64(),
             backlog_per_agent: plan.backlog_snapshots + 1,
             snapshot_bytes,

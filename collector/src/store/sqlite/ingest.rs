@@ -150,8 +150,8 @@ impl IngestStore for SqliteStore {
                          (SELECT id FROM snapshots WHERE endpoint_id = ?1
                           ORDER BY seq LIMIT ?2)",
                 )?;
-                // Per endpoint: what is committed, the newest record of this
-                // batch, and whether history grew.
+                // Per endpoint: what is committed, its history count and the
+                // newest record of this batch.
                 struct State<'a> {
                     committed: u64,
                     last_history_ms: i64,

@@ -41,6 +41,22 @@ fn record(id: &EndpointId, seq: u64, cpu: f32) -> Record {
     }
 }
 
+/// A fresh store keeping `bound` snapshots per endpoint, with a session
+/// open for endpoint `id`.
+async fn store_with_endpoint(
+    name: &str,
+    bound: u32,
+    id: &str,
+) -> (std::path::PathBuf, SqliteStore, EndpointId) {
+    let path = temp_db(name);
+    let store = SqliteStore::open(&path, bound, Duration::ZERO)
+        .await
+        .unwrap();
+    let id: EndpointId = id.parse().unwrap();
+    store.open_session(&session(&id)).await.unwrap();
+    (path, store, id)
+}
+
 /// The sequences an endpoint's history holds, newest first.
 async fn history_seqs(store: &SqliteStore, id: &str, limit: u32) -> Vec<u64> {
     let history = store.history(id, limit).await.unwrap();
@@ -101,14 +117,7 @@ async fn history_is_downsampled_but_latest_is_always_newest() {
         .commit((1..=25).map(|s| record(&id, s, s as f32)).collect())
         .await
         .unwrap();
-    let seqs: Vec<u64> = store
-        .history("ws-3", 100)
-        .await
-        .unwrap()
-        .iter()
-        .map(|h| h.seq)
-        .collect();
-    assert_eq!(seqs, vec![21, 11, 1]);
+    assert_eq!(history_seqs(&store, "ws-3", 100).await, vec![21, 11, 1]);
     let d = store.endpoint("ws-3").await.unwrap().unwrap();
     assert_eq!(d.committed_seq, 25);
     assert_eq!(d.latest.unwrap().cpu.usage_percent, 25.0);
@@ -119,10 +128,7 @@ async fn history_is_downsampled_but_latest_is_always_newest() {
 /// and a database from before the count was kept gets it counted.
 #[tokio::test]
 async fn history_count_follows_inserts_prunes_and_the_migration() {
-    let path = temp_db("histlen");
-    let store = SqliteStore::open(&path, 4, Duration::ZERO).await.unwrap();
-    let id: EndpointId = "ws-h".parse().unwrap();
-    store.open_session(&session(&id)).await.unwrap();
+    let (path, store, id) = store_with_endpoint("histlen", 4, "ws-h").await;
     let mut seq = 0;
     for size in [1, 2, 3, 1, 7, 1, 1, 4, 9] {
         let batch: Vec<_> = (0..size)
@@ -159,10 +165,7 @@ async fn history_count_follows_inserts_prunes_and_the_migration() {
 /// never see past the bound.
 #[tokio::test]
 async fn history_beyond_the_bound_is_never_read() {
-    let path = temp_db("slack");
-    let store = SqliteStore::open(&path, 64, Duration::ZERO).await.unwrap();
-    let id: EndpointId = "ws-s".parse().unwrap();
-    store.open_session(&session(&id)).await.unwrap();
+    let (path, store, id) = store_with_endpoint("slack", 64, "ws-s").await;
     let slack = ingest::prune_slack(64) as u64;
     assert_eq!(slack, 2);
     let conn = Connection::open(&path).unwrap();
