@@ -151,6 +151,13 @@ async fn specialists_work_tickets_through_the_api_and_viewers_only_read() {
             .contains("only a resolved or closed ticket can be reopened"),
         "{open_one}"
     );
+    // The snapshot showing the fault follows the fault on the wire, so the
+    // ticket gets it a moment after it opens.
+    eventually(WAIT, "the snapshot at fault time on the ticket", || async {
+        let mut c = Client::connect(&viewer).await.ok()?;
+        c.ticket(ticket.id).await.ok()?.snapshot
+    })
+    .await;
     let resolved = sam
         .change_ticket(ticket.id, TicketChange::Resolve("freed memory".into()))
         .await
