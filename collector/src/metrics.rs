@@ -77,7 +77,7 @@ impl Metrics {
             "Duration of storage commits",
             commit_seconds.clone(),
         );
-        let commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let commit_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 13));
         registry.register(
             "commit_batch_size",
             "Messages per storage commit",

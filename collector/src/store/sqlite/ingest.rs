@@ -136,8 +136,8 @@ impl IngestStore for SqliteStore {
                      WHERE id = ?1",
                 )?;
                 let mut latest = tx.prepare_cached(
-                    "UPDATE endpoints SET last_seen_ms = MAX(last_seen_ms, ?3),
-                         hostname = ?4, os = ?5, cpu_usage_percent = ?6,
+                    "UPDATE endpoints SET committed_seq = ?2,
+                         last_seen_ms = MAX(last_seen_ms, ?3), hostname = ?4, os = ?5, cpu_usage_percent = ?6,
                          memory_used_percent = ?7, fullest_disk_percent = ?8,
                          latest_snapshot_ms = ?9, latest_snapshot = ?10, last_history_ms = ?11,
                          addresses = ?12, history_len = ?13
@@ -158,7 +158,7 @@ impl IngestStore for SqliteStore {
                     /// Entries in its history, counting this batch's.
                     history_len: i64,
                     /// With its encoding when the history took it.
-                    newest: Option<(&'a Record, &'a Snapshot, Option<Vec<u8>>)>,
+                    newest: Option<(&'a Snapshot, Option<Vec<u8>>)>,
                     /// Highest fresh sequence and its receive time.
                     advanced: Option<(u64, i64)>,
                 }
@@ -223,7 +223,7 @@ impl IngestStore for SqliteStore {
                         st.last_history_ms = taken;
                         encoded = Some(body);
                     }
-                    st.newest = Some((r, snapshot, encoded));
+                    st.newest = Some((snapshot, encoded));
                 }
                 // Only the newest snapshot of each endpoint is written as its
                 // latest state.
@@ -232,8 +232,8 @@ impl IngestStore for SqliteStore {
                         continue;
                     };
                     // Fault events alone move only the committed sequence.
-                    committed.execute(params![id, seq as i64, received_ms])?;
-                    let Some((r, s, encoded)) = st.newest else {
+                    let Some((s, encoded)) = st.newest else {
+                        committed.execute(params![id, seq as i64, received_ms])?;
                         continue;
                     };
                     let mut history_len = st.history_len;
@@ -242,8 +242,8 @@ impl IngestStore for SqliteStore {
                     }
                     latest.execute(params![
                         id,
-                        r.seq as i64,
-                        r.received_ms,
+                        seq as i64,
+                        received_ms,
                         s.host.hostname,
                         format!("{} {}", s.host.os_name, s.host.os_version).trim(),
                         s.cpu.usage_percent as f64,

@@ -1,6 +1,7 @@
 //! The SQLite backend against real database files.
 
 use super::*;
+use crate::store::Record;
 use std::time::Duration;
 
 fn delivery(webhook: &str, event: &str, body: &str) -> crate::store::NewDelivery {
@@ -122,6 +123,47 @@ async fn history_is_downsampled_but_latest_is_always_newest() {
     assert_eq!(d.committed_seq, 25);
     assert_eq!(d.latest.unwrap().cpu.usage_percent, 25.0);
     assert_eq!(d.summary.cpu_usage_percent, 25.0);
+}
+
+/// A batch whose newest message is a fault event after a snapshot: the
+/// committed sequence is the fault's, the latest state the snapshot's, and
+/// the last-seen time the later receipt.
+#[tokio::test]
+async fn a_fault_after_the_newest_snapshot_moves_the_committed_sequence() {
+    let (_path, store, id) = store_with_endpoint("fault-after", 10, "ws-4").await;
+    let mut fault = record(&id, 3, 0.0);
+    fault.body = RecordBody::Fault(FaultEvent {
+        check_id: "disk_nearly_full".into(),
+        subject: "/".into(),
+        state: FaultState::Raised,
+        severity: Severity::Warning,
+        value: 97.0,
+        evidence: "/ at 97%".into(),
+        at_ms: 3,
+        via: String::new(),
+    });
+    store
+        .commit(vec![record(&id, 1, 10.0), record(&id, 2, 20.0), fault])
+        .await
+        .unwrap();
+    let d = store.endpoint("ws-4").await.unwrap().unwrap();
+    assert_eq!(d.committed_seq, 3);
+    assert_eq!(d.summary.cpu_usage_percent, 20.0);
+    assert_eq!(d.latest.unwrap().taken_at_ms, 2);
+    assert_eq!(d.summary.last_seen_ms, 1003);
+    assert_eq!(history_seqs(&store, "ws-4", 10).await, vec![2, 1]);
+    // Faults alone move the sequence and the last-seen time only.
+    let mut later = record(&id, 4, 0.0);
+    later.body = RecordBody::Fault(
+        store.fault_events_after(0, 1).await.unwrap()[0]
+            .event
+            .clone(),
+    );
+    store.commit(vec![later]).await.unwrap();
+    let d = store.endpoint("ws-4").await.unwrap().unwrap();
+    assert_eq!(d.committed_seq, 4);
+    assert_eq!(d.summary.last_seen_ms, 1004);
+    assert_eq!(d.latest.unwrap().taken_at_ms, 2);
 }
 
 /// The history bound holds across batches of every size, by the kept count,
