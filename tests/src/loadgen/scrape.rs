@@ -19,11 +19,16 @@ pub struct ServerMetrics {
     pub commit_ms_p50: f64,
     pub commit_ms_p99: f64,
     pub commit_ms_mean: f64,
+    /// Commits that took longer than 64 ms: the stalls every message
+    /// queued behind them waits out.
+    pub commits_over_64ms: f64,
     pub messages_per_commit_mean: f64,
     pub messages_per_commit_p99: f64,
     pub sessions_per_commit_mean: f64,
     pub handshakes: f64,
     pub handshake_failures: f64,
+    /// Failed handshakes by their reason label.
+    pub handshake_failures_by: BTreeMap<String, f64>,
     pub errors: BTreeMap<String, f64>,
 }
 
@@ -31,16 +36,20 @@ impl ServerMetrics {
     /// One line for the report table.
     pub fn line(&self) -> String {
         format!(
-            "{:.0} commits, {:.2} ms mean, p50 <= {} ms, p99 <= {} ms; {:.1} messages \
-             (p99 <= {}) and {:.2} sessions per commit; {:.0} agents max; errors {:?}",
+            "{:.0} commits, {:.2} ms mean, p50 <= {} ms, p99 <= {} ms, {:.0} over 64 ms; \
+             {:.1} messages (p99 <= {}) and {:.2} sessions per commit; {:.0} agents max; \
+             {:.0} handshakes, failed {:?}; errors {:?}",
             self.commits,
             self.commit_ms_mean,
             self.commit_ms_p50,
             self.commit_ms_p99,
+            self.commits_over_64ms,
             self.messages_per_commit_mean,
             self.messages_per_commit_p99,
             self.sessions_per_commit_mean,
             self.connected_agents_max,
+            self.handshakes,
+            self.handshake_failures_by,
             self.errors
         )
     }
@@ -164,6 +173,18 @@ impl Exposition {
             .unwrap_or(f64::INFINITY)
     }
 
+    /// How many observations went above `bound` (a bucket bound).
+    fn over(&self, name: &str, bound: f64) -> f64 {
+        let b = self.buckets(name);
+        let total = b.last().map(|x| x.1).unwrap_or(0.0);
+        let within = b
+            .iter()
+            .filter(|(le, _)| *le <= bound)
+            .map(|x| x.1)
+            .fold(0.0, f64::max);
+        total - within
+    }
+
     fn mean(&self, name: &str) -> f64 {
         let count = self.value(&format!("{name}_count"));
         if count == 0.0 {
@@ -176,6 +197,7 @@ impl Exposition {
     fn summary(&self) -> ServerMetrics {
         let commit = "vitals_collector_commit_seconds";
         let batch = "vitals_collector_commit_batch_size";
+        let failures = "vitals_collector_tls_handshake_failures_total";
         ServerMetrics {
             scrapes: 0,
             connected_agents_max: 0.0,
@@ -183,11 +205,13 @@ impl Exposition {
             commit_ms_p50: self.quantile(commit, 0.5) * 1000.0,
             commit_ms_p99: self.quantile(commit, 0.99) * 1000.0,
             commit_ms_mean: self.mean(commit) * 1000.0,
+            commits_over_64ms: self.over(commit, 0.064),
             messages_per_commit_mean: self.mean(batch),
             messages_per_commit_p99: self.quantile(batch, 0.99),
             sessions_per_commit_mean: self.mean("vitals_collector_commit_sessions"),
             handshakes: self.value("vitals_collector_tls_handshakes_total"),
-            handshake_failures: self.total("vitals_collector_tls_handshake_failures_total"),
+            handshake_failures: self.total(failures),
+            handshake_failures_by: self.labelled(failures),
             errors: self.labelled("vitals_collector_errors_total"),
         }
     }
@@ -205,7 +229,9 @@ mod tests {
             vitals_collector_commit_seconds_count 100\n\
             vitals_collector_commit_seconds_bucket{le=\"0.001\"} 60\n\
             vitals_collector_commit_seconds_bucket{le=\"0.002\"} 98\n\
-            vitals_collector_commit_seconds_bucket{le=\"0.004\"} 100\n\
+            vitals_collector_commit_seconds_bucket{le=\"0.004\"} 99\n\
+            vitals_collector_commit_seconds_bucket{le=\"0.064\"} 99\n\
+            vitals_collector_commit_seconds_bucket{le=\"0.128\"} 100\n\
             vitals_collector_commit_seconds_bucket{le=\"+Inf\"} 100\n\
             vitals_collector_connected_agents 42\n\
             vitals_collector_errors_total{kind=\"commit\"} 2\n\
@@ -218,7 +244,13 @@ mod tests {
         assert_eq!(s.commit_ms_p50, 1.0);
         assert_eq!(s.commit_ms_p99, 4.0);
         assert_eq!(s.commit_ms_mean, 5.0);
+        assert_eq!(s.commits_over_64ms, 1.0);
         assert_eq!(s.handshake_failures, 7.0);
+        assert_eq!(
+            s.handshake_failures_by.get("reason=\"timeout\""),
+            Some(&4.0)
+        );
+        assert!(s.line().contains("1 over 64 ms"), "{}", s.line());
         assert_eq!(s.errors.get("kind=\"commit\""), Some(&2.0));
         assert_eq!(e.value("vitals_collector_connected_agents"), 42.0);
     }
