@@ -34,7 +34,7 @@ use crate::enrollment::Enrollment;
 use crate::ingest::{AckSink, Ingest};
 use crate::relay::Relay;
 use crate::sessions::{Attached, Command};
-use crate::store::{Admission, RecordBody, SessionOpen};
+use crate::store::{Admission, RecordBody, SessionOpen, SnapshotRecord};
 use crate::tickets::TicketDesk;
 
 /// How long a new stream may take to say hello.
@@ -446,7 +446,7 @@ impl Session {
                 metrics.message("snapshot");
                 self.durable(
                     msg.seq,
-                    RecordBody::Snapshot(Box::new(snapshot.into())),
+                    RecordBody::Snapshot(Box::new(SnapshotRecord::from_wire(snapshot))),
                     highest_seen,
                     acked,
                 )

@@ -104,8 +104,58 @@ pub struct Record {
 
 #[derive(Debug, Clone)]
 pub enum RecordBody {
-    Snapshot(Box<Snapshot>),
+    Snapshot(Box<SnapshotRecord>),
     Fault(FaultEvent),
+}
+
+/// A snapshot as the store writes it: its stored encoding and the summary
+/// columns of the endpoint list. The session that received it prepares it
+/// on any runtime thread, so the one writer only binds what it is given
+/// and drops little.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRecord {
+    pub taken_at_ms: i64,
+    pub hostname: String,
+    /// Name and version, as the endpoint list shows it.
+    pub os: String,
+    pub cpu_usage_percent: f64,
+    pub memory_used_percent: f64,
+    pub fullest_disk_percent: f64,
+    /// The endpoint's network addresses, a JSON list of strings.
+    pub addresses: String,
+    /// The protobuf encoding of the snapshot (`wire::Snapshot`).
+    pub encoded: Vec<u8>,
+}
+
+impl SnapshotRecord {
+    /// Prepares a snapshot as it came off the wire: encoded as received,
+    /// summarised from its domain form.
+    pub fn from_wire(w: vitals_proto::wire::Snapshot) -> SnapshotRecord {
+        let encoded = prost::Message::encode_to_vec(&w);
+        SnapshotRecord::with_encoding(&Snapshot::from(w), encoded)
+    }
+
+    pub fn new(s: &Snapshot) -> SnapshotRecord {
+        let encoded = prost::Message::encode_to_vec(&vitals_proto::wire::Snapshot::from(s.clone()));
+        SnapshotRecord::with_encoding(s, encoded)
+    }
+
+    fn with_encoding(s: &Snapshot, encoded: Vec<u8>) -> SnapshotRecord {
+        let addresses: Vec<String> = s.networks().iter().map(|n| n.addr().to_string()).collect();
+        SnapshotRecord {
+            taken_at_ms: s.taken_at_ms,
+            hostname: s.host.hostname.clone(),
+            os: format!("{} {}", s.host.os_name, s.host.os_version)
+                .trim()
+                .to_owned(),
+            cpu_usage_percent: s.cpu.usage_percent as f64,
+            memory_used_percent: s.memory.used_percent() as f64,
+            fullest_disk_percent: s.fullest_disk_percent() as f64,
+            // A list of strings: serialising cannot fail.
+            addresses: serde_json::to_string(&addresses).unwrap_or_else(|_| "[]".into()),
+            encoded,
+        }
+    }
 }
 
 /// Everything the collector stores, as the questions each part of it asks.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use vitals_collector::console::accounts::Accounts;
-use vitals_collector::store::{self, Record, RecordBody, SessionOpen};
+use vitals_collector::store::{self, Record, RecordBody, SessionOpen, SnapshotRecord};
 use vitals_proto::domain::{
     CpuInfo, DiskInfo, FaultEvent, FaultState, Gateway, HostInfo, MemoryInfo, Severity, Snapshot,
 };
@@ -168,7 +168,10 @@ async fn seed(args: &Args, data: &Path) -> anyhow::Result<()> {
                 endpoint: id.clone(),
                 seq: p as u64 + 1,
                 received_ms: at,
-                body: RecordBody::Snapshot(Box::new(snapshot(i as u64 + p as u64, at))),
+                body: RecordBody::Snapshot(Box::new(SnapshotRecord::new(&snapshot(
+                    i as u64 + p as u64,
+                    at,
+                )))),
             });
         }
         if batch.len() >= 1000 {

@@ -157,8 +157,7 @@ impl IngestStore for SqliteStore {
                     last_history_ms: i64,
                     /// Entries in its history, counting this batch's.
                     history_len: i64,
-                    /// With its encoding when the history took it.
-                    newest: Option<(&'a Snapshot, Option<Vec<u8>>)>,
+                    newest: Option<&'a SnapshotRecord>,
                     /// Highest fresh sequence and its receive time.
                     advanced: Option<(u64, i64)>,
                 }
@@ -211,19 +210,20 @@ impl IngestStore for SqliteStore {
                         RecordBody::Snapshot(s) => s,
                     };
                     let taken = snapshot.taken_at_ms;
-                    let mut encoded = None;
                     if interval == 0
                         || st.last_history_ms <= 0
                         || taken - st.last_history_ms >= interval
                     {
-                        let body = encode_snapshot(snapshot);
-                        st.history_len +=
-                            insert.execute(params![id, r.seq as i64, r.received_ms, taken, body])?
-                                as i64;
+                        st.history_len += insert.execute(params![
+                            id,
+                            r.seq as i64,
+                            r.received_ms,
+                            taken,
+                            snapshot.encoded
+                        ])? as i64;
                         st.last_history_ms = taken;
-                        encoded = Some(body);
                     }
-                    st.newest = Some((snapshot, encoded));
+                    st.newest = Some(snapshot);
                 }
                 // Only the newest snapshot of each endpoint is written as its
                 // latest state.
@@ -232,7 +232,7 @@ impl IngestStore for SqliteStore {
                         continue;
                     };
                     // Fault events alone move only the committed sequence.
-                    let Some((s, encoded)) = st.newest else {
+                    let Some(s) = st.newest else {
                         committed.execute(params![id, seq as i64, received_ms])?;
                         continue;
                     };
@@ -244,21 +244,15 @@ impl IngestStore for SqliteStore {
                         id,
                         seq as i64,
                         received_ms,
-                        s.host.hostname,
-                        format!("{} {}", s.host.os_name, s.host.os_version).trim(),
-                        s.cpu.usage_percent as f64,
-                        s.memory.used_percent() as f64,
-                        s.fullest_disk_percent() as f64,
+                        s.hostname,
+                        s.os,
+                        s.cpu_usage_percent,
+                        s.memory_used_percent,
+                        s.fullest_disk_percent,
                         s.taken_at_ms,
-                        encoded.unwrap_or_else(|| encode_snapshot(s)),
+                        s.encoded,
                         st.last_history_ms,
-                        serde_json::to_string(
-                            &s.networks()
-                                .iter()
-                                .map(|n| n.addr().to_string())
-                                .collect::<Vec<_>>()
-                        )
-                        .unwrap_or_else(|_| "[]".into()),
+                        s.addresses,
                         history_len,
                     ])?;
                 }

@@ -1,7 +1,7 @@
 //! The SQLite backend against real database files.
 
 use super::*;
-use crate::store::Record;
+use crate::store::{Record, SnapshotRecord};
 use std::time::Duration;
 
 fn delivery(webhook: &str, event: &str, body: &str) -> crate::store::NewDelivery {
@@ -38,7 +38,7 @@ fn record(id: &EndpointId, seq: u64, cpu: f32) -> Record {
         endpoint: id.clone(),
         seq,
         received_ms: 1000 + seq as i64,
-        body: RecordBody::Snapshot(Box::new(snapshot)),
+        body: RecordBody::Snapshot(Box::new(SnapshotRecord::new(&snapshot))),
     }
 }
 
@@ -458,6 +458,50 @@ async fn the_ticket_engine_resumes_exactly_where_it_stopped() {
         .unwrap();
     assert!(store.due_deliveries(i64::MAX, 10).await.unwrap().is_empty());
     let _ = std::fs::remove_file(&path);
+}
+
+/// What a session prepares from the wire is what the domain snapshot
+/// would give, and the stored snapshot reads back whole.
+#[tokio::test]
+async fn a_snapshot_prepared_from_the_wire_reads_back_whole() {
+    use vitals_proto::domain::{DiskInfo, MemoryInfo};
+    let mut s = Snapshot::default();
+    s.taken_at_ms = 42;
+    s.host.hostname = "ws-wire".into();
+    s.host.os_name = "Windows".into();
+    s.host.os_version = "11".into();
+    s.cpu.usage_percent = 37.5;
+    s.memory = MemoryInfo {
+        total_bytes: 1000,
+        used_bytes: 250,
+        ..Default::default()
+    };
+    s.disks.push(DiskInfo {
+        mount_point: "C:\\".into(),
+        total_bytes: 100,
+        available_bytes: 10,
+        ..Default::default()
+    });
+    let wired = SnapshotRecord::from_wire(vitals_proto::wire::Snapshot::from(s.clone()));
+    assert_eq!(wired, SnapshotRecord::new(&s));
+    assert_eq!(wired.os, "Windows 11");
+    assert_eq!(wired.memory_used_percent, 25.0);
+    assert_eq!(wired.fullest_disk_percent, 90.0);
+
+    let (_path, store, id) = store_with_endpoint("wire", 10, "ws-wire").await;
+    store
+        .commit(vec![Record {
+            endpoint: id,
+            seq: 1,
+            received_ms: 50,
+            body: RecordBody::Snapshot(Box::new(wired)),
+        }])
+        .await
+        .unwrap();
+    let d = store.endpoint("ws-wire").await.unwrap().unwrap();
+    assert_eq!(d.latest.as_ref(), Some(&s));
+    assert_eq!(d.summary.os, "Windows 11");
+    assert_eq!(store.history("ws-wire", 1).await.unwrap()[0].snapshot, s);
 }
 
 #[tokio::test]
