@@ -465,8 +465,10 @@ async fn the_ticket_engine_resumes_exactly_where_it_stopped() {
 #[tokio::test]
 async fn a_snapshot_prepared_from_the_wire_reads_back_whole() {
     use vitals_proto::domain::{DiskInfo, MemoryInfo};
-    let mut s = Snapshot::default();
-    s.taken_at_ms = 42;
+    let mut s = Snapshot {
+        taken_at_ms: 42,
+        ..Default::default()
+    };
     s.host.hostname = "ws-wire".into();
     s.host.os_name = "Windows".into();
     s.host.os_version = "11".into();
