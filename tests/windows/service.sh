@@ -146,12 +146,24 @@ if agent service status > /dev/null 2>&1; then
     echo "windows: the service is still registered after /x" >&2
     exit 1
 fi
-[ ! -e "$WINEPREFIX/drive_c/Program Files/Vitals/vitals-agent.exe" ]
+# The service reports "stopped" a moment before its process has exited and
+# released the program file; give the removal that moment, then insist.
+for _ in $(seq 10); do
+    [ -e "$WINEPREFIX/drive_c/Program Files/Vitals/vitals-agent.exe" ] || break
+    sleep 1
+done
+if [ -e "$WINEPREFIX/drive_c/Program Files/Vitals/vitals-agent.exe" ]; then
+    echo "windows: the program is still installed 10 s after /x" >&2
+    exit 1
+fi
 if event_source > /dev/null; then
     echo "windows: the event source outlived the uninstall" >&2
     exit 1
 fi
-[ -f "$config/agent.toml" ] && [ -f "$config/pki/agent.key" ]
+[ -f "$config/agent.toml" ] && [ -f "$config/pki/agent.key" ] || {
+    echo "windows: /x took the desk's configuration or key with it" >&2
+    exit 1
+}
 
 echo "windows: msiexec /i with TOKEN=: the service enrolls at its first start, its key made on the desk"
 rm -rf "$config"
