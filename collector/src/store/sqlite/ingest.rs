@@ -89,9 +89,7 @@ fn close_in(c: &Connection, id: &str, at_ms: i64) -> Result<(), StoreError> {
 /// back to it: a 32nd of the bound. Each ingest commit touches the end of
 /// every endpoint's range it adds to; pruning as well on every commit would
 /// also touch the start of each range, doubling the pages it writes. The
-/// entries past the bound are never read: reads stop at the bound. When
-/// one endpoint of a batch reaches the slack, the whole batch is pruned
-/// (see the sweep in `commit_batch`).
+/// entries past the bound are never read: reads stop at the bound.
 pub(super) fn prune_slack(limit: i64) -> i64 {
     (limit / 32).max(1)
 }
@@ -229,17 +227,6 @@ impl IngestStore for SqliteStore {
                 }
                 // Only the newest snapshot of each endpoint is written as its
                 // latest state.
-                // When one endpoint of the batch reached the slack, every
-                // endpoint of the batch past its bound is pruned with it.
-                // The rows of one moment of many endpoints share table
-                // pages; pruning them in the same commit frees those pages
-                // whole, where pruning each endpoint on its own turn would
-                // rewrite every page at the old end of the table once per
-                // endpoint on it. Endpoints that keep the same pace fall
-                // into step and are pruned together from then on.
-                let sweep = states
-                    .values()
-                    .any(|st| st.history_len >= limit + prune_slack(limit));
                 for (id, st) in states {
                     let Some((seq, received_ms)) = st.advanced else {
                         continue;
@@ -250,7 +237,7 @@ impl IngestStore for SqliteStore {
                         continue;
                     };
                     let mut history_len = st.history_len;
-                    if sweep && history_len > limit {
+                    if history_len >= limit + prune_slack(limit) {
                         history_len -= prune.execute(params![id, history_len - limit])? as i64;
                     }
                     latest.execute(params![

@@ -229,50 +229,6 @@ async fn history_beyond_the_bound_is_never_read() {
     assert_eq!(stored_max, 64 + slack - 1);
 }
 
-/// Endpoints of one batch are pruned together: when one reaches the
-/// slack, every one past its bound goes back to it in the same commit.
-#[tokio::test]
-async fn endpoints_of_one_batch_are_pruned_together() {
-    let (path, store, a) = store_with_endpoint("sweep", 64, "ws-a").await;
-    let b: EndpointId = "ws-b".parse().unwrap();
-    store.open_session(&session(&b)).await.unwrap();
-    store
-        .commit((1..=64).map(|s| record(&a, s, 1.0)).collect())
-        .await
-        .unwrap();
-    store
-        .commit((1..=65).map(|s| record(&b, s, 1.0)).collect())
-        .await
-        .unwrap();
-    let conn = Connection::open(&path).unwrap();
-    let stored = |id: &str| {
-        conn.query_row(
-            "SELECT COUNT(*) FROM snapshots WHERE endpoint_id = ?1",
-            [id],
-            |r| r.get::<_, i64>(0),
-        )
-        .unwrap()
-    };
-    assert_eq!((stored("ws-a"), stored("ws-b")), (64, 65));
-    // ws-a goes one past its bound, ws-b reaches the slack: both pruned.
-    store
-        .commit(vec![record(&a, 65, 1.0), record(&b, 66, 1.0)])
-        .await
-        .unwrap();
-    assert_eq!((stored("ws-a"), stored("ws-b")), (64, 64));
-    for id in ["ws-a", "ws-b"] {
-        assert_eq!(
-            history_seqs(&store, id, 1).await,
-            vec![65 + (id == "ws-b") as u64]
-        );
-        let d = store.endpoint(id).await.unwrap().unwrap();
-        assert_eq!(d.history_len, 64);
-    }
-    // On its own, one past the bound stays until the slack is reached.
-    store.commit(vec![record(&a, 66, 1.0)]).await.unwrap();
-    assert_eq!(stored("ws-a"), 65);
-}
-
 #[tokio::test]
 async fn survives_reopen_and_refuses_newer_schema() {
     let path = temp_db("reopen");
