@@ -121,7 +121,8 @@ wait_connected() {
 }
 wine msiexec /i "Z:$msi" /qn COLLECTOR="https://localhost:$port" CA="Z:$pki/ca.pem" \
     CERT="Z:$pki/agents/ws-wine.pem" KEY="Z:$pki/agents/ws-wine.key"
-[ -f "$WINEPREFIX/drive_c/Program Files/Vitals/vitals-agent.exe" ]
+installed_exe="$WINEPREFIX/drive_c/Program Files/Vitals/vitals-agent.exe"
+[ -f "$installed_exe" ]
 agent service status | grep -q running
 event_source | grep -qi 'Program Files.Vitals.vitals-agent.exe' || {
     echo "windows: the installer did not register the event source" >&2
@@ -149,10 +150,10 @@ fi
 # The service reports "stopped" a moment before its process has exited and
 # released the program file; give the removal that moment, then insist.
 for _ in $(seq 10); do
-    [ -e "$WINEPREFIX/drive_c/Program Files/Vitals/vitals-agent.exe" ] || break
+    [ -e "$installed_exe" ] || break
     sleep 1
 done
-if [ -e "$WINEPREFIX/drive_c/Program Files/Vitals/vitals-agent.exe" ]; then
+if [ -e "$installed_exe" ]; then
     echo "windows: the program is still installed 10 s after /x" >&2
     exit 1
 fi

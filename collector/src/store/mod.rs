@@ -136,8 +136,7 @@ impl SnapshotRecord {
     }
 
     pub fn new(s: &Snapshot) -> SnapshotRecord {
-        let encoded = prost::Message::encode_to_vec(&vitals_proto::wire::Snapshot::from(s.clone()));
-        SnapshotRecord::with_encoding(s, encoded)
+        SnapshotRecord::with_encoding(s, encode_snapshot(s))
     }
 
     fn with_encoding(s: &Snapshot, encoded: Vec<u8>) -> SnapshotRecord {
@@ -156,6 +155,11 @@ impl SnapshotRecord {
             encoded,
         }
     }
+}
+
+/// A snapshot as stored: the protobuf encoding of its wire form.
+pub(crate) fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
+    prost::Message::encode_to_vec(&vitals_proto::wire::Snapshot::from(s.clone()))
 }
 
 /// Everything the collector stores, as the questions each part of it asks.

@@ -268,11 +268,6 @@ fn parse_snapshot(endpoint: &str, seq: u64, body: &StoredSnapshot) -> Result<Sna
         .map_err(|e| corrupt(e.to_string()))
 }
 
-/// A snapshot as stored: its protobuf encoding.
-fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
-    prost::Message::encode_to_vec(&vitals_proto::wire::Snapshot::from(s.clone()))
-}
-
 fn body_json<T: serde::Serialize>(v: &T) -> String {
     // Plain data with string keys: serialising cannot fail.
     serde_json::to_string(v).unwrap_or_else(|_| "{}".into())

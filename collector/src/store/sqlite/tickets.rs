@@ -149,7 +149,7 @@ impl TicketStore for SqliteStore {
                     "INSERT INTO ticket_snapshots (ticket, at_ms, body) VALUES (?1, ?2, ?3)",
                 )?;
                 for crate::store::Evidence { ticket, snapshot } in &step.snapshots {
-                    put.execute(params![*ticket as i64, step.now_ms, encode_snapshot(snapshot)])?;
+                    put.execute(params![*ticket as i64, step.now_ms, crate::store::encode_snapshot(snapshot)])?;
                 }
                 let mut put = tx.prepare_cached(
                     "INSERT INTO webhook_outbox (webhook, event, body, created_ms, next_attempt_ms)
