@@ -157,6 +157,116 @@ impl SnapshotRecord {
     }
 }
 
+/// One endpoint's stored state as an ingest commit finds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EndpointProgress {
+    pub committed: u64,
+    pub last_history_ms: i64,
+}
+
+/// What an ingest batch changes, worked out from each endpoint's stored
+/// state by the rules every backend keeps: a record at or below its
+/// endpoint's committed sequence is a replay and takes no effect; a
+/// snapshot enters the history when taken at least `interval_ms` after the
+/// newest one there (zero keeps all); the newest snapshot of the batch
+/// becomes the endpoint's latest; every fault event is kept.
+pub(crate) struct BatchPlan<'a> {
+    /// Snapshots entering the history, in batch order.
+    pub history: Vec<(&'a Record, &'a SnapshotRecord)>,
+    /// Fault events to keep, in batch order.
+    pub faults: Vec<(&'a Record, &'a FaultEvent)>,
+    /// Each endpoint that moved, in the order first seen in the batch.
+    pub advanced: Vec<Advance<'a>>,
+}
+
+/// How far one endpoint moved in a batch.
+pub(crate) struct Advance<'a> {
+    pub endpoint: &'a str,
+    /// Its highest fresh sequence and when that record was received.
+    pub seq: u64,
+    pub received_ms: i64,
+    /// Its newest fresh snapshot, if the batch had one.
+    pub newest: Option<&'a SnapshotRecord>,
+    /// When its newest history entry was taken, counting this batch's.
+    pub last_history_ms: i64,
+    /// How many of its snapshots entered the history.
+    pub history_added: i64,
+}
+
+/// Plans an ingest batch: see [`BatchPlan`]. `state` gives an endpoint's
+/// stored progress, asked once per endpoint.
+pub(crate) fn plan_batch<'a>(
+    records: &'a [Record],
+    interval_ms: i64,
+    mut state: impl FnMut(&'a str) -> Result<EndpointProgress, StoreError>,
+) -> Result<BatchPlan<'a>, StoreError> {
+    struct Seen<'a> {
+        progress: EndpointProgress,
+        advance: Option<Advance<'a>>,
+    }
+    let mut order: Vec<&str> = Vec::new();
+    let mut seen: HashMap<&str, Seen<'a>> = HashMap::new();
+    let mut plan = BatchPlan {
+        history: Vec::new(),
+        faults: Vec::new(),
+        advanced: Vec::new(),
+    };
+    for r in records {
+        let id = r.endpoint.as_str();
+        if !seen.contains_key(id) {
+            let progress = state(id)?;
+            order.push(id);
+            seen.insert(
+                id,
+                Seen {
+                    progress,
+                    advance: None,
+                },
+            );
+        }
+        let Some(st) = seen.get_mut(id) else {
+            continue;
+        };
+        // Sequences of one endpoint arrive in order, so anything at or
+        // below the committed one is a replay.
+        if r.seq <= st.progress.committed {
+            continue;
+        }
+        st.progress.committed = r.seq;
+        let last_history_ms = st.progress.last_history_ms;
+        let advance = st.advance.get_or_insert(Advance {
+            endpoint: id,
+            seq: r.seq,
+            received_ms: r.received_ms,
+            newest: None,
+            last_history_ms,
+            history_added: 0,
+        });
+        advance.seq = r.seq;
+        advance.received_ms = r.received_ms;
+        match &r.body {
+            RecordBody::Fault(e) => plan.faults.push((r, e)),
+            RecordBody::Snapshot(s) => {
+                let taken = s.taken_at_ms;
+                let last = st.progress.last_history_ms;
+                if interval_ms == 0 || last <= 0 || taken - last >= interval_ms {
+                    plan.history.push((r, s));
+                    st.progress.last_history_ms = taken;
+                    advance.last_history_ms = taken;
+                    advance.history_added += 1;
+                }
+                advance.newest = Some(s);
+            }
+        }
+    }
+    for id in order {
+        if let Some(advance) = seen.remove(id).and_then(|s| s.advance) {
+            plan.advanced.push(advance);
+        }
+    }
+    Ok(plan)
+}
+
 /// A snapshot as stored: the protobuf encoding of its wire form.
 pub(crate) fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
     prost::Message::encode_to_vec(&vitals_proto::wire::Snapshot::from(s.clone()))

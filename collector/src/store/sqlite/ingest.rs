@@ -150,100 +150,57 @@ impl IngestStore for SqliteStore {
                          (SELECT id FROM snapshots WHERE endpoint_id = ?1
                           ORDER BY seq LIMIT ?2)",
                 )?;
-                // Per endpoint: what is committed, its history count and the
-                // newest record of this batch.
-                struct State<'a> {
-                    committed: u64,
-                    last_history_ms: i64,
-                    /// Entries in its history, counting this batch's.
-                    history_len: i64,
-                    newest: Option<&'a SnapshotRecord>,
-                    /// Highest fresh sequence and its receive time.
-                    advanced: Option<(u64, i64)>,
+                let mut history_len: HashMap<&str, i64> = HashMap::new();
+                let plan = crate::store::plan_batch(&batch, interval, |id| {
+                    let (committed, last_history_ms, len) = state_of.query_row([id], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get::<_, i64>(2)?))
+                    })?;
+                    history_len.insert(id, len);
+                    Ok(crate::store::EndpointProgress {
+                        committed: committed as u64,
+                        last_history_ms,
+                    })
+                })?;
+                for (r, s) in &plan.history {
+                    insert.execute(params![
+                        r.endpoint.as_str(),
+                        r.seq as i64,
+                        r.received_ms,
+                        s.taken_at_ms,
+                        s.encoded
+                    ])?;
                 }
-                let mut states: HashMap<&str, State> = HashMap::new();
-                for r in &batch {
-                    let id = r.endpoint.as_str();
-                    if !states.contains_key(id) {
-                        let (committed, last_history_ms, history_len) = state_of
-                            .query_row([id], |row| {
-                                Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?))
-                            })?;
-                        states.insert(
-                            id,
-                            State {
-                                committed: committed as u64,
-                                last_history_ms,
-                                history_len,
-                                newest: None,
-                                advanced: None,
-                            },
-                        );
-                    }
-                    let Some(st) = states.get_mut(id) else {
-                        continue;
-                    };
-                    // Sequences of one endpoint arrive in order, so anything
-                    // at or below the committed one is a replay.
-                    if r.seq <= st.committed {
-                        continue;
-                    }
-                    st.committed = r.seq;
-                    st.advanced = Some((r.seq, r.received_ms));
-                    let snapshot = match &r.body {
-                        RecordBody::Fault(e) => {
-                            fault.execute(params![
-                                id,
-                                r.seq as i64,
-                                r.received_ms,
-                                e.at_ms,
-                                e.check_id,
-                                e.subject,
-                                e.state.as_str(),
-                                e.severity.as_str(),
-                                e.value,
-                                e.evidence,
-                                e.via
-                            ])?;
-                            continue;
-                        }
-                        RecordBody::Snapshot(s) => s,
-                    };
-                    let taken = snapshot.taken_at_ms;
-                    if interval == 0
-                        || st.last_history_ms <= 0
-                        || taken - st.last_history_ms >= interval
-                    {
-                        st.history_len += insert.execute(params![
-                            id,
-                            r.seq as i64,
-                            r.received_ms,
-                            taken,
-                            snapshot.encoded
-                        ])? as i64;
-                        st.last_history_ms = taken;
-                    }
-                    st.newest = Some(snapshot);
+                for (r, e) in &plan.faults {
+                    fault.execute(params![
+                        r.endpoint.as_str(),
+                        r.seq as i64,
+                        r.received_ms,
+                        e.at_ms,
+                        e.check_id,
+                        e.subject,
+                        e.state.as_str(),
+                        e.severity.as_str(),
+                        e.value,
+                        e.evidence,
+                        e.via
+                    ])?;
                 }
                 // Only the newest snapshot of each endpoint is written as its
                 // latest state.
-                for (id, st) in states {
-                    let Some((seq, received_ms)) = st.advanced else {
-                        continue;
-                    };
+                for a in &plan.advanced {
                     // Fault events alone move only the committed sequence.
-                    let Some(s) = st.newest else {
-                        committed.execute(params![id, seq as i64, received_ms])?;
+                    let Some(s) = a.newest else {
+                        committed.execute(params![a.endpoint, a.seq as i64, a.received_ms])?;
                         continue;
                     };
-                    let mut history_len = st.history_len;
-                    if history_len >= limit + prune_slack(limit) {
-                        history_len -= prune.execute(params![id, history_len - limit])? as i64;
+                    let mut len = history_len.get(a.endpoint).copied().unwrap_or(0) + a.history_added;
+                    if len >= limit + prune_slack(limit) {
+                        len -= prune.execute(params![a.endpoint, len - limit])? as i64;
                     }
                     latest.execute(params![
-                        id,
-                        seq as i64,
-                        received_ms,
+                        a.endpoint,
+                        a.seq as i64,
+                        a.received_ms,
                         s.hostname,
                         s.os,
                         s.cpu_usage_percent,
@@ -251,9 +208,9 @@ impl IngestStore for SqliteStore {
                         s.fullest_disk_percent,
                         s.taken_at_ms,
                         s.encoded,
-                        st.last_history_ms,
+                        a.last_history_ms,
                         s.addresses,
-                        history_len,
+                        len,
                     ])?;
                 }
             }

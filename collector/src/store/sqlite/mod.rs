@@ -43,8 +43,8 @@ use vitals_proto::tickets::{Entry, Ticket, TicketDetail};
 use super::{
     Account, AccountStore, Admission, AuditStore, Batch, Delivery, DeliveryOutcome, EndpointStore,
     EnrollStore, EnrollToken, IngestStore, IssuedCert, NewEnrollment, OutboxStore, Presence,
-    RecordBody, Revocations, SessionChange, SessionOpen, SessionStore, SnapshotRecord, StoreError,
-    StoredFault, TicketFilter, TicketState, TicketStep, TicketStore, TokenRefusal,
+    Revocations, SessionChange, SessionOpen, SessionStore, StoreError, StoredFault, TicketFilter,
+    TicketState, TicketStep, TicketStore, TokenRefusal,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the

@@ -1,7 +1,7 @@
 //! The SQLite backend against real database files.
 
 use super::*;
-use crate::store::{Record, SnapshotRecord};
+use crate::store::{Record, RecordBody, SnapshotRecord};
 use std::time::Duration;
 
 fn delivery(webhook: &str, event: &str, body: &str) -> crate::store::NewDelivery {
