@@ -277,8 +277,23 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `sqlite://PATH`; default `<data_dir>/vitals.db`.
+    /// `sqlite://PATH` (default `<data_dir>/vitals.db`) or
+    /// `postgres://USER@HOST:PORT/DATABASE[?sslmode=require]`.
     pub url: Option<String>,
+    /// A file holding the database password (PostgreSQL), read at start;
+    /// `VITALS_STORAGE_PASSWORD` in the environment also works.
+    pub password_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the database server's, for
+    /// `sslmode=require`; the system's trusted CAs without it.
+    pub ca_file: Option<PathBuf>,
+    /// Connections to the database server (PostgreSQL).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// How long snapshot history is kept on PostgreSQL, where it is
+    /// dropped a partition at a time; default: `history_per_endpoint`
+    /// snapshots `history_interval` apart, at least a day.
+    #[serde(default, with = "humantime_serde")]
+    pub history_retention: Option<Duration>,
     /// Snapshots kept per endpoint; older ones are pruned.
     #[serde(default = "default_history")]
     pub history_per_endpoint: u32,
@@ -293,6 +308,10 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             url: None,
+            password_file: None,
+            ca_file: None,
+            pool_size: default_pool_size(),
+            history_retention: None,
             history_per_endpoint: default_history(),
             history_interval: default_history_interval(),
         }
@@ -351,6 +370,9 @@ fn default_listen() -> SocketAddr {
 fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
+fn default_pool_size() -> u32 {
+    16
+}
 fn default_history() -> u32 {
     1440
 }
@@ -404,6 +426,8 @@ impl CollectorConfig {
             &mut config.tls.ca,
             &mut config.tls.cert,
             &mut config.tls.key,
+            &mut config.storage.password_file,
+            &mut config.storage.ca_file,
         ]
         .into_iter()
         .flatten()
@@ -560,6 +584,12 @@ impl CollectorConfig {
                 "storage.history_per_endpoint must be at least 1".into(),
             ));
         }
+        if let Some(url) = &self.storage.url {
+            crate::store::Backend::of(url).map_err(|e| invalid(format!("storage.url: {e}")))?;
+        }
+        if self.storage.pool_size == 0 {
+            return Err(invalid("storage.pool_size must be at least 1".into()));
+        }
         Ok(())
     }
 
@@ -589,6 +619,29 @@ impl CollectorConfig {
             cert: self.cert_path(),
             key: self.key_path(),
         }
+    }
+
+    /// How the store is opened: history, and the database server's
+    /// password and CA. The password comes from `storage.password_file`,
+    /// else from `VITALS_STORAGE_PASSWORD`.
+    pub fn store_options(&self) -> Result<crate::store::StoreOptions, String> {
+        let mut opts = crate::store::StoreOptions::new(
+            self.storage.history_per_endpoint,
+            self.storage.history_interval,
+        );
+        opts.retention = self.storage.history_retention;
+        opts.ca_file = self.storage.ca_file.clone();
+        opts.pool_size = self.storage.pool_size;
+        opts.password = match &self.storage.password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("storage.password_file {}: {e}", path.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            None => std::env::var("VITALS_STORAGE_PASSWORD").ok(),
+        };
+        Ok(opts)
     }
 
     pub fn storage_url(&self) -> String {

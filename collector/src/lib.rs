@@ -103,6 +103,8 @@ pub enum CollectorError {
     Oidc(#[from] console::oidc::OidcError),
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    #[error("{0}")]
+    Storage(String),
 }
 
 /// Raises the soft open-files limit to the hard limit: each agent stream
@@ -202,10 +204,17 @@ pub struct Collector {
     oidc: Option<Arc<console::oidc::Oidc>>,
 }
 
-impl Collector {
-    /// Loads certificates, opens the database and applies migrations. No
-    /// port is bound yet.
-    pub async fn open(config: CollectorConfig) -> Result<Self, CollectorError> {
+/// What a collector loads from files before it opens its store.
+struct Parts {
+    policy: vitals_proto::policy::Policy,
+    tls: Arc<tls::ServerTls>,
+    console_tls: Option<Arc<rustls::ServerConfig>>,
+    oidc: Option<Arc<console::oidc::Oidc>>,
+    revoked: Arc<revocation::Revoked>,
+}
+
+impl Parts {
+    fn load(config: &CollectorConfig) -> Result<Parts, CollectorError> {
         if let Some(limit) = raise_open_files_limit() {
             tracing::debug!(limit, "open files limit");
         }
@@ -227,10 +236,38 @@ impl Collector {
             Some(o) => Some(Arc::new(console::oidc::Oidc::new(o)?)),
             None => None,
         };
-        let store = store::open(
+        Ok(Parts {
+            policy,
+            tls,
+            console_tls,
+            oidc,
+            revoked,
+        })
+    }
+}
+
+impl Collector {
+    /// Checks everything [`Collector::open`] loads from files (policy,
+    /// certificates, console keys) without opening the store.
+    pub fn check_files(config: &CollectorConfig) -> Result<(), CollectorError> {
+        Parts::load(config).map(drop)
+    }
+}
+
+impl Collector {
+    /// Loads certificates, opens the database and applies migrations. No
+    /// port is bound yet.
+    pub async fn open(config: CollectorConfig) -> Result<Self, CollectorError> {
+        let Parts {
+            policy,
+            tls,
+            console_tls,
+            oidc,
+            revoked,
+        } = Parts::load(&config)?;
+        let store = store::open_with(
             &config.storage_url(),
-            config.storage.history_per_endpoint,
-            config.storage.history_interval,
+            &config.store_options().map_err(CollectorError::Storage)?,
         )
         .await?;
         // No session survives a restart.

@@ -270,7 +270,22 @@ fn main() -> ExitCode {
         }),
         Command::CheckConfig { config } => with_runtime(async move {
             let c = load(&config)?;
-            Collector::open(c).await.map_err(fail(2))?;
+            Collector::check_files(&c).map_err(fail(2))?;
+            let url = c.storage_url();
+            let opts = c.store_options().map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            })?;
+            let status = vitals_collector::store::migration_status(&url, &opts)
+                .await
+                .map_err(fail(2))?;
+            println!(
+                "storage {}: {status}",
+                vitals_collector::store::postgres::redact(&url)
+            );
+            if status.applied > status.known {
+                return Err(ExitCode::from(2));
+            }
             println!("{}: ok", config.display());
             Ok(())
         }),
@@ -306,13 +321,9 @@ async fn users_command(config: &CollectorConfig, action: UsersCmd) -> Result<(),
         r.parse::<vitals_proto::identity::Role>()
             .map_err(|_| format!("--role {r}: one of viewer, specialist, admin"))
     };
-    let store = vitals_collector::store::open(
-        &config.storage_url(),
-        config.storage.history_per_endpoint,
-        config.storage.history_interval,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let store = vitals_collector::store::open_with(&config.storage_url(), &config.store_options()?)
+        .await
+        .map_err(|e| e.to_string())?;
     let accounts = Accounts::new(store);
     let scope = |sites: &[String]| {
         if sites.is_empty() {
@@ -546,13 +557,9 @@ async fn revoke_specialist(
     if reason.trim().is_empty() {
         return Err("--reason must say why".into());
     }
-    let store = vitals_collector::store::open(
-        &config.storage_url(),
-        config.storage.history_per_endpoint,
-        config.storage.history_interval,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let store = vitals_collector::store::open_with(&config.storage_url(), &config.store_options()?)
+        .await
+        .map_err(|e| e.to_string())?;
     let now = vitals_proto::now_ms();
     let recorded = store
         .revoke_specialist(name, reason.trim(), now)
@@ -579,13 +586,9 @@ async fn revoke_specialist(
 
 async fn tokens_command(config: &CollectorConfig, action: TokensCmd) -> Result<(), String> {
     use vitals_collector::store::EnrollToken;
-    let store = vitals_collector::store::open(
-        &config.storage_url(),
-        config.storage.history_per_endpoint,
-        config.storage.history_interval,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let store = vitals_collector::store::open_with(&config.storage_url(), &config.store_options()?)
+        .await
+        .map_err(|e| e.to_string())?;
     let now = vitals_proto::now_ms();
     let when = |ms: i64| {
         if ms == 0 {

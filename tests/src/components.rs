@@ -845,3 +845,226 @@ impl Drop for LoopDisk {
         sh("umount", &[&self.mount.to_string_lossy()]);
     }
 }
+
+/// A private PostgreSQL cluster on a loopback port, made with `initdb` in a
+/// temporary folder and started with `pg_ctl`, shared by every test of one
+/// test process (each test takes a database of its own). A watchdog shell
+/// stops the cluster and removes its folder once the test process is gone.
+/// As root, the cluster runs as the `postgres` user (`initdb` refuses
+/// root).
+pub struct Postgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    /// The cluster of this test process, started on first use.
+    pub fn shared() -> Result<&'static Postgres, String> {
+        static SHARED: std::sync::OnceLock<Result<Postgres, String>> = std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(Postgres::start)
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    /// The folder holding `initdb`, `pg_ctl` and `postgres`:
+    /// `VITALS_PG_BIN`, else the newest Debian version installed.
+    fn bin_dir() -> Result<PathBuf, String> {
+        if let Ok(dir) = std::env::var("VITALS_PG_BIN") {
+            return Ok(PathBuf::from(dir));
+        }
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .map_err(|_| "PostgreSQL is not installed (Debian package postgresql)".to_owned())?
+            .flatten()
+            .filter_map(|e| {
+                let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("initdb").is_file().then_some((v, bin))
+            })
+            .collect();
+        versions.sort();
+        versions
+            .pop()
+            .map(|(_, bin)| bin)
+            .ok_or_else(|| "PostgreSQL is not installed (Debian package postgresql)".to_owned())
+    }
+
+    fn start() -> Result<Postgres, String> {
+        let bin = Self::bin_dir()?;
+        let as_postgres = is_root();
+        if as_postgres && find("runuser").is_none() {
+            return Err("runuser missing (util-linux)".into());
+        }
+        let dir = std::env::temp_dir().join(format!("vitals-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let pg = Postgres {
+            bin,
+            dir,
+            port: free_port(),
+            as_postgres,
+        };
+        if as_postgres
+            && !sh(
+                "chown",
+                &["postgres:postgres", &pg.dir.display().to_string()],
+            )
+        {
+            return Err("cannot give the cluster folder to the postgres user".into());
+        }
+        let data = pg.dir.join("data");
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-A",
+                "trust",
+                "-U",
+                "vitals",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        )?;
+        // Durability is not under test here (the collector's acks follow
+        // the database's commit either way): skip the flushes.
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=300",
+            pg.port,
+            pg.dir.display()
+        );
+        let log = pg.dir.join("postgres.log").display().to_string();
+        // The watchdog first, so a failed start is cleaned up too. It runs
+        // as this process's user (to see it), the stop as the cluster's.
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             {as_owner}{pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            as_owner = if as_postgres {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            },
+            pg_ctl = pg.bin.join("pg_ctl").display(),
+            data = data.display(),
+            dir = pg.dir.display(),
+        );
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.spawn().map_err(|e| format!("watchdog: {e}"))?;
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )?;
+        Ok(pg)
+    }
+
+    /// A command run as the cluster's owner.
+    fn command(&self, program: &Path, args: &[&str]) -> Command {
+        if self.as_postgres {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(program).args(args);
+            cmd
+        } else {
+            let mut cmd = Command::new(program);
+            cmd.args(args);
+            cmd
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
+        let out = self
+            .command(&self.bin.join(tool), args)
+            .current_dir(&self.dir)
+            .output()
+            .map_err(|e| format!("{tool}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{tool} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Runs SQL on a database of the cluster as its superuser.
+    pub fn sql(&self, database: &str, sql: &str) -> Result<String, String> {
+        let psql = self.bin.join("psql");
+        let out = Command::new(psql)
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "vitals",
+                "-d",
+                database,
+                "-c",
+                sql,
+            ])
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(format!("psql: {}", String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    /// A new, empty database; its `postgres://` URL.
+    pub fn database(&self, name: &str) -> Result<String, String> {
+        let name: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.sql("postgres", &format!("DROP DATABASE IF EXISTS {name}"))?;
+        self.sql("postgres", &format!("CREATE DATABASE {name}"))?;
+        Ok(self.url(&name))
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://vitals@127.0.0.1:{}/{database}?sslmode=disable",
+            self.port
+        )
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}

@@ -4,10 +4,11 @@
 //! [`Store`] and domain types. [`Store`] is one trait per concern
 //! (sessions, the ingest commit, endpoint queries, tickets, the
 //! notification outbox, the audit log): the questions any backend must
-//! answer. The one backend today is SQLite ([`sqlite`], one file per
-//! concern), selected by a `sqlite://` storage URL; a second backend would
-//! implement the same traits and be chosen in [`open`].
+//! answer. Two backends implement them: SQLite ([`sqlite`], the embedded
+//! default, a `sqlite://` storage URL) and PostgreSQL ([`postgres`], for
+//! replicated collectors, a `postgres://` URL); [`open`] picks by URL.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -54,8 +55,25 @@ pub enum StoreError {
     CorruptTicket { id: i64, what: String },
     #[error("stored console account {name:?} is not valid: {what}")]
     CorruptAccount { name: String, what: String },
-    #[error("unsupported storage url \"{0}\": this build stores in SQLite (sqlite://PATH)")]
+    #[error(
+        "unsupported storage url \"{0}\": use sqlite://PATH (the default) or postgres://USER@HOST:PORT/DATABASE"
+    )]
     UnsupportedUrl(String),
+    #[error("storage url {url}: {what}")]
+    PgConfig { url: String, what: String },
+    #[error("database {url}: {what}")]
+    PgOpen { url: String, what: String },
+    #[error("database migration {version}: {}", postgres::describe(.source))]
+    PgMigration {
+        version: u32,
+        source: tokio_postgres::Error,
+    },
+    #[error("database: {}", postgres::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database connection pool: {0}")]
+    Pool(String),
+    #[error("no endpoint {0} to commit records of (its session was not opened)")]
+    UnknownEndpoint(String),
     #[error("storage worker stopped: {0}")]
     Worker(#[from] tokio::task::JoinError),
     /// One failure told to more than one waiter (a specialist's action
@@ -511,6 +529,19 @@ pub struct Revocations {
     pub specialists: Vec<(String, i64)>,
 }
 
+/// Why a token cannot be used now, if it cannot.
+pub(crate) fn unusable_token(t: &EnrollToken, now_ms: i64) -> Option<TokenRefusal> {
+    if t.revoked_ms > 0 {
+        Some(TokenRefusal::Revoked)
+    } else if t.expires_ms <= now_ms {
+        Some(TokenRefusal::Expired)
+    } else if t.max_uses > 0 && t.used >= t.max_uses {
+        Some(TokenRefusal::UsedUp)
+    } else {
+        None
+    }
+}
+
 /// Enrollment tokens, signed certificates and revocation.
 #[async_trait]
 pub trait EnrollStore: Send + Sync {
@@ -672,23 +703,147 @@ pub struct OpenCounts {
     pub by_endpoint: std::collections::HashMap<String, u64>,
 }
 
-/// Opens the store a URL names. `sqlite://PATH` (or a bare path) is SQLite.
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+            other => StoreError::Pool(other.to_string()),
+        }
+    }
+}
+
+/// How a store keeps history, and how it reaches a database server.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Snapshots read back per endpoint (and kept, on SQLite).
+    pub history_limit: u32,
+    /// Downsampling of the history (zero keeps every snapshot).
+    pub history_interval: std::time::Duration,
+    /// How long history is kept on PostgreSQL, where it is dropped by
+    /// partition; `None`: the bound's span (`history_limit` entries one
+    /// `history_interval` apart), at least a day.
+    pub retention: Option<std::time::Duration>,
+    /// The database password, when the URL has none.
+    pub password: Option<String>,
+    /// The CA that signed the database server's certificate (TLS).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Connections to the database server.
+    pub pool_size: u32,
+}
+
+impl StoreOptions {
+    pub fn new(history_limit: u32, history_interval: std::time::Duration) -> StoreOptions {
+        StoreOptions {
+            history_limit,
+            history_interval,
+            retention: None,
+            password: None,
+            ca_file: None,
+            pool_size: 16,
+        }
+    }
+
+    /// How long history is kept (see [`StoreOptions::retention`]).
+    pub fn history_retention(&self) -> std::time::Duration {
+        const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+        self.retention
+            .unwrap_or_else(|| (self.history_interval * self.history_limit).max(DAY))
+    }
+}
+
+/// Which backend a storage URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend<'a> {
+    /// `sqlite://PATH`, or a bare path.
+    Sqlite(&'a str),
+    /// `postgres://…` or `postgresql://…`, the whole URL.
+    Postgres(&'a str),
+}
+
+impl<'a> Backend<'a> {
+    pub fn of(url: &'a str) -> Result<Backend<'a>, StoreError> {
+        if let Some(p) = url.strip_prefix("sqlite://") {
+            Ok(Backend::Sqlite(p))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres(url))
+        } else if url.contains("://") {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        } else {
+            Ok(Backend::Sqlite(url))
+        }
+    }
+}
+
+/// Opens the store a URL names, keeping `history_limit` snapshots per
+/// endpoint one `history_interval` apart (see [`open_with`]).
 pub async fn open(
     url: &str,
     history_limit: u32,
     history_interval: std::time::Duration,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    let path = if let Some(p) = url.strip_prefix("sqlite://") {
-        p
-    } else if url.contains("://") {
-        return Err(StoreError::UnsupportedUrl(url.to_owned()));
-    } else {
-        url
-    };
-    let store =
-        sqlite::SqliteStore::open(std::path::Path::new(path), history_limit, history_interval)
-            .await?;
-    Ok(Arc::new(store))
+    open_with(url, &StoreOptions::new(history_limit, history_interval)).await
+}
+
+/// Where a database's schema stands against what this collector knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// The last migration applied (0: a new database).
+    pub applied: u32,
+    /// The last migration this collector has.
+    pub known: u32,
+}
+
+impl std::fmt::Display for MigrationStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.applied == self.known {
+            write!(f, "schema version {}, up to date", self.applied)
+        } else if self.applied > self.known {
+            write!(
+                f,
+                "schema version {} is newer than this collector knows ({}); upgrade the collector",
+                self.applied, self.known
+            )
+        } else {
+            let pending: Vec<String> = (self.applied + 1..=self.known)
+                .map(|v| v.to_string())
+                .collect();
+            write!(
+                f,
+                "schema version {} of {}; pending migrations {} are applied when the collector starts",
+                self.applied,
+                self.known,
+                pending.join(", ")
+            )
+        }
+    }
+}
+
+/// Reads where the database's schema stands, applying nothing (a missing
+/// SQLite file is a new database).
+pub async fn migration_status(
+    url: &str,
+    opts: &StoreOptions,
+) -> Result<MigrationStatus, StoreError> {
+    match Backend::of(url)? {
+        Backend::Sqlite(path) => sqlite::migration_status(std::path::Path::new(path)).await,
+        Backend::Postgres(url) => postgres::migration_status(url, opts).await,
+    }
+}
+
+/// Opens the store a URL names: `sqlite://PATH` (or a bare path) is
+/// SQLite, `postgres://…` PostgreSQL. Pending migrations are applied.
+pub async fn open_with(url: &str, opts: &StoreOptions) -> Result<Arc<dyn Store>, StoreError> {
+    match Backend::of(url)? {
+        Backend::Sqlite(path) => Ok(Arc::new(
+            sqlite::SqliteStore::open(
+                std::path::Path::new(path),
+                opts.history_limit,
+                opts.history_interval,
+            )
+            .await?,
+        )),
+        Backend::Postgres(url) => Ok(Arc::new(postgres::PgStore::open(url, opts).await?)),
+    }
 }
 
 /// The snapshot that shows a ticket's fault, kept with the ticket.

@@ -12,5 +12,6 @@ mod nothing_lost;
 mod notifications;
 mod policy;
 mod probes;
+mod store;
 mod tickets;
 mod transport;

@@ -57,19 +57,6 @@ fn insert_cert(c: &Connection, cert: &IssuedCert) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Why a token cannot be used now, if it cannot.
-fn unusable(t: &EnrollToken, now_ms: i64) -> Option<TokenRefusal> {
-    if t.revoked_ms > 0 {
-        Some(TokenRefusal::Revoked)
-    } else if t.expires_ms <= now_ms {
-        Some(TokenRefusal::Expired)
-    } else if t.max_uses > 0 && t.used >= t.max_uses {
-        Some(TokenRefusal::UsedUp)
-    } else {
-        None
-    }
-}
-
 #[async_trait]
 impl EnrollStore for SqliteStore {
     async fn create_token(&self, t: EnrollToken) -> Result<(), StoreError> {
@@ -151,7 +138,7 @@ impl EnrollStore for SqliteStore {
             let Some(token) = token else {
                 return Ok(Err(TokenRefusal::Unknown));
             };
-            if let Some(refusal) = unusable(&token, e.at_ms) {
+            if let Some(refusal) = crate::store::unusable_token(&token, e.at_ms) {
                 return Ok(Err(refusal));
             }
             let id = e.endpoint.as_str();

@@ -181,6 +181,25 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Where a database file's schema stands, applying nothing.
+pub async fn migration_status(path: &Path) -> Result<crate::store::MigrationStatus, StoreError> {
+    let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
+    if !path.exists() {
+        return Ok(crate::store::MigrationStatus { applied: 0, known });
+    }
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let applied: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        Ok(crate::store::MigrationStatus { applied, known })
+    })
+    .await?
+}
+
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
     let current: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);

@@ -1,0 +1,827 @@
+//! The store suite: one set of tests run against both backends, SQLite
+//! (a real file) and PostgreSQL (a private cluster started by the test).
+//! Each test is written once against the storage interface; `both!` runs
+//! it on each backend. Tests of what only PostgreSQL does (replicas
+//! committing side by side, partitions) follow.
+
+// The suite's bodies are plain functions the generated tests call, where
+// an unwrap says "this must hold" as in any test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vitals_collector::store::{
+    self, Admission, AuditFilter, AwaitingEvidence, DeliveryOutcome, NewDelivery, Record,
+    RecordBody, SessionOpen, SnapshotRecord, Store, StoreOptions, TicketFilter, TicketStep,
+};
+use vitals_proto::domain::{FaultEvent, FaultState, Severity, Snapshot};
+use vitals_proto::identity::EndpointId;
+use vitals_tests::components::{Postgres, skip};
+
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database of a backend, by URL (so it can be opened
+/// again, as after a restart or by a second replica).
+fn fresh_url(backend: Backend, name: &str) -> Option<String> {
+    match backend {
+        Backend::Sqlite => {
+            let dir =
+                std::env::temp_dir().join(format!("vitals-suite-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Some(format!("sqlite://{}", dir.join("vitals.db").display()))
+        }
+        Backend::Postgres => match Postgres::shared() {
+            Ok(pg) => Some(pg.database(&format!("suite_{name}")).unwrap()),
+            Err(why) => {
+                skip(&format!("store::{name}::postgres"), &why);
+                None
+            }
+        },
+    }
+}
+
+fn options(bound: u32, interval: Duration) -> StoreOptions {
+    let mut opts = StoreOptions::new(bound, interval);
+    opts.pool_size = 4;
+    opts
+}
+
+async fn open(url: &str, bound: u32, interval: Duration) -> Arc<dyn Store> {
+    store::open_with(url, &options(bound, interval))
+        .await
+        .unwrap()
+}
+
+/// Runs a suite test on each backend.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                if let Some(url) = super::fresh_url(super::Backend::Sqlite, stringify!($name)) {
+                    super::$name(&url).await;
+                }
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(url) = super::fresh_url(super::Backend::Postgres, stringify!($name)) {
+                    super::$name(&url).await;
+                }
+            }
+        }
+    };
+}
+
+fn session(id: &EndpointId) -> SessionOpen {
+    SessionOpen {
+        endpoint: id.clone(),
+        agent_version: String::new(),
+        platform: String::new(),
+        at_ms: 1,
+        machine_id: String::new(),
+    }
+}
+
+fn record(id: &EndpointId, seq: u64, cpu: f32) -> Record {
+    let mut snapshot = Snapshot::default();
+    snapshot.host.hostname = format!("host-{id}");
+    snapshot.cpu.usage_percent = cpu;
+    snapshot.taken_at_ms = seq as i64;
+    Record {
+        endpoint: id.clone(),
+        seq,
+        received_ms: vitals_proto::now_ms(),
+        body: RecordBody::Snapshot(Box::new(SnapshotRecord::new(&snapshot))),
+    }
+}
+
+fn fault(id: &EndpointId, seq: u64, state: FaultState) -> Record {
+    Record {
+        endpoint: id.clone(),
+        seq,
+        received_ms: vitals_proto::now_ms(),
+        body: RecordBody::Fault(FaultEvent {
+            check_id: "disk_nearly_full".into(),
+            subject: "/".into(),
+            state,
+            severity: Severity::Warning,
+            value: 97.0,
+            evidence: "/ at 97%".into(),
+            at_ms: 1000,
+            via: String::new(),
+        }),
+    }
+}
+
+async fn history_seqs(store: &dyn Store, id: &str, limit: u32) -> Vec<u64> {
+    let history = store.history(id, limit).await.unwrap();
+    history.iter().map(|h| h.seq).collect()
+}
+
+both!(commits_are_idempotent_and_history_is_bounded);
+async fn commits_are_idempotent_and_history_is_bounded(url: &str) {
+    let store = open(url, 3, Duration::ZERO).await;
+    let id: EndpointId = "ws-1".parse().unwrap();
+    let hello = SessionOpen {
+        endpoint: id.clone(),
+        agent_version: "0.1.0".into(),
+        platform: "linux/x86_64".into(),
+        at_ms: 5,
+        machine_id: String::new(),
+    };
+    assert_eq!(
+        store.open_session(&hello).await.unwrap(),
+        Admission::Admitted(0)
+    );
+    let batch: Vec<_> = (1..=5).map(|s| record(&id, s, s as f32)).collect();
+    store.commit(batch.clone()).await.unwrap();
+    // A replay of the same sequences changes nothing.
+    store.commit(batch.clone()).await.unwrap();
+    let detail = store.endpoint("ws-1").await.unwrap().unwrap();
+    assert_eq!(detail.committed_seq, 5);
+    assert_eq!(detail.history_len, 3);
+    assert_eq!(detail.summary.cpu_usage_percent, 5.0);
+    assert_eq!(detail.summary.hostname, "host-ws-1");
+    assert_eq!(detail.summary.platform, "linux/x86_64");
+    assert!(detail.summary.online);
+    assert_eq!(history_seqs(&*store, "ws-1", 10).await, vec![5, 4, 3]);
+    // A late, older message does not roll the latest snapshot back.
+    store.commit(vec![record(&id, 2, 99.0)]).await.unwrap();
+    let detail = store.endpoint("ws-1").await.unwrap().unwrap();
+    assert_eq!(detail.summary.cpu_usage_percent, 5.0);
+    assert_eq!(
+        store.open_session(&hello).await.unwrap(),
+        Admission::Admitted(5)
+    );
+    store.close_session(&id, 50).await.unwrap();
+    assert!(store.list_endpoints(true).await.unwrap().is_empty());
+    assert_eq!(store.list_endpoints(false).await.unwrap().len(), 1);
+    assert!(store.endpoint("nope").await.unwrap().is_none());
+    let presence = store.presence().await.unwrap();
+    assert_eq!(presence.len(), 1);
+    assert!(!presence[0].online);
+    let times = store
+        .snapshot_times(vec!["ws-1".into(), "nope".into()])
+        .await
+        .unwrap();
+    assert_eq!(times, HashMap::from([("ws-1".to_owned(), 5)]));
+
+    // After a restart (or on another replica) everything reads the same.
+    store.mark_all_offline(60).await.unwrap();
+    drop(store);
+    let store = open(url, 3, Duration::ZERO).await;
+    let detail = store.endpoint("ws-1").await.unwrap().unwrap();
+    assert_eq!((detail.committed_seq, detail.history_len), (5, 3));
+    assert_eq!(detail.latest.unwrap().cpu.usage_percent, 5.0);
+}
+
+both!(history_is_downsampled_but_latest_is_always_newest);
+async fn history_is_downsampled_but_latest_is_always_newest(url: &str) {
+    let store = open(url, 100, Duration::from_millis(10)).await;
+    let id: EndpointId = "ws-3".parse().unwrap();
+    store.open_session(&session(&id)).await.unwrap();
+    // record() takes each snapshot at `seq` ms: one every millisecond.
+    store
+        .commit((1..=25).map(|s| record(&id, s, s as f32)).collect())
+        .await
+        .unwrap();
+    assert_eq!(history_seqs(&*store, "ws-3", 100).await, vec![21, 11, 1]);
+    // The downsampling carries across batches.
+    store
+        .commit((26..=31).map(|s| record(&id, s, s as f32)).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        history_seqs(&*store, "ws-3", 100).await,
+        vec![31, 21, 11, 1]
+    );
+    let d = store.endpoint("ws-3").await.unwrap().unwrap();
+    assert_eq!(d.committed_seq, 31);
+    assert_eq!(d.latest.unwrap().cpu.usage_percent, 31.0);
+    assert_eq!(d.summary.cpu_usage_percent, 31.0);
+}
+
+both!(a_fault_after_the_newest_snapshot_moves_the_committed_sequence);
+/// A batch whose newest message is a fault event after a snapshot: the
+/// committed sequence is the fault's, the latest state the snapshot's.
+async fn a_fault_after_the_newest_snapshot_moves_the_committed_sequence(url: &str) {
+    let store = open(url, 10, Duration::ZERO).await;
+    let id: EndpointId = "ws-4".parse().unwrap();
+    store.open_session(&session(&id)).await.unwrap();
+    let mut first = record(&id, 1, 10.0);
+    first.received_ms = 1001;
+    let mut second = record(&id, 2, 20.0);
+    second.received_ms = 1002;
+    let mut raised = fault(&id, 3, FaultState::Raised);
+    raised.received_ms = vitals_proto::now_ms();
+    store
+        .commit(vec![first, second, raised.clone()])
+        .await
+        .unwrap();
+    let d = store.endpoint("ws-4").await.unwrap().unwrap();
+    assert_eq!(d.committed_seq, 3);
+    assert_eq!(d.summary.cpu_usage_percent, 20.0);
+    assert_eq!(d.latest.unwrap().taken_at_ms, 2);
+    assert_eq!(d.summary.last_seen_ms, raised.received_ms);
+    assert_eq!(history_seqs(&*store, "ws-4", 10).await, vec![2, 1]);
+    // Faults alone move the sequence and the last-seen time only.
+    let mut later = fault(&id, 4, FaultState::Cleared);
+    later.received_ms = raised.received_ms + 5;
+    store.commit(vec![later]).await.unwrap();
+    let d = store.endpoint("ws-4").await.unwrap().unwrap();
+    assert_eq!(d.committed_seq, 4);
+    assert_eq!(d.summary.last_seen_ms, raised.received_ms + 5);
+    assert_eq!(d.latest.unwrap().taken_at_ms, 2);
+    let faults = store.faults("ws-4", 10).await.unwrap();
+    let states: Vec<_> = faults.iter().map(|f| (f.seq, f.event.state)).collect();
+    assert_eq!(
+        states,
+        vec![(4, FaultState::Cleared), (3, FaultState::Raised)]
+    );
+}
+
+both!(a_snapshot_prepared_from_the_wire_reads_back_whole);
+/// What a session prepares from the wire reads back whole.
+async fn a_snapshot_prepared_from_the_wire_reads_back_whole(url: &str) {
+    use vitals_proto::domain::{DiskInfo, MemoryInfo};
+    let mut s = Snapshot {
+        taken_at_ms: 42,
+        ..Default::default()
+    };
+    s.host.hostname = "ws-wire".into();
+    s.host.os_name = "Windows".into();
+    s.host.os_version = "11".into();
+    s.cpu.usage_percent = 37.5;
+    s.memory = MemoryInfo {
+        total_bytes: 1000,
+        used_bytes: 250,
+        ..Default::default()
+    };
+    s.disks.push(DiskInfo {
+        mount_point: "C:\\".into(),
+        total_bytes: 100,
+        available_bytes: 10,
+        ..Default::default()
+    });
+    let wired = SnapshotRecord::from_wire(vitals_proto::wire::Snapshot::from(s.clone()));
+    let store = open(url, 10, Duration::ZERO).await;
+    let id: EndpointId = "ws-wire".parse().unwrap();
+    store.open_session(&session(&id)).await.unwrap();
+    store
+        .commit(vec![Record {
+            endpoint: id,
+            seq: 1,
+            received_ms: vitals_proto::now_ms(),
+            body: RecordBody::Snapshot(Box::new(wired)),
+        }])
+        .await
+        .unwrap();
+    let d = store.endpoint("ws-wire").await.unwrap().unwrap();
+    assert_eq!(d.latest.as_ref(), Some(&s));
+    assert_eq!(d.summary.os, "Windows 11");
+    assert_eq!(d.summary.memory_used_percent, 25.0);
+    assert_eq!(d.summary.fullest_disk_percent, 90.0);
+    assert_eq!(store.history("ws-wire", 1).await.unwrap()[0].snapshot, s);
+}
+
+both!(admission_follows_revocation_and_the_bound_machine);
+/// Sessions and batches in one commit; revoked and cloned endpoints refused.
+async fn admission_follows_revocation_and_the_bound_machine(url: &str) {
+    let store = open(url, 10, Duration::ZERO).await;
+    let id: EndpointId = "ws-m".parse().unwrap();
+    let mut hello = session(&id);
+    hello.machine_id = "machine-a".into();
+    let admissions = store
+        .commit_batch(store::Batch {
+            sessions: vec![store::SessionChange::Open(hello.clone())],
+            records: vec![record(&id, 1, 1.0)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(admissions, vec![Admission::Admitted(0)]);
+    assert_eq!(
+        store.endpoint("ws-m").await.unwrap().unwrap().committed_seq,
+        1
+    );
+    let mut clone = hello.clone();
+    clone.machine_id = "machine-b".into();
+    assert_eq!(
+        store.open_session(&clone).await.unwrap(),
+        Admission::OtherMachine {
+            bound: "machine-a".into(),
+            newly_flagged: true
+        }
+    );
+    assert_eq!(
+        store.open_session(&clone).await.unwrap(),
+        Admission::OtherMachine {
+            bound: "machine-a".into(),
+            newly_flagged: false
+        }
+    );
+    assert_eq!(
+        store
+            .endpoint("ws-m")
+            .await
+            .unwrap()
+            .unwrap()
+            .summary
+            .clone_machine_id,
+        "machine-b"
+    );
+    assert!(store.bind_machine("ws-m", "machine-b").await.unwrap());
+    assert_eq!(
+        store.open_session(&clone).await.unwrap(),
+        Admission::Admitted(1)
+    );
+    assert!(store.revoke_endpoint("ws-m", "stolen", 7).await.unwrap());
+    assert!(!store.revoke_endpoint("never-seen", "x", 7).await.unwrap());
+    assert_eq!(
+        store.open_session(&clone).await.unwrap(),
+        Admission::Revoked {
+            reason: "stolen".into()
+        }
+    );
+    let revocations = store.revocations().await.unwrap();
+    assert_eq!(revocations.endpoints, vec![("ws-m".to_owned(), 7)]);
+}
+
+both!(enrollment_uses_tokens_and_records_certificates);
+/// Tokens are used once each up to their limit, certificates recorded and
+/// revoked with their subject.
+async fn enrollment_uses_tokens_and_records_certificates(url: &str) {
+    use vitals_collector::store::{EnrollToken, IssuedCert, NewEnrollment, TokenRefusal};
+    let store = open(url, 10, Duration::ZERO).await;
+    let now = vitals_proto::now_ms();
+    store
+        .create_token(EnrollToken {
+            id: "tok1".into(),
+            secret_hash: "ab".into(),
+            max_uses: 1,
+            expires_ms: now + 60_000,
+            site: "city-hall".into(),
+            tags: vec!["finance".into()],
+            created_ms: now,
+            created_by: "admin".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cert = |serial: &str, subject: &str| IssuedCert {
+        serial: serial.into(),
+        kind: "endpoint".into(),
+        subject: subject.into(),
+        issued_ms: now,
+        not_after_ms: now + 1000,
+        via: "enroll".into(),
+        ..Default::default()
+    };
+    let enrollment = |id: &str, serial: &str| NewEnrollment {
+        token_id: "tok1".into(),
+        endpoint: id.parse().unwrap(),
+        hostname: id.into(),
+        machine_id: format!("m-{id}"),
+        certificate: cert(serial, id),
+        at_ms: now,
+    };
+    assert_eq!(
+        store.enroll(enrollment("ws-e1", "01")).await.unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store.enroll(enrollment("ws-e2", "02")).await.unwrap(),
+        Err(TokenRefusal::UsedUp)
+    );
+    let token = store.token("tok1").await.unwrap().unwrap();
+    assert_eq!((token.used, token.last_used_by.as_str()), (1, "ws-e1"));
+    let d = store.endpoint("ws-e1").await.unwrap().unwrap();
+    assert_eq!(d.summary.enrolled_site, "city-hall");
+    assert_eq!(d.summary.enrolled_tags, vec!["finance".to_owned()]);
+    assert_eq!(d.summary.machine_id, "m-ws-e1");
+    assert_eq!(
+        store.certificate("01").await.unwrap().unwrap().subject,
+        "ws-e1"
+    );
+    assert!(store.revoke_token("tok1", now).await.unwrap());
+    assert!(!store.revoke_token("nope", now).await.unwrap());
+    assert_eq!(store.tokens().await.unwrap()[0].revoked_ms, now);
+    store
+        .record_certificate(IssuedCert {
+            kind: "specialist".into(),
+            via: "issue".into(),
+            ..cert("03", "sam")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.revoke_specialist("sam", "left", now).await.unwrap(),
+        1
+    );
+    assert!(store.revoke_endpoint("ws-e1", "lost", now).await.unwrap());
+    let r = store.revocations().await.unwrap();
+    let serials: Vec<&str> = r.serials.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(serials, vec!["01", "03"]);
+    assert_eq!(r.specialists, vec![("sam".to_owned(), now)]);
+}
+
+both!(console_accounts_round_trip);
+async fn console_accounts_round_trip(url: &str) {
+    use vitals_collector::store::Account;
+    use vitals_proto::identity::Role;
+    let store = open(url, 10, Duration::ZERO).await;
+    let mut a = Account {
+        name: "ana".into(),
+        role: Role::Specialist,
+        sites: vec!["north".into()],
+        password_hash: "$argon2id$x".into(),
+        must_change_password: true,
+        disabled: false,
+        created_ms: 1,
+        updated_ms: 1,
+        totp_secret: None,
+        recovery_codes: vec![],
+    };
+    assert!(store.create_account(a.clone()).await.unwrap());
+    assert!(!store.create_account(a.clone()).await.unwrap());
+    a.totp_secret = Some("JBSWY3DP".into());
+    a.recovery_codes = vec!["h1".into()];
+    a.must_change_password = false;
+    assert!(store.update_account(a.clone()).await.unwrap());
+    assert_eq!(store.account("ana").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.accounts().await.unwrap(), vec![a]);
+    assert!(store.account("bob").await.unwrap().is_none());
+}
+
+both!(the_audit_log_filters_newest_first);
+async fn the_audit_log_filters_newest_first(url: &str) {
+    let store = open(url, 3, Duration::ZERO).await;
+    for (who, kind) in [("sam", "network"), ("ana", "disk"), ("sam", "os")] {
+        store
+            .audit_append(vitals_proto::diag::AuditEntry {
+                at_ms: 1,
+                who: who.into(),
+                role: "specialist".into(),
+                endpoint_id: "ws-1".into(),
+                kind: kind.into(),
+                params: [("root".to_owned(), "/".to_owned())].into(),
+                outcome: "ok".into(),
+                ticket: Some(4),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let sams = store
+        .audit(AuditFilter {
+            who: "sam".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = sams.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, vec!["os", "network"], "newest first");
+    assert_eq!(sams[0].params["root"], "/");
+    assert_eq!(sams[0].ticket, Some(4));
+}
+
+both!(the_ticket_engine_resumes_exactly_where_it_stopped);
+async fn the_ticket_engine_resumes_exactly_where_it_stopped(url: &str) {
+    use vitals_collector::tickets::engine::Engine;
+    use vitals_proto::ticket_rules::TicketRules;
+    use vitals_proto::tickets::Kind;
+    let store = open(url, 10, Duration::ZERO).await;
+    let id: EndpointId = "ws-1".parse().unwrap();
+    store.open_session(&session(&id)).await.unwrap();
+    store
+        .commit(vec![
+            fault(&id, 1, FaultState::Raised),
+            fault(&id, 2, FaultState::Raised),
+        ])
+        .await
+        .unwrap();
+
+    // One step: both events read, one ticket, cursor past both.
+    let state = store.ticket_state().await.unwrap();
+    assert_eq!(state.cursor, 0);
+    let mut engine = Engine::restore(TicketRules::default(), HashMap::new(), vec![], vec![], 0, 0);
+    let events = store.fault_events_after(state.cursor, 100).await.unwrap();
+    assert_eq!(events.len(), 2);
+    let mut entries = Vec::new();
+    for f in &events {
+        entries.extend(engine.on_fault(&f.endpoint, &f.event, 5000));
+    }
+    let (tickets, incidents) = engine.changed(&entries);
+    let delivery = |webhook: &str, body: &str| NewDelivery {
+        webhook: webhook.into(),
+        event: "opened".into(),
+        body: body.into(),
+    };
+    let mut evidence = Snapshot::default();
+    evidence.host.hostname = "at-fault-time".into();
+    store
+        .save_tickets(TicketStep {
+            tickets,
+            incidents,
+            entries,
+            snapshots: vec![store::Evidence {
+                ticket: 1,
+                snapshot: evidence.clone(),
+            }],
+            deliveries: vec![delivery("itsm", "{\"n\":1}"), delivery("chat", "{\"n\":2}")],
+            awaiting_added: vec![AwaitingEvidence {
+                ticket: 1,
+                endpoint: "ws-1".into(),
+                fault_at_ms: 4900,
+                since_ms: 5000,
+            }],
+            awaiting_done: Vec::new(),
+            cursor: events[1].id,
+            now_ms: 5000,
+        })
+        .await
+        .unwrap();
+
+    // After a restart nothing is read twice; the ticket is there, still
+    // waiting for its evidence.
+    drop(store);
+    let store = open(url, 10, Duration::ZERO).await;
+    let state = store.ticket_state().await.unwrap();
+    assert_eq!(state.tickets.len(), 1);
+    assert_eq!(state.max_ticket, 1);
+    assert_eq!(
+        state
+            .awaiting
+            .iter()
+            .map(|a| (a.ticket, a.fault_at_ms))
+            .collect::<Vec<_>>(),
+        vec![(1, 4900)]
+    );
+    store
+        .save_tickets(TicketStep {
+            awaiting_done: vec![1],
+            cursor: state.cursor,
+            now_ms: 6000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.ticket_state().await.unwrap().awaiting.is_empty());
+    assert!(
+        store
+            .fault_events_after(state.cursor, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let d = store.ticket(1).await.unwrap().unwrap();
+    assert_eq!(d.ticket.raise_count, 2);
+    assert_eq!(d.ticket.endpoint, "ws-1");
+    assert_eq!(d.snapshot, Some(evidence));
+    let kinds: Vec<_> = d.timeline.iter().map(|e| e.kind.clone()).collect();
+    assert_eq!(kinds, vec![Kind::Opened, Kind::FaultRaised]);
+    let open_tickets = store
+        .tickets(TicketFilter {
+            open_only: true,
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(open_tickets.len(), 1);
+    let by_endpoint = store
+        .tickets(TicketFilter {
+            endpoint: Some("ws-2".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(by_endpoint.is_empty());
+    let counts = store.open_ticket_counts().await.unwrap();
+    assert_eq!(counts.by_endpoint.get("ws-1"), Some(&1));
+
+    // The outbox survived the restart with the step; a retry waits for
+    // its time, a delivered or dead post is never due again.
+    let due = store.due_deliveries(5000, 10).await.unwrap();
+    let names: Vec<_> = due
+        .iter()
+        .map(|d| (d.webhook.as_str(), d.attempts))
+        .collect();
+    assert_eq!(names, vec![("itsm", 0), ("chat", 0)]);
+    assert_eq!(due[0].body, "{\"n\":1}");
+    store
+        .delivery_outcome(due[0].id, DeliveryOutcome::Delivered { at_ms: 5001 })
+        .await
+        .unwrap();
+    store
+        .delivery_outcome(
+            due[1].id,
+            DeliveryOutcome::Retry {
+                next_ms: 9000,
+                error: "503".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.due_deliveries(8999, 10).await.unwrap().is_empty());
+    let again = store.due_deliveries(9000, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (due[1].id, 1));
+    store
+        .delivery_outcome(
+            due[1].id,
+            DeliveryOutcome::Dead {
+                at_ms: 9001,
+                error: "gone".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.due_deliveries(i64::MAX, 10).await.unwrap().is_empty());
+}
+
+// What only PostgreSQL does.
+
+fn postgres_or_skip(test: &str) -> Option<&'static Postgres> {
+    match Postgres::shared() {
+        Ok(pg) => Some(pg),
+        Err(why) => {
+            skip(test, &why);
+            None
+        }
+    }
+}
+
+/// Two replicas (two stores on one database) committing the same
+/// endpoint's messages side by side, as when an agent reconnects through
+/// the balancer to another replica while the old session's commit is in
+/// flight: every sequence is stored once, the committed sequence is the
+/// highest, and fault events come out of `fault_events_after` in an order
+/// a cursor can follow without missing one.
+#[tokio::test]
+async fn replicas_committing_one_endpoint_store_each_sequence_once() {
+    let Some(pg) =
+        postgres_or_skip("store::replicas_committing_one_endpoint_store_each_sequence_once")
+    else {
+        return;
+    };
+    let url = pg.database("suite_replicas").unwrap();
+    let a = open(&url, 10_000, Duration::ZERO).await;
+    let b = open(&url, 10_000, Duration::ZERO).await;
+    let ids: Vec<EndpointId> = (0..4)
+        .map(|i| format!("ws-r{i}").parse().unwrap())
+        .collect();
+    for id in &ids {
+        a.open_session(&session(id)).await.unwrap();
+    }
+    // Both replicas get every message (each endpoint's in order, in
+    // overlapping batches), half of them faults.
+    let messages = |id: &EndpointId| -> Vec<Record> {
+        (1..=200)
+            .map(|seq| {
+                if seq % 2 == 0 {
+                    fault(id, seq, FaultState::Raised)
+                } else {
+                    record(id, seq, seq as f32)
+                }
+            })
+            .collect()
+    };
+    let mut tasks = Vec::new();
+    for (n, store) in [a.clone(), b.clone()].into_iter().enumerate() {
+        let ids = ids.clone();
+        tasks.push(tokio::spawn(async move {
+            let all: Vec<Vec<Record>> = ids.iter().map(messages).collect();
+            let chunk = if n == 0 { 7 } else { 11 };
+            for start in (0..200).step_by(chunk) {
+                let mut batch = Vec::new();
+                for per_endpoint in &all {
+                    batch.extend(
+                        per_endpoint[start..(start + chunk).min(200)]
+                            .iter()
+                            .cloned(),
+                    );
+                }
+                store.commit(batch).await.unwrap();
+            }
+        }));
+    }
+    // Meanwhile a ticket-engine-like reader follows the fault cursor.
+    let reader = {
+        let store = a.clone();
+        tokio::spawn(async move {
+            let mut cursor = 0;
+            let mut seen = Vec::new();
+            while seen.len() < 400 {
+                for f in store.fault_events_after(cursor, 50).await.unwrap() {
+                    assert!(f.id > cursor);
+                    cursor = f.id;
+                    seen.push(f.id);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            seen
+        })
+    };
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the cursor reader saw every fault event")
+        .unwrap();
+    assert_eq!(seen.len(), 400, "each fault event once, none skipped");
+    for id in &ids {
+        let d = b.endpoint(id.as_str()).await.unwrap().unwrap();
+        assert_eq!(d.committed_seq, 200);
+        assert_eq!(d.latest.unwrap().cpu.usage_percent, 199.0);
+        let history = b.history(id.as_str(), 1000).await.unwrap();
+        assert_eq!(history.len(), 100, "{id}: every snapshot once");
+        assert_eq!(b.faults(id.as_str(), 1000).await.unwrap().len(), 100);
+    }
+    let counted = pg
+        .sql(
+            &url_db(&url),
+            "SELECT COUNT(*), COUNT(DISTINCT (endpoint_id, seq)) FROM snapshots",
+        )
+        .unwrap();
+    assert_eq!(counted, "400|400");
+}
+
+/// The database name of a cluster URL.
+fn url_db(url: &str) -> String {
+    let path = url.rsplit('/').next().unwrap();
+    path.split('?').next().unwrap().to_owned()
+}
+
+/// The audit log refuses change and removal in the database itself, from
+/// any connection, and history partitions past retention are dropped
+/// whole.
+#[tokio::test]
+async fn postgres_keeps_the_audit_append_only_and_drops_old_partitions() {
+    let Some(pg) =
+        postgres_or_skip("store::postgres_keeps_the_audit_append_only_and_drops_old_partitions")
+    else {
+        return;
+    };
+    let url = pg.database("suite_pg_only").unwrap();
+    let db = url_db(&url);
+    let mut opts = options(10, Duration::ZERO);
+    opts.retention = Some(Duration::from_secs(86_400));
+    let store = store::open_with(&url, &opts).await.unwrap();
+    store
+        .audit_append(vitals_proto::diag::AuditEntry {
+            who: "sam".into(),
+            kind: "network".into(),
+            outcome: "ok".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE audit_log SET outcome = 'changed'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ] {
+        let err = pg.sql(&db, sql).unwrap_err();
+        assert!(err.contains("the audit log is append-only"), "{sql}: {err}");
+    }
+    assert_eq!(pg.sql(&db, "SELECT outcome FROM audit_log").unwrap(), "ok");
+
+    // Partitions exist for now and ahead; a snapshot received two days
+    // ago has one made for it on demand, and it goes with its partition.
+    let pg_store = vitals_collector::store::postgres::PgStore::open(&url, &opts)
+        .await
+        .unwrap();
+    let id: EndpointId = "ws-old".parse().unwrap();
+    store.open_session(&session(&id)).await.unwrap();
+    let now = vitals_proto::now_ms();
+    let mut old = record(&id, 1, 1.0);
+    old.received_ms = now - 2 * 86_400_000;
+    store.commit(vec![old]).await.unwrap();
+    store.commit(vec![record(&id, 2, 2.0)]).await.unwrap();
+    assert_eq!(history_seqs(&*store, "ws-old", 10).await, vec![2, 1]);
+    let done = pg_store.maintain(now).await.unwrap();
+    assert_eq!(done.dropped.len(), 1, "{done:?}");
+    assert_eq!(history_seqs(&*store, "ws-old", 10).await, vec![2]);
+    let parts: i64 = pg
+        .sql(
+            &db,
+            "SELECT COUNT(*) FROM pg_inherits WHERE inhparent = 'snapshots'::regclass",
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(parts >= 3, "{parts} partitions");
+    // The latest snapshot is the endpoint's, not the history's: it stays.
+    let d = store.endpoint("ws-old").await.unwrap().unwrap();
+    assert_eq!(d.latest.unwrap().cpu.usage_percent, 2.0);
+}
