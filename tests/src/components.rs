@@ -1042,7 +1042,7 @@ impl Postgres {
 
     /// A new, empty database; its `postgres://` URL.
     pub fn database(&self, name: &str) -> Result<String, String> {
-        let name: String = name
+        let name: Vec<char> = name
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() {
@@ -1052,6 +1052,10 @@ impl Postgres {
                 }
             })
             .collect();
+        // At most 63 characters, starting with a letter; the end of a long
+        // name (its unique suffix) is kept.
+        let tail: String = name[name.len().saturating_sub(60)..].iter().collect();
+        let name = format!("db_{tail}");
         self.sql("postgres", &format!("DROP DATABASE IF EXISTS {name}"))?;
         self.sql("postgres", &format!("CREATE DATABASE {name}"))?;
         Ok(self.url(&name))

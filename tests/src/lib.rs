@@ -1,7 +1,9 @@
 //! Test harness for Vitals: a fleet CA minted in the test, collectors and
 //! agents started in-process on loopback, and clients for both services.
 //! Nothing is mocked: every connection is real mTLS over TCP and every
-//! collector stores into a real SQLite file.
+//! collector stores into a real SQLite file, or, with
+//! `VITALS_TEST_STORAGE=postgres`, into a database of its own on a private
+//! PostgreSQL cluster the harness starts.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,8 @@ pub use port::Port;
 pub struct Fleet {
     pub dir: PathBuf,
     pub ca: Ca,
+    /// The fleet's PostgreSQL database, when the suite runs on it.
+    pub storage_url: Option<String>,
 }
 
 impl Fleet {
@@ -46,7 +50,20 @@ impl Fleet {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         let ca = pki::init(&dir, &["localhost".into(), "127.0.0.1".into()]).expect("fleet CA");
-        Fleet { dir, ca }
+        let storage_url = match std::env::var("VITALS_TEST_STORAGE").as_deref() {
+            Ok("postgres") => {
+                let pg = components::Postgres::shared()
+                    .expect("VITALS_TEST_STORAGE=postgres: a PostgreSQL cluster");
+                let db = dir.file_name().and_then(|n| n.to_str()).unwrap_or(name);
+                Some(pg.database(db).expect("a database for the fleet"))
+            }
+            _ => None,
+        };
+        Fleet {
+            dir,
+            ca,
+            storage_url,
+        }
     }
 
     pub fn paths(&self) -> PkiPaths {
@@ -75,6 +92,7 @@ impl Fleet {
     /// A collector configuration for this fleet with fast agent intervals.
     pub fn collector_config(&self) -> CollectorConfig {
         let mut c = CollectorConfig::with_data_dir(&self.dir);
+        c.storage.url = self.storage_url.clone();
         c.listen = "127.0.0.1:0".parse().expect("addr");
         c.metrics.listen = "127.0.0.1:0".parse().expect("addr");
         c.agents.snapshot_interval = Duration::from_secs(1);
