@@ -319,8 +319,12 @@ impl CollectorProcess {
             format!(
                 "data_dir = {:?}\nlisten = \"{addr}\"\n\n[metrics]\nenabled = false\n\n\
                  [agents]\nsnapshot_interval = \"1s\"\nheartbeat_interval = \"1s\"\n\
-                 idle_timeout = \"5s\"\n\n[storage]\nhistory_interval = \"0s\"\n",
-                fleet.dir.display().to_string()
+                 idle_timeout = \"5s\"\n\n[storage]\nhistory_interval = \"0s\"\n{}",
+                fleet.dir.display().to_string(),
+                match &fleet.storage_url {
+                    Some(url) => format!("url = {url:?}\n"),
+                    None => String::new(),
+                }
             ),
         )
         .expect("write collector.toml");

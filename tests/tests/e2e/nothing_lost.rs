@@ -22,8 +22,11 @@ fn spawn_collector(config: &Path, addr: SocketAddr) -> CollectorProcess {
 }
 
 async fn open_store(fleet: &Fleet) -> Arc<dyn Store> {
-    let db = fleet.dir.join("vitals.db");
-    vitals_collector::store::open(db.to_str().expect("utf-8 path"), 100, Duration::ZERO)
+    let url = match &fleet.storage_url {
+        Some(url) => url.clone(),
+        None => fleet.dir.join("vitals.db").display().to_string(),
+    };
+    vitals_collector::store::open(&url, 100, Duration::ZERO)
         .await
         .expect("store opens")
 }
