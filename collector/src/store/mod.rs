@@ -285,6 +285,71 @@ pub(crate) fn plan_batch<'a>(
     Ok(plan)
 }
 
+/// A value stored as JSON text (ticket and incident bodies, lists of
+/// strings): plain data with string keys, so serialising cannot fail.
+pub(crate) fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+}
+
+/// A ticket or incident body read back from its JSON text.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    id: i64,
+    body: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(body).map_err(|e| StoreError::CorruptTicket {
+        id,
+        what: e.to_string(),
+    })
+}
+
+/// A stored fault event's columns, as either backend reads them.
+pub(crate) struct FaultRow<'a> {
+    pub seq: u64,
+    pub received_ms: i64,
+    pub at_ms: i64,
+    pub check_id: String,
+    pub state: &'a str,
+    pub severity: &'a str,
+    pub subject: String,
+    pub value: f64,
+    pub evidence: String,
+    pub via: String,
+}
+
+impl FaultRow<'_> {
+    /// The fault event, its state and severity checked: a name this
+    /// collector does not know is a damaged row.
+    pub fn record(self, endpoint: &str) -> Result<FaultRecord, StoreError> {
+        let corrupt = |what: String| StoreError::CorruptFault {
+            endpoint: endpoint.to_owned(),
+            seq: self.seq,
+            what,
+        };
+        let state = self
+            .state
+            .parse()
+            .map_err(|e: vitals_proto::UnknownName| corrupt(format!("state \"{}\"", e.name)))?;
+        let severity = self
+            .severity
+            .parse()
+            .map_err(|e: vitals_proto::UnknownName| corrupt(format!("severity \"{}\"", e.name)))?;
+        Ok(FaultRecord {
+            seq: self.seq,
+            received_at_ms: self.received_ms,
+            event: FaultEvent {
+                at_ms: self.at_ms,
+                check_id: self.check_id,
+                state,
+                severity,
+                subject: self.subject,
+                value: self.value,
+                evidence: self.evidence,
+                via: self.via,
+            },
+        })
+    }
+}
+
 /// A snapshot as stored: the protobuf encoding of its wire form.
 pub(crate) fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
     prost::Message::encode_to_vec(&vitals_proto::wire::Snapshot::from(s.clone()))

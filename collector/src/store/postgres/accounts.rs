@@ -31,11 +31,6 @@ fn account_from(r: &Row) -> Result<Account, StoreError> {
     })
 }
 
-/// The sites and recovery codes columns: JSON lists of strings.
-fn json_list(list: &[String]) -> String {
-    serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
-}
-
 #[async_trait]
 impl AccountStore for PgStore {
     async fn create_account(&self, a: Account) -> Result<bool, StoreError> {
@@ -48,14 +43,14 @@ impl AccountStore for PgStore {
                 &[
                     &a.name,
                     &a.role.as_str(),
-                    &json_list(&a.sites),
+                    &crate::store::json_text(&a.sites),
                     &a.password_hash,
                     &a.must_change_password,
                     &a.disabled,
                     &a.created_ms,
                     &a.updated_ms,
                     &a.totp_secret,
-                    &json_list(&a.recovery_codes),
+                    &crate::store::json_text(&a.recovery_codes),
                 ],
             )
             .await?;
@@ -102,13 +97,13 @@ impl AccountStore for PgStore {
                 &[
                     &a.name,
                     &a.role.as_str(),
-                    &json_list(&a.sites),
+                    &crate::store::json_text(&a.sites),
                     &a.password_hash,
                     &a.must_change_password,
                     &a.disabled,
                     &a.updated_ms,
                     &a.totp_secret,
-                    &json_list(&a.recovery_codes),
+                    &crate::store::json_text(&a.recovery_codes),
                 ],
             )
             .await?;

@@ -63,10 +63,6 @@ async fn insert_cert(c: &impl GenericClient, cert: &IssuedCert) -> Result<(), St
     Ok(())
 }
 
-fn tags_json(tags: &[String]) -> String {
-    serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
-}
-
 #[async_trait]
 impl EnrollStore for PgStore {
     async fn create_token(&self, t: EnrollToken) -> Result<(), StoreError> {
@@ -81,7 +77,7 @@ impl EnrollStore for PgStore {
                 &(t.max_uses as i64),
                 &t.expires_ms,
                 &t.site,
-                &tags_json(&t.tags),
+                &crate::store::json_text(&t.tags),
                 &t.id_pattern,
                 &t.reenroll,
                 &t.created_ms,
@@ -178,7 +174,7 @@ impl EnrollStore for PgStore {
                 &e.hostname,
                 &e.at_ms,
                 &token.site,
-                &tags_json(&token.tags),
+                &crate::store::json_text(&token.tags),
                 &e.machine_id,
             ],
         )

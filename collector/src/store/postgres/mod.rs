@@ -37,9 +37,7 @@ use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use vitals_proto::domain::{
-    EndpointSummary, FaultEvent, FaultRecord, FaultState, Severity, Snapshot,
-};
+use vitals_proto::domain::{EndpointSummary, FaultRecord, Snapshot};
 
 use super::{StoreError, StoreOptions};
 
@@ -371,49 +369,24 @@ fn parse_snapshot(endpoint: &str, seq: u64, body: &[u8]) -> Result<Snapshot, Sto
         })
 }
 
-fn body_json<T: serde::Serialize>(v: &T) -> String {
-    // Plain data with string keys: serialising cannot fail.
-    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
-}
-
-fn parse_body<T: serde::de::DeserializeOwned>(id: i64, body: &str) -> Result<T, StoreError> {
-    serde_json::from_str(body).map_err(|e| StoreError::CorruptTicket {
-        id,
-        what: e.to_string(),
-    })
-}
+use super::{json_text as body_json, parse_body};
 
 /// The fault event columns, in the order [`fault_from_row`] reads them.
 const FAULT_COLUMNS: &str =
     "seq, received_ms, at_ms, check_id, state, severity, subject, value, evidence, via";
 
 fn fault_from_row(endpoint: &str, r: &Row) -> Result<FaultRecord, StoreError> {
-    let seq = r.try_get::<_, i64>(0)? as u64;
-    let corrupt = |what: String| StoreError::CorruptFault {
-        endpoint: endpoint.to_owned(),
-        seq,
-        what,
-    };
-    let state: FaultState = r
-        .try_get::<_, &str>(4)?
-        .parse()
-        .map_err(|e: vitals_proto::UnknownName| corrupt(format!("state \"{}\"", e.name)))?;
-    let severity: Severity = r
-        .try_get::<_, &str>(5)?
-        .parse()
-        .map_err(|e: vitals_proto::UnknownName| corrupt(format!("severity \"{}\"", e.name)))?;
-    Ok(FaultRecord {
-        seq,
-        received_at_ms: r.try_get(1)?,
-        event: FaultEvent {
-            at_ms: r.try_get(2)?,
-            check_id: r.try_get(3)?,
-            state,
-            severity,
-            subject: r.try_get(6)?,
-            value: r.try_get(7)?,
-            evidence: r.try_get(8)?,
-            via: r.try_get(9)?,
-        },
-    })
+    super::FaultRow {
+        seq: r.try_get::<_, i64>(0)? as u64,
+        received_ms: r.try_get(1)?,
+        at_ms: r.try_get(2)?,
+        check_id: r.try_get(3)?,
+        state: r.try_get(4)?,
+        severity: r.try_get(5)?,
+        subject: r.try_get(6)?,
+        value: r.try_get(7)?,
+        evidence: r.try_get(8)?,
+        via: r.try_get(9)?,
+    }
+    .record(endpoint)
 }

@@ -32,10 +32,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
-use vitals_proto::domain::{
-    EndpointDetail, EndpointSummary, FaultEvent, FaultRecord, FaultState, HistoryEntry, Severity,
-    Snapshot,
-};
+use vitals_proto::domain::{EndpointDetail, EndpointSummary, FaultRecord, HistoryEntry, Snapshot};
 use vitals_proto::identity::EndpointId;
 
 use vitals_proto::tickets::{Entry, Ticket, TicketDetail};
@@ -287,45 +284,21 @@ fn parse_snapshot(endpoint: &str, seq: u64, body: &StoredSnapshot) -> Result<Sna
         .map_err(|e| corrupt(e.to_string()))
 }
 
-fn body_json<T: serde::Serialize>(v: &T) -> String {
-    // Plain data with string keys: serialising cannot fail.
-    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
-}
-
-fn parse_body<T: serde::de::DeserializeOwned>(id: i64, body: &str) -> Result<T, StoreError> {
-    serde_json::from_str(body).map_err(|e| StoreError::CorruptTicket {
-        id,
-        what: e.to_string(),
-    })
-}
+use super::{json_text as body_json, parse_body};
 
 fn fault_from_row(endpoint: &str, r: &rusqlite::Row<'_>) -> Result<FaultRecord, StoreError> {
-    let seq = r.get::<_, i64>(0)? as u64;
-    let corrupt = |what: String| StoreError::CorruptFault {
-        endpoint: endpoint.to_owned(),
-        seq,
-        what,
-    };
-    let state: FaultState = r
-        .get::<_, String>(4)?
-        .parse()
-        .map_err(|e: vitals_proto::UnknownName| corrupt(format!("state \"{}\"", e.name)))?;
-    let severity: Severity = r
-        .get::<_, String>(5)?
-        .parse()
-        .map_err(|e: vitals_proto::UnknownName| corrupt(format!("severity \"{}\"", e.name)))?;
-    Ok(FaultRecord {
-        seq,
-        received_at_ms: r.get(1)?,
-        event: FaultEvent {
-            at_ms: r.get(2)?,
-            check_id: r.get(3)?,
-            state,
-            severity,
-            subject: r.get(6)?,
-            value: r.get(7)?,
-            evidence: r.get(8)?,
-            via: r.get(9)?,
-        },
-    })
+    let (state, severity): (String, String) = (r.get(4)?, r.get(5)?);
+    crate::store::FaultRow {
+        seq: r.get::<_, i64>(0)? as u64,
+        received_ms: r.get(1)?,
+        at_ms: r.get(2)?,
+        check_id: r.get(3)?,
+        state: &state,
+        severity: &severity,
+        subject: r.get(6)?,
+        value: r.get(7)?,
+        evidence: r.get(8)?,
+        via: r.get(9)?,
+    }
+    .record(endpoint)
 }
