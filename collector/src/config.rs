@@ -21,6 +21,11 @@ pub struct CollectorConfig {
     pub listen: SocketAddr,
     /// The fault policy sent to agents; the shipped default when absent.
     pub policy: Option<PathBuf>,
+    /// This collector's name among replicas sharing one PostgreSQL
+    /// database: the `replica` label of its metrics (set when the storage
+    /// is PostgreSQL or this is given) and the holder of the sessions it
+    /// serves; the host name when absent.
+    pub replica: Option<String>,
     #[serde(default)]
     pub tls: TlsFiles,
     #[serde(default)]
@@ -407,6 +412,7 @@ impl CollectorConfig {
             data_dir: data_dir.to_path_buf(),
             listen: default_listen(),
             policy: None,
+            replica: None,
             tls: TlsFiles::default(),
             storage: StorageConfig::default(),
             agents: AgentSettings::default(),
@@ -632,6 +638,7 @@ impl CollectorConfig {
         opts.retention = self.storage.history_retention;
         opts.ca_file = self.storage.ca_file.clone();
         opts.pool_size = self.storage.pool_size;
+        opts.replica = self.replica_name();
         opts.password = match &self.storage.password_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -642,6 +649,13 @@ impl CollectorConfig {
             None => std::env::var("VITALS_STORAGE_PASSWORD").ok(),
         };
         Ok(opts)
+    }
+
+    /// This collector's name among replicas: `replica`, else the host name.
+    pub fn replica_name(&self) -> String {
+        self.replica
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
     }
 
     pub fn storage_url(&self) -> String {

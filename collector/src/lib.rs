@@ -24,6 +24,7 @@ pub mod ctl;
 pub mod enrollment;
 pub mod gateway;
 pub mod ingest;
+pub mod leader;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
@@ -272,13 +273,25 @@ impl Collector {
         .await?;
         // No session survives a restart.
         store.mark_all_offline(vitals_proto::now_ms()).await?;
+        // Replicas (PostgreSQL, or a name given) label every series with
+        // their name; a lone collector's series stay as they were.
+        let replicated = config.replica.is_some()
+            || matches!(
+                store::Backend::of(&config.storage_url()),
+                Ok(store::Backend::Postgres(_))
+            );
+        let metrics = Arc::new(if replicated {
+            Metrics::for_replica(&config.replica_name())
+        } else {
+            Metrics::new()
+        });
         revoked.load(&store.revocations().await?);
         Ok(Collector {
             config,
             tls,
             revoked,
             store,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             policy: Arc::new(policy),
             console_tls,
             oidc,
@@ -391,6 +404,8 @@ impl Collector {
             email: config.email.clone(),
             wake: Arc::new(tokio::sync::Notify::new()),
         };
+        let leading = store.campaign(stop.clone());
+        metrics.watch_leadership(leading.clone(), stop.clone());
         tokio::spawn(tickets::notify::deliver(
             store.clone(),
             tickets::notify::Targets {
@@ -401,6 +416,7 @@ impl Collector {
             metrics.clone(),
             outbound.wake.clone(),
             stop.clone(),
+            leading.clone(),
         ));
         tokio::spawn(tickets::supervise(
             store.clone(),
@@ -409,6 +425,7 @@ impl Collector {
             desk_queue,
             outbound,
             stop.clone(),
+            leading,
         ));
         let enrollment = Arc::new(
             enrollment::Enrollment::open(

@@ -38,6 +38,26 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Move an installation's database from SQLite to an empty PostgreSQL
+    /// database: everything, in one transaction, each table's rows counted
+    /// against the source. Stop the collector first; then point its
+    /// `storage.url` at the new database.
+    Migrate {
+        /// The SQLite database: sqlite://PATH or a path.
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database: postgres://USER@HOST:PORT/DATABASE.
+        #[arg(long)]
+        to: String,
+        /// A file holding the PostgreSQL password (else
+        /// VITALS_STORAGE_PASSWORD).
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// The CA (PEM) of the PostgreSQL server's certificate, for
+        /// sslmode=require.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
     /// Start a collector and an agent for this machine, on loopback, with a
     /// fresh (or re-used) PKI in the data directory.
     Quickstart {
@@ -287,6 +307,43 @@ fn main() -> ExitCode {
                 return Err(ExitCode::from(2));
             }
             println!("{}: ok", config.display());
+            Ok(())
+        }),
+        Command::Migrate {
+            from,
+            to,
+            password_file,
+            ca_file,
+        } => with_runtime(async move {
+            use vitals_collector::store::{self, Backend};
+            let (Ok(Backend::Sqlite(path)), Ok(Backend::Postgres(url))) =
+                (Backend::of(&from), Backend::of(&to))
+            else {
+                eprintln!("error: migrate moves --from sqlite://PATH --to postgres://…");
+                return Err(ExitCode::from(2));
+            };
+            let mut opts = store::StoreOptions::new(1440, std::time::Duration::from_secs(60));
+            opts.ca_file = ca_file;
+            opts.password = match password_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .map_err(|e| {
+                            eprintln!("error: --password-file {}: {e}", f.display());
+                            ExitCode::from(2)
+                        })?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned(),
+                ),
+                None => std::env::var("VITALS_STORAGE_PASSWORD").ok(),
+            };
+            let moved = store::migrate::sqlite_to_postgres(std::path::Path::new(path), url, &opts)
+                .await
+                .map_err(fail(1))?;
+            println!(
+                "moved {} into {} (each table's rows counted against the source):\n{moved}",
+                path,
+                store::postgres::redact(url)
+            );
             Ok(())
         }),
         Command::Quickstart {

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub commit_sessions: Histogram,
     /// Snapshots agents reported dropping from their outboxes for room.
     pub agent_dropped_snapshots: Counter,
+    /// 1 while this replica leads (runs the ticket engine and sender).
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -44,7 +46,22 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("vitals_collector");
+        Self::with_registry(Registry::with_prefix("vitals_collector"))
+    }
+
+    /// Metrics of one replica: every series carries its `replica` label.
+    pub fn for_replica(name: &str) -> Self {
+        Self::with_registry(Registry::with_prefix_and_labels(
+            "vitals_collector",
+            [(
+                std::borrow::Cow::Borrowed("replica"),
+                std::borrow::Cow::Owned(name.to_owned()),
+            )]
+            .into_iter(),
+        ))
+    }
+
+    fn with_registry(mut registry: Registry) -> Self {
         let connected_agents = Gauge::default();
         registry.register(
             "connected_agents",
@@ -95,8 +112,15 @@ impl Metrics {
             "Snapshots agents dropped from their outboxes for room while disconnected (never delivered)",
             agent_dropped_snapshots.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica leads: it runs the ticket engine and the notification sender",
+            leader.clone(),
+        );
         Metrics {
             registry,
+            leader,
             agent_dropped_snapshots,
             connected_agents,
             handshakes,
@@ -107,6 +131,25 @@ impl Metrics {
             commit_batch_size,
             commit_sessions,
         }
+    }
+
+    /// Keeps the leader gauge following this replica's leadership.
+    pub fn watch_leadership(
+        self: &Arc<Self>,
+        mut leading: crate::leader::Leading,
+        mut stop: vitals_proto::shutdown::Shutdown,
+    ) {
+        let metrics = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = leading.now();
+                metrics.leader.set(i64::from(now));
+                tokio::select! {
+                    () = leading.until(!now) => {}
+                    () = stop.requested() => return,
+                }
+            }
+        });
     }
 
     pub fn handshake_failed(&self, reason: &'static str) {

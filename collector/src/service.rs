@@ -130,7 +130,7 @@ impl From<DeskError> for ServiceError {
     fn from(e: DeskError) -> Self {
         match e {
             DeskError::NoTicket(id) => ServiceError::NotFound(format!("no ticket {id}")),
-            DeskError::Stopped => ServiceError::Unavailable(e.to_string()),
+            DeskError::Stopped | DeskError::NotLeader => ServiceError::Unavailable(e.to_string()),
             DeskError::Store(s) => ServiceError::Store(s),
         }
     }

@@ -286,8 +286,16 @@ impl RunningCollector {
         self.port
     }
 
-    /// The Prometheus text from /metrics, fetched over plain HTTP/1.1.
+    /// The Prometheus text from /metrics, fetched over plain HTTP/1.1,
+    /// with the `replica` label a collector on PostgreSQL adds taken out
+    /// (see [`without_replica_label`]), so a test's expected lines hold on
+    /// either backend.
     pub async fn scrape(&self) -> String {
+        without_replica_label(&self.scrape_raw().await)
+    }
+
+    /// The Prometheus text from /metrics as served.
+    pub async fn scrape_raw(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
             .await
@@ -515,6 +523,45 @@ pub mod scripted;
 /// How long an end-to-end step may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// Prometheus text with every sample's `replica="…"` label removed (and
+/// label sets it leaves empty): one collector's series as a lone
+/// collector names them.
+pub fn without_replica_label(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        out.push_str(&drop_label(line, "replica"));
+        out.push('\n');
+    }
+    out
+}
+
+fn drop_label(line: &str, label: &str) -> String {
+    if line.starts_with('#') {
+        return line.to_owned();
+    }
+    let Some(open) = line.find('{') else {
+        return line.to_owned();
+    };
+    let Some(close) = line[open..].find('}').map(|i| open + i) else {
+        return line.to_owned();
+    };
+    let prefix = format!("{label}=\"");
+    let kept: Vec<&str> = line[open + 1..close]
+        .split(',')
+        .filter(|pair| !pair.is_empty() && !pair.starts_with(&prefix))
+        .collect();
+    if kept.is_empty() {
+        format!("{}{}", &line[..open], &line[close + 1..])
+    } else {
+        format!(
+            "{}{{{}}}{}",
+            &line[..open],
+            kept.join(","),
+            &line[close + 1..]
+        )
+    }
+}
+
 /// A collector configuration whose policy is `policy_toml`.
 pub fn with_policy(fleet: &Fleet, policy_toml: &str) -> vitals_collector::config::CollectorConfig {
     let path = fleet.dir.join("policy.toml");
@@ -543,5 +590,23 @@ pub fn test_probe_timings() -> ProbeTimings {
         printers: every(1),
         network_printers: every(1),
         network: every(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replica_label_is_taken_out_and_nothing_else() {
+        let text = "# HELP x y\n\
+                    a_total{replica=\"east\"} 2\n\
+                    b_total{kind=\"tls\",replica=\"east\"} 1\n\
+                    c_bucket{replica=\"east\",le=\"0.5\"} 3\n\
+                    d 4\n";
+        assert_eq!(
+            without_replica_label(text),
+            "# HELP x y\na_total 2\nb_total{kind=\"tls\"} 1\nc_bucket{le=\"0.5\"} 3\nd 4\n"
+        );
     }
 }

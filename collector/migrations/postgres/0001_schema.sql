@@ -29,7 +29,11 @@ CREATE TABLE endpoints (
     machine_id           TEXT NOT NULL DEFAULT '',
     clone_machine_id     TEXT NOT NULL DEFAULT '',
     revoked_ms           BIGINT NOT NULL DEFAULT 0,
-    revoke_reason        TEXT NOT NULL DEFAULT ''
+    revoke_reason        TEXT NOT NULL DEFAULT '',
+    -- The replica holding the endpoint's live session: only it closes the
+    -- session, and a replica starting after a crash marks offline only
+    -- the sessions it held.
+    session_replica      TEXT NOT NULL DEFAULT ''
 );
 
 CREATE INDEX endpoints_last_seen ON endpoints (last_seen_ms DESC, id);
@@ -108,10 +112,14 @@ CREATE TABLE ticket_timeline (
 CREATE INDEX ticket_timeline_ticket ON ticket_timeline (ticket, id);
 
 -- How far the engine has read fault_events, moved in the same transaction
--- as the tickets it produced.
+-- as the tickets it produced; and the leader's term, raised by each replica
+-- that takes the lead. A ticket step or delivery record checks the term
+-- under this row's lock, so a replica that lost the lead cannot write
+-- after its successor has read the state.
 CREATE TABLE ticket_cursor (
     one            INTEGER PRIMARY KEY CHECK (one = 1),
-    fault_event_id BIGINT NOT NULL
+    fault_event_id BIGINT NOT NULL,
+    leader_term    BIGINT NOT NULL DEFAULT 0
 );
 
 INSERT INTO ticket_cursor (one, fault_event_id) VALUES (1, 0);

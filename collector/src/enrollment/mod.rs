@@ -117,6 +117,8 @@ pub fn watch_expiry(
                         warn!(file = %file.display(), days_left = left_ms / 86_400_000, "collector certificate expires soon");
                     }
                     Ok(()) => {}
+                    // The leading replica watches the same files.
+                    Err(crate::tickets::DeskError::NotLeader) => continue,
                     Err(error) => {
                         warn!(%error, "cannot raise the certificate expiry ticket");
                         continue;

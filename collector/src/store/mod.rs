@@ -8,6 +8,7 @@
 //! default, a `sqlite://` storage URL) and PostgreSQL ([`postgres`], for
 //! replicated collectors, a `postgres://` URL); [`open`] picks by URL.
 
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 
@@ -72,6 +73,8 @@ pub enum StoreError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("database connection pool: {0}")]
     Pool(String),
+    #[error("migration to PostgreSQL: {0}")]
+    Migrate(String),
     #[error("no endpoint {0} to commit records of (its session was not opened)")]
     UnknownEndpoint(String),
     #[error("storage worker stopped: {0}")]
@@ -82,6 +85,10 @@ pub enum StoreError {
     Shared(std::sync::Arc<StoreError>),
     #[error("ingest is shutting down")]
     Closed,
+    #[error(
+        "this collector replica does not lead now (another runs the ticket engine); nothing was written"
+    )]
+    NotLeader,
 }
 
 /// An agent's session began.
@@ -366,6 +373,7 @@ pub trait Store:
     + AuditStore
     + AccountStore
     + EnrollStore
+    + LeaderStore
     + 'static
 {
 }
@@ -379,8 +387,18 @@ impl<T> Store for T where
         + AuditStore
         + AccountStore
         + EnrollStore
+        + LeaderStore
         + 'static
 {
+}
+
+/// Leader election among replicas sharing a database.
+pub trait LeaderStore: Send + Sync {
+    /// Campaigns, until `stop`, to be the replica that runs the ticket
+    /// engine and the notification sender. Once called, the store refuses
+    /// ticket steps and delivery records while this replica does not lead.
+    /// A backend one collector owns alone leads at once, always.
+    fn campaign(&self, stop: vitals_proto::shutdown::Shutdown) -> crate::leader::Leading;
 }
 
 /// Agent sessions: when an endpoint is online.
@@ -794,6 +812,8 @@ pub struct StoreOptions {
     pub ca_file: Option<std::path::PathBuf>,
     /// Connections to the database server.
     pub pool_size: u32,
+    /// This collector's name among replicas sharing the database.
+    pub replica: String,
 }
 
 impl StoreOptions {
@@ -805,6 +825,7 @@ impl StoreOptions {
             password: None,
             ca_file: None,
             pool_size: 16,
+            replica: String::new(),
         }
     }
 

@@ -68,12 +68,30 @@ enum Command {
     },
 }
 
+impl Command {
+    /// Answers the request with an error, applying nothing.
+    fn refuse(self, why: impl Fn() -> DeskError) {
+        match self {
+            Command::Act { reply, .. } | Command::Raise { reply, .. } => {
+                let _ = reply.send(Err(why()));
+            }
+            Command::Open { reply, .. } => {
+                let _ = reply.send(Err(why()));
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeskError {
     #[error("no ticket {0}")]
     NoTicket(u64),
     #[error("the ticket engine is not running")]
     Stopped,
+    #[error(
+        "this collector replica does not run the ticket engine now (another replica leads); try again through another replica"
+    )]
+    NotLeader,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -697,20 +715,43 @@ pub async fn supervise(
     mut queue: DeskQueue,
     out: Outbound,
     mut stop: Shutdown,
+    mut leading: crate::leader::Leading,
 ) {
     loop {
-        match run(
-            store.clone(),
-            &mut policy,
-            &wake,
-            &mut queue,
-            &out,
-            &mut stop,
-        )
-        .await
-        {
-            Ok(()) => return,
-            Err(error) => {
+        // Another replica runs the engine: specialists' requests here are
+        // refused (applying nothing) until this one leads.
+        if !leading.now() {
+            let mut decided = leading.clone();
+            tokio::select! {
+                () = leading.until(true) => {}
+                // Requests wait for the first try for the lead.
+                Some(c) = async {
+                    decided.decided().await;
+                    queue.rx.recv().await
+                } => c.refuse(|| DeskError::NotLeader),
+                () = stop.requested() => return,
+            }
+            continue;
+        }
+        let ran = tokio::select! {
+            r = run(
+                store.clone(),
+                &mut policy,
+                &wake,
+                &mut queue,
+                &out,
+                &mut stop,
+            ) => Some(r),
+            // Dropping the engine mid-step rolls its transaction back: the
+            // next leader resumes from the stored state.
+            () = leading.until(false) => None,
+        };
+        match ran {
+            Some(Ok(())) => return,
+            Some(Err(StoreError::NotLeader)) | None => {
+                info!("this replica no longer leads: its ticket engine stops");
+            }
+            Some(Err(error)) => {
                 warn!(%error, "ticket engine stopped; restarting from the stored state");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -102,6 +102,7 @@ pub async fn deliver(
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     mut stop: Shutdown,
+    mut leading: crate::leader::Leading,
 ) {
     let Targets {
         webhooks,
@@ -130,6 +131,14 @@ pub async fn deliver(
         "ticket notifications running"
     );
     loop {
+        // Only the leading replica sends.
+        if !leading.now() {
+            tokio::select! {
+                () = leading.until(true) => {}
+                () = stop.requested() => return,
+            }
+            continue;
+        }
         let now = vitals_proto::now_ms();
         match store.due_deliveries(now, 100).await {
             Ok(due) => {

@@ -106,6 +106,8 @@ struct Exposition(BTreeMap<String, f64>);
 
 fn parse(text: &str) -> Exposition {
     let mut out = BTreeMap::new();
+    // One collector is scraped: its replica label says nothing here.
+    let text = crate::without_replica_label(text);
     for line in text.lines() {
         if line.starts_with('#') || line.is_empty() {
             continue;

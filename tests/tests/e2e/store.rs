@@ -825,3 +825,347 @@ async fn postgres_keeps_the_audit_append_only_and_drops_old_partitions() {
     let d = store.endpoint("ws-old").await.unwrap().unwrap();
     assert_eq!(d.latest.unwrap().cpu.usage_percent, 2.0);
 }
+
+/// An installation that started on SQLite moves to PostgreSQL whole:
+/// endpoints with their history and latest snapshots, fault events with
+/// their ids (the ticket cursor refers to them), tickets with timelines
+/// and evidence, the outbox, the audit log, accounts, tokens and
+/// certificates. The moved database answers every read as the old one
+/// did, and new rows continue past the moved ids. A database that holds
+/// anything is refused.
+#[tokio::test]
+async fn migrate_moves_an_installation_from_sqlite_to_postgres() {
+    use vitals_collector::store::{Account, EnrollToken, IssuedCert};
+    let Some(pg) = postgres_or_skip("store::migrate_moves_an_installation_from_sqlite_to_postgres")
+    else {
+        return;
+    };
+    let sqlite_url = fresh_url(Backend::Sqlite, "migrate_source").unwrap();
+    let source = open(&sqlite_url, 50, Duration::ZERO).await;
+    let ids: Vec<EndpointId> = (0..5)
+        .map(|i| format!("ws-mv{i}").parse().unwrap())
+        .collect();
+    for id in &ids {
+        source.open_session(&session(id)).await.unwrap();
+        let mut batch: Vec<Record> = (1..=30).map(|s| record(id, s, s as f32)).collect();
+        batch.push(fault(id, 31, FaultState::Raised));
+        source.commit(batch).await.unwrap();
+    }
+    source.close_session(&ids[0], 99).await.unwrap();
+    // The ticket engine has read the first three fault events.
+    let faults = source.fault_events_after(0, 100).await.unwrap();
+    let mut engine = vitals_collector::tickets::engine::Engine::restore(
+        vitals_proto::ticket_rules::TicketRules::default(),
+        HashMap::new(),
+        vec![],
+        vec![],
+        0,
+        0,
+    );
+    let mut entries = Vec::new();
+    for f in &faults[..3] {
+        entries.extend(engine.on_fault(&f.endpoint, &f.event, 5000));
+    }
+    let (tickets, incidents) = engine.changed(&entries);
+    let mut evidence = Snapshot::default();
+    evidence.host.hostname = "evidence".into();
+    source
+        .save_tickets(TicketStep {
+            tickets,
+            incidents,
+            entries,
+            snapshots: vec![store::Evidence {
+                ticket: 1,
+                snapshot: evidence.clone(),
+            }],
+            deliveries: vec![NewDelivery {
+                webhook: "itsm".into(),
+                event: "opened".into(),
+                body: "{}".into(),
+            }],
+            cursor: faults[2].id,
+            now_ms: 5000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    source
+        .audit_append(vitals_proto::diag::AuditEntry {
+            who: "sam".into(),
+            kind: "network".into(),
+            endpoint_id: "ws-mv1".into(),
+            outcome: "ok".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    source
+        .create_account(Account {
+            name: "ana".into(),
+            role: vitals_proto::identity::Role::Admin,
+            sites: vec![],
+            password_hash: "$argon2id$x".into(),
+            must_change_password: false,
+            disabled: true,
+            created_ms: 1,
+            updated_ms: 2,
+            totp_secret: Some("JBSWY3DP".into()),
+            recovery_codes: vec!["h".into()],
+        })
+        .await
+        .unwrap();
+    source
+        .create_token(EnrollToken {
+            id: "tok".into(),
+            secret_hash: "ab".into(),
+            max_uses: 3,
+            expires_ms: 9,
+            created_ms: 1,
+            created_by: "admin".into(),
+            reenroll: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    source
+        .record_certificate(IssuedCert {
+            serial: "0a".into(),
+            kind: "endpoint".into(),
+            subject: "ws-mv2".into(),
+            via: "renew".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    source.revoke_endpoint("ws-mv2", "lost", 77).await.unwrap();
+
+    let target = pg.database("suite_migrate").unwrap();
+    let path = sqlite_url.strip_prefix("sqlite://").unwrap();
+    let moved = store::migrate::sqlite_to_postgres(
+        std::path::Path::new(path),
+        &target,
+        &options(50, Duration::ZERO),
+    )
+    .await
+    .unwrap();
+    let count = |t: &str| {
+        moved
+            .tables
+            .iter()
+            .find(|(n, _)| n == t)
+            .map(|(_, n)| *n)
+            .unwrap()
+    };
+    assert_eq!(count("endpoints"), 5);
+    assert_eq!(count("snapshots"), 150);
+    assert_eq!(count("fault_events"), 5);
+    assert_eq!(count("audit_log"), 1);
+    assert_eq!(moved.ticket_cursor, faults[2].id);
+
+    let moved_store = open(&target, 50, Duration::ZERO).await;
+    // Every endpoint as it was, offline: the source collector is stopped,
+    // and no session survives the move.
+    let mut was = source.list_endpoints(false).await.unwrap();
+    assert!(was.iter().any(|e| e.online));
+    for e in &mut was {
+        e.online = false;
+    }
+    assert_eq!(moved_store.list_endpoints(false).await.unwrap(), was);
+    for id in &ids {
+        let (a, b) = (
+            source.endpoint(id.as_str()).await.unwrap().unwrap(),
+            moved_store.endpoint(id.as_str()).await.unwrap().unwrap(),
+        );
+        assert_eq!(a.latest, b.latest);
+        assert_eq!(
+            (a.committed_seq, a.history_len, a.state_since_ms),
+            (b.committed_seq, b.history_len, b.state_since_ms)
+        );
+        let (ha, hb) = (
+            source.history(id.as_str(), 50).await.unwrap(),
+            moved_store.history(id.as_str(), 50).await.unwrap(),
+        );
+        assert_eq!(ha.len(), 30);
+        assert!(
+            ha.iter()
+                .zip(&hb)
+                .all(|(x, y)| x.seq == y.seq && x.snapshot == y.snapshot)
+        );
+        assert_eq!(
+            source.faults(id.as_str(), 10).await.unwrap(),
+            moved_store.faults(id.as_str(), 10).await.unwrap()
+        );
+    }
+    assert_eq!(
+        moved_store.fault_events_after(0, 100).await.unwrap(),
+        faults,
+        "fault events keep their ids"
+    );
+    let (ta, tb) = (
+        source.ticket(1).await.unwrap().unwrap(),
+        moved_store.ticket(1).await.unwrap().unwrap(),
+    );
+    assert_eq!(tb.snapshot, Some(evidence));
+    assert_eq!(ta.timeline, tb.timeline);
+    assert_eq!(ta.ticket.raise_count, tb.ticket.raise_count);
+    let (state, was) = (
+        moved_store.ticket_state().await.unwrap(),
+        source.ticket_state().await.unwrap(),
+    );
+    assert_eq!(state.cursor, faults[2].id);
+    assert_eq!((state.max_ticket, state.tickets.len()), (3, 3));
+    assert_eq!(state.tickets, was.tickets);
+    assert_eq!(
+        moved_store.due_deliveries(i64::MAX, 10).await.unwrap(),
+        source.due_deliveries(i64::MAX, 10).await.unwrap()
+    );
+    assert_eq!(
+        moved_store.accounts().await.unwrap(),
+        source.accounts().await.unwrap()
+    );
+    assert_eq!(
+        moved_store.tokens().await.unwrap(),
+        source.tokens().await.unwrap()
+    );
+    assert_eq!(
+        moved_store.revocations().await.unwrap(),
+        source.revocations().await.unwrap()
+    );
+    let audit = |s: Arc<dyn Store>| async move {
+        s.audit(AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        audit(moved_store.clone()).await,
+        audit(source.clone()).await
+    );
+    // New rows continue past the moved ids.
+    moved_store
+        .commit(vec![fault(&ids[0], 32, FaultState::Cleared)])
+        .await
+        .unwrap();
+    let after = moved_store
+        .fault_events_after(faults[4].id, 10)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1);
+    let next_audit = moved_store
+        .audit_append(vitals_proto::diag::AuditEntry {
+            who: "sam".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(next_audit, 2);
+
+    // A second run finds the target in use and changes nothing.
+    let err = store::migrate::sqlite_to_postgres(
+        std::path::Path::new(path),
+        &target,
+        &options(50, Duration::ZERO),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("already holds"), "{err}");
+    assert_eq!(moved_store.list_endpoints(false).await.unwrap().len(), 5);
+}
+
+/// Replicas elect one leader through the database: it alone may write
+/// ticket steps and delivery records. When its lock session ends (a stop,
+/// or its database connection killed as a crash would), a standby leads
+/// within seconds, and the old leader's writes are refused from then on.
+#[tokio::test]
+async fn one_replica_leads_and_a_standby_takes_over() {
+    use vitals_collector::leader::Leading;
+    let Some(pg) = postgres_or_skip("store::one_replica_leads_and_a_standby_takes_over") else {
+        return;
+    };
+    let url = pg.database("suite_leader").unwrap();
+    let db = url_db(&url);
+    let replica = |name: &str| {
+        let mut o = options(10, Duration::ZERO);
+        o.replica = name.into();
+        o
+    };
+    let a = store::open_with(&url, &replica("a")).await.unwrap();
+    let b = store::open_with(&url, &replica("b")).await.unwrap();
+    let (stop_a, stop_a_rx) = vitals_proto::shutdown::channel();
+    let (_stop_b, stop_b_rx) = vitals_proto::shutdown::channel();
+    let mut lead_a = a.campaign(stop_a_rx);
+    tokio::time::timeout(Duration::from_secs(10), lead_a.until(true))
+        .await
+        .expect("the first replica leads");
+    let mut lead_b: Leading = b.campaign(stop_b_rx);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!lead_b.now(), "one leader at a time");
+    let step = |cursor| TicketStep {
+        cursor,
+        now_ms: 1,
+        ..Default::default()
+    };
+    a.save_tickets(step(1)).await.unwrap();
+    let err = b.save_tickets(step(2)).await.unwrap_err();
+    assert!(matches!(err, store::StoreError::NotLeader), "{err}");
+    assert_eq!(b.ticket_state().await.unwrap().cursor, 1);
+
+    // A crash: the leader's lock session is cut off by the server.
+    pg.sql(
+        &db,
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+         WHERE locktype = 'advisory' AND objid = 4 AND granted",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), lead_b.until(true))
+        .await
+        .expect("the standby leads");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took over in {took:?}");
+    b.save_tickets(step(3)).await.unwrap();
+    let err = a.save_tickets(step(4)).await.unwrap_err();
+    assert!(matches!(err, store::StoreError::NotLeader), "{err}");
+    assert_eq!(a.ticket_state().await.unwrap().cursor, 3);
+    // The old leader campaigns again and stays a standby.
+    tokio::time::timeout(Duration::from_secs(5), lead_a.until(false))
+        .await
+        .expect("the old leader knows it lost");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!lead_a.now());
+    // A stopped standby changes nothing; the leader stays.
+    stop_a.trigger();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(lead_b.now());
+}
+
+/// A collector on PostgreSQL labels its metrics with its replica name and
+/// says whether it leads; alone on its database, it leads at once.
+#[tokio::test]
+async fn a_replica_labels_its_metrics_and_says_it_leads() {
+    let Some(pg) = postgres_or_skip("store::a_replica_labels_its_metrics_and_says_it_leads") else {
+        return;
+    };
+    let fleet = vitals_tests::Fleet::new("replica-metrics");
+    let mut config = fleet.collector_config();
+    config.storage.url = Some(pg.database("suite_replica_metrics").unwrap());
+    config.replica = Some("east".into());
+    let collector = vitals_tests::RunningCollector::start(config).await;
+    vitals_tests::eventually(Duration::from_secs(10), "the replica leads", || async {
+        collector
+            .scrape_raw()
+            .await
+            .contains("vitals_collector_leader{replica=\"east\"} 1")
+            .then_some(())
+    })
+    .await;
+    let raw = collector.scrape_raw().await;
+    assert!(
+        raw.contains("vitals_collector_connected_agents{replica=\"east\"} 0"),
+        "{raw}"
+    );
+    collector.stop().await;
+}

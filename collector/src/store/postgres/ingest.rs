@@ -18,22 +18,23 @@ impl SessionStore for PgStore {
     async fn open_session(&self, open: &SessionOpen) -> Result<Admission, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let admission = open_in(&tx, open).await?;
+        let admission = open_in(&tx, open, &self.replica).await?;
         tx.commit().await?;
         Ok(admission)
     }
 
     async fn close_session(&self, endpoint: &EndpointId, at_ms: i64) -> Result<(), StoreError> {
         let client = self.client().await?;
-        close_in(&client, endpoint.as_str(), at_ms).await
+        close_in(&client, endpoint.as_str(), at_ms, &self.replica).await
     }
 
     async fn mark_all_offline(&self, at_ms: i64) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE endpoints SET online = FALSE, state_since_ms = $1 WHERE online",
-                &[&at_ms],
+                "UPDATE endpoints SET online = FALSE, state_since_ms = $1
+                 WHERE online AND session_replica = $2",
+                &[&at_ms, &self.replica],
             )
             .await?;
         Ok(())
@@ -41,7 +42,11 @@ impl SessionStore for PgStore {
 }
 
 /// A session begins: see [`SessionStore::open_session`].
-async fn open_in(c: &impl GenericClient, open: &SessionOpen) -> Result<Admission, StoreError> {
+async fn open_in(
+    c: &impl GenericClient,
+    open: &SessionOpen,
+    replica: &str,
+) -> Result<Admission, StoreError> {
     let id = open.endpoint.as_str();
     let known = c
         .query_opt(
@@ -79,10 +84,10 @@ async fn open_in(c: &impl GenericClient, open: &SessionOpen) -> Result<Admission
         .query_one(
             &c.prepare_cached(
                 "INSERT INTO endpoints (id, platform, agent_version, online, first_seen_ms,
-                     last_seen_ms, state_since_ms, machine_id)
-                 VALUES ($1, $2, $3, TRUE, $4, $4, $4, $5)
+                     last_seen_ms, state_since_ms, machine_id, session_replica)
+                 VALUES ($1, $2, $3, TRUE, $4, $4, $4, $5, $6)
                  ON CONFLICT (id) DO UPDATE SET platform = $2, agent_version = $3, online = TRUE,
-                     last_seen_ms = $4, state_since_ms = $4,
+                     last_seen_ms = $4, state_since_ms = $4, session_replica = $6,
                      machine_id = CASE WHEN endpoints.machine_id = '' THEN $5
                                        ELSE endpoints.machine_id END
                  RETURNING committed_seq",
@@ -94,21 +99,29 @@ async fn open_in(c: &impl GenericClient, open: &SessionOpen) -> Result<Admission
                 &open.agent_version,
                 &open.at_ms,
                 &open.machine_id,
+                &replica,
             ],
         )
         .await?;
     Ok(Admission::Admitted(row.try_get::<_, i64>(0)? as u64))
 }
 
-/// A session ends: see [`SessionStore::close_session`].
-async fn close_in(c: &impl GenericClient, id: &str, at_ms: i64) -> Result<(), StoreError> {
+/// A session ends: see [`SessionStore::close_session`]. Only the
+/// replica holding the session closes it: an older session ending on one
+/// replica after a newer one opened on another leaves the endpoint online.
+async fn close_in(
+    c: &impl GenericClient,
+    id: &str,
+    at_ms: i64,
+    replica: &str,
+) -> Result<(), StoreError> {
     c.execute(
         &c.prepare_cached(
             "UPDATE endpoints SET online = FALSE, last_seen_ms = GREATEST(last_seen_ms, $2),
-                 state_since_ms = $2 WHERE id = $1",
+                 state_since_ms = $2 WHERE id = $1 AND session_replica = $3",
         )
         .await?,
-        &[&id, &at_ms],
+        &[&id, &at_ms, &replica],
     )
     .await?;
     Ok(())
@@ -152,9 +165,11 @@ impl PgStore {
         let mut admissions = Vec::new();
         for change in &batch.sessions {
             match change {
-                SessionChange::Open(open) => admissions.push(open_in(&tx, open).await?),
+                SessionChange::Open(open) => {
+                    admissions.push(open_in(&tx, open, &self.replica).await?)
+                }
                 SessionChange::Close { endpoint, at_ms } => {
-                    close_in(&tx, endpoint.as_str(), *at_ms).await?
+                    close_in(&tx, endpoint.as_str(), *at_ms, &self.replica).await?
                 }
             }
         }

@@ -53,11 +53,18 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
 pub(crate) const LOCK_MIGRATE: i64 = 0x5649_5441_0000_0001;
 pub(crate) const LOCK_FAULT_IDS: i64 = 0x5649_5441_0000_0002;
 pub(crate) const LOCK_PARTITIONS: i64 = 0x5649_5441_0000_0003;
+/// Held, by its database session, by the replica that leads.
+pub(crate) const LOCK_LEADER: i64 = 0x5649_5441_0000_0004;
 
 pub struct PgStore {
     pool: Pool,
+    /// One connection, for the leader lock's session.
+    leader_pool: Pool,
+    fence: Arc<Fence>,
     history_limit: u32,
     history_interval_ms: i64,
+    /// This replica's name, on the sessions it holds.
+    replica: String,
     partitions: partitions::Plan,
     /// Receive times below this have a partition (see [`partitions`]).
     covered_until: AtomicI64,
@@ -78,6 +85,8 @@ fn pool(url: &str, opts: &StoreOptions) -> Result<Pool, StoreError> {
         config.connect_timeout(Duration::from_secs(5));
     }
     config.application_name("vitals-collector");
+    // Notices (such as "already exists, skipping") are not news.
+    config.options("-c client_min_messages=warning");
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
@@ -165,10 +174,20 @@ impl PgStore {
             let mut client = pool.get().await.map_err(|e| pool_error(url, e))?;
             migrate(&mut client).await?;
         }
+        let leader_pool = self::pool(
+            url,
+            &StoreOptions {
+                pool_size: 1,
+                ..opts.clone()
+            },
+        )?;
         let store = PgStore {
             pool,
+            leader_pool,
+            fence: Arc::default(),
             history_limit: opts.history_limit.max(1),
             history_interval_ms: opts.history_interval.as_millis() as i64,
+            replica: opts.replica.clone(),
             partitions: partitions::Plan::new(opts.history_retention()),
             covered_until: AtomicI64::new(0),
         };
@@ -191,12 +210,199 @@ impl PgStore {
         Ok(done)
     }
 
+    /// A connection of the pool, for work beside the storage traits
+    /// (moving an installation in).
+    pub(crate) async fn raw_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.client().await
+    }
+
+    /// How wide each history partition is.
+    pub(crate) fn partition_span_ms(&self) -> i64 {
+        self.partitions.span_ms
+    }
+
+    /// Makes the history partitions holding each of `times`.
+    pub(crate) async fn cover_history(
+        &self,
+        times: impl IntoIterator<Item = i64>,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        self.partitions.cover(&mut client, times).await.map(drop)
+    }
+
     /// Makes sure every receive time up to `received_ms` has a partition.
     async fn cover(&self, received_ms: i64) -> Result<(), StoreError> {
         if received_ms < self.covered_until.load(Ordering::Relaxed) {
             return Ok(());
         }
         self.maintain(received_ms).await.map(drop)
+    }
+}
+
+/// Whether this replica may write as the leader: once it campaigns, only
+/// under the term it raised when it took the lead.
+#[derive(Debug, Default)]
+struct Fence {
+    campaigning: std::sync::atomic::AtomicBool,
+    /// The leader term this replica holds; 0: it does not lead.
+    term: AtomicI64,
+}
+
+impl PgStore {
+    /// Refuses the leader's writes from a replica that does not lead. The
+    /// term is read under a lock on its row (`FOR SHARE`, held to the
+    /// commit), so a successor raising it waits for this transaction, and
+    /// this transaction fails once a successor has raised it.
+    async fn fenced(&self, c: &impl GenericClient) -> Result<(), StoreError> {
+        if !self.fence.campaigning.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mine = self.fence.term.load(Ordering::Acquire);
+        if mine == 0 {
+            return Err(StoreError::NotLeader);
+        }
+        let current: i64 = c
+            .query_one(
+                "SELECT leader_term FROM ticket_cursor WHERE one = 1 FOR SHARE",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        if current == mine {
+            Ok(())
+        } else {
+            Err(StoreError::NotLeader)
+        }
+    }
+}
+
+impl super::LeaderStore for PgStore {
+    fn campaign(&self, stop: vitals_proto::shutdown::Shutdown) -> crate::leader::Leading {
+        self.fence.campaigning.store(true, Ordering::Release);
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(campaign(
+            self.leader_pool.clone(),
+            self.fence.clone(),
+            tx,
+            stop,
+        ));
+        crate::leader::Leading::new(rx)
+    }
+}
+
+/// How one lock session ended.
+enum SessionEnd {
+    Stopped,
+    Lost(String),
+}
+
+/// Campaigns for the leader lock until `stop`: one session at a time,
+/// trying for the lock every second, holding it (and checking the session
+/// every second) once it has it. A stop releases it for a standby at once.
+async fn campaign(
+    pool: Pool,
+    fence: Arc<Fence>,
+    tx: tokio::sync::watch::Sender<Option<bool>>,
+    mut stop: vitals_proto::shutdown::Shutdown,
+) {
+    const EVERY: Duration = Duration::from_secs(1);
+    loop {
+        let conn = tokio::select! {
+            c = pool.get() => c,
+            () = stop.requested() => return,
+        };
+        let end = match conn {
+            Err(e) => SessionEnd::Lost(e.to_string()),
+            Ok(conn) => {
+                let end = hold(&conn, &fence, &tx, &mut stop, EVERY).await;
+                // Never hand a broken or lock-holding session back.
+                drop(deadpool_postgres::Object::take(conn));
+                end
+            }
+        };
+        let led = fence.term.swap(0, Ordering::AcqRel) != 0;
+        tx.send_replace(Some(false));
+        match end {
+            SessionEnd::Stopped => {
+                if led {
+                    tracing::info!("stopping: leadership released");
+                }
+                return;
+            }
+            SessionEnd::Lost(error) => {
+                if led {
+                    tracing::warn!(%error, "leadership lost: the lock's database session ended");
+                } else {
+                    tracing::debug!(%error, "leader campaign: no database session");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(EVERY) => {}
+            () = stop.requested() => return,
+        }
+    }
+}
+
+async fn hold(
+    conn: &deadpool_postgres::Object,
+    fence: &Fence,
+    tx: &tokio::sync::watch::Sender<Option<bool>>,
+    stop: &mut vitals_proto::shutdown::Shutdown,
+    every: Duration,
+) -> SessionEnd {
+    let lost = |e: tokio_postgres::Error| SessionEnd::Lost(describe(&e));
+    loop {
+        match conn
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_LEADER])
+            .await
+        {
+            Err(e) => return lost(e),
+            Ok(r) if r.get::<_, bool>(0) => break,
+            Ok(_) => {
+                tx.send_replace(Some(false));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.requested() => return SessionEnd::Stopped,
+        }
+    }
+    // A new term: whatever a predecessor still had in flight commits
+    // before this (or fails after it).
+    let term: i64 = match conn
+        .query_one(
+            "UPDATE ticket_cursor SET leader_term = leader_term + 1 WHERE one = 1
+             RETURNING leader_term",
+            &[],
+        )
+        .await
+    {
+        Ok(r) => r.get(0),
+        Err(e) => return lost(e),
+    };
+    fence.term.store(term, Ordering::Release);
+    tx.send_replace(Some(true));
+    tracing::info!(
+        term,
+        "this replica leads: it runs the ticket engine and the notification sender"
+    );
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {
+                if let Err(e) = conn.execute("SELECT 1", &[]).await {
+                    return lost(e);
+                }
+            }
+            () = stop.requested() => {
+                fence.term.store(0, Ordering::Release);
+                tx.send_replace(Some(false));
+                let _ = conn
+                    .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_LEADER])
+                    .await;
+                return SessionEnd::Stopped;
+            }
+        }
     }
 }
 

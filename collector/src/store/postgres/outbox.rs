@@ -35,7 +35,11 @@ impl OutboxStore for PgStore {
     }
 
     async fn delivery_outcome(&self, id: i64, outcome: DeliveryOutcome) -> Result<(), StoreError> {
-        let c = self.client().await?;
+        let mut c = self.client().await?;
+        // The leader's term checked and the outcome written in one
+        // transaction.
+        let c = c.transaction().await?;
+        self.fenced(&c).await?;
         match outcome {
             DeliveryOutcome::Delivered { at_ms } => {
                 c.execute(
@@ -62,6 +66,7 @@ impl OutboxStore for PgStore {
                 .await?
             }
         };
+        c.commit().await?;
         Ok(())
     }
 }

@@ -114,6 +114,7 @@ impl TicketStore for PgStore {
     async fn save_tickets(&self, step: TicketStep) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
+        self.fenced(&tx).await?;
         let put = tx
             .prepare_cached(
                 "INSERT INTO tickets (id, endpoint_id, check_id, subject, status, priority,

@@ -221,6 +221,13 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// One collector owns a database file: it always leads.
+impl crate::store::LeaderStore for SqliteStore {
+    fn campaign(&self, _stop: vitals_proto::shutdown::Shutdown) -> crate::leader::Leading {
+        crate::leader::Leading::always()
+    }
+}
+
 const SUMMARY_COLUMNS: &str = "id, hostname, platform, os, online, first_seen_ms, last_seen_ms, \
      agent_version, cpu_usage_percent, memory_used_percent, fullest_disk_percent, latest_snapshot_ms, \
      addresses, enrolled_site, enrolled_tags, machine_id, clone_machine_id, revoked_ms, revoke_reason";
