@@ -660,3 +660,105 @@ async fn an_agent_restarted_with_a_full_outbox_delivers_all_of_it() {
     second.stop().await;
     collector.stop().await;
 }
+
+/// Two replicas on one PostgreSQL database, half the desks on each, a
+/// numbered event storm; the leading replica (the one running the ticket
+/// engine) is killed with SIGKILL mid-storm and started again as a
+/// standby. The other replica takes the lead, and in the end every event
+/// is stored exactly once and every ticket counted each raise once: the
+/// new leader resumed from the stored cursor, and nothing the dead one had
+/// in flight took effect twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_survive_a_killed_leader_mid_storm() {
+    const AGENTS: usize = 40;
+    const ROUNDS: u64 = 20;
+    let pg = match components::Postgres::shared() {
+        Ok(pg) => pg,
+        Err(why) => {
+            return components::skip(
+                "nothing_lost::replicas_survive_a_killed_leader_mid_storm",
+                &why,
+            );
+        }
+    };
+    let mut fleet = Fleet::new("replicas-kill9");
+    fleet.storage_url = Some(pg.database("replicas_kill9").expect("database"));
+    let db = fleet
+        .storage_url
+        .as_deref()
+        .and_then(|u| u.rsplit('/').next())
+        .and_then(|d| d.split('?').next())
+        .expect("database name")
+        .to_owned();
+    let replica = |name: &str| {
+        let addr: SocketAddr = format!("127.0.0.1:{}", components::free_port())
+            .parse()
+            .expect("addr");
+        let shared = CollectorProcess::write_config(&fleet, addr);
+        let text = std::fs::read_to_string(&shared).expect("config");
+        let path = fleet.dir.join(format!("collector-{name}.toml"));
+        std::fs::write(&path, format!("replica = \"{name}\"\n{text}")).expect("config");
+        (path, addr)
+    };
+    let holder = || {
+        pg.sql(
+            &db,
+            "SELECT COALESCE((SELECT a.client_port FROM pg_locks l
+                 JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.objid = 4 AND l.granted), 0)",
+        )
+        .expect("lock holder")
+    };
+    let (config_a, addr_a) = replica("a");
+    let (config_b, addr_b) = replica("b");
+    let mut a = Some(spawn_collector(&config_a, addr_a));
+    eventually(Duration::from_secs(20), "replica a leads", || async {
+        (holder() != "0").then_some(())
+    })
+    .await;
+    let first_leader = holder();
+    let b = spawn_collector(&config_b, addr_b);
+    let agents: Vec<LinkAgent> = (0..AGENTS)
+        .map(|i| {
+            let id = format!("ws-r{i:02}");
+            let addr = if i % 2 == 0 { addr_a } else { addr_b };
+            LinkAgent::start(&id, fleet.agent_config(&id, addr))
+        })
+        .collect();
+    let mut failover = None;
+    for round in 1..=ROUNDS {
+        for agent in &agents {
+            agent.send(numbered_event(round)).await;
+        }
+        if round == 8 {
+            a.take().expect("running").kill9();
+            let killed = std::time::Instant::now();
+            eventually(Duration::from_secs(20), "replica b leads", || async {
+                let now = holder();
+                (now != "0" && now != first_leader).then_some(())
+            })
+            .await;
+            failover = Some(killed.elapsed());
+            // Back as a standby; its desks reconnect to it.
+            a = Some(spawn_collector(&config_a, addr_a));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failover = failover.expect("the leader was killed");
+    eprintln!("leader killed: the standby led after {failover:?}");
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
+    drained(&agents, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent: BTreeMap<String, u64> = agents.iter().map(|x| (x.id.clone(), ROUNDS)).collect();
+    for agent in agents {
+        agent.kill().await;
+    }
+    for replica in [a.take().expect("running"), b] {
+        let status = tokio::task::block_in_place(|| replica.terminate(Duration::from_secs(20)));
+        assert!(status.success(), "replica exit after SIGTERM: {status}");
+    }
+    assert_exactly_once(open_store(&fleet).await.as_ref(), &sent).await;
+}
