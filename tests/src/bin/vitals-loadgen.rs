@@ -75,6 +75,10 @@ enum Cmd {
         /// every snapshot in the history; default: the collector's default).
         #[arg(long)]
         history_interval: Option<String>,
+        /// With --spawn collector: its `storage.url` (an empty PostgreSQL
+        /// database, say; default: a fresh SQLite file in the data dir).
+        #[arg(long)]
+        storage_url: Option<String>,
         /// After the ramp, relay this many diagnostics to the agents.
         #[arg(long, default_value_t = 0)]
         diagnostics: usize,
@@ -173,7 +177,7 @@ fn main() -> anyhow::Result<()> {
             };
             let mut fresh = true;
             let spawn = || {
-                let child = spawn_collector(&data_dir, target, None, fresh)?;
+                let child = spawn_collector(&data_dir, target, None, None, fresh)?;
                 fresh = false;
                 wait_for_port(target)?;
                 Ok(child)
@@ -236,6 +240,7 @@ fn main() -> anyhow::Result<()> {
             prefix,
             json,
             history_interval,
+            storage_url,
             diagnostics,
             diag_concurrency,
             metrics_url,
@@ -252,7 +257,13 @@ fn main() -> anyhow::Result<()> {
             ensure_pki(&data_dir)?;
             let mut server = match spawn {
                 Spawn::Collector => {
-                    Some(spawn_collector(&data_dir, target, history_interval, true)?)
+                    Some(spawn_collector(
+                        &data_dir,
+                        target,
+                        history_interval,
+                        storage_url.as_deref(),
+                        true,
+                    )?)
                 }
                 Spawn::Echo => Some(spawn_echo(&data_dir, target)?),
                 Spawn::None => None,
@@ -329,6 +340,7 @@ fn spawn_collector(
     data_dir: &Path,
     target: SocketAddr,
     history_interval: Option<String>,
+    storage_url: Option<&str>,
     fresh: bool,
 ) -> anyhow::Result<Child> {
     if fresh {
@@ -346,6 +358,9 @@ fn spawn_collector(
             history_interval
                 .map(|h| format!("history_interval = \"{h}\"\n"))
                 .unwrap_or_default()
+                + &storage_url
+                    .map(|u| format!("url = {u:?}\n"))
+                    .unwrap_or_default()
         ),
     )?;
     let log = std::fs::OpenOptions::new()
