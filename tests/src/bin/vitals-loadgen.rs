@@ -256,15 +256,13 @@ fn main() -> anyhow::Result<()> {
             let _ = rlimit::increase_nofile_limit(u64::MAX);
             ensure_pki(&data_dir)?;
             let mut server = match spawn {
-                Spawn::Collector => {
-                    Some(spawn_collector(
-                        &data_dir,
-                        target,
-                        history_interval,
-                        storage_url.as_deref(),
-                        true,
-                    )?)
-                }
+                Spawn::Collector => Some(spawn_collector(
+                    &data_dir,
+                    target,
+                    history_interval,
+                    storage_url.as_deref(),
+                    true,
+                )?),
                 Spawn::Echo => Some(spawn_echo(&data_dir, target)?),
                 Spawn::None => None,
             };

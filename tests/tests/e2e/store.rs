@@ -492,10 +492,52 @@ async fn the_audit_log_filters_newest_first(url: &str) {
     assert_eq!(sams[0].ticket, Some(4));
 }
 
+/// One ticket engine step over `faults` from a fresh engine, saved with
+/// the evidence snapshot of ticket 1 (returned), `deliveries` and
+/// `awaiting`, the cursor moved past the last fault.
+async fn engine_step(
+    store: &dyn Store,
+    faults: &[store::StoredFault],
+    deliveries: Vec<NewDelivery>,
+    awaiting_added: Vec<AwaitingEvidence>,
+) -> Snapshot {
+    let mut engine = vitals_collector::tickets::engine::Engine::restore(
+        vitals_proto::ticket_rules::TicketRules::default(),
+        HashMap::new(),
+        vec![],
+        vec![],
+        0,
+        0,
+    );
+    let mut entries = Vec::new();
+    for f in faults {
+        entries.extend(engine.on_fault(&f.endpoint, &f.event, 5000));
+    }
+    let (tickets, incidents) = engine.changed(&entries);
+    let mut evidence = Snapshot::default();
+    evidence.host.hostname = "at-fault-time".into();
+    store
+        .save_tickets(TicketStep {
+            tickets,
+            incidents,
+            entries,
+            snapshots: vec![store::Evidence {
+                ticket: 1,
+                snapshot: evidence.clone(),
+            }],
+            deliveries,
+            awaiting_added,
+            awaiting_done: Vec::new(),
+            cursor: faults.last().map(|f| f.id).unwrap_or(0),
+            now_ms: 5000,
+        })
+        .await
+        .unwrap();
+    evidence
+}
+
 both!(the_ticket_engine_resumes_exactly_where_it_stopped);
 async fn the_ticket_engine_resumes_exactly_where_it_stopped(url: &str) {
-    use vitals_collector::tickets::engine::Engine;
-    use vitals_proto::ticket_rules::TicketRules;
     use vitals_proto::tickets::Kind;
     let store = open(url, 10, Duration::ZERO).await;
     let id: EndpointId = "ws-1".parse().unwrap();
@@ -511,43 +553,25 @@ async fn the_ticket_engine_resumes_exactly_where_it_stopped(url: &str) {
     // One step: both events read, one ticket, cursor past both.
     let state = store.ticket_state().await.unwrap();
     assert_eq!(state.cursor, 0);
-    let mut engine = Engine::restore(TicketRules::default(), HashMap::new(), vec![], vec![], 0, 0);
     let events = store.fault_events_after(state.cursor, 100).await.unwrap();
     assert_eq!(events.len(), 2);
-    let mut entries = Vec::new();
-    for f in &events {
-        entries.extend(engine.on_fault(&f.endpoint, &f.event, 5000));
-    }
-    let (tickets, incidents) = engine.changed(&entries);
     let delivery = |webhook: &str, body: &str| NewDelivery {
         webhook: webhook.into(),
         event: "opened".into(),
         body: body.into(),
     };
-    let mut evidence = Snapshot::default();
-    evidence.host.hostname = "at-fault-time".into();
-    store
-        .save_tickets(TicketStep {
-            tickets,
-            incidents,
-            entries,
-            snapshots: vec![store::Evidence {
-                ticket: 1,
-                snapshot: evidence.clone(),
-            }],
-            deliveries: vec![delivery("itsm", "{\"n\":1}"), delivery("chat", "{\"n\":2}")],
-            awaiting_added: vec![AwaitingEvidence {
-                ticket: 1,
-                endpoint: "ws-1".into(),
-                fault_at_ms: 4900,
-                since_ms: 5000,
-            }],
-            awaiting_done: Vec::new(),
-            cursor: events[1].id,
-            now_ms: 5000,
-        })
-        .await
-        .unwrap();
+    let evidence = engine_step(
+        &*store,
+        &events,
+        vec![delivery("itsm", "{\"n\":1}"), delivery("chat", "{\"n\":2}")],
+        vec![AwaitingEvidence {
+            ticket: 1,
+            endpoint: "ws-1".into(),
+            fault_at_ms: 4900,
+            since_ms: 5000,
+        }],
+    )
+    .await;
 
     // After a restart nothing is read twice; the ticket is there, still
     // waiting for its evidence.
@@ -854,41 +878,17 @@ async fn migrate_moves_an_installation_from_sqlite_to_postgres() {
     source.close_session(&ids[0], 99).await.unwrap();
     // The ticket engine has read the first three fault events.
     let faults = source.fault_events_after(0, 100).await.unwrap();
-    let mut engine = vitals_collector::tickets::engine::Engine::restore(
-        vitals_proto::ticket_rules::TicketRules::default(),
-        HashMap::new(),
-        vec![],
-        vec![],
-        0,
-        0,
-    );
-    let mut entries = Vec::new();
-    for f in &faults[..3] {
-        entries.extend(engine.on_fault(&f.endpoint, &f.event, 5000));
-    }
-    let (tickets, incidents) = engine.changed(&entries);
-    let mut evidence = Snapshot::default();
-    evidence.host.hostname = "evidence".into();
-    source
-        .save_tickets(TicketStep {
-            tickets,
-            incidents,
-            entries,
-            snapshots: vec![store::Evidence {
-                ticket: 1,
-                snapshot: evidence.clone(),
-            }],
-            deliveries: vec![NewDelivery {
-                webhook: "itsm".into(),
-                event: "opened".into(),
-                body: "{}".into(),
-            }],
-            cursor: faults[2].id,
-            now_ms: 5000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let evidence = engine_step(
+        &*source,
+        &faults[..3],
+        vec![NewDelivery {
+            webhook: "itsm".into(),
+            event: "opened".into(),
+            body: "{}".into(),
+        }],
+        Vec::new(),
+    )
+    .await;
     source
         .audit_append(vitals_proto::diag::AuditEntry {
             who: "sam".into(),
