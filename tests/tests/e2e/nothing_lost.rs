@@ -705,7 +705,9 @@ async fn replicas_survive_a_killed_leader_mid_storm() {
             &db,
             "SELECT COALESCE((SELECT a.client_port FROM pg_locks l
                  JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.locktype = 'advisory' AND l.objid = 4 AND l.granted), 0)",
+                 WHERE l.locktype = 'advisory' AND l.objid = 4 AND l.granted
+                   AND l.database = (SELECT oid FROM pg_database
+                                     WHERE datname = current_database())), 0)",
         )
         .expect("lock holder")
     };

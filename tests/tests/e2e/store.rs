@@ -1117,7 +1117,8 @@ async fn one_replica_leads_and_a_standby_takes_over() {
     pg.sql(
         &db,
         "SELECT pg_terminate_backend(pid) FROM pg_locks
-         WHERE locktype = 'advisory' AND objid = 4 AND granted",
+         WHERE locktype = 'advisory' AND objid = 4 AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .unwrap();
     let started = std::time::Instant::now();
