@@ -197,28 +197,39 @@ pub async fn migration_status(path: &Path) -> Result<crate::store::MigrationStat
     .await?
 }
 
+/// Applies pending migrations, each in a transaction that takes the write
+/// lock before it reads the schema version: two processes opening a new
+/// file at once (a collector starting, `tokens create` beside it) migrate
+/// one after the other instead of both applying the same migration.
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let current: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
-    if current > known {
-        return Err(StoreError::SchemaTooNew {
-            found: current,
-            known,
-        });
-    }
-    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+    loop {
+        let tx =
+            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        let current: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if current > known {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                known,
+            });
+        }
+        let Some((version, sql)) = MIGRATIONS.iter().find(|m| m.0 > current) else {
+            tx.commit()?;
+            return Ok(());
+        };
         let apply = || -> rusqlite::Result<()> {
-            let tx = conn.unchecked_transaction()?;
             tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", version)?;
-            tx.commit()
+            tx.pragma_update(None, "user_version", version)
         };
         apply().map_err(|source| StoreError::Migration {
             version: *version,
             source,
         })?;
+        tx.commit().map_err(|source| StoreError::Migration {
+            version: *version,
+            source,
+        })?;
     }
-    Ok(())
 }
 
 /// One collector owns a database file: it always leads.

@@ -250,3 +250,22 @@ async fn snapshots_are_stored_as_protobuf_and_older_json_rows_still_read() {
     let err = store.history("ws-enc", 1).await.unwrap_err().to_string();
     assert!(err.contains("ws-enc"), "{err}");
 }
+
+/// Two processes opening a new file at once (a collector starting and an
+/// admin command beside it) both get a fully migrated database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openers_racing_on_a_new_file_migrate_one_after_the_other() {
+    for round in 0..5 {
+        let path = temp_db(&format!("race-{round}"));
+        let (a, b) = tokio::join!(
+            SqliteStore::open(&path, 10, Duration::ZERO),
+            SqliteStore::open(&path, 10, Duration::ZERO)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let id: EndpointId = "ws-race".parse().unwrap();
+        a.open_session(&session(&id)).await.unwrap();
+        assert!(b.endpoint("ws-race").await.unwrap().is_some());
+        let status = migration_status(&path).await.unwrap();
+        assert_eq!(status.applied, status.known);
+    }
+}
