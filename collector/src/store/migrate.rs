@@ -343,7 +343,7 @@ pub async fn sqlite_to_postgres(
     // column read below exists.
     drop(super::sqlite::SqliteStore::open(from, opts.history_limit, opts.history_interval).await?);
     let target = PgStore::open(to, opts).await?;
-    let mut client = target.raw_client().await?;
+    let mut client = target.client().await?;
     for (table, _) in TABLES {
         let n: i64 = client
             .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])

@@ -147,9 +147,7 @@ impl IngestStore for PgStore {
                 // A receive time past the partitions made (a clock jump):
                 // make them and run again.
                 Err(e) if no_partition(&e) && attempt < 5 => {
-                    let mut client = self.client().await?;
-                    self.partitions
-                        .cover(&mut client, batch.records.iter().map(|r| r.received_ms))
+                    self.cover_history(batch.records.iter().map(|r| r.received_ms))
                         .await?;
                 }
                 Err(e) => return Err(e),

@@ -195,7 +195,8 @@ impl PgStore {
         Ok(store)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    /// A connection of the pool (also for moving an installation in).
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(StoreError::from)
     }
 
@@ -208,12 +209,6 @@ impl PgStore {
         self.covered_until
             .fetch_max(done.covered_until, Ordering::Relaxed);
         Ok(done)
-    }
-
-    /// A connection of the pool, for work beside the storage traits
-    /// (moving an installation in).
-    pub(crate) async fn raw_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.client().await
     }
 
     /// How wide each history partition is.
