@@ -44,6 +44,8 @@ fn read_bundle(files: &[PathBuf]) -> String {
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 /// How often the collector's own certificates are looked at.
 const EXPIRY_CHECK: Duration = Duration::from_secs(6 * 3600);
+/// The first wait before a look that could not be said is tried again.
+const EXPIRY_RETRY: Duration = Duration::from_secs(2);
 /// The endpoint the collector's own tickets are filed under.
 pub const COLLECTOR_ENDPOINT: &str = "collector";
 
@@ -59,8 +61,13 @@ pub fn watch_expiry(
     use vitals_proto::domain::{FaultEvent, FaultState, Severity};
     tokio::spawn(async move {
         let mut raised: HashMap<PathBuf, bool> = HashMap::new();
+        // After a refusal or an error the look is tried again soon (a
+        // standby may lead by then, a busy store may have room), backing
+        // off to the usual period.
+        let mut retry = EXPIRY_RETRY;
         loop {
             let now = vitals_proto::now_ms();
+            let mut unsaid = false;
             for file in &files {
                 let Some(not_after) = std::fs::read(file).ok().and_then(|pem| {
                     x509_parser::pem::Pem::iter_from_buffer(&pem)
@@ -118,17 +125,29 @@ pub fn watch_expiry(
                     }
                     Ok(()) => {}
                     // The leading replica watches the same files.
-                    Err(crate::tickets::DeskError::NotLeader) => continue,
+                    Err(crate::tickets::DeskError::NotLeader) => {
+                        unsaid = true;
+                        continue;
+                    }
                     Err(error) => {
-                        warn!(%error, "cannot raise the certificate expiry ticket");
+                        warn!(%error, "cannot raise the certificate expiry ticket; trying again");
+                        unsaid = true;
                         continue;
                     }
                 }
                 raised.insert(file.clone(), due);
             }
+            let wait = if unsaid {
+                let wait = retry;
+                retry = (retry * 2).min(EXPIRY_CHECK);
+                wait
+            } else {
+                retry = EXPIRY_RETRY;
+                EXPIRY_CHECK
+            };
             tokio::select! {
                 () = stop.requested() => return,
-                () = tokio::time::sleep(EXPIRY_CHECK) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     });

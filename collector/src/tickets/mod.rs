@@ -676,9 +676,13 @@ async fn run(
     queue: &mut DeskQueue,
     out: &Outbound,
     stop: &mut Shutdown,
+    first: Option<Command>,
 ) -> Result<(), StoreError> {
     let current = policy.borrow_and_update().clone();
     let mut w = Worker::resume(store, &current, queue.changes.clone(), out).await?;
+    if let Some(c) = first {
+        w.command(c).await?;
+    }
     loop {
         if policy.has_changed().unwrap_or(false) {
             let p = policy.borrow_and_update().clone();
@@ -717,18 +721,29 @@ pub async fn supervise(
     mut stop: Shutdown,
     mut leading: crate::leader::Leading,
 ) {
+    let mut queued = None;
     loop {
         // Another replica runs the engine: specialists' requests here are
         // refused (applying nothing) until this one leads.
         if !leading.now() {
             let mut decided = leading.clone();
             tokio::select! {
+                // Taking the lead wins over a request waiting beside it.
+                biased;
                 () = leading.until(true) => {}
                 // Requests wait for the first try for the lead.
                 Some(c) = async {
                     decided.decided().await;
                     queue.rx.recv().await
-                } => c.refuse(|| DeskError::NotLeader),
+                } => {
+                    if leading.now() {
+                        // The lead came with the request: it is applied by
+                        // the engine, not refused.
+                        queued = Some(c);
+                    } else {
+                        c.refuse(|| DeskError::NotLeader);
+                    }
+                }
                 () = stop.requested() => return,
             }
             continue;
@@ -741,6 +756,7 @@ pub async fn supervise(
                 &mut queue,
                 &out,
                 &mut stop,
+                queued.take(),
             ) => Some(r),
             // Dropping the engine mid-step rolls its transaction back: the
             // next leader resumes from the stored state.
