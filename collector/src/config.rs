@@ -30,6 +30,8 @@ pub struct CollectorConfig {
     pub tls: TlsFiles,
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Routing between replicas over NATS; a lone collector has none.
+    pub cluster: Option<ClusterConfig>,
     #[serde(default)]
     pub agents: AgentSettings,
     #[serde(default)]
@@ -44,6 +46,22 @@ pub struct CollectorConfig {
     /// Lifetimes of the certificates the collector signs, enrollment.
     #[serde(default)]
     pub certificates: CertificateSettings,
+}
+
+/// `[cluster]`: the NATS server replicas route live traffic through (a
+/// desk's session moving, diagnostics to the replica holding its stream,
+/// desk actions to the leader).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `nats://HOST:PORT` (or `tls://…`); several, comma-separated, for a
+    /// NATS cluster.
+    pub nats_url: String,
+    /// The CA certificate (PEM) that signed the NATS server's, which makes
+    /// the link TLS.
+    pub nats_ca_file: Option<PathBuf>,
+    /// A file holding `user:password` for the NATS server, read at start.
+    pub nats_credentials_file: Option<PathBuf>,
 }
 
 /// `[certificates]`: what enrollment and renewal sign.
@@ -415,6 +433,7 @@ impl CollectorConfig {
             replica: None,
             tls: TlsFiles::default(),
             storage: StorageConfig::default(),
+            cluster: None,
             agents: AgentSettings::default(),
             metrics: MetricsConfig::default(),
             webhooks: Vec::new(),
@@ -439,6 +458,14 @@ impl CollectorConfig {
         .flatten()
         {
             *p = config_file::resolve(path, p);
+        }
+        if let Some(c) = &mut config.cluster {
+            for p in [&mut c.nats_ca_file, &mut c.nats_credentials_file]
+                .into_iter()
+                .flatten()
+            {
+                *p = config_file::resolve(path, p);
+            }
         }
         if let Some(e) = &mut config.email {
             for p in [&mut e.password_file, &mut e.ca].into_iter().flatten() {
@@ -595,6 +622,21 @@ impl CollectorConfig {
         }
         if self.storage.pool_size == 0 {
             return Err(invalid("storage.pool_size must be at least 1".into()));
+        }
+        if let Some(c) = &self.cluster {
+            if !matches!(
+                crate::store::Backend::of(&self.storage_url()),
+                Ok(crate::store::Backend::Postgres(_))
+            ) {
+                return Err(invalid(
+                    "cluster: replicas share a PostgreSQL database, so [cluster] needs \
+                     storage.url = \"postgres://…\""
+                        .into(),
+                ));
+            }
+            if let Err(e) = crate::cluster::servers(&c.nats_url) {
+                return Err(invalid(format!("cluster.nats_url: {e}")));
+            }
         }
         Ok(())
     }

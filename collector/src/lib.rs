@@ -18,6 +18,7 @@
 //! configuration (certificates, database) before any port is bound;
 //! [`Collector::serve`] then runs until the shutdown future completes.
 
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod ctl;
@@ -106,6 +107,8 @@ pub enum CollectorError {
     Pki(#[from] pki::PkiError),
     #[error("{0}")]
     Storage(String),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// Raises the soft open-files limit to the hard limit: each agent stream
@@ -406,6 +409,21 @@ impl Collector {
         };
         let leading = store.campaign(stop.clone());
         metrics.watch_leadership(leading.clone(), stop.clone());
+        // The other replicas, over the bus: sessions, diagnostics, desk
+        // actions for the leader.
+        let cluster = match &config.cluster {
+            Some(c) => {
+                let cluster = cluster::Cluster::connect(c, &config.replica_name()).await?;
+                tickets::forward::serve(
+                    cluster.clone(),
+                    desk.clone(),
+                    leading.clone(),
+                    stop.clone(),
+                );
+                Some(cluster)
+            }
+            None => None,
+        };
         tokio::spawn(tickets::notify::deliver(
             store.clone(),
             tickets::notify::Targets {
@@ -426,14 +444,16 @@ impl Collector {
             outbound,
             stop.clone(),
             leading,
+            cluster.clone(),
         ));
+        let relay = Arc::new(relay::Relay::new(sessions, cluster));
         let enrollment = Arc::new(
             enrollment::Enrollment::open(
                 store.clone(),
                 &pki::PkiPaths::new(&config.data_dir),
                 tls.files.trust_files(),
                 config.certificates.clone(),
-                sessions.clone(),
+                relay.clone(),
                 revoked,
             )
             .await?,
@@ -449,7 +469,6 @@ impl Collector {
             desk.clone(),
             stop.clone(),
         );
-        let relay = Arc::new(relay::Relay::new(sessions));
         let service = SpecialistService::new(
             store.clone(),
             desk.clone(),

@@ -26,6 +26,10 @@ use crate::tickets::engine::Action;
 use crate::tickets::kb::KnowledgeBase;
 use crate::tickets::{DeskError, TicketDesk};
 
+/// How long a desk the store has online may take to become reachable
+/// (its session opened on another replica a moment ago).
+const SESSION_SETTLES: Duration = Duration::from_secs(1);
+
 /// How a ticket change reads in the audit log: its kind and what was
 /// asked (long texts cut, the timeline keeps them whole).
 fn action_audit(a: &Action) -> (&'static str, BTreeMap<String, String>) {
@@ -130,7 +134,9 @@ impl From<DeskError> for ServiceError {
     fn from(e: DeskError) -> Self {
         match e {
             DeskError::NoTicket(id) => ServiceError::NotFound(format!("no ticket {id}")),
-            DeskError::Stopped | DeskError::NotLeader => ServiceError::Unavailable(e.to_string()),
+            DeskError::Stopped | DeskError::NotLeader | DeskError::Leader(_) => {
+                ServiceError::Unavailable(e.to_string())
+            }
             DeskError::Store(s) => ServiceError::Store(s),
         }
     }
@@ -653,10 +659,24 @@ impl SpecialistService {
         if let Some(t) = r.ticket {
             self.ticket(caller, t).await?;
         }
-        if !self.relay.is_online(&r.endpoint)
-            && (r.wait_offline.is_zero()
-                || !self.relay.wait_online(&r.endpoint, r.wait_offline).await)
-        {
+        let bus = |e: crate::cluster::ClusterError| ServiceError::Unavailable(e.to_string());
+        let mut online = self
+            .relay
+            .wait_online(&r.endpoint, r.wait_offline)
+            .await
+            .map_err(bus)?;
+        // The store says a replica holds it: a session that opened a moment
+        // ago may not be reachable from the other replicas yet.
+        let settle = tokio::time::Instant::now() + SESSION_SETTLES;
+        while !online && endpoint.summary.online && tokio::time::Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            online = self
+                .relay
+                .wait_online(&r.endpoint, Duration::ZERO)
+                .await
+                .map_err(bus)?;
+        }
+        if !online {
             let ms = endpoint.summary.last_seen_ms;
             let since = if ms > 0 {
                 vitals_proto::rfc3339_seconds(ms)
@@ -671,6 +691,7 @@ impl SpecialistService {
         self.relay
             .run(&r.endpoint, &r.kind, r.params.clone(), deadline)
             .await
+            .map_err(bus)?
             .ok_or_else(|| ServiceError::Offline(format!("{} went offline", r.endpoint)))
     }
 
@@ -715,6 +736,10 @@ impl SpecialistService {
                         }
                         let elapsed_ms = ms();
                         break (outcome, detail, Some(Ok(DiagEvent::Result { result, elapsed_ms })));
+                    }
+                    Some(Event::Lost(why)) => {
+                        let lost = ServiceError::Unavailable(why.clone());
+                        break ("disconnected", why, Some(Err(lost)));
                     }
                     Some(Event::Disconnected) | None => {
                         let why = format!(

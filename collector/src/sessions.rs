@@ -7,7 +7,8 @@
 //! (`replaced`), and everything that was routed through it learns that it
 //! ended (`ended`), so a diagnostic waiting on it fails at once instead of
 //! hanging. This is also the seam a replicated collector will need: the
-//! registry answers "where is this endpoint's session".
+//! registry answers "where is this endpoint's session" on this replica;
+//! the relay asks the other replicas (see `relay::remote`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -145,10 +146,29 @@ impl Sessions {
         current
     }
 
+    /// Ends session `generation` of `endpoint` because a session of the
+    /// same endpoint opened on another replica: it is told to stop, and
+    /// counts as ended at once, but stays attached until its task
+    /// detaches it (which records nothing: the other replica holds the
+    /// endpoint now). False if that session is no longer the live one.
+    pub fn evict(&self, endpoint: &str, generation: u64) -> bool {
+        let inner = self.lock();
+        let Some(l) = inner
+            .live
+            .get(endpoint)
+            .filter(|l| l.generation == generation)
+        else {
+            return false;
+        };
+        l.replaced.notify_one();
+        l.ended.send_replace(true);
+        true
+    }
+
     /// The way down `endpoint`'s live session, if it has one.
     pub fn route(&self, endpoint: &str) -> Option<Route> {
         let inner = self.lock();
-        let l = inner.live.get(endpoint)?;
+        let l = inner.live.get(endpoint).filter(|l| !*l.ended.borrow())?;
         Some(Route {
             generation: l.generation,
             commands: l.commands.clone(),
@@ -167,15 +187,25 @@ impl Sessions {
             .map(|l| l.commands.clone())
     }
 
-    pub fn is_online(&self, endpoint: &str) -> bool {
-        self.lock().live.contains_key(endpoint)
+    /// The way down session `generation` of `endpoint`, while it is live.
+    pub fn route_of(&self, endpoint: &str, generation: u64) -> Option<Route> {
+        self.route(endpoint).filter(|r| r.generation == generation)
     }
 
-    /// Waits until `endpoint` has a session, at most `within`.
+    pub fn is_online(&self, endpoint: &str) -> bool {
+        self.route(endpoint).is_some()
+    }
+
+    /// Completes at the next attach of any session.
+    pub fn attached(&self) -> tokio::sync::futures::Notified<'_> {
+        self.attached.notified()
+    }
+
+    /// Waits until `endpoint` has a session here, at most `within`.
     pub async fn wait_online(&self, endpoint: &str, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let attached = self.attached.notified();
+            let attached = self.attached();
             if self.is_online(endpoint) {
                 return true;
             }
@@ -218,6 +248,23 @@ mod tests {
         assert!(sessions.detach(&second));
         assert!(*route.ended.borrow());
         assert!(!sessions.is_online("ws-1"));
+    }
+
+    #[test]
+    fn a_session_evicted_for_another_replica_ends_but_detaches_itself() {
+        let sessions = Sessions::default();
+        let (s, _) = sessions.attach(&ep("ws-3"));
+        let route = sessions.route("ws-3").expect("online");
+        assert!(
+            !sessions.evict("ws-3", s.generation + 1),
+            "not that session"
+        );
+        assert!(sessions.evict("ws-3", s.generation));
+        assert!(*route.ended.borrow());
+        assert!(!sessions.is_online("ws-3"), "nothing routes down it");
+        assert!(sessions.route_of("ws-3", s.generation).is_none());
+        // Its own task still detaches it (and so counts it gone).
+        assert!(sessions.detach(&s));
     }
 
     #[tokio::test]

@@ -1072,3 +1072,108 @@ impl Postgres {
         self.port
     }
 }
+
+/// A NATS server (Debian `nats-server`) on a loopback port: the bus the
+/// collector replicas route live traffic through. It can be stopped and
+/// started again on the same port, for the tests of a bus outage. Needs
+/// no root.
+pub struct Nats {
+    pub port: u16,
+    dir: PathBuf,
+    daemon: Option<Daemon>,
+}
+
+impl Nats {
+    pub fn start(dir: &Path) -> Result<Nats, String> {
+        if find("nats-server").is_none() {
+            return Err("missing nats-server (.ci/run installs it)".into());
+        }
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let mut nats = Nats {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            daemon: None,
+        };
+        nats.resume()?;
+        Ok(nats)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGKILL): every replica loses the bus at once.
+    pub fn pause(&mut self) {
+        self.daemon = None;
+    }
+
+    /// Starts it again on its port.
+    pub fn resume(&mut self) -> Result<(), String> {
+        let log = self.dir.join("nats.log");
+        let port = self.port.to_string();
+        self.daemon = Some(Daemon::spawn(
+            "nats-server",
+            &[
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-l",
+                &log.display().to_string(),
+            ],
+            &self.dir.join("nats.out"),
+        )?);
+        let addr: SocketAddr = format!("127.0.0.1:{port}")
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        wait_listening(addr, Duration::from_secs(10))
+    }
+}
+
+/// HAProxy (Debian `haproxy`) in TCP mode in front of collector replicas:
+/// TLS passes through untouched, so agents and specialists keep their
+/// mutual TLS with whichever replica they land on. A replica that stops
+/// answering is out of rotation within a second; a connection to it that
+/// fails is sent to another. Needs no root.
+pub struct Haproxy {
+    pub addr: SocketAddr,
+    _daemon: Daemon,
+}
+
+impl Haproxy {
+    pub fn start(dir: &Path, backends: &[SocketAddr]) -> Result<Haproxy, String> {
+        if find("haproxy").is_none() {
+            return Err("missing haproxy (.ci/run installs it)".into());
+        }
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("    server r{i} {b} check inter 300ms fall 2 rise 2\n"))
+            .collect();
+        let config = dir.join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n    maxconn 4096\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    \
+                 timeout client 1h\n    timeout server 1h\n    retries 3\n    option redispatch\n\n\
+                 frontend collectors\n    bind {addr}\n    default_backend replicas\n\n\
+                 backend replicas\n    balance roundrobin\n{servers}"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let daemon = Daemon::spawn(
+            "haproxy",
+            &["-db", "-f", &config.display().to_string()],
+            &dir.join("haproxy.log"),
+        )?;
+        wait_listening(addr, Duration::from_secs(10))?;
+        Ok(Haproxy {
+            addr,
+            _daemon: daemon,
+        })
+    }
+}

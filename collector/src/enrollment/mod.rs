@@ -20,8 +20,8 @@ use vitals_proto::identity::{EndpointId, Identity};
 
 use crate::config::CertificateSettings;
 use crate::pki::{Ca, CertFacts, CsrError, PkiPaths};
+use crate::relay::Relay;
 use crate::revocation::{self, Revoked};
-use crate::sessions::Sessions;
 use crate::store::{EnrollToken, IssuedCert, NewEnrollment, Store, StoreError, TokenRefusal};
 use token::Token;
 
@@ -256,7 +256,8 @@ pub struct Enrollment {
     crl_path: PathBuf,
     settings: CertificateSettings,
     pub revoked: Arc<Revoked>,
-    sessions: Arc<Sessions>,
+    /// Cuts a revoked desk's live session, on whichever replica holds it.
+    relay: Arc<Relay>,
     limiter: PerSource,
 }
 
@@ -268,7 +269,7 @@ impl Enrollment {
         paths: &PkiPaths,
         trust: Vec<PathBuf>,
         settings: CertificateSettings,
-        sessions: Arc<Sessions>,
+        relay: Arc<Relay>,
         revoked: Arc<Revoked>,
     ) -> Result<Self, crate::CollectorError> {
         let ca = if paths.ca_key().exists() {
@@ -291,7 +292,7 @@ impl Enrollment {
             crl_path: paths.dir.join("crl.pem"),
             settings,
             revoked,
-            sessions,
+            relay,
             limiter,
         };
         enrollment.write_crl().await;
@@ -714,8 +715,9 @@ impl Enrollment {
         for (serial, _, _) in self.store.revocations().await?.serials {
             self.revoked.revoke_serial(&serial);
         }
-        self.sessions
-            .cut(id, &format!("endpoint revoked: {reason}"));
+        self.relay
+            .cut(id, &format!("endpoint revoked: {reason}"))
+            .await;
         self.write_crl().await;
         Ok(true)
     }
@@ -784,7 +786,7 @@ impl Enrollment {
                     if !known.endpoints.iter().any(|(k, _)| k == id)
                         && let Ok(id) = id.parse::<EndpointId>()
                     {
-                        self.sessions.cut(&id, "endpoint revoked");
+                        self.relay.cut(&id, "endpoint revoked").await;
                     }
                 }
                 self.write_crl().await;

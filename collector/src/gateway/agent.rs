@@ -188,7 +188,12 @@ impl AgentGateway for AgentGatewayApi {
                 Status::unavailable("collector storage unavailable")
             })?;
         let (attached, committed) = match (attached, committed) {
-            (Some(attached), Admission::Admitted(committed)) => (attached, committed),
+            (Some(attached), Admission::Admitted(committed)) => {
+                // Reachable from the other replicas, and ending an older
+                // session of this desk there.
+                crate::relay::remote::hold(&self.relay, &attached.endpoint, attached.generation);
+                (attached, committed)
+            }
             (_, Admission::Revoked { reason }) => {
                 let why = format!("endpoint {endpoint} was revoked ({reason}): enroll again");
                 self.enrollment

@@ -6,6 +6,7 @@
 
 pub mod email;
 pub mod engine;
+pub mod forward;
 pub mod kb;
 pub mod notify;
 
@@ -92,6 +93,9 @@ pub enum DeskError {
         "this collector replica does not run the ticket engine now (another replica leads); try again through another replica"
     )]
     NotLeader,
+    /// The leading replica could not be asked, or it failed: why.
+    #[error("the leading replica: {0}")]
+    Leader(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -720,11 +724,13 @@ pub async fn supervise(
     out: Outbound,
     mut stop: Shutdown,
     mut leading: crate::leader::Leading,
+    to_leader: Option<crate::cluster::Cluster>,
 ) {
     let mut queued = None;
     loop {
-        // Another replica runs the engine: specialists' requests here are
-        // refused (applying nothing) until this one leads.
+        // Another replica runs the engine: specialists' requests here go
+        // to it over the bus (or, without one, are refused, applying
+        // nothing) until this one leads.
         if !leading.now() {
             let mut decided = leading.clone();
             tokio::select! {
@@ -740,6 +746,8 @@ pub async fn supervise(
                         // The lead came with the request: it is applied by
                         // the engine, not refused.
                         queued = Some(c);
+                    } else if let Some(cluster) = &to_leader {
+                        forward::to_leader(cluster.clone(), c);
                     } else {
                         c.refuse(|| DeskError::NotLeader);
                     }

@@ -12,6 +12,7 @@ mod nothing_lost;
 mod notifications;
 mod policy;
 mod probes;
+mod replicas;
 mod store;
 mod tickets;
 mod transport;

@@ -808,7 +808,8 @@ impl Engine {
 }
 
 /// What a specialist can do to a ticket.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Action {
     Assign(String),
     Comment(String),

@@ -9,6 +9,10 @@
 //! one replaces it), [`Running::next`] says [`Event::Disconnected`] at once
 //! rather than hang. A request whose specialist goes away, or whose
 //! deadline passes, is cancelled on the agent.
+//!
+//! Among replicas ([`remote`]), an endpoint whose session is on another
+//! replica is reached through the bus: the holder runs the request down
+//! its session as if it were its own, and streams the events back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +22,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use vitals_proto::diag::{DiagnosticRequest, DiagnosticResult, DiagnosticUpdate, UpdateBody};
 
+use crate::cluster::{Cluster, ClusterError};
 use crate::sessions::{Command, Sessions};
+
+pub mod remote;
 
 /// What comes back for a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +34,18 @@ pub enum Event {
     Result(DiagnosticResult),
     /// The endpoint's session ended before the result.
     Disconnected,
+    /// The replica holding the session can no longer be heard (it stopped,
+    /// or the bus between the replicas went down): why.
+    Lost(String),
+}
+
+/// Where an endpoint's live session is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Place {
+    Here,
+    /// On the replica of that name.
+    Replica(String),
+    Offline,
 }
 
 struct InFlight {
@@ -47,6 +66,10 @@ pub struct Relay {
     sessions: Arc<Sessions>,
     in_flight: Mutex<HashMap<u64, InFlight>>,
     next: AtomicU64,
+    /// The other replicas, when there are any.
+    cluster: Option<Cluster>,
+    /// Requests this replica sent to another one's session, by id.
+    remote: Arc<Mutex<HashMap<u64, remote::Sent>>>,
 }
 
 /// A request on its way: its id and the events coming back.
@@ -70,12 +93,18 @@ impl Running {
 }
 
 impl Relay {
-    pub fn new(sessions: Arc<Sessions>) -> Self {
+    pub fn new(sessions: Arc<Sessions>, cluster: Option<Cluster>) -> Self {
         Relay {
             sessions,
             in_flight: Mutex::default(),
             next: AtomicU64::new(0),
+            cluster,
+            remote: Arc::default(),
         }
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InFlight>> {
@@ -89,13 +118,85 @@ impl Relay {
         self.sessions.is_online(endpoint)
     }
 
-    /// Waits until `endpoint` has a session, at most `within`.
-    pub async fn wait_online(&self, endpoint: &str, within: Duration) -> bool {
-        self.sessions.wait_online(endpoint, within).await
+    /// Where `endpoint`'s session is: here, on another replica (asked over
+    /// the bus), or nowhere.
+    pub async fn locate(&self, endpoint: &str) -> Result<Place, ClusterError> {
+        if self.sessions.is_online(endpoint) {
+            return Ok(Place::Here);
+        }
+        match &self.cluster {
+            Some(c) => remote::locate(c, endpoint).await,
+            None => Ok(Place::Offline),
+        }
     }
 
-    /// Sends a request down `endpoint`'s session. `None` if it has none.
+    /// Waits until `endpoint` has a session on any replica, at most
+    /// `within` (zero: looks once).
+    pub async fn wait_online(
+        &self,
+        endpoint: &str,
+        within: Duration,
+    ) -> Result<bool, ClusterError> {
+        let deadline = tokio::time::Instant::now() + within;
+        // Told of sessions opening on the other replicas from now on.
+        let mut claims = match &self.cluster {
+            Some(c) if !within.is_zero() => Some(remote::claims(c, endpoint).await?),
+            _ => None,
+        };
+        loop {
+            let attached = self.sessions.attached();
+            if self.locate(endpoint).await? != Place::Offline {
+                return Ok(true);
+            }
+            let claimed = async {
+                match &mut claims {
+                    Some(c) => {
+                        tokio_stream::StreamExt::next(c).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = attached => {}
+                () = claimed => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Ok(self.locate(endpoint).await? != Place::Offline);
+                }
+            }
+        }
+    }
+
+    /// Ends `endpoint`'s live session, wherever it is, telling the agent
+    /// why.
+    pub async fn cut(&self, endpoint: &vitals_proto::identity::EndpointId, reason: &str) {
+        if self.sessions.cut(endpoint, reason) {
+            return;
+        }
+        if let Some(c) = &self.cluster {
+            remote::cut(c, endpoint.as_str(), reason).await;
+        }
+    }
+
+    /// Sends a request down `endpoint`'s session, here or on the replica
+    /// holding it. `None` if it has none.
     pub async fn run(
+        &self,
+        endpoint: &str,
+        kind: &str,
+        params: BTreeMap<String, String>,
+        timeout: Duration,
+    ) -> Result<Option<Running>, ClusterError> {
+        if let Some(r) = self.run_here(endpoint, kind, params.clone(), timeout).await {
+            return Ok(Some(r));
+        }
+        match &self.cluster {
+            Some(c) => remote::run(self, c, endpoint, kind, params, timeout).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Sends a request down `endpoint`'s session on this replica.
+    async fn run_here(
         &self,
         endpoint: &str,
         kind: &str,
@@ -103,7 +204,7 @@ impl Relay {
         timeout: Duration,
     ) -> Option<Running> {
         let route = self.sessions.route(endpoint)?;
-        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = self.next_id();
         let (tx, rx) = mpsc::channel(64);
         self.lock().insert(
             id,
@@ -165,6 +266,12 @@ impl Relay {
 
     /// Stops a request: on the agent, and here.
     pub fn cancel(&self, id: u64) {
+        if let Some(c) = &self.cluster
+            && let Some(sent) = remote::forget(self, id)
+        {
+            remote::cancel(c, sent);
+            return;
+        }
         let Some(f) = self.lock().remove(&id) else {
             return;
         };
@@ -198,18 +305,20 @@ mod tests {
     #[tokio::test]
     async fn requests_go_down_their_session_and_results_come_back() {
         let sessions = Arc::new(Sessions::default());
-        let relay = Relay::new(sessions.clone());
+        let relay = Relay::new(sessions.clone(), None);
         let ws1 = "ws-1".parse().unwrap();
         assert!(
             relay
                 .run("ws-1", "os", BTreeMap::new(), Duration::from_secs(5))
                 .await
+                .expect("no bus")
                 .is_none()
         );
         let (mut session, _) = sessions.attach(&ws1);
         let mut run = relay
             .run("ws-1", "os", BTreeMap::new(), Duration::from_secs(5))
             .await
+            .expect("no bus")
             .expect("online");
         let Some(Command::Run(r)) = session.commands.recv().await else {
             panic!("no request sent down");
@@ -231,6 +340,7 @@ mod tests {
         let mut run = relay
             .run("ws-1", "os", BTreeMap::new(), Duration::from_secs(5))
             .await
+            .expect("no bus")
             .expect("online");
         sessions.detach(&session);
         assert_eq!(run.next().await, Some(Event::Disconnected));
@@ -241,6 +351,7 @@ mod tests {
         let run = relay
             .run("ws-1", "disk", BTreeMap::new(), Duration::from_secs(5))
             .await
+            .expect("no bus")
             .expect("online");
         let _ = session.commands.recv().await;
         relay.cancel(run.id);
@@ -250,12 +361,13 @@ mod tests {
     #[tokio::test]
     async fn a_newer_session_ends_the_requests_of_the_older() {
         let sessions = Arc::new(Sessions::default());
-        let relay = Relay::new(sessions.clone());
+        let relay = Relay::new(sessions.clone(), None);
         let ws1 = "ws-1".parse().unwrap();
         let (_old, _) = sessions.attach(&ws1);
         let mut run = relay
             .run("ws-1", "os", BTreeMap::new(), Duration::from_secs(5))
             .await
+            .expect("no bus")
             .expect("online");
         let (_new, _) = sessions.attach(&ws1);
         assert_eq!(run.next().await, Some(Event::Disconnected));
