@@ -443,8 +443,10 @@ impl Collector {
             desk_queue,
             outbound,
             stop.clone(),
-            leading,
-            cluster.clone(),
+            tickets::Lead {
+                leading,
+                to_leader: cluster.clone(),
+            },
         ));
         let relay = Arc::new(relay::Relay::new(sessions, cluster));
         let enrollment = Arc::new(

@@ -714,6 +714,13 @@ pub struct Outbound {
     pub wake: Arc<Notify>,
 }
 
+/// Whether this replica leads, and where requests go while it does not
+/// (the leader, over the bus; without one they are refused).
+pub struct Lead {
+    pub leading: crate::leader::Leading,
+    pub to_leader: Option<crate::cluster::Cluster>,
+}
+
 /// Runs the engine, restarting it from the stored state after a storage
 /// error (a full disk, a locked file) instead of giving up on tickets.
 pub async fn supervise(
@@ -723,9 +730,12 @@ pub async fn supervise(
     mut queue: DeskQueue,
     out: Outbound,
     mut stop: Shutdown,
-    mut leading: crate::leader::Leading,
-    to_leader: Option<crate::cluster::Cluster>,
+    lead: Lead,
 ) {
+    let Lead {
+        mut leading,
+        to_leader,
+    } = lead;
     let mut queued = None;
     loop {
         // Another replica runs the engine: specialists' requests here go

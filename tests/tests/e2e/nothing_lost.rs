@@ -87,6 +87,26 @@ async fn assert_exactly_once(store: &dyn Store, sent: &BTreeMap<String, u64>) {
     }
 }
 
+/// Waits until the ticket engine has taken in every stored fault event
+/// (its cursor is past the newest), at most a minute.
+pub(crate) async fn engine_caught_up(fleet: &Fleet) {
+    let store = open_store(fleet).await;
+    eventually(
+        Duration::from_secs(60),
+        "the ticket engine past every stored fault event",
+        || async {
+            let cursor = store.ticket_state().await.ok()?.cursor;
+            store
+                .fault_events_after(cursor, 1)
+                .await
+                .ok()?
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 /// Waits until every link has a session and nothing unacknowledged.
 async fn drained(agents: &[LinkAgent], within: Duration) {
     eventually(within, "every outbox drained", || async {
@@ -141,9 +161,9 @@ async fn two_hundred_agents_lose_nothing_through_three_kills_and_a_graceful_stop
     }
     assert_eq!(kills, 3);
     drained(&agents, Duration::from_secs(60)).await;
-    // The ticket engine follows the stored events; give it its turn, then
+    // The ticket engine follows the stored events; let it catch up, then
     // stop the collector as an operator would.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    engine_caught_up(&fleet).await;
     let status = tokio::task::block_in_place(|| {
         collector
             .take()
@@ -753,7 +773,7 @@ async fn replicas_survive_a_killed_leader_mid_storm() {
         "failover took {failover:?}"
     );
     drained(&agents, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    engine_caught_up(&fleet).await;
     let sent: BTreeMap<String, u64> = agents.iter().map(|x| (x.id.clone(), ROUNDS)).collect();
     for agent in agents {
         agent.kill().await;

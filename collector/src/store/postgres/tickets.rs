@@ -7,9 +7,25 @@ use vitals_proto::tickets::{Entry, Ticket, TicketDetail};
 
 use super::*;
 use crate::store::{
-    AwaitingEvidence, Evidence, NewDelivery, OpenCounts, StoredFault, TicketFilter, TicketState,
-    TicketStep, TicketStore,
+    AwaitingEvidence, Evidence, OpenCounts, StoredFault, TicketFilter, TicketState, TicketStep,
+    TicketStore,
 };
+
+/// Each item once, as its last appearance has it, in first-seen order.
+fn last_of_each<T, K: std::hash::Hash + Eq>(items: &[T], key: impl Fn(&T) -> K) -> Vec<&T> {
+    let mut at: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
+    let mut out: Vec<&T> = Vec::with_capacity(items.len());
+    for item in items {
+        match at.entry(key(item)) {
+            std::collections::hash_map::Entry::Occupied(e) => out[*e.get()] = item,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(item);
+            }
+        }
+    }
+    out
+}
 
 #[async_trait]
 impl TicketStore for PgStore {
@@ -115,121 +131,149 @@ impl TicketStore for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         self.fenced(&tx).await?;
-        let put = tx
-            .prepare_cached(
-                "INSERT INTO tickets (id, endpoint_id, check_id, subject, status, priority,
-                                      assignee, incident, opened_ms, updated_ms, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status,
-                    check_id = excluded.check_id,
-                    priority = excluded.priority, assignee = excluded.assignee,
-                    incident = excluded.incident, updated_ms = excluded.updated_ms,
-                    body = excluded.body",
-            )
-            .await?;
-        for t in &step.tickets {
+        // One statement per table whatever the step's size (arrays
+        // unnested); a ticket, incident or wait changed twice in a step is
+        // written as it ended.
+        let tickets = last_of_each(&step.tickets, |t| t.id);
+        if !tickets.is_empty() {
+            let col =
+                |f: &dyn Fn(&Ticket) -> String| tickets.iter().map(|t| f(t)).collect::<Vec<_>>();
+            let ids: Vec<i64> = tickets.iter().map(|t| t.id as i64).collect();
+            let assignees: Vec<Option<String>> =
+                tickets.iter().map(|t| t.assignee.clone()).collect();
+            let incidents: Vec<Option<i64>> = tickets
+                .iter()
+                .map(|t| t.incident.map(|i| i as i64))
+                .collect();
+            let opened: Vec<i64> = tickets.iter().map(|t| t.opened_ms).collect();
             tx.execute(
-                &put,
+                &tx.prepare_cached(
+                    "INSERT INTO tickets (id, endpoint_id, check_id, subject, status, priority,
+                                          assignee, incident, opened_ms, updated_ms, body)
+                     SELECT id, endpoint_id, check_id, subject, status, priority, assignee,
+                            incident, opened_ms, $11, body
+                     FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::text[])
+                          AS u(id, endpoint_id, check_id, subject, status, priority, assignee,
+                               incident, opened_ms, body)
+                     ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                        check_id = excluded.check_id,
+                        priority = excluded.priority, assignee = excluded.assignee,
+                        incident = excluded.incident, updated_ms = excluded.updated_ms,
+                        body = excluded.body",
+                )
+                .await?,
                 &[
-                    &(t.id as i64),
-                    &t.endpoint,
-                    &t.check_id,
-                    &t.subject,
-                    &t.status.as_str(),
-                    &t.priority.as_str(),
-                    &t.assignee,
-                    &t.incident.map(|i| i as i64),
-                    &t.opened_ms,
+                    &ids,
+                    &col(&|t| t.endpoint.clone()),
+                    &col(&|t| t.check_id.clone()),
+                    &col(&|t| t.subject.clone()),
+                    &col(&|t| t.status.as_str().to_owned()),
+                    &col(&|t| t.priority.as_str().to_owned()),
+                    &assignees,
+                    &incidents,
+                    &opened,
+                    &col(&|t| body_json(t)),
                     &step.now_ms,
-                    &body_json(t),
                 ],
             )
             .await?;
         }
-        let put = tx
-            .prepare_cached(
-                "INSERT INTO incidents (id, check_id, opened_ms, resolved_ms, body)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO UPDATE SET resolved_ms = excluded.resolved_ms,
-                    body = excluded.body",
-            )
-            .await?;
-        for i in &step.incidents {
+        let incidents = last_of_each(&step.incidents, |i| i.id);
+        if !incidents.is_empty() {
+            let ids: Vec<i64> = incidents.iter().map(|i| i.id as i64).collect();
+            let checks: Vec<String> = incidents.iter().map(|i| i.check_id.clone()).collect();
+            let opened: Vec<i64> = incidents.iter().map(|i| i.opened_ms).collect();
+            let resolved: Vec<Option<i64>> = incidents.iter().map(|i| i.resolved_ms).collect();
+            let bodies: Vec<String> = incidents.iter().map(|i| body_json(*i)).collect();
             tx.execute(
-                &put,
-                &[
-                    &(i.id as i64),
-                    &i.check_id,
-                    &i.opened_ms,
-                    &i.resolved_ms,
-                    &body_json(i),
-                ],
+                &tx.prepare_cached(
+                    "INSERT INTO incidents (id, check_id, opened_ms, resolved_ms, body)
+                     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[],
+                                          $5::text[])
+                     ON CONFLICT (id) DO UPDATE SET resolved_ms = excluded.resolved_ms,
+                        body = excluded.body",
+                )
+                .await?,
+                &[&ids, &checks, &opened, &resolved, &bodies],
             )
             .await?;
         }
-        let put = tx
-            .prepare_cached(
-                "INSERT INTO ticket_timeline (ticket, incident, at_ms, who, kind, text)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .await?;
-        for e in &step.entries {
+        if !step.entries.is_empty() {
+            let e = &step.entries;
+            let tickets: Vec<Option<i64>> = e.iter().map(|e| e.ticket.map(|t| t as i64)).collect();
+            let incidents: Vec<Option<i64>> =
+                e.iter().map(|e| e.incident.map(|i| i as i64)).collect();
+            let at: Vec<i64> = e.iter().map(|e| e.at_ms).collect();
+            let who: Vec<&str> = e.iter().map(|e| e.who.as_str()).collect();
+            let kind: Vec<&str> = e.iter().map(|e| e.kind.as_str()).collect();
+            let text: Vec<&str> = e.iter().map(|e| e.text.as_str()).collect();
+            // In the step's order: a timeline reads back as it happened.
             tx.execute(
-                &put,
-                &[
-                    &e.ticket.map(|t| t as i64),
-                    &e.incident.map(|i| i as i64),
-                    &e.at_ms,
-                    &e.who,
-                    &e.kind.as_str(),
-                    &e.text,
-                ],
+                &tx.prepare_cached(
+                    "INSERT INTO ticket_timeline (ticket, incident, at_ms, who, kind, text)
+                     SELECT ticket, incident, at_ms, who, kind, text
+                     FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[],
+                                 $5::text[], $6::text[])
+                          WITH ORDINALITY AS u(ticket, incident, at_ms, who, kind, text, n)
+                     ORDER BY n",
+                )
+                .await?,
+                &[&tickets, &incidents, &at, &who, &kind, &text],
             )
             .await?;
         }
-        let put = tx
-            .prepare_cached(
-                "INSERT INTO ticket_snapshots (ticket, at_ms, body) VALUES ($1, $2, $3)",
-            )
-            .await?;
-        for Evidence { ticket, snapshot } in &step.snapshots {
+        if !step.snapshots.is_empty() {
+            let tickets: Vec<i64> = step.snapshots.iter().map(|e| e.ticket as i64).collect();
+            let bodies: Vec<Vec<u8>> = step
+                .snapshots
+                .iter()
+                .map(|Evidence { snapshot, .. }| crate::store::encode_snapshot(snapshot))
+                .collect();
             tx.execute(
-                &put,
-                &[
-                    &(*ticket as i64),
-                    &step.now_ms,
-                    &crate::store::encode_snapshot(snapshot),
-                ],
+                &tx.prepare_cached(
+                    "INSERT INTO ticket_snapshots (ticket, at_ms, body)
+                     SELECT ticket, $3, body FROM UNNEST($1::bigint[], $2::bytea[]) AS u(ticket, body)",
+                )
+                .await?,
+                &[&tickets, &bodies, &step.now_ms],
             )
             .await?;
         }
-        let put = tx
-            .prepare_cached(
-                "INSERT INTO webhook_outbox (webhook, event, body, created_ms, next_attempt_ms)
-                 VALUES ($1, $2, $3, $4, $4)",
-            )
-            .await?;
-        for NewDelivery {
-            webhook,
-            event,
-            body,
-        } in &step.deliveries
-        {
-            tx.execute(&put, &[webhook, event, body, &step.now_ms])
-                .await?;
-        }
-        let put = tx
-            .prepare_cached(
-                "INSERT INTO ticket_awaiting (ticket, endpoint_id, fault_at_ms, since_ms)
-                 VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (ticket) DO UPDATE SET endpoint_id = excluded.endpoint_id,
-                    fault_at_ms = excluded.fault_at_ms, since_ms = excluded.since_ms",
-            )
-            .await?;
-        for a in &step.awaiting_added {
+        if !step.deliveries.is_empty() {
+            let d = &step.deliveries;
+            let webhooks: Vec<&str> = d.iter().map(|d| d.webhook.as_str()).collect();
+            let events: Vec<&str> = d.iter().map(|d| d.event.as_str()).collect();
+            let bodies: Vec<&str> = d.iter().map(|d| d.body.as_str()).collect();
+            // In order: deliveries go out oldest first.
             tx.execute(
-                &put,
-                &[&(a.ticket as i64), &a.endpoint, &a.fault_at_ms, &a.since_ms],
+                &tx.prepare_cached(
+                    "INSERT INTO webhook_outbox (webhook, event, body, created_ms, next_attempt_ms)
+                     SELECT webhook, event, body, $4, $4
+                     FROM UNNEST($1::text[], $2::text[], $3::text[])
+                          WITH ORDINALITY AS u(webhook, event, body, n)
+                     ORDER BY n",
+                )
+                .await?,
+                &[&webhooks, &events, &bodies, &step.now_ms],
+            )
+            .await?;
+        }
+        let added = last_of_each(&step.awaiting_added, |a| a.ticket);
+        if !added.is_empty() {
+            let tickets: Vec<i64> = added.iter().map(|a| a.ticket as i64).collect();
+            let endpoints: Vec<&str> = added.iter().map(|a| a.endpoint.as_str()).collect();
+            let at: Vec<i64> = added.iter().map(|a| a.fault_at_ms).collect();
+            let since: Vec<i64> = added.iter().map(|a| a.since_ms).collect();
+            tx.execute(
+                &tx.prepare_cached(
+                    "INSERT INTO ticket_awaiting (ticket, endpoint_id, fault_at_ms, since_ms)
+                     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[])
+                     ON CONFLICT (ticket) DO UPDATE SET endpoint_id = excluded.endpoint_id,
+                        fault_at_ms = excluded.fault_at_ms, since_ms = excluded.since_ms",
+                )
+                .await?,
+                &[&tickets, &endpoints, &at, &since],
             )
             .await?;
         }
