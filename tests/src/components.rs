@@ -1152,7 +1152,11 @@ impl Haproxy {
         let servers: String = backends
             .iter()
             .enumerate()
-            .map(|(i, b)| format!("    server r{i} {b} check inter 300ms fall 2 rise 2\n"))
+            .map(|(i, b)| {
+                format!(
+                    "    server r{i} {b} check check-ssl verify none inter 300ms fall 2 rise 2\n"
+                )
+            })
             .collect();
         let config = dir.join("haproxy.cfg");
         std::fs::write(

@@ -17,11 +17,11 @@ use vitals_tests::*;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_vitals-loadgen");
 
-fn spawn_collector(config: &Path, addr: SocketAddr) -> CollectorProcess {
+pub(crate) fn spawn_collector(config: &Path, addr: SocketAddr) -> CollectorProcess {
     tokio::task::block_in_place(|| CollectorProcess::spawn(Path::new(LOADGEN), config, addr))
 }
 
-async fn open_store(fleet: &Fleet) -> Arc<dyn Store> {
+pub(crate) async fn open_store(fleet: &Fleet) -> Arc<dyn Store> {
     let url = match &fleet.storage_url {
         Some(url) => url.clone(),
         None => fleet.dir.join("vitals.db").display().to_string(),
@@ -47,7 +47,7 @@ async fn numbered_values(store: &dyn Store, id: &str) -> Vec<u64> {
 
 /// Every endpoint's events are exactly 1..=sent, each once; each endpoint
 /// has one ticket for the check, and it counted every raise once.
-async fn assert_exactly_once(store: &dyn Store, sent: &BTreeMap<String, u64>) {
+pub(crate) async fn assert_exactly_once(store: &dyn Store, sent: &BTreeMap<String, u64>) {
     for (id, &n) in sent {
         let values = numbered_values(store, id).await;
         let expected: Vec<u64> = (1..=n).collect();
@@ -108,7 +108,7 @@ pub(crate) async fn engine_caught_up(fleet: &Fleet) {
 }
 
 /// Waits until every link has a session and nothing unacknowledged.
-async fn drained(agents: &[LinkAgent], within: Duration) {
+pub(crate) async fn drained(agents: &[LinkAgent], within: Duration) {
     eventually(within, "every outbox drained", || async {
         agents.iter().all(LinkAgent::drained).then_some(())
     })

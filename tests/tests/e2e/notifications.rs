@@ -11,7 +11,9 @@ use vitals_tests::*;
 
 /// A webhook receiver: answers 503 to the first `refuse` POSTs and 200
 /// to the rest, and hands over each as (headers, body, accepted).
-async fn webhook_receiver(refuse: usize) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Post>) {
+pub(crate) async fn webhook_receiver(
+    refuse: usize,
+) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Post>) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -76,7 +78,7 @@ async fn webhook_receiver(refuse: usize) -> (std::net::SocketAddr, mpsc::Unbound
     (addr, rx)
 }
 
-type Post = (std::collections::HashMap<String, String>, String, bool);
+pub(crate) type Post = (std::collections::HashMap<String, String>, String, bool);
 
 async fn next_post(posts: &mut mpsc::UnboundedReceiver<Post>) -> Post {
     tokio::time::timeout(WAIT, posts.recv())

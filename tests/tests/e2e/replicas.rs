@@ -289,3 +289,210 @@ async fn replicas_route_sessions_diagnostics_and_desk_actions_over_nats() {
         r.stop().await;
     }
 }
+
+/// Three replica processes behind HAProxy, with PostgreSQL, NATS and a
+/// webhook receiver: 200 desks spread over them; a specialist on one
+/// replica diagnoses a desk held by another; the replica holding a third
+/// of the desks is killed with SIGKILL and they move to the others; then
+/// the ticket leader is killed mid-storm. Every numbered event is stored
+/// once, every ticket counts each raise once, and every webhook the
+/// outbox holds reaches the receiver, none doubled at the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_behind_haproxy_lose_nothing_through_two_kills() {
+    use crate::nothing_lost::{
+        assert_exactly_once, drained, engine_caught_up, open_store, spawn_collector,
+    };
+    use std::net::SocketAddr;
+    const TEST: &str = "replicas::three_replicas_behind_haproxy_lose_nothing_through_two_kills";
+    const AGENTS: usize = 200;
+    const ROUNDS: u64 = 30;
+    const SECRET: &str = "a-long-shared-webhook-secret";
+    let mut fleet = Fleet::new("replicas-haproxy");
+    let Some((pg, nats)) = components(TEST, &fleet) else {
+        return;
+    };
+    let url = pg.database("replicas_haproxy").expect("database");
+    let db = url
+        .rsplit('/')
+        .next()
+        .and_then(|d| d.split('?').next())
+        .expect("database name")
+        .to_owned();
+    fleet.storage_url = Some(url);
+    let (receiver, mut posts) = crate::notifications::webhook_receiver(0).await;
+    let config = |name: &str| {
+        let addr: SocketAddr = format!("127.0.0.1:{}", components::free_port())
+            .parse()
+            .expect("addr");
+        let shared = CollectorProcess::write_config(&fleet, addr);
+        let text = std::fs::read_to_string(&shared).expect("config");
+        let path = fleet.dir.join(format!("collector-{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "replica = \"{name}\"\n{text}\n[cluster]\nnats_url = \"{}\"\n\n\
+                 [[webhook]]\nname = \"desk\"\nurl = \"http://{receiver}/hook\"\n\
+                 secret = \"{SECRET}\"\nevents = [\"opened\"]\n",
+                nats.url()
+            ),
+        )
+        .expect("config");
+        (path, addr)
+    };
+    let sql = |q: &str| pg.sql(&db, q).expect("sql");
+    let leader_port = || {
+        sql("SELECT COALESCE((SELECT a.client_port FROM pg_locks l
+                 JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND l.objid = 4 AND l.granted
+                   AND l.database = (SELECT oid FROM pg_database
+                                     WHERE datname = current_database())), 0)")
+    };
+    let held = || -> BTreeMap<String, usize> {
+        sql("SELECT session_replica, count(*) FROM endpoints WHERE online GROUP BY 1")
+            .lines()
+            .filter_map(|l| {
+                let (r, n) = l.split_once('|')?;
+                Some((r.to_owned(), n.parse().ok()?))
+            })
+            .collect()
+    };
+    let (config_a, addr_a) = config("a");
+    let (config_b, addr_b) = config("b");
+    let (config_c, addr_c) = config("c");
+    let mut a = Some(spawn_collector(&config_a, addr_a));
+    eventually(Duration::from_secs(20), "replica a leads", || async {
+        (leader_port() != "0").then_some(())
+    })
+    .await;
+    let first_leader = leader_port();
+    let mut b = Some(spawn_collector(&config_b, addr_b));
+    let mut c = Some(spawn_collector(&config_c, addr_c));
+    let haproxy = components::Haproxy::start(&fleet.dir.join("haproxy"), &[addr_a, addr_b, addr_c])
+        .expect("haproxy");
+
+    let agents: Vec<LinkAgent> = (0..AGENTS)
+        .map(|i| {
+            let id = format!("ws-h{i:03}");
+            LinkAgent::start(&id, fleet.agent_config(&id, haproxy.addr))
+        })
+        .collect();
+    let spread = eventually(
+        Duration::from_secs(60),
+        "200 desks spread over 3 replicas",
+        || async {
+            let h = held();
+            (h.values().sum::<usize>() == AGENTS && h.len() == 3).then_some(h)
+        },
+    )
+    .await;
+    eprintln!("desks per replica through HAProxy: {spread:?}");
+
+    // A specialist on each replica diagnoses a desk that another holds.
+    let desk = RunningAgent::start(fleet.agent_config("ws-diag", haproxy.addr));
+    let holder = eventually(WAIT, "ws-diag held", || async {
+        let r = sql("SELECT session_replica FROM endpoints WHERE id = 'ws-diag' AND online");
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    let asker = [("a", addr_a), ("b", addr_b), ("c", addr_c)]
+        .into_iter()
+        .find(|(n, _)| *n != holder)
+        .expect("another replica");
+    let sam = fleet.specialist_profile("sam", Role::Specialist, asker.1);
+    let (_, result) = diagnose(&sam, query("ws-diag", "os", &[])).await;
+    assert!(
+        result.expect("a diagnostic across replicas").ok,
+        "asked {}, held by {holder}",
+        asker.0
+    );
+    desk.stop().await;
+
+    let mut failover = None;
+    let mut moved = 0;
+    for round in 1..=ROUNDS {
+        for agent in &agents {
+            agent.send(numbered_event(round)).await;
+        }
+        if round == 10 {
+            // The standby holding most desks (about a third) dies.
+            let h = held();
+            let (victim, n) = ["b", "c"]
+                .into_iter()
+                .map(|r| (r, h.get(r).copied().unwrap_or(0)))
+                .max_by_key(|(_, n)| *n)
+                .expect("a standby");
+            moved = n;
+            eprintln!("killing replica {victim} holding {n} desks");
+            let process = if victim == "b" { b.take() } else { c.take() };
+            process.expect("running").kill9();
+        }
+        if round == 20 {
+            a.take().expect("running").kill9();
+            let killed = Instant::now();
+            eventually(Duration::from_secs(20), "a standby leads", || async {
+                let now = leader_port();
+                (now != "0" && now != first_leader).then_some(())
+            })
+            .await;
+            failover = Some(killed.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failover = failover.expect("the leader was killed");
+    eprintln!("{moved} desks moved after the kill; the leader was replaced in {failover:?}");
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
+    drained(&agents, Duration::from_secs(90)).await;
+    engine_caught_up(&fleet).await;
+
+    // Every webhook the outbox holds reaches the receiver, once per
+    // ticket opened.
+    let outbox: BTreeMap<String, bool> =
+        sql("SELECT id, delivered_ms IS NOT NULL FROM webhook_outbox WHERE webhook = 'desk'")
+            .lines()
+            .filter_map(|l| l.split_once('|').map(|(i, d)| (i.to_owned(), d == "t")))
+            .collect();
+    let mut delivered: BTreeMap<String, u64> = BTreeMap::new();
+    let mut opened: BTreeMap<u64, usize> = BTreeMap::new();
+    eventually(Duration::from_secs(60), "every webhook delivered", || {
+        let done = sql(
+            "SELECT count(*) FROM webhook_outbox WHERE webhook = 'desk' AND delivered_ms IS NULL",
+        ) == "0";
+        async move { done.then_some(()) }
+    })
+    .await;
+    while let Ok((headers, body, _)) = posts.try_recv() {
+        let id = headers
+            .get("x-vitals-delivery")
+            .cloned()
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let ticket = v["ticket"]["id"].as_u64().expect("ticket id");
+        if delivered.insert(id, ticket).is_none() {
+            *opened.entry(ticket).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        delivered.keys().cloned().collect::<Vec<_>>(),
+        outbox.keys().cloned().collect::<Vec<_>>(),
+        "every outbox post received"
+    );
+    assert!(
+        opened.values().all(|&n| n == 1),
+        "a ticket announced twice: {opened:?}"
+    );
+    assert!(opened.len() >= AGENTS, "{} tickets announced", opened.len());
+
+    let sent: BTreeMap<String, u64> = agents.iter().map(|x| (x.id.clone(), ROUNDS)).collect();
+    for agent in agents {
+        agent.kill().await;
+    }
+    drop(haproxy);
+    for replica in [b.take(), c.take()].into_iter().flatten() {
+        let status = tokio::task::block_in_place(|| replica.terminate(Duration::from_secs(20)));
+        assert!(status.success(), "replica exit after SIGTERM: {status}");
+    }
+    assert_exactly_once(open_store(&fleet).await.as_ref(), &sent).await;
+}
