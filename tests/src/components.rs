@@ -892,12 +892,60 @@ impl Postgres {
     }
 
     fn start() -> Result<Postgres, String> {
+        Self::start_in("shared")
+    }
+
+    /// A cluster of one test's own, which it may stop and start again
+    /// ([`Postgres::pause`], [`Postgres::resume`]) without touching the
+    /// tests sharing the other.
+    pub fn private(name: &str) -> Result<Postgres, String> {
+        Self::start_in(name)
+    }
+
+    /// Stops the server (fast shutdown: sessions cut, nothing lost).
+    pub fn pause(&self) -> Result<(), String> {
+        let data = self.dir.join("data").display().to_string();
+        self.run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"])
+    }
+
+    /// Starts it again on its port.
+    pub fn resume(&self) -> Result<(), String> {
+        let data = self.dir.join("data");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-o",
+                &self.options(),
+                "-l",
+                &self.dir.join("postgres.log").display().to_string(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+    }
+
+    fn options(&self) -> String {
+        // Durability is not under test here (the collector's acks follow
+        // the database's commit either way): skip the flushes.
+        format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=300",
+            self.port,
+            self.dir.display()
+        )
+    }
+
+    fn start_in(name: &str) -> Result<Postgres, String> {
         let bin = Self::bin_dir()?;
         let as_postgres = is_root();
         if as_postgres && find("runuser").is_none() {
             return Err("runuser missing (util-linux)".into());
         }
-        let dir = std::env::temp_dir().join(format!("vitals-pg-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("vitals-pg-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let pg = Postgres {
@@ -929,15 +977,6 @@ impl Postgres {
                 "--no-sync",
             ],
         )?;
-        // Durability is not under test here (the collector's acks follow
-        // the database's commit either way): skip the flushes.
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=300",
-            pg.port,
-            pg.dir.display()
-        );
-        let log = pg.dir.join("postgres.log").display().to_string();
         // The watchdog first, so a failed start is cleaned up too. It runs
         // as this process's user (to see it), the stop as the cluster's.
         let watchdog = format!(
@@ -959,21 +998,7 @@ impl Postgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         cmd.spawn().map_err(|e| format!("watchdog: {e}"))?;
-        pg.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &data.display().to_string(),
-                "-o",
-                &options,
-                "-l",
-                &log,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        )?;
+        pg.resume()?;
         Ok(pg)
     }
 
@@ -1070,6 +1095,14 @@ impl Postgres {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.join("data").display().to_string();
+        let _ = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

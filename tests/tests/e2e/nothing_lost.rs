@@ -784,3 +784,42 @@ async fn replicas_survive_a_killed_leader_mid_storm() {
     }
     assert_exactly_once(open_store(&fleet).await.as_ref(), &sent).await;
 }
+
+/// PostgreSQL goes away under a collector on it, then comes back: acks stop
+/// while it is gone (nothing is acknowledged that is not committed), the
+/// agent keeps what it sent, and once the database is back everything is
+/// stored, each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_stops_acks_and_loses_nothing() {
+    const TEST: &str = "nothing_lost::a_database_outage_stops_acks_and_loses_nothing";
+    let pg = match components::Postgres::private("outage") {
+        Ok(pg) => pg,
+        Err(why) => return components::skip(TEST, &why),
+    };
+    let mut fleet = Fleet::new("pg-outage");
+    fleet.storage_url = Some(pg.database("outage").expect("database"));
+    let collector = RunningCollector::start(fleet.collector_config()).await;
+    let link = LinkAgent::start("ws-o1", fleet.agent_config("ws-o1", collector.addr));
+    let mut n = 0;
+    send_next(std::slice::from_ref(&link), &mut n, 5).await;
+    drained(std::slice::from_ref(&link), Duration::from_secs(20)).await;
+
+    pg.pause().expect("database stopped");
+    send_next(std::slice::from_ref(&link), &mut n, 5).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        link.status.borrow().outbox_messages > 0,
+        "acknowledged while the database was down: {:?}",
+        link.status.borrow()
+    );
+    pg.resume().expect("database back");
+    send_next(std::slice::from_ref(&link), &mut n, 2).await;
+    drained(std::slice::from_ref(&link), Duration::from_secs(60)).await;
+    let store = open_store(&fleet).await;
+    assert_eq!(
+        numbered_values(store.as_ref(), "ws-o1").await,
+        (1..=n).collect::<Vec<_>>()
+    );
+    link.kill().await;
+    collector.stop().await;
+}
