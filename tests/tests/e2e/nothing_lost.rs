@@ -87,6 +87,20 @@ pub(crate) async fn assert_exactly_once(store: &dyn Store, sent: &BTreeMap<Strin
     }
 }
 
+/// The client port of the database session holding `db`'s leader lock
+/// ("0" when nobody leads): it changes when another replica takes over.
+pub(crate) fn leader_port(pg: &components::Postgres, db: &str) -> String {
+    pg.sql(
+        db,
+        "SELECT COALESCE((SELECT a.client_port FROM pg_locks l
+             JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.objid = 4 AND l.granted
+               AND l.database = (SELECT oid FROM pg_database
+                                 WHERE datname = current_database())), 0)",
+    )
+    .expect("lock holder")
+}
+
 /// Waits until the ticket engine has taken in every stored fault event
 /// (its cursor is past the newest), at most a minute.
 pub(crate) async fn engine_caught_up(fleet: &Fleet) {
@@ -720,17 +734,7 @@ async fn replicas_survive_a_killed_leader_mid_storm() {
         std::fs::write(&path, format!("replica = \"{name}\"\n{text}")).expect("config");
         (path, addr)
     };
-    let holder = || {
-        pg.sql(
-            &db,
-            "SELECT COALESCE((SELECT a.client_port FROM pg_locks l
-                 JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.locktype = 'advisory' AND l.objid = 4 AND l.granted
-                   AND l.database = (SELECT oid FROM pg_database
-                                     WHERE datname = current_database())), 0)",
-        )
-        .expect("lock holder")
-    };
+    let holder = || leader_port(pg, &db);
     let (config_a, addr_a) = replica("a");
     let (config_b, addr_b) = replica("b");
     let mut a = Some(spawn_collector(&config_a, addr_a));

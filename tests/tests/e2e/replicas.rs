@@ -340,13 +340,7 @@ async fn three_replicas_behind_haproxy_lose_nothing_through_two_kills() {
         (path, addr)
     };
     let sql = |q: &str| pg.sql(&db, q).expect("sql");
-    let leader_port = || {
-        sql("SELECT COALESCE((SELECT a.client_port FROM pg_locks l
-                 JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE l.locktype = 'advisory' AND l.objid = 4 AND l.granted
-                   AND l.database = (SELECT oid FROM pg_database
-                                     WHERE datname = current_database())), 0)")
-    };
+    let leader_port = || crate::nothing_lost::leader_port(pg, &db);
     let held = || -> BTreeMap<String, usize> {
         sql("SELECT session_replica, count(*) FROM endpoints WHERE online GROUP BY 1")
             .lines()
