@@ -5,6 +5,7 @@
 //! vitals-loadgen run --spawn collector --agents 5000 --interval 10s --ramp 500 --duration 300s
 //! vitals-loadgen run --spawn echo --agents 200 --interval 0 --window 16 --duration 60s
 //! vitals-loadgen restart --agents 2000 --outage 10s
+//! vitals-loadgen replicas --replicas 3 --agents 5000 --storage-url postgres://… --nats-url nats://…
 //! ```
 
 use std::net::SocketAddr;
@@ -114,6 +115,55 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Start N collector replicas on one PostgreSQL database and one NATS
+    /// server (both already running; the database empty), give each an
+    /// equal share of the agents, and relay diagnostics through the first
+    /// replica to its own agents and to the second's.
+    Replicas {
+        #[arg(long, default_value = "target/loadgen-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// The first replica's address; the next ones listen two ports
+        /// further each (their metrics on the port after).
+        #[arg(long, default_value = "127.0.0.1:17443")]
+        target: SocketAddr,
+        /// Agents in all, split evenly over the replicas.
+        #[arg(long, default_value_t = 3000)]
+        agents: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+        /// Agents connected per second per replica during the ramp.
+        #[arg(long, default_value_t = 500.0)]
+        ramp: f64,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Fault events per second across all agents.
+        #[arg(long, default_value_t = 0.0)]
+        faults_per_sec: f64,
+        /// Diagnostics to each of the first two replicas' agents, all sent
+        /// through the first replica.
+        #[arg(long, default_value_t = 0)]
+        diagnostics: usize,
+        #[arg(long, default_value_t = 1)]
+        diag_concurrency: usize,
+        /// The replicas' shared `storage.url` (an empty PostgreSQL database).
+        #[arg(long)]
+        storage_url: String,
+        /// Their `cluster.nats_url`.
+        #[arg(long)]
+        nats_url: String,
+        /// `kill -9` the leading replica this long after the start, and time
+        /// the takeover.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        kill_leader_after: Option<Duration>,
+        #[arg(long, default_value = "rp")]
+        prefix: String,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// One slice of a `restart` fleet, steered by the `restart` command
     /// through stdin and stdout (not for use by hand).
     #[command(hide = true)]
@@ -177,7 +227,7 @@ fn main() -> anyhow::Result<()> {
             };
             let mut fresh = true;
             let spawn = || {
-                let child = spawn_collector(&data_dir, target, None, None, fresh)?;
+                let child = spawn_collector(&data_dir, target, None, None, fresh, None)?;
                 fresh = false;
                 wait_for_port(target)?;
                 Ok(child)
@@ -185,6 +235,85 @@ fn main() -> anyhow::Result<()> {
             let exe = std::env::current_exe()?;
             let (report, mut collector) = rt.block_on(loadgen::restart::run(&plan, &exe, spawn))?;
             stop(&mut collector);
+            print_report(&report.table(), &report, json)
+        }
+        Cmd::Replicas {
+            data_dir,
+            replicas,
+            target,
+            agents,
+            interval,
+            window,
+            ramp,
+            duration,
+            faults_per_sec,
+            diagnostics,
+            diag_concurrency,
+            storage_url,
+            nats_url,
+            kill_leader_after,
+            prefix,
+            json,
+        } => {
+            anyhow::ensure!(
+                target.ip().is_loopback(),
+                "the target must be a loopback address"
+            );
+            anyhow::ensure!(
+                replicas > 0 && agents >= replicas && window > 0,
+                "replicas, agents (at least one per replica) and window must be at least 1"
+            );
+            let _ = rlimit::increase_nofile_limit(u64::MAX);
+            ensure_pki(&data_dir)?;
+            let mut children = Vec::new();
+            let mut running = Vec::new();
+            for i in 0..replicas {
+                let at = SocketAddr::new(target.ip(), target.port() + 2 * i as u16);
+                let name = format!("r{i}");
+                let child = spawn_collector(
+                    &data_dir,
+                    at,
+                    None,
+                    Some(&storage_url),
+                    false,
+                    Some((&name, &nats_url)),
+                )?;
+                running.push(loadgen::replicas::Replica {
+                    name,
+                    target: at,
+                    metrics_url: format!("http://{}/metrics", metrics_addr(at)),
+                    pid: child.id(),
+                });
+                children.push(child);
+                // The first one runs the migrations alone.
+                wait_for_port(at)?;
+            }
+            let plan = loadgen::replicas::ReplicaPlan {
+                replicas: running,
+                fleet: Plan {
+                    target,
+                    agents,
+                    interval,
+                    window,
+                    ramp_per_sec: ramp,
+                    duration,
+                    storm_after: None,
+                    faults_per_sec,
+                    data_dir: data_dir.clone(),
+                    id_prefix: prefix,
+                    diagnostics,
+                    diag_concurrency,
+                    metrics_url: None,
+                    diag_target: None,
+                    watch_target: None,
+                },
+                kill_leader_after,
+            };
+            let report = rt.block_on(loadgen::replicas::run(plan));
+            for child in &mut children {
+                stop(child);
+            }
+            let report = report?;
             print_report(&report.table(), &report, json)
         }
         Cmd::RestartWorker {
@@ -262,6 +391,7 @@ fn main() -> anyhow::Result<()> {
                     history_interval,
                     storage_url.as_deref(),
                     true,
+                    None,
                 )?),
                 Spawn::Echo => Some(spawn_echo(&data_dir, target)?),
                 Spawn::None => None,
@@ -287,6 +417,8 @@ fn main() -> anyhow::Result<()> {
                     Spawn::Collector => Some(format!("http://{}/metrics", metrics_addr(target))),
                     _ => metrics_url,
                 },
+                diag_target: None,
+                watch_target: None,
             };
             let report = rt.block_on(loadgen::run(plan, pid));
             if let Some(child) = &mut server {
@@ -333,26 +465,37 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Starts `vitals-collector run`; `fresh` starts from an empty database
-/// (certificates stay cached), otherwise the last one is kept.
+/// (certificates stay cached), otherwise the last one is kept. A replica
+/// (its name, the NATS URL) gets a configuration file and log of its own.
 fn spawn_collector(
     data_dir: &Path,
     target: SocketAddr,
     history_interval: Option<String>,
     storage_url: Option<&str>,
     fresh: bool,
+    replica: Option<(&str, &str)>,
 ) -> anyhow::Result<Child> {
     if fresh {
         for f in ["vitals.db", "vitals.db-wal", "vitals.db-shm"] {
             let _ = std::fs::remove_file(data_dir.join(f));
         }
     }
-    let config = data_dir.join("loadgen-collector.toml");
+    let suffix = replica
+        .map(|(name, _)| format!("-{name}"))
+        .unwrap_or_default();
+    let config = data_dir.join(format!("loadgen-collector{suffix}.toml"));
     std::fs::write(
         &config,
         format!(
-            "data_dir = \".\"\nlisten = \"{target}\"\n\n[metrics]\nenabled = true\nlisten = \"{}\"\n\n\
-             [storage]\n{}",
+            "data_dir = \".\"\nlisten = \"{target}\"\n{}\n[metrics]\nenabled = true\nlisten = \"{}\"\n\n\
+             {}[storage]\n{}",
+            replica
+                .map(|(name, _)| format!("replica = {name:?}\n"))
+                .unwrap_or_default(),
             metrics_addr(target),
+            replica
+                .map(|(_, nats)| format!("[cluster]\nnats_url = {nats:?}\n\n"))
+                .unwrap_or_default(),
             history_interval
                 .map(|h| format!("history_interval = \"{h}\"\n"))
                 .unwrap_or_default()
@@ -364,7 +507,7 @@ fn spawn_collector(
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(data_dir.join("collector.log"))?;
+        .open(data_dir.join(format!("collector{suffix}.log")))?;
     Ok(Command::new(sibling("vitals-collector")?)
         .args(["run", "--config"])
         .arg(&config)

@@ -8,6 +8,7 @@
 pub mod certs;
 pub mod echo;
 pub mod procstat;
+pub mod replicas;
 pub mod restart;
 pub mod scrape;
 pub mod sim;
@@ -178,6 +179,13 @@ pub struct Plan {
     pub diag_concurrency: usize,
     /// The collector's `/metrics`, read every two seconds during the run.
     pub metrics_url: Option<String>,
+    /// Where the specialist sending diagnostics connects (default: the
+    /// target): another replica than the one holding the agents' streams
+    /// makes every diagnostic cross replicas.
+    pub diag_target: Option<SocketAddr>,
+    /// Where the ticket watcher connects (default: the target): with
+    /// replicas, the leader, which commits every ticket change.
+    pub watch_target: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -419,22 +427,23 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
 
 /// A specialist client of the collector under test, with a fresh
 /// certificate from the fleet CA for `name` and `role`.
-async fn specialist(
-    plan: &Plan,
+pub async fn specialist(
+    data_dir: &std::path::Path,
+    target: SocketAddr,
     name: &str,
     role: vitals_proto::identity::Role,
 ) -> anyhow::Result<vitals_collector::ctl::Client> {
     use vitals_collector::ctl::{Client, Profile};
     use vitals_collector::pki::{Ca, PkiPaths};
     use vitals_proto::identity::Identity;
-    let paths = PkiPaths::new(&plan.data_dir);
+    let paths = PkiPaths::new(data_dir);
     let identity = Identity::specialist(name, role)?;
     let (cert, key) = paths.client(&identity);
     Ca::load(&paths)?
         .issue_client(&identity, 2)?
         .write(&cert, &key)?;
     Ok(Client::connect(&Profile {
-        collector: Some(format!("https://{}", plan.target)),
+        collector: Some(format!("https://{target}")),
         server_name: Some("localhost".into()),
         ca: Some(paths.ca_cert()),
         cert: Some(cert),
@@ -449,7 +458,8 @@ async fn run_diagnostics(plan: &Plan) -> anyhow::Result<DiagReport> {
     use vitals_collector::ctl::DiagQuery;
     use vitals_proto::identity::Role;
     use vitals_proto::wire::diagnostic_event::Body;
-    let client = specialist(plan, "loadgen-diag", Role::Specialist).await?;
+    let at = plan.diag_target.unwrap_or(plan.target);
+    let client = specialist(&plan.data_dir, at, "loadgen-diag", Role::Specialist).await?;
     let slots = Arc::new(tokio::sync::Semaphore::new(plan.diag_concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let started = Instant::now();
@@ -517,7 +527,8 @@ async fn watch_tickets(
     stats: Arc<Stats>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use vitals_proto::identity::Role;
-    let mut client = specialist(plan, "loadgen-watch", Role::Viewer).await?;
+    let at = plan.watch_target.unwrap_or(plan.target);
+    let mut client = specialist(&plan.data_dir, at, "loadgen-watch", Role::Viewer).await?;
     let mut changes = client.watch_tickets().await?;
     Ok(tokio::spawn(async move {
         let _client = client;

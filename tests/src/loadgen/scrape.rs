@@ -101,6 +101,13 @@ impl Scraper {
     }
 }
 
+/// Whether the collector serving `url` holds the ticket leader lock, from
+/// its `vitals_collector_leader` gauge; `None` while it does not answer.
+pub async fn leads(http: &reqwest::Client, url: &str) -> Option<bool> {
+    let text = http.get(url).send().await.ok()?.text().await.ok()?;
+    Some(parse(&text).value("vitals_collector_leader") >= 1.0)
+}
+
 /// Samples of one exposition: name with labels -> value.
 struct Exposition(BTreeMap<String, f64>);
 

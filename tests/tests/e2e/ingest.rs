@@ -284,6 +284,8 @@ async fn load_generator_drives_a_collector_through_a_storm() {
         diagnostics: 40,
         diag_concurrency: 20,
         metrics_url: Some(format!("http://{}/metrics", collector.metrics_addr)),
+        diag_target: None,
+        watch_target: None,
     };
     let report = vitals_tests::loadgen::run(plan, Some(std::process::id()))
         .await
