@@ -459,7 +459,10 @@ async fn run_diagnostics(plan: &Plan) -> anyhow::Result<DiagReport> {
     use vitals_proto::identity::Role;
     use vitals_proto::wire::diagnostic_event::Body;
     let at = plan.diag_target.unwrap_or(plan.target);
-    let client = specialist(&plan.data_dir, at, "loadgen-diag", Role::Specialist).await?;
+    // Named after the fleet: fleets running side by side each write their
+    // own certificate files.
+    let name = format!("{}-diag", plan.id_prefix);
+    let client = specialist(&plan.data_dir, at, &name, Role::Specialist).await?;
     let slots = Arc::new(tokio::sync::Semaphore::new(plan.diag_concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let started = Instant::now();
@@ -528,7 +531,8 @@ async fn watch_tickets(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use vitals_proto::identity::Role;
     let at = plan.watch_target.unwrap_or(plan.target);
-    let mut client = specialist(&plan.data_dir, at, "loadgen-watch", Role::Viewer).await?;
+    let name = format!("{}-watch", plan.id_prefix);
+    let mut client = specialist(&plan.data_dir, at, &name, Role::Viewer).await?;
     let mut changes = client.watch_tickets().await?;
     Ok(tokio::spawn(async move {
         let _client = client;

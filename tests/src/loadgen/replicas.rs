@@ -66,9 +66,7 @@ pub struct FailoverReport {
 
 /// Waits until one replica says it leads.
 pub async fn leader(replicas: &[Replica], within: Duration) -> anyhow::Result<usize> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
+    let http = scrape::http_client(Duration::from_secs(2));
     let until = Instant::now() + within;
     while Instant::now() < until {
         for (i, r) in replicas.iter().enumerate() {
@@ -193,9 +191,7 @@ async fn kill_leader(
         "failover: killed leader {} (pid {})",
         killed.name, killed.pid
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()?;
+    let http = scrape::http_client(Duration::from_secs(1));
     let mut lock_taken = None;
     let mut new_leader = None;
     let mut next_ticket = None;
@@ -221,7 +217,11 @@ async fn kill_leader(
     for w in watchers {
         w.abort();
     }
-    eprintln!("failover: lock taken after {lock_taken:?} s, next ticket after {next_ticket:?} s");
+    eprintln!(
+        "failover: lock taken after {}, next ticket after {}",
+        seconds(lock_taken),
+        seconds(next_ticket)
+    );
     Ok(FailoverReport {
         killed: killed.name.clone(),
         agents_on_killed,
@@ -270,10 +270,22 @@ impl ReplicaReport {
         }
         if let Some(f) = &self.failover {
             out.push_str(&format!(
-                "failover: killed {} ({} agents); lock taken after {:?} s by {:?}; next ticket after {:?} s\n",
-                f.killed, f.agents_on_killed, f.lock_taken_s, f.new_leader, f.next_ticket_s
+                "failover: killed {} ({} agents); lock taken after {} by {}; next ticket after {}\n",
+                f.killed,
+                f.agents_on_killed,
+                seconds(f.lock_taken_s),
+                f.new_leader.as_deref().unwrap_or("nobody"),
+                seconds(f.next_ticket_s)
             ));
         }
         out
     }
+}
+
+/// "1.06 s", or "never (within the limit)".
+fn seconds(s: Option<f64>) -> String {
+    s.map_or_else(
+        || "never (within the limit)".into(),
+        |s| format!("{s:.2} s"),
+    )
 }

@@ -55,6 +55,17 @@ impl ServerMetrics {
     }
 }
 
+/// An HTTP client for `/metrics` reads that give up after `timeout`.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    // The HTTP client's TLS needs a process-wide provider, even for plain
+    // HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .unwrap_or_default()
+}
+
 /// Reads a collector's `/metrics` at `url` now and then.
 pub struct Scraper {
     url: String,
@@ -64,15 +75,9 @@ pub struct Scraper {
 
 impl Scraper {
     pub fn new(url: String) -> Scraper {
-        // The HTTP client's TLS needs a process-wide provider, even for
-        // plain HTTP.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         Scraper {
             url,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+            http: http_client(Duration::from_secs(5)),
             seen: ServerMetrics::default(),
         }
     }
