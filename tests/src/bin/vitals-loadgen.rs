@@ -33,6 +33,22 @@ enum Spawn {
     None,
 }
 
+/// How each simulated agent paces its traffic, and for how long.
+#[derive(clap::Args)]
+struct Pace {
+    /// Time between snapshots per agent; 0 = as fast as acks allow.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Unacknowledged snapshots per agent.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Fault events per second across all agents.
+    #[arg(long, default_value_t = 0.0)]
+    faults_per_sec: f64,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run simulated agents.
@@ -50,23 +66,14 @@ enum Cmd {
         server_pid: Option<u32>,
         #[arg(long, default_value_t = 100)]
         agents: usize,
-        /// Time between snapshots per agent; 0 = as fast as acks allow.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        interval: Duration,
-        /// Unacknowledged snapshots per agent.
-        #[arg(long, default_value_t = 4)]
-        window: usize,
+        #[command(flatten)]
+        pace: Pace,
         /// Agents connected per second during the ramp.
         #[arg(long, default_value_t = 500.0)]
         ramp: f64,
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        duration: Duration,
         /// Drop and re-open every stream at once this long after the ramp.
         #[arg(long, value_parser = humantime::parse_duration)]
         storm_after: Option<Duration>,
-        /// Fault events per second across all agents.
-        #[arg(long, default_value_t = 0.0)]
-        faults_per_sec: f64,
         #[arg(long, default_value = "lg")]
         prefix: String,
         /// Also write the report as JSON here.
@@ -131,18 +138,11 @@ enum Cmd {
         /// Agents in all, split evenly over the replicas.
         #[arg(long, default_value_t = 3000)]
         agents: usize,
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        interval: Duration,
-        #[arg(long, default_value_t = 4)]
-        window: usize,
+        #[command(flatten)]
+        pace: Pace,
         /// Agents connected per second per replica during the ramp.
         #[arg(long, default_value_t = 500.0)]
         ramp: f64,
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        /// Fault events per second across all agents.
-        #[arg(long, default_value_t = 0.0)]
-        faults_per_sec: f64,
         /// Diagnostics to each of the first two replicas' agents, all sent
         /// through the first replica.
         #[arg(long, default_value_t = 0)]
@@ -242,11 +242,14 @@ fn main() -> anyhow::Result<()> {
             replicas,
             target,
             agents,
-            interval,
-            window,
+            pace:
+                Pace {
+                    interval,
+                    window,
+                    duration,
+                    faults_per_sec,
+                },
             ramp,
-            duration,
-            faults_per_sec,
             diagnostics,
             diag_concurrency,
             storage_url,
@@ -360,12 +363,15 @@ fn main() -> anyhow::Result<()> {
             target,
             server_pid,
             agents,
-            interval,
-            window,
+            pace:
+                Pace {
+                    interval,
+                    window,
+                    duration,
+                    faults_per_sec,
+                },
             ramp,
-            duration,
             storm_after,
-            faults_per_sec,
             prefix,
             json,
             history_interval,
