@@ -164,18 +164,34 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     // ingest commit rewrites the last index page of each endpoint it
     // touches, and a checkpoint copies each page once however often it was
     // rewritten since the last one, so rarer checkpoints copy far less.
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
+    //
+    // Switching a new file to WAL takes a lock for which SQLite does not
+    // always call the busy handler, so a second opener racing for it (a
+    // collector starting with an admin command beside it) retries the
+    // settings, which are all idempotent, for as long as the busy timeout.
+    const SETTINGS: &str = "PRAGMA busy_timeout = 5000;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 5000;
          PRAGMA cache_size = -65536;
          PRAGMA mmap_size = 268435456;
          PRAGMA temp_store = MEMORY;
-         PRAGMA wal_autocheckpoint = 16384;",
-    )
-    .map_err(open_err)?;
-    Ok(conn)
+         PRAGMA wal_autocheckpoint = 16384;";
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match conn.execute_batch(SETTINGS) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            done => {
+                done.map_err(open_err)?;
+                return Ok(conn);
+            }
+        }
+    }
 }
 
 /// Where a database file's schema stands, applying nothing.
