@@ -17,18 +17,27 @@
 //!   diagnostic, cancel one, cut the session.
 //! - `vitals.desk`: a desk action for the ticket engine, answered by the
 //!   leading replica only.
+//! - `vitals.tickets`: timeline entries the leader committed, for the
+//!   ticket watchers on every replica.
+//! - `vitals.faults`: a replica committed fault events; the leader's ticket
+//!   engine reads them now instead of on its next poll. Only a hint: the
+//!   events themselves are read from the database, and a lost hint costs a
+//!   poll's delay, nothing else.
 //!
 //! The `.` of an endpoint ID (a subject's separator) is written `~`, which
 //! an endpoint ID cannot hold.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{ServerAddr, Subscriber};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tokio::sync::{Notify, watch};
+use tokio_stream::StreamExt;
+use tracing::{debug, info, warn};
+use vitals_proto::shutdown::Shutdown;
 
 use crate::config::ClusterConfig;
 
@@ -37,6 +46,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The subject the leading replica answers desk actions on.
 pub const DESK: &str = "vitals.desk";
+
+/// The subject the leader sends committed ticket entries on.
+pub const TICKETS: &str = "vitals.tickets";
+
+/// The subject replicas say on that they committed fault events.
+pub const FAULTS: &str = "vitals.faults";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -87,7 +102,7 @@ impl Cluster {
         let addrs = servers(&config.nats_url).map_err(ClusterError::Url)?;
         let url = config.nats_url.clone();
         let (connected, connections) = watch::channel(0u64);
-        let connected = std::sync::Arc::new(connected);
+        let connected = Arc::new(connected);
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("vitals-collector {replica}"))
             .no_echo()
@@ -226,6 +241,56 @@ impl Cluster {
             ))),
             Err(e) => Err(self.bus(e)),
         }
+    }
+}
+
+impl Cluster {
+    /// Wakes the ticket engine (`engine`) for fault events committed here
+    /// (`committed`, notified by ingest) and, over the bus, for those
+    /// committed by the other replicas; tells the others of this replica's.
+    /// Bursts coalesce: one hint per wake, however many commits it covers.
+    pub fn share_fault_wakes(&self, committed: Arc<Notify>, engine: Arc<Notify>, stop: Shutdown) {
+        {
+            let cluster = self.clone();
+            let engine = engine.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = committed.notified() => {}
+                        () = stop.requested() => return,
+                    }
+                    engine.notify_one();
+                    if let Err(error) = cluster.publish(FAULTS.to_owned(), &()).await {
+                        debug!(%error, "fault hint not sent; the leader reads these events on its next poll");
+                    }
+                }
+            });
+        }
+        let cluster = self.clone();
+        let mut stop = stop;
+        tokio::spawn(async move {
+            // The client subscribes again by itself after a reconnect; a
+            // refusal here is retried after a pause.
+            loop {
+                match cluster.subscribe(FAULTS.to_owned()).await {
+                    Ok(mut hints) => loop {
+                        tokio::select! {
+                            hint = hints.next() => match hint {
+                                Some(_) => engine.notify_one(),
+                                None => break,
+                            },
+                            () = stop.requested() => return,
+                        }
+                    },
+                    Err(error) => warn!(%error, "fault hints from other replicas: not subscribed"),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.requested() => return,
+                }
+            }
+        });
     }
 }
 

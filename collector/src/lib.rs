@@ -334,7 +334,11 @@ impl Collector {
             async move { stop.requested().await }
         };
 
+        // Ingest notifies this after each commit holding fault events; the
+        // ticket engine is woken by `engine_wake` (the same, or fed over the
+        // bus as well when replicas share the database).
         let faults_committed = Arc::new(tokio::sync::Notify::new());
+        let mut engine_wake = faults_committed.clone();
         // The one registry of live agent sessions: ingest attaches and
         // detaches them, the relay finds them.
         let sessions = Arc::new(sessions::Sessions::default());
@@ -402,10 +406,11 @@ impl Collector {
             Some(e) => Some(tickets::email::Mailer::new(e)?),
             None => None,
         };
-        let outbound = tickets::Outbound {
+        let mut outbound = tickets::Outbound {
             webhooks: config.webhooks.clone(),
             email: config.email.clone(),
             wake: Arc::new(tokio::sync::Notify::new()),
+            bus: None,
         };
         let leading = store.campaign(stop.clone());
         metrics.watch_leadership(leading.clone(), stop.clone());
@@ -420,6 +425,10 @@ impl Collector {
                     leading.clone(),
                     stop.clone(),
                 );
+                tickets::forward::watch_changes(cluster.clone(), desk.clone(), stop.clone());
+                outbound.bus = Some(cluster.clone());
+                engine_wake = Arc::new(tokio::sync::Notify::new());
+                cluster.share_fault_wakes(faults_committed, engine_wake.clone(), stop.clone());
                 Some(cluster)
             }
             None => None,
@@ -439,7 +448,7 @@ impl Collector {
         tokio::spawn(tickets::supervise(
             store.clone(),
             policy.clone(),
-            faults_committed,
+            engine_wake,
             desk_queue,
             outbound,
             stop.clone(),

@@ -5,6 +5,11 @@
 //! Only the leader listens on [`crate::cluster::DESK`], and only while it
 //! leads, so during a hand-over a request finds nobody and is retried for
 //! a few seconds before it is refused.
+//!
+//! Every timeline entry the leader commits goes out on
+//! [`crate::cluster::TICKETS`] too, so a specialist watching tickets
+//! through any replica sees them: watchers are live views, so an entry
+//! the bus cannot carry now is not sent later (the stored timeline has it).
 
 use std::time::Duration;
 
@@ -13,14 +18,59 @@ use tokio_stream::StreamExt;
 use tracing::{debug, warn};
 use vitals_proto::domain::{FaultEvent, Severity};
 use vitals_proto::shutdown::Shutdown;
+use vitals_proto::tickets::Entry;
 
 use super::engine::Action;
 use super::{Command, DeskError, TicketDesk};
-use crate::cluster::{Cluster, DESK, decode};
+use crate::cluster::{Cluster, DESK, TICKETS, decode};
 use crate::leader::Leading;
 
 /// How long a standby looks for a leader before it refuses a request.
 const FIND_LEADER: Duration = Duration::from_secs(5);
+
+/// Committed entries per bus message: a storm's step stays well under the
+/// bus's message size limit (1 MB by default).
+const ENTRIES_PER_MESSAGE: usize = 100;
+
+/// Tells the other replicas' watchers of entries this leader committed.
+pub(super) async fn share_changes(cluster: &Cluster, entries: &[Entry]) {
+    for chunk in entries.chunks(ENTRIES_PER_MESSAGE) {
+        if let Err(error) = cluster.publish(TICKETS.to_owned(), &chunk).await {
+            debug!(%error, "committed ticket entries not shown to the other replicas' watchers");
+            return;
+        }
+    }
+}
+
+/// Feeds this replica's ticket watchers with the entries the leader
+/// commits (a replica does not hear its own: the bus does not echo).
+pub fn watch_changes(cluster: Cluster, desk: TicketDesk, mut stop: Shutdown) {
+    tokio::spawn(async move {
+        loop {
+            match cluster.subscribe(TICKETS.to_owned()).await {
+                Ok(mut changes) => loop {
+                    tokio::select! {
+                        m = changes.next() => {
+                            let Some(m) = m else { break };
+                            match decode::<Vec<Entry>>(&m.payload) {
+                                Ok(entries) => entries.into_iter().for_each(|e| desk.relay(e)),
+                                Err(error) => warn!(%error, "unreadable ticket entries from the leader"),
+                            }
+                        }
+                        () = stop.requested() => return,
+                    }
+                },
+                Err(error) => {
+                    warn!(%error, "ticket entries from the leader: not subscribed; trying again")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.requested() => return,
+            }
+        }
+    });
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "call", rename_all = "snake_case")]

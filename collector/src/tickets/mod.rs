@@ -163,9 +163,15 @@ impl TicketDesk {
         rx.await.map_err(|_| DeskError::Stopped)?
     }
 
-    /// Every timeline entry from now on, as it is committed.
+    /// Every timeline entry from now on, as it is committed (by this
+    /// replica's engine, or by the leading replica's, over the bus).
     pub fn watch(&self) -> broadcast::Receiver<Entry> {
         self.changes.subscribe()
+    }
+
+    /// An entry the leading replica committed, for this replica's watchers.
+    fn relay(&self, e: Entry) {
+        let _ = self.changes.send(e);
     }
 }
 
@@ -270,6 +276,9 @@ struct Worker {
     email: Option<Email>,
     /// Woken when posts are queued.
     outbox: Arc<Notify>,
+    /// The other replicas, told of every committed entry for their
+    /// watchers.
+    bus: Option<crate::cluster::Cluster>,
     /// When each endpoint's facts were last read from its snapshot.
     facts_read: HashMap<String, i64>,
     /// When this worker started: no endpoint counts as offline for longer
@@ -330,6 +339,9 @@ impl Worker {
             .await?;
         if queued {
             self.outbox.notify_one();
+        }
+        if let Some(bus) = &self.bus {
+            forward::share_changes(bus, &entries).await;
         }
         for e in entries {
             // Nobody watching is fine.
@@ -650,6 +662,7 @@ impl Worker {
             webhooks: out.webhooks.clone(),
             email: out.email.clone(),
             outbox: out.wake.clone(),
+            bus: out.bus.clone(),
             facts_read: HashMap::new(),
             started_ms: vitals_proto::now_ms(),
             offline_scanned_ms: 0,
@@ -712,6 +725,9 @@ pub struct Outbound {
     pub webhooks: Vec<Webhook>,
     pub email: Option<Email>,
     pub wake: Arc<Notify>,
+    /// Replicas on one database: committed entries go to the others'
+    /// watchers too.
+    pub bus: Option<crate::cluster::Cluster>,
 }
 
 /// Whether this replica leads, and where requests go while it does not

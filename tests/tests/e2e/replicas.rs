@@ -201,9 +201,16 @@ async fn replicas_route_sessions_diagnostics_and_desk_actions_over_nats() {
     first.kill().await;
     second.kill().await;
 
-    // Desk actions on standbys reach the leader.
+    // Desk actions on standbys reach the leader, and a watcher on a
+    // standby sees what the leader commits.
     let on_b = fleet.specialist_profile("sam", Role::Specialist, b.addr);
     let on_c = fleet.specialist_profile("sam", Role::Specialist, c.addr);
+    let mut watch_c = Client::connect(&on_c)
+        .await
+        .expect("connect c")
+        .watch_tickets()
+        .await
+        .expect("watch on standby c");
     let opened = Client::connect(&on_b)
         .await
         .expect("connect b")
@@ -230,6 +237,21 @@ async fn replicas_route_sessions_diagnostics_and_desk_actions_over_nats() {
         "{:?}",
         commented.timeline
     );
+    let seen = tokio::time::timeout(WAIT, async {
+        let mut kinds = Vec::new();
+        while let Some(e) = watch_c.message().await.expect("watch stream") {
+            if e.ticket == Some(id) {
+                kinds.push((e.kind.clone(), e.text.clone()));
+                if e.text == "cable reseated" {
+                    return kinds;
+                }
+            }
+        }
+        panic!("the watch on c ended: {kinds:?}");
+    })
+    .await
+    .expect("the leader's entries reach the watcher on standby c");
+    assert_eq!(seen[0].0, "opened", "{seen:?}");
     let missing = Client::connect(&on_c)
         .await
         .expect("connect c")
