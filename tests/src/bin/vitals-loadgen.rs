@@ -308,7 +308,6 @@ fn main() -> anyhow::Result<()> {
                     diag_concurrency,
                     metrics_url: None,
                     diag_target: None,
-                    watch_target: None,
                 },
                 kill_leader_after,
             };
@@ -424,7 +423,6 @@ fn main() -> anyhow::Result<()> {
                     _ => metrics_url,
                 },
                 diag_target: None,
-                watch_target: None,
             };
             let report = rt.block_on(loadgen::run(plan, pid));
             if let Some(child) = &mut server {

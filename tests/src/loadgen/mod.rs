@@ -183,9 +183,6 @@ pub struct Plan {
     /// target): another replica than the one holding the agents' streams
     /// makes every diagnostic cross replicas.
     pub diag_target: Option<SocketAddr>,
-    /// Where the ticket watcher connects (default: the target): with
-    /// replicas, the leader, which commits every ticket change.
-    pub watch_target: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -530,9 +527,10 @@ async fn watch_tickets(
     stats: Arc<Stats>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use vitals_proto::identity::Role;
-    let at = plan.watch_target.unwrap_or(plan.target);
+    // Through the fleet's own collector: with replicas, every one shows
+    // the leader's commits, and the watcher outlives the leader's death.
     let name = format!("{}-watch", plan.id_prefix);
-    let mut client = specialist(&plan.data_dir, at, &name, Role::Viewer).await?;
+    let mut client = specialist(&plan.data_dir, plan.target, &name, Role::Viewer).await?;
     let mut changes = client.watch_tickets().await?;
     Ok(tokio::spawn(async move {
         let _client = client;

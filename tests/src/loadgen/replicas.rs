@@ -37,7 +37,8 @@ pub struct ReplicaReport {
     /// The replica holding the leader lock at the start.
     pub leader: String,
     pub fleets: Vec<FleetReport>,
-    pub connected_end: u64,
+    /// The sum of each fleet's most agents connected at once.
+    pub connected_max: u64,
     pub acked_per_s: f64,
     pub failover: Option<FailoverReport>,
 }
@@ -59,8 +60,9 @@ pub struct FailoverReport {
     /// (read every 50 ms).
     pub lock_taken_s: Option<f64>,
     pub new_leader: Option<String>,
-    /// From the kill to the first ticket change on a surviving replica's
-    /// WatchTickets stream: only the leader commits them.
+    /// From the kill to the first ticket change made after it, seen on a
+    /// surviving replica's WatchTickets stream: only the new leader makes
+    /// them.
     pub next_ticket_s: Option<f64>,
 }
 
@@ -83,8 +85,6 @@ pub async fn run(plan: ReplicaPlan) -> anyhow::Result<ReplicaReport> {
     let n = plan.replicas.len();
     anyhow::ensure!(n > 0, "no replicas");
     let lead = leader(&plan.replicas, Duration::from_secs(20)).await?;
-    let leader_at = plan.replicas[lead].target;
-    let wants_tickets = plan.fleet.faults_per_sec > 0.0;
     let mut fleets = Vec::new();
     let mut labels = Vec::new();
     for (i, r) in plan.replicas.iter().enumerate() {
@@ -108,7 +108,6 @@ pub async fn run(plan: ReplicaPlan) -> anyhow::Result<ReplicaReport> {
                 diagnostics,
                 metrics_url: Some(r.metrics_url.clone()),
                 diag_target: Some(plan.replicas[0].target),
-                watch_target: wants_tickets.then_some(leader_at),
                 ..plan.fleet.clone()
             },
             r.pid,
@@ -145,7 +144,7 @@ pub async fn run(plan: ReplicaPlan) -> anyhow::Result<ReplicaReport> {
     Ok(ReplicaReport {
         replicas: n,
         leader: plan.replicas[lead].name.clone(),
-        connected_end: out.iter().map(|f| f.report.connected_end).sum(),
+        connected_max: out.iter().map(|f| f.report.connected_max).sum(),
         acked_per_s: out.iter().map(|f| f.report.acked_per_s).sum(),
         fleets: out,
         failover: failover.transpose()?,
@@ -162,8 +161,10 @@ async fn kill_leader(
     tokio::time::sleep(after).await;
     let survivors: Vec<usize> = (0..plan.replicas.len()).filter(|&i| i != lead).collect();
     anyhow::ensure!(!survivors.is_empty(), "a failover needs two replicas");
-    // A ticket watcher on every survivor, open before the kill.
-    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    // A ticket watcher on every survivor, open before the kill. Each
+    // shows every replica's commits, so only an entry the engine made after
+    // the kill (by its own clock, on this same host) is the new leader's.
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(i64, Instant)>();
     let mut watchers = Vec::new();
     for &i in &survivors {
         let mut client = specialist(
@@ -177,13 +178,14 @@ async fn kill_leader(
         let seen = seen_tx.clone();
         watchers.push(tokio::spawn(async move {
             let _client = client;
-            while let Ok(Some(_)) = changes.message().await {
-                let _ = seen.send((i, Instant::now()));
+            while let Ok(Some(e)) = changes.message().await {
+                let _ = seen.send((e.at_ms, Instant::now()));
             }
         }));
     }
     let killed = &plan.replicas[lead];
     let t0 = Instant::now();
+    let t0_ms = vitals_proto::now_ms();
     std::process::Command::new("kill")
         .args(["-KILL", &killed.pid.to_string()])
         .status()?;
@@ -197,10 +199,9 @@ async fn kill_leader(
     let mut next_ticket = None;
     let until = t0 + Duration::from_secs(60);
     while Instant::now() < until && (lock_taken.is_none() || next_ticket.is_none()) {
-        while let Ok((i, at)) = seen_rx.try_recv() {
-            if at > t0 && next_ticket.is_none() {
+        while let Ok((made_ms, at)) = seen_rx.try_recv() {
+            if made_ms > t0_ms && next_ticket.is_none() {
                 next_ticket = Some((at - t0).as_secs_f64());
-                new_leader.get_or_insert(plan.replicas[i].name.clone());
             }
         }
         if lock_taken.is_none() {
@@ -234,15 +235,15 @@ async fn kill_leader(
 impl ReplicaReport {
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{} replicas, leader {}: {} agents connected at the end, {:.0} acked/s in all\n",
-            self.replicas, self.leader, self.connected_end, self.acked_per_s
+            "{} replicas, leader {}: {} agents connected at most, {:.0} acked/s in all\n",
+            self.replicas, self.leader, self.connected_max, self.acked_per_s
         );
         for f in &self.fleets {
             let r = &f.report;
             out.push_str(&format!(
-                "{}: {} of {} agents at the end, {:.0} acked/s, ack p50/p99 {:.1}/{:.1} ms",
+                "{}: {} of {} agents connected at most, {:.0} acked/s, ack p50/p99 {:.1}/{:.1} ms",
                 f.replica,
-                r.connected_end,
+                r.connected_max,
                 r.agents,
                 r.acked_per_s,
                 r.ack_latency_settled_ms.p50,

@@ -285,7 +285,6 @@ async fn load_generator_drives_a_collector_through_a_storm() {
         diag_concurrency: 20,
         metrics_url: Some(format!("http://{}/metrics", collector.metrics_addr)),
         diag_target: None,
-        watch_target: None,
     };
     let report = vitals_tests::loadgen::run(plan, Some(std::process::id()))
         .await
