@@ -49,6 +49,35 @@ struct Pace {
     faults_per_sec: f64,
 }
 
+impl Pace {
+    /// A fleet at this pace, with no diagnostics, storm or metrics yet.
+    fn plan(
+        &self,
+        target: SocketAddr,
+        agents: usize,
+        ramp: f64,
+        data_dir: PathBuf,
+        id_prefix: String,
+    ) -> Plan {
+        Plan {
+            target,
+            agents,
+            interval: self.interval,
+            window: self.window,
+            ramp_per_sec: ramp,
+            duration: self.duration,
+            storm_after: None,
+            faults_per_sec: self.faults_per_sec,
+            data_dir,
+            id_prefix,
+            diagnostics: 0,
+            diag_concurrency: 1,
+            metrics_url: None,
+            diag_target: None,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run simulated agents.
@@ -242,13 +271,7 @@ fn main() -> anyhow::Result<()> {
             replicas,
             target,
             agents,
-            pace:
-                Pace {
-                    interval,
-                    window,
-                    duration,
-                    faults_per_sec,
-                },
+            pace,
             ramp,
             diagnostics,
             diag_concurrency,
@@ -263,7 +286,7 @@ fn main() -> anyhow::Result<()> {
                 "the target must be a loopback address"
             );
             anyhow::ensure!(
-                replicas > 0 && agents >= replicas && window > 0,
+                replicas > 0 && agents >= replicas && pace.window > 0,
                 "replicas, agents (at least one per replica) and window must be at least 1"
             );
             let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -294,20 +317,9 @@ fn main() -> anyhow::Result<()> {
             let plan = loadgen::replicas::ReplicaPlan {
                 replicas: running,
                 fleet: Plan {
-                    target,
-                    agents,
-                    interval,
-                    window,
-                    ramp_per_sec: ramp,
-                    duration,
-                    storm_after: None,
-                    faults_per_sec,
-                    data_dir: data_dir.clone(),
-                    id_prefix: prefix,
                     diagnostics,
                     diag_concurrency,
-                    metrics_url: None,
-                    diag_target: None,
+                    ..pace.plan(target, agents, ramp, data_dir.clone(), prefix)
                 },
                 kill_leader_after,
             };
@@ -362,13 +374,7 @@ fn main() -> anyhow::Result<()> {
             target,
             server_pid,
             agents,
-            pace:
-                Pace {
-                    interval,
-                    window,
-                    duration,
-                    faults_per_sec,
-                },
+            pace,
             ramp,
             storm_after,
             prefix,
@@ -384,7 +390,7 @@ fn main() -> anyhow::Result<()> {
                 "the target must be a loopback address"
             );
             anyhow::ensure!(
-                agents > 0 && window > 0,
+                agents > 0 && pace.window > 0,
                 "agents and window must be at least 1"
             );
             let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -406,23 +412,14 @@ fn main() -> anyhow::Result<()> {
             }
             let pid = server.as_ref().map(Child::id).or(server_pid);
             let plan = Plan {
-                target,
-                agents,
-                interval,
-                window,
-                ramp_per_sec: ramp,
-                duration,
                 storm_after,
-                faults_per_sec,
-                data_dir: data_dir.clone(),
-                id_prefix: prefix,
                 diagnostics,
                 diag_concurrency,
                 metrics_url: match spawn {
                     Spawn::Collector => Some(format!("http://{}/metrics", metrics_addr(target))),
                     _ => metrics_url,
                 },
-                diag_target: None,
+                ..pace.plan(target, agents, ramp, data_dir.clone(), prefix)
             };
             let report = rt.block_on(loadgen::run(plan, pid));
             if let Some(child) = &mut server {
