@@ -1143,6 +1143,66 @@ async fn one_replica_leads_and_a_standby_takes_over() {
     assert!(lead_b.now());
 }
 
+/// A replica that dies cannot close its sessions; the database's own
+/// record of its lock session says it is gone, so the offline rule sees
+/// its desks as without a session while the other replicas' stay online.
+#[tokio::test]
+async fn a_dead_replicas_sessions_count_as_ended() {
+    let Some(pg) = postgres_or_skip("store::a_dead_replicas_sessions_count_as_ended") else {
+        return;
+    };
+    let url = pg.database("suite_dead_replica").unwrap();
+    let replica = |name: &str| {
+        let mut o = options(10, Duration::ZERO);
+        o.replica = name.into();
+        o
+    };
+    let a = store::open_with(&url, &replica("a")).await.unwrap();
+    let b = store::open_with(&url, &replica("b")).await.unwrap();
+    let (on_a, on_b): (EndpointId, EndpointId) =
+        ("ws-on-a".parse().unwrap(), "ws-on-b".parse().unwrap());
+    a.open_session(&session(&on_a)).await.unwrap();
+    b.open_session(&session(&on_b)).await.unwrap();
+    let (stop_a, stop_a_rx) = vitals_proto::shutdown::channel();
+    let (_stop_b, stop_b_rx) = vitals_proto::shutdown::channel();
+    let mut lead_a = a.campaign(stop_a_rx);
+    let mut lead_b = b.campaign(stop_b_rx);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        lead_a.decided().await;
+        lead_b.decided().await;
+    })
+    .await
+    .expect("both replicas running");
+    let online = |p: Vec<store::Presence>| -> Vec<String> {
+        let mut v: Vec<String> = p
+            .into_iter()
+            .filter(|p| p.online)
+            .map(|p| p.endpoint_id)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(online(b.presence().await.unwrap()), ["ws-on-a", "ws-on-b"]);
+    // Replica a is gone without a word: its database session ends.
+    stop_a.trigger();
+    drop(a);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = online(b.presence().await.unwrap());
+        if now == ["ws-on-b"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "a dead replica's desk still online: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The desk reconnecting to a live replica is online again.
+    b.open_session(&session(&on_a)).await.unwrap();
+    assert_eq!(online(b.presence().await.unwrap()), ["ws-on-a", "ws-on-b"]);
+}
+
 /// A collector on PostgreSQL labels its metrics with its replica name and
 /// says whether it leads; alone on its database, it leads at once.
 #[tokio::test]

@@ -111,11 +111,26 @@ impl EndpointStore for PgStore {
 
     async fn presence(&self) -> Result<Vec<Presence>, StoreError> {
         let c = self.client().await?;
+        // A session held by a replica that is no longer running (its
+        // replica lock gone with its database session) has ended, even
+        // though that replica could not say so.
         let rows = c
             .query(
-                &c.prepare_cached("SELECT id, online, last_seen_ms FROM endpoints")
-                    .await?,
-                &[],
+                &c.prepare_cached(
+                    "WITH alive AS MATERIALIZED (
+                         SELECT objid FROM pg_locks
+                         WHERE locktype = 'advisory' AND granted AND objsubid = 2
+                           AND classid = $1::int4::oid
+                           AND database = (SELECT oid FROM pg_database
+                                           WHERE datname = current_database()))
+                     SELECT id,
+                            online AND (session_replica IS NULL
+                                        OR hashtext(session_replica)::oid IN (SELECT objid FROM alive)),
+                            last_seen_ms
+                     FROM endpoints",
+                )
+                .await?,
+                &[&LOCK_REPLICA],
             )
             .await?;
         rows.iter()

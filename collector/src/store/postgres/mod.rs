@@ -55,6 +55,11 @@ pub(crate) const LOCK_FAULT_IDS: i64 = 0x5649_5441_0000_0002;
 pub(crate) const LOCK_PARTITIONS: i64 = 0x5649_5441_0000_0003;
 /// Held, by its database session, by the replica that leads.
 pub(crate) const LOCK_LEADER: i64 = 0x5649_5441_0000_0004;
+/// With `hashtext(replica name)` as the second key: held by every running
+/// replica on the leader lock's session, so the database itself says
+/// which replicas are alive (`pg_locks`), and a dead replica's sessions
+/// count as ended at once.
+pub(crate) const LOCK_REPLICA: i32 = 0x5649_5441;
 
 pub struct PgStore {
     pool: Pool,
@@ -278,6 +283,7 @@ impl super::LeaderStore for PgStore {
         tokio::spawn(campaign(
             self.leader_pool.clone(),
             self.fence.clone(),
+            self.replica.clone(),
             tx,
             stop,
         ));
@@ -297,6 +303,7 @@ enum SessionEnd {
 async fn campaign(
     pool: Pool,
     fence: Arc<Fence>,
+    replica: String,
     tx: tokio::sync::watch::Sender<Option<bool>>,
     mut stop: vitals_proto::shutdown::Shutdown,
 ) {
@@ -309,7 +316,7 @@ async fn campaign(
         let end = match conn {
             Err(e) => SessionEnd::Lost(e.to_string()),
             Ok(conn) => {
-                let end = hold(&conn, &fence, &tx, &mut stop, EVERY).await;
+                let end = hold(&conn, &fence, &replica, &tx, &mut stop, EVERY).await;
                 // Never hand a broken or lock-holding session back.
                 drop(deadpool_postgres::Object::take(conn));
                 end
@@ -342,11 +349,26 @@ async fn campaign(
 async fn hold(
     conn: &deadpool_postgres::Object,
     fence: &Fence,
+    replica: &str,
     tx: &tokio::sync::watch::Sender<Option<bool>>,
     stop: &mut vitals_proto::shutdown::Shutdown,
     every: Duration,
 ) -> SessionEnd {
     let lost = |e: tokio_postgres::Error| SessionEnd::Lost(describe(&e));
+    match conn
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&LOCK_REPLICA, &replica],
+        )
+        .await
+    {
+        Err(e) => return lost(e),
+        Ok(r) if !r.get::<_, bool>(0) => tracing::warn!(
+            replica,
+            "another running replica has this replica's name: give each its own `replica`"
+        ),
+        Ok(_) => {}
+    }
     loop {
         match conn
             .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_LEADER])
