@@ -128,6 +128,13 @@ async fn history_seqs(store: &dyn Store, id: &str, limit: u32) -> Vec<u64> {
 both!(commits_are_idempotent_and_history_is_bounded);
 async fn commits_are_idempotent_and_history_is_bounded(url: &str) {
     let store = open(url, 3, Duration::ZERO).await;
+    // As in a running collector, which campaigns from the start: on
+    // PostgreSQL that is what shows its sessions are live.
+    let (_running, running) = vitals_proto::shutdown::channel();
+    let mut leading = store.campaign(running);
+    tokio::time::timeout(Duration::from_secs(10), leading.decided())
+        .await
+        .expect("campaigning");
     let id: EndpointId = "ws-1".parse().unwrap();
     let hello = SessionOpen {
         endpoint: id.clone(),
@@ -1198,6 +1205,17 @@ async fn a_dead_replicas_sessions_count_as_ended() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Every view says so: the list of desks online, the desk itself.
+    let listed: Vec<String> = b
+        .list_endpoints(true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.endpoint_id)
+        .collect();
+    assert_eq!(listed, ["ws-on-b"]);
+    let gone = b.endpoint("ws-on-a").await.unwrap().expect("known desk");
+    assert!(!gone.summary.online);
     // The desk reconnecting to a live replica is online again.
     b.open_session(&session(&on_a)).await.unwrap();
     assert_eq!(online(b.presence().await.unwrap()), ["ws-on-a", "ws-on-b"]);

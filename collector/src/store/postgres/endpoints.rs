@@ -15,7 +15,11 @@ impl EndpointStore for PgStore {
         let c = self.client().await?;
         let sql = format!(
             "SELECT {SUMMARY_COLUMNS} FROM endpoints {} ORDER BY last_seen_ms DESC, id",
-            if online_only { "WHERE online" } else { "" }
+            if online_only {
+                concat!("WHERE ", live_session!())
+            } else {
+                ""
+            }
         );
         let rows = c.query(&c.prepare_cached(&sql).await?, &[]).await?;
         rows.iter().map(summary_from_row).collect()
@@ -111,26 +115,15 @@ impl EndpointStore for PgStore {
 
     async fn presence(&self) -> Result<Vec<Presence>, StoreError> {
         let c = self.client().await?;
-        // A session held by a replica that is no longer running (its
-        // replica lock gone with its database session) has ended, even
-        // though that replica could not say so.
         let rows = c
             .query(
-                &c.prepare_cached(
-                    "WITH alive AS MATERIALIZED (
-                         SELECT objid FROM pg_locks
-                         WHERE locktype = 'advisory' AND granted AND objsubid = 2
-                           AND classid = $1::int4::oid
-                           AND database = (SELECT oid FROM pg_database
-                                           WHERE datname = current_database()))
-                     SELECT id,
-                            online AND (session_replica IS NULL
-                                        OR hashtext(session_replica)::oid IN (SELECT objid FROM alive)),
-                            last_seen_ms
-                     FROM endpoints",
-                )
+                &c.prepare_cached(concat!(
+                    "SELECT id, ",
+                    live_session!(),
+                    ", last_seen_ms FROM endpoints"
+                ))
                 .await?,
-                &[&LOCK_REPLICA],
+                &[],
             )
             .await?;
         rows.iter()

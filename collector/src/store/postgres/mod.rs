@@ -553,9 +553,27 @@ pub(crate) fn no_partition(e: &StoreError) -> bool {
             .is_some_and(|d| d.message().starts_with("no partition"))
 }
 
-const SUMMARY_COLUMNS: &str = "id, hostname, platform, os, online, first_seen_ms, last_seen_ms, \
+/// Whether an `endpoints` row has a live session: marked online, and held
+/// by a replica that is running (its [`LOCK_REPLICA`] lock is held; the
+/// first key below is that constant). A replica that died could not mark
+/// its sessions ended; this reads them as ended all the same.
+macro_rules! live_session {
+    () => {
+        "(online AND (session_replica IS NULL OR hashtext(session_replica)::oid IN \
+         (SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
+          AND classid = 1447646273::oid \
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))))"
+    };
+}
+pub(crate) use live_session;
+
+const SUMMARY_COLUMNS: &str = concat!(
+    "id, hostname, platform, os, ",
+    live_session!(),
+    " AS online, first_seen_ms, last_seen_ms, \
      agent_version, cpu_usage_percent, memory_used_percent, fullest_disk_percent, latest_snapshot_ms, \
-     addresses, enrolled_site, enrolled_tags, machine_id, clone_machine_id, revoked_ms, revoke_reason";
+     addresses, enrolled_site, enrolled_tags, machine_id, clone_machine_id, revoked_ms, revoke_reason"
+);
 const SUMMARY_LEN: usize = 19;
 
 fn summary_from_row(r: &Row) -> Result<EndpointSummary, StoreError> {
@@ -612,4 +630,15 @@ fn fault_from_row(endpoint: &str, r: &Row) -> Result<FaultRecord, StoreError> {
         via: r.try_get(9)?,
     }
     .record(endpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_session_test_reads_the_replica_lock() {
+        let key = format!("classid = {}::oid", LOCK_REPLICA);
+        assert!(live_session!().contains(&key), "{}", live_session!());
+    }
 }
