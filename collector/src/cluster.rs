@@ -245,11 +245,43 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// Wakes the ticket engine (`engine`) for fault events committed here
+    /// Runs `on` for every message on `subject` until `stop`, subscribing
+    /// again a second after a refusal or a lost subscription.
+    pub fn listen(
+        &self,
+        subject: &'static str,
+        mut stop: Shutdown,
+        mut on: impl FnMut(async_nats::Message) + Send + 'static,
+    ) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match cluster.subscribe(subject.to_owned()).await {
+                    Ok(mut messages) => loop {
+                        tokio::select! {
+                            m = messages.next() => match m {
+                                Some(m) => on(m),
+                                None => break,
+                            },
+                            () = stop.requested() => return,
+                        }
+                    },
+                    Err(error) => warn!(%error, subject, "not subscribed; trying again"),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.requested() => return,
+                }
+            }
+        });
+    }
+
+    /// The ticket engine's wake: notified for fault events committed here
     /// (`committed`, notified by ingest) and, over the bus, for those
     /// committed by the other replicas; tells the others of this replica's.
     /// Bursts coalesce: one hint per wake, however many commits it covers.
-    pub fn share_fault_wakes(&self, committed: Arc<Notify>, engine: Arc<Notify>, stop: Shutdown) {
+    pub fn share_fault_wakes(&self, committed: Arc<Notify>, stop: Shutdown) -> Arc<Notify> {
+        let engine = Arc::new(Notify::new());
         {
             let cluster = self.clone();
             let engine = engine.clone();
@@ -267,30 +299,9 @@ impl Cluster {
                 }
             });
         }
-        let cluster = self.clone();
-        let mut stop = stop;
-        tokio::spawn(async move {
-            // The client subscribes again by itself after a reconnect; a
-            // refusal here is retried after a pause.
-            loop {
-                match cluster.subscribe(FAULTS.to_owned()).await {
-                    Ok(mut hints) => loop {
-                        tokio::select! {
-                            hint = hints.next() => match hint {
-                                Some(_) => engine.notify_one(),
-                                None => break,
-                            },
-                            () = stop.requested() => return,
-                        }
-                    },
-                    Err(error) => warn!(%error, "fault hints from other replicas: not subscribed"),
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = stop.requested() => return,
-                }
-            }
-        });
+        let woken = engine.clone();
+        self.listen(FAULTS, stop, move |_| woken.notify_one());
+        engine
     }
 }
 

@@ -334,11 +334,8 @@ impl Collector {
             async move { stop.requested().await }
         };
 
-        // Ingest notifies this after each commit holding fault events; the
-        // ticket engine is woken by `engine_wake` (the same, or fed over the
-        // bus as well when replicas share the database).
+        // Ingest notifies this after each commit holding fault events.
         let faults_committed = Arc::new(tokio::sync::Notify::new());
-        let mut engine_wake = faults_committed.clone();
         // The one registry of live agent sessions: ingest attaches and
         // detaches them, the relay finds them.
         let sessions = Arc::new(sessions::Sessions::default());
@@ -406,12 +403,6 @@ impl Collector {
             Some(e) => Some(tickets::email::Mailer::new(e)?),
             None => None,
         };
-        let mut outbound = tickets::Outbound {
-            webhooks: config.webhooks.clone(),
-            email: config.email.clone(),
-            wake: Arc::new(tokio::sync::Notify::new()),
-            bus: None,
-        };
         let leading = store.campaign(stop.clone());
         metrics.watch_leadership(leading.clone(), stop.clone());
         // The other replicas, over the bus: sessions, diagnostics, desk
@@ -425,13 +416,22 @@ impl Collector {
                     leading.clone(),
                     stop.clone(),
                 );
-                tickets::forward::watch_changes(cluster.clone(), desk.clone(), stop.clone());
-                outbound.bus = Some(cluster.clone());
-                engine_wake = Arc::new(tokio::sync::Notify::new());
-                cluster.share_fault_wakes(faults_committed, engine_wake.clone(), stop.clone());
+                tickets::forward::watch_changes(&cluster, desk.clone(), stop.clone());
                 Some(cluster)
             }
             None => None,
+        };
+        // The ticket engine wakes for fault commits here and, with replicas,
+        // for those of the others, over the bus.
+        let engine_wake = match &cluster {
+            Some(c) => c.share_fault_wakes(faults_committed, stop.clone()),
+            None => faults_committed,
+        };
+        let outbound = tickets::Outbound {
+            webhooks: config.webhooks.clone(),
+            email: config.email.clone(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            bus: cluster.clone(),
         };
         tokio::spawn(tickets::notify::deliver(
             store.clone(),

@@ -44,30 +44,11 @@ pub(super) async fn share_changes(cluster: &Cluster, entries: &[Entry]) {
 
 /// Feeds this replica's ticket watchers with the entries the leader
 /// commits (a replica does not hear its own: the bus does not echo).
-pub fn watch_changes(cluster: Cluster, desk: TicketDesk, mut stop: Shutdown) {
-    tokio::spawn(async move {
-        loop {
-            match cluster.subscribe(TICKETS.to_owned()).await {
-                Ok(mut changes) => loop {
-                    tokio::select! {
-                        m = changes.next() => {
-                            let Some(m) = m else { break };
-                            match decode::<Vec<Entry>>(&m.payload) {
-                                Ok(entries) => entries.into_iter().for_each(|e| desk.relay(e)),
-                                Err(error) => warn!(%error, "unreadable ticket entries from the leader"),
-                            }
-                        }
-                        () = stop.requested() => return,
-                    }
-                },
-                Err(error) => {
-                    warn!(%error, "ticket entries from the leader: not subscribed; trying again")
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = stop.requested() => return,
-            }
+pub fn watch_changes(cluster: &Cluster, desk: TicketDesk, stop: Shutdown) {
+    cluster.listen(TICKETS, stop, move |m| {
+        match decode::<Vec<Entry>>(&m.payload) {
+            Ok(entries) => entries.into_iter().for_each(|e| desk.relay(e)),
+            Err(error) => warn!(%error, "unreadable ticket entries from the leader"),
         }
     });
 }
