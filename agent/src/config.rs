@@ -42,6 +42,34 @@ pub struct AgentConfig {
     pub network: NetworkSettings,
     #[serde(default)]
     pub diagnostics: DiagnosticSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+/// `[log]`: how and where the agent writes its own log.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` or `json` (one object per line).
+    pub format: vitals_proto::logging::LogFormat,
+    /// A log file, rotated by size; standard error when absent (the
+    /// Windows service: `logs\agent.log` beside this file).
+    pub file: Option<PathBuf>,
+    /// The size at which the file moves aside to `<file>.1`, in MiB.
+    pub max_size_mib: u64,
+    /// How many moved-aside files are kept.
+    pub keep: u32,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: Default::default(),
+            file: None,
+            max_size_mib: 10,
+            keep: 5,
+        }
+    }
 }
 
 /// `[diagnostics]`: live diagnostics a specialist may run on this desk.
@@ -493,6 +521,9 @@ impl AgentConfig {
         for p in [&mut c.tls.ca, &mut c.tls.cert, &mut c.tls.key] {
             *p = config_file::resolve(path, p);
         }
+        if let Some(f) = &mut c.log.file {
+            *f = config_file::resolve(path, f);
+        }
         c.enroll_token = Some(match &c.enroll_token {
             Some(p) => config_file::resolve(path, p),
             None => path.parent().unwrap_or(Path::new(".")).join("enroll.token"),
@@ -501,6 +532,15 @@ impl AgentConfig {
             file: path.display().to_string(),
             message: message.to_owned(),
         };
+        if c.log.max_size_mib == 0
+            || c.log.max_size_mib > 1024
+            || c.log.keep == 0
+            || c.log.keep > 100
+        {
+            return Err(invalid(
+                "log.max_size_mib must be 1 to 1024 and log.keep 1 to 100",
+            ));
+        }
         let l = &c.link;
         if l.snapshot_interval < Duration::from_secs(1) {
             return Err(invalid("link.snapshot_interval must be at least 1s"));
@@ -657,6 +697,25 @@ key = "pki/agent.key"
             p.timing(ProbeKind::Network).timeout,
             Duration::from_secs(15)
         );
+    }
+
+    #[test]
+    fn the_log_section_is_read_and_checked() {
+        let path = write(
+            "log",
+            &format!("{GOOD}[log]\nformat = \"json\"\nfile = \"logs/a.log\"\nkeep = 2\n"),
+        );
+        let c = AgentConfig::load(&path).unwrap();
+        assert_eq!(c.log.format, vitals_proto::logging::LogFormat::Json);
+        assert_eq!(c.log.file, Some(path.parent().unwrap().join("logs/a.log")));
+        assert_eq!((c.log.max_size_mib, c.log.keep), (10, 2));
+        let bad = |extra: &str| {
+            let path = write("log-bad", &format!("{GOOD}{extra}"));
+            AgentConfig::load(&path).unwrap_err().to_string()
+        };
+        assert!(bad("[log]\nkeep = 0\n").contains("log.keep 1 to 100"));
+        let e = bad("[log]\nformat = \"xml\"\n");
+        assert!(e.contains("agent.toml:") && e.contains("xml"), "{e}");
     }
 
     #[test]

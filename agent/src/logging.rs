@@ -6,7 +6,36 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tracing_subscriber::Layer;
+use tracing_subscriber::registry::LookupSpan;
+use vitals_proto::logging::LogFormat;
+
+use crate::config::LogSettings;
+
+/// The agent's log layer: to `file` (rotated as `settings` say) when one
+/// is given and can be opened, else to standard error. A file that cannot
+/// be opened is said on standard error, and the log goes there instead.
+pub fn layer<S>(
+    settings: &LogSettings,
+    format: LogFormat,
+    file: Option<&Path>,
+) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    if let Some(path) = file {
+        match RotatingFile::open(path, settings.max_size_mib << 20, settings.keep) {
+            Ok(f) => return vitals_proto::logging::layer(format, Arc::new(f), false),
+            Err(e) => eprintln!(
+                "warning: cannot open log file {}: {e}; logging to standard error",
+                path.display()
+            ),
+        }
+    }
+    vitals_proto::logging::layer(format, io::stderr, vitals_proto::colour_on_stderr())
+}
 
 /// A log file that moves itself aside at `max_bytes`: `agent.log` becomes
 /// `agent.log.1`, the older ones shift up, and only `keep` old ones stay.

@@ -24,6 +24,14 @@ enum Command {
         /// Stop when standard input closes (for a supervising parent).
         #[arg(long, hide = true)]
         exit_on_stdin_eof: bool,
+        /// Log lines as `text` or `json` (one object per line); overrides
+        /// `[log] format`.
+        #[arg(long, env = "VITALS_LOG_FORMAT")]
+        log_format: Option<vitals_proto::logging::LogFormat>,
+        /// Write the log to this file, rotated by size (`[log]
+        /// max_size_mib` and `keep`); overrides `[log] file`.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
     },
     /// Run every probe once and print the findings and the faults the
     /// policy would raise; nothing is sent anywhere.
@@ -149,7 +157,9 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             exit_on_stdin_eof,
-        } => run(config, exit_on_stdin_eof),
+            log_format,
+            log_file,
+        } => run(config, exit_on_stdin_eof, log_format, log_file),
         Command::Configure {
             config,
             collector,
@@ -310,17 +320,18 @@ fn service_body(stop: vitals_proto::shutdown::Shutdown, stopping: &dyn Fn()) -> 
     let Some(config_path) = SERVICE_CONFIG.get() else {
         return 2;
     };
-    let logs = vitals_agent::paths::log_file(config_path);
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let file = vitals_agent::logging::RotatingFile::open(&logs, 10 << 20, 5).ok();
+    let settings = log_settings(config_path);
+    let logs = settings
+        .file
+        .clone()
+        .unwrap_or_else(|| vitals_agent::paths::log_file(config_path));
     let subscriber = tracing_subscriber::registry()
-        .with(filter)
-        .with(file.map(|f| {
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(std::sync::Arc::new(f))
-        }))
+        .with(vitals_proto::logging::env_filter())
+        .with(vitals_agent::logging::layer(
+            &settings,
+            settings.format,
+            Some(&logs),
+        ))
         .with(vitals_agent::logging::EventLogLayer::open());
     let _ = tracing::subscriber::set_global_default(subscriber);
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -478,7 +489,12 @@ fn once(json: bool, config: Option<PathBuf>, policy: Option<PathBuf>) -> ExitCod
     ExitCode::SUCCESS
 }
 
-fn run(config_path: PathBuf, exit_on_stdin_eof: bool) -> ExitCode {
+fn run(
+    config_path: PathBuf,
+    exit_on_stdin_eof: bool,
+    log_format: Option<vitals_proto::logging::LogFormat>,
+    log_file: Option<PathBuf>,
+) -> ExitCode {
     #[cfg(windows)]
     {
         let _ =
@@ -493,7 +509,7 @@ fn run(config_path: PathBuf, exit_on_stdin_eof: bool) -> ExitCode {
             }
         }
     }
-    init_tracing();
+    init_run_log(&config_path, log_format, log_file);
     if let Err(code) = enroll_first(&config_path) {
         return code;
     }
@@ -578,12 +594,29 @@ async fn wait_for_stop(exit_on_stdin_eof: bool) {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(vitals_proto::colour_on_stderr())
-        .init();
+/// The `[log]` section of the configuration when it can be read; the
+/// defaults otherwise (the full load that follows says what is wrong).
+fn log_settings(config_path: &std::path::Path) -> vitals_agent::config::LogSettings {
+    AgentConfig::load(config_path)
+        .map(|c| c.log)
+        .unwrap_or_default()
+}
+
+/// The log of `run`: the flags first, then the configuration's `[log]`.
+fn init_run_log(
+    config_path: &std::path::Path,
+    format: Option<vitals_proto::logging::LogFormat>,
+    file: Option<PathBuf>,
+) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let settings = log_settings(config_path);
+    let file = file.or_else(|| settings.file.clone());
+    let subscriber = tracing_subscriber::registry()
+        .with(vitals_proto::logging::env_filter())
+        .with(vitals_agent::logging::layer(
+            &settings,
+            format.unwrap_or(settings.format),
+            file.as_deref(),
+        ));
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }

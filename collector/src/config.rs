@@ -46,6 +46,9 @@ pub struct CollectorConfig {
     /// Lifetimes of the certificates the collector signs, enrollment.
     #[serde(default)]
     pub certificates: CertificateSettings,
+    /// `[log]`: text (the default) or JSON lines on standard error.
+    #[serde(default)]
+    pub log: vitals_proto::logging::LogSettings,
 }
 
 /// `[cluster]`: the NATS server replicas route live traffic through (a
@@ -440,6 +443,7 @@ impl CollectorConfig {
             email: None,
             console: None,
             certificates: CertificateSettings::default(),
+            log: Default::default(),
         }
     }
 

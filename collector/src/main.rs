@@ -10,12 +10,17 @@ use vitals_collector::config::CollectorConfig;
 use vitals_collector::pki::{self, Ca, PkiPaths};
 use vitals_collector::{Collector, Listeners, quickstart, shutdown_signal};
 use vitals_proto::identity::{Identity, IdentityError, Role};
+use vitals_proto::logging::{LogFormat, init_stderr};
 
 #[derive(Parser)]
 #[command(name = "vitals-collector", version, about = "Vitals collector")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` or `json` (one object per line); for `run`,
+    /// overrides `[log] format` in collector.toml.
+    #[arg(long, global = true, env = "VITALS_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]
@@ -253,7 +258,11 @@ enum PkiCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let log_format = cli.log_format;
+    // `run` logs as its configuration says, once that is read.
+    if !matches!(cli.command, Command::Run { .. }) {
+        init_stderr(log_format.unwrap_or_default());
+    }
     match cli.command {
         Command::Pki(PkiCmd::RevokeSpecialist {
             name,
@@ -281,6 +290,7 @@ fn main() -> ExitCode {
         }),
         Command::Run { config } => with_runtime(async move {
             let config = load(&config)?;
+            init_stderr(log_format.unwrap_or(config.log.format));
             let collector = Collector::open(config.clone()).await.map_err(fail(2))?;
             let listeners = Listeners::bind(&config).await.map_err(fail(1))?;
             collector
@@ -789,14 +799,4 @@ fn issue(
         cert.display(),
         key.display()
     ))
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(vitals_proto::colour_on_stderr())
-        .init();
 }

@@ -309,20 +309,24 @@ async fn agent_binary() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The agent writes its log to `log`, rotated by size (10 MiB, five
+/// kept); what it prints before its log is set up (a configuration
+/// error, a panic) goes to `<log>.stderr`, emptied at each start.
 fn start_agent(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot open {}", log.display()))?;
+    let mut stderr_path = log.as_os_str().to_owned();
+    stderr_path.push(".stderr");
+    let stderr = std::fs::File::create(&stderr_path)
+        .with_context(|| format!("cannot open {}", Path::new(&stderr_path).display()))?;
     Command::new(bin)
         .arg("run")
         .arg("--config")
         .arg(config)
+        .arg("--log-file")
+        .arg(log)
         .arg("--exit-on-stdin-eof")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(log_file)
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))

@@ -17,6 +17,7 @@ pub mod diag;
 pub mod domain;
 pub mod files;
 pub mod identity;
+pub mod logging;
 pub mod policy;
 pub mod report;
 pub mod shutdown;
