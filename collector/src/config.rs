@@ -49,6 +49,79 @@ pub struct CollectorConfig {
     /// `[log]`: text (the default) or JSON lines on standard error.
     #[serde(default)]
     pub log: vitals_proto::logging::LogSettings,
+    /// How long what accumulates is kept.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: how long the records that would otherwise grow for ever
+/// are kept. Each is a duration (`"90d"`) or `"forever"`. The leading
+/// replica removes what is older every `interval`, a few thousand rows at
+/// a time so agents' commits are never held up for long.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// How often the old records are looked for.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Fault events as agents reported them, once the ticket engine has
+    /// applied them.
+    #[serde(with = "keep")]
+    pub fault_events: Option<Duration>,
+    /// Tickets resolved or closed this long ago (no change since), with
+    /// their timelines and the snapshots kept as their evidence; and
+    /// resolved incidents left with no ticket.
+    #[serde(with = "keep")]
+    pub closed_tickets: Option<Duration>,
+    /// Webhook posts and mails delivered, or given up on, this long ago.
+    #[serde(with = "keep")]
+    pub notifications: Option<Duration>,
+    /// Certificates the collector signed that expired this long ago
+    /// (revoked ones too: an expired certificate is refused anyway).
+    #[serde(with = "keep")]
+    pub certificates: Option<Duration>,
+    /// Audit entries older than this are written to a checksummed archive
+    /// file (JSON lines) in `audit_archive_dir`, then leave the database;
+    /// each archive is itself an audit entry.
+    #[serde(with = "keep")]
+    pub audit: Option<Duration>,
+    /// Where audit archives go; `<data_dir>/audit-archive` when absent.
+    pub audit_archive_dir: Option<PathBuf>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        RetentionConfig {
+            interval: Duration::from_secs(3600),
+            fault_events: Some(Duration::from_secs(90 * DAY)),
+            closed_tickets: Some(Duration::from_secs(400 * DAY)),
+            notifications: Some(Duration::from_secs(30 * DAY)),
+            certificates: Some(Duration::from_secs(90 * DAY)),
+            audit: Some(Duration::from_secs(400 * DAY)),
+            audit_archive_dir: None,
+        }
+    }
+}
+
+/// A retention period: a duration, or `"forever"` (`None`).
+mod keep {
+    use serde::Deserialize;
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "forever" {
+            return Ok(None);
+        }
+        humantime::parse_duration(&text).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{e} in \"{text}\" (a duration such as \"90d\", or \"forever\")"
+            ))
+        })
+    }
 }
 
 /// `[cluster]`: the NATS server replicas route live traffic through (a
@@ -444,6 +517,7 @@ impl CollectorConfig {
             console: None,
             certificates: CertificateSettings::default(),
             log: Default::default(),
+            retention: RetentionConfig::default(),
         }
     }
 
@@ -461,6 +535,9 @@ impl CollectorConfig {
         .into_iter()
         .flatten()
         {
+            *p = config_file::resolve(path, p);
+        }
+        if let Some(p) = &mut config.retention.audit_archive_dir {
             *p = config_file::resolve(path, p);
         }
         if let Some(c) = &mut config.cluster {
@@ -511,6 +588,33 @@ impl CollectorConfig {
                 "agents.idle_timeout ({}) must be longer than agents.heartbeat_interval ({})",
                 humantime::format_duration(a.idle_timeout),
                 humantime::format_duration(a.heartbeat_interval)
+            )));
+        }
+        let r = &self.retention;
+        if r.interval < Duration::from_secs(1) {
+            return Err(invalid("retention.interval must be at least 1s".into()));
+        }
+        for (name, keep) in [
+            ("fault_events", r.fault_events),
+            ("closed_tickets", r.closed_tickets),
+            ("notifications", r.notifications),
+            ("certificates", r.certificates),
+            ("audit", r.audit),
+        ] {
+            if keep.is_some_and(|k| k < Duration::from_secs(60)) {
+                return Err(invalid(format!(
+                    "retention.{name} must be at least 1m (or \"forever\")"
+                )));
+            }
+        }
+        if let Some(k) = r.certificates
+            && k < self.certificates.renewal_grace
+        {
+            return Err(invalid(format!(
+                "retention.certificates ({}) must be at least certificates.renewal_grace ({}): \
+                 an expired certificate is renewed within that grace",
+                humantime::format_duration(k),
+                humantime::format_duration(self.certificates.renewal_grace)
             )));
         }
         let certs = &self.certificates;
@@ -698,6 +802,14 @@ impl CollectorConfig {
     }
 
     /// This collector's name among replicas: `replica`, else the host name.
+    /// Where the audit archives are written.
+    pub fn audit_archive_dir(&self) -> PathBuf {
+        self.retention
+            .audit_archive_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-archive"))
+    }
+
     pub fn replica_name(&self) -> String {
         self.replica
             .clone()

@@ -31,6 +31,7 @@ pub mod pki;
 pub mod policy;
 pub mod quickstart;
 pub mod relay;
+pub mod retention;
 pub mod revocation;
 pub mod service;
 pub mod sessions;
@@ -445,6 +446,17 @@ impl Collector {
             stop.clone(),
             leading.clone(),
         ));
+        tokio::spawn(
+            retention::Retention {
+                store: store.clone(),
+                desk: desk.clone(),
+                config: config.retention.clone(),
+                archive_dir: config.audit_archive_dir(),
+                metrics: metrics.clone(),
+                replica: config.replica_name(),
+            }
+            .run(leading.clone(), stop.clone()),
+        );
         tokio::spawn(tickets::supervise(
             store.clone(),
             policy.clone(),

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub agent_dropped_snapshots: Counter,
     /// 1 while this replica leads (runs the ticket engine and sender).
     pub leader: Gauge,
+    retention_removed: Family<Labels, Counter>,
+    /// The database's size on disk, as of the last retention pass.
+    pub database_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -118,9 +121,23 @@ impl Metrics {
             "1 while this replica leads: it runs the ticket engine and the notification sender",
             leader.clone(),
         );
+        let retention_removed = Family::default();
+        registry.register(
+            "retention_removed",
+            "Rows removed by retention (audit entries: archived first), by what they were",
+            retention_removed.clone(),
+        );
+        let database_bytes = Gauge::default();
+        registry.register(
+            "database_bytes",
+            "The database's size on disk at the last retention pass",
+            database_bytes.clone(),
+        );
         Metrics {
             registry,
             leader,
+            retention_removed,
+            database_bytes,
             agent_dropped_snapshots,
             connected_agents,
             handshakes,
@@ -160,6 +177,10 @@ impl Metrics {
 
     pub fn message(&self, kind: &'static str) {
         self.messages.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn retention_removed(&self, what: &'static str, n: u64) {
+        self.retention_removed.get_or_create(&[("what", what)]).inc_by(n);
     }
 
     pub fn error(&self, kind: &'static str) {

@@ -142,6 +142,7 @@ impl Fleet {
                 ..Default::default()
             },
             diagnostics: Default::default(),
+            log: Default::default(),
         }
     }
 

@@ -220,6 +220,18 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         "revoked_specialists",
         &[("name", Text), ("revoked_ms", Int), ("reason", Text)],
     ),
+    (
+        "audit_archives",
+        &[
+            ("id", Int),
+            ("first_id", Int),
+            ("last_id", Int),
+            ("entries", Int),
+            ("file", Text),
+            ("sha256", Text),
+            ("at_ms", Int),
+        ],
+    ),
 ];
 
 /// Tables whose ids come from a sequence on PostgreSQL: moved past the
@@ -229,6 +241,7 @@ const SEQUENCED: &[&str] = &[
     "ticket_timeline",
     "webhook_outbox",
     "audit_log",
+    "audit_archives",
 ];
 
 /// Rows per insert statement.

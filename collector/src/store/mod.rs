@@ -374,6 +374,7 @@ pub trait Store:
     + AccountStore
     + EnrollStore
     + LeaderStore
+    + RetentionStore
     + 'static
 {
 }
@@ -388,6 +389,7 @@ impl<T> Store for T where
         + AccountStore
         + EnrollStore
         + LeaderStore
+        + RetentionStore
         + 'static
 {
 }
@@ -708,6 +710,74 @@ pub trait AuditStore: Send + Sync {
         &self,
         filter: AuditFilter,
     ) -> Result<Vec<vitals_proto::diag::AuditEntry>, StoreError>;
+}
+
+/// Removing what `[retention]` no longer keeps. Each call removes at most
+/// `limit` rows in one short transaction and says how many it removed, so
+/// a caller repeats until fewer come back and agents' commits wait for
+/// no more than one such transaction at a time.
+#[async_trait]
+pub trait RetentionStore: Send + Sync {
+    /// Fault events received before `before_ms` that the ticket engine
+    /// has applied (at or below its cursor).
+    async fn prune_fault_events(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError>;
+
+    /// Tickets resolved or closed and unchanged since before `before_ms`,
+    /// with their timelines, evidence snapshots and waits; then resolved
+    /// incidents from before then that hold no ticket any more, with
+    /// theirs. Returns the tickets removed. A ticket engine's write
+    /// (fenced on PostgreSQL like its steps).
+    async fn prune_tickets(&self, before_ms: i64, limit: u32) -> Result<Vec<u64>, StoreError>;
+
+    /// Notifications delivered or given up on, created before `before_ms`.
+    async fn prune_deliveries(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError>;
+
+    /// Signed certificates that expired before `before_ms`.
+    async fn prune_certificates(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError>;
+
+    /// Audit entries from before `before_ms` not yet archived, oldest
+    /// first, at most `limit`.
+    async fn audit_unarchived(
+        &self,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<vitals_proto::diag::AuditEntry>, StoreError>;
+
+    /// In one transaction: records `archive` (a file holding the entries
+    /// `first_id..=last_id`, already durable), appends `entry` (the
+    /// archive's own audit entry), and removes the archived entries.
+    /// Returns the new entry's id.
+    async fn archive_audit(
+        &self,
+        archive: AuditArchive,
+        entry: vitals_proto::diag::AuditEntry,
+    ) -> Result<u64, StoreError>;
+
+    /// Archives recorded so far, oldest first.
+    async fn audit_archives(&self) -> Result<Vec<AuditArchive>, StoreError>;
+
+    /// Gives space freed by removals back to the file system where the
+    /// backend does not do it itself (SQLite: an incremental vacuum down
+    /// to a little slack; PostgreSQL's autovacuum needs nothing). Returns
+    /// the bytes given back.
+    async fn compact(&self) -> Result<u64, StoreError>;
+
+    /// The database's size on disk in bytes (SQLite: the file and its
+    /// WAL; PostgreSQL: `pg_database_size`).
+    async fn size_bytes(&self) -> Result<u64, StoreError>;
+}
+
+/// An audit archive file and the entries it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditArchive {
+    pub first_id: u64,
+    pub last_id: u64,
+    pub entries: u64,
+    /// The file's name in the archive folder.
+    pub file: String,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    pub at_ms: i64,
 }
 
 /// A committed fault event with its storage id (the engine's cursor) and

@@ -155,6 +155,11 @@ pub(super) fn to_leader(cluster: Cluster, c: Command) {
                     other => Err(other.error()),
                 }));
             }
+            // The leader prunes through its own engine; a standby's
+            // retention task does not run.
+            Command::Prune { reply, .. } => {
+                let _ = reply.send(Err(DeskError::NotLeader));
+            }
         }
     });
 }

@@ -67,6 +67,14 @@ enum Command {
         event: FaultEvent,
         reply: oneshot::Sender<Result<(), DeskError>>,
     },
+    /// Retention: up to `limit` closed tickets unchanged since
+    /// `before_ms` leave the store and the engine's memory. Only the
+    /// leader's own retention task asks, so a standby refuses it.
+    Prune {
+        before_ms: i64,
+        limit: u32,
+        reply: oneshot::Sender<Result<usize, DeskError>>,
+    },
 }
 
 impl Command {
@@ -77,6 +85,9 @@ impl Command {
                 let _ = reply.send(Err(why()));
             }
             Command::Open { reply, .. } => {
+                let _ = reply.send(Err(why()));
+            }
+            Command::Prune { reply, .. } => {
                 let _ = reply.send(Err(why()));
             }
         }
@@ -156,6 +167,22 @@ impl TicketDesk {
             .send(Command::Raise {
                 endpoint: endpoint.to_owned(),
                 event,
+                reply,
+            })
+            .await
+            .map_err(|_| DeskError::Stopped)?;
+        rx.await.map_err(|_| DeskError::Stopped)?
+    }
+
+    /// Removes up to `limit` tickets resolved or closed and unchanged
+    /// since `before_ms` (with their timelines and evidence) through the
+    /// engine, so what it holds and what is stored stay one; how many.
+    pub async fn prune(&self, before_ms: i64, limit: u32) -> Result<usize, DeskError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Prune {
+                before_ms,
+                limit,
                 reply,
             })
             .await
@@ -620,6 +647,25 @@ impl Worker {
                 let done = self.persist(entries, now).await.map_err(Arc::new);
                 let _ = reply.send(done.clone().map_err(|e| StoreError::Shared(e).into()));
                 done.map_err(StoreError::Shared)
+            }
+            Command::Prune {
+                before_ms,
+                limit,
+                reply,
+            } => {
+                let done = self
+                    .store
+                    .prune_tickets(before_ms, limit)
+                    .await
+                    .map_err(Arc::new);
+                if let Ok(ids) = &done {
+                    self.engine.forget(ids);
+                }
+                let _ = reply.send(match &done {
+                    Ok(ids) => Ok(ids.len()),
+                    Err(e) => Err(StoreError::Shared(e.clone()).into()),
+                });
+                done.map(drop).map_err(StoreError::Shared)
             }
         }
     }

@@ -210,6 +210,7 @@ pub async fn worker(plan: WorkerPlan) -> anyhow::Result<()> {
                 printers: Default::default(),
                 network: Default::default(),
                 diagnostics: Default::default(),
+                log: Default::default(),
             };
             LinkAgent::start(&id, config)
         })

@@ -543,6 +543,163 @@ async fn engine_step(
     evidence
 }
 
+both!(retention_removes_only_what_is_past_its_time);
+async fn retention_removes_only_what_is_past_its_time(url: &str) {
+    use vitals_collector::store::{AuditArchive, IssuedCert};
+    use vitals_proto::tickets::Status;
+    let store = open(url, 10, Duration::ZERO).await;
+    let id: EndpointId = "ws-1".parse().unwrap();
+    store.open_session(&session(&id)).await.unwrap();
+    store
+        .commit(vec![
+            fault(&id, 1, FaultState::Raised),
+            fault(&id, 2, FaultState::Cleared),
+            fault(&id, 3, FaultState::Raised),
+        ])
+        .await
+        .unwrap();
+    let now = vitals_proto::now_ms();
+    let later = now + 60_000;
+
+    // Fault events: none the ticket engine has not applied, none newer
+    // than the cut, and no more than asked at a time.
+    assert_eq!(store.prune_fault_events(later, 100).await.unwrap(), 0);
+    let faults = store.fault_events_after(0, 10).await.unwrap();
+    assert_eq!(faults.len(), 3);
+    let delivery = |event: &str| NewDelivery {
+        webhook: "helpdesk".into(),
+        event: event.into(),
+        body: "{}".into(),
+    };
+    engine_step(
+        &*store,
+        &faults[..2],
+        vec![delivery("opened"), delivery("cleared")],
+        vec![],
+    )
+    .await;
+    assert_eq!(store.prune_fault_events(now - 60_000, 100).await.unwrap(), 0);
+    assert_eq!(store.prune_fault_events(later, 1).await.unwrap(), 1);
+    assert_eq!(store.prune_fault_events(later, 100).await.unwrap(), 1);
+    assert_eq!(store.prune_fault_events(later, 100).await.unwrap(), 0);
+    let left = store.fault_events_after(0, 10).await.unwrap();
+    assert_eq!(left, faults[2..].to_vec(), "past the cursor, it stays");
+
+    // Tickets: an open one stays; a resolved one goes with its timeline
+    // and evidence once it has not changed since the cut.
+    assert!(store.prune_tickets(later, 100).await.unwrap().is_empty());
+    let mut ticket = store.ticket(1).await.unwrap().unwrap().ticket;
+    ticket.status = Status::Resolved;
+    ticket.resolved_ms = Some(6000);
+    store
+        .save_tickets(TicketStep {
+            tickets: vec![ticket],
+            cursor: faults[1].id,
+            now_ms: 6000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(store.prune_tickets(5999, 100).await.unwrap().is_empty());
+    assert_eq!(store.prune_tickets(6001, 100).await.unwrap(), vec![1]);
+    assert!(store.ticket(1).await.unwrap().is_none());
+    let state = store.ticket_state().await.unwrap();
+    assert!(state.tickets.is_empty(), "{:?}", state.tickets);
+    assert_eq!(state.max_ticket, 0);
+
+    // Notifications: only those delivered or given up on.
+    let due = store.due_deliveries(later, 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    store
+        .delivery_outcome(due[0].id, DeliveryOutcome::Delivered { at_ms: 7000 })
+        .await
+        .unwrap();
+    assert_eq!(store.prune_deliveries(later, 100).await.unwrap(), 1);
+    let due = store.due_deliveries(later, 10).await.unwrap();
+    assert_eq!(due.len(), 1, "the one still to send stays");
+    assert_eq!(due[0].event, "cleared");
+
+    // Certificates: those expired before the cut.
+    for (serial, not_after_ms) in [("0a", 1000), ("0b", later + 86_400_000)] {
+        store
+            .record_certificate(IssuedCert {
+                serial: serial.into(),
+                kind: "endpoint".into(),
+                subject: "ws-1".into(),
+                issued_ms: 1,
+                not_after_ms,
+                via: "issue".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.prune_certificates(now, 100).await.unwrap(), 1);
+    assert!(store.certificate("0a").await.unwrap().is_none());
+    assert!(store.certificate("0b").await.unwrap().is_some());
+
+    // The audit log: the unbroken run of old entries is offered; archived,
+    // they leave, and the archive is itself an entry.
+    for at_ms in [1, 2, later + 1000, 3] {
+        store
+            .audit_append(vitals_proto::diag::AuditEntry {
+                at_ms,
+                who: "sam".into(),
+                kind: "network".into(),
+                outcome: "ok".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let old = store.audit_unarchived(now, 10).await.unwrap();
+    let ids: Vec<u64> = old.iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![1, 2], "stops at the first newer entry");
+    let archived = AuditArchive {
+        first_id: 1,
+        last_id: 2,
+        entries: 2,
+        file: "audit-1-2.jsonl".into(),
+        sha256: "ab".repeat(32),
+        at_ms: now,
+    };
+    let entry = store
+        .archive_audit(
+            archived.clone(),
+            vitals_proto::diag::AuditEntry {
+                at_ms: now,
+                who: "collector".into(),
+                kind: "audit_archive".into(),
+                outcome: "ok".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(entry, 5);
+    let all = store
+        .audit(AuditFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<u64> = all.iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![5, 4, 3]);
+    assert_eq!(store.audit_archives().await.unwrap(), vec![archived]);
+    let next: Vec<u64> = store
+        .audit_unarchived(later + 2000, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(next, vec![3, 4, 5]);
+
+    assert!(store.size_bytes().await.unwrap() > 0);
+    store.compact().await.unwrap();
+}
+
 both!(the_ticket_engine_resumes_exactly_where_it_stopped);
 async fn the_ticket_engine_resumes_exactly_where_it_stopped(url: &str) {
     use vitals_proto::tickets::Kind;

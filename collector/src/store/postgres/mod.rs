@@ -26,6 +26,7 @@ mod endpoints;
 mod enroll;
 mod ingest;
 mod outbox;
+mod retention;
 pub mod partitions;
 mod tickets;
 
@@ -43,11 +44,18 @@ use super::{StoreError, StoreOptions};
 
 /// Schema migrations, applied in order and recorded in `schema_migrations`.
 /// Never edit a released migration: add a new one.
-pub const MIGRATIONS: &[(u32, &str, &str)] = &[(
-    1,
-    "schema",
-    include_str!("../../../migrations/postgres/0001_schema.sql"),
-)];
+pub const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (
+        1,
+        "schema",
+        include_str!("../../../migrations/postgres/0001_schema.sql"),
+    ),
+    (
+        2,
+        "retention",
+        include_str!("../../../migrations/postgres/0002_retention.sql"),
+    ),
+];
 
 /// Advisory lock keys (one namespace, first half "VITA").
 pub(crate) const LOCK_MIGRATE: i64 = 0x5649_5441_0000_0001;

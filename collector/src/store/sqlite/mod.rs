@@ -22,6 +22,7 @@ mod endpoints;
 mod enroll;
 mod ingest;
 mod outbox;
+mod retention;
 #[cfg(test)]
 mod tests;
 mod tickets;
@@ -92,6 +93,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
         12,
         include_str!("../../../migrations/sqlite/0012_history_len.sql"),
     ),
+    (
+        13,
+        include_str!("../../../migrations/sqlite/0013_retention.sql"),
+    ),
 ];
 
 pub struct SqliteStore {
@@ -99,6 +104,7 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     history_limit: u32,
     history_interval_ms: i64,
+    path: std::path::PathBuf,
 }
 
 impl SqliteStore {
@@ -111,10 +117,12 @@ impl SqliteStore {
         history_interval: std::time::Duration,
     ) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
+        let at = path.clone();
         let (writer, reader) = tokio::task::spawn_blocking(move || {
-            let writer = connect(&path)?;
+            let writer = connect(&at)?;
+            incremental_vacuum(&writer)?;
             migrate(&writer)?;
-            let reader = connect(&path)?;
+            let reader = connect(&at)?;
             Ok::<_, StoreError>((writer, reader))
         })
         .await??;
@@ -123,6 +131,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             history_limit: history_limit.max(1),
             history_interval_ms: history_interval.as_millis() as i64,
+            path,
         })
     }
 
@@ -192,6 +201,31 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
             }
         }
     }
+}
+
+/// Makes the file give pages back on request (`PRAGMA incremental_vacuum`,
+/// after retention removed rows); a file made before this is rewritten
+/// once (`VACUUM`).
+fn incremental_vacuum(conn: &Connection) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
+    if mode == INCREMENTAL {
+        return Ok(());
+    }
+    conn.pragma_update(None, "auto_vacuum", INCREMENTAL)?;
+    // The mode takes effect with a VACUUM (instant on a new, empty file).
+    let tables: i64 = conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))?;
+    let started = std::time::Instant::now();
+    if tables > 0 {
+        tracing::info!(
+            "rewriting the database once so that space freed by retention can be given back"
+        );
+    }
+    conn.execute_batch("VACUUM")?;
+    if tables > 0 {
+        tracing::info!(took = ?started.elapsed(), "database rewritten");
+    }
+    Ok(())
 }
 
 /// Where a database file's schema stands, applying nothing.

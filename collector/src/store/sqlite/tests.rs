@@ -185,6 +185,34 @@ async fn the_audit_log_only_grows() {
         let err = c.execute(sql, []).unwrap_err().to_string();
         assert!(err.contains("the audit log is append-only"), "{sql}: {err}");
     }
+    // Once an archive holds entry 1, it (and only it) may go.
+    use crate::store::RetentionStore;
+    store
+        .archive_audit(
+            crate::store::AuditArchive {
+                first_id: 1,
+                last_id: 1,
+                entries: 1,
+                file: "audit-1-1.jsonl".into(),
+                sha256: String::new(),
+                at_ms: 5,
+            },
+            vitals_proto::diag::AuditEntry {
+                kind: "audit_archive".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let left: i64 = c
+        .query_row("SELECT COUNT(*) FROM audit_log WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "the archived entry left");
+    let err = c
+        .execute("DELETE FROM audit_log WHERE id = 2", [])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only archived entries leave it"), "{err}");
     let _ = std::fs::remove_file(&path);
 }
 
@@ -268,4 +296,92 @@ async fn openers_racing_on_a_new_file_migrate_one_after_the_other() {
         let status = migration_status(&path).await.unwrap();
         assert_eq!(status.applied, status.known);
     }
+}
+
+/// Space freed by retention goes back to the file system, and a file made
+/// before incremental vacuum existed is converted once when opened.
+#[tokio::test]
+async fn removed_rows_give_their_space_back() {
+    use crate::store::{RetentionStore, TicketStep, TicketStore};
+    let (path, store, id) = store_with_endpoint("compact", 4, "ws-c").await;
+    let mode = |p: &std::path::Path| -> i64 {
+        Connection::open(p)
+            .unwrap()
+            .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(mode(&path), 2, "a new file is incremental from the start");
+    let evidence = "x".repeat(4000);
+    for chunk in 0..10u64 {
+        let batch = (0..500u64)
+            .map(|i| {
+                let seq = chunk * 500 + i + 1;
+                Record {
+                    endpoint: id.clone(),
+                    seq,
+                    received_ms: 1000,
+                    body: RecordBody::Fault(vitals_proto::domain::FaultEvent {
+                        check_id: "disk_nearly_full".into(),
+                        subject: format!("/d{seq}"),
+                        state: vitals_proto::domain::FaultState::Raised,
+                        severity: vitals_proto::domain::Severity::Warning,
+                        value: 97.0,
+                        evidence: evidence.clone(),
+                        at_ms: 1000,
+                        via: String::new(),
+                    }),
+                }
+            })
+            .collect();
+        store.commit(batch).await.unwrap();
+    }
+    let last = store.fault_events_after(4990, 100).await.unwrap();
+    store
+        .save_tickets(TicketStep {
+            cursor: last.last().unwrap().id,
+            now_ms: 2000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store
+        .write(|c| {
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let full = std::fs::metadata(&path).unwrap().len();
+    let mut removed = 0;
+    loop {
+        let n = store.prune_fault_events(5000, 2000).await.unwrap();
+        removed += n;
+        if n < 2000 {
+            break;
+        }
+    }
+    assert_eq!(removed, 5000);
+    let given = store.compact().await.unwrap();
+    store
+        .write(|c| {
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let after = std::fs::metadata(&path).unwrap().len();
+    assert!(given > full / 2, "gave back {given} of {full} bytes");
+    // A few MiB of free pages stay as slack for the next inserts.
+    assert!(after < full / 2, "{full} bytes, then {after}");
+    assert_eq!(store.compact().await.unwrap(), 0, "nothing more to give");
+    drop(store);
+
+    // As a file from before: no auto-vacuum. Opening converts it.
+    let c = Connection::open(&path).unwrap();
+    c.execute_batch("PRAGMA auto_vacuum = 0; VACUUM;").unwrap();
+    drop(c);
+    assert_eq!(mode(&path), 0);
+    let store = SqliteStore::open(&path, 4, Duration::ZERO).await.unwrap();
+    assert_eq!(mode(&path), 2);
+    assert_eq!(store.endpoint("ws-c").await.unwrap().unwrap().summary.endpoint_id, "ws-c");
 }

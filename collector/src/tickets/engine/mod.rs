@@ -227,18 +227,24 @@ impl Engine {
             .filter(|t| t.resolved_ms.is_some_and(|r| now - r > keep_ms) && !t.status.is_open())
             .map(|t| t.id)
             .collect();
-        for id in old {
-            if let Some(t) = self.tickets.remove(&id) {
+        self.forget(&old);
+        self.incidents.retain(|_, i| i.resolved_ms.is_none());
+    }
+
+    /// Forgets tickets the store no longer keeps (retention), wherever
+    /// the engine still holds them.
+    pub fn forget(&mut self, ids: &[u64]) {
+        for id in ids {
+            if let Some(t) = self.tickets.remove(id) {
                 let key = self.key_of(&t);
-                if self.latest.get(&key) == Some(&id) {
+                if self.latest.get(&key) == Some(id) {
                     self.latest.remove(&key);
                 }
                 if let Some(ids) = self.by_endpoint.get_mut(&t.endpoint) {
-                    ids.remove(&id);
+                    ids.remove(id);
                 }
             }
         }
-        self.incidents.retain(|_, i| i.resolved_ms.is_none());
     }
 
     pub fn rules(&self) -> &TicketRules {
