@@ -948,6 +948,43 @@ mod tests {
     }
 
     #[test]
+    fn retention_is_read_and_checked() {
+        let path = write(
+            "ret",
+            "data_dir = \"/v\"\n[retention]\nfault_events = \"30d\"\naudit = \"forever\"\n\
+             audit_archive_dir = \"arch\"\n",
+        );
+        let c = CollectorConfig::load(&path).unwrap();
+        assert_eq!(
+            c.retention.fault_events,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(c.retention.audit, None);
+        assert_eq!(
+            c.retention.notifications,
+            RetentionConfig::default().notifications
+        );
+        assert_eq!(c.audit_archive_dir(), path.parent().unwrap().join("arch"));
+        let bad = |body: &str| {
+            let path = write(
+                "ret-bad",
+                &format!("data_dir = \".\"\n[retention]\n{body}\n"),
+            );
+            CollectorConfig::load(&path).unwrap_err().to_string()
+        };
+        let e = bad("closed_tickets = \"soon\"");
+        assert!(
+            e.contains("collector.toml:3:") && e.contains("\"forever\""),
+            "{e}"
+        );
+        assert!(
+            bad("notifications = \"5s\"").contains("retention.notifications must be at least 1m")
+        );
+        assert!(bad("certificates = \"1h\"").contains("at least certificates.renewal_grace"));
+        assert!(bad("audti = \"1d\"").contains("unknown field \"audti\""));
+    }
+
+    #[test]
     fn bad_duration_and_bad_relation() {
         let path = write(
             "dur",

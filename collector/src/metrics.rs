@@ -180,7 +180,9 @@ impl Metrics {
     }
 
     pub fn retention_removed(&self, what: &'static str, n: u64) {
-        self.retention_removed.get_or_create(&[("what", what)]).inc_by(n);
+        self.retention_removed
+            .get_or_create(&[("what", what)])
+            .inc_by(n);
     }
 
     pub fn error(&self, kind: &'static str) {

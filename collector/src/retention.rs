@@ -129,7 +129,8 @@ impl Retention {
         let mut r = Removed::default();
         if let Some(t) = before(c.fault_events) {
             r.fault_events = chunks(CHUNK, |n| self.store.prune_fault_events(t, n)).await?;
-            self.metrics.retention_removed("fault_events", r.fault_events);
+            self.metrics
+                .retention_removed("fault_events", r.fault_events);
         }
         if let Some(t) = before(c.closed_tickets) {
             // A ticket is several rows (timeline, evidence): fewer a step.
@@ -141,11 +142,13 @@ impl Retention {
         }
         if let Some(t) = before(c.notifications) {
             r.notifications = chunks(CHUNK, |n| self.store.prune_deliveries(t, n)).await?;
-            self.metrics.retention_removed("notifications", r.notifications);
+            self.metrics
+                .retention_removed("notifications", r.notifications);
         }
         if let Some(t) = before(c.certificates) {
             r.certificates = chunks(CHUNK, |n| self.store.prune_certificates(t, n)).await?;
-            self.metrics.retention_removed("certificates", r.certificates);
+            self.metrics
+                .retention_removed("certificates", r.certificates);
         }
         if let Some(t) = before(c.audit) {
             loop {
@@ -169,7 +172,11 @@ impl Retention {
 
     /// Writes `entries` (one unbroken run of ids) to an archive file,
     /// then records it and lets them go.
-    async fn archive(&self, entries: &[AuditEntry], now_ms: i64) -> Result<PathBuf, RetentionError> {
+    async fn archive(
+        &self,
+        entries: &[AuditEntry],
+        now_ms: i64,
+    ) -> Result<PathBuf, RetentionError> {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Err(RetentionError::Archive {
                 path: self.archive_dir.display().to_string(),
@@ -289,4 +296,174 @@ pub fn verify_archive(file: &Path) -> Result<u64, String> {
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::{Record, RecordBody, SessionOpen};
+    use crate::tickets::engine::Action;
+    use vitals_proto::domain::{FaultEvent, FaultState, Severity};
+    use vitals_proto::identity::EndpointId;
+
+    const DAY_MS: i64 = 86_400_000;
+
+    fn fault(id: &EndpointId, seq: u64, state: FaultState, received_ms: i64) -> Record {
+        Record {
+            endpoint: id.clone(),
+            seq,
+            received_ms,
+            body: RecordBody::Fault(FaultEvent {
+                check_id: "disk_nearly_full".into(),
+                subject: "/".into(),
+                state,
+                severity: Severity::Warning,
+                value: 97.0,
+                evidence: "/ at 97%".into(),
+                at_ms: received_ms,
+                via: String::new(),
+            }),
+        }
+    }
+
+    /// A whole pass against a real database and a running ticket engine:
+    /// what is past its time goes (closed tickets from the engine's memory
+    /// too), the audit's old entries are in a file that checks out, and
+    /// the archive is an audit entry of its own.
+    #[tokio::test]
+    async fn a_pass_removes_what_is_past_its_time_and_archives_the_audit() {
+        let dir = std::env::temp_dir().join(format!("vitals-retention-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.join("vitals.db"), 10, Duration::ZERO)
+                .await
+                .unwrap(),
+        );
+        let id: EndpointId = "ws-1".parse().unwrap();
+        store
+            .open_session(&SessionOpen {
+                endpoint: id.clone(),
+                agent_version: String::new(),
+                platform: String::new(),
+                at_ms: 1,
+                machine_id: String::new(),
+            })
+            .await
+            .unwrap();
+        let now = vitals_proto::now_ms();
+        store
+            .commit(vec![
+                fault(&id, 1, FaultState::Raised, now - 200 * DAY_MS),
+                fault(&id, 2, FaultState::Cleared, now - 200 * DAY_MS),
+            ])
+            .await
+            .unwrap();
+        for (n, at) in [(1, now - 500 * DAY_MS), (2, now - 450 * DAY_MS), (3, now)] {
+            store
+                .audit_append(AuditEntry {
+                    at_ms: at,
+                    who: format!("specialist {n}"),
+                    kind: "network".into(),
+                    outcome: "ok".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+
+        let (trigger, stop) = vitals_proto::shutdown::channel();
+        let (desk, queue) = crate::tickets::desk();
+        let policy =
+            tokio::sync::watch::channel(Arc::new(vitals_proto::policy::Policy::default_policy())).1;
+        tokio::spawn(crate::tickets::supervise(
+            store.clone(),
+            policy,
+            Arc::new(tokio::sync::Notify::new()),
+            queue,
+            crate::tickets::Outbound::default(),
+            stop.clone(),
+            crate::tickets::Lead {
+                leading: crate::leader::Leading::always(),
+                to_leader: None,
+            },
+        ));
+        // The engine applies both events: one ticket, the cursor past them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.ticket_state().await.unwrap().cursor < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the engine did not run"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        desk.act(1, "sam", Action::Resolve("disk cleaned".into()))
+            .await
+            .unwrap();
+
+        let retention = Retention {
+            store: store.clone(),
+            desk: desk.clone(),
+            config: RetentionConfig::default(),
+            archive_dir: dir.join("audit-archive"),
+            metrics: Arc::new(Metrics::new()),
+            replica: "test".into(),
+        };
+        // Today, with the defaults: the fault events are 200 days old
+        // (kept 90), the ticket was resolved just now (kept 400 days), two
+        // audit entries are past 400 days.
+        let r = retention.pass(now).await.unwrap();
+        assert_eq!((r.fault_events, r.tickets, r.audit), (2, 0, 2), "{r:?}");
+        assert_eq!(r.archives.len(), 1);
+        assert_eq!(verify_archive(&r.archives[0]), Ok(2));
+        let text = std::fs::read_to_string(&r.archives[0]).unwrap();
+        assert!(
+            text.contains("specialist 1") && text.contains("specialist 2"),
+            "{text}"
+        );
+        assert!(!text.contains("specialist 3"));
+        let audit = store
+            .audit(crate::store::AuditFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let kinds: Vec<&str> = audit.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, vec![ARCHIVE_KIND, "network"]);
+        assert_eq!(
+            audit[0].params["sha256"],
+            store.audit_archives().await.unwrap()[0].sha256
+        );
+        assert!(store.ticket(1).await.unwrap().is_some());
+
+        // A damaged archive is found out.
+        let mut bytes = std::fs::read(&r.archives[0]).unwrap();
+        bytes[10] ^= 1;
+        let copy = dir.join("copy.jsonl");
+        std::fs::write(&copy, &bytes).unwrap();
+        std::fs::copy(
+            format!("{}.sha256", r.archives[0].display()),
+            dir.join("copy.jsonl.sha256"),
+        )
+        .unwrap();
+        assert!(
+            verify_archive(&copy)
+                .unwrap_err()
+                .contains("does not match")
+        );
+
+        // 401 days on, the resolved ticket goes, from the engine too.
+        let r = retention.pass(now + 401 * DAY_MS).await.unwrap();
+        assert_eq!(r.tickets, 1, "{r:?}");
+        assert!(store.ticket(1).await.unwrap().is_none());
+        assert!(matches!(
+            desk.act(1, "sam", Action::Comment("still there?".into()))
+                .await,
+            Err(DeskError::NoTicket(1))
+        ));
+        drop(trigger);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

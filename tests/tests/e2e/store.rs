@@ -578,7 +578,10 @@ async fn retention_removes_only_what_is_past_its_time(url: &str) {
         vec![],
     )
     .await;
-    assert_eq!(store.prune_fault_events(now - 60_000, 100).await.unwrap(), 0);
+    assert_eq!(
+        store.prune_fault_events(now - 60_000, 100).await.unwrap(),
+        0
+    );
     assert_eq!(store.prune_fault_events(later, 1).await.unwrap(), 1);
     assert_eq!(store.prune_fault_events(later, 100).await.unwrap(), 1);
     assert_eq!(store.prune_fault_events(later, 100).await.unwrap(), 0);

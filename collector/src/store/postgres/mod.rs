@@ -26,8 +26,8 @@ mod endpoints;
 mod enroll;
 mod ingest;
 mod outbox;
-mod retention;
 pub mod partitions;
+mod retention;
 mod tickets;
 
 use std::sync::Arc;

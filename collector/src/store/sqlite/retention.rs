@@ -1,9 +1,9 @@
 //! Retention: removing old rows a chunk at a time, the audit log's
 //! archives, and giving freed pages back to the file system.
 
+use super::audit::{AUDIT_COLUMNS, append, audit_row};
 use super::*;
 use crate::store::{AuditArchive, RetentionStore};
-use super::audit::{AUDIT_COLUMNS, append, audit_row};
 use vitals_proto::diag::AuditEntry;
 
 /// The first id of `table` whose `time` is at or after `before_ms`, read
@@ -19,9 +19,11 @@ fn first_newer(c: &Connection, table: &str, time: &str, before_ms: i64) -> rusql
         .optional()?;
     match first {
         Some(id) => Ok(id),
-        None => c.query_row(&format!("SELECT COALESCE(MAX(id), 0) + 1 FROM {table}"), [], |r| {
-            r.get(0)
-        }),
+        None => c.query_row(
+            &format!("SELECT COALESCE(MAX(id), 0) + 1 FROM {table}"),
+            [],
+            |r| r.get(0),
+        ),
     }
 }
 
@@ -143,11 +145,7 @@ impl RetentionStore for SqliteStore {
         .await
     }
 
-    async fn archive_audit(
-        &self,
-        a: AuditArchive,
-        e: AuditEntry,
-    ) -> Result<u64, StoreError> {
+    async fn archive_audit(&self, a: AuditArchive, e: AuditEntry) -> Result<u64, StoreError> {
         self.write(move |c| {
             let tx = c.transaction()?;
             tx.execute(
@@ -206,7 +204,11 @@ impl RetentionStore for SqliteStore {
                     let get = |name: &str| -> rusqlite::Result<i64> {
                         c.pragma_query_value(None, name, |r| r.get(0))
                     };
-                    Ok((get("page_count")?, get("freelist_count")?, get("page_size")?))
+                    Ok((
+                        get("page_count")?,
+                        get("freelist_count")?,
+                        get("page_size")?,
+                    ))
                 })
                 .await?;
             let slack = pages / 32;

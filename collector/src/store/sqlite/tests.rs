@@ -205,7 +205,9 @@ async fn the_audit_log_only_grows() {
         .await
         .unwrap();
     let left: i64 = c
-        .query_row("SELECT COUNT(*) FROM audit_log WHERE id = 1", [], |r| r.get(0))
+        .query_row("SELECT COUNT(*) FROM audit_log WHERE id = 1", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(left, 0, "the archived entry left");
     let err = c
@@ -383,5 +385,14 @@ async fn removed_rows_give_their_space_back() {
     assert_eq!(mode(&path), 0);
     let store = SqliteStore::open(&path, 4, Duration::ZERO).await.unwrap();
     assert_eq!(mode(&path), 2);
-    assert_eq!(store.endpoint("ws-c").await.unwrap().unwrap().summary.endpoint_id, "ws-c");
+    assert_eq!(
+        store
+            .endpoint("ws-c")
+            .await
+            .unwrap()
+            .unwrap()
+            .summary
+            .endpoint_id,
+        "ws-c"
+    );
 }
