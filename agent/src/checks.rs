@@ -527,6 +527,84 @@ impl Checks {
         self.judge(snapshot, now_ms, false)
     }
 
+    /// A collector that may have lost what it acknowledged asks again:
+    /// each fault held raised here goes out raised once more (with the
+    /// current picture's evidence), and each of `believed` (what the
+    /// collector holds raised) that is not raised here goes out cleared,
+    /// checks the policy dropped too; the collector's own checks (such as
+    /// `endpoint_offline`) are its to clear.
+    pub fn resync(
+        &mut self,
+        snapshot: &Snapshot,
+        believed: &[(String, String)],
+        now_ms: i64,
+    ) -> Vec<FaultEvent> {
+        let raised: std::collections::HashSet<(String, String)> = self
+            .state
+            .iter()
+            .filter(|(_, s)| **s == State::Raised)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut events: Vec<FaultEvent> = Checks::new(self.policy.clone())
+            .judge(snapshot, now_ms, true)
+            .into_iter()
+            .filter(|e| {
+                e.state == FaultState::Raised
+                    && raised.contains(&(e.check_id.clone(), e.subject.clone()))
+            })
+            .collect();
+        let mut keys: Vec<&(String, String)> = raised.iter().collect();
+        keys.sort();
+        for key in keys {
+            let sent = events
+                .iter()
+                .any(|e| e.check_id == key.0 && e.subject == key.1);
+            if let (false, Some(check)) = (sent, self.policy.checks.iter().find(|c| c.id == key.0))
+            {
+                events.push(event(
+                    check,
+                    &key.1,
+                    FaultState::Raised,
+                    0.0,
+                    now_ms,
+                    format!(
+                        "{}: still raised on this desk (not measured just now)",
+                        key.1
+                    ),
+                ));
+            }
+        }
+        for key in believed {
+            if raised.contains(key) {
+                continue;
+            }
+            let builtin = vitals_proto::policy::BUILTIN_CHECKS
+                .iter()
+                .any(|(id, _)| *id == key.0);
+            if builtin {
+                continue;
+            }
+            // A check the policy dropped since is cleared as well.
+            let severity = self
+                .policy
+                .checks
+                .iter()
+                .find(|c| c.id == key.0)
+                .map_or(vitals_proto::domain::Severity::Info, |c| c.severity);
+            events.push(FaultEvent {
+                check_id: key.0.clone(),
+                subject: key.1.clone(),
+                state: FaultState::Cleared,
+                severity,
+                value: 0.0,
+                evidence: format!("{}: not raised on this desk", key.1),
+                at_ms: now_ms,
+                via: String::new(),
+            });
+        }
+        events
+    }
+
     /// Judges one sample on its own, as if every hold had already run: the
     /// faults this policy would raise now.
     pub fn evaluate_once(policy: Policy, snapshot: &Snapshot) -> Vec<FaultEvent> {
@@ -722,6 +800,41 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// A resync says again what is raised here, with today's evidence, and
+    /// clears what the collector believes raised that is not; the
+    /// collector's own checks and faults still in their hold are left be.
+    #[test]
+    fn a_resync_repeats_raised_faults_and_clears_what_the_collector_wrongly_holds() {
+        let mut c = Checks::new(policy(0));
+        assert_eq!(c.evaluate(&disk(97), 1000).len(), 1);
+        let believed = vec![
+            ("disk_nearly_full".to_owned(), "/home".to_owned()),
+            ("endpoint_offline".to_owned(), String::new()),
+            ("printer_jammed".to_owned(), "hall-a".to_owned()),
+        ];
+        let events = c.resync(&disk(98), &believed, 5000);
+        let got: Vec<(&str, &str, FaultState)> = events
+            .iter()
+            .map(|e| (e.check_id.as_str(), e.subject.as_str(), e.state))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("disk_nearly_full", "/srv", FaultState::Raised),
+                ("disk_nearly_full", "/home", FaultState::Cleared),
+                ("printer_jammed", "hall-a", FaultState::Cleared),
+            ]
+        );
+        assert_eq!(events[0].value, 98.0);
+        assert_eq!(events[0].at_ms, 5000);
+        // Nothing changed in the checks' own state: the next sample is quiet.
+        assert!(c.evaluate(&disk(98), 6000).is_empty());
+        // A fault still in its hold is not raised by a resync.
+        let mut held = Checks::new(policy(60));
+        assert!(held.evaluate(&disk(97), 1000).is_empty());
+        assert!(held.resync(&disk(97), &[], 2000).is_empty());
     }
 
     /// Feeds (seconds, used %) samples; returns (second, state) of events.

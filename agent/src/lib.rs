@@ -105,6 +105,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
     // Until the collector sends its own, the shipped default applies.
     let (policy_tx, policy_rx) = watch::channel(Policy::default_policy());
     let (clock_tx, clock_rx) = watch::channel(None);
+    let (resync_tx, resync_rx) = watch::channel(None);
     let settings = probe_settings(&config);
     let probes = probes::build(&settings, clock_rx.clone());
     let (diag_tx, diag_rx) = mpsc::channel(64);
@@ -119,6 +120,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
             interval: interval_tx,
             policy: policy_tx,
             clock_offset: clock_tx,
+            resync: resync_tx,
         },
     )?;
     if let Some(runner) = diagnostics {
@@ -131,6 +133,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> Result<(), AgentErr
         out_tx,
         interval_rx,
         policy_rx,
+        resync_rx,
         shutdown.clone(),
     ));
     let result = link.run(out_rx, shutdown).await;
@@ -171,6 +174,7 @@ async fn sample_loop(
     tx: mpsc::Sender<Outgoing>,
     mut interval: watch::Receiver<Duration>,
     mut policy: watch::Receiver<Policy>,
+    mut resync: watch::Receiver<Option<link::Resync>>,
     mut shutdown: Shutdown,
 ) {
     let mut checks = Checks::new(policy.borrow_and_update().clone());
@@ -234,6 +238,17 @@ async fn sample_loop(
                         if tx.send(Outgoing::Fault(event)).await.is_err() {
                             return;
                         }
+                    }
+                }
+            }
+            Ok(()) = resync.changed() => {
+                let believed = resync.borrow_and_update().clone().unwrap_or_default();
+                let now = vitals_proto::now_ms();
+                let events = checks.resync(&latest.snapshot(now), &believed, now);
+                for event in events {
+                    info!(check = %event.check_id, subject = %event.subject, state = event.state.as_str(), "fault (resync)");
+                    if tx.send(Outgoing::Fault(event)).await.is_err() {
+                        return;
                     }
                 }
             }

@@ -18,6 +18,7 @@
 //! configuration (certificates, database) before any port is bound;
 //! [`Collector::serve`] then runs until the shutdown future completes.
 
+pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod console;
@@ -506,6 +507,7 @@ impl Collector {
             policy,
             stop.clone(),
             gateway::agent::AgentWiring {
+                store: store.clone(),
                 relay,
                 enrollment: enrollment.clone(),
                 desk,

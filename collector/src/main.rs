@@ -63,6 +63,32 @@ enum Command {
         #[arg(long)]
         ca_file: Option<PathBuf>,
     },
+    /// Write a consistent backup of the database (SQLite, taken while the
+    /// collector runs), the fleet PKI and the rest of the data directory
+    /// to one file (gzip-compressed tar, private). On PostgreSQL the file
+    /// holds the data directory only: back the database up with pg_dump.
+    Backup {
+        #[arg(
+            long,
+            env = "VITALS_COLLECTOR_CONFIG",
+            default_value = "/etc/vitals/collector.toml"
+        )]
+        config: PathBuf,
+        /// The backup file to write (replaced whole once complete).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a backup file into a new data directory, every file checked
+    /// against the backup's manifest and the database's integrity first.
+    /// Point `data_dir` in collector.toml at it and start the collector:
+    /// each agent then sends again what it holds raised.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        /// Must not exist yet, or be empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Start a collector and an agent for this machine, on loopback, with a
     /// fresh (or re-used) PKI in the data directory.
     Quickstart {
@@ -298,6 +324,50 @@ fn main() -> ExitCode {
                 .await
                 .map_err(fail(1))
         }),
+        Command::Backup { config, to } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match vitals_collector::backup::backup(&c, &to) {
+                Ok(r) => {
+                    println!(
+                        "{}: {} files, {} bytes ({} storage{})",
+                        to.display(),
+                        r.manifest.files.len(),
+                        r.bytes,
+                        r.manifest.storage,
+                        if r.manifest.storage == "postgres" {
+                            "; the database is not in it: back it up with pg_dump"
+                        } else {
+                            ", database included"
+                        }
+                    );
+                    for p in r.outside {
+                        println!("not included (outside the data directory): {}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1)(e),
+            }
+        }
+        Command::Restore { from, data_dir } => {
+            match vitals_collector::backup::restore(&from, &data_dir) {
+                Ok(m) => {
+                    println!(
+                        "{} restored into {} ({} files, taken {}); set data_dir = {:?} in \
+                         collector.toml and start the collector",
+                        from.display(),
+                        data_dir.display(),
+                        m.files.len(),
+                        vitals_proto::rfc3339_seconds(m.created_ms),
+                        data_dir.display().to_string()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1)(e),
+            }
+        }
         Command::CheckConfig { config } => with_runtime(async move {
             let c = load(&config)?;
             Collector::check_files(&c).map_err(fail(2))?;

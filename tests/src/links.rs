@@ -51,6 +51,7 @@ impl LinkAgent {
             interval: watch::Sender::new(Duration::from_secs(60)),
             policy: watch::Sender::new(vitals_proto::policy::Policy::default_policy()),
             clock_offset: watch::Sender::new(None),
+            resync: watch::Sender::new(None),
         };
         let link = Link::new(config, id.parse().expect("endpoint id"), from).expect("link");
         let status = link.status();

@@ -33,6 +33,7 @@ mod outbox;
 pub mod outbox_file;
 mod session;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -108,7 +109,14 @@ pub struct FromCollector {
     pub interval: watch::Sender<Duration>,
     pub policy: watch::Sender<Policy>,
     pub clock_offset: watch::Sender<Option<i64>>,
+    /// A welcome's resync: the (check, subject) keys the collector
+    /// believes raised; the sampler answers with its own faults.
+    pub resync: watch::Sender<Option<Resync>>,
 }
+
+/// The (check, subject) keys a collector asking for a resync believes
+/// raised.
+pub type Resync = Arc<Vec<(String, String)>>;
 
 /// Full-jitter exponential backoff.
 pub fn backoff(attempt: u32, min: Duration, max: Duration) -> Duration {

@@ -61,6 +61,8 @@ pub struct Link {
     policy: watch::Sender<Policy>,
     /// Collector clock minus ours, measured at each welcome.
     clock_offset: watch::Sender<Option<i64>>,
+    /// A welcome's resync, for the sampler.
+    resync: watch::Sender<Option<super::Resync>>,
     /// Runs the collector's diagnostic requests; its updates go back up.
     diagnostics: Option<(crate::diag::Runner, mpsc::Receiver<crate::diag::Update>)>,
     status: watch::Sender<LinkStatus>,
@@ -85,6 +87,7 @@ impl Link {
             interval,
             policy,
             clock_offset,
+            resync,
         } = from_collector;
         let credentials = Credentials::load(&config)?;
         let machine_id = super::credentials::machine_id(&config);
@@ -111,6 +114,7 @@ impl Link {
             interval,
             policy,
             clock_offset,
+            resync,
             diagnostics: None,
             status: watch::Sender::new(LinkStatus::default()),
             outbox_fault: false,
@@ -641,6 +645,18 @@ impl Link {
             self.outbox.renumber(&mut self.seq)?;
         } else {
             self.outbox.ack(w.committed_seq);
+        }
+        if w.resync {
+            let raised: Vec<(String, String)> = w
+                .raised
+                .iter()
+                .map(|k| (k.check_id.clone(), k.subject.clone()))
+                .collect();
+            info!(
+                believed_raised = raised.len(),
+                "the collector asks for a resync; sending the faults held raised again"
+            );
+            self.resync.send_replace(Some(std::sync::Arc::new(raised)));
         }
         match self.credentials.trust(&w.trust_bundle_pem) {
             Ok(true) => info!("the collector's trust bundle replaced the CA file"),

@@ -31,3 +31,7 @@ CREATE INDEX certificates_expiry ON certificates (not_after_ms);
 CREATE INDEX incidents_resolved ON incidents (resolved_ms) WHERE resolved_ms IS NOT NULL;
 CREATE INDEX tickets_incident ON tickets (incident) WHERE incident IS NOT NULL;
 CREATE INDEX ticket_timeline_incident ON ticket_timeline (incident) WHERE incident IS NOT NULL;
+
+-- Set on new endpoints (and by hand after restoring a dump): at its next
+-- welcome the agent is asked to tell again what it holds raised.
+ALTER TABLE endpoints ADD COLUMN resync BOOLEAN NOT NULL DEFAULT true;

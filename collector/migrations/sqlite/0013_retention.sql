@@ -29,3 +29,7 @@ CREATE INDEX IF NOT EXISTS certificates_expiry ON certificates (not_after_ms);
 CREATE INDEX IF NOT EXISTS incidents_resolved ON incidents (resolved_ms) WHERE resolved_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tickets_incident ON tickets (incident) WHERE incident IS NOT NULL;
 CREATE INDEX IF NOT EXISTS ticket_timeline_incident ON ticket_timeline (incident) WHERE incident IS NOT NULL;
+
+-- Set on every endpoint by a restore (and on new ones): at its next
+-- welcome the agent is asked to tell again what it holds raised.
+ALTER TABLE endpoints ADD COLUMN resync INTEGER NOT NULL DEFAULT 1;

@@ -73,10 +73,13 @@ pub struct AgentGatewayApi {
     enrollment: std::sync::Arc<Enrollment>,
     /// Where a cloned image is reported.
     desk: TicketDesk,
+    store: std::sync::Arc<dyn crate::store::Store>,
 }
 
 /// What an agent session is wired to besides ingest.
 pub struct AgentWiring {
+    /// What a resync at the welcome reads (the flag, the tickets raised).
+    pub store: std::sync::Arc<dyn crate::store::Store>,
     pub relay: std::sync::Arc<Relay>,
     pub enrollment: std::sync::Arc<Enrollment>,
     pub desk: TicketDesk,
@@ -98,7 +101,41 @@ impl AgentGatewayApi {
             relay: wiring.relay,
             enrollment: wiring.enrollment,
             desk: wiring.desk,
+            store: wiring.store,
         }
+    }
+
+    /// Whether this agent is asked to tell again what it holds raised, and
+    /// what the collector believes raised for it: the faults of its open
+    /// tickets not cleared since.
+    async fn resync(&self, endpoint: &EndpointId) -> Option<Vec<wire::FaultKey>> {
+        match self.store.wants_resync(endpoint.as_str()).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(error) => {
+                warn!(%endpoint, %error, "cannot read the resync flag; not asking");
+                return None;
+            }
+        }
+        let open = self
+            .store
+            .tickets(crate::store::TicketFilter {
+                open_only: true,
+                endpoint: Some(endpoint.as_str().to_owned()),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_default();
+        Some(
+            open.into_iter()
+                .filter(|t| t.cleared_ms.is_none())
+                .map(|t| wire::FaultKey {
+                    check_id: t.check_id,
+                    subject: t.subject,
+                })
+                .collect(),
+        )
     }
 
     /// A second machine presented this endpoint's identity: flag it and
@@ -241,8 +278,14 @@ impl AgentGateway for AgentGatewayApi {
                 .agent_dropped_snapshots
                 .inc_by(hello.dropped_snapshots);
         }
+        let resync = self.resync(&endpoint).await;
+        if let Some(raised) = &resync {
+            info!(%endpoint, believed_raised = raised.len(), "asking the agent to resync its faults");
+        }
         let (tx, rx) = mpsc::channel(32);
         let welcome = message(collector_message::Body::Welcome(wire::Welcome {
+            resync: resync.is_some(),
+            raised: resync.clone().unwrap_or_default(),
             committed_seq: committed,
             snapshot_interval_ms: self.settings.snapshot_interval.as_millis() as u64,
             heartbeat_interval_ms: self.settings.heartbeat_interval.as_millis() as u64,
@@ -265,6 +308,7 @@ impl AgentGateway for AgentGatewayApi {
             policy: self.policy.clone(),
             enrollment: self.enrollment.clone(),
             cert: conn.cert,
+            resync_store: resync.map(|_| self.store.clone()),
         };
         tokio::spawn(session.run(inbound, committed));
         Ok(Response::new(Outgoing(rx)))
@@ -279,6 +323,10 @@ struct Session {
     /// requests and cancels to send down.
     attached: Attached,
     sink: std::sync::Arc<AckSink>,
+    /// Set while a resync asked in the welcome is not yet done: cleared
+    /// with the session's first commit (the agent queued its resync on
+    /// its disk before sending anything).
+    resync_store: Option<std::sync::Arc<dyn crate::store::Store>>,
     tx: Outbound,
     idle_timeout: Duration,
     shutdown: Shutdown,
@@ -345,6 +393,11 @@ impl Session {
                     let seq = *acks.borrow_and_update();
                     if seq > acked {
                         acked = seq;
+                        if let Some(store) = self.resync_store.take()
+                            && let Err(error) = store.resync_done(self.endpoint.as_str()).await
+                        {
+                            warn!(endpoint = %self.endpoint, %error, "cannot record the resync; it is asked again next time");
+                        }
                         if !self.send_ack(seq).await {
                             break End::Gone;
                         }

@@ -483,6 +483,13 @@ pub trait EndpointStore: Send + Sync {
     /// Every endpoint's id, whether it has a session and when it was last
     /// seen: what the offline rule needs, without the summaries.
     async fn presence(&self) -> Result<Vec<Presence>, StoreError>;
+
+    /// Whether the endpoint's agent should tell again what it holds
+    /// raised (set on every endpoint by a restore, and on new ones).
+    async fn wants_resync(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// The agent has told it: no resync at its next welcome.
+    async fn resync_done(&self, id: &str) -> Result<(), StoreError>;
 }
 
 /// One endpoint's connection state, for the offline rule.

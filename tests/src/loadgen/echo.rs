@@ -43,6 +43,7 @@ impl AgentGateway for Echo {
                             policy: None,
                             collector_time_ms: vitals_proto::now_ms(),
                             trust_bundle_pem: String::new(),
+                            ..Default::default()
                         }))
                     }
                     Some(agent_message::Body::Snapshot(_)) => {

@@ -3,6 +3,7 @@
 //! scripted-agent helpers and the real components are in the harness
 //! crate (`vitals_tests::scripted`, `vitals_tests::components`).
 
+mod backup;
 mod console;
 mod desk;
 mod diagnostics;

@@ -136,4 +136,22 @@ impl EndpointStore for PgStore {
             })
             .collect()
     }
+
+    async fn wants_resync(&self, id: &str) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt("SELECT resync FROM endpoints WHERE id = $1", &[&id])
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => false,
+        })
+    }
+
+    async fn resync_done(&self, id: &str) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        c.execute("UPDATE endpoints SET resync = false WHERE id = $1", &[&id])
+            .await?;
+        Ok(())
+    }
 }

@@ -134,4 +134,27 @@ impl EndpointStore for SqliteStore {
         })
         .await
     }
+
+    async fn wants_resync(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            Ok(
+                c.query_row("SELECT resync FROM endpoints WHERE id = ?1", [&id], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()?
+                .is_some_and(|v| v != 0),
+            )
+        })
+        .await
+    }
+
+    async fn resync_done(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.write(move |c| {
+            c.execute("UPDATE endpoints SET resync = 0 WHERE id = ?1", [&id])?;
+            Ok(())
+        })
+        .await
+    }
 }

@@ -82,8 +82,11 @@ async fn history_count_follows_inserts_prunes_and_the_migration() {
     drop(store);
     // As a database of schema 11 would be: no count column.
     let conn = Connection::open(&path).unwrap();
-    conn.execute_batch("ALTER TABLE endpoints DROP COLUMN history_len; PRAGMA user_version = 11;")
-        .unwrap();
+    conn.execute_batch(
+        "ALTER TABLE endpoints DROP COLUMN history_len; ALTER TABLE endpoints DROP COLUMN resync;
+         PRAGMA user_version = 11;",
+    )
+    .unwrap();
     drop(conn);
     let store = SqliteStore::open(&path, 4, Duration::ZERO).await.unwrap();
     assert_eq!(
