@@ -162,6 +162,33 @@ pub async fn run_with_timeout(probe: &mut dyn Probe, timeout: Duration) -> Readi
     }
 }
 
+/// [`run_with_timeout`], with a panic inside the run (a parser of a
+/// library fed a malformed answer from a printer or a disk) caught as the
+/// run's error: the probe runs again at its next interval instead of its
+/// task ending and its last reading standing for ever.
+pub async fn run_guarded(probe: &mut dyn Probe, timeout: Duration) -> Reading {
+    use futures_util::FutureExt;
+    let kind = probe.kind();
+    match std::panic::AssertUnwindSafe(run_with_timeout(probe, timeout))
+        .catch_unwind()
+        .await
+    {
+        Ok(reading) => reading,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            tracing::warn!(probe = %kind, %why, "probe run panicked; it runs again at its next interval");
+            Reading {
+                section: None,
+                errors: vec![probe_error(kind, format!("probe run failed: {why}"))],
+            }
+        }
+    }
+}
+
 /// Spawns one task per probe; each sends `(kind, reading)` on its interval
 /// until `shutdown` or until the receiver is gone.
 pub fn spawn_all(
@@ -177,7 +204,7 @@ pub fn spawn_all(
             tokio::spawn(async move {
                 loop {
                     let started = tokio::time::Instant::now();
-                    let reading = run_with_timeout(s.probe.as_mut(), s.timing.timeout).await;
+                    let reading = run_guarded(s.probe.as_mut(), s.timing.timeout).await;
                     if tx.send((s.probe.kind(), reading)).await.is_err() {
                         return;
                     }
@@ -318,6 +345,58 @@ pub(crate) fn probe_error(probe: ProbeKind, message: impl std::fmt::Display) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A probe whose library panics on every other answer.
+    struct Fragile(u32);
+
+    #[async_trait::async_trait]
+    impl Probe for Fragile {
+        fn kind(&self) -> ProbeKind {
+            ProbeKind::Printers
+        }
+        async fn run(&mut self) -> Reading {
+            self.0 += 1;
+            if self.0 % 2 == 1 {
+                let data = [1u8, 2, 3];
+                let len = usize::from(self.0 as u8) + 30_000;
+                // As a parser trusting a length from the wire would.
+                let _ = std::hint::black_box(&data[..len]);
+            }
+            Reading {
+                section: None,
+                errors: Vec::new(),
+            }
+        }
+    }
+
+    /// A run that panics becomes that run's error, and the probe goes on
+    /// at its next interval.
+    #[tokio::test]
+    async fn a_panicking_run_is_an_error_and_the_probe_goes_on() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let (_trigger, stop) = vitals_proto::shutdown::channel();
+        let probe = Scheduled {
+            probe: Box::new(Fragile(0)),
+            timing: crate::config::Timing {
+                interval: Duration::from_millis(10),
+                timeout: Duration::from_secs(5),
+                enabled: true,
+            },
+        };
+        let _tasks = spawn_all(vec![probe], tx, stop);
+        let (kind, first) = rx.recv().await.expect("first reading");
+        assert_eq!(kind, ProbeKind::Printers);
+        assert_eq!(first.errors.len(), 1);
+        assert!(
+            first.errors[0]
+                .message
+                .contains("probe run failed: range end index"),
+            "{:?}",
+            first.errors
+        );
+        let (_, second) = rx.recv().await.expect("the probe ran again");
+        assert!(second.errors.is_empty());
+    }
 
     /// A probe that never finishes, as a wedged driver or mount would.
     struct Hung {

@@ -349,13 +349,7 @@ async fn removed_rows_give_their_space_back() {
         })
         .await
         .unwrap();
-    store
-        .write(|c| {
-            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    checkpoint(&store).await;
     let full = std::fs::metadata(&path).unwrap().len();
     let mut removed = 0;
     loop {
@@ -367,13 +361,7 @@ async fn removed_rows_give_their_space_back() {
     }
     assert_eq!(removed, 5000);
     let given = store.compact().await.unwrap();
-    store
-        .write(|c| {
-            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    checkpoint(&store).await;
     let after = std::fs::metadata(&path).unwrap().len();
     assert!(given > full / 2, "gave back {given} of {full} bytes");
     // A few MiB of free pages stay as slack for the next inserts.
@@ -398,4 +386,15 @@ async fn removed_rows_give_their_space_back() {
             .endpoint_id,
         "ws-c"
     );
+}
+
+/// Folds the WAL into the file, so the file's size is the database's.
+async fn checkpoint(store: &SqliteStore) {
+    store
+        .write(|c| {
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
 }
