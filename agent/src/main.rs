@@ -330,7 +330,7 @@ fn service_body(stop: vitals_proto::shutdown::Shutdown, stopping: &dyn Fn()) -> 
         .with(vitals_agent::logging::layer(
             &settings,
             settings.format,
-            Some(&logs),
+            Some(logs.as_path()),
         ))
         .with(vitals_agent::logging::EventLogLayer::open());
     let _ = tracing::subscriber::set_global_default(subscriber);
