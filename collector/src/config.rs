@@ -52,6 +52,47 @@ pub struct CollectorConfig {
     /// How long what accumulates is kept.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// What one peer may take: messages a second per agent, handshakes and
+    /// connections per address, diagnostics in flight per specialist.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: what one peer may take before it is refused, so a broken or
+/// hostile agent, address or specialist cannot crowd out the others. Every
+/// refusal is counted in the `refused` metric and logged with the peer's
+/// identity and address, at most once a minute per peer and kind.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Messages a second an agent session may send, sustained. An agent
+    /// sends a snapshot a minute, heartbeats and the odd fault event.
+    pub agent_messages_per_sec: f64,
+    /// Messages it may send at once above that rate (a fault storm on one
+    /// desk, a diagnostic's progress lines); the backlog an agent declares
+    /// in its hello (at most 25,000 messages, its outbox's bound) comes on
+    /// top. Past it the session is closed with the reason.
+    pub agent_message_burst: u32,
+    /// TLS handshakes in flight from one address; more wait in no queue:
+    /// the connection is closed.
+    pub handshakes_per_source: usize,
+    /// Connections held open from one address. A site behind one NAT
+    /// address needs this above its number of desks.
+    pub connections_per_source: usize,
+    /// Diagnostics one specialist may have running at once.
+    pub diagnostics_per_specialist: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            agent_messages_per_sec: 20.0,
+            agent_message_burst: 200,
+            handshakes_per_source: 64,
+            connections_per_source: 2048,
+            diagnostics_per_specialist: 32,
+        }
+    }
 }
 
 /// `[retention]`: how long the records that would otherwise grow for ever
@@ -518,6 +559,7 @@ impl CollectorConfig {
             certificates: CertificateSettings::default(),
             log: Default::default(),
             retention: RetentionConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 
@@ -525,6 +567,9 @@ impl CollectorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let mut config: CollectorConfig = config_file::load(path)?;
         config.data_dir = config_file::resolve(path, &config.data_dir);
+        if let Some(p) = &mut config.policy {
+            *p = config_file::resolve(path, p);
+        }
         for p in [
             &mut config.tls.ca,
             &mut config.tls.cert,
@@ -572,6 +617,22 @@ impl CollectorConfig {
             file: file.to_owned(),
             message,
         };
+        let l = &self.limits;
+        if !(l.agent_messages_per_sec.is_finite() && l.agent_messages_per_sec > 0.0) {
+            return Err(invalid(
+                "limits.agent_messages_per_sec must be a number above 0".into(),
+            ));
+        }
+        for (name, v) in [
+            ("agent_message_burst", l.agent_message_burst as usize),
+            ("handshakes_per_source", l.handshakes_per_source),
+            ("connections_per_source", l.connections_per_source),
+            ("diagnostics_per_specialist", l.diagnostics_per_specialist),
+        ] {
+            if v == 0 {
+                return Err(invalid(format!("limits.{name} must be at least 1")));
+            }
+        }
         let a = &self.agents;
         if a.snapshot_interval < Duration::from_secs(1) {
             return Err(invalid(
@@ -844,6 +905,39 @@ mod tests {
         assert_eq!(c.listen.port(), 7443);
         assert!(c.metrics.listen.ip().is_loopback());
         assert_eq!(c.ca_path(), c.data_dir.join("pki/ca.pem"));
+        assert_eq!(c.limits, LimitsConfig::default());
+    }
+
+    #[test]
+    fn the_policy_path_is_read_beside_the_file() {
+        let path = write("pol", "data_dir = \".\"\npolicy = \"city-policy.toml\"\n");
+        let c = CollectorConfig::load(&path).unwrap();
+        assert_eq!(
+            c.policy.as_deref(),
+            Some(path.parent().unwrap().join("city-policy.toml").as_path())
+        );
+    }
+
+    #[test]
+    fn limits_are_read_and_a_zero_is_refused() {
+        let c = CollectorConfig::load(&write(
+            "lim",
+            "data_dir = \".\"\n[limits]\nagent_messages_per_sec = 5.5\nconnections_per_source = 9\n",
+        ))
+        .unwrap();
+        assert_eq!(c.limits.agent_messages_per_sec, 5.5);
+        assert_eq!(c.limits.connections_per_source, 9);
+        assert_eq!(c.limits.handshakes_per_source, 64);
+        let e = CollectorConfig::load(&write(
+            "lim0",
+            "data_dir = \".\"\n[limits]\nhandshakes_per_source = 0\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("limits.handshakes_per_source must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod enrollment;
 pub mod gateway;
 pub mod ingest;
 pub mod leader;
+pub mod limits;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
@@ -383,11 +384,14 @@ impl Collector {
                 addr: config.listen,
                 source,
             })?;
+        let refusals = Arc::new(gateway::refusals::Refusals::default());
         let incoming = tls::accept_loop(
             listeners.grpc,
             tls.config.clone(),
             metrics.clone(),
             stop.clone(),
+            (&config.limits).into(),
+            refusals.clone(),
         );
         info!(version = %policy.version, checks = policy.checks.len(), "fault policy");
         // The watcher lives as long as the server; without a policy file the
@@ -500,7 +504,8 @@ impl Collector {
             relay.clone(),
             policy.clone(),
             enrollment.clone(),
-        );
+        )
+        .limit_diagnostics(config.limits.diagnostics_per_specialist);
         let gateway = AgentGatewayApi::new(
             ingest.clone(),
             config.agents.clone(),
@@ -511,6 +516,8 @@ impl Collector {
                 relay,
                 enrollment: enrollment.clone(),
                 desk,
+                limits: config.limits.clone(),
+                refusals: refusals.clone(),
             },
         );
         // Clients without a fleet certificate reach this server only:
@@ -518,6 +525,9 @@ impl Collector {
         // balancer's check).
         let enroll_server = tonic::transport::Server::builder()
             .timeout(Duration::from_secs(15))
+            .http2_max_pending_accept_reset_streams(Some(20))
+            .max_concurrent_streams(Some(16))
+            .http2_max_header_list_size(16 * 1024)
             .add_service(health_service.clone())
             .add_service(
                 EnrollmentServer::new(gateway::enrollment::EnrollmentApi::new(enrollment))
@@ -553,9 +563,17 @@ impl Collector {
                 }
             });
         }
-        let specialist = SpecialistApi::new(service, stop.clone());
+        let specialist =
+            SpecialistApi::new(service, stop.clone(), refusals.clone(), metrics.clone());
         drop(ingest);
         let server = tonic::transport::Server::builder()
+            // HTTP/2 from a hostile client: a connection opening streams and
+            // resetting them at once (rapid reset) is closed after 20; no
+            // connection holds more than 128 streams (an agent uses one, a
+            // specialist a few) or sends more than 16 KiB of headers.
+            .http2_max_pending_accept_reset_streams(Some(20))
+            .max_concurrent_streams(Some(128))
+            .http2_max_header_list_size(16 * 1024)
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .initial_stream_window_size(STREAM_WINDOW)
@@ -563,7 +581,10 @@ impl Collector {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
-            .add_service(AgentGatewayServer::new(gateway))
+            .add_service(
+                AgentGatewayServer::new(gateway)
+                    .max_decoding_message_size(gateway::agent::MAX_MESSAGE),
+            )
             .add_service(SpecialistServer::new(specialist))
             .serve_with_incoming_shutdown(ReceiverStream::new(incoming.verified), stopped());
         let mut server = tokio::spawn(server);

@@ -37,6 +37,7 @@ pub struct Metrics {
     /// 1 while this replica leads (runs the ticket engine and sender).
     pub leader: Gauge,
     retention_removed: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
     /// The database's size on disk, as of the last retention pass.
     pub database_bytes: Gauge,
 }
@@ -127,6 +128,12 @@ impl Metrics {
             "Rows removed by retention (audit entries: archived first), by what they were",
             retention_removed.clone(),
         );
+        let refused = Family::default();
+        registry.register(
+            "refused",
+            "Messages, sessions, connections and calls refused as hostile or out of bounds, by why",
+            refused.clone(),
+        );
         let database_bytes = Gauge::default();
         registry.register(
             "database_bytes",
@@ -137,6 +144,7 @@ impl Metrics {
             registry,
             leader,
             retention_removed,
+            refused,
             database_bytes,
             agent_dropped_snapshots,
             connected_agents,
@@ -183,6 +191,10 @@ impl Metrics {
         self.retention_removed
             .get_or_create(&[("what", what)])
             .inc_by(n);
+    }
+
+    pub fn refused(&self, why: &'static str) {
+        self.refused.get_or_create(&[("why", why)]).inc();
     }
 
     pub fn error(&self, kind: &'static str) {

@@ -128,6 +128,10 @@ pub enum ServiceError {
     /// The endpoint went away mid-run, or the run failed on the agent.
     #[error("{0}")]
     Aborted(String),
+    /// The caller has as many running as it may; not audited (a flood of
+    /// these would bury the audit log), counted and logged instead.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<DeskError> for ServiceError {
@@ -153,6 +157,8 @@ pub struct SpecialistService {
     policy: tokio::sync::watch::Receiver<Arc<vitals_proto::policy::Policy>>,
     /// Revocation and certificate renewal.
     enrollment: Arc<crate::enrollment::Enrollment>,
+    /// Diagnostics in flight per specialist (by name).
+    diag_slots: Arc<crate::limits::Slots<String>>,
 }
 
 /// A specialist's diagnostic request.
@@ -198,7 +204,16 @@ impl SpecialistService {
             relay,
             policy,
             enrollment,
+            diag_slots: crate::limits::Slots::new(
+                crate::config::LimitsConfig::default().diagnostics_per_specialist,
+            ),
         }
+    }
+
+    /// At most `n` diagnostics running at once per specialist.
+    pub fn limit_diagnostics(mut self, n: usize) -> Self {
+        self.diag_slots = crate::limits::Slots::new(n);
+        self
     }
 
     /// Why a client certificate is refused now, if it is (revoked since
@@ -606,6 +621,13 @@ impl SpecialistService {
         r: DiagRequest,
     ) -> Result<mpsc::Receiver<Result<DiagEvent, ServiceError>>, ServiceError> {
         let started = Instant::now();
+        let Some(slot) = self.diag_slots.try_hold(&caller.name) else {
+            return Err(ServiceError::Busy(format!(
+                "{} has {} diagnostics running, the most at once; wait for one to end",
+                caller.name,
+                self.diag_slots.max()
+            )));
+        };
         let audit = AuditEntry {
             at_ms: vitals_proto::now_ms(),
             who: caller.name.clone(),
@@ -625,7 +647,10 @@ impl SpecialistService {
             Ok(running) => {
                 let (tx, rx) = mpsc::channel(64);
                 let this = self.clone();
-                tokio::spawn(this.follow(running, deadline, started, audit, tx));
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    this.follow(running, deadline, started, audit, tx).await
+                });
                 Ok(rx)
             }
             Err(e) => {

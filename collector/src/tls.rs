@@ -332,6 +332,8 @@ pub struct ConnInfo {
 pub struct VerifiedConn {
     stream: TlsStream<TcpStream>,
     info: ConnInfo,
+    /// One of its address's connections, given back when it closes.
+    _source: Option<crate::limits::Slot<std::net::IpAddr>>,
 }
 
 /// A client without a fleet certificate: it reaches only enrollment.
@@ -339,6 +341,7 @@ pub struct AnonymousConn {
     stream: TlsStream<TcpStream>,
     remote: SocketAddr,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    _source: crate::limits::Slot<std::net::IpAddr>,
 }
 
 /// What the enrollment service knows about its caller.
@@ -425,12 +428,34 @@ impl Connected for VerifiedConn {
 /// deadline, and sends verified connections, and those of clients without
 /// a certificate, to their channels. Stops accepting once shutdown is
 /// requested.
+/// What one source address may hold of the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceLimits {
+    /// Handshakes in flight.
+    pub handshakes: usize,
+    /// Connections, from accept to close.
+    pub connections: usize,
+}
+
+impl From<&crate::config::LimitsConfig> for SourceLimits {
+    fn from(l: &crate::config::LimitsConfig) -> Self {
+        SourceLimits {
+            handshakes: l.handshakes_per_source,
+            connections: l.connections_per_source,
+        }
+    }
+}
+
 pub fn accept_loop(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     metrics: Arc<Metrics>,
     mut stop: vitals_proto::shutdown::Shutdown,
+    limits: SourceLimits,
+    refusals: Arc<crate::gateway::refusals::Refusals>,
 ) -> Incoming {
+    let handshaking = crate::limits::Slots::new(limits.handshakes);
+    let connected = crate::limits::Slots::new(limits.connections);
     let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
     let (anon_tx, anon_rx) = mpsc::channel(64);
     let anonymous_slots = Arc::new(Semaphore::new(MAX_ANONYMOUS));
@@ -462,6 +487,31 @@ pub fn accept_loop(
                     continue;
                 }
             };
+            // One address cannot hold every handshake slot (a slow or
+            // silent client opening hundreds) nor every connection.
+            let ip = remote.ip().to_canonical();
+            let (Some(handshake_slot), Some(source)) =
+                (handshaking.try_hold(&ip), connected.try_hold(&ip))
+            else {
+                let (why, detail) = if handshaking.held(&ip) >= limits.handshakes {
+                    (
+                        "handshakes_per_source",
+                        format!(
+                            "more than {} handshakes at once from {ip}",
+                            limits.handshakes
+                        ),
+                    )
+                } else {
+                    (
+                        "connections_per_source",
+                        format!("more than {} connections from {ip}", limits.connections),
+                    )
+                };
+                metrics.handshake_failed(why);
+                refusals.refused(&metrics, why, &ip.to_string(), remote, &detail);
+                drop(tcp);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
@@ -470,9 +520,12 @@ pub fn accept_loop(
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                match handshake(&acceptor, tcp, remote).await {
-                    Ok(Handshaken::Verified(conn)) => {
+                let done = handshake(&acceptor, tcp, remote).await;
+                drop(handshake_slot);
+                match done {
+                    Ok(Handshaken::Verified(mut conn)) => {
                         metrics.handshakes.inc();
+                        conn._source = Some(source);
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Handshaken::Anonymous(stream)) => {
@@ -486,6 +539,7 @@ pub fn accept_loop(
                             stream,
                             remote,
                             _slot: slot,
+                            _source: source,
                         };
                         let _ = anon_tx.send(Ok(conn)).await;
                     }
@@ -557,5 +611,6 @@ async fn handshake(
             remote,
             cert,
         },
+        _source: None,
     }))
 }

@@ -183,6 +183,17 @@ impl Fleet {
         collector: SocketAddr,
         client: Option<(&Path, &Path)>,
     ) -> anyhow::Result<Channel> {
+        self.channel_from(collector, None, client).await
+    }
+
+    /// [`Fleet::channel`] from a given loopback source address (all of
+    /// 127.0.0.0/8 is loopback): a peer at an address of its own.
+    pub async fn channel_from(
+        &self,
+        collector: SocketAddr,
+        from: Option<std::net::IpAddr>,
+        client: Option<(&Path, &Path)>,
+    ) -> anyhow::Result<Channel> {
         let mut tls = ClientTlsConfig::new()
             .domain_name("localhost")
             .ca_certificate(Certificate::from_pem(std::fs::read(
@@ -195,6 +206,7 @@ impl Fleet {
             ));
         }
         Ok(Endpoint::from_shared(format!("https://{collector}"))?
+            .local_address(from)
             .tls_config(tls)?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
@@ -204,6 +216,39 @@ impl Fleet {
 }
 
 impl Fleet {
+    /// A TLS connector offering HTTP/2 with a fresh certificate for
+    /// `identity` (or none), for tests that speak the bytes themselves.
+    pub fn tls_connector(&self, identity: Option<&Identity>) -> tokio_rustls::TlsConnector {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(self.paths().ca_cert()).expect("ca") {
+            roots.add(c.expect("ca cert")).expect("add root");
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .with_root_certificates(roots);
+        let mut config = match identity {
+            Some(identity) => {
+                let (cert, key) = self.issue(identity);
+                let chain: Vec<_> = CertificateDer::pem_file_iter(&cert)
+                    .expect("cert")
+                    .map(|c| c.expect("cert"))
+                    .collect();
+                let key = PrivateKeyDer::from_pem_file(&key).expect("key");
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .expect("client auth")
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    }
+
     /// A raw gRPC channel holding a fresh agent certificate for `id`, for
     /// tests that script the agent's side of the protocol by hand.
     pub async fn agent_channel(&self, collector: SocketAddr, id: &str) -> Channel {
@@ -482,6 +527,16 @@ pub async fn faults_of(
         .faults(id, 50)
         .await
         .ok()
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+pub async fn tcp_from(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(to).await
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.

@@ -584,6 +584,11 @@ impl Link {
                         info!(version = %policy.version, checks = policy.checks.len(), "policy updated");
                         self.policy.send_replace(policy);
                     }
+                    Ok(Some(wire::CollectorMessage { body: Some(collector_message::Body::Refused(r)) })) => {
+                        // A bug in this agent or a broken probe, not the
+                        // link's: said, and the stream goes on.
+                        warn!(seq = r.seq, reason = %r.reason, "the collector refused a message as out of bounds");
+                    }
                     Ok(Some(_)) => {} // Newer collector message kinds are ignored.
                     Ok(None) => return Err(late(LinkError::Closed)),
                     Err(s) => return Err(late(LinkError::Refused(s))),

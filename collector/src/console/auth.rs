@@ -262,6 +262,11 @@ impl IntoResponse for PageError {
                 ServiceError::DeadlineExceeded(_) | ServiceError::Aborted(_) => {
                     (StatusCode::GATEWAY_TIMEOUT, "No result", e.to_string())
                 }
+                ServiceError::Busy(_) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many running",
+                    e.to_string(),
+                ),
                 ServiceError::Unavailable(_) | ServiceError::Store(_) => {
                     tracing::error!(error = %e, "console request failed");
                     (

@@ -12,7 +12,7 @@ pub mod token;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -215,33 +215,6 @@ impl EnrollError {
     }
 }
 
-/// Calls allowed per source address: a token bucket each.
-struct PerSource {
-    rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
-}
-
-impl PerSource {
-    fn allow(&self, ip: IpAddr) -> bool {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() > 50_000 {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * rate < burst);
-        }
-        let (tokens, at) = buckets.entry(ip).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// The fleet's certificate authority at work.
 pub struct Enrollment {
     store: Arc<dyn Store>,
@@ -258,7 +231,8 @@ pub struct Enrollment {
     pub revoked: Arc<Revoked>,
     /// Cuts a revoked desk's live session, on whichever replica holds it.
     relay: Arc<Relay>,
-    limiter: PerSource,
+    /// Calls allowed per source address: a token bucket each.
+    limiter: crate::limits::PerKey<IpAddr>,
 }
 
 impl Enrollment {
@@ -278,11 +252,8 @@ impl Enrollment {
             None
         };
         revoked.load(&store.revocations().await?);
-        let limiter = PerSource {
-            rate: settings.enroll_rate,
-            burst: f64::from(settings.enroll_burst),
-            buckets: Mutex::new(HashMap::new()),
-        };
+        let limiter =
+            crate::limits::PerKey::new(settings.enroll_rate, f64::from(settings.enroll_burst));
         let enrollment = Enrollment {
             store,
             ca: std::sync::RwLock::new(ca),
@@ -438,7 +409,7 @@ impl Enrollment {
         } else {
             req.endpoint_id.clone()
         };
-        let outcome = if self.limiter.allow(source.to_canonical()) {
+        let outcome = if self.limiter.allow(&source.to_canonical()) {
             self.try_enroll(req).await
         } else {
             Err(EnrollError::RateLimited)
@@ -611,7 +582,7 @@ impl Enrollment {
         source: IpAddr,
     ) -> Result<Issued, EnrollError> {
         let params = BTreeMap::from([("from".to_owned(), source.to_canonical().to_string())]);
-        if !self.limiter.allow(source.to_canonical()) {
+        if !self.limiter.allow(&source.to_canonical()) {
             let e = EnrollError::RateLimited;
             self.audit(
                 format!("enroll@{}", source.to_canonical()),
@@ -802,18 +773,14 @@ mod tests {
 
     #[test]
     fn each_source_gets_its_burst_then_its_rate() {
-        let limit = PerSource {
-            rate: 2.0,
-            burst: 3.0,
-            buckets: Mutex::new(HashMap::new()),
-        };
+        let limit = crate::limits::PerKey::new(2.0, 3.0);
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        assert!((0..3).all(|_| limit.allow(a)), "the burst");
-        assert!(!limit.allow(a), "past the burst");
-        assert!(limit.allow(b), "another address has its own bucket");
+        assert!((0..3).all(|_| limit.allow(&a)), "the burst");
+        assert!(!limit.allow(&a), "past the burst");
+        assert!(limit.allow(&b), "another address has its own bucket");
         std::thread::sleep(Duration::from_millis(600));
-        assert!(limit.allow(a), "refilled at the rate");
-        assert!(!limit.allow(a));
+        assert!(limit.allow(&a), "refilled at the rate");
+        assert!(!limit.allow(&a));
     }
 }

@@ -41,6 +41,12 @@ use crate::tickets::TicketDesk;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing session waits for its in-flight commits.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest agent message decoded; a diagnostic's output, the largest
+/// legitimate one, is bounded at half of this.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+/// The most backlog a hello may declare for the rate limit to let through
+/// on top of the burst: an agent's outbox holds 20,000 messages by default.
+const MAX_DECLARED_BACKLOG: u64 = 25_000;
 
 /// What goes down an agent's stream. Boxed so the channel's slots (32 of
 /// them, allocated with the channel) stay small: one channel per agent.
@@ -74,6 +80,8 @@ pub struct AgentGatewayApi {
     /// Where a cloned image is reported.
     desk: TicketDesk,
     store: std::sync::Arc<dyn crate::store::Store>,
+    limits: crate::config::LimitsConfig,
+    refusals: std::sync::Arc<super::refusals::Refusals>,
 }
 
 /// What an agent session is wired to besides ingest.
@@ -83,6 +91,9 @@ pub struct AgentWiring {
     pub relay: std::sync::Arc<Relay>,
     pub enrollment: std::sync::Arc<Enrollment>,
     pub desk: TicketDesk,
+    pub limits: crate::config::LimitsConfig,
+    /// Where refusals are counted and said, once a minute per peer.
+    pub refusals: std::sync::Arc<super::refusals::Refusals>,
 }
 
 impl AgentGatewayApi {
@@ -102,6 +113,8 @@ impl AgentGatewayApi {
             enrollment: wiring.enrollment,
             desk: wiring.desk,
             store: wiring.store,
+            limits: wiring.limits,
+            refusals: wiring.refusals,
         }
     }
 
@@ -194,7 +207,20 @@ impl AgentGateway for AgentGatewayApi {
         let mut inbound = request.into_inner();
         let first = timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded(format!("no hello within {HELLO_TIMEOUT:?}")))??
+            .map_err(|_| Status::deadline_exceeded(format!("no hello within {HELLO_TIMEOUT:?}")))?
+            .map_err(|status| {
+                if let Some(why) = oversize(&status) {
+                    self.refusals.refused(
+                        self.ingest.metrics(),
+                        "oversize",
+                        endpoint.as_str(),
+                        conn.remote,
+                        &why,
+                    );
+                    return Status::resource_exhausted(why);
+                }
+                status
+            })?
             .ok_or_else(|| Status::invalid_argument("stream closed before hello"))?;
         let Some(agent_message::Body::Hello(hello)) = first.body else {
             return Err(Status::invalid_argument("the first message must be hello"));
@@ -296,7 +322,21 @@ impl AgentGateway for AgentGatewayApi {
         }));
         // The channel is empty, so this cannot wait.
         let _ = tx.send(Ok(welcome)).await;
+        let l = &self.limits;
+        let backlog = hello
+            .last_assigned_seq
+            .saturating_sub(committed)
+            .min(MAX_DECLARED_BACKLOG);
         let session = Session {
+            bucket: crate::limits::Bucket::new(
+                l.agent_messages_per_sec,
+                f64::from(l.agent_message_burst),
+                backlog as f64,
+            ),
+            rate: l.agent_messages_per_sec,
+            burst: l.agent_message_burst,
+            refusals: self.refusals.clone(),
+            remote: conn.remote,
             relay: self.relay.clone(),
             ingest: self.ingest.clone(),
             endpoint,
@@ -315,7 +355,23 @@ impl AgentGateway for AgentGatewayApi {
     }
 }
 
+/// The reason, if a stream error is a message past [`MAX_MESSAGE`].
+fn oversize(status: &Status) -> Option<String> {
+    (status.code() == tonic::Code::OutOfRange).then(|| {
+        format!(
+            "message too large ({}); at most {MAX_MESSAGE} bytes",
+            status.message()
+        )
+    })
+}
+
 struct Session {
+    /// Messages a second this session may send.
+    bucket: crate::limits::Bucket,
+    rate: f64,
+    burst: u32,
+    refusals: std::sync::Arc<super::refusals::Refusals>,
+    remote: std::net::SocketAddr,
     relay: std::sync::Arc<Relay>,
     ingest: Ingest,
     endpoint: EndpointId,
@@ -410,6 +466,15 @@ impl Session {
                 next = inbound.message() => {
                     idle.as_mut().reset(Instant::now() + self.idle_timeout);
                     match next {
+                        Ok(Some(_)) if !self.bucket.take() => {
+                            let why = format!(
+                                "more than {} messages a second (burst {}); session closed, \
+                                 reconnect later",
+                                self.rate, self.burst
+                            );
+                            self.refused("rate", &why);
+                            break End::Refuse(Status::resource_exhausted(why));
+                        }
                         Ok(Some(msg)) => {
                             // Boxed: handling one message (a store hand-off,
                             // a certificate renewal) is a larger future than
@@ -422,6 +487,10 @@ impl Session {
                         }
                         Ok(None) => break End::Graceful,
                         Err(status) => {
+                            if let Some(why) = oversize(&status) {
+                                self.refused("oversize", &why);
+                                break End::Refuse(Status::resource_exhausted(why));
+                            }
                             debug!(endpoint = %self.endpoint, %status, "agent stream broke");
                             break End::Gone;
                         }
@@ -445,6 +514,36 @@ impl Session {
         }
         info!(endpoint = %self.endpoint, "agent disconnected");
         Box::pin(self.ingest.close_session(&self.attached, now_ms())).await;
+    }
+
+    fn refused(&self, why: &'static str, detail: &dyn std::fmt::Display) {
+        self.refusals.refused(
+            self.ingest.metrics(),
+            why,
+            self.endpoint.as_str(),
+            self.remote,
+            detail,
+        );
+    }
+
+    /// A message out of bounds: not stored, its sequence used up, the agent
+    /// told why.
+    async fn out_of_bounds(
+        &mut self,
+        seq: u64,
+        e: super::bounds::OutOfBounds,
+        highest_seen: &mut u64,
+    ) -> Result<(), End> {
+        self.refused(e.reason, &format_args!("seq {seq}: {e}"));
+        *highest_seen = (*highest_seen).max(seq);
+        let msg = message(collector_message::Body::Refused(wire::MessageRefused {
+            seq,
+            reason: e.detail,
+        }));
+        if self.tx.send(Ok(msg)).await.is_err() {
+            return Err(End::Gone);
+        }
+        Ok(())
     }
 
     async fn send_ack(&self, seq: u64) -> bool {
@@ -502,6 +601,11 @@ impl Session {
         match msg.body {
             Some(agent_message::Body::Snapshot(snapshot)) => {
                 metrics.message("snapshot");
+                if let Err(e) = super::bounds::snapshot(&snapshot, now_ms())
+                    && msg.seq > *highest_seen
+                {
+                    return self.out_of_bounds(msg.seq, e, highest_seen).await;
+                }
                 self.durable(
                     msg.seq,
                     RecordBody::Snapshot(Box::new(SnapshotRecord::from_wire(snapshot))),
@@ -512,6 +616,11 @@ impl Session {
             }
             Some(agent_message::Body::Fault(event)) => {
                 metrics.message("fault");
+                if let Err(e) = super::bounds::fault(&event, now_ms())
+                    && msg.seq > *highest_seen
+                {
+                    return self.out_of_bounds(msg.seq, e, highest_seen).await;
+                }
                 match event.try_into() {
                     Ok(event) => {
                         self.durable(msg.seq, RecordBody::Fault(event), highest_seen, acked)

@@ -5,7 +5,9 @@
 //! the one service for clients without a fleet certificate.
 
 pub mod agent;
+pub mod bounds;
 pub mod enrollment;
+pub mod refusals;
 pub mod specialist;
 
 use tonic::{Request, Status};

@@ -16,11 +16,24 @@ pub struct SpecialistApi {
     service: SpecialistService,
     /// Requested when the collector stops: open watch streams end then.
     stop: Shutdown,
+    /// Calls refused for taking too much, said once a minute per caller.
+    refusals: std::sync::Arc<super::refusals::Refusals>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl SpecialistApi {
-    pub fn new(service: SpecialistService, stop: Shutdown) -> Self {
-        SpecialistApi { service, stop }
+    pub fn new(
+        service: SpecialistService,
+        stop: Shutdown,
+        refusals: std::sync::Arc<super::refusals::Refusals>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        SpecialistApi {
+            service,
+            stop,
+            refusals,
+            metrics,
+        }
     }
 }
 
@@ -61,6 +74,7 @@ fn status(e: ServiceError) -> Status {
         ServiceError::Offline(m) => Status::failed_precondition(m),
         ServiceError::DeadlineExceeded(_) => Status::deadline_exceeded(e.to_string()),
         ServiceError::Aborted(m) => Status::aborted(m),
+        ServiceError::Busy(m) => Status::resource_exhausted(m),
         ServiceError::Store(err) => {
             tracing::error!(error = %err, "specialist request failed in storage");
             Status::internal("storage error; see the collector log")
@@ -271,6 +285,7 @@ impl Specialist for SpecialistApi {
         use crate::service::{DiagEvent, DiagRequest};
         use wire::diagnostic_event::Body;
         let caller = self.caller(&request)?;
+        let remote = super::conn(&request)?.remote;
         let r = request.into_inner();
         let mut events = self
             .service
@@ -286,7 +301,18 @@ impl Specialist for SpecialistApi {
                 },
             )
             .await
-            .map_err(status)?;
+            .map_err(|e| {
+                if let ServiceError::Busy(why) = &e {
+                    self.refusals.refused(
+                        &self.metrics,
+                        "diagnostics_per_specialist",
+                        &caller.name,
+                        remote,
+                        why,
+                    );
+                }
+                status(e)
+            })?;
         let (tx, out) = tokio::sync::mpsc::channel(64);
         // Dropping `events` (the client went away) cancels the run.
         tokio::spawn(async move {

@@ -74,6 +74,7 @@ impl Pace {
             diag_concurrency: 1,
             metrics_url: None,
             diag_target: None,
+            soak: None,
         }
     }
 }
@@ -126,6 +127,43 @@ enum Cmd {
         /// run (a spawned collector serves them on the target port + 1).
         #[arg(long)]
         metrics_url: Option<String>,
+    },
+    /// Hold a fleet against a fresh collector (short retention) for long:
+    /// fault events, a diagnostics trickle, a reconnect storm at a period,
+    /// and a timeline row a minute (CSV) of memory, CPU, database size,
+    /// fault to ticket latency and diagnostics.
+    Soak {
+        #[arg(long, default_value = "target/loadgen-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:17443")]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 10000)]
+        agents: usize,
+        /// Time between snapshots per agent.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 20.0)]
+        faults_per_sec: f64,
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        storm_every: Duration,
+        #[arg(long, default_value_t = 2.0)]
+        diag_per_sec: f64,
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        sample_every: Duration,
+        /// Growth is measured from the end of this.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        warm_up: Duration,
+        #[arg(long, default_value_t = 500.0)]
+        ramp: f64,
+        #[arg(long, default_value = "sk")]
+        prefix: String,
+        /// The timeline as CSV here.
+        #[arg(long, default_value = "target/soak.csv")]
+        csv: PathBuf,
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Kill a collector process with SIGKILL under a fleet of agent links,
     /// start it again, and measure the reconnect storm and backlog drain.
@@ -230,6 +268,73 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
+        Cmd::Soak {
+            data_dir,
+            target,
+            agents,
+            interval,
+            duration,
+            faults_per_sec,
+            storm_every,
+            diag_per_sec,
+            sample_every,
+            warm_up,
+            ramp,
+            prefix,
+            csv,
+            json,
+        } => {
+            anyhow::ensure!(
+                target.ip().is_loopback(),
+                "the target must be a loopback address"
+            );
+            anyhow::ensure!(agents > 0, "agents must be at least 1");
+            let _ = rlimit::increase_nofile_limit(u64::MAX);
+            ensure_pki(&data_dir)?;
+            let policy = std::path::absolute(data_dir.join("soak-policy.toml"))?;
+            std::fs::write(
+                &policy,
+                format!("{}{SOAK_TICKETS}", vitals_proto::policy::DEFAULT),
+            )?;
+            let _ = std::fs::remove_dir_all(data_dir.join("audit-archive"));
+            let mut server = spawn_collector(
+                &data_dir,
+                target,
+                None,
+                None,
+                true,
+                None,
+                &soak_extra(&policy),
+            )?;
+            wait_for_port(target)?;
+            let pace = Pace {
+                interval,
+                window: 4,
+                duration,
+                faults_per_sec,
+            };
+            let plan = Plan {
+                metrics_url: Some(format!("http://{}/metrics", metrics_addr(target))),
+                soak: Some(loadgen::soak::SoakPlan {
+                    storm_every,
+                    diag_per_sec,
+                    sample_every,
+                    db_files: ["vitals.db", "vitals.db-wal"]
+                        .iter()
+                        .map(|f| data_dir.join(f))
+                        .collect(),
+                    warm_up,
+                }),
+                ..pace.plan(target, agents, ramp, data_dir.clone(), prefix)
+            };
+            let report = rt.block_on(loadgen::run(plan, Some(server.id())));
+            stop(&mut server);
+            let report = report?;
+            if let Some(s) = &report.soak {
+                std::fs::write(&csv, s.csv())?;
+            }
+            print_report(&report.table(), &report, json)
+        }
         Cmd::Restart {
             data_dir,
             target,
@@ -256,7 +361,15 @@ fn main() -> anyhow::Result<()> {
             };
             let mut fresh = true;
             let spawn = || {
-                let child = spawn_collector(&data_dir, target, None, None, fresh, None)?;
+                let child = spawn_collector(
+                    &data_dir,
+                    target,
+                    None,
+                    None,
+                    fresh,
+                    None,
+                    &Extra::default(),
+                )?;
                 fresh = false;
                 wait_for_port(target)?;
                 Ok(child)
@@ -303,6 +416,7 @@ fn main() -> anyhow::Result<()> {
                     Some(&storage_url),
                     false,
                     Some((&name, &nats_url)),
+                    &Extra::default(),
                 )?;
                 running.push(loadgen::replicas::Replica {
                     name,
@@ -403,6 +517,7 @@ fn main() -> anyhow::Result<()> {
                     storage_url.as_deref(),
                     true,
                     None,
+                    &Extra::default(),
                 )?),
                 Spawn::Echo => Some(spawn_echo(&data_dir, target)?),
                 Spawn::None => None,
@@ -475,6 +590,7 @@ fn spawn_collector(
     storage_url: Option<&str>,
     fresh: bool,
     replica: Option<(&str, &str)>,
+    extra: &Extra,
 ) -> anyhow::Result<Child> {
     if fresh {
         for f in ["vitals.db", "vitals.db-wal", "vitals.db-shm"] {
@@ -488,11 +604,12 @@ fn spawn_collector(
     std::fs::write(
         &config,
         format!(
-            "data_dir = \".\"\nlisten = \"{target}\"\n{}\n[metrics]\nenabled = true\nlisten = \"{}\"\n\n\
+            "data_dir = \".\"\nlisten = \"{target}\"\n{}{}\n[metrics]\nenabled = true\nlisten = \"{}\"\n\n\
              {}[storage]\n{}",
             replica
                 .map(|(name, _)| format!("replica = {name:?}\n"))
                 .unwrap_or_default(),
+            &extra.top,
             metrics_addr(target),
             replica
                 .map(|(_, nats)| format!("[cluster]\nnats_url = {nats:?}\n\n"))
@@ -503,6 +620,9 @@ fn spawn_collector(
                 + &storage_url
                     .map(|u| format!("url = {u:?}\n"))
                     .unwrap_or_default()
+                + extra.storage
+                + LIFTED_LIMITS
+                + extra.tables
         ),
     )?;
     let log = std::fs::OpenOptions::new()
@@ -517,6 +637,42 @@ fn spawn_collector(
         .stderr(log)
         .spawn()?)
 }
+
+/// The whole simulated fleet connects from one loopback address, and the
+/// ingest ceiling runs send as fast as acks allow: the per-address and
+/// per-agent limits of `[limits]` are lifted for the load generator's
+/// collectors (the hostile-client tests hold them to their defaults).
+const LIFTED_LIMITS: &str = "\n[limits]\nagent_messages_per_sec = 1000000.0\n\
+                             agent_message_burst = 1000000\nhandshakes_per_source = 1000000\n\
+                             connections_per_source = 1000000\ndiagnostics_per_specialist = 100000\n";
+
+/// More of a spawned collector's configuration: top-level keys, keys of
+/// its `[storage]` table, and whole tables after it.
+#[derive(Default)]
+struct Extra {
+    top: String,
+    storage: &'static str,
+    tables: &'static str,
+}
+
+/// The soak's collector: history kept short per endpoint, retention in
+/// minutes, and ticket rules that resolve and forget a quiet fault within
+/// minutes, so every table reaches its steady size within the hour.
+fn soak_extra(policy: &Path) -> Extra {
+    Extra {
+        top: format!("policy = {:?}\n", policy.display().to_string()),
+        storage: "history_per_endpoint = 10\n",
+        tables: "\n[retention]\ninterval = \"1m\"\nfault_events = \"5m\"\nclosed_tickets = \"5m\"\n\
+             notifications = \"5m\"\naudit = \"10m\"\n",
+    }
+}
+
+/// Ticket rules appended to the shipped policy for the soak: a cleared
+/// fault resolves after 30 s, one returning after a minute is a new
+/// ticket; storms need 1,000 desks within a minute (the soak's faults are
+/// independent desks, not one outage).
+const SOAK_TICKETS: &str = "\n[tickets]\nquiet_period = \"30s\"\nreopen_window = \"1m\"\n\
+                            storm_endpoints = 1000\nstorm_window = \"1m\"\n";
 
 /// Where a spawned collector serves its metrics: the next port.
 fn metrics_addr(target: SocketAddr) -> SocketAddr {

@@ -76,7 +76,20 @@ pub async fn serve(
     };
     let config = tls::ServerTls::new(files, Default::default())?.config;
     let (_trigger, stop) = vitals_proto::shutdown::channel();
-    let incoming = tls::accept_loop(listener, config, Arc::new(Metrics::new()), stop).verified;
+    // The whole simulated fleet comes from one loopback address.
+    let limits = tls::SourceLimits {
+        handshakes: usize::MAX,
+        connections: usize::MAX,
+    };
+    let incoming = tls::accept_loop(
+        listener,
+        config,
+        Arc::new(Metrics::new()),
+        stop,
+        limits,
+        Default::default(),
+    )
+    .verified;
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .add_service(AgentGatewayServer::new(Echo))

@@ -12,6 +12,7 @@ pub mod replicas;
 pub mod restart;
 pub mod scrape;
 pub mod sim;
+pub mod soak;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -183,6 +184,9 @@ pub struct Plan {
     /// target): another replica than the one holding the agents' streams
     /// makes every diagnostic cross replicas.
     pub diag_target: Option<SocketAddr>,
+    /// Held for long: storms at a period, a diagnostics trickle, a
+    /// timeline sampled once a minute.
+    pub soak: Option<soak::SoakPlan>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -209,6 +213,8 @@ pub struct Report {
     pub ack_latency_settled_ms: Percentiles,
     pub errors: BTreeMap<String, u64>,
     pub storm: Option<StormReport>,
+    /// Every storm of a soak, the first also as `storm`.
+    pub storms: Vec<StormReport>,
     pub server: Option<procstat::Summary>,
     /// With fault events: raised faults sent, and how long each took to
     /// become a committed ticket change (seen on the WatchTickets stream).
@@ -216,6 +222,7 @@ pub struct Report {
     pub diagnostics: Option<DiagReport>,
     /// What the collector's own metrics said over the run.
     pub server_metrics: Option<scrape::ServerMetrics>,
+    pub soak: Option<soak::SoakReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -331,20 +338,56 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
     };
     let measure_from = Instant::now();
     let acked_at_start = stats.acked.load(Ordering::Relaxed);
-    let mut storm = None;
+    let mut storms = Vec::new();
+    let storm_count = Arc::new(AtomicU64::new(0));
     let mut progress = tokio::time::interval(Duration::from_secs(5));
     progress.tick().await;
-    let storm_at = plan.storm_after.map(|d| measure_from + d);
+    let storm_every = plan.soak.as_ref().map(|s| s.storm_every);
+    let mut storm_at = plan.storm_after.or(storm_every).map(|d| measure_from + d);
+    let mut soak_tasks = None;
+    if let Some(s) = &plan.soak {
+        let log = Arc::new(soak::DiagLog::default());
+        let (trickle_stop, trickle_stopped) = tokio::sync::oneshot::channel();
+        if s.diag_per_sec > 0.0 {
+            let name = format!("{}-soak", plan.id_prefix);
+            let client = specialist(
+                &plan.data_dir,
+                plan.diag_target.unwrap_or(plan.target),
+                &name,
+                vitals_proto::identity::Role::Specialist,
+            )
+            .await?;
+            tokio::spawn(soak::trickle(
+                client,
+                plan.id_prefix.clone(),
+                plan.agents,
+                s.diag_per_sec,
+                log.clone(),
+                trickle_stopped,
+            ));
+        }
+        let (timeline_stop, timeline_stopped) = tokio::sync::oneshot::channel();
+        let timeline = tokio::spawn(soak::timeline(
+            s.clone(),
+            server_pid,
+            stats.clone(),
+            log,
+            storm_count.clone(),
+            timeline_stopped,
+        ));
+        soak_tasks = Some((trickle_stop, timeline_stop, timeline));
+    }
     loop {
         let now = Instant::now();
         if now >= deadline {
             break;
         }
         if let Some(at) = storm_at
-            && storm.is_none()
             && now >= at
         {
-            storm = Some(run_storm(&stats, &storm_tx, plan.agents as u64, deadline).await);
+            storm_count.fetch_add(1, Ordering::Relaxed);
+            storms.push(run_storm(&stats, &storm_tx, plan.agents as u64, deadline).await);
+            storm_at = storm_every.map(|every| at + every);
             continue;
         }
         tokio::select! {
@@ -358,9 +401,17 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
                 );
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
-            _ = tokio::time::sleep_until(storm_at.unwrap_or(deadline).into()), if storm.is_none() => {}
+            _ = tokio::time::sleep_until(storm_at.unwrap_or(deadline).into()), if storm_at.is_some() => {}
         }
     }
+    let soak = match soak_tasks {
+        Some((trickle, timeline, task)) => {
+            let _ = trickle.send(());
+            let _ = timeline.send(());
+            task.await.ok()
+        }
+        None => None,
+    };
     let measured = measure_from.elapsed();
     let acked_in_window = stats.acked.load(Ordering::Relaxed) - acked_at_start;
     let connected_end = stats.connected.load(Ordering::Relaxed);
@@ -414,11 +465,13 @@ pub async fn run(plan: Plan, server_pid: Option<u32>) -> anyhow::Result<Report> 
         ack_latency_ms: stats.latency_ms(),
         ack_latency_settled_ms: stats.settled_latency_ms(),
         errors: stats.errors(),
-        storm,
+        storm: storms.first().cloned(),
+        storms,
         server,
         tickets,
         diagnostics,
         server_metrics,
+        soak,
     })
 }
 
@@ -452,9 +505,7 @@ pub async fn specialist(
 /// Relays `plan.diagnostics` requests through the collector to the
 /// simulated agents, `plan.diag_concurrency` at a time, as a specialist.
 async fn run_diagnostics(plan: &Plan) -> anyhow::Result<DiagReport> {
-    use vitals_collector::ctl::DiagQuery;
     use vitals_proto::identity::Role;
-    use vitals_proto::wire::diagnostic_event::Body;
     let at = plan.diag_target.unwrap_or(plan.target);
     // Named after the fleet: fleets running side by side each write their
     // own certificate files.
@@ -469,30 +520,7 @@ async fn run_diagnostics(plan: &Plan) -> anyhow::Result<DiagReport> {
         let endpoint = format!("{}-{:05}", plan.id_prefix, i % plan.agents);
         tasks.spawn(async move {
             let _permit = permit;
-            let sent = Instant::now();
-            let q = DiagQuery {
-                endpoint,
-                kind: "os".into(),
-                ..Default::default()
-            };
-            let mut stream = client.run_diagnostic(q).await.map_err(|e| e.to_string())?;
-            loop {
-                match stream.message().await {
-                    Ok(Some(e)) => {
-                        if let Some(Body::Result(r)) = e.body {
-                            let total = sent.elapsed().as_micros() as u64;
-                            let overhead = total.saturating_sub(r.run_ms * 1000);
-                            return if r.ok {
-                                Ok(overhead as u32)
-                            } else {
-                                Err(r.error)
-                            };
-                        }
-                    }
-                    Ok(None) => return Err("stream ended without a result".to_owned()),
-                    Err(s) => return Err(format!("{:?}", s.code())),
-                }
-            }
+            one_diagnostic(&mut client, endpoint).await
         });
     }
     let mut overheads = Vec::new();
@@ -518,6 +546,40 @@ async fn run_diagnostics(plan: &Plan) -> anyhow::Result<DiagReport> {
         relay_overhead_ms: percentiles(overheads),
         wall_s,
     })
+}
+
+/// Relays one `os` diagnostic to `endpoint`: the relay's overhead in
+/// microseconds (the time to the result less the agent's own run time).
+async fn one_diagnostic(
+    client: &mut vitals_collector::ctl::Client,
+    endpoint: String,
+) -> Result<u32, String> {
+    use vitals_collector::ctl::DiagQuery;
+    use vitals_proto::wire::diagnostic_event::Body;
+    let sent = Instant::now();
+    let q = DiagQuery {
+        endpoint,
+        kind: "os".into(),
+        ..Default::default()
+    };
+    let mut stream = client.run_diagnostic(q).await.map_err(|e| e.to_string())?;
+    loop {
+        match stream.message().await {
+            Ok(Some(e)) => {
+                if let Some(Body::Result(r)) = e.body {
+                    let total = sent.elapsed().as_micros() as u64;
+                    let overhead = total.saturating_sub(r.run_ms * 1000);
+                    return if r.ok {
+                        Ok(overhead.min(u32::MAX as u64) as u32)
+                    } else {
+                        Err(r.error)
+                    };
+                }
+            }
+            Ok(None) => return Err("stream ended without a result".to_owned()),
+            Err(s) => return Err(format!("{:?}", s.code())),
+        }
+    }
 }
 
 /// Follows the collector's ticket changes as a viewer and matches them to
@@ -705,6 +767,15 @@ impl Report {
         }
         if let Some(m) = &self.server_metrics {
             rows.push(("collector /metrics", m.line()));
+        }
+        if let Some(s) = &self.soak {
+            rows.extend(s.lines());
+            let back: Vec<String> = self
+                .storms
+                .iter()
+                .map(|s| s.all_back_s.map_or("never".into(), |t| format!("{t:.1} s")))
+                .collect();
+            rows.push(("storms, all back in", back.join(", ")));
         }
         let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
         rows.iter()

@@ -8,6 +8,7 @@ mod console;
 mod desk;
 mod diagnostics;
 mod enrollment;
+mod hostile;
 mod ingest;
 mod nothing_lost;
 mod notifications;

@@ -132,14 +132,18 @@ async fn garbage_on_the_port_does_not_stall_the_collector() {
     let collector = RunningCollector::start(fleet.collector_config()).await;
     let admin = fleet.specialist_profile("ops", Role::Admin, collector.addr);
 
+    // All of it from one address of its own: per-address limits hold it
+    // to its share, and the specialist and agent below come from another.
+    let garbage: std::net::IpAddr = "127.0.0.9".parse().expect("ip");
+    let at = collector.addr;
     // A peer that connects and says nothing, held open throughout.
-    let _silent = TcpStream::connect(collector.addr).await.expect("connect");
+    let _silent = tcp_from(garbage, at).await.expect("connect");
     // Random bytes.
-    let mut noise = TcpStream::connect(collector.addr).await.expect("connect");
+    let mut noise = tcp_from(garbage, at).await.expect("connect");
     let junk: Vec<u8> = (0..4096).map(|_| fastrand::u8(..)).collect();
     let _ = noise.write_all(&junk).await;
     // Plain HTTP/1.1 on the TLS port.
-    let mut http = TcpStream::connect(collector.addr).await.expect("connect");
+    let mut http = tcp_from(garbage, at).await.expect("connect");
     let _ = http
         .write_all(b"GET / HTTP/1.1\r\nHost: collector\r\n\r\n")
         .await;
@@ -147,7 +151,7 @@ async fn garbage_on_the_port_does_not_stall_the_collector() {
     // hold, kept open throughout.
     let mut held = Vec::new();
     for _ in 0..600 {
-        held.push(TcpStream::connect(collector.addr).await.expect("connect"));
+        held.push(tcp_from(garbage, at).await.expect("connect"));
     }
 
     let started = std::time::Instant::now();
