@@ -54,7 +54,8 @@ fn input_file(name: &str, data: &[u8]) -> PathBuf {
 }
 
 /// An agent's message as the collector's session takes it: decoded, then
-/// each body mapped to what ingest stores (a snapshot prepared for the
+/// checked against the bounds, and each body within them mapped to what
+/// ingest stores (a snapshot prepared for the
 /// store, a fault event checked, a diagnostic result).
 pub fn agent_message(data: &[u8]) {
     use vitals_proto::wire::agent_message::Body;
@@ -63,10 +64,16 @@ pub fn agent_message(data: &[u8]) {
     };
     match m.body {
         Some(Body::Snapshot(s)) => {
-            black_box(vitals_collector::store::SnapshotRecord::from_wire(s));
+            let now = vitals_proto::now_ms();
+            if vitals_collector::gateway::bounds::snapshot(&s, now).is_ok() {
+                black_box(vitals_collector::store::SnapshotRecord::from_wire(s));
+            }
         }
         Some(Body::Fault(f)) => {
-            let _ = black_box(vitals_proto::domain::FaultEvent::try_from(f));
+            let now = vitals_proto::now_ms();
+            if vitals_collector::gateway::bounds::fault(&f, now).is_ok() {
+                let _ = black_box(vitals_proto::domain::FaultEvent::try_from(f));
+            }
         }
         Some(Body::Hello(h)) => {
             let _ = black_box(h.endpoint_id.parse::<vitals_proto::identity::EndpointId>());
