@@ -29,7 +29,7 @@ mod tickets;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -99,9 +99,16 @@ const MIGRATIONS: &[(u32, &str)] = &[
     ),
 ];
 
+/// One connection, taken in turn. The lock is async so callers queue as
+/// tasks: a blocking thread is taken only once the connection is free. (With
+/// a blocking lock, ten thousand desks reconnecting at once each held a
+/// blocking-pool thread waiting on the reader, and the pool grew to
+/// hundreds of threads.)
+type Conn = Arc<tokio::sync::Mutex<Connection>>;
+
 pub struct SqliteStore {
-    writer: Arc<Mutex<Connection>>,
-    reader: Arc<Mutex<Connection>>,
+    writer: Conn,
+    reader: Conn,
     history_limit: u32,
     history_interval_ms: i64,
     path: std::path::PathBuf,
@@ -127,8 +134,8 @@ impl SqliteStore {
         })
         .await??;
         Ok(SqliteStore {
-            writer: Arc::new(Mutex::new(writer)),
-            reader: Arc::new(Mutex::new(reader)),
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            reader: Arc::new(tokio::sync::Mutex::new(reader)),
             history_limit: history_limit.max(1),
             history_interval_ms: history_interval.as_millis() as i64,
             path,
@@ -151,16 +158,13 @@ impl SqliteStore {
 }
 
 async fn with<T: Send + 'static>(
-    conn: Arc<Mutex<Connection>>,
+    conn: Conn,
     f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(move || {
-        // A panic while holding the lock leaves the connection usable: SQLite
-        // rolls back an unfinished transaction when the next one begins.
-        let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
-    })
-    .await?
+    let mut guard = conn.lock_owned().await;
+    // A panic while holding the lock leaves the connection usable: SQLite
+    // rolls back an unfinished transaction when the next one begins.
+    tokio::task::spawn_blocking(move || f(&mut guard)).await?
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
