@@ -909,6 +909,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_loads_with_the_defaults_it_documents() {
+        let path = write("deploy", include_str!("../../deploy/collector.toml"));
+        let c = CollectorConfig::load(&path).expect("deploy/collector.toml loads");
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.retention, RetentionConfig::default());
+    }
+
+    #[test]
     fn the_policy_path_is_read_beside_the_file() {
         let path = write("pol", "data_dir = \".\"\npolicy = \"city-policy.toml\"\n");
         let c = CollectorConfig::load(&path).unwrap();
