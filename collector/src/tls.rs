@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
-use tracing::{debug, warn};
+use tracing::warn;
 use vitals_proto::identity::Identity;
 
 use crate::metrics::Metrics;
@@ -518,6 +518,7 @@ pub fn accept_loop(
             let anon_tx = anon_tx.clone();
             let anonymous_slots = anonymous_slots.clone();
             let metrics = metrics.clone();
+            let refusals = refusals.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let done = handshake(&acceptor, tcp, remote).await;
@@ -531,7 +532,12 @@ pub fn accept_loop(
                     Ok(Handshaken::Anonymous(stream)) => {
                         let Ok(slot) = anonymous_slots.try_acquire_owned() else {
                             metrics.handshake_failed("anonymous_full");
-                            debug!(%remote, "too many clients without a certificate; dropped");
+                            refusals.said(
+                                "anonymous_full",
+                                &ip.to_string(),
+                                remote,
+                                &"too many clients without a certificate at once",
+                            );
                             return;
                         };
                         metrics.handshakes.inc();
@@ -545,7 +551,12 @@ pub fn accept_loop(
                     }
                     Err(reason) => {
                         metrics.handshake_failed(reason.kind());
-                        debug!(%remote, error = %reason, "connection refused");
+                        let why = match reason {
+                            HandshakeError::Timeout => "handshake_timeout",
+                            HandshakeError::Tls(_) => "tls",
+                            HandshakeError::Identity(_) => "certificate_identity",
+                        };
+                        refusals.said(why, &ip.to_string(), remote, &reason);
                     }
                 }
             });

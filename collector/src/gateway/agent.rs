@@ -192,17 +192,30 @@ impl AgentGateway for AgentGatewayApi {
         request: Request<Streaming<wire::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let conn = super::conn(&request)?.clone();
+        let refuse = |why: &'static str, who: &str, detail: String| {
+            self.refusals
+                .refused(self.ingest.metrics(), why, who, conn.remote, &detail);
+            Status::permission_denied(detail)
+        };
         let endpoint = match &conn.identity {
             Identity::Endpoint(id) => id.clone(),
             other => {
-                return Err(Status::permission_denied(format!(
-                    "{other} cannot open an agent session; an agent certificate is required"
-                )));
+                return Err(refuse(
+                    "not_an_agent",
+                    &other.to_string(),
+                    format!(
+                        "{other} cannot open an agent session; an agent certificate is required"
+                    ),
+                ));
             }
         };
         // Revoked between its handshake and now.
         if let Some(why) = self.enrollment.revoked.refusal(&conn.identity, &conn.cert) {
-            return Err(Status::permission_denied(format!("{why}: enroll again")));
+            return Err(refuse(
+                "revoked",
+                endpoint.as_str(),
+                format!("{why}: enroll again"),
+            ));
         }
         let mut inbound = request.into_inner();
         let first = timeout(HELLO_TIMEOUT, inbound.message())
@@ -226,15 +239,14 @@ impl AgentGateway for AgentGatewayApi {
             return Err(Status::invalid_argument("the first message must be hello"));
         };
         if hello.endpoint_id != endpoint.as_str() {
-            warn!(
-                endpoint = %endpoint,
-                claimed = %hello.endpoint_id,
-                "hello claims another endpoint; session refused"
-            );
-            return Err(Status::permission_denied(format!(
-                "hello claims endpoint \"{}\" but the certificate is for \"{endpoint}\"",
-                hello.endpoint_id
-            )));
+            return Err(refuse(
+                "hello_mismatch",
+                endpoint.as_str(),
+                format!(
+                    "hello claims endpoint \"{}\" but the certificate is for \"{endpoint}\"",
+                    hello.endpoint_id.chars().take(256).collect::<String>()
+                ),
+            ));
         }
         let (attached, committed) = self
             .ingest
@@ -262,7 +274,7 @@ impl AgentGateway for AgentGatewayApi {
                 self.enrollment
                     .audit_session_refused(&endpoint, &hello.machine_id, &why)
                     .await;
-                return Err(Status::permission_denied(why));
+                return Err(refuse("revoked", endpoint.as_str(), why));
             }
             (
                 _,
@@ -280,7 +292,7 @@ impl AgentGateway for AgentGatewayApi {
                 self.enrollment
                     .audit_session_refused(&endpoint, &hello.machine_id, &why)
                     .await;
-                return Err(Status::permission_denied(why));
+                return Err(refuse("cloned", endpoint.as_str(), why));
             }
             (None, Admission::Admitted(_)) => {
                 return Err(Status::internal("session admitted but not attached"));

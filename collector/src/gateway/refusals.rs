@@ -38,6 +38,18 @@ impl Refusals {
         detail: &dyn std::fmt::Display,
     ) {
         metrics.refused(why);
+        self.said(why, who, remote, detail);
+    }
+
+    /// Logs a refusal counted elsewhere (a failed TLS handshake has its own
+    /// metric), under the same once-a-minute rule.
+    pub fn said(
+        &self,
+        why: &'static str,
+        who: &str,
+        remote: SocketAddr,
+        detail: &dyn std::fmt::Display,
+    ) {
         let now = Instant::now();
         let suppressed = {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
