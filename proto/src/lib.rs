@@ -111,7 +111,8 @@ pub fn now_ms() -> i64 {
 
 /// A wall-clock time in epoch milliseconds as RFC 3339 in UTC, to the
 /// second: `2026-12-01T08:00:00Z`. The one way times are written for
-/// people and in evidence; times before the epoch read as the epoch.
+/// people and in evidence; times before the epoch read as the epoch, and
+/// times past 9999 as its end.
 pub fn rfc3339_seconds(ms: i64) -> String {
     humantime::format_rfc3339_seconds(system_time(ms)).to_string()
 }
@@ -121,8 +122,13 @@ pub fn rfc3339_millis(ms: i64) -> String {
     humantime::format_rfc3339_millis(system_time(ms)).to_string()
 }
 
+/// The last instant RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+const LAST_WRITABLE_MS: i64 = 253_402_300_799_999;
+
+/// Times past the year 9999 (a desk's clock, or a hostile agent's) read as
+/// its last instant: the formatter would panic on them.
 fn system_time(ms: i64) -> std::time::SystemTime {
-    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.clamp(0, LAST_WRITABLE_MS) as u64)
 }
 
 /// Whether log lines on stderr may carry colour: only on a terminal (a log
@@ -165,6 +171,10 @@ mod tests {
             "2025-12-01T08:00:00.123Z"
         );
         assert_eq!(crate::rfc3339_seconds(-5), "1970-01-01T00:00:00Z");
+        // Past what RFC 3339 can write (the formatter panicked: found by
+        // fuzzing agent messages).
+        assert_eq!(crate::rfc3339_seconds(i64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(crate::rfc3339_millis(i64::MAX), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

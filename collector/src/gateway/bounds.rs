@@ -402,6 +402,12 @@ mod tests {
                 "taken_at_ms is 9999-12-31",
             ),
             (Box::new(|s| s.taken_at_ms = -5), "bad_time", "before 1970"),
+            (
+                // Past what RFC 3339 can write: said as its end, no panic.
+                Box::new(|s| s.taken_at_ms = i64::MAX),
+                "bad_time",
+                "taken_at_ms is 9999-12-31T23:59:59Z",
+            ),
         ];
         for (spoil, reason, detail) in cases {
             let mut s = desk();

@@ -29,7 +29,11 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("os_readers", os_readers),
     ("cert_identity", cert_identity),
     ("enrollment_token", enrollment_token),
+    ("console_request", console::console_request),
 ];
+
+mod console;
+pub use console::console_request;
 
 /// Runs a third-party parser the way the agent's probes do: a panic inside
 /// it is caught (`probes::run_guarded` turns it into that run's error), so
