@@ -12,53 +12,6 @@ use std::time::Instant;
 /// Keys a bucket map holds before it forgets the full ones.
 const BUCKETS_REMEMBERED: usize = 50_000;
 
-/// A token bucket per key: `rate` a second, up to `burst` at once.
-pub struct PerKey<K> {
-    rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<K, (f64, Instant)>>,
-}
-
-impl<K: Eq + Hash + Clone> PerKey<K> {
-    pub fn new(rate: f64, burst: f64) -> Self {
-        PerKey {
-            rate,
-            burst,
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub fn rate(&self) -> f64 {
-        self.rate
-    }
-
-    pub fn burst(&self) -> f64 {
-        self.burst
-    }
-
-    /// Takes a token for `key`, if it has one.
-    pub fn allow(&self, key: &K) -> bool {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() > BUCKETS_REMEMBERED {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * rate < burst);
-        }
-        let (tokens, at) = match buckets.get_mut(key) {
-            Some(b) => b,
-            None => buckets.entry(key.clone()).or_insert((self.burst, now)),
-        };
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// One token bucket: `rate` a second, up to `burst` at once.
 pub struct Bucket {
     rate: f64,
@@ -78,6 +31,19 @@ impl Bucket {
         }
     }
 
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    pub fn burst(&self) -> f64 {
+        self.burst
+    }
+
+    /// Whether it would be full by `now`: a key holding it can be forgotten.
+    fn full_at(&self, now: Instant) -> bool {
+        self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate >= self.burst
+    }
+
     pub fn take(&mut self) -> bool {
         let now = Instant::now();
         let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
@@ -89,6 +55,39 @@ impl Bucket {
             true
         } else {
             false
+        }
+    }
+}
+
+/// A token bucket per key: `rate` a second, up to `burst` at once.
+pub struct PerKey<K> {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<K, Bucket>>,
+}
+
+impl<K: Eq + Hash + Clone> PerKey<K> {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        PerKey {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `key`, if it has one.
+    pub fn allow(&self, key: &K) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > BUCKETS_REMEMBERED {
+            let now = Instant::now();
+            buckets.retain(|_, b| !b.full_at(now));
+        }
+        match buckets.get_mut(key) {
+            Some(b) => b.take(),
+            None => buckets
+                .entry(key.clone())
+                .or_insert(Bucket::new(self.rate, self.burst, 0.0))
+                .take(),
         }
     }
 }

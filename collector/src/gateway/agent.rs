@@ -345,8 +345,6 @@ impl AgentGateway for AgentGatewayApi {
                 f64::from(l.agent_message_burst),
                 backlog as f64,
             ),
-            rate: l.agent_messages_per_sec,
-            burst: l.agent_message_burst,
             refusals: self.refusals.clone(),
             remote: conn.remote,
             relay: self.relay.clone(),
@@ -380,8 +378,6 @@ fn oversize(status: &Status) -> Option<String> {
 struct Session {
     /// Messages a second this session may send.
     bucket: crate::limits::Bucket,
-    rate: f64,
-    burst: u32,
     refusals: std::sync::Arc<super::refusals::Refusals>,
     remote: std::net::SocketAddr,
     relay: std::sync::Arc<Relay>,
@@ -482,7 +478,8 @@ impl Session {
                             let why = format!(
                                 "more than {} messages a second (burst {}); session closed, \
                                  reconnect later",
-                                self.rate, self.burst
+                                self.bucket.rate(),
+                                self.bucket.burst()
                             );
                             self.refused("rate", &why);
                             break End::Refuse(Status::resource_exhausted(why));

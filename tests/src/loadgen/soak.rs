@@ -274,7 +274,7 @@ fn summarise(
         db_warm_mib: first.map_or(0.0, |r| r.db_mib),
         db_max_mib: max(|r| r.db_mib),
         db_end_mib: last.map_or(0.0, |r| r.db_mib),
-        ticket_p99_min_ms: busy.iter().copied().fold(f64::INFINITY, f64::min).min(1e12),
+        ticket_p99_min_ms: busy.iter().copied().reduce(f64::min).unwrap_or(0.0),
         ticket_p99_max_ms: busy.iter().copied().fold(0.0, f64::max),
         diagnostics,
         diag_errors,
