@@ -250,12 +250,21 @@ pub fn backup(config: &CollectorConfig, to: &Path) -> Result<BackupReport, Backu
         let mut tar = tar::Builder::new(gz);
         let mut entries = Vec::new();
         for (name, path) in &files {
-            let (bytes, sha256) = sha256_of(path)?;
-            tar.append_path_with_name(path, name).map_err(io(path))?;
+            // Read once: the checksum and the archive hold the same bytes
+            // even if the file changes meanwhile (a desk's files beside
+            // the data, a certificate renewed).
+            let data = std::fs::read(path).map_err(io(path))?;
+            let meta = std::fs::metadata(path).map_err(io(path))?;
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata(&meta);
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            tar.append_data(&mut header, name, data.as_slice())
+                .map_err(io(path))?;
             entries.push(FileEntry {
                 path: name.clone(),
-                bytes,
-                sha256,
+                bytes: data.len() as u64,
+                sha256: hex(&Sha256::digest(&data)),
             });
         }
         let manifest = Manifest {
